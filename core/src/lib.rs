@@ -1,0 +1,17 @@
+//! The greenslice domain model, defined once and shared by the controller, the node agent and the CLI.
+//!
+//! - [`gpu`]: GPU models and their nominal figures (memory, power).
+//! - [`mig`]: MIG profile tables and the layout rules NVML enforces.
+//! - [`slice`]: what a tenant asks for, its validation, and a slice's lifecycle.
+//! - [`convert`]: conversions between these types and the wire messages.
+
+pub mod convert;
+pub mod gpu;
+pub mod mig;
+pub mod slice;
+
+/// Bytes in a GiB.
+pub const GIB: u64 = 1 << 30;
+
+/// Milli-GPU units in one whole GPU.
+pub const MILLI_PER_GPU: u32 = 1000;
