@@ -1,0 +1,254 @@
+//! Placement: pure, deterministic functions from (cluster view, request) to a placement or the reason
+//! it cannot be placed. The running controller builds a [`ClusterView`] from its state and calls
+//! [`Policy::place`] for every request.
+
+use greenslice_core::gpu::GpuModel;
+use greenslice_core::mig;
+use greenslice_core::slice::{SliceKind, SliceSpec, share_milli};
+use thiserror::Error;
+
+/// One GPU as placement sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuView {
+    pub uuid: String,
+    pub model: GpuModel,
+    pub healthy: bool,
+    /// MIG mode on: the GPU hosts only MIG instances.
+    pub mig_enabled: bool,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+    /// Compute held by shares and whole-GPU slices, milli-GPU.
+    pub used_milli: u32,
+    /// Memory held by shares, bytes.
+    pub used_memory_bytes: u64,
+    /// Held whole by one slice.
+    pub exclusive: bool,
+    /// MIG instances that exist (held or not).
+    pub mig_layout: Vec<mig::Placed>,
+}
+
+impl GpuView {
+    /// Whether the GPU can take a share of `milli` compute and `memory` bytes.
+    pub fn fits_share(&self, milli: u32, memory: u64) -> bool {
+        self.healthy
+            && !self.mig_enabled
+            && !self.exclusive
+            && self.used_milli + milli <= greenslice_core::MILLI_PER_GPU
+            && self.used_memory_bytes + memory <= self.memory_bytes
+    }
+
+    /// Whether the GPU is entirely free for a whole-GPU slice.
+    pub fn fits_whole(&self) -> bool {
+        self.healthy
+            && !self.mig_enabled
+            && !self.exclusive
+            && self.used_milli == 0
+            && self.used_memory_bytes == 0
+    }
+
+    /// Legal starts for a MIG profile now (empty if none or not a MIG GPU).
+    pub fn mig_starts(&self, profile: &str) -> Vec<u8> {
+        if !self.healthy || !self.mig_enabled {
+            return Vec::new();
+        }
+        mig::free_starts(&self.model, &self.mig_layout, profile)
+    }
+
+    /// Free compute in milli-GPU (for MIG GPUs: free compute slices x 1000 / 7).
+    pub fn free_milli(&self) -> u32 {
+        if self.mig_enabled {
+            let used = u32::from(mig::used_compute(&self.model, &self.mig_layout));
+            (u32::from(mig::COMPUTE_SLICES).saturating_sub(used)) * 1000
+                / u32::from(mig::COMPUTE_SLICES)
+        } else if self.exclusive {
+            0
+        } else {
+            greenslice_core::MILLI_PER_GPU.saturating_sub(self.used_milli)
+        }
+    }
+}
+
+/// One node as placement sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    /// False when the node's agent is gone or it is drained: nothing new goes there.
+    pub schedulable: bool,
+    /// CPU capacity and use in milli-cores (capacity 0 = unknown, not checked).
+    pub cpu_milli: u64,
+    pub cpu_used_milli: u64,
+    /// Host memory capacity and use in bytes (capacity 0 = unknown, not checked).
+    pub memory_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub gpus: Vec<GpuView>,
+}
+
+/// The cluster as placement sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeView>,
+}
+
+/// What to place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub spec: SliceSpec,
+    /// Host CPU in milli-cores the slice's workload needs (0 = not checked).
+    pub cpu_milli: u64,
+    /// Host memory in bytes the slice's workload needs (0 = not checked).
+    pub memory_bytes: u64,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Index into `ClusterView::nodes`.
+    pub node: usize,
+    /// Indices into that node's `gpus`.
+    pub gpus: Vec<usize>,
+    /// For MIG requests: the first memory slice of the new instance.
+    pub mig_start: Option<u8>,
+}
+
+/// Why a request cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Unplaceable {
+    #[error("no schedulable node is connected")]
+    NoNodes,
+    #[error("no GPU of model {0} in the cluster")]
+    NoSuchModel(String),
+    #[error("no room for {wanted}; free now: {free}")]
+    NoRoom { wanted: String, free: String },
+}
+
+/// A placement policy.
+pub trait Policy: Send + Sync {
+    /// Short name ("first-fit", "fgd", ...).
+    fn name(&self) -> &'static str;
+    /// Chooses where `req` goes, or says why it cannot.
+    fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable>;
+}
+
+/// Candidate GPUs of a node for a request, in index order, with the MIG start where relevant.
+/// Node-level checks (schedulable, CPU, memory, model) included. Empty when the node cannot host it.
+pub fn feasible_on_node(node: &NodeView, req: &Request) -> Vec<(usize, Option<u8>)> {
+    if !node.schedulable {
+        return Vec::new();
+    }
+    if node.cpu_milli > 0 && node.cpu_used_milli + req.cpu_milli > node.cpu_milli {
+        return Vec::new();
+    }
+    if node.memory_bytes > 0 && node.memory_used_bytes + req.memory_bytes > node.memory_bytes {
+        return Vec::new();
+    }
+    let model_ok = |g: &GpuView| req.spec.gpu_model.as_ref().is_none_or(|m| *m == g.model);
+    let gpus = node.gpus.iter().enumerate().filter(|(_, g)| model_ok(g));
+    match &req.spec.kind {
+        SliceKind::Whole { .. } => gpus
+            .filter(|(_, g)| g.fits_whole())
+            .map(|(i, _)| (i, None))
+            .collect(),
+        SliceKind::Mig { profile } => gpus
+            .filter_map(|(i, g)| g.mig_starts(profile).first().map(|s| (i, Some(*s))))
+            .collect(),
+        SliceKind::Share {
+            compute_fraction,
+            memory_bytes,
+        } => {
+            let milli = share_milli(*compute_fraction);
+            gpus.filter(|(_, g)| g.fits_share(milli, *memory_bytes))
+                .map(|(i, _)| (i, None))
+                .collect()
+        }
+    }
+}
+
+/// GPUs a request needs.
+pub fn gpus_needed(spec: &SliceSpec) -> usize {
+    match spec.kind {
+        SliceKind::Whole { count } => count as usize,
+        _ => 1,
+    }
+}
+
+/// The reason a request could not be placed anywhere, with a summary of what is free.
+pub fn unplaceable(view: &ClusterView, req: &Request) -> Unplaceable {
+    if !view.nodes.iter().any(|n| n.schedulable) {
+        return Unplaceable::NoNodes;
+    }
+    if let Some(m) = &req.spec.gpu_model
+        && !view
+            .nodes
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .any(|g| g.model == *m)
+    {
+        return Unplaceable::NoSuchModel(m.name().to_string());
+    }
+    Unplaceable::NoRoom {
+        wanted: req.spec.describe(),
+        free: free_summary(view),
+    }
+}
+
+/// "3 whole GPUs, 2 share GPUs with >= 500 milli free, MIG: 3g.40gb x2, 1g.10gb x5" style summary.
+pub fn free_summary(view: &ClusterView) -> String {
+    let gpus = view
+        .nodes
+        .iter()
+        .filter(|n| n.schedulable)
+        .flat_map(|n| &n.gpus)
+        .filter(|g| g.healthy);
+    let mut whole = 0;
+    let mut best_share = 0u32;
+    let mut profiles: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    for g in gpus {
+        if g.mig_enabled {
+            for p in mig::placeable_profiles(&g.model, &g.mig_layout) {
+                *profiles.entry(p).or_default() += 1;
+            }
+        } else if g.fits_whole() {
+            whole += 1;
+        } else {
+            best_share = best_share.max(g.free_milli());
+        }
+    }
+    let mig: Vec<String> = profiles
+        .iter()
+        .map(|(p, n)| format!("{p} on {n} GPUs"))
+        .collect();
+    format!(
+        "{whole} whole GPUs; largest partial share {:.3} GPU; MIG: {}",
+        f64::from(best_share) / 1000.0,
+        if mig.is_empty() {
+            "none".to_string()
+        } else {
+            mig.join(", ")
+        }
+    )
+}
+
+/// The simplest policy: first node, first GPUs that fit. Kept as a baseline.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FirstFit;
+
+impl Policy for FirstFit {
+    fn name(&self) -> &'static str {
+        "first-fit"
+    }
+
+    fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable> {
+        let need = gpus_needed(&req.spec);
+        for (ni, node) in view.nodes.iter().enumerate() {
+            let cands = feasible_on_node(node, req);
+            if cands.len() >= need {
+                return Ok(Placement {
+                    node: ni,
+                    gpus: cands.iter().take(need).map(|c| c.0).collect(),
+                    mig_start: cands[0].1,
+                });
+            }
+        }
+        Err(unplaceable(view, req))
+    }
+}
