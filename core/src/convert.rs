@@ -2,6 +2,8 @@
 
 use greenslice_proto::v1 as pb;
 
+use crate::gpu::GpuModel;
+use crate::inventory::{Gpu, MigInstance, Share};
 use crate::slice::{self, SliceKind, SliceSpec, SliceState, ValidationError};
 
 /// Validates a wire spec into a domain spec.
@@ -66,6 +68,86 @@ pub fn state_from_pb(v: i32) -> Option<SliceState> {
         pb::SliceState::Releasing => Some(SliceState::Releasing),
         pb::SliceState::Released => Some(SliceState::Released),
         pb::SliceState::Failed => Some(SliceState::Failed),
+    }
+}
+
+/// A MIG instance as the wire message.
+pub fn mig_to_pb(m: &MigInstance) -> pb::MigInstance {
+    pb::MigInstance {
+        gpu_instance_id: m.gpu_instance_id,
+        profile: m.profile.clone(),
+        start: u32::from(m.start),
+        size: u32::from(m.size),
+        mig_uuid: m.mig_uuid.clone(),
+        slice_id: m.slice_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A wire MIG instance as the domain type; `None` when start or size is out of range.
+pub fn mig_from_pb(m: &pb::MigInstance) -> Option<MigInstance> {
+    Some(MigInstance {
+        gpu_instance_id: m.gpu_instance_id,
+        profile: m.profile.clone(),
+        start: u8::try_from(m.start)
+            .ok()
+            .filter(|s| *s < crate::mig::MEMORY_SLICES)?,
+        size: u8::try_from(m.size)
+            .ok()
+            .filter(|s| *s <= crate::mig::MEMORY_SLICES)?,
+        mig_uuid: m.mig_uuid.clone(),
+        slice_id: (!m.slice_id.is_empty()).then(|| m.slice_id.clone()),
+    })
+}
+
+/// A GPU as the wire message.
+pub fn gpu_to_pb(g: &Gpu) -> pb::GpuInfo {
+    pb::GpuInfo {
+        uuid: g.uuid.clone(),
+        index: g.index,
+        model: g.model.name().to_string(),
+        memory_bytes: g.memory_bytes,
+        mig_capable: g.mig_capable,
+        mig_enabled: g.mig_enabled,
+        pci_bus_id: g.pci_bus_id.clone(),
+        power_limit_mw: g.power_limit_mw,
+        healthy: g.healthy,
+        mig_instances: g.mig_instances.iter().map(mig_to_pb).collect(),
+        shares: g
+            .shares
+            .iter()
+            .map(|s| pb::ShareLimit {
+                slice_id: s.slice_id.clone(),
+                compute_fraction: s.compute_fraction,
+                memory_bytes: s.memory_bytes,
+            })
+            .collect(),
+        whole_slice_id: g.whole_slice_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A wire GPU as the domain type. Malformed MIG instances are dropped (the caller logs the count).
+pub fn gpu_from_pb(g: &pb::GpuInfo) -> Gpu {
+    Gpu {
+        uuid: g.uuid.clone(),
+        index: g.index,
+        model: GpuModel::from_name(&g.model),
+        memory_bytes: g.memory_bytes,
+        mig_capable: g.mig_capable,
+        mig_enabled: g.mig_enabled,
+        pci_bus_id: g.pci_bus_id.clone(),
+        power_limit_mw: g.power_limit_mw,
+        healthy: g.healthy,
+        mig_instances: g.mig_instances.iter().filter_map(mig_from_pb).collect(),
+        shares: g
+            .shares
+            .iter()
+            .map(|s| Share {
+                slice_id: s.slice_id.clone(),
+                compute_fraction: s.compute_fraction,
+                memory_bytes: s.memory_bytes,
+            })
+            .collect(),
+        whole_slice_id: (!g.whole_slice_id.is_empty()).then(|| g.whole_slice_id.clone()),
     }
 }
 

@@ -3,10 +3,14 @@
 //! - [`gpu`]: GPU models and their nominal figures (memory, power).
 //! - [`mig`]: MIG profile tables and the layout rules NVML enforces.
 //! - [`slice`]: what a tenant asks for, its validation, and a slice's lifecycle.
+//! - [`inventory`]: the actual state of a node's GPUs.
+//! - [`clock`]: injected time.
 //! - [`convert`]: conversions between these types and the wire messages.
 
+pub mod clock;
 pub mod convert;
 pub mod gpu;
+pub mod inventory;
 pub mod mig;
 pub mod slice;
 

@@ -1,1 +1,8 @@
+//! The greenslice node agent: discovers the node's GPUs through a [`backend::GpuBackend`], keeps one
+//! long-lived stream to the controller, applies the controller's commands and reports actual state.
 
+pub mod backend;
+pub mod config;
+pub mod session;
+
+pub use config::AgentConfig;

@@ -1,0 +1,120 @@
+//! GPU backends: the one seam between the agent and the hardware.
+//!
+//! [`GpuBackend`] is implemented by the NVML backend (real NVIDIA GPUs) and the simulator (everywhere
+//! else, and in tests). The agent talks only to this trait.
+
+pub mod nvml;
+pub mod sim;
+
+use std::collections::BTreeMap;
+
+use greenslice_core::inventory::{Gpu, MigInstance};
+use thiserror::Error;
+
+/// What went wrong in a backend. Messages are shown to operators and sent to the controller.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// No NVIDIA driver / NVML library on this machine.
+    #[error(
+        "NVML is not available ({0}); is the NVIDIA driver installed? To run without a GPU use --backend sim"
+    )]
+    NoDriver(String),
+    #[error("unknown GPU {0}")]
+    UnknownGpu(String),
+    #[error(transparent)]
+    Mig(#[from] greenslice_core::mig::MigError),
+    #[error("GPU {gpu} is not in MIG mode")]
+    NotMigMode { gpu: String },
+    #[error("GPU {gpu} is in MIG mode; whole-GPU and share slices need MIG mode off")]
+    MigMode { gpu: String },
+    #[error("no MIG instance {gi} on GPU {gpu}")]
+    NoSuchInstance { gpu: String, gi: u32 },
+    #[error("GPU {gpu} has no room: {why}")]
+    NoRoom { gpu: String, why: String },
+    #[error("slice {slice} holds nothing on GPU {gpu}")]
+    NoSuchSlice { gpu: String, slice: String },
+    #[error("MIG changes are disabled (set mig.manage = true in the agent config to allow them)")]
+    ReadOnly,
+    #[error("NVML call {call} failed: {msg}")]
+    Nvml { call: &'static str, msg: String },
+    #[error("invalid backend configuration: {0}")]
+    Config(String),
+}
+
+/// The host a backend runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// CPU capacity in milli-cores.
+    pub cpu_milli: u64,
+    /// Host memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Environment a process needs to use an applied slice (NVIDIA_VISIBLE_DEVICES, MPS limits...).
+pub type SliceEnv = BTreeMap<String, String>;
+
+/// The hardware seam. Methods are synchronous: NVML is a blocking C library and the simulator is
+/// in-memory; the agent calls them from a blocking-safe context.
+pub trait GpuBackend: Send {
+    /// "sim" or "nvml".
+    fn kind(&self) -> &'static str;
+    /// Host CPU and memory.
+    fn host(&self) -> HostInfo;
+    /// Every GPU with its actual MIG instances, shares and whole-GPU holder.
+    fn inventory(&mut self) -> Result<Vec<Gpu>, BackendError>;
+    /// Creates a GPU instance (and its full compute instance) of `profile` at `start` for `slice_id`.
+    fn create_mig(
+        &mut self,
+        gpu: &str,
+        profile: &str,
+        start: u8,
+        slice_id: &str,
+    ) -> Result<(MigInstance, SliceEnv), BackendError>;
+    /// Destroys a GPU instance and its compute instances.
+    fn destroy_mig(&mut self, gpu: &str, gpu_instance_id: u32) -> Result<(), BackendError>;
+    /// Applies a time-sliced share with enforced limits.
+    fn set_share(
+        &mut self,
+        gpu: &str,
+        slice_id: &str,
+        compute_fraction: f64,
+        memory_bytes: u64,
+    ) -> Result<SliceEnv, BackendError>;
+    /// Removes a share.
+    fn clear_share(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError>;
+    /// Dedicates a whole GPU to a slice.
+    fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError>;
+    /// Frees a whole GPU.
+    fn unassign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError>;
+}
+
+/// Environment for MPS-enforced shares: the thread percentage and the pinned memory limit.
+pub fn share_env(
+    gpu_uuid: &str,
+    compute_fraction: f64,
+    memory_bytes: u64,
+    mps_pipe_dir: &str,
+) -> SliceEnv {
+    let pct = ((compute_fraction * 100.0).ceil() as u32).clamp(1, 100);
+    let mib = memory_bytes.div_ceil(1 << 20);
+    SliceEnv::from([
+        ("NVIDIA_VISIBLE_DEVICES".to_string(), gpu_uuid.to_string()),
+        (
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_string(),
+            pct.to_string(),
+        ),
+        (
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".to_string(),
+            format!("0={mib}M"),
+        ),
+        (
+            "CUDA_MPS_PIPE_DIRECTORY".to_string(),
+            mps_pipe_dir.to_string(),
+        ),
+    ])
+}
+
+/// Environment for a device (a GPU or MIG UUID).
+pub fn device_env(uuid: &str) -> SliceEnv {
+    SliceEnv::from([("NVIDIA_VISIBLE_DEVICES".to_string(), uuid.to_string())])
+}
