@@ -1,1 +1,88 @@
-fn main() {}
+//! `greenslice`: the tenant and ops command line, the demo (the main job) and the benchmarks.
+
+mod cli;
+mod demo;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// greenslice: fractional GPU slices (MIG or time-sliced shares), idle reclaim, per-tenant energy.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Controller URL.
+    #[arg(
+        long,
+        global = true,
+        env = "GREENSLICE_CONTROLLER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    controller: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask for a GPU slice: whole GPUs, a MIG profile, or a time-sliced share.
+    Request(cli::RequestArgs),
+    /// Show one slice.
+    Get {
+        /// Slice id.
+        slice: String,
+    },
+    /// List slices.
+    List(cli::ListArgs),
+    /// Release a slice.
+    Release {
+        /// Slice id.
+        slice: String,
+    },
+    /// Stream slice events.
+    Watch {
+        /// Only this tenant's slices.
+        #[arg(long, env = "GREENSLICE_TENANT")]
+        tenant: Option<String>,
+    },
+    /// Nodes, GPUs, slices and free capacity.
+    Inventory,
+    /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
+    Demo(demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo(_)) {
+        tracing_subscriber::fmt()
+            // The demo prints its own progress; logs only for errors unless RUST_LOG says otherwise.
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "error".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let fmt = cli.output;
+    let result = match cli.command {
+        Command::Request(a) => cli::request(&cli.controller, fmt, a).await,
+        Command::Get { slice } => cli::get(&cli.controller, fmt, &slice).await,
+        Command::List(a) => cli::list(&cli.controller, fmt, a).await,
+        Command::Release { slice } => cli::release(&cli.controller, fmt, &slice).await,
+        Command::Watch { tenant } => cli::watch(&cli.controller, fmt, tenant).await,
+        Command::Inventory => cli::inventory(&cli.controller, fmt).await,
+        Command::Demo(a) => demo::run(a).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

@@ -1,3 +1,19 @@
 //! The greenslice controller: the cluster view, placement, the slice lifecycle and the gRPC services.
+//!
+//! - [`controller`]: the core that validates, places, commits and applies slices.
+//! - [`state`]: nodes and slices in memory; capacity in use is derived from live slices.
+//! - [`placement`]: pure placement policies.
+//! - [`ledger`]: where desired state is committed before it is acknowledged.
+//! - [`agents`]: connected node agents and commands in flight.
+//! - [`api`]: the gRPC services; [`server`] serves them.
 
+pub mod agents;
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod error;
+pub mod ledger;
 pub mod placement;
+pub mod server;
+pub mod slice;
+pub mod state;

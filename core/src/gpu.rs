@@ -8,7 +8,7 @@ use crate::GIB;
 ///
 /// Figures are nominal (vendor datasheets; idle power from public captures, approximate). Models
 /// greenslice has no table for still work as whole GPUs and shares: see [`GpuModel::Other`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum GpuModel {
     A100Sxm4_40Gb,
     A100Sxm4_80Gb,

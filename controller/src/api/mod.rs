@@ -1,0 +1,18 @@
+//! gRPC services: thin edges over [`crate::controller::Controller`].
+
+pub mod agent;
+pub mod ops;
+pub mod tenant;
+
+/// Longest accepted id in a request (slice ids, node names).
+pub const MAX_ID_LEN: usize = 253;
+
+/// Checks an id-like string from a request.
+pub fn check_id(field: &str, v: &str) -> Result<(), tonic::Status> {
+    if v.is_empty() || v.len() > MAX_ID_LEN || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field} must be 1-{MAX_ID_LEN} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}

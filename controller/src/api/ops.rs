@@ -1,0 +1,87 @@
+//! OpsService: inventory and, later, reports.
+
+use std::sync::Arc;
+
+use greenslice_core::convert::gpu_to_pb;
+use greenslice_core::mig;
+use greenslice_proto::v1 as pb;
+use pb::ops_service_server::OpsService;
+use tonic::{Request, Response, Status};
+
+use crate::controller::Controller;
+
+/// The ops API.
+#[derive(Debug, Clone)]
+pub struct OpsApi {
+    pub controller: Arc<Controller>,
+}
+
+/// Builds the inventory answer from the controller's state.
+pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
+    let (nodes, view, slices) = controller.snapshot();
+    let mut capacity = Vec::new();
+    let mut allocated_milli = 0u64;
+    for n in &view.nodes {
+        for g in &n.gpus {
+            let held = slices
+                .iter()
+                .filter(|s| s.gpus.iter().any(|u| *u == g.uuid))
+                .count() as u32;
+            allocated_milli += u64::from(1000 - g.free_milli());
+            capacity.push(pb::GpuCapacity {
+                node: n.name.clone(),
+                gpu_uuid: g.uuid.clone(),
+                model: g.model.name().to_string(),
+                mig_enabled: g.mig_enabled,
+                free_milli: g.free_milli(),
+                free_memory_bytes: if g.mig_enabled {
+                    let used = u64::from(mig::used_mask(&g.model, &g.mig_layout).count_ones());
+                    g.memory_bytes / 8 * (8 - used)
+                } else if g.exclusive {
+                    0
+                } else {
+                    g.memory_bytes.saturating_sub(g.used_memory_bytes)
+                },
+                placeable_profiles: if g.mig_enabled && g.healthy {
+                    mig::placeable_profiles(&g.model, &g.mig_layout)
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                slices: held,
+                healthy: g.healthy,
+            });
+        }
+    }
+    let mut slices: Vec<pb::Slice> = slices.iter().map(|s| s.to_pb()).collect();
+    slices.sort_by(|a, b| a.id.cmp(&b.id));
+    pb::InventoryResponse {
+        gpus_total: capacity.len() as u32,
+        nodes: nodes
+            .iter()
+            .map(|n| pb::NodeInfo {
+                name: n.name.clone(),
+                cpu_milli: n.cpu_milli,
+                memory_bytes: n.memory_bytes,
+                gpus: n.gpus.iter().map(gpu_to_pb).collect(),
+                connected: n.connected,
+                backend: n.backend.clone(),
+            })
+            .collect(),
+        capacity,
+        slices,
+        allocated_milli,
+    }
+}
+
+#[tonic::async_trait]
+impl OpsService for OpsApi {
+    async fn inventory(
+        &self,
+        _: Request<pb::InventoryRequest>,
+    ) -> Result<Response<pb::InventoryResponse>, Status> {
+        Ok(Response::new(inventory(&self.controller)))
+    }
+}

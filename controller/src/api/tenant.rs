@@ -1,0 +1,103 @@
+//! TenantService: request, get, list, release and watch slices.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use greenslice_proto::v1 as pb;
+use pb::tenant_service_server::TenantService;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{Request, Response, Status};
+
+use super::check_id;
+use crate::controller::Controller;
+
+/// The tenant API.
+#[derive(Debug, Clone)]
+pub struct TenantApi {
+    pub controller: Arc<Controller>,
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn request_slice(
+        &self,
+        req: Request<pb::RequestSliceRequest>,
+    ) -> Result<Response<pb::RequestSliceResponse>, Status> {
+        let r = req.into_inner();
+        let out = self
+            .controller
+            .request(&r.tenant, r.spec.as_ref(), &r.idempotency_key)
+            .await?;
+        Ok(Response::new(pb::RequestSliceResponse {
+            slice: Some(out.slice.to_pb()),
+            replayed: out.replayed,
+        }))
+    }
+
+    async fn get_slice(
+        &self,
+        req: Request<pb::GetSliceRequest>,
+    ) -> Result<Response<pb::GetSliceResponse>, Status> {
+        let r = req.into_inner();
+        check_id("slice_id", &r.slice_id)?;
+        let s = self.controller.get(&r.slice_id)?;
+        Ok(Response::new(pb::GetSliceResponse {
+            slice: Some(s.to_pb()),
+        }))
+    }
+
+    async fn list_slices(
+        &self,
+        req: Request<pb::ListSlicesRequest>,
+    ) -> Result<Response<pb::ListSlicesResponse>, Status> {
+        let r = req.into_inner();
+        let slices = self
+            .controller
+            .list(&r.tenant, &r.node, r.include_terminal)
+            .iter()
+            .map(|s| s.to_pb())
+            .collect();
+        Ok(Response::new(pb::ListSlicesResponse { slices }))
+    }
+
+    async fn release_slice(
+        &self,
+        req: Request<pb::ReleaseSliceRequest>,
+    ) -> Result<Response<pb::ReleaseSliceResponse>, Status> {
+        let r = req.into_inner();
+        check_id("slice_id", &r.slice_id)?;
+        let s = self
+            .controller
+            .release(&r.slice_id, "released by tenant")
+            .await?;
+        Ok(Response::new(pb::ReleaseSliceResponse {
+            slice: Some(s.to_pb()),
+        }))
+    }
+
+    type WatchSlicesStream = Pin<Box<dyn Stream<Item = Result<pb::SliceEvent, Status>> + Send>>;
+
+    async fn watch_slices(
+        &self,
+        req: Request<pb::WatchSlicesRequest>,
+    ) -> Result<Response<Self::WatchSlicesStream>, Status> {
+        let tenant = req.into_inner().tenant;
+        let rx = self.controller.subscribe();
+        let stream = BroadcastStream::new(rx).filter_map(move |ev| match ev {
+            Ok(ev) => {
+                let mine =
+                    tenant.is_empty() || ev.slice.as_ref().is_some_and(|s| s.tenant == tenant);
+                mine.then_some(Ok(ev))
+            }
+            // A slow watcher missed events: tell it rather than silently skipping.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Err(Status::data_loss(format!(
+                    "watcher fell behind and missed {n} events; re-list and watch again"
+                ))))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

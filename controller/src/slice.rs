@@ -1,0 +1,73 @@
+//! The controller's record of a slice: what was asked, where it went, and its lifecycle state.
+
+use std::collections::BTreeMap;
+
+use greenslice_core::convert::{spec_to_pb, state_to_pb};
+use greenslice_core::slice::{SliceSpec, SliceState};
+use greenslice_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+/// Where a MIG slice lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigAssignment {
+    pub profile: String,
+    /// First memory slice.
+    pub start: u8,
+    /// Memory slices covered.
+    pub size: u8,
+    /// GPU instance id, once the agent created it.
+    pub gpu_instance_id: Option<u32>,
+    /// MIG device UUID, once created.
+    pub mig_uuid: Option<String>,
+}
+
+/// A slice as the controller (and its ledger) keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceRecord {
+    pub id: String,
+    pub tenant: String,
+    pub spec: SliceSpec,
+    pub state: SliceState,
+    pub node: String,
+    /// GPU UUIDs the slice uses.
+    pub gpus: Vec<String>,
+    pub mig: Option<MigAssignment>,
+    /// Environment a process needs to use the slice.
+    pub env: BTreeMap<String, String>,
+    /// Why it failed or was released by the system.
+    pub reason: String,
+    pub idempotency_key: Option<String>,
+    /// ms since the Unix epoch.
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl SliceRecord {
+    /// Whether the slice holds capacity (not released or failed).
+    pub fn is_live(&self) -> bool {
+        !self.state.is_terminal()
+    }
+
+    pub fn to_pb(&self) -> pb::Slice {
+        pb::Slice {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            spec: Some(spec_to_pb(&self.spec)),
+            state: state_to_pb(self.state) as i32,
+            node: self.node.clone(),
+            gpu_uuids: self.gpus.clone(),
+            mig: self.mig.as_ref().map(|m| pb::MigPlacement {
+                profile: m.profile.clone(),
+                start: u32::from(m.start),
+                size: u32::from(m.size),
+                gpu_instance_id: m.gpu_instance_id.unwrap_or(0),
+                mig_uuid: m.mig_uuid.clone().unwrap_or_default(),
+            }),
+            env: self.env.clone().into_iter().collect(),
+            reason: self.reason.clone(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            created_unix_ms: self.created_ms,
+            updated_unix_ms: self.updated_ms,
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The controller's in-memory cluster state: nodes as their agents report them, and slices as the
+//! ledger holds them. Capacity in use is always derived from the live slices, never kept twice.
+
+use std::collections::{BTreeMap, HashMap};
+
+use greenslice_core::inventory::Gpu;
+use greenslice_core::mig;
+use greenslice_core::slice::{SliceKind, share_milli};
+
+use crate::placement::{ClusterView, GpuView, NodeView};
+use crate::slice::SliceRecord;
+
+/// A node as its agent last reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub cpu_milli: u64,
+    pub memory_bytes: u64,
+    pub backend: String,
+    /// Reported GPUs, kept in step with the commands the agent confirmed.
+    pub gpus: Vec<Gpu>,
+    pub connected: bool,
+}
+
+/// Nodes and slices.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub slices: HashMap<String, SliceRecord>,
+    /// (tenant, idempotency key) -> slice id.
+    pub idempotency: HashMap<(String, String), String>,
+}
+
+impl ClusterState {
+    /// Adds or replaces a slice record, keeping the idempotency index in step.
+    pub fn put(&mut self, r: SliceRecord) {
+        if let Some(k) = &r.idempotency_key {
+            self.idempotency
+                .insert((r.tenant.clone(), k.clone()), r.id.clone());
+        }
+        self.slices.insert(r.id.clone(), r);
+    }
+
+    /// Live slices on a node.
+    pub fn live_on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a SliceRecord> + 'a {
+        self.slices
+            .values()
+            .filter(move |s| s.is_live() && s.node == node)
+    }
+
+    /// The placement view of one GPU: reported hardware plus what live slices hold.
+    pub fn gpu_view(&self, node: &NodeRecord, g: &Gpu) -> GpuView {
+        let mut v = GpuView {
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            healthy: g.healthy,
+            mig_enabled: g.mig_enabled,
+            memory_bytes: g.memory_bytes,
+            used_milli: 0,
+            used_memory_bytes: 0,
+            exclusive: false,
+            mig_layout: Vec::new(),
+        };
+        let live: Vec<&SliceRecord> = self
+            .live_on_node(&node.name)
+            .filter(|s| s.gpus.iter().any(|u| *u == g.uuid))
+            .collect();
+        for s in &live {
+            match &s.spec.kind {
+                SliceKind::Whole { .. } => {
+                    v.exclusive = true;
+                    v.used_milli = greenslice_core::MILLI_PER_GPU;
+                }
+                SliceKind::Share {
+                    compute_fraction,
+                    memory_bytes,
+                } => {
+                    v.used_milli += share_milli(*compute_fraction);
+                    v.used_memory_bytes += memory_bytes;
+                }
+                SliceKind::Mig { .. } => {
+                    if let Some(m) = &s.mig {
+                        v.mig_layout.push(mig::Placed {
+                            profile: m.profile.clone(),
+                            start: m.start,
+                        });
+                    }
+                }
+            }
+        }
+        // Instances on the hardware that no live slice accounts for (made outside greenslice, or
+        // not yet cleaned up) still occupy their slices.
+        for inst in &g.mig_instances {
+            let owned = live.iter().any(|s| {
+                s.mig.as_ref().is_some_and(|m| {
+                    m.gpu_instance_id == Some(inst.gpu_instance_id)
+                        || (m.gpu_instance_id.is_none() && m.start == inst.start)
+                })
+            });
+            if !owned {
+                v.mig_layout.push(mig::Placed {
+                    profile: inst.profile.clone(),
+                    start: inst.start,
+                });
+            }
+        }
+        // Shares or whole assignments on the hardware that no live slice accounts for.
+        for sh in &g.shares {
+            if !live.iter().any(|s| s.id == sh.slice_id) {
+                v.used_milli += share_milli(sh.compute_fraction);
+                v.used_memory_bytes += sh.memory_bytes;
+            }
+        }
+        if let Some(w) = &g.whole_slice_id
+            && !live.iter().any(|s| s.id == *w)
+        {
+            v.exclusive = true;
+        }
+        v
+    }
+
+    /// The placement view of the cluster. Node order is by name (deterministic).
+    pub fn view(&self) -> ClusterView {
+        ClusterView {
+            nodes: self
+                .nodes
+                .values()
+                .map(|n| NodeView {
+                    name: n.name.clone(),
+                    schedulable: n.connected,
+                    cpu_milli: n.cpu_milli,
+                    cpu_used_milli: 0,
+                    memory_bytes: n.memory_bytes,
+                    memory_used_bytes: 0,
+                    gpus: n.gpus.iter().map(|g| self.gpu_view(n, g)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Updates the mirror of a node's hardware after a confirmed MIG creation.
+    pub fn mirror_mig_created(
+        &mut self,
+        node: &str,
+        gpu: &str,
+        inst: greenslice_core::inventory::MigInstance,
+    ) {
+        if let Some(g) = self.gpu_mut(node, gpu) {
+            g.mig_instances
+                .retain(|i| i.gpu_instance_id != inst.gpu_instance_id);
+            g.mig_instances.push(inst);
+        }
+    }
+
+    /// Updates the mirror after a confirmed MIG destruction.
+    pub fn mirror_mig_destroyed(&mut self, node: &str, gpu: &str, gi: u32) {
+        if let Some(g) = self.gpu_mut(node, gpu) {
+            g.mig_instances.retain(|i| i.gpu_instance_id != gi);
+        }
+    }
+
+    /// Updates the mirror after a share or whole assignment was cleared.
+    pub fn mirror_cleared(&mut self, node: &str, gpu: &str, slice: &str) {
+        if let Some(g) = self.gpu_mut(node, gpu) {
+            g.shares.retain(|s| s.slice_id != slice);
+            if g.whole_slice_id.as_deref() == Some(slice) {
+                g.whole_slice_id = None;
+            }
+        }
+    }
+
+    fn gpu_mut(&mut self, node: &str, gpu: &str) -> Option<&mut Gpu> {
+        self.nodes
+            .get_mut(node)?
+            .gpus
+            .iter_mut()
+            .find(|g| g.uuid == gpu)
+    }
+}

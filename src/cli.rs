@@ -1,0 +1,299 @@
+//! Tenant and ops commands: thin gRPC clients that print tables or JSON.
+
+use anyhow::Context;
+use greenslice_proto::v1 as pb;
+use pb::ops_service_client::OpsServiceClient;
+use pb::tenant_service_client::TenantServiceClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::output::{self, Format};
+
+/// Process exit codes, by what went wrong (documented in the README).
+pub mod exit {
+    pub const OTHER: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const NO_ROOM: u8 = 4;
+    pub const UNAVAILABLE: u8 = 5;
+    pub const DENIED: u8 = 6;
+}
+
+/// Maps an error (a gRPC status, usually) to the exit code.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        use tonic::Code::*;
+        return match s.code() {
+            InvalidArgument | FailedPrecondition | OutOfRange => exit::INVALID,
+            NotFound => exit::NOT_FOUND,
+            ResourceExhausted => exit::NO_ROOM,
+            Unavailable | DeadlineExceeded => exit::UNAVAILABLE,
+            PermissionDenied | Unauthenticated => exit::DENIED,
+            _ => exit::OTHER,
+        };
+    }
+    if e.downcast_ref::<tonic::transport::Error>().is_some() {
+        return exit::UNAVAILABLE;
+    }
+    if e.downcast_ref::<ArgError>().is_some() {
+        return exit::INVALID;
+    }
+    exit::OTHER
+}
+
+/// A bad command-line value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgError(pub String);
+
+/// Parses a size: plain bytes, or with a unit (KiB, MiB, GiB, TiB; K/M/G/T and KB/MB/GB also read
+/// as binary units, as GPU memory is).
+pub fn parse_bytes(s: &str) -> Result<u64, ArgError> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        ArgError(format!(
+            "invalid size {s:?}: expected e.g. 10GiB, 512MiB or 1073741824"
+        ))
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => {
+            return Err(ArgError(format!(
+                "invalid size unit {u:?} in {s:?}: use KiB, MiB, GiB or TiB"
+            )));
+        }
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(ArgError(format!("size {s:?} out of range")));
+    }
+    Ok(v as u64)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["whole", "profile", "share"])))]
+pub struct RequestArgs {
+    /// Tenant making the request.
+    #[arg(long, env = "GREENSLICE_TENANT")]
+    pub tenant: String,
+    /// Number of whole GPUs (1-8, one node).
+    #[arg(long)]
+    pub whole: Option<u32>,
+    /// MIG profile, e.g. 3g.40gb.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Time-sliced share: fraction of a GPU's compute in (0, 1]; needs --memory.
+    #[arg(long, requires = "memory")]
+    pub share: Option<f64>,
+    /// GPU memory for a share, e.g. 10GiB.
+    #[arg(long, value_parser = |s: &str| parse_bytes(s))]
+    pub memory: Option<u64>,
+    /// Only GPUs of this model, e.g. H100-SXM5-80GB.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Slice class for policies (e.g. serving).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Idempotency key: retrying with the same key returns the same slice.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only this tenant's slices.
+    #[arg(long, env = "GREENSLICE_TENANT")]
+    pub tenant: Option<String>,
+    /// Only slices on this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Include released and failed slices.
+    #[arg(long)]
+    pub all: bool,
+}
+
+async fn tenant_client(url: &str) -> anyhow::Result<TenantServiceClient<Channel>> {
+    TenantServiceClient::connect(url.to_string())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the controller at {url} (set --controller or GREENSLICE_CONTROLLER)"
+            )
+        })
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_slice(fmt: Format, s: &pb::Slice) -> anyhow::Result<()> {
+    match fmt {
+        Format::Json => print_json(&output::slice_json(s)),
+        Format::Table => {
+            println!("{}", output::slice_detail(s));
+            Ok(())
+        }
+    }
+}
+
+/// Builds the wire spec from command-line flags.
+pub fn spec_from_args(a: &RequestArgs) -> Result<pb::SliceSpec, ArgError> {
+    let kind = if let Some(n) = a.whole {
+        pb::slice_spec::Kind::Whole(pb::WholeGpus { count: n })
+    } else if let Some(p) = &a.profile {
+        pb::slice_spec::Kind::Mig(pb::MigSlice { profile: p.clone() })
+    } else if let Some(f) = a.share {
+        let memory_bytes = a
+            .memory
+            .ok_or_else(|| ArgError("--share needs --memory".into()))?;
+        pb::slice_spec::Kind::Share(pb::ShareSlice {
+            compute_fraction: f,
+            memory_bytes,
+        })
+    } else {
+        return Err(ArgError("give one of --whole, --profile or --share".into()));
+    };
+    Ok(pb::SliceSpec {
+        kind: Some(kind),
+        gpu_model: a.model.clone().unwrap_or_default(),
+        slice_class: a.class.clone().unwrap_or_default(),
+    })
+}
+
+pub async fn request(url: &str, fmt: Format, a: RequestArgs) -> anyhow::Result<()> {
+    let spec = spec_from_args(&a)?;
+    let mut c = tenant_client(url).await?;
+    let r = c
+        .request_slice(pb::RequestSliceRequest {
+            tenant: a.tenant.clone(),
+            spec: Some(spec),
+            idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    let s = r.slice.context("controller answered without a slice")?;
+    if r.replayed && fmt == Format::Table {
+        eprintln!("(idempotency key matched an earlier request: no new slice was allocated)");
+    }
+    print_slice(fmt, &s)
+}
+
+pub async fn get(url: &str, fmt: Format, id: &str) -> anyhow::Result<()> {
+    let mut c = tenant_client(url).await?;
+    let r = c
+        .get_slice(pb::GetSliceRequest {
+            slice_id: id.to_string(),
+        })
+        .await?
+        .into_inner();
+    print_slice(
+        fmt,
+        &r.slice.context("controller answered without a slice")?,
+    )
+}
+
+pub async fn list(url: &str, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
+    let mut c = tenant_client(url).await?;
+    let r = c
+        .list_slices(pb::ListSlicesRequest {
+            tenant: a.tenant.unwrap_or_default(),
+            node: a.node.unwrap_or_default(),
+            include_terminal: a.all,
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => print_json(&serde_json::Value::Array(
+            r.slices.iter().map(output::slice_json).collect(),
+        )),
+        Format::Table => {
+            println!("{}", output::slices_table(&r.slices));
+            Ok(())
+        }
+    }
+}
+
+pub async fn release(url: &str, fmt: Format, id: &str) -> anyhow::Result<()> {
+    let mut c = tenant_client(url).await?;
+    let r = c
+        .release_slice(pb::ReleaseSliceRequest {
+            slice_id: id.to_string(),
+        })
+        .await?
+        .into_inner();
+    print_slice(
+        fmt,
+        &r.slice.context("controller answered without a slice")?,
+    )
+}
+
+pub async fn watch(url: &str, fmt: Format, tenant: Option<String>) -> anyhow::Result<()> {
+    let mut c = tenant_client(url).await?;
+    let mut stream = c
+        .watch_slices(pb::WatchSlicesRequest {
+            tenant: tenant.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        let kind = pb::SliceEventKind::try_from(ev.kind)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("SLICE_EVENT_KIND_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_else(|_| "unknown".into());
+        match fmt {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "kind": kind, "message": ev.message, "at_unix_ms": ev.at_unix_ms,
+                    "deadline_unix_ms": ev.deadline_unix_ms,
+                    "slice": ev.slice.as_ref().map(output::slice_json),
+                })
+            ),
+            Format::Table => println!("{} {:<14} {}", ev.at_unix_ms, kind, ev.message),
+        }
+    }
+    Ok(())
+}
+
+pub async fn inventory(url: &str, fmt: Format) -> anyhow::Result<()> {
+    let mut c = OpsServiceClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let inv = c.inventory(pb::InventoryRequest {}).await?.into_inner();
+    match fmt {
+        Format::Json => print_json(&output::inventory_json(&inv)),
+        Format::Table => {
+            println!("{}", output::inventory_tables(&inv));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("ten gigs").is_err());
+        assert!(parse_bytes("10XB").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! A whole greenslice system in one process: a controller served over real gRPC on loopback and
+//! simulated node agents connected to it through their normal session.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use greenslice_agent::backend::GpuBackend;
+use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
+use greenslice_agent::session::{self, SharedBackend};
+use greenslice_controller::controller::{Controller, CoreConfig};
+use greenslice_controller::ledger::{Ledger, MemoryLedger};
+use greenslice_controller::placement::{FirstFit, Policy};
+use greenslice_core::clock::{Clock, SystemClock};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// One simulated node to start.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub machine: Machine,
+    pub gpus: u32,
+    pub mig_gpus: u32,
+}
+
+/// What to start.
+pub struct ClusterSpec {
+    pub nodes: Vec<NodeSpec>,
+    pub ledger: Arc<dyn Ledger>,
+    pub policy: Box<dyn Policy>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ClusterSpec {
+    /// Nodes on an in-memory ledger with the default policy and the system clock.
+    pub fn new(nodes: Vec<NodeSpec>) -> Self {
+        ClusterSpec {
+            nodes,
+            ledger: Arc::new(MemoryLedger::default()),
+            policy: Box::new(FirstFit),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A running system.
+pub struct Cluster {
+    /// Controller URL (http://127.0.0.1:PORT).
+    pub url: String,
+    pub controller: Arc<Controller>,
+    /// Each node's backend, by node name, for tests to inspect or perturb.
+    pub backends: Vec<(String, SharedBackend)>,
+    agents: Vec<JoinHandle<()>>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// `count` nodes cycling through `machines`, named node-00, node-01...
+pub fn nodes(count: usize, machines: &[Machine], mig_gpus: u32) -> Vec<NodeSpec> {
+    (0..count)
+        .map(|i| NodeSpec {
+            name: format!("node-{i:02}"),
+            machine: machines[i % machines.len().max(1)],
+            gpus: 8,
+            mig_gpus,
+        })
+        .collect()
+}
+
+/// Starts the controller and the agents, and waits until every agent has registered.
+pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
+    let controller =
+        Controller::new(spec.ledger, spec.policy, spec.clock, CoreConfig::default()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(greenslice_controller::server::serve(
+        controller.clone(),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut backends = Vec::new();
+    let mut agents = Vec::new();
+    for n in &spec.nodes {
+        let mut c = SimConfig::new(&n.name, n.machine);
+        c.gpus = n.gpus;
+        c.mig_gpus = n.mig_gpus;
+        let b: Box<dyn GpuBackend> =
+            Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
+        let shared: SharedBackend = Arc::new(Mutex::new(b));
+        backends.push((n.name.clone(), shared.clone()));
+        agents.push(tokio::spawn(session::run(
+            url.clone(),
+            n.name.clone(),
+            shared,
+        )));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (nodes, _, _) = controller.snapshot();
+        if nodes.iter().filter(|n| n.connected).count() == spec.nodes.len() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("agents did not register within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Cluster {
+        url,
+        controller,
+        backends,
+        agents,
+        server: Some((stop_tx, server)),
+    })
+}
+
+impl Cluster {
+    /// Stops one node's agent (as if it crashed); returns false if there is no such node.
+    pub fn kill_agent(&mut self, node: &str) -> bool {
+        match self.backends.iter().position(|(n, _)| n == node) {
+            Some(i) => {
+                self.agents[i].abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Restarts a stopped node's agent with its backend state intact.
+    pub fn restart_agent(&mut self, node: &str) -> bool {
+        match self.backends.iter().position(|(n, _)| n == node) {
+            Some(i) => {
+                let b = self.backends[i].1.clone();
+                self.agents[i] = tokio::spawn(session::run(self.url.clone(), node.to_string(), b));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops agents and the server.
+    pub async fn shutdown(mut self) {
+        for a in &self.agents {
+            a.abort();
+        }
+        if let Some((tx, h)) = self.server.take() {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Human tables and JSON for the command line.
+
+use greenslice_core::convert::{spec_from_pb, state_from_pb};
+use greenslice_proto::v1 as pb;
+use serde_json::{Value, json};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A left-aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+/// Human description of a wire spec.
+pub fn describe_spec(spec: Option<&pb::SliceSpec>) -> String {
+    spec_from_pb(spec).map_or_else(|_| "?".to_string(), |s| s.describe())
+}
+
+/// State name of a wire slice.
+pub fn state_name(s: &pb::Slice) -> &'static str {
+    state_from_pb(s.state).map_or("unknown", |s| s.as_str())
+}
+
+/// A slice as JSON.
+pub fn slice_json(s: &pb::Slice) -> Value {
+    let spec = spec_from_pb(s.spec.as_ref()).ok();
+    json!({
+        "id": s.id,
+        "tenant": s.tenant,
+        "state": state_name(s),
+        "spec": spec,
+        "node": s.node,
+        "gpu_uuids": s.gpu_uuids,
+        "mig": s.mig.as_ref().map(|m| json!({
+            "profile": m.profile, "start": m.start, "size": m.size,
+            "gpu_instance_id": m.gpu_instance_id, "mig_uuid": m.mig_uuid,
+        })),
+        "env": s.env,
+        "reason": s.reason,
+        "idempotency_key": s.idempotency_key,
+        "created_unix_ms": s.created_unix_ms,
+        "updated_unix_ms": s.updated_unix_ms,
+    })
+}
+
+/// Slices as a table.
+pub fn slices_table(slices: &[pb::Slice]) -> String {
+    let rows: Vec<Vec<String>> = slices
+        .iter()
+        .map(|s| {
+            let place = match &s.mig {
+                Some(m) => format!(
+                    "{}@{}",
+                    short(s.gpu_uuids.first().map_or("", |g| g)),
+                    m.start
+                ),
+                None => s
+                    .gpu_uuids
+                    .iter()
+                    .map(|g| short(g))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            vec![
+                s.id.clone(),
+                s.tenant.clone(),
+                state_name(s).to_string(),
+                describe_spec(s.spec.as_ref()),
+                s.node.clone(),
+                place,
+            ]
+        })
+        .collect();
+    table(&["SLICE", "TENANT", "STATE", "SPEC", "NODE", "GPUS"], &rows)
+}
+
+/// First 12 characters of a UUID, for tables.
+pub fn short(uuid: &str) -> String {
+    uuid.chars().take(12).collect()
+}
+
+/// One slice in detail.
+pub fn slice_detail(s: &pb::Slice) -> String {
+    let mut out = slices_table(std::slice::from_ref(s));
+    if let Some(m) = &s.mig {
+        out.push_str(&format!(
+            "\nMIG: {} at slice {} (size {}), GPU instance {}, {}",
+            m.profile, m.start, m.size, m.gpu_instance_id, m.mig_uuid
+        ));
+    }
+    if !s.reason.is_empty() {
+        out.push_str(&format!("\nreason: {}", s.reason));
+    }
+    if !s.env.is_empty() {
+        out.push_str("\nenvironment:");
+        let mut env: Vec<_> = s.env.iter().collect();
+        env.sort();
+        for (k, v) in env {
+            out.push_str(&format!("\n  {k}={v}"));
+        }
+    }
+    out
+}
+
+/// The inventory as tables.
+pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
+    let nodes: Vec<Vec<String>> = inv
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                if n.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .to_string(),
+                n.backend.clone(),
+                n.gpus.len().to_string(),
+                n.gpus.first().map_or(String::new(), |g| g.model.clone()),
+                n.gpus.iter().filter(|g| g.mig_enabled).count().to_string(),
+            ]
+        })
+        .collect();
+    let gpus: Vec<Vec<String>> = inv
+        .capacity
+        .iter()
+        .map(|c| {
+            vec![
+                c.node.clone(),
+                short(&c.gpu_uuid),
+                c.model.clone(),
+                if c.mig_enabled { "mig" } else { "shared" }.to_string(),
+                format!("{:.2}", f64::from(c.free_milli) / 1000.0),
+                format!("{:.1}", c.free_memory_bytes as f64 / (1u64 << 30) as f64),
+                c.slices.to_string(),
+                if c.healthy { "ok" } else { "UNHEALTHY" }.to_string(),
+                c.placeable_profiles.join(" "),
+            ]
+        })
+        .collect();
+    format!(
+        "{}\n\n{}\n\n{} GPUs, {:.2} GPUs allocated ({:.1}%), {} live slices",
+        table(
+            &["NODE", "STATE", "BACKEND", "GPUS", "MODEL", "MIG"],
+            &nodes
+        ),
+        table(
+            &[
+                "NODE",
+                "GPU",
+                "MODEL",
+                "MODE",
+                "FREE_GPU",
+                "FREE_GIB",
+                "SLICES",
+                "HEALTH",
+                "PLACEABLE_MIG"
+            ],
+            &gpus
+        ),
+        inv.gpus_total,
+        inv.allocated_milli as f64 / 1000.0,
+        if inv.gpus_total == 0 {
+            0.0
+        } else {
+            inv.allocated_milli as f64 / 10.0 / f64::from(inv.gpus_total)
+        },
+        inv.slices.len()
+    )
+}
+
+/// The inventory as JSON.
+pub fn inventory_json(inv: &pb::InventoryResponse) -> Value {
+    json!({
+        "gpus_total": inv.gpus_total,
+        "allocated_milli": inv.allocated_milli,
+        "nodes": inv.nodes.iter().map(|n| json!({
+            "name": n.name, "connected": n.connected, "backend": n.backend,
+            "cpu_milli": n.cpu_milli, "memory_bytes": n.memory_bytes,
+            "gpus": n.gpus.iter().map(|g| json!({
+                "uuid": g.uuid, "index": g.index, "model": g.model, "memory_bytes": g.memory_bytes,
+                "mig_capable": g.mig_capable, "mig_enabled": g.mig_enabled, "healthy": g.healthy,
+                "pci_bus_id": g.pci_bus_id,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "capacity": inv.capacity.iter().map(|c| json!({
+            "node": c.node, "gpu_uuid": c.gpu_uuid, "model": c.model, "mig_enabled": c.mig_enabled,
+            "free_milli": c.free_milli, "free_memory_bytes": c.free_memory_bytes,
+            "placeable_profiles": c.placeable_profiles, "slices": c.slices, "healthy": c.healthy,
+        })).collect::<Vec<_>>(),
+        "slices": inv.slices.iter().map(slice_json).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONG\nxyz  1");
+    }
+}
