@@ -15,10 +15,15 @@
 //! The method, its options and a worked example are in `docs/ENERGY.md`.
 
 mod apportion;
+pub mod attribution;
 pub mod measure;
 
 use serde::{Deserialize, Serialize};
 
+pub use attribution::{
+    Attribution, AttributionError, AttributionInput, Capacity, Holder, SliceActivity, SliceEnergy,
+    StaticPolicy, attribute,
+};
 pub use measure::{
     CounterReading, EstimateReason, MeasureConfig, MeasureError, Measurement, PowerSample, Quality,
     calibrate_idle_power_mw, measure,
