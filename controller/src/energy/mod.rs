@@ -16,6 +16,7 @@
 
 mod apportion;
 pub mod attribution;
+pub mod carbon;
 pub mod measure;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,10 @@ use serde::{Deserialize, Serialize};
 pub use attribution::{
     Attribution, AttributionError, AttributionInput, Capacity, Holder, SliceActivity, SliceEnergy,
     StaticPolicy, attribute,
+};
+pub use carbon::{
+    CarbonError, CarbonFactors, Co2e, CsvError, Factor, FactorSource, HourlySeries, Intensity,
+    SiteCarbon,
 };
 pub use measure::{
     CounterReading, EstimateReason, MeasureConfig, MeasureError, Measurement, PowerSample, Quality,
