@@ -17,6 +17,7 @@
 mod apportion;
 pub mod attribution;
 pub mod carbon;
+pub mod ledger;
 pub mod measure;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,7 @@ pub use carbon::{
     CarbonError, CarbonFactors, Co2e, CsvError, Factor, FactorSource, HourlySeries, Intensity,
     SiteCarbon,
 };
+pub use ledger::{EnergyLedger, GpuTotals, LedgerError, TenantTotals};
 pub use measure::{
     CounterReading, EstimateReason, MeasureConfig, MeasureError, Measurement, PowerSample, Quality,
     calibrate_idle_power_mw, measure,
