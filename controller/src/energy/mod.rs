@@ -4,7 +4,7 @@
 //! measured total, exact in sum: for every GPU and interval,
 //! `sum(slice rows) + unattributed + unallocated idle == measured`, in integer mJ.
 //!
-//! - [`measure`]: the measured energy of one GPU over one interval (counter delta, or a flagged
+//! - [`measure`](mod@measure): the measured energy of one GPU over one interval (counter delta, or a flagged
 //!   estimate from power samples), keeping the raw counter readings for audit.
 //! - [`attribution`]: the split of that energy into static and dynamic parts and onto the slices
 //!   holding the GPU, the unattributed row and unallocated idle.
@@ -19,6 +19,8 @@ pub mod attribution;
 pub mod carbon;
 pub mod ledger;
 pub mod measure;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 
