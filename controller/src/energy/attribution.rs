@@ -31,7 +31,28 @@ pub const CAPACITY_UNITS_PER_GPU: u32 = 7_000_000;
 /// The share of one GPU's compute a slice holds, in [0, 1], stored exactly in units of
 /// 1 / [`CAPACITY_UNITS_PER_GPU`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct Capacity(u32);
+
+impl TryFrom<u32> for Capacity {
+    type Error = AttributionError;
+
+    /// From units of 1 / [`CAPACITY_UNITS_PER_GPU`]; more than one GPU is an error.
+    fn try_from(units: u32) -> Result<Capacity, AttributionError> {
+        if units > CAPACITY_UNITS_PER_GPU {
+            return Err(AttributionError::InvalidCapacity(format!(
+                "{units} units (at most {CAPACITY_UNITS_PER_GPU})"
+            )));
+        }
+        Ok(Capacity(units))
+    }
+}
+
+impl From<Capacity> for u32 {
+    fn from(c: Capacity) -> u32 {
+        c.0
+    }
+}
 
 impl Capacity {
     /// The whole GPU.
@@ -532,6 +553,11 @@ mod tests {
         assert!(Capacity::from_fraction(f64::NAN).is_err());
         assert!(Capacity::mig_compute_slices(8).is_err());
         assert!(Capacity::from_milli(1001).is_err());
+        assert!(serde_json::from_str::<Capacity>("7000001").is_err());
+        assert_eq!(
+            serde_json::from_str::<Capacity>("3000000").ok(),
+            Capacity::mig_compute_slices(3).ok()
+        );
         let mut i = input(1, vec![holder("a", "ta", half(), 20_000)], vec![]);
         assert!(matches!(
             attribute(&i),

@@ -112,8 +112,9 @@ pub struct Co2e {
     pub market_g: Option<f64>,
 }
 
-/// A carbon intensity setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A carbon intensity setting. Not `Deserialize`: build it through [`HourlySeries::parse_csv`] and
+/// [`SiteCarbon::new`], which check it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Intensity {
     /// The same intensity at all times, gCO2e/kWh.
@@ -123,7 +124,7 @@ pub enum Intensity {
 }
 
 /// Carbon intensity per hour, gCO2e/kWh keyed by the hour's start (Unix time in s).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HourlySeries {
     hours: BTreeMap<u64, f64>,
 }
@@ -269,8 +270,8 @@ pub enum CarbonError {
     Csv(#[from] CsvError),
 }
 
-/// The carbon configuration of one site.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The carbon configuration of one site, checked by [`SiteCarbon::new`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SiteCarbon {
     site: String,
     pue: Option<f64>,

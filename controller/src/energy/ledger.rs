@@ -93,6 +93,8 @@ pub enum LedgerError {
         measured_mj: u64,
         attributed_mj: u64,
     },
+    #[error("attribution rows sum to {rows_mj} mJ, not the measured {measured_mj} mJ")]
+    NotConserved { measured_mj: u64, rows_mj: u128 },
     #[error("{what} total overflows u64 mJ")]
     Overflow { what: &'static str },
 }
@@ -143,6 +145,17 @@ impl EnergyLedger {
             return Err(LedgerError::MeasurementMismatch {
                 measured_mj: measurement.energy_mj,
                 attributed_mj: attribution.measured_mj,
+            });
+        }
+        // An attribution may come from outside (deserialized): check the identity, do not trust it.
+        let rows_mj = attribution.rows_total_mj();
+        if rows_mj != u128::from(attribution.measured_mj)
+            || u128::from(attribution.static_mj) + u128::from(attribution.dynamic_mj)
+                != u128::from(attribution.measured_mj)
+        {
+            return Err(LedgerError::NotConserved {
+                measured_mj: attribution.measured_mj,
+                rows_mj,
             });
         }
         let estimated = measurement.quality.is_estimated();

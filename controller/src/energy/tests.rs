@@ -337,6 +337,12 @@ fn ledger_rejects_a_mismatched_interval_and_stays_unchanged() {
         ledger.add("gpu-0", m, &intervals[1].1, &factors),
         Err(LedgerError::MeasurementMismatch { .. })
     ));
+    let mut broken = a.clone();
+    broken.unattributed_mj += 1;
+    assert!(matches!(
+        ledger.add("gpu-0", m, &broken, &factors),
+        Err(LedgerError::NotConserved { .. })
+    ));
     assert_eq!(ledger, before);
 }
 
