@@ -5,12 +5,14 @@
 //! - [`placement`]: pure placement policies.
 //! - [`ledger`]: where desired state is committed before it is acknowledged.
 //! - [`agents`]: connected node agents and commands in flight.
+//! - [`energy`]: measured energy per GPU, its exact attribution to tenants, and CO2e.
 //! - [`api`]: the gRPC services; [`server`] serves them.
 
 pub mod agents;
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod energy;
 pub mod error;
 pub mod ledger;
 pub mod placement;
