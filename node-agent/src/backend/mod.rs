@@ -9,6 +9,7 @@ pub mod sim;
 use std::collections::BTreeMap;
 
 use greenslice_core::inventory::{Gpu, MigInstance};
+use greenslice_core::sample::NodeSample;
 use thiserror::Error;
 
 /// What went wrong in a backend. Messages are shown to operators and sent to the controller.
@@ -62,6 +63,9 @@ pub trait GpuBackend: Send {
     fn host(&self) -> HostInfo;
     /// Every GPU with its actual MIG instances, shares and whole-GPU holder.
     fn inventory(&mut self) -> Result<Vec<Gpu>, BackendError>;
+    /// Measures every GPU now: utilization, processes, power (mW) and the energy counter (mJ).
+    /// Fields the device does not give are `None` and listed in `GpuSample::unsupported`.
+    fn sample(&mut self) -> Result<NodeSample, BackendError>;
     /// Creates a GPU instance (and its full compute instance) of `profile` at `start` for `slice_id`.
     fn create_mig(
         &mut self,

@@ -103,6 +103,10 @@ impl GpuBackend for NvmlBackend {
         Ok(out)
     }
 
+    fn sample(&mut self) -> Result<greenslice_core::sample::NodeSample, BackendError> {
+        Err(BackendError::Config("todo".into()))
+    }
+
     fn create_mig(
         &mut self,
         _: &str,
