@@ -55,18 +55,20 @@ fn nvml_err(call: &'static str) -> impl Fn(NvmlError) -> BackendError {
 
 /// Loads NVML, trying each of [`NVML_LIBRARIES`]; [`BackendError::NoDriver`] when none loads.
 pub fn load_nvml() -> Result<Nvml, BackendError> {
-    let mut tried = Vec::new();
+    let mut last = String::new();
     for lib in NVML_LIBRARIES {
         match Nvml::builder().lib_path(OsStr::new(lib)).init() {
             Ok(n) => {
                 debug!(library = lib, "NVML loaded");
                 return Ok(n);
             }
-            Err(e) if convert::is_no_driver(&e) => tried.push(format!("{lib}: {e}")),
+            Err(NvmlError::LibloadingError(e)) => last = e.to_string(),
+            Err(e) if convert::is_no_driver(&e) => last = format!("{lib}: {e}"),
             Err(e) => return Err(nvml_err("nvmlInit_v2")(e)),
         }
     }
-    Err(BackendError::NoDriver(tried.join("; ")))
+    // The last attempt is the library every driver installs: its error is the one to show.
+    Err(BackendError::NoDriver(last))
 }
 
 /// NVML-backed GPUs of this host.
