@@ -110,3 +110,43 @@ fn nvml_and_auto_without_a_driver_exit_non_zero_and_point_to_the_simulator() {
         assert!(err.contains("--backend sim"), "{err}");
     }
 }
+
+fn gpu_check() -> Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gpu-check.sh");
+    let mut c = Command::new("bash");
+    c.arg(script).env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+#[test]
+fn gpu_check_fails_clearly_without_a_gpu() {
+    if driver_present() || std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("an NVIDIA driver is present: no-GPU path not exercised");
+        return;
+    }
+    let out = gpu_check().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no NVIDIA GPU driver found"), "{err}");
+    assert!(err.contains("--backend sim"), "{err}");
+}
+
+#[test]
+fn gpu_check_reports_an_unloadable_library_from_the_agent() {
+    if driver_present() {
+        return;
+    }
+    // A library file that exists but cannot be loaded gets past the script's own check.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("libnvidia-ml.so.1"), b"").unwrap();
+    let out = gpu_check()
+        .env("LD_LIBRARY_PATH", dir.path())
+        .env("AGENT_BIN", env!("CARGO_BIN_EXE_greenslice-agent"))
+        .env("OUT", dir.path().join("out.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not load NVML"), "{err}");
+    assert!(err.contains("--backend sim"), "{err}");
+}
