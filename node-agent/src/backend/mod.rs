@@ -99,6 +99,11 @@ pub trait GpuBackend: Send {
     /// Measures every GPU now: utilization, processes, power (mW) and the energy counter (mJ).
     /// Fields the device does not give are `None` and listed in `GpuSample::unsupported`.
     fn sample(&mut self) -> Result<NodeSample, BackendError>;
+    /// The simulator behind this backend, if it is one: lets a demo, replay or test that holds a
+    /// `Box<dyn GpuBackend>` set workloads, reload the driver or mark GPUs unhealthy.
+    fn as_sim_mut(&mut self) -> Option<&mut sim::SimBackend> {
+        None
+    }
     /// The MIG profiles of `gpu` and their legal starts. By default from the profile table; the NVML
     /// backend asks the driver (nvmlDeviceGetGpuInstancePossiblePlacements_v2).
     fn mig_profiles(&mut self, gpu: &str) -> Result<Vec<ProfilePlacements>, BackendError> {

@@ -576,6 +576,10 @@ impl GpuBackend for SimBackend {
         Ok(self.gpus.clone())
     }
 
+    fn as_sim_mut(&mut self) -> Option<&mut SimBackend> {
+        Some(self)
+    }
+
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
         self.advance();
         let at_ms = self.config.clock.now_ms();
@@ -1133,6 +1137,22 @@ mod tests {
         assert!(secs < 60.0, "a simulated day took {secs} s");
         let avg_w = last as f64 / 86_400_000.0;
         assert!(avg_w > 300.0 && avg_w < 450.0, "{avg_w}");
+    }
+
+    #[test]
+    fn workloads_can_be_set_through_the_trait_object() {
+        let (b, clock) = sim_on(Machine::DgxH100, 0, 2);
+        let mut boxed: Box<dyn GpuBackend> = Box::new(b);
+        let g = boxed.inventory().unwrap()[0].uuid.clone();
+        boxed.assign_whole(&g, "w").unwrap();
+        boxed
+            .as_sim_mut()
+            .unwrap()
+            .set_workload("w", Workload::Busy { util: 1.0 })
+            .unwrap();
+        clock.advance(2_000);
+        let s = boxed.sample().unwrap();
+        assert_eq!(s.gpus[0].gpu_util_pct, Some(100));
     }
 
     #[test]
