@@ -923,14 +923,17 @@ mod tests {
                     integral_mj[i] += f64::from(g.power_mw.unwrap()) / 1_000.0 * 1_000.0;
                 }
             }
+            let mut worst = 0.0f64;
             for i in 0..gpus.len() {
                 let counted = (prev[i] - start[i]) as f64;
                 let err = (integral_mj[i] - counted).abs() / counted;
+                worst = worst.max(err);
                 assert!(
                     err < 0.01,
                     "{machine:?} GPU {i}: integral {integral_mj:?} vs counter {counted} ({err})"
                 );
             }
+            eprintln!("{machine:?}: worst |power integral - counter| / counter = {worst:.5}");
             let (idle, max) = machine.gpu_model().power_w();
             let busy_avg_w = (prev[0] - start[0]) as f64 / 3_600_000.0;
             let idle_avg_w = (prev[7] - start[7]) as f64 / 3_600_000.0;
