@@ -1,7 +1,8 @@
 //! What a node agent measures on its GPUs, one sample at a time.
 //!
-//! Every measured figure is an `Option`: `None` means the device did not give it, and the field is
-//! then named in [`GpuSample::unsupported`] (never a made-up value). Energy is the board's counter
+//! Every measured figure is an `Option` (never a made-up value): `None` with the field named in
+//! [`GpuSample::unsupported`] means the device does not support it; `None` without that means the
+//! reading failed this time (the agent logs why) and may come back in the next sample. Energy is the board's counter
 //! since the driver loaded; it restarts from zero when the driver reloads, so consumers take deltas
 //! with [`energy_delta_mj`], which refuses to diff across a reset.
 
