@@ -1,6 +1,9 @@
 //! The greenslice node agent: discovers the node's GPUs through a [`backend::GpuBackend`], keeps one
 //! long-lived stream to the controller, applies the controller's commands and reports actual state.
 
+// `unsafe` lives only in backend::nvml::mig_raw, which allows it and documents every block.
+#![deny(unsafe_code)]
+
 pub mod backend;
 pub mod config;
 pub mod session;
