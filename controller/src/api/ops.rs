@@ -25,7 +25,7 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
         for g in &n.gpus {
             let held = slices
                 .iter()
-                .filter(|s| s.gpus.iter().any(|u| *u == g.uuid))
+                .filter(|s| s.gpus.contains(&g.uuid))
                 .count() as u32;
             allocated_milli += u64::from(1000 - g.free_milli());
             capacity.push(pb::GpuCapacity {
