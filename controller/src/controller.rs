@@ -53,6 +53,8 @@ pub struct Controller {
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<pb::SliceEvent>,
     config: CoreConfig,
+    /// Samples from the agents.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for Controller {
@@ -98,6 +100,7 @@ impl Controller {
             clock,
             events: broadcast::channel(4096).0,
             config,
+            telemetry: Default::default(),
         }))
     }
 
@@ -234,7 +237,9 @@ impl Controller {
             return Err(e);
         }
         match self.apply(&record).await {
-            Ok((env, inst)) => {
+            Ok((mut env, inst)) => {
+                // Lets the agent map the slice's processes back to it (see node-agent usage.rs).
+                env.insert("GREENSLICE_SLICE_ID".to_string(), record.id.clone());
                 let node = record.node.clone();
                 let gpu0 = record.gpus.first().cloned().unwrap_or_default();
                 if let Some(i) = &inst {
@@ -545,6 +550,11 @@ impl Controller {
         if let Some(n) = self.lock().nodes.get_mut(node) {
             n.gpus = gpus.iter().map(gpu_from_pb).collect();
         }
+    }
+
+    /// Takes a batch of samples from a node's agent.
+    pub fn ingest_samples(&self, node: &str, batch: &pb::SampleBatch) {
+        self.telemetry.ingest(node, batch);
     }
 
     /// Marks a node disconnected: nothing new is placed there; its slices are kept.

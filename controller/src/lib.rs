@@ -6,6 +6,7 @@
 //! - [`ledger`]: where desired state is committed before it is acknowledged.
 //! - [`agents`]: connected node agents and commands in flight.
 //! - [`energy`]: measured energy per GPU, its exact attribution to tenants, and CO2e.
+//! - [`telemetry`]: utilization, power and energy samples from the agents.
 //! - [`api`]: the gRPC services; [`server`] serves them.
 
 pub mod agents;
@@ -19,3 +20,4 @@ pub mod placement;
 pub mod server;
 pub mod slice;
 pub mod state;
+pub mod telemetry;

@@ -7,5 +7,6 @@
 pub mod backend;
 pub mod config;
 pub mod session;
+pub mod usage;
 
 pub use config::AgentConfig;

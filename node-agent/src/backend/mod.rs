@@ -99,6 +99,12 @@ pub trait GpuBackend: Send {
     /// Measures every GPU now: utilization, processes, power (mW) and the energy counter (mJ).
     /// Fields the device does not give are `None` and listed in `GpuSample::unsupported`.
     fn sample(&mut self) -> Result<NodeSample, BackendError>;
+    /// The slice that launched process `pid`, if known. By default read from the process's
+    /// environment (`GREENSLICE_SLICE_ID`, which every slice's environment carries); this needs the
+    /// agent to see the host's processes (hostPID in Kubernetes).
+    fn process_owner(&self, pid: u32) -> Option<String> {
+        slice_id_from_environ(&std::fs::read(format!("/proc/{pid}/environ")).ok()?)
+    }
     /// The simulator behind this backend, if it is one: lets a demo, replay or test that holds a
     /// `Box<dyn GpuBackend>` set workloads, reload the driver or mark GPUs unhealthy.
     fn as_sim_mut(&mut self) -> Option<&mut sim::SimBackend> {
@@ -164,6 +170,20 @@ pub fn share_env(
             mps_pipe_dir.to_string(),
         ),
     ])
+}
+
+/// Environment variable naming the slice a process belongs to.
+pub const SLICE_ID_ENV: &str = "GREENSLICE_SLICE_ID";
+
+/// Finds `GREENSLICE_SLICE_ID` in a NUL-separated environment block (as in /proc/PID/environ).
+pub fn slice_id_from_environ(environ: &[u8]) -> Option<String> {
+    let prefix = format!("{SLICE_ID_ENV}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty() && v.len() <= 253)
+        .map(str::to_string)
 }
 
 /// Environment for a device (a GPU or MIG UUID).

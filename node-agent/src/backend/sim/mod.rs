@@ -580,6 +580,13 @@ impl GpuBackend for SimBackend {
         Some(self)
     }
 
+    fn process_owner(&self, pid: u32) -> Option<String> {
+        self.loads
+            .iter()
+            .find(|(_, l)| l.pid == Some(pid))
+            .map(|(s, _)| s.clone())
+    }
+
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
         self.advance();
         let at_ms = self.config.clock.now_ms();
