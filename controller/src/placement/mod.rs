@@ -7,6 +7,11 @@ use greenslice_core::mig;
 use greenslice_core::slice::{SliceKind, SliceSpec, share_milli};
 use thiserror::Error;
 
+pub mod openb;
+pub mod policies;
+pub mod replay;
+pub mod score;
+
 /// One GPU as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuView {

@@ -1,0 +1,1 @@
+//! The policies behind [`super::Policy`] for the live controller.
