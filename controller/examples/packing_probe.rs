@@ -1,5 +1,5 @@
 //! Temporary probe while developing the replay.
-use greenslice_controller::placement::{openb, replay, score};
+use greenslice_controller::placement::{openb, replay};
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -11,7 +11,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(vec!["best-fit".into()]);
     let seeds: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
     let variant: u8 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
-    score::VARIANT.store(variant, std::sync::atomic::Ordering::Relaxed);
+
+    let v2: u8 = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(0);
+
     let nodes = openb::load_nodes(Path::new(
         "../shared/data/openb/openb_node_list_gpu_node.csv",
     ))?;
@@ -51,7 +53,7 @@ fn main() -> anyhow::Result<()> {
             format!("{m:.2}+-{sd:.2}")
         };
         println!(
-            "{trace} {pol} v{variant}: u100 {} u130 {} wall {:.3}",
+            "{trace} {pol} v{variant}/{v2}: u100 {} u130 {} wall {:.3}",
             ms(&u100),
             ms(&u130),
             wall.iter().sum::<f64>() / wall.len() as f64

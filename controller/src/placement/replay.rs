@@ -29,8 +29,8 @@ pub enum PolicyKind {
     GpuClustering,
     BestFit,
     Fgd,
-    /// greenslice's default: see [`score::frag_pack`].
-    FragPack,
+    /// greenslice's default: see [`score::fgd_balanced`].
+    FgdBalanced,
 }
 
 impl PolicyKind {
@@ -42,7 +42,7 @@ impl PolicyKind {
         PolicyKind::GpuPacking,
         PolicyKind::BestFit,
         PolicyKind::Fgd,
-        PolicyKind::FragPack,
+        PolicyKind::FgdBalanced,
     ];
 
     /// CLI name.
@@ -54,7 +54,7 @@ impl PolicyKind {
             PolicyKind::GpuClustering => "gpu-clustering",
             PolicyKind::BestFit => "best-fit",
             PolicyKind::Fgd => "fgd",
-            PolicyKind::FragPack => "frag-pack",
+            PolicyKind::FgdBalanced => "fgd-balanced",
         }
     }
 
@@ -64,7 +64,7 @@ impl PolicyKind {
     }
 
     fn memoised(self) -> bool {
-        matches!(self, PolicyKind::Fgd | PolicyKind::FragPack)
+        matches!(self, PolicyKind::Fgd | PolicyKind::FgdBalanced)
     }
 }
 
@@ -400,7 +400,7 @@ pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32)
                     PolicyKind::Fgd => score::fgd(w, &view, d, fit)
                         .map(|c| c.1)
                         .unwrap_or_default(),
-                    PolicyKind::FragPack => score::frag_pack(w, &view, d, fit)
+                    PolicyKind::FgdBalanced => score::fgd_balanced(w, &view, d, fit)
                         .map(|c| c.1)
                         .unwrap_or_default(),
                     _ => score::pick_least_free(&view, d, fit),
@@ -482,7 +482,7 @@ fn node_score(policy: PolicyKind, w: &Workload, n: &NodeRef, d: &Demand) -> i64 
         PolicyKind::GpuClustering => score::gpu_clustering(n, d),
         PolicyKind::BestFit => score::best_fit(n, d),
         PolicyKind::Fgd => score::fgd(w, n, d, fit).map_or(i64::MIN + 1, |c| c.0),
-        PolicyKind::FragPack => score::frag_pack(w, n, d, fit).map_or(i64::MIN + 1, |c| c.0),
+        PolicyKind::FgdBalanced => score::fgd_balanced(w, n, d, fit).map_or(i64::MIN + 1, |c| c.0),
     }
 }
 

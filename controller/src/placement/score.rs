@@ -229,10 +229,13 @@ pub struct WorkloadClass {
 }
 
 /// The FGD target workload: the request classes fragmentation is measured against, with weights.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Workload {
     classes: Vec<WorkloadClass>,
     total: u64,
+    cpu_per_gpu_milli: f64,
+    /// Per model id: weight of the model-constrained GPU classes that allow it.
+    constrained_on: Vec<u64>,
 }
 
 impl Workload {
@@ -272,7 +275,47 @@ impl Workload {
     /// A workload of explicit classes.
     pub fn new(classes: Vec<WorkloadClass>) -> Workload {
         let total = classes.iter().map(|c| c.count).sum();
-        Workload { classes, total }
+        let (mut cpu, mut gpu) = (0.0, 0.0);
+        for c in classes.iter().filter(|c| c.demand.gpus > 0) {
+            cpu += c.count as f64 * f64::from(c.demand.cpu);
+            gpu += c.count as f64 * f64::from(c.demand.gpu_total());
+        }
+        let constrained_on = (0..64u8)
+            .map(|m| {
+                classes
+                    .iter()
+                    .filter(|c| {
+                        c.demand.gpus > 0
+                            && c.demand.models != ModelMask::ANY
+                            && c.demand.models.allows(m)
+                    })
+                    .map(|c| c.count)
+                    .sum()
+            })
+            .collect();
+        Workload {
+            classes,
+            total,
+            cpu_per_gpu_milli: if gpu > 0.0 { cpu / gpu } else { 0.0 },
+            constrained_on,
+        }
+    }
+
+    /// Host CPU the GPU classes ask per milli-GPU of their demand (weighted by count), milli-cores
+    /// per milli-GPU; 0 without GPU classes.
+    pub fn cpu_per_gpu_milli(&self) -> f64 {
+        self.cpu_per_gpu_milli
+    }
+
+    /// Share (0..=1) of the workload's weight held by model-constrained GPU classes that allow GPU
+    /// model `model`.
+    pub fn constrained_share_on(&self, model: u8) -> f64 {
+        let c = self
+            .constrained_on
+            .get(usize::from(model))
+            .copied()
+            .unwrap_or(0);
+        c as f64 / self.total.max(1) as f64
     }
 
     /// The classes, heaviest first.
@@ -404,25 +447,46 @@ pub fn fgd_detail(w: &Workload, node: &NodeRef, d: &Demand, fit: u32) -> Option<
     best
 }
 
-/// Experiment switch (temporary).
-pub static VARIANT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
-
-/// greenslice's default score: FGD's integer score first; among nodes that tie on it, the one left
-/// with the least free GPU compute, then the least free CPU. Returns the packed score and the GPUs.
-pub fn frag_pack(w: &Workload, node: &NodeRef, d: &Demand, fit: u32) -> Option<(i64, Vec<usize>)> {
-    let v = VARIANT.load(std::sync::atomic::Ordering::Relaxed);
+/// The default policy's node score ("fgd-balanced"): FGD's expected fragmentation increase plus
+/// two costs FGD does not see, all in expected milli-GPU, through FGD's integer sigmoid (ties to the
+/// lowest rank, which keeps filling the same nodes):
+/// - CPU starvation: the free GPU compute a node could no longer feed with CPU at the workload's
+///   CPU-per-GPU ratio ([`Workload::cpu_per_gpu_milli`]), `max(0, gpu_free - cpu_free / ratio)`.
+///   FGD only checks each class alone against the free CPU; several tasks drain it together.
+/// - Scarce models: GPU compute taken on a model that model-constrained classes allow, weighted by
+///   their share of the workload ([`Workload::constrained_share_on`]): unconstrained work goes
+///   elsewhere first.
+///
+/// The GPU inside the node is FGD's. Returns the score and the GPUs; `None` when nothing fits.
+pub fn fgd_balanced(
+    w: &Workload,
+    node: &NodeRef,
+    d: &Demand,
+    fit: u32,
+) -> Option<(i64, Vec<usize>)> {
     let c = fgd_detail(w, node, d, fit)?;
-    let gpu_left = i64::from(node.gpu_free_total()) - i64::from(d.gpu_total());
-    let cpu_left = i64::from(node.cpu_free) - i64::from(d.cpu);
-    let sec = match v {
-        0 => 0,
-        1 => (1 << 20) - gpu_left * 64 - cpu_left / 1000,
-        2 => (1 << 20) - gpu_left,
-        3 => (1 << 20) - i64::from(c.gpu_free_before) * 16 - gpu_left / 100,
-        4 => (1 << 20) - c.increase_scaled / (w.total() as i64).max(1),
-        _ => 0,
-    };
-    Some((c.score * (1 << 32) + sec, c.gpus))
+    let inc = c.increase_scaled as f64 / w.total().max(1) as f64
+        + starvation_increase(w, node, d)
+        + f64::from(d.gpu_total()) * w.constrained_share_on(node.model);
+    Some((sigmoid_score(-inc), c.gpus))
+}
+
+/// `trunc(100 / (1 + exp(-decrease / 1000)))` for a fragmentation decrease in milli-GPU.
+fn sigmoid_score(decrease: f64) -> i64 {
+    (100.0 / (1.0 + (-decrease / 1000.0).exp())).trunc() as i64
+}
+
+/// Increase of the GPU compute a node cannot feed with CPU when `d` is placed, milli-GPU.
+pub fn starvation_increase(w: &Workload, node: &NodeRef, d: &Demand) -> f64 {
+    let ratio = w.cpu_per_gpu_milli();
+    if ratio <= 0.0 {
+        return 0.0;
+    }
+    let u0 = f64::from(node.gpu_free_total());
+    let u1 = u0 - f64::from(d.gpu_total());
+    let c0 = f64::from(node.cpu_free);
+    let c1 = c0 - f64::from(d.cpu);
+    (u1 - c1 / ratio).max(0.0) - (u0 - c0 / ratio).max(0.0)
 }
 
 #[cfg(test)]
