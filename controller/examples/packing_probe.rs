@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         p.workload().total()
     );
     for pol in pols {
-        let k = replay::PolicyKind::from_name(&pol).unwrap();
+        let k = greenslice_controller::placement::PolicyKind::from_name(&pol).unwrap();
         let mut u100 = vec![];
         let mut u130 = vec![];
         let mut wall = vec![];

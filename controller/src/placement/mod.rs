@@ -12,6 +12,10 @@ pub mod policies;
 pub mod replay;
 pub mod score;
 
+pub use policies::{
+    PolicyKind, ScoredPolicy, UnknownPolicy, default_policy, policy_by_name, policy_names,
+};
+
 /// One GPU as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuView {

@@ -15,84 +15,37 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::openb::{MAX_NODE_GPUS, TraceNode, TraceTask};
-use super::score::{self, Demand, FULL, ModelIds, ModelMask, NodeRef, Workload};
+use super::policies::PolicyKind;
+use super::score::{Demand, FULL, ModelIds, ModelMask, NodeRef, Workload};
 
 /// Share of the original tasks the FGD target workload covers.
 pub const FGD_COVERAGE: f64 = 0.95;
 
-/// The policies the replay knows, by their CLI names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PolicyKind {
-    Random,
-    DotProduct,
-    GpuPacking,
-    GpuClustering,
-    BestFit,
-    Fgd,
-    /// greenslice's default: see [`score::fgd_balanced`].
-    FgdBalanced,
-}
-
-impl PolicyKind {
-    /// Every policy, baselines first, the default last.
-    pub const ALL: [PolicyKind; 7] = [
-        PolicyKind::Random,
-        PolicyKind::DotProduct,
-        PolicyKind::GpuClustering,
-        PolicyKind::GpuPacking,
-        PolicyKind::BestFit,
-        PolicyKind::Fgd,
-        PolicyKind::FgdBalanced,
-    ];
-
-    /// CLI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PolicyKind::Random => "random",
-            PolicyKind::DotProduct => "dot-product",
-            PolicyKind::GpuPacking => "gpu-packing",
-            PolicyKind::GpuClustering => "gpu-clustering",
-            PolicyKind::BestFit => "best-fit",
-            PolicyKind::Fgd => "fgd",
-            PolicyKind::FgdBalanced => "fgd-balanced",
-        }
-    }
-
-    /// Looks a policy up by CLI name.
-    pub fn from_name(name: &str) -> Option<PolicyKind> {
-        PolicyKind::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    fn memoised(self) -> bool {
-        matches!(self, PolicyKind::Fgd | PolicyKind::FgdBalanced)
-    }
-}
-
 /// A trace ready to replay: nodes and tasks sorted by name, in compact form.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    nodes: Vec<SimNode>,
-    tasks: Vec<SimTask>,
+    pub(super) nodes: Vec<SimNode>,
+    pub(super) tasks: Vec<SimTask>,
     shapes: usize,
     workload: Workload,
-    total_gpus: u64,
+    pub(super) total_gpus: u64,
     /// Sum of the tasks' GPU demand, milli-GPU.
-    trace_demand: u64,
+    pub(super) trace_demand: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct SimTask {
-    demand: Demand,
-    memory_mib: u64,
+pub(super) struct SimTask {
+    pub(super) demand: Demand,
+    pub(super) memory_mib: u64,
     shape: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct SimNode {
-    cpu_free: u32,
-    mem_free: u64,
+pub(super) struct SimNode {
+    pub(super) cpu_free: u32,
+    pub(super) mem_free: u64,
     model: u8,
-    n: u8,
+    pub(super) n: u8,
     free: [u16; MAX_NODE_GPUS],
     tags: u16,
     max_free: u16,
@@ -338,6 +291,72 @@ struct Bucket {
     f: f64,
 }
 
+/// The artifact's metric: after every task, the arrival level `round(arrived / gpus / 10)` (%)
+/// and the allocation `round(allocated / gpus / 10, 2)` (%), plus one more figure (`extra`, in %);
+/// the value at X% is the mean over the events at level X (or X-1..=X+1 when none).
+pub(super) struct Metric {
+    buckets: Vec<Bucket>,
+    gpus: f64,
+}
+
+impl Metric {
+    pub(super) fn new(total_gpus: u64, max_arrival_pct: u32) -> Metric {
+        Metric {
+            buckets: vec![Bucket::default(); max_arrival_pct as usize + 3],
+            gpus: total_gpus.max(1) as f64,
+        }
+    }
+
+    /// Records one event: `arrived` and `allocated` in milli-GPU, `extra` in %.
+    pub(super) fn record(&mut self, arrived: u64, allocated: u64, extra: f64) {
+        let a = (arrived as f64 / self.gpus / 10.0).round_ties_even();
+        let u = (allocated as f64 / self.gpus / 10.0 * 100.0).round_ties_even() / 100.0;
+        if let Some(b) = self.buckets.get_mut(a as usize) {
+            b.n += 1;
+            b.u += u;
+            b.f += extra;
+        }
+    }
+
+    /// `extra` as a % of the cluster's GPUs for an amount in milli-GPU.
+    pub(super) fn pct(&self, milli: f64) -> f64 {
+        milli / self.gpus / 10.0
+    }
+
+    /// (arrival %, mean allocation %, mean extra) for 1..=max, leaving out levels never reached.
+    pub(super) fn points(&self, max_arrival_pct: u32) -> Vec<(u32, f64, f64)> {
+        let bs = &self.buckets;
+        (1..=max_arrival_pct as usize)
+            .filter_map(|x| {
+                let b = if bs[x].n > 0 {
+                    bs[x]
+                } else {
+                    bs[x - 1..=x + 1]
+                        .iter()
+                        .fold(Bucket::default(), |s, b| Bucket {
+                            n: s.n + b.n,
+                            u: s.u + b.u,
+                            f: s.f + b.f,
+                        })
+                };
+                (b.n > 0).then(|| (x as u32, b.u / b.n as f64, b.f / b.n as f64))
+            })
+            .collect()
+    }
+}
+
+/// Median and 99th percentile of decision times, ns.
+pub(super) fn median_p99(mut times: Vec<u64>) -> (u64, u64) {
+    times.sort_unstable();
+    let q = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    (q(0.5), q(0.99))
+}
+
 /// Replays one seed of the protocol with one policy.
 pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32) -> ReplayResult {
     let (seq, order) = arrival_order(p, seed, max_arrival_pct);
@@ -353,8 +372,7 @@ pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32)
         n.frag = w.frag_scaled(n.cpu_free, &n.free[..usize::from(n.n)], n.model);
         cluster_frag += n.frag;
     }
-    let gpus = p.total_gpus.max(1) as f64;
-    let mut buckets = vec![Bucket::default(); max_arrival_pct as usize + 3];
+    let mut metric = Metric::new(p.total_gpus, max_arrival_pct);
     let mut times = Vec::with_capacity(seq.len());
     let (mut arrived, mut allocated) = (0u64, 0u64);
     let (mut placed, mut failed) = (0usize, 0usize);
@@ -375,7 +393,7 @@ pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32)
                 if !n.feasible(task) {
                     continue;
                 }
-                let s = if policy.memoised() {
+                let s = if policy.memoisable() {
                     let m = &mut interner.memo[n.state as usize][task.shape as usize];
                     if *m == UNKNOWN {
                         *m = node_score(policy, w, &n.view(), d);
@@ -397,13 +415,10 @@ pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32)
                 let fit = view.fit_mask(d);
                 let gpus = match policy {
                     PolicyKind::Random => random_gpus(&view, d, fit, &mut rng),
-                    PolicyKind::Fgd => score::fgd(w, &view, d, fit)
+                    _ => policy
+                        .score(w, &view, d, fit)
                         .map(|c| c.1)
                         .unwrap_or_default(),
-                    PolicyKind::FgdBalanced => score::fgd_balanced(w, &view, d, fit)
-                        .map(|c| c.1)
-                        .unwrap_or_default(),
-                    _ => score::pick_least_free(&view, d, fit),
                 };
                 n.cpu_free -= d.cpu;
                 n.mem_free -= task.memory_mib;
@@ -422,42 +437,18 @@ pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32)
             None => failed += 1,
         }
         times.push(t0.elapsed().as_nanos() as u64);
-        let a = (arrived as f64 / gpus / 10.0).round_ties_even();
-        let u = (allocated as f64 / gpus / 10.0 * 100.0).round_ties_even() / 100.0;
-        let f = cluster_frag as f64 / w.total().max(1) as f64 / gpus / 10.0;
-        if let Some(b) = buckets.get_mut(a as usize) {
-            b.n += 1;
-            b.u += u;
-            b.f += f;
-        }
+        let frag = metric.pct(cluster_frag as f64 / w.total().max(1) as f64);
+        metric.record(arrived, allocated, frag);
     }
     let wall = started.elapsed();
-    times.sort_unstable();
-    let pct = |q: f64| {
-        times
-            .get(((times.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0)
-    };
-    let points = (1..=max_arrival_pct)
-        .filter_map(|x| {
-            let x = x as usize;
-            let b = if buckets[x].n > 0 {
-                buckets[x]
-            } else {
-                buckets[x - 1..=x + 1]
-                    .iter()
-                    .fold(Bucket::default(), |s, b| Bucket {
-                        n: s.n + b.n,
-                        u: s.u + b.u,
-                        f: s.f + b.f,
-                    })
-            };
-            (b.n > 0).then(|| ArrivalPoint {
-                arrival_pct: x as u32,
-                allocated_pct: b.u / b.n as f64,
-                fragmented_pct: b.f / b.n as f64,
-            })
+    let (median, p99) = median_p99(times);
+    let points = metric
+        .points(max_arrival_pct)
+        .into_iter()
+        .map(|(x, u, f)| ArrivalPoint {
+            arrival_pct: x,
+            allocated_pct: u,
+            fragmented_pct: f,
         })
         .collect();
     ReplayResult {
@@ -466,24 +457,17 @@ pub fn replay(p: &Prepared, policy: PolicyKind, seed: u64, max_arrival_pct: u32)
         points,
         placed,
         failed,
-        decision_median_ns: pct(0.5),
-        decision_p99_ns: pct(0.99),
+        decision_median_ns: median,
+        decision_p99_ns: p99,
         wall,
     }
 }
 
 /// A node's score under `policy` (higher is better; Random is not scored).
 fn node_score(policy: PolicyKind, w: &Workload, n: &NodeRef, d: &Demand) -> i64 {
-    let fit = n.fit_mask(d);
-    match policy {
-        PolicyKind::Random => 0,
-        PolicyKind::DotProduct => score::dot_product(n, d),
-        PolicyKind::GpuPacking => score::gpu_packing(n, d, fit),
-        PolicyKind::GpuClustering => score::gpu_clustering(n, d),
-        PolicyKind::BestFit => score::best_fit(n, d),
-        PolicyKind::Fgd => score::fgd(w, n, d, fit).map_or(i64::MIN + 1, |c| c.0),
-        PolicyKind::FgdBalanced => score::fgd_balanced(w, n, d, fit).map_or(i64::MIN + 1, |c| c.0),
-    }
+    policy
+        .score(w, n, d, n.fit_mask(d))
+        .map_or(i64::MIN + 1, |c| c.0)
 }
 
 fn random_gpus(n: &NodeRef, d: &Demand, fit: u32, rng: &mut ChaCha8Rng) -> Vec<usize> {

@@ -4,6 +4,8 @@
 //! Units: CPU in milli-cores, GPU compute in milli-GPU (1000 = one whole GPU). A higher score is a
 //! better node. Scores are integers, as in the FGD artifact: ties go to the node of lowest rank.
 
+use greenslice_core::mig;
+
 /// Most GPUs one node may have in a [`NodeRef`] fit mask (bit i = GPU i).
 pub const MAX_GPUS: usize = 32;
 
@@ -487,6 +489,59 @@ pub fn starvation_increase(w: &Workload, node: &NodeRef, d: &Demand) -> f64 {
     let c0 = f64::from(node.cpu_free);
     let c1 = c0 - f64::from(d.cpu);
     (u1 - c1 / ratio).max(0.0) - (u0 - c0 / ratio).max(0.0)
+}
+
+/// Memory slices `[start, start + size)` of a MIG instance, as a mask.
+pub fn mig_range_mask(start: u8, size: u8) -> u8 {
+    let bits = ((1u16 << size) - 1) << start;
+    bits as u8
+}
+
+/// Free compute slices of a MIG GPU that the largest profile still placeable there cannot use, by
+/// geometry (memory slices `mask` taken, `used_compute` compute slices held). 0 on an empty GPU.
+pub fn mig_waste(profiles: &[mig::MigProfile], mask: u8, used_compute: u8) -> u8 {
+    let free = mig::COMPUTE_SLICES.saturating_sub(used_compute);
+    let largest = profiles
+        .iter()
+        .filter(|p| p.compute_slices <= free && mig_free_start(p, mask).is_some())
+        .map(|p| p.compute_slices)
+        .max()
+        .unwrap_or(0);
+    free - largest
+}
+
+fn mig_free_start(p: &mig::MigProfile, mask: u8) -> Option<u8> {
+    p.starts
+        .iter()
+        .copied()
+        .find(|&s| mask & mig_range_mask(s, p.size) == 0)
+}
+
+/// Score of creating `p` at `start` on a MIG GPU (higher is better): first the smallest increase
+/// of [`mig_waste`], then the fewest free compute slices left (pack GPUs already in use), then the
+/// most (profile, start) pairs still placeable on it (keep large profiles placeable).
+pub fn mig_score(
+    profiles: &[mig::MigProfile],
+    mask: u8,
+    used_compute: u8,
+    p: &mig::MigProfile,
+    start: u8,
+) -> i64 {
+    let after = mask | mig_range_mask(start, p.size);
+    let used_after = used_compute + p.compute_slices;
+    let dw = i64::from(mig_waste(profiles, after, used_after))
+        - i64::from(mig_waste(profiles, mask, used_compute));
+    let free_after = i64::from(mig::COMPUTE_SLICES.saturating_sub(used_after));
+    let pairs: i64 = profiles
+        .iter()
+        .map(|q| {
+            q.starts
+                .iter()
+                .filter(|&&s| after & mig_range_mask(s, q.size) == 0)
+                .count() as i64
+        })
+        .sum();
+    -dw * 10_000 - free_after * 100 + pairs
 }
 
 #[cfg(test)]
