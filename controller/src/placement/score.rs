@@ -590,8 +590,8 @@ mod tests {
     fn dot_product_penalises_aligned_free_space() {
         let full = [1000u16; 8];
         let d = whole(64_000, 8);
-        // 1 - (0.5*0.5 + 1*1)/2 = 0.375 -> 37
-        assert_eq!(dot_product(&node(128_000, &full), &d), 37);
+        // 1 - (1*0.5 + 1*1)/2 = 0.25 -> 25
+        assert_eq!(dot_product(&node(128_000, &full), &d), 25);
         let cpu_only = Demand {
             cpu: 64_000,
             gpus: 0,
@@ -701,5 +701,60 @@ mod tests {
         assert_eq!((s, gpus), (50, vec![0]));
         assert_eq!(fgd_sigmoid(-400, 1), 40);
         assert_eq!(fgd_sigmoid(0, 7), 50);
+    }
+
+    #[test]
+    fn starvation_counts_gpu_compute_left_without_cpu() {
+        // One class: half a GPU with 8 cores, so 16 CPU milli per GPU milli.
+        let w = Workload::new(vec![WorkloadClass {
+            demand: share(8000, 500),
+            count: 1,
+        }]);
+        assert_eq!(w.cpu_per_gpu_milli(), 16.0);
+        let free = [1000u16, 1000];
+        let n = node(16_000, &free);
+        let cpu_only = Demand {
+            cpu: 8000,
+            gpus: 0,
+            milli: 0,
+            models: ModelMask::ANY,
+        };
+        // before: 2000 - 16000/16 = 1000 starved; after: 2000 - 8000/16 = 1500.
+        assert_eq!(starvation_increase(&w, &n, &cpu_only), 500.0);
+        // A CPU-rich node absorbs it without starving anything.
+        let rich = node(64_000, &free);
+        assert_eq!(starvation_increase(&w, &rich, &cpu_only), 0.0);
+        let (poor_score, _) = fgd_balanced(&w, &n, &cpu_only, 0).unwrap();
+        let (rich_score, _) = fgd_balanced(&w, &rich, &cpu_only, 0).unwrap();
+        assert!(rich_score > poor_score, "{rich_score} vs {poor_score}");
+    }
+
+    #[test]
+    fn fgd_balanced_keeps_unconstrained_work_off_scarce_models() {
+        // Half the workload can only run on model 1.
+        let only1 = Demand {
+            models: ModelMask(0b10),
+            ..whole(0, 1)
+        };
+        let w = Workload::new(vec![
+            WorkloadClass {
+                demand: whole(0, 1),
+                count: 1,
+            },
+            WorkloadClass {
+                demand: only1,
+                count: 1,
+            },
+        ]);
+        assert_eq!(w.constrained_share_on(1), 0.5);
+        assert_eq!(w.constrained_share_on(0), 0.0);
+        let free = [1000u16, 1000];
+        let m0 = node(0, &free);
+        let m1 = NodeRef { model: 1, ..m0 };
+        let d = whole(0, 1);
+        let (s0, g0) = fgd_balanced(&w, &m0, &d, m0.fit_mask(&d)).unwrap();
+        let (s1, _) = fgd_balanced(&w, &m1, &d, m1.fit_mask(&d)).unwrap();
+        assert!(s0 > s1, "{s0} vs {s1}");
+        assert_eq!(g0, vec![0]);
     }
 }
