@@ -10,7 +10,7 @@ use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
 use greenslice_agent::session::{self, SharedBackend};
 use greenslice_controller::controller::{Controller, CoreConfig};
 use greenslice_controller::ledger::{Ledger, MemoryLedger};
-use greenslice_controller::placement::{FirstFit, Policy};
+use greenslice_controller::placement::{Policy, default_policy};
 use greenslice_core::clock::{Clock, SystemClock};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -42,7 +42,7 @@ impl ClusterSpec {
         ClusterSpec {
             nodes,
             ledger: Arc::new(MemoryLedger::default()),
-            policy: Box::new(FirstFit),
+            policy: default_policy(),
             clock: Arc::new(SystemClock),
             sample_interval: Duration::from_secs(1),
             batch_interval: Duration::from_secs(5),

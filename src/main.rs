@@ -54,6 +54,9 @@ enum Command {
     Inventory,
     /// Per-tenant energy and CO2e report (table, JSON, CSV or self-contained HTML).
     Report(report_cmd::ReportArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(greenslice::bench::BenchCommand),
     /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
     Demo(demo::DemoArgs),
 }
@@ -81,6 +84,7 @@ async fn main() -> ExitCode {
         Command::Inventory => cli::inventory(&cli.controller, fmt).await,
         Command::Report(a) => report_cmd::run(&cli.controller, a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
