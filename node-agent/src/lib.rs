@@ -1,8 +1,10 @@
 //! The greenslice node agent: discovers the node's GPUs through a [`backend::GpuBackend`], keeps one
-//! long-lived stream to the controller, applies the controller's commands and reports actual state.
+//! long-lived stream to the controller, applies the controller's commands and reports actual state, and
+//! serves the kubelet as its device plugin ([`kubelet`]).
 
 pub mod backend;
 pub mod config;
+pub mod kubelet;
 pub mod session;
 
 pub use config::AgentConfig;

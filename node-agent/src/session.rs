@@ -85,11 +85,44 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
     result
 }
 
+/// Latest kubelet allocations to report (see [`crate::kubelet`]); `None` until first read.
+pub type KubeletReports = tokio::sync::watch::Receiver<Option<pb::KubeletAllocations>>;
+
+/// Sends the current kubelet allocations after Register and again on every change, until the
+/// session's stream or the reporter ends.
+async fn forward_kubelet(
+    mut reports: KubeletReports,
+    tx: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+) {
+    loop {
+        let current = reports.borrow_and_update().clone();
+        if let Some(k) = current {
+            let msg = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Kubelet(k)),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        if reports.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs one session: connects, registers, serves commands until the stream ends.
-async fn session_once(controller: &str, node: &str, backend: &SharedBackend) -> anyhow::Result<()> {
+async fn session_once(
+    controller: &str,
+    node: &str,
+    backend: &SharedBackend,
+    kubelet: Option<&KubeletReports>,
+) -> anyhow::Result<()> {
     let mut client = AgentServiceClient::connect(controller.to_string()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
     tx.send(register_message(node, backend)?).await?;
+    // Dropping a JoinHandle does not stop its task: abort the forwarder when the session ends.
+    let forwarder = kubelet.map(|k| tokio::spawn(forward_kubelet(k.clone(), tx.clone())));
+    let _abort = AbortOnDrop(forwarder);
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(msg) = inbound.next().await {
         match msg?.msg {
@@ -112,12 +145,33 @@ async fn session_once(controller: &str, node: &str, backend: &SharedBackend) -> 
     Ok(())
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// Keeps a session with the controller alive forever, reconnecting with backoff.
 pub async fn run(controller: String, node: String, backend: SharedBackend) {
+    run_with_kubelet(controller, node, backend, None).await
+}
+
+/// [`run`], also reporting the kubelet's allocations on every session when `kubelet` is given.
+pub async fn run_with_kubelet(
+    controller: String,
+    node: String,
+    backend: SharedBackend,
+    kubelet: Option<KubeletReports>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = tokio::time::Instant::now();
-        match session_once(&controller, &node, &backend).await {
+        match session_once(&controller, &node, &backend, kubelet.as_ref()).await {
             Ok(()) => warn!(%controller, "controller closed the stream; reconnecting"),
             Err(e) => {
                 warn!(%controller, error = %e, "controller session failed; retrying in {:?}", backoff)
