@@ -98,7 +98,7 @@ fn base_deployment_matches_the_controller_binary() {
 
 /// Flags the etcd-ha overlay uses that the controller binary does not have yet (the ledger work
 /// adds them). Once `--help` lists `--ledger`, the overlay's full argument list must be accepted.
-const PLANNED: [&str; 2] = ["--ledger", "--etcd-endpoints"];
+const PLANNED: [&str; 3] = ["--ledger", "--etcd-endpoints", "--advertise-url"];
 
 #[test]
 fn etcd_overlay_matches_the_controller_binary() {
