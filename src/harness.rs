@@ -29,7 +29,11 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     pub ledger: Arc<dyn Ledger>,
     pub policy: Box<dyn Policy>,
+    /// The clock of the controller and every simulated node.
     pub clock: Arc<dyn Clock>,
+    /// How often agents sample and send samples.
+    pub sample_interval: Duration,
+    pub batch_interval: Duration,
 }
 
 impl ClusterSpec {
@@ -40,6 +44,8 @@ impl ClusterSpec {
             ledger: Arc::new(MemoryLedger::default()),
             policy: Box::new(FirstFit),
             clock: Arc::new(SystemClock),
+            sample_interval: Duration::from_secs(1),
+            batch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -52,6 +58,7 @@ pub struct Cluster {
     /// Each node's backend, by node name, for tests to inspect or perturb.
     pub backends: Vec<(String, SharedBackend)>,
     agents: Vec<JoinHandle<()>>,
+    sessions: Vec<session::SessionConfig>,
     server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -69,8 +76,13 @@ pub fn nodes(count: usize, machines: &[Machine], mig_gpus: u32) -> Vec<NodeSpec>
 
 /// Starts the controller and the agents, and waits until every agent has registered.
 pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
-    let controller =
-        Controller::new(spec.ledger, spec.policy, spec.clock, CoreConfig::default()).await?;
+    let controller = Controller::new(
+        spec.ledger,
+        spec.policy,
+        spec.clock.clone(),
+        CoreConfig::default(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -83,19 +95,20 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
     ));
     let mut backends = Vec::new();
     let mut agents = Vec::new();
+    let mut sessions = Vec::new();
     for n in &spec.nodes {
-        let mut c = SimConfig::new(&n.name, n.machine);
+        let mut c = SimConfig::new(&n.name, n.machine).with_clock(spec.clock.clone());
         c.gpus = n.gpus;
         c.mig_gpus = n.mig_gpus;
         let b: Box<dyn GpuBackend> =
             Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
         let shared: SharedBackend = Arc::new(Mutex::new(b));
         backends.push((n.name.clone(), shared.clone()));
-        agents.push(tokio::spawn(session::run(
-            url.clone(),
-            n.name.clone(),
-            shared,
-        )));
+        let mut sc = session::SessionConfig::new(&url, &n.name);
+        sc.sample_interval = spec.sample_interval;
+        sc.batch_interval = spec.batch_interval;
+        agents.push(tokio::spawn(session::run_with(sc.clone(), shared)));
+        sessions.push(sc);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -113,6 +126,7 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         controller,
         backends,
         agents,
+        sessions,
         server: Some((stop_tx, server)),
     })
 }
@@ -134,11 +148,18 @@ impl Cluster {
         match self.backends.iter().position(|(n, _)| n == node) {
             Some(i) => {
                 let b = self.backends[i].1.clone();
-                self.agents[i] = tokio::spawn(session::run(self.url.clone(), node.to_string(), b));
+                self.agents[i] = tokio::spawn(session::run_with(self.sessions[i].clone(), b));
                 true
             }
             None => false,
         }
+    }
+
+    /// Runs `f` on a node's simulator (to set workloads, reload the driver, mark GPUs unhealthy).
+    pub fn with_sim<R>(&self, node: &str, f: impl FnOnce(&mut SimBackend) -> R) -> Option<R> {
+        let (_, b) = self.backends.iter().find(|(n, _)| n == node)?;
+        let mut guard = b.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_sim_mut().map(f)
     }
 
     /// Stops agents and the server.

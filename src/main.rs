@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod output;
+mod report_cmd;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,8 @@ enum Command {
     },
     /// Nodes, GPUs, slices and free capacity.
     Inventory,
+    /// Per-tenant energy and CO2e report (table, JSON, CSV or self-contained HTML).
+    Report(report_cmd::ReportArgs),
     /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
     Demo(demo::DemoArgs),
 }
@@ -76,6 +79,7 @@ async fn main() -> ExitCode {
         Command::Release { slice } => cli::release(&cli.controller, fmt, &slice).await,
         Command::Watch { tenant } => cli::watch(&cli.controller, fmt, tenant).await,
         Command::Inventory => cli::inventory(&cli.controller, fmt).await,
+        Command::Report(a) => report_cmd::run(&cli.controller, a).await,
         Command::Demo(a) => demo::run(a).await,
     };
     match result {

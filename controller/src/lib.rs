@@ -6,6 +6,8 @@
 //! - [`ledger`]: where desired state is committed before it is acknowledged.
 //! - [`agents`]: connected node agents and commands in flight.
 //! - [`energy`]: measured energy per GPU, its exact attribution to tenants, and CO2e.
+//! - [`telemetry`]: utilization, power and energy samples from the agents.
+//! - [`report`]: the ops energy and carbon report (table, JSON, CSV, HTML).
 //! - [`api`]: the gRPC services; [`server`] serves them.
 
 pub mod agents;
@@ -16,6 +18,8 @@ pub mod energy;
 pub mod error;
 pub mod ledger;
 pub mod placement;
+pub mod report;
 pub mod server;
 pub mod slice;
 pub mod state;
+pub mod telemetry;

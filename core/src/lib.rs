@@ -4,6 +4,7 @@
 //! - [`mig`]: MIG profile tables and the layout rules NVML enforces.
 //! - [`slice`]: what a tenant asks for, its validation, and a slice's lifecycle.
 //! - [`inventory`]: the actual state of a node's GPUs.
+//! - [`sample`]: utilization, power and energy samples a node agent takes.
 //! - [`clock`]: injected time.
 //! - [`convert`]: conversions between these types and the wire messages.
 
@@ -12,6 +13,7 @@ pub mod convert;
 pub mod gpu;
 pub mod inventory;
 pub mod mig;
+pub mod sample;
 pub mod slice;
 
 /// Bytes in a GiB.

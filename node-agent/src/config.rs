@@ -6,7 +6,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// NVML when the library loads, else an error telling how to use the simulator.
+    /// NVML when the library loads (logged), else the same error as `nvml`, which tells how to use
+    /// the simulator. It never falls back to the simulator on its own: an agent on a GPU node whose
+    /// driver is broken must fail visibly, not report simulated GPUs to the controller.
     #[default]
     Auto,
     /// The simulator.

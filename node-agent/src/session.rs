@@ -85,7 +85,23 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
     result
 }
 
-/// Latest kubelet allocations to report (see [`crate::kubelet`]); `None` until first read.
+/// How the agent talks to the controller.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Controller URL.
+    pub controller: String,
+    /// Node name.
+    pub node: String,
+    /// How often to sample the GPUs (default 1 s).
+    pub sample_interval: Duration,
+    /// How often to send the collected samples (default 5 s).
+    pub batch_interval: Duration,
+    /// Kubelet allocations to report on every session (see [`crate::kubelet`]); `None` when the
+    /// agent is not the kubelet's device plugin.
+    pub kubelet: Option<KubeletReports>,
+}
+
+/// Latest kubelet allocations to report; `None` inside until pod-resources was read once.
 pub type KubeletReports = tokio::sync::watch::Receiver<Option<pb::KubeletAllocations>>;
 
 /// Sends the current kubelet allocations after Register and again on every change, until the
@@ -110,20 +126,91 @@ async fn forward_kubelet(
     }
 }
 
-/// Runs one session: connects, registers, serves commands until the stream ends.
-async fn session_once(
-    controller: &str,
-    node: &str,
-    backend: &SharedBackend,
-    kubelet: Option<&KubeletReports>,
-) -> anyhow::Result<()> {
+impl SessionConfig {
+    pub fn new(controller: &str, node: &str) -> Self {
+        SessionConfig {
+            controller: controller.to_string(),
+            node: node.to_string(),
+            sample_interval: Duration::from_secs(1),
+            batch_interval: Duration::from_secs(5),
+            kubelet: None,
+        }
+    }
+}
+
+/// Samples every GPU once and maps the activity to slices.
+pub fn sample_once(backend: &SharedBackend) -> Result<Vec<pb::GpuSample>, BackendError> {
+    let mut b = lock(backend);
+    let sample = b.sample()?;
+    let gpus = b.inventory()?;
+    let owner = |pid: u32| b.process_owner(pid);
+    Ok(sample
+        .gpus
+        .iter()
+        .filter_map(|s| {
+            let g = gpus.iter().find(|g| g.uuid == s.gpu_uuid)?;
+            Some(crate::usage::map_sample(sample.at_ms, s, g, &owner))
+        })
+        .collect())
+}
+
+/// Samples at `sample_interval` and sends a batch every `batch_interval` until the channel closes.
+async fn sampler(
+    cfg: SessionConfig,
+    backend: SharedBackend,
+    tx: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+) {
+    let mut tick = tokio::time::interval(cfg.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut batch: Vec<pb::GpuSample> = Vec::new();
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let b = backend.clone();
+        match tokio::task::spawn_blocking(move || sample_once(&b)).await {
+            Ok(Ok(s)) => batch.extend(s),
+            Ok(Err(e)) => warn!(error = %e, "sampling failed"),
+            Err(e) => warn!(error = %e, "sampling task failed"),
+        }
+        if last_sent.elapsed() >= cfg.batch_interval && !batch.is_empty() {
+            let msg = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Samples(pb::SampleBatch {
+                    samples: std::mem::take(&mut batch),
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one session: connects, registers, serves commands and sends samples until the stream ends.
+async fn session_once(cfg: &SessionConfig, backend: &SharedBackend) -> anyhow::Result<()> {
+    let (controller, node) = (&cfg.controller, &cfg.node);
     let mut client = AgentServiceClient::connect(controller.to_string()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
     tx.send(register_message(node, backend)?).await?;
-    // Dropping a JoinHandle does not stop its task: abort the forwarder when the session ends.
-    let forwarder = kubelet.map(|k| tokio::spawn(forward_kubelet(k.clone(), tx.clone())));
-    let _abort = AbortOnDrop(forwarder);
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let _sampler = AbortOnDrop(tokio::spawn(sampler(
+        cfg.clone(),
+        backend.clone(),
+        tx.clone(),
+    )));
+    let _kubelet = cfg
+        .kubelet
+        .clone()
+        .map(|k| AbortOnDrop(tokio::spawn(forward_kubelet(k, tx.clone()))));
     while let Some(msg) = inbound.next().await {
         match msg?.msg {
             Some(pb::controller_message::Msg::Registered(r)) => {
@@ -145,33 +232,18 @@ async fn session_once(
     Ok(())
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = &self.0 {
-            h.abort();
-        }
-    }
+/// Keeps a session with the controller alive forever, reconnecting with backoff (default sampling).
+pub async fn run(controller: String, node: String, backend: SharedBackend) {
+    run_with(SessionConfig::new(&controller, &node), backend).await
 }
 
 /// Keeps a session with the controller alive forever, reconnecting with backoff.
-pub async fn run(controller: String, node: String, backend: SharedBackend) {
-    run_with_kubelet(controller, node, backend, None).await
-}
-
-/// [`run`], also reporting the kubelet's allocations on every session when `kubelet` is given.
-pub async fn run_with_kubelet(
-    controller: String,
-    node: String,
-    backend: SharedBackend,
-    kubelet: Option<KubeletReports>,
-) {
+pub async fn run_with(cfg: SessionConfig, backend: SharedBackend) {
+    let controller = cfg.controller.clone();
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = tokio::time::Instant::now();
-        match session_once(&controller, &node, &backend, kubelet.as_ref()).await {
+        match session_once(&cfg, &backend).await {
             Ok(()) => warn!(%controller, "controller closed the stream; reconnecting"),
             Err(e) => {
                 warn!(%controller, error = %e, "controller session failed; retrying in {:?}", backoff)

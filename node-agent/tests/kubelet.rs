@@ -766,11 +766,15 @@ async fn kubelet_allocations_reach_the_controller_on_the_agent_stream() {
     let mut c = SimConfig::new("kube-test", "dgx-h100".parse().unwrap());
     c.gpus = 2;
     let backend: Box<dyn GpuBackend> = Box::new(SimBackend::new(c).unwrap());
-    tokio::spawn(greenslice_agent::session::run_with_kubelet(
-        format!("http://{addr}"),
-        "kube-test".into(),
+    let mut session =
+        greenslice_agent::session::SessionConfig::new(&format!("http://{addr}"), "kube-test");
+    session.kubelet = Some(f.kubelet.allocations.clone());
+    // Samples every hour: only Register and kubelet reports in this test's window.
+    session.sample_interval = Duration::from_secs(3600);
+    session.batch_interval = Duration::from_secs(3600);
+    tokio::spawn(greenslice_agent::session::run_with(
+        session,
         Arc::new(Mutex::new(backend)),
-        Some(f.kubelet.allocations.clone()),
     ));
     let first = tokio::time::timeout(WAIT, rx.recv())
         .await

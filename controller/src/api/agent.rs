@@ -14,6 +14,9 @@ use tracing::{info, warn};
 
 use crate::controller::Controller;
 
+/// Most samples accepted in one batch (64 GPUs x 60 samples).
+pub const MAX_SAMPLES_PER_BATCH: usize = 3840;
+
 /// Most GPUs one node may report.
 pub const MAX_GPUS_PER_NODE: usize = 64;
 
@@ -104,6 +107,15 @@ impl AgentService for AgentApi {
                     Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::State(s)),
                     }) => controller.update_node_gpus(&node, &s.gpus),
+                    Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Samples(b)),
+                    }) => {
+                        if b.samples.len() > MAX_SAMPLES_PER_BATCH {
+                            warn!(%node, n = b.samples.len(), "sample batch too large; dropped");
+                        } else {
+                            controller.ingest_samples(&node, &b);
+                        }
+                    }
                     Ok(other) => {
                         warn!(%node, "unexpected agent message: {:?}", other.msg.map(|_| "register"))
                     }

@@ -9,14 +9,16 @@ pub mod sim;
 use std::collections::BTreeMap;
 
 use greenslice_core::inventory::{Gpu, MigInstance};
+use greenslice_core::sample::NodeSample;
+use serde::Serialize;
 use thiserror::Error;
 
 /// What went wrong in a backend. Messages are shown to operators and sent to the controller.
 #[derive(Debug, Error)]
 pub enum BackendError {
-    /// No NVIDIA driver / NVML library on this machine.
+    /// No NVIDIA driver / NVML library (libnvidia-ml.so.1) on this machine.
     #[error(
-        "NVML is not available ({0}); is the NVIDIA driver installed? To run without a GPU use --backend sim"
+        "the NVIDIA driver library libnvidia-ml.so.1 could not be loaded ({0}); install the NVIDIA driver, or run on simulated GPUs with --backend sim"
     )]
     NoDriver(String),
     #[error("unknown GPU {0}")]
@@ -50,6 +52,38 @@ pub struct HostInfo {
     pub memory_bytes: u64,
 }
 
+/// Where instances of one MIG profile may start on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProfilePlacements {
+    /// Profile name, e.g. "3g.40gb".
+    pub profile: String,
+    /// NVML profile id (the id nvidia-smi prints).
+    pub profile_id: u32,
+    /// Memory slices one instance covers.
+    pub size: u8,
+    /// Most instances of the profile on the GPU.
+    pub max_instances: u32,
+    /// Legal first memory slices, ascending.
+    pub starts: Vec<u8>,
+    /// "driver" (asked of NVML) or "table" (greenslice's profile table).
+    pub source: &'static str,
+}
+
+/// The profile table's placements for `model`.
+pub fn table_placements(model: &greenslice_core::gpu::GpuModel) -> Vec<ProfilePlacements> {
+    greenslice_core::mig::profiles(model)
+        .iter()
+        .map(|p| ProfilePlacements {
+            profile: p.name.to_string(),
+            profile_id: p.smi_id,
+            size: p.size,
+            max_instances: u32::from(p.max_instances),
+            starts: p.starts.to_vec(),
+            source: "table",
+        })
+        .collect()
+}
+
 /// Environment a process needs to use an applied slice (NVIDIA_VISIBLE_DEVICES, MPS limits...).
 pub type SliceEnv = BTreeMap<String, String>;
 
@@ -62,6 +96,30 @@ pub trait GpuBackend: Send {
     fn host(&self) -> HostInfo;
     /// Every GPU with its actual MIG instances, shares and whole-GPU holder.
     fn inventory(&mut self) -> Result<Vec<Gpu>, BackendError>;
+    /// Measures every GPU now: utilization, processes, power (mW) and the energy counter (mJ).
+    /// Fields the device does not give are `None` and listed in `GpuSample::unsupported`.
+    fn sample(&mut self) -> Result<NodeSample, BackendError>;
+    /// The slice that launched process `pid`, if known. By default read from the process's
+    /// environment (`GREENSLICE_SLICE_ID`, which every slice's environment carries); this needs the
+    /// agent to see the host's processes (hostPID in Kubernetes).
+    fn process_owner(&self, pid: u32) -> Option<String> {
+        slice_id_from_environ(&std::fs::read(format!("/proc/{pid}/environ")).ok()?)
+    }
+    /// The simulator behind this backend, if it is one: lets a demo, replay or test that holds a
+    /// `Box<dyn GpuBackend>` set workloads, reload the driver or mark GPUs unhealthy.
+    fn as_sim_mut(&mut self) -> Option<&mut sim::SimBackend> {
+        None
+    }
+    /// The MIG profiles of `gpu` and their legal starts. By default from the profile table; the NVML
+    /// backend asks the driver (nvmlDeviceGetGpuInstancePossiblePlacements_v2).
+    fn mig_profiles(&mut self, gpu: &str) -> Result<Vec<ProfilePlacements>, BackendError> {
+        let g = self
+            .inventory()?
+            .into_iter()
+            .find(|g| g.uuid == gpu)
+            .ok_or_else(|| BackendError::UnknownGpu(gpu.to_string()))?;
+        Ok(table_placements(&g.model))
+    }
     /// Creates a GPU instance (and its full compute instance) of `profile` at `start` for `slice_id`.
     fn create_mig(
         &mut self,
@@ -112,6 +170,20 @@ pub fn share_env(
             mps_pipe_dir.to_string(),
         ),
     ])
+}
+
+/// Environment variable naming the slice a process belongs to.
+pub const SLICE_ID_ENV: &str = "GREENSLICE_SLICE_ID";
+
+/// Finds `GREENSLICE_SLICE_ID` in a NUL-separated environment block (as in /proc/PID/environ).
+pub fn slice_id_from_environ(environ: &[u8]) -> Option<String> {
+    let prefix = format!("{SLICE_ID_ENV}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty() && v.len() <= 253)
+        .map(str::to_string)
 }
 
 /// Environment for a device (a GPU or MIG UUID).

@@ -9,7 +9,8 @@ use greenslice_agent::backend::nvml::NvmlBackend;
 use greenslice_agent::backend::sim::{SimBackend, SimConfig};
 use greenslice_agent::backend::{BackendError, GpuBackend};
 use greenslice_agent::config::{AgentConfig, BackendKind};
-use tracing::{error, info};
+use greenslice_core::clock::ManualClock;
+use tracing::{info, warn};
 
 /// The greenslice node agent: reports this node's GPUs to the controller and applies its commands.
 #[derive(Debug, Parser)]
@@ -39,14 +40,34 @@ struct Args {
     /// Serve the kubelet as its device plugin and report pod allocations [config: kubelet.enabled].
     #[arg(long)]
     kubelet: bool,
+    /// One-shot: print the inventory, MIG placements and --samples samples as JSON lines on stdout,
+    /// then exit (no controller). Read-only unless the config sets mig.manage.
+    #[arg(long)]
+    dump: bool,
+    /// Samples to take with --dump.
+    #[arg(long, default_value_t = 3)]
+    samples: u32,
+    /// Time between samples with --dump, ms (simulated time on the simulator).
+    #[arg(long, default_value_t = 1_000)]
+    interval_ms: u64,
 }
 
-fn build_backend(cfg: &AgentConfig) -> Result<Box<dyn GpuBackend>, BackendError> {
+/// Builds the configured backend. `auto` takes NVML when the library loads and otherwise fails like
+/// `nvml` does: an agent on a GPU node whose driver is broken must not report simulated GPUs to the
+/// controller, so falling back to the simulator is left to an explicit `--backend sim`.
+/// `sim_clock` puts the simulator on a manual clock (for `--dump`).
+fn build_backend(
+    cfg: &AgentConfig,
+    sim_clock: Option<ManualClock>,
+) -> Result<Box<dyn GpuBackend>, BackendError> {
     let sim = || -> Result<Box<dyn GpuBackend>, BackendError> {
         let mut c = SimConfig::new(&cfg.node, cfg.sim.machine.parse()?);
         c.gpus = cfg.sim.gpus;
         c.mig_gpus = cfg.sim.mig_gpus;
         c.mps_pipe_dir = cfg.mps.pipe_dir.clone();
+        if let Some(clock) = sim_clock.clone() {
+            c = c.with_clock(Arc::new(clock));
+        }
         Ok(Box::new(SimBackend::new(c)?))
     };
     match cfg.backend {
@@ -60,11 +81,66 @@ fn build_backend(cfg: &AgentConfig) -> Result<Box<dyn GpuBackend>, BackendError>
                 info!("backend auto: NVML loaded, using real GPUs");
                 Ok(Box::new(b))
             }
-            Err(e) => Err(BackendError::Config(format!(
-                "backend auto found no NVIDIA driver ({e}); pass --backend sim to run on simulated GPUs"
-            ))),
+            Err(e) => {
+                warn!("backend auto: NVML did not load; not falling back to the simulator");
+                Err(e)
+            }
         },
     }
+}
+
+/// Why `--dump` stopped.
+#[derive(Debug, thiserror::Error)]
+enum DumpError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("cannot write to stdout: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `--dump`: inventory, MIG placements and samples as JSON lines.
+fn dump(
+    backend: &mut dyn GpuBackend,
+    node: &str,
+    samples: u32,
+    interval_ms: u64,
+    sim_clock: Option<&ManualClock>,
+) -> Result<(), DumpError> {
+    use std::io::Write;
+    let host = backend.host();
+    let gpus = backend.inventory()?;
+    let mut out = std::io::stdout().lock();
+    let mut line = |v: serde_json::Value| -> Result<(), DumpError> {
+        writeln!(out, "{v}")?;
+        out.flush()?;
+        Ok(())
+    };
+    line(serde_json::json!({
+        "type": "inventory",
+        "node": node,
+        "backend": backend.kind(),
+        "host": {"cpu_milli": host.cpu_milli, "memory_bytes": host.memory_bytes},
+        "gpus": gpus,
+    }))?;
+    for g in gpus.iter().filter(|g| g.mig_capable) {
+        match backend.mig_profiles(&g.uuid) {
+            Ok(p) => line(serde_json::json!({
+                "type": "mig_profiles", "gpu_uuid": g.uuid, "profiles": p,
+            }))?,
+            Err(e) => warn!(gpu = %g.uuid, error = %e, "cannot list MIG placements"),
+        }
+    }
+    for i in 0..samples {
+        if i > 0 {
+            match sim_clock {
+                Some(c) => c.advance(i64::try_from(interval_ms).unwrap_or(i64::MAX)),
+                None => std::thread::sleep(std::time::Duration::from_millis(interval_ms)),
+            }
+        }
+        let s = backend.sample()?;
+        line(serde_json::json!({"type": "sample", "sample": s}))?;
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -101,14 +177,38 @@ async fn main() -> ExitCode {
     if let Some(v) = args.mig_gpus {
         cfg.sim.mig_gpus = v;
     }
-    let backend = match build_backend(&cfg) {
+    let sim_clock = args.dump.then(|| {
+        let now = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
+        ManualClock::new(now)
+    });
+    let mut backend = match build_backend(&cfg, sim_clock.clone()) {
         Ok(b) => b,
         Err(e) => {
-            error!("{e}");
             eprintln!("error: {e}");
             return ExitCode::from(3);
         }
     };
+    if args.dump {
+        // Only the simulator runs on the manual clock; real GPUs need real waits.
+        let is_sim = backend.kind() == "sim";
+        return match dump(
+            backend.as_mut(),
+            &cfg.node,
+            args.samples,
+            args.interval_ms,
+            sim_clock.as_ref().filter(|_| is_sim),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            // The reader went away (`| head`): nothing left to do.
+            Err(DumpError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(4)
+            }
+        };
+    }
     info!(node = %cfg.node, backend = backend.kind(), controller = %cfg.controller, "agent starting");
     let shared = Arc::new(Mutex::new(backend));
     if args.kubelet {
@@ -128,9 +228,10 @@ async fn main() -> ExitCode {
     } else {
         None
     };
-    let reports = kubelet.as_ref().map(|k| k.allocations.clone());
+    let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
+    session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     tokio::select! {
-        _ = greenslice_agent::session::run_with_kubelet(cfg.controller, cfg.node, shared, reports) => {}
+        _ = greenslice_agent::session::run_with(session, shared) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; exiting"),
     }
     ExitCode::SUCCESS

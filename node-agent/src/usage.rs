@@ -1,0 +1,299 @@
+//! Maps a GPU sample to the slices that own the activity in it.
+//!
+//! The mapping rules (issue 5):
+//! - On a MIG GPU, an instance's activity belongs to the slice that owns the instance; its weight is
+//!   the instance's SM utilization times its size (compute slices / 7), so activities on one GPU add
+//!   up in "percent of the whole GPU". Processes are mapped through their GPU instance id.
+//! - On a shared (non-MIG) GPU, a process belongs to the slice whose allocation launched it (its
+//!   `GREENSLICE_SLICE_ID`, see [`crate::backend::GpuBackend::process_owner`]). Its per-process SM
+//!   utilization is its activity. A GPU held whole with no per-process figures takes the board
+//!   utilization as the holder's activity.
+//! - Whatever cannot be mapped (foreign processes, instances greenslice did not make, processes of a
+//!   slice that does not hold this GPU) is kept as unattributed activity, never dropped.
+//! - Every slice holding the GPU gets an entry, so an idle holder shows 0 activity rather than nothing.
+
+use std::collections::BTreeMap;
+
+use greenslice_core::inventory::Gpu;
+use greenslice_core::mig;
+use greenslice_core::sample::GpuSample;
+use greenslice_proto::v1 as pb;
+
+#[derive(Default)]
+struct Acc {
+    sm_pct: f64,
+    memory_bytes: u64,
+    processes: u32,
+    known: bool,
+}
+
+/// Maps one GPU sample to slices. `owner` answers which slice launched a process.
+pub fn map_sample(
+    at_ms: i64,
+    s: &GpuSample,
+    gpu: &Gpu,
+    owner: &dyn Fn(u32) -> Option<String>,
+) -> pb::GpuSample {
+    let mut slices: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut unattributed = 0.0;
+    let procs = s.processes.as_deref().unwrap_or(&[]);
+    if gpu.mig_enabled {
+        for inst in &gpu.mig_instances {
+            let size = mig::profile(&gpu.model, &inst.profile).map_or(0.0, |p| {
+                f64::from(p.compute_slices) / f64::from(mig::COMPUTE_SLICES)
+            });
+            let act = s
+                .mig
+                .iter()
+                .find(|m| m.gpu_instance_id == inst.gpu_instance_id);
+            let sm = act.and_then(|a| a.sm_util_pct).map(|u| u * size);
+            let (mem, n) = procs
+                .iter()
+                .filter(|p| p.gpu_instance_id == Some(inst.gpu_instance_id))
+                .fold((0u64, 0u32), |(m, n), p| {
+                    (m + p.used_memory_bytes.unwrap_or(0), n + 1)
+                });
+            match &inst.slice_id {
+                Some(id) => {
+                    let a = slices.entry(id.clone()).or_default();
+                    a.sm_pct += sm.unwrap_or(0.0);
+                    a.known |= sm.is_some();
+                    a.memory_bytes += mem;
+                    a.processes += n;
+                }
+                None => unattributed += sm.unwrap_or(0.0),
+            }
+        }
+    } else {
+        let holders: Vec<&str> = gpu
+            .shares
+            .iter()
+            .map(|sh| sh.slice_id.as_str())
+            .chain(gpu.whole_slice_id.as_deref())
+            .collect();
+        for h in &holders {
+            slices.entry(h.to_string()).or_default();
+        }
+        let mapped = |pid: u32| owner(pid).filter(|id| holders.contains(&id.as_str()));
+        if let Some(pu) = &s.process_util {
+            for p in pu {
+                match mapped(p.pid) {
+                    Some(id) => {
+                        let a = slices.entry(id).or_default();
+                        a.sm_pct += f64::from(p.sm_pct);
+                        a.known = true;
+                    }
+                    None => unattributed += f64::from(p.sm_pct),
+                }
+            }
+            for a in slices.values_mut() {
+                a.known = true;
+            }
+        } else if let (Some(w), Some(u)) = (&gpu.whole_slice_id, s.gpu_util_pct) {
+            let a = slices.entry(w.clone()).or_default();
+            a.sm_pct = f64::from(u);
+            a.known = true;
+        }
+        for p in procs {
+            if let Some(id) = mapped(p.pid) {
+                let a = slices.entry(id).or_default();
+                a.memory_bytes += p.used_memory_bytes.unwrap_or(0);
+                a.processes += 1;
+            }
+        }
+    }
+    pb::GpuSample {
+        at_unix_ms: at_ms,
+        gpu_uuid: s.gpu_uuid.clone(),
+        gpu_util_pct: s.gpu_util_pct,
+        mem_util_pct: s.mem_util_pct,
+        power_mw: s.power_mw,
+        energy_mj: s.energy_mj,
+        memory_used_bytes: s.memory_used_bytes,
+        slices: slices
+            .into_iter()
+            .map(|(slice_id, a)| pb::SliceActivity {
+                slice_id,
+                sm_pct: a.sm_pct,
+                memory_bytes: a.memory_bytes,
+                processes: a.processes,
+                activity_known: a.known,
+            })
+            .collect(),
+        unattributed_sm_pct: unattributed,
+        unsupported: s
+            .unsupported
+            .iter()
+            .map(|f| {
+                serde_json::to_value(f)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect(),
+        no_compute_processes: s.processes.as_ref().is_some_and(|p| p.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use greenslice_core::gpu::GpuModel;
+    use greenslice_core::inventory::{MigInstance, Share};
+    use greenslice_core::sample::{GpuProcess, MigActivity, ProcessUtil};
+
+    fn gpu(mig_enabled: bool) -> Gpu {
+        Gpu {
+            uuid: "GPU-1".into(),
+            index: 0,
+            model: GpuModel::H100Sxm5_80Gb,
+            memory_bytes: 80 << 30,
+            mig_capable: true,
+            mig_enabled,
+            pci_bus_id: String::new(),
+            power_limit_mw: 700_000,
+            healthy: true,
+            mig_instances: Vec::new(),
+            shares: Vec::new(),
+            whole_slice_id: None,
+        }
+    }
+
+    fn proc_(pid: u32, gi: Option<u32>, mem: u64) -> GpuProcess {
+        GpuProcess {
+            pid,
+            used_memory_bytes: Some(mem),
+            gpu_instance_id: gi,
+            compute_instance_id: gi.map(|_| 0),
+        }
+    }
+
+    #[test]
+    fn shared_gpu_processes_belong_to_the_share_that_launched_them() {
+        let mut g = gpu(false);
+        for id in ["a", "b", "c"] {
+            g.shares.push(Share {
+                slice_id: id.into(),
+                compute_fraction: 0.25,
+                memory_bytes: 1 << 30,
+            });
+        }
+        let mut s = GpuSample::empty("GPU-1");
+        s.processes = Some(vec![
+            proc_(10, None, 100),
+            proc_(11, None, 200),
+            proc_(12, None, 300),
+        ]);
+        s.process_util = Some(vec![
+            ProcessUtil {
+                pid: 10,
+                sm_pct: 20,
+                mem_pct: 0,
+                last_seen_us: 1,
+            },
+            ProcessUtil {
+                pid: 11,
+                sm_pct: 5,
+                mem_pct: 0,
+                last_seen_us: 1,
+            },
+            ProcessUtil {
+                pid: 12,
+                sm_pct: 7,
+                mem_pct: 0,
+                last_seen_us: 1,
+            },
+        ]);
+        // pid 12 claims a slice that does not hold this GPU: unattributed.
+        let owner = |pid: u32| match pid {
+            10 => Some("a".to_string()),
+            11 => Some("b".to_string()),
+            12 => Some("elsewhere".to_string()),
+            _ => None,
+        };
+        let m = map_sample(5, &s, &g, &owner);
+        let by: BTreeMap<_, _> = m.slices.iter().map(|a| (a.slice_id.as_str(), a)).collect();
+        assert_eq!(by["a"].sm_pct, 20.0);
+        assert_eq!(by["a"].memory_bytes, 100);
+        assert_eq!(by["b"].sm_pct, 5.0);
+        assert_eq!(by["c"].sm_pct, 0.0, "an idle holder shows 0 activity");
+        assert!(by["c"].activity_known);
+        assert_eq!(m.unattributed_sm_pct, 7.0);
+        assert!(!by.contains_key("elsewhere"));
+    }
+
+    #[test]
+    fn mig_activity_belongs_to_the_instance_slice_weighted_by_size() {
+        let mut g = gpu(true);
+        g.mig_instances.push(MigInstance {
+            gpu_instance_id: 1,
+            profile: "3g.40gb".into(),
+            start: 0,
+            size: 4,
+            mig_uuid: "MIG-1".into(),
+            slice_id: Some("m".into()),
+        });
+        g.mig_instances.push(MigInstance {
+            gpu_instance_id: 2,
+            profile: "1g.10gb".into(),
+            start: 4,
+            size: 1,
+            mig_uuid: "MIG-2".into(),
+            slice_id: None,
+        });
+        let mut s = GpuSample::empty("GPU-1");
+        s.processes = Some(vec![proc_(10, Some(1), 4 << 30)]);
+        s.mig = vec![
+            MigActivity {
+                gpu_instance_id: 1,
+                sm_util_pct: Some(70.0),
+                dram_bw_util_pct: None,
+            },
+            MigActivity {
+                gpu_instance_id: 2,
+                sm_util_pct: Some(70.0),
+                dram_bw_util_pct: None,
+            },
+        ];
+        let m = map_sample(5, &s, &g, &|_| None);
+        assert_eq!(m.slices.len(), 1);
+        assert!(
+            (m.slices[0].sm_pct - 30.0).abs() < 1e-9,
+            "70% of 3/7 of the GPU"
+        );
+        assert_eq!(m.slices[0].memory_bytes, 4 << 30);
+        assert_eq!(m.slices[0].processes, 1);
+        assert!(
+            (m.unattributed_sm_pct - 10.0).abs() < 1e-9,
+            "instance nobody owns"
+        );
+    }
+
+    #[test]
+    fn a100_mig_without_activity_reports_it_unknown() {
+        let mut g = gpu(true);
+        g.mig_instances.push(MigInstance {
+            gpu_instance_id: 1,
+            profile: "7g.80gb".into(),
+            start: 0,
+            size: 8,
+            mig_uuid: "MIG-1".into(),
+            slice_id: Some("m".into()),
+        });
+        let s = GpuSample::empty("GPU-1");
+        let m = map_sample(5, &s, &g, &|_| None);
+        assert!(!m.slices[0].activity_known);
+    }
+
+    #[test]
+    fn whole_gpu_without_process_figures_takes_board_utilization() {
+        let mut g = gpu(false);
+        g.whole_slice_id = Some("w".into());
+        let mut s = GpuSample::empty("GPU-1");
+        s.gpu_util_pct = Some(64);
+        s.processes = Some(vec![]);
+        let m = map_sample(5, &s, &g, &|_| None);
+        assert_eq!(m.slices[0].sm_pct, 64.0);
+        assert!(m.no_compute_processes);
+    }
+}

@@ -1,0 +1,205 @@
+//! End to end across processes: a controller and two simulated agents as separate processes, driven
+//! through the `greenslice` CLI the way a tenant and an operator use it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use greenslice_core::gpu::GpuModel;
+use greenslice_core::mig::{self, Placed};
+use serde_json::Value;
+
+fn capacity_for<'a>(inv: &'a Value, gpu: &str) -> &'a Value {
+    inv["capacity"]
+        .as_array()
+        .and_then(|c| c.iter().find(|g| g["gpu_uuid"] == gpu))
+        .unwrap_or_else(|| panic!("GPU {gpu} not in inventory"))
+}
+
+#[test]
+fn whole_mig_and_share_slices_land_legally_and_capacity_comes_back() {
+    let (_ctl, url) = start_controller(&[]);
+    let _a1 = start_agent(&url, "h100-a", "dgx-h100", 2);
+    let _a2 = start_agent(&url, "a100-b", "dgx-a100-40", 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let inv = cli_json(&url, &["inventory"]);
+            inv["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|n| n["connected"] == true).count() == 2)
+        }),
+        "agents did not register"
+    );
+    let before = cli_json(&url, &["inventory"]);
+    assert_eq!(before["gpus_total"], 16);
+    assert_eq!(before["allocated_milli"], 0);
+
+    let whole = cli_json(&url, &["request", "--tenant", "team-a", "--whole", "2"]);
+    let mig_slice = cli_json(
+        &url,
+        &["request", "--tenant", "team-b", "--profile", "3g.40gb"],
+    );
+    let share = cli_json(
+        &url,
+        &[
+            "request",
+            "--tenant",
+            "team-c",
+            "--share",
+            "0.25",
+            "--memory",
+            "10GiB",
+            "--model",
+            "A100-SXM4-40GB",
+        ],
+    );
+    for s in [&whole, &mig_slice, &share] {
+        assert_eq!(s["state"], "active", "{s}");
+        assert!(
+            !s["env"]["NVIDIA_VISIBLE_DEVICES"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "{s}"
+        );
+    }
+
+    // Whole: two distinct non-MIG GPUs on one node.
+    let w_gpus: Vec<&str> = whole["gpu_uuids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g.as_str())
+        .collect();
+    assert_eq!(w_gpus.len(), 2);
+    assert_ne!(w_gpus[0], w_gpus[1]);
+    // MIG: 3g.40gb only exists on H100 here, at a legal start.
+    assert_eq!(mig_slice["node"], "h100-a");
+    let start = mig_slice["mig"]["start"].as_u64().unwrap() as u8;
+    mig::check_create(&GpuModel::H100Sxm5_80Gb, &[], "3g.40gb", start).expect("legal MIG start");
+    assert!(
+        mig_slice["mig"]["mig_uuid"]
+            .as_str()
+            .unwrap()
+            .starts_with("MIG-")
+    );
+    // Share: on the requested model, with MPS limits in the environment.
+    assert_eq!(share["node"], "a100-b");
+    assert_eq!(share["env"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
+
+    let during = cli_json(&url, &["inventory"]);
+    assert_eq!(during["slices"].as_array().unwrap().len(), 3);
+    for g in &w_gpus {
+        assert_eq!(capacity_for(&during, g)["free_milli"], 0);
+    }
+    let mig_gpu = mig_slice["gpu_uuids"][0].as_str().unwrap();
+    let placeable: Vec<String> = capacity_for(&during, mig_gpu)["placeable_profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let expect: Vec<String> = mig::placeable_profiles(
+        &GpuModel::H100Sxm5_80Gb,
+        &[Placed {
+            profile: "3g.40gb".into(),
+            start,
+        }],
+    )
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(placeable, expect);
+    assert!(!placeable.contains(&"7g.80gb".to_string()));
+    let share_gpu = share["gpu_uuids"][0].as_str().unwrap();
+    assert_eq!(capacity_for(&during, share_gpu)["free_milli"], 750);
+    assert_eq!(
+        capacity_for(&during, share_gpu)["free_memory_bytes"],
+        30u64 << 30
+    );
+
+    // get and list agree.
+    let got = cli_json(&url, &["get", whole["id"].as_str().unwrap()]);
+    assert_eq!(got["id"], whole["id"]);
+    let listed = cli_json(&url, &["list", "--tenant", "team-b"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    for s in [&whole, &mig_slice, &share] {
+        let r = cli_json(&url, &["release", s["id"].as_str().unwrap()]);
+        assert_eq!(r["state"], "released");
+    }
+    let after = cli_json(&url, &["inventory"]);
+    assert_eq!(after["allocated_milli"], 0);
+    assert_eq!(after["slices"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        capacity_for(&after, mig_gpu)["placeable_profiles"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(
+        capacity_for(&after, share_gpu)["free_memory_bytes"],
+        40u64 << 30
+    );
+}
+
+#[test]
+fn cli_exit_codes_follow_the_grpc_status() {
+    let (_ctl, url) = start_controller(&[]);
+    // No agent yet: nothing can be placed (Unavailable -> 5).
+    let out = cli(&url, &["request", "--tenant", "t", "--whole", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _a = start_agent(&url, "n1", "dgx-h100", 1);
+    assert!(wait_until(Duration::from_secs(20), || cli(
+        &url,
+        &["request", "--tenant", "t", "--whole", "1"]
+    )
+    .status
+    .success()));
+    // Unknown profile -> InvalidArgument -> 2, and the message lists valid profiles.
+    let out = cli(&url, &["request", "--tenant", "t", "--profile", "9g.99gb"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3g.40gb"));
+    // Unknown slice -> NotFound -> 3.
+    let out = cli(&url, &["get", "s-doesnotexist"]);
+    assert_eq!(out.status.code(), Some(3));
+    // No room -> ResourceExhausted -> 4.
+    let out = cli(&url, &["request", "--tenant", "t", "--whole", "8"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad size on the command line -> 2 before any RPC.
+    let out = cli(
+        &url,
+        &[
+            "request", "--tenant", "t", "--share", "0.5", "--memory", "lots",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // The energy report: JSON parses; a bad time is refused before any RPC.
+    let rep = cli(&url, &["report", "--format", "json"]);
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert!(doc["tenants"].is_array() && doc["cluster"]["measured_mj"].is_u64());
+    let out = cli(&url, &["report", "--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&url, &["report", "--from", "-1h", "--to", "-2h"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Controller unreachable -> 5.
+    let out = cli("http://127.0.0.1:1", &["inventory"]);
+    assert_eq!(out.status.code(), Some(5));
+}
