@@ -37,6 +37,9 @@ struct Args {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve the kubelet as its device plugin and report pod allocations [config: kubelet.enabled].
+    #[arg(long)]
+    kubelet: bool,
     /// One-shot: print the inventory, MIG placements and --samples samples as JSON lines on stdout,
     /// then exit (no controller). Read-only unless the config sets mig.manage.
     #[arg(long)]
@@ -208,8 +211,27 @@ async fn main() -> ExitCode {
     }
     info!(node = %cfg.node, backend = backend.kind(), controller = %cfg.controller, "agent starting");
     let shared = Arc::new(Mutex::new(backend));
+    if args.kubelet {
+        cfg.kubelet.enabled = true;
+    }
+    let kubelet = if cfg.kubelet.enabled {
+        match greenslice_agent::kubelet::KubeletOptions::from_config(&cfg) {
+            Ok(o) => Some(greenslice_agent::kubelet::start(
+                o,
+                greenslice_agent::kubelet::backend_inventory(shared.clone()),
+            )),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
+    session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     tokio::select! {
-        _ = greenslice_agent::session::run(cfg.controller, cfg.node, shared) => {}
+        _ = greenslice_agent::session::run_with(session, shared) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; exiting"),
     }
     ExitCode::SUCCESS
