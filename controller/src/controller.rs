@@ -49,7 +49,7 @@ pub struct Controller {
     state: Mutex<ClusterState>,
     pub agents: Agents,
     ledger: Arc<dyn Ledger>,
-    policy: Box<dyn Policy>,
+    policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<pb::SliceEvent>,
     config: CoreConfig,
@@ -98,7 +98,7 @@ impl Controller {
             state: Mutex::new(state),
             agents: Agents::default(),
             ledger,
-            policy,
+            policy: Arc::from(policy),
             clock,
             events: broadcast::channel(4096).0,
             config,
@@ -112,6 +112,11 @@ impl Controller {
     fn lock(&self) -> MutexGuard<'_, ClusterState> {
         // State is plain data updated in short critical sections that do not panic midway.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The placement policy.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.policy.clone()
     }
 
     /// Subscribes to slice events.
@@ -418,6 +423,13 @@ impl Controller {
     /// agent is unreachable the slice stays RELEASING and is torn down when the agent returns.
     pub async fn release(&self, id: &str, reason: &str) -> Result<SliceRecord, ControllerError> {
         let current = self.get(id)?;
+        if crate::api::kubelet::is_kubelet_slice(&current) && current.is_live() {
+            return Err(ControllerError::WrongState {
+                id: id.to_string(),
+                state: current.state.as_str(),
+                what: "it belongs to a Kubernetes pod: delete the pod to release it".into(),
+            });
+        }
         match current.state {
             SliceState::Released | SliceState::Failed => return Ok(current),
             SliceState::Pending => {
@@ -555,6 +567,53 @@ impl Controller {
         if let Some(n) = self.lock().nodes.get_mut(node) {
             n.gpus = gpus.iter().map(gpu_from_pb).collect();
         }
+    }
+
+    /// Records the pods' device allocations a node's kubelet made, as slices of the pods' tenants
+    /// (level-triggered: the report is the node's whole truth). Kubelet slices hold no agent-side
+    /// state, so they are never torn down by the controller; their pod's end releases them.
+    pub async fn apply_kubelet_allocations(
+        &self,
+        node: &str,
+        report: &pb::KubeletAllocations,
+    ) -> Result<usize, tonic::Status> {
+        let now = self.clock.now_ms();
+        let changes = {
+            let st = self.lock();
+            let existing: Vec<SliceRecord> = st
+                .live_on_node(node)
+                .filter(|s| crate::api::kubelet::is_kubelet_slice(s))
+                .cloned()
+                .collect();
+            crate::api::kubelet::kubelet_slice_changes(node, &existing, report, now)?
+        };
+        let all: Vec<SliceRecord> = changes
+            .upsert
+            .iter()
+            .chain(&changes.released)
+            .cloned()
+            .collect();
+        if all.is_empty() {
+            return Ok(0);
+        }
+        self.ledger
+            .commit(&all)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        {
+            let mut st = self.lock();
+            for r in &all {
+                st.put(r.clone());
+            }
+        }
+        for r in &all {
+            self.emit(
+                pb::SliceEventKind::StateChanged,
+                r,
+                format!("kubelet slice {} is {}", r.id, r.state.as_str()),
+            );
+        }
+        Ok(all.len())
     }
 
     /// Takes a batch of samples from a node's agent: keeps them, and attributes the energy of every

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use greenslice_proto::v1 as pb;
 use tokio::net::TcpListener;
 
-use crate::api::{agent::AgentApi, ops::OpsApi, tenant::TenantApi};
+use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::TenantApi};
 use crate::controller::Controller;
 
 /// Largest gRPC message accepted, bytes.
@@ -29,6 +29,11 @@ pub async fn serve(
         controller: controller.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let kubelet = pb::kubelet_service_server::KubeletServiceServer::new(KubeletApi {
+        controller: controller.clone(),
+        policy: controller.policy(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let ops = pb::ops_service_server::OpsServiceServer::new(OpsApi { controller })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent
@@ -39,6 +44,7 @@ pub async fn serve(
         .add_service(tenant)
         .add_service(agent)
         .add_service(ops)
+        .add_service(kubelet)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

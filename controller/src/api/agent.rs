@@ -108,6 +108,13 @@ impl AgentService for AgentApi {
                         msg: Some(pb::agent_message::Msg::State(s)),
                     }) => controller.update_node_gpus(&node, &s.gpus),
                     Ok(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Kubelet(k)),
+                    }) => {
+                        if let Err(e) = controller.apply_kubelet_allocations(&node, &k).await {
+                            warn!(%node, error = %e, "kubelet allocations refused");
+                        }
+                    }
+                    Ok(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Samples(b)),
                     }) => {
                         if b.samples.len() > MAX_SAMPLES_PER_BATCH {

@@ -1,0 +1,115 @@
+//! Pods' kubelet allocations become slices of the pods' tenants in the controller: they are listed,
+//! counted as held capacity, cannot be released through the tenant API, and end with their pod.
+
+use greenslice::harness::{self, ClusterSpec};
+use greenslice_agent::backend::sim::Machine;
+use greenslice_proto::v1 as pb;
+use pb::tenant_service_client::TenantServiceClient;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
+    let cluster = harness::start(ClusterSpec::new(harness::nodes(1, &[Machine::DgxH100], 0)))
+        .await
+        .unwrap();
+    let (nodes, _, _) = cluster.controller.snapshot();
+    let gpu = nodes[0].gpus[0].uuid.clone();
+    let report = pb::KubeletAllocations {
+        allocations: vec![pb::KubeletAllocation {
+            slice_id: "k-0001".into(),
+            tenant: "ml-team".into(),
+            namespace: "ml-team".into(),
+            pod: "trainer-0".into(),
+            container: "main".into(),
+            resource: "greenslice.io/gpu".into(),
+            device_ids: vec![gpu.clone()],
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
+                gpu_model: String::new(),
+                slice_class: "kubelet".into(),
+            }),
+            gpu_uuids: vec![gpu.clone()],
+            mig: None,
+        }],
+        eviction_allowed: false,
+        observed_unix_ms: 0,
+    };
+    assert_eq!(
+        cluster
+            .controller
+            .apply_kubelet_allocations("node-00", &report)
+            .await
+            .unwrap(),
+        1
+    );
+    // Reporting the same state again changes nothing.
+    assert_eq!(
+        cluster
+            .controller
+            .apply_kubelet_allocations("node-00", &report)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let mut c = TenantServiceClient::connect(cluster.url.clone())
+        .await
+        .unwrap();
+    let listed = c
+        .list_slices(pb::ListSlicesRequest {
+            tenant: "ml-team".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .slices;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].gpu_uuids, vec![gpu.clone()]);
+    // The pod's GPU is not offered to tenants: 7 whole GPUs fit, not 8.
+    let err = c
+        .request_slice(pb::RequestSliceRequest {
+            tenant: "other".into(),
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 8 })),
+                ..Default::default()
+            }),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // A tenant cannot release a pod's slice.
+    let err = c
+        .release_slice(pb::ReleaseSliceRequest {
+            slice_id: "k-0001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("delete the pod"));
+
+    // The pod ended: an empty report releases its slice.
+    let empty = pb::KubeletAllocations::default();
+    assert_eq!(
+        cluster
+            .controller
+            .apply_kubelet_allocations("node-00", &empty)
+            .await
+            .unwrap(),
+        1
+    );
+    let s = cluster.controller.get("k-0001").unwrap();
+    assert_eq!(s.state.as_str(), "released");
+    // Bad reports are refused and change nothing.
+    let mut bad = report.clone();
+    bad.allocations[0].slice_id = "not-k".into();
+    assert!(
+        cluster
+            .controller
+            .apply_kubelet_allocations("node-00", &bad)
+            .await
+            .is_err()
+    );
+    assert_eq!(cluster.controller.list("ml-team", "", false).len(), 0);
+    cluster.shutdown().await;
+}
