@@ -20,6 +20,11 @@ pub struct NodeRecord {
     /// Reported GPUs, kept in step with the commands the agent confirmed.
     pub gpus: Vec<Gpu>,
     pub connected: bool,
+    /// When the agent's session ended (ms since the Unix epoch); None while connected. Its slices
+    /// are kept (the hardware may still run them) and nothing new is placed there.
+    pub unreachable_since_ms: Option<i64>,
+    /// Drained by an operator: nothing new is placed there even when its agent is connected.
+    pub drained: bool,
 }
 
 /// Nodes and slices.
@@ -29,6 +34,9 @@ pub struct ClusterState {
     pub slices: HashMap<String, SliceRecord>,
     /// (tenant, idempotency key) -> slice id.
     pub idempotency: HashMap<(String, String), String>,
+    /// PENDING slices loaded from the ledger at startup (the previous controller crashed between
+    /// committing them and the agent's confirmation); resolved when their node registers.
+    pub recovering: std::collections::HashSet<String>,
 }
 
 impl ClusterState {
@@ -127,7 +135,7 @@ impl ClusterState {
                 .values()
                 .map(|n| NodeView {
                     name: n.name.clone(),
-                    schedulable: n.connected,
+                    schedulable: n.connected && !n.drained,
                     cpu_milli: n.cpu_milli,
                     cpu_used_milli: 0,
                     memory_bytes: n.memory_bytes,
