@@ -268,6 +268,7 @@ impl Controller {
             f(r);
             r.updated_ms = now;
             let updated = r.clone();
+            st.reindex(id);
             st.recovering.remove(id);
             let commit = self.submit(&updated);
             (updated, commit)
@@ -306,7 +307,7 @@ impl Controller {
                 });
             }
             check_model_profile(&st, &spec)?;
-            let view = st.view();
+            let view = st.view_cached();
             let req = Request {
                 spec: spec.clone(),
                 cpu_milli: 0,
@@ -350,11 +351,7 @@ impl Controller {
         };
         if let Err(e) = Self::durable(commit).await {
             // Never acknowledged: forget it entirely.
-            let mut st = self.lock();
-            st.slices.remove(&record.id);
-            if let Some(k) = &key {
-                st.idempotency.remove(&(tenant.to_string(), k.clone()));
-            }
+            self.lock().remove_slice(&record.id);
             return Err(e);
         }
         match self.apply(&record).await {
@@ -666,6 +663,7 @@ impl Controller {
                 _ => {}
             }
         }
+        st.touch_all();
         st.nodes.insert(
             reg.node.clone(),
             NodeRecord {
@@ -851,6 +849,7 @@ impl Controller {
                 .ok_or_else(|| ControllerError::BadRequest(format!("no node named {node:?}")))?;
             n.drained = true;
             let connected = n.connected;
+            st.touch(node);
             let live: Vec<(String, SliceState)> = st
                 .live_on_node(node)
                 .map(|s| (s.id.clone(), s.state))
@@ -877,6 +876,7 @@ impl Controller {
             .get_mut(node)
             .ok_or_else(|| ControllerError::BadRequest(format!("no node named {node:?}")))?;
         n.drained = false;
+        st.touch(node);
         Ok(())
     }
 
@@ -995,11 +995,7 @@ impl Controller {
                 return Ok(0);
             }
             for id in &ids {
-                if let Some(r) = st.slices.remove(id)
-                    && let Some(k) = r.idempotency_key
-                {
-                    st.idempotency.remove(&(r.tenant, k));
-                }
+                st.remove_slice(id);
             }
             let commit = self.ledger.remove(&ids);
             (ids, commit)
@@ -1010,9 +1006,11 @@ impl Controller {
 
     /// Replaces a node's reported GPUs (health changes, external changes).
     pub fn update_node_gpus(&self, node: &str, gpus: &[pb::GpuInfo]) {
-        if let Some(n) = self.lock().nodes.get_mut(node) {
+        let mut st = self.lock();
+        if let Some(n) = st.nodes.get_mut(node) {
             n.gpus = gpus.iter().map(gpu_from_pb).collect();
         }
+        st.touch(node);
     }
 
     /// Marks a node unreachable (its agent's session ended or missed its keep-alive lease):
@@ -1020,10 +1018,12 @@ impl Controller {
     /// until the agent returns or an operator drains the node.
     pub fn node_disconnected(&self, node: &str) {
         let now = self.clock.now_ms();
-        if let Some(n) = self.lock().nodes.get_mut(node) {
+        let mut st = self.lock();
+        if let Some(n) = st.nodes.get_mut(node) {
             n.connected = false;
             n.unreachable_since_ms = Some(now);
         }
+        st.touch(node);
     }
 
     /// A snapshot for the ops API.
