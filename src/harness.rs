@@ -152,3 +152,40 @@ impl Cluster {
         }
     }
 }
+
+/// Simulated node agents connected to a controller that runs elsewhere (another process, or
+/// several replicas: each agent tries the URLs in turn). Agents stop when this is dropped.
+pub struct AgentSet {
+    /// Each node's backend, by node name, for tests to inspect.
+    pub backends: Vec<(String, SharedBackend)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts simulated agents for `nodes` against `controllers`; does not wait for registration.
+pub fn start_agents(controllers: &[String], nodes: &[NodeSpec]) -> anyhow::Result<AgentSet> {
+    let mut backends = Vec::new();
+    let mut tasks = Vec::new();
+    for n in nodes {
+        let mut c = SimConfig::new(&n.name, n.machine);
+        c.gpus = n.gpus;
+        c.mig_gpus = n.mig_gpus;
+        let b: Box<dyn GpuBackend> =
+            Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
+        let shared: SharedBackend = Arc::new(Mutex::new(b));
+        backends.push((n.name.clone(), shared.clone()));
+        tasks.push(tokio::spawn(session::run_any(
+            controllers.to_vec(),
+            n.name.clone(),
+            shared,
+        )));
+    }
+    Ok(AgentSet { backends, tasks })
+}
+
+impl Drop for AgentSet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

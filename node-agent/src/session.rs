@@ -85,8 +85,14 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
     result
 }
 
-/// Runs one session: connects, registers, serves commands until the stream ends.
-async fn session_once(controller: &str, node: &str, backend: &SharedBackend) -> anyhow::Result<()> {
+/// Runs one session: connects, registers, serves commands until the stream ends. Sets `registered`
+/// once the controller accepted the registration.
+async fn session_once(
+    controller: &str,
+    node: &str,
+    backend: &SharedBackend,
+    registered: &mut bool,
+) -> anyhow::Result<()> {
     let mut client = AgentServiceClient::connect(controller.to_string()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
     tx.send(register_message(node, backend)?).await?;
@@ -94,6 +100,7 @@ async fn session_once(controller: &str, node: &str, backend: &SharedBackend) -> 
     while let Some(msg) = inbound.next().await {
         match msg?.msg {
             Some(pb::controller_message::Msg::Registered(r)) => {
+                *registered = true;
                 info!(node = %r.node, "registered with controller")
             }
             Some(pb::controller_message::Msg::Command(cmd)) => {
@@ -114,17 +121,36 @@ async fn session_once(controller: &str, node: &str, backend: &SharedBackend) -> 
 
 /// Keeps a session with the controller alive forever, reconnecting with backoff.
 pub async fn run(controller: String, node: String, backend: SharedBackend) {
+    run_any(vec![controller], node, backend).await
+}
+
+/// Like [`run`] with several controller replicas: after a failed or ended session the next URL is
+/// tried (a standby refuses the session, naming the leader). The backoff starts over after every
+/// successful registration, so a controller restart is followed by a prompt reconnect.
+pub async fn run_any(controllers: Vec<String>, node: String, backend: SharedBackend) {
+    if controllers.is_empty() {
+        warn!("no controller URL given");
+        return;
+    }
     let mut backoff = BACKOFF_MIN;
+    let mut i = 0usize;
     loop {
+        let controller = &controllers[i % controllers.len()];
         let started = tokio::time::Instant::now();
-        match session_once(&controller, &node, &backend).await {
+        let mut registered = false;
+        match session_once(controller, &node, &backend, &mut registered).await {
             Ok(()) => warn!(%controller, "controller closed the stream; reconnecting"),
             Err(e) => {
                 warn!(%controller, error = %e, "controller session failed; retrying in {:?}", backoff)
             }
         }
-        if started.elapsed() > Duration::from_secs(10) {
+        if registered || started.elapsed() > Duration::from_secs(10) {
             backoff = BACKOFF_MIN;
+        }
+        i += 1;
+        // With several replicas, try the next one at once once per round.
+        if controllers.len() > 1 && i % controllers.len() != 0 {
+            continue;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);

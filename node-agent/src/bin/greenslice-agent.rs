@@ -15,7 +15,8 @@ use tracing::{error, info};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Controller URL [config: controller; default http://127.0.0.1:7070].
+    /// Controller URL; several replicas comma-separated [config: controller; default
+    /// http://127.0.0.1:7070].
     #[arg(long)]
     controller: Option<String>,
     /// Node name [config: node; default: host name].
@@ -109,7 +110,12 @@ async fn main() -> ExitCode {
     info!(node = %cfg.node, backend = backend.kind(), controller = %cfg.controller, "agent starting");
     let shared = Arc::new(Mutex::new(backend));
     tokio::select! {
-        _ = greenslice_agent::session::run(cfg.controller, cfg.node, shared) => {}
+        // Several controller replicas may be given, comma-separated: the agent tries each in turn.
+        _ = greenslice_agent::session::run_any(
+            cfg.controller.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect(),
+            cfg.node,
+            shared,
+        ) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; exiting"),
     }
     ExitCode::SUCCESS
