@@ -1,0 +1,27 @@
+//! `greenslice bench ...`: benchmarks. Each is a library function with its own arguments, so tests
+//! and other tools can run them too.
+
+pub mod control_plane;
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Request+release round trips per second and their latency through the real gRPC API, with
+    /// simulated agents confirming every change, on a durable ledger.
+    ControlPlane(control_plane::ControlPlaneArgs),
+}
+
+/// Runs a benchmark and prints its report (JSON when `json`).
+pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::ControlPlane(a) => {
+            let report = control_plane::run(&a).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+    }
+}
