@@ -69,8 +69,12 @@ pub fn nodes(count: usize, machines: &[Machine], mig_gpus: u32) -> Vec<NodeSpec>
 
 /// Starts the controller and the agents, and waits until every agent has registered.
 pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
-    let controller =
-        Controller::new(spec.ledger, spec.policy, spec.clock, CoreConfig::default()).await?;
+    start_with(spec, CoreConfig::default()).await
+}
+
+/// Like [`start`], with controller settings (grace periods, retention) of the caller's choosing.
+pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<Cluster> {
+    let controller = Controller::new(spec.ledger, spec.policy, spec.clock, core).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

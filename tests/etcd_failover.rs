@@ -214,6 +214,13 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         refused.message()
     );
 
+    // A keeps its lease alive: it still leads after several lease times.
+    tokio::time::sleep(Duration::from_secs(LEASE_TTL_S * 2 + 1)).await;
+    TenantServiceClient::new(channel(&a.url).await.expect("A reachable"))
+        .list_slices(pb::ListSlicesRequest::default())
+        .await
+        .expect("the leader still leads after several lease times");
+
     // A storm against A, then SIGKILL A in the middle of it.
     let acks = Arc::new(Mutex::new(Acks::default()));
     let workers: Vec<_> = (0..8)

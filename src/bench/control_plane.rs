@@ -120,6 +120,8 @@ pub struct ControlPlaneReport {
     pub round_trips_per_s: f64,
     /// Round trips that failed (any error).
     pub errors: u64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
     /// Whole round trip (request then release), per round trip.
     pub round_trip: Latency,
     /// RequestSlice alone.
@@ -130,6 +132,27 @@ pub struct ControlPlaneReport {
     pub ledger_transactions: u64,
     /// Records written per transaction, on average.
     pub records_per_transaction: f64,
+    /// CPU seconds this process used in the measured window (user + system, all threads; Linux
+    /// only, 0 elsewhere). On a shared machine, round trips per CPU second says what the code
+    /// costs independently of what else runs.
+    pub cpu_seconds: f64,
+    /// Round trips per CPU second of this process.
+    pub round_trips_per_cpu_s: f64,
+}
+
+/// CPU time of this process so far, seconds (Linux: /proc/self/stat, 100 ticks per second).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl ControlPlaneReport {
@@ -146,11 +169,12 @@ impl ControlPlaneReport {
         };
         format!(
             "control plane: {} nodes, {} GPUs, ledger {:?}, {:?} slices, {} in flight, {:.1} s\n\
-             round trips (request+release): {} ({:.0}/s), errors {}\n\
+             round trips (request+release): {} ({:.0}/s), errors {}{}\n\
              round trip: {}\n\
              request:    {}\n\
              release:    {}\n\
-             ledger: {} durable transactions, {:.1} records each\n",
+             ledger: {} durable transactions, {:.1} records each\n\
+             cpu: {:.1} s of this process ({:.0}% of one core), {:.0} round trips per CPU second\n",
             self.nodes,
             self.gpus,
             self.ledger,
@@ -160,11 +184,18 @@ impl ControlPlaneReport {
             self.round_trips,
             self.round_trips_per_s,
             self.errors,
+            self.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
             l(&self.round_trip),
             l(&self.request),
             l(&self.release),
             self.ledger_transactions,
             self.records_per_transaction,
+            self.cpu_seconds,
+            100.0 * self.cpu_seconds / self.seconds,
+            self.round_trips_per_cpu_s,
         )
     }
 }
@@ -175,6 +206,7 @@ struct TaskResult {
     request: Vec<u64>,
     release: Vec<u64>,
     errors: u64,
+    first_error: Option<String>,
 }
 
 fn spec(kind: BenchKind) -> pb::SliceSpec {
@@ -212,9 +244,11 @@ async fn client(
         let t1 = Instant::now();
         let id = match req {
             Ok(r) => r.into_inner().slice.map(|s| s.id).unwrap_or_default(),
-            Err(_) => {
+            Err(e) => {
                 if t0 >= measure_from {
                     out.errors += 1;
+                    out.first_error
+                        .get_or_insert_with(|| format!("request: {e}"));
                 }
                 continue;
             }
@@ -232,7 +266,11 @@ async fn client(
                 out.release.push((t2 - t1).as_micros() as u64);
                 out.round_trip.push((t2 - t0).as_micros() as u64);
             }
-            Err(_) => out.errors += 1,
+            Err(e) => {
+                out.errors += 1;
+                out.first_error
+                    .get_or_insert_with(|| format!("release: {e}"));
+            }
         }
     }
     out
@@ -305,6 +343,10 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
     let before = group
         .clone()
         .map(|g| tokio::spawn(async move { snapshot(&g, measure_from).await }));
+    let cpu_before = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        cpu_seconds()
+    });
     let mut tasks = Vec::new();
     for i in 0..a.concurrency {
         let ch = channels[i as usize % channels.len()].clone();
@@ -316,6 +358,10 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
             stop,
         )));
     }
+    let cpu_end = tokio::spawn(async move {
+        tokio::time::sleep_until(stop.into()).await;
+        cpu_seconds()
+    });
     let mut all = TaskResult::default();
     for t in tasks {
         let r = t.await?;
@@ -323,6 +369,9 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
         all.request.extend(r.request);
         all.release.extend(r.release);
         all.errors += r.errors;
+        if all.first_error.is_none() {
+            all.first_error = r.first_error;
+        }
     }
     let (txns, ops) = match (&group, before) {
         (Some(g), Some(b)) => {
@@ -339,6 +388,7 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
         }
         _ => (0, 0),
     };
+    let cpu = (cpu_end.await? - cpu_before.await?).max(0.0);
     cluster.shutdown().await;
     let n = all.round_trip.len() as u64;
     Ok(ControlPlaneReport {
@@ -351,6 +401,7 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
         round_trips: n,
         round_trips_per_s: n as f64 / a.duration,
         errors: all.errors,
+        first_error: all.first_error,
         round_trip: Latency::of(all.round_trip),
         request: Latency::of(all.request),
         release: Latency::of(all.release),
@@ -360,6 +411,8 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
         } else {
             0.0
         },
+        cpu_seconds: cpu,
+        round_trips_per_cpu_s: if cpu > 0.0 { n as f64 / cpu } else { 0.0 },
     })
 }
 

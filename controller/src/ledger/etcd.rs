@@ -301,21 +301,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
     let mut last_ok = tokio::time::Instant::now();
     loop {
         let (tx, rx) = mpsc::channel(4);
-        let stream = etcd
-            .lease
-            .clone()
-            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await;
-        if let Ok(resp) = stream {
+        // etcd answers the stream's headers only once it has a request to handle: queue the first
+        // one before waiting for the call, or the call never returns.
+        let _ = tx.send(pb::LeaseKeepAliveRequest { id: lease }).await;
+        let mut client = etcd.lease.clone();
+        let call = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Ok(Ok(resp)) = tokio::time::timeout(every, call).await {
             let mut inbound = resp.into_inner();
             loop {
-                if tx
-                    .send(pb::LeaseKeepAliveRequest { id: lease })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
                 match tokio::time::timeout(every, inbound.message()).await {
                     Ok(Ok(Some(r))) if r.ttl > 0 => last_ok = tokio::time::Instant::now(),
                     Ok(Ok(Some(_))) => {
@@ -329,6 +322,13 @@ async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
                     return;
                 }
                 tokio::time::sleep(every).await;
+                if tx
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
         }
         if last_ok.elapsed() >= ttl {
