@@ -261,7 +261,7 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         .await
         .unwrap();
     let slices = all_slices(&b.url).await;
-    let acks = acks.lock().unwrap();
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
     assert!(
         acks.allocated.len() > 10,
         "storm too small: {}",

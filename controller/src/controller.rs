@@ -320,7 +320,7 @@ impl Controller {
                 cpu_milli: 0,
                 memory_bytes: 0,
             };
-            let p = self.policy.place(&view, &req)?;
+            let p = self.policy.place(view, &req)?;
             let node = &view.nodes[p.node];
             let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
             let mig = match (&spec.kind, p.mig_start) {

@@ -128,7 +128,7 @@ impl ClusterState {
         };
         let live: Vec<&SliceRecord> = self
             .live_on_node(&node.name)
-            .filter(|s| s.gpus.iter().any(|u| *u == g.uuid))
+            .filter(|s| s.gpus.contains(&g.uuid))
             .collect();
         for s in &live {
             match &s.spec.kind {

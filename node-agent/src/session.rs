@@ -149,7 +149,7 @@ pub async fn run_any(controllers: Vec<String>, node: String, backend: SharedBack
         }
         i += 1;
         // With several replicas, try the next one at once once per round.
-        if controllers.len() > 1 && i % controllers.len() != 0 {
+        if controllers.len() > 1 && !i.is_multiple_of(controllers.len()) {
             continue;
         }
         tokio::time::sleep(backoff).await;

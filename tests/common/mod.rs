@@ -144,9 +144,12 @@ pub async fn all_slices(url: &str) -> BTreeMap<String, pb::Slice> {
         .collect()
 }
 
+/// (node, GPU uuid, slice id) of one thing greenslice made on a GPU.
+pub type Held = BTreeSet<(String, String, String)>;
+
 /// What the simulated hardware holds: (node, gpu uuid, slice id) for every MIG instance, share and
 /// whole assignment; and the GPUs, by node.
-pub fn hardware(agents: &AgentSet) -> (BTreeSet<(String, String, String)>, Vec<(String, Gpu)>) {
+pub fn hardware(agents: &AgentSet) -> (Held, Vec<(String, Gpu)>) {
     let mut held = BTreeSet::new();
     let mut gpus = Vec::new();
     for (node, b) in &agents.backends {
@@ -210,7 +213,7 @@ pub fn check_not_oversubscribed(gpus: &[(String, Gpu)]) -> Result<(), String> {
 /// Checks the controller's live slices and the hardware hold exactly the same things.
 pub fn check_ledger_matches_hardware(
     slices: &BTreeMap<String, pb::Slice>,
-    held: &BTreeSet<(String, String, String)>,
+    held: &Held,
 ) -> Result<(), String> {
     let live_state = |s: &pb::Slice| {
         s.state == pb::SliceState::Active as i32

@@ -23,10 +23,7 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
     let mut allocated_milli = 0u64;
     for n in &view.nodes {
         for g in &n.gpus {
-            let held = slices
-                .iter()
-                .filter(|s| s.gpus.iter().any(|u| *u == g.uuid))
-                .count() as u32;
+            let held = slices.iter().filter(|s| s.gpus.contains(&g.uuid)).count() as u32;
             allocated_milli += u64::from(1000 - g.free_milli());
             capacity.push(pb::GpuCapacity {
                 node: n.name.clone(),

@@ -75,6 +75,8 @@ pub trait Ledger: Send + Sync {
 }
 
 /// One change in a batch.
+// Ops are built once and moved into a batch; boxing the record would add an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     Put(SliceRecord),
