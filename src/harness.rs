@@ -76,13 +76,12 @@ pub fn nodes(count: usize, machines: &[Machine], mig_gpus: u32) -> Vec<NodeSpec>
 
 /// Starts the controller and the agents, and waits until every agent has registered.
 pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
-    let controller = Controller::new(
-        spec.ledger,
-        spec.policy,
-        spec.clock.clone(),
-        CoreConfig::default(),
-    )
-    .await?;
+    start_with(spec, CoreConfig::default()).await
+}
+
+/// Like [`start`], with controller settings (grace periods, retention) of the caller's choosing.
+pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<Cluster> {
+    let controller = Controller::new(spec.ledger, spec.policy, spec.clock.clone(), core).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -170,6 +169,43 @@ impl Cluster {
         if let Some((tx, h)) = self.server.take() {
             let _ = tx.send(());
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+    }
+}
+
+/// Simulated node agents connected to a controller that runs elsewhere (another process, or
+/// several replicas: each agent tries the URLs in turn). Agents stop when this is dropped.
+pub struct AgentSet {
+    /// Each node's backend, by node name, for tests to inspect.
+    pub backends: Vec<(String, SharedBackend)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts simulated agents for `nodes` against `controllers`; does not wait for registration.
+pub fn start_agents(controllers: &[String], nodes: &[NodeSpec]) -> anyhow::Result<AgentSet> {
+    let mut backends = Vec::new();
+    let mut tasks = Vec::new();
+    for n in nodes {
+        let mut c = SimConfig::new(&n.name, n.machine);
+        c.gpus = n.gpus;
+        c.mig_gpus = n.mig_gpus;
+        let b: Box<dyn GpuBackend> =
+            Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
+        let shared: SharedBackend = Arc::new(Mutex::new(b));
+        backends.push((n.name.clone(), shared.clone()));
+        tasks.push(tokio::spawn(session::run_any(
+            controllers.to_vec(),
+            n.name.clone(),
+            shared,
+        )));
+    }
+    Ok(AgentSet { backends, tasks })
+}
+
+impl Drop for AgentSet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }

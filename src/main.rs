@@ -54,17 +54,28 @@ enum Command {
     Inventory,
     /// Per-tenant energy and CO2e report (table, JSON, CSV or self-contained HTML).
     Report(report_cmd::ReportArgs),
+    /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
+    Demo(demo::DemoArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(greenslice::bench::BenchCommand),
-    /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
-    Demo(demo::DemoArgs),
+    /// Run the controller (the same as the greenslice-controller binary).
+    #[command(hide = true)]
+    Controller(greenslice_controller::cli::ControllerArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Demo(_)) {
+    if let Command::Controller(_) = cli.command {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    } else if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
         tracing_subscriber::fmt()
             // The demo prints its own progress; logs only for errors unless RUST_LOG says otherwise.
             .with_env_filter(
@@ -85,6 +96,7 @@ async fn main() -> ExitCode {
         Command::Report(a) => report_cmd::run(&cli.controller, a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,
+        Command::Controller(a) => return greenslice_controller::cli::run(a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::procs::*;
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::mig::{self, Placed};
 use serde_json::Value;

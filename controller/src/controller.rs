@@ -1,12 +1,13 @@
 //! The controller: validates requests, places them, commits them to the ledger, drives the node
 //! agents to apply them, and answers only once the agent confirmed.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use greenslice_core::clock::Clock;
 use greenslice_core::convert::{gpu_from_pb, mig_from_pb};
+use greenslice_core::inventory::Gpu;
 use greenslice_core::slice::{self, SliceKind, SliceSpec, SliceState};
 use greenslice_proto::v1 as pb;
 use pb::command::Action;
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::agents::{AgentError, Agents};
 use crate::error::ControllerError;
-use crate::ledger::Ledger;
+use crate::ledger::{Commit, Ledger, Op};
 use crate::placement::{self, Policy, Request};
 use crate::slice::{MigAssignment, SliceRecord};
 use crate::state::{ClusterState, NodeRecord};
@@ -26,14 +27,102 @@ use crate::state::{ClusterState, NodeRecord};
 pub struct CoreConfig {
     /// How long to wait for an agent to confirm a command.
     pub command_timeout: Duration,
+    /// How long something greenslice made (a MIG instance, share or whole-GPU assignment naming a
+    /// slice) may sit on a node with no live slice in the ledger before it is torn down.
+    pub orphan_grace: Duration,
+    /// How long RELEASED and FAILED slices are kept (for get, list and idempotent retries) before
+    /// they are forgotten, in memory and in the ledger.
+    pub terminal_retention: Duration,
+    /// How often orphans and expired slices are looked for.
+    pub sweep_interval: Duration,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             command_timeout: Duration::from_secs(10),
+            orphan_grace: Duration::from_secs(60),
+            terminal_retention: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(1),
         }
     }
+}
+
+/// What reconciling a (re)registered node needs done. Decided under the state lock together with
+/// the registration, against the inventory the agent reported, so slices that change afterwards
+/// (through commands on the new session) are not misjudged.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reconcile {
+    pub node: String,
+    /// RELEASING slices to finish tearing down.
+    pub release: Vec<String>,
+    /// PENDING slices left by a crash whose hardware is all there: confirm them (ACTIVE).
+    pub confirm: Vec<String>,
+    /// PENDING slices left by a crash that are not (fully) on the hardware: undo, mark FAILED.
+    pub abandon: Vec<String>,
+    /// ACTIVE slices whose hardware is gone: mark lost.
+    pub lost: Vec<String>,
+}
+
+/// How much of a slice the hardware holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    All,
+    Some,
+    None,
+}
+
+/// Whether the reported GPUs hold what `r` needs.
+fn presence(r: &SliceRecord, gpus: &[Gpu]) -> Presence {
+    let gpu = |u: &str| gpus.iter().find(|g| g.uuid == u);
+    let held: Vec<bool> = match &r.spec.kind {
+        SliceKind::Whole { .. } => r
+            .gpus
+            .iter()
+            .map(|u| gpu(u).is_some_and(|g| g.whole_slice_id.as_deref() == Some(r.id.as_str())))
+            .collect(),
+        SliceKind::Share { .. } => r
+            .gpus
+            .iter()
+            .take(1)
+            .map(|u| gpu(u).is_some_and(|g| g.shares.iter().any(|s| s.slice_id == r.id)))
+            .collect(),
+        SliceKind::Mig { .. } => r
+            .gpus
+            .iter()
+            .take(1)
+            .map(|u| gpu(u).is_some_and(|g| mig_instance_of(r, g).is_some()))
+            .collect(),
+    };
+    match (held.iter().all(|h| *h), held.iter().any(|h| *h)) {
+        (true, true) => Presence::All,
+        (_, true) => Presence::Some,
+        _ => Presence::None,
+    }
+}
+
+/// The MIG instance on `g` that belongs to `r`: the one naming it, or the one it recorded.
+fn mig_instance_of<'a>(
+    r: &SliceRecord,
+    g: &'a Gpu,
+) -> Option<&'a greenslice_core::inventory::MigInstance> {
+    g.mig_instances.iter().find(|i| {
+        i.slice_id.as_deref() == Some(r.id.as_str())
+            || r.mig
+                .as_ref()
+                .is_some_and(|m| m.gpu_instance_id == Some(i.gpu_instance_id) && m.start == i.start)
+    })
+}
+
+/// Something greenslice made on a node, as the orphan sweep tracks it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct OrphanKey {
+    node: String,
+    gpu: String,
+    slice: String,
+    /// MIG GPU instance id; None for shares and whole assignments.
+    gpu_instance_id: Option<u32>,
+    whole: bool,
 }
 
 /// Outcome of a request.
@@ -57,6 +146,8 @@ pub struct Controller {
     pub telemetry: crate::telemetry::Telemetry,
     /// Energy attribution of the samples.
     energy: Mutex<crate::energy::accounting::Accountant>,
+    /// Orphans seen, with when each was first seen (ms since the Unix epoch).
+    orphans: Mutex<HashMap<OrphanKey, i64>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -68,8 +159,15 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-fn new_slice_id() -> String {
-    format!("s-{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
+/// A new slice id: `s-` then the creation time (ms, 11 hex digits) and 20 random bits. Ids made
+/// later sort later, so the ledger's B-tree takes new and recently changed records at its right
+/// edge instead of dirtying pages all over it on every commit. The caller checks for a clash.
+fn new_slice_id(now_ms: i64) -> String {
+    format!(
+        "s-{:011x}{:05x}",
+        (now_ms.max(0) as u64) & 0xfff_ffff_ffff,
+        rand::rng().random::<u32>() & 0xf_ffff
+    )
 }
 
 impl Controller {
@@ -86,15 +184,21 @@ impl Controller {
             .map_err(|e| ControllerError::Ledger(e.to_string()))?;
         let mut state = ClusterState::default();
         for r in records {
+            if r.state == SliceState::Pending {
+                state.recovering.insert(r.id.clone());
+            }
             state.put(r);
         }
         info!(
             ledger = ledger.name(),
             policy = policy.name(),
             slices = state.slices.len(),
+            live = state.slices.values().filter(|s| s.is_live()).count(),
+            pending_to_resolve = state.recovering.len(),
             "controller state loaded"
         );
-        Ok(Arc::new(Controller {
+        let sweep = config.sweep_interval;
+        let c = Arc::new(Controller {
             state: Mutex::new(state),
             agents: Agents::default(),
             ledger,
@@ -106,7 +210,10 @@ impl Controller {
             energy: Mutex::new(crate::energy::accounting::Accountant::new(
                 Default::default(),
             )),
-        }))
+            orphans: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(housekeeping(Arc::downgrade(&c), sweep));
+        Ok(c)
     }
 
     fn lock(&self) -> MutexGuard<'_, ClusterState> {
@@ -138,9 +245,14 @@ impl Controller {
         });
     }
 
-    async fn commit(&self, r: &SliceRecord) -> Result<(), ControllerError> {
-        self.ledger
-            .commit(std::slice::from_ref(r))
+    /// Queues a record for the ledger. Called with the state lock held, so the ledger sees changes
+    /// to one slice in the order memory saw them.
+    fn submit(&self, r: &SliceRecord) -> Commit {
+        self.ledger.submit(vec![Op::Put(r.clone())])
+    }
+
+    async fn durable(commit: Commit) -> Result<(), ControllerError> {
+        commit
             .await
             .map_err(|e| ControllerError::Ledger(e.to_string()))
     }
@@ -151,24 +263,43 @@ impl Controller {
         id: &str,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<SliceRecord, ControllerError> {
+        self.transition_if(id, None, f)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))
+    }
+
+    /// Like `transition`, but only when the slice is in `expected` (if given); None otherwise.
+    async fn transition_if(
+        &self,
+        id: &str,
+        expected: Option<SliceState>,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<Option<SliceRecord>, ControllerError> {
         let now = self.clock.now_ms();
-        let updated = {
+        let (updated, commit) = {
             let mut st = self.lock();
             let r = st
                 .slices
                 .get_mut(id)
                 .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+            if expected.is_some_and(|e| e != r.state) {
+                return Ok(None);
+            }
             f(r);
             r.updated_ms = now;
-            r.clone()
+            let updated = r.clone();
+            st.reindex(id);
+            st.recovering.remove(id);
+            let commit = self.submit(&updated);
+            (updated, commit)
         };
-        self.commit(&updated).await?;
+        Self::durable(commit).await?;
         self.emit(
             pb::SliceEventKind::StateChanged,
             &updated,
             format!("slice {} is {}", id, updated.state.as_str()),
         );
-        Ok(updated)
+        Ok(Some(updated))
     }
 
     /// Places, commits and applies a slice. Answers once the agent confirmed.
@@ -184,7 +315,7 @@ impl Controller {
         let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
         let now = self.clock.now_ms();
 
-        let record = {
+        let (record, commit) = {
             let mut st = self.lock();
             if let Some(k) = &key
                 && let Some(id) = st.idempotency.get(&(tenant.to_string(), k.clone()))
@@ -196,13 +327,13 @@ impl Controller {
                 });
             }
             check_model_profile(&st, &spec)?;
-            let view = st.view();
+            let view = st.view_cached();
             let req = Request {
                 spec: spec.clone(),
                 cpu_milli: 0,
                 memory_bytes: 0,
             };
-            let p = self.policy.place(&view, &req)?;
+            let p = self.policy.place(view, &req)?;
             let node = &view.nodes[p.node];
             let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
             let mig = match (&spec.kind, p.mig_start) {
@@ -220,12 +351,17 @@ impl Controller {
                 }
                 _ => None,
             };
+            let node_name = node.name.clone();
+            let mut id = new_slice_id(now);
+            while st.slices.contains_key(&id) {
+                id = new_slice_id(now);
+            }
             let r = SliceRecord {
-                id: new_slice_id(),
+                id,
                 tenant: tenant.to_string(),
                 spec: spec.clone(),
                 state: SliceState::Pending,
-                node: node.name.clone(),
+                node: node_name,
                 gpus,
                 mig,
                 env: BTreeMap::new(),
@@ -235,15 +371,12 @@ impl Controller {
                 updated_ms: now,
             };
             st.put(r.clone());
-            r
+            let commit = self.submit(&r);
+            (r, commit)
         };
-        if let Err(e) = self.commit(&record).await {
+        if let Err(e) = Self::durable(commit).await {
             // Never acknowledged: forget it entirely.
-            let mut st = self.lock();
-            st.slices.remove(&record.id);
-            if let Some(k) = &key {
-                st.idempotency.remove(&(tenant.to_string(), k.clone()));
-            }
+            self.lock().remove_slice(&record.id);
             return Err(e);
         }
         match self.apply(&record).await {
@@ -541,10 +674,30 @@ impl Controller {
         Ok(())
     }
 
-    /// Records a (re)connected agent's node and inventory. Returns slices to finish releasing.
-    pub fn register_node(&self, reg: &pb::Register) -> Vec<String> {
+    /// Records a (re)connected agent's node and inventory, and decides how to reconcile the
+    /// ledger's slices on that node with what the hardware holds (see [`Controller::reconcile`]).
+    pub fn register_node(&self, reg: &pb::Register) -> Reconcile {
         let mut st = self.lock();
-        let gpus = reg.gpus.iter().map(gpu_from_pb).collect();
+        let gpus: Vec<Gpu> = reg.gpus.iter().map(gpu_from_pb).collect();
+        let drained = st.nodes.get(&reg.node).is_some_and(|n| n.drained);
+        let mut plan = Reconcile {
+            node: reg.node.clone(),
+            ..Default::default()
+        };
+        for s in st.live_on_node(&reg.node) {
+            match s.state {
+                SliceState::Releasing => plan.release.push(s.id.clone()),
+                SliceState::Pending if st.recovering.contains(&s.id) => match presence(s, &gpus) {
+                    Presence::All => plan.confirm.push(s.id.clone()),
+                    _ => plan.abandon.push(s.id.clone()),
+                },
+                SliceState::Active if presence(s, &gpus) != Presence::All => {
+                    plan.lost.push(s.id.clone())
+                }
+                _ => {}
+            }
+        }
+        st.touch_all();
         st.nodes.insert(
             reg.node.clone(),
             NodeRecord {
@@ -554,19 +707,344 @@ impl Controller {
                 backend: reg.backend.clone(),
                 gpus,
                 connected: true,
+                unreachable_since_ms: None,
+                drained,
             },
         );
-        st.live_on_node(&reg.node)
-            .filter(|s| s.state == SliceState::Releasing)
-            .map(|s| s.id.clone())
-            .collect()
+        plan
+    }
+
+    /// Carries out a registration's [`Reconcile`]: finishes releases, resolves PENDING slices a
+    /// crash left (confirmed when the hardware has them, undone and FAILED when it does not, so they
+    /// are never left dangling nor applied twice), and marks ACTIVE slices whose hardware is gone as
+    /// lost. Each step applies only if the slice is still in the state the plan saw.
+    pub async fn reconcile(&self, plan: Reconcile) {
+        let node = plan.node.clone();
+        if plan
+            != (Reconcile {
+                node: node.clone(),
+                ..Default::default()
+            })
+        {
+            info!(
+                %node,
+                release = plan.release.len(),
+                confirm = plan.confirm.len(),
+                abandon = plan.abandon.len(),
+                lost = plan.lost.len(),
+                "reconciling node with the ledger"
+            );
+        }
+        for id in &plan.confirm {
+            if let Err(e) = self.confirm_recovered(id).await {
+                warn!(slice = %id, error = %e, "could not confirm a recovered slice");
+            }
+        }
+        for id in &plan.abandon {
+            if let Err(e) = self.abandon_recovered(id).await {
+                warn!(slice = %id, error = %e, "could not resolve a recovered slice");
+            }
+        }
+        for id in &plan.lost {
+            let why = format!("lost: node {node} no longer has it");
+            if let Err(e) = self.mark_lost(id, SliceState::Active, &why).await {
+                warn!(slice = %id, error = %e, "could not mark a slice lost");
+            }
+        }
+        for id in &plan.release {
+            if let Err(e) = self.drive_release(id).await {
+                warn!(slice = %id, error = %e, "queued release failed");
+            }
+        }
+    }
+
+    /// A crash-left PENDING slice that the hardware fully holds becomes ACTIVE.
+    async fn confirm_recovered(&self, id: &str) -> Result<(), ControllerError> {
+        let r = self.get(id)?;
+        let gpu0 = r.gpus.first().cloned().unwrap_or_default();
+        let mut env = BTreeMap::new();
+        let mut inst = None;
+        match &r.spec.kind {
+            SliceKind::Whole { .. } => {
+                env.insert("NVIDIA_VISIBLE_DEVICES".to_string(), r.gpus.join(","));
+            }
+            SliceKind::Share {
+                compute_fraction,
+                memory_bytes,
+            } => {
+                // Setting the same share again is idempotent and returns its environment.
+                let res = self
+                    .call(
+                        &r.node,
+                        Action::SetShare(pb::SetShare {
+                            gpu_uuid: gpu0.clone(),
+                            slice_id: r.id.clone(),
+                            compute_fraction: *compute_fraction,
+                            memory_bytes: *memory_bytes,
+                        }),
+                    )
+                    .await?;
+                env = res.env.into_iter().collect();
+            }
+            SliceKind::Mig { .. } => {
+                let st = self.lock();
+                let found = st
+                    .nodes
+                    .get(&r.node)
+                    .and_then(|n| n.gpus.iter().find(|g| g.uuid == gpu0))
+                    .and_then(|g| mig_instance_of(&r, g))
+                    .cloned();
+                drop(st);
+                let i = found.ok_or_else(|| ControllerError::AgentRefused {
+                    node: r.node.clone(),
+                    error: "the MIG instance disappeared".into(),
+                })?;
+                env.insert("NVIDIA_VISIBLE_DEVICES".to_string(), i.mig_uuid.clone());
+                inst = Some(i);
+            }
+        }
+        let done = self
+            .transition_if(id, Some(SliceState::Pending), |s| {
+                s.state = SliceState::Active;
+                s.env = env;
+                if let (Some(m), Some(i)) = (&mut s.mig, inst) {
+                    m.gpu_instance_id = Some(i.gpu_instance_id);
+                    m.mig_uuid = Some(i.mig_uuid);
+                }
+            })
+            .await?;
+        if done.is_some() {
+            info!(slice = %id, "recovered pending slice is on its node: active");
+        }
+        Ok(())
+    }
+
+    /// A crash-left PENDING slice that the hardware does not (fully) hold: undo any part that was
+    /// applied, then mark it FAILED. Its request was never acknowledged.
+    async fn abandon_recovered(&self, id: &str) -> Result<(), ControllerError> {
+        let r = self.get(id)?;
+        if let SliceKind::Whole { .. } = r.spec.kind {
+            for g in &r.gpus {
+                self.teardown(
+                    &r,
+                    g,
+                    Action::UnassignGpu(pb::UnassignGpu {
+                        gpu_uuid: g.clone(),
+                        slice_id: r.id.clone(),
+                    }),
+                )
+                .await?;
+            }
+        }
+        let reason = "the controller restarted before the node confirmed it; nothing is applied";
+        let done = self
+            .transition_if(id, Some(SliceState::Pending), |s| {
+                s.state = SliceState::Failed;
+                s.reason = reason.to_string();
+            })
+            .await?;
+        if done.is_some() {
+            info!(slice = %id, "recovered pending slice was not applied: failed");
+        }
+        Ok(())
+    }
+
+    /// Marks a slice in state `expected` FAILED with a "lost" reason and tells its tenant with a
+    /// LOST event. Its capacity is freed in the controller's accounting.
+    async fn mark_lost(
+        &self,
+        id: &str,
+        expected: SliceState,
+        why: &str,
+    ) -> Result<(), ControllerError> {
+        if let Some(s) = self
+            .transition_if(id, Some(expected), |s| {
+                s.state = SliceState::Failed;
+                s.reason = why.to_string();
+            })
+            .await?
+        {
+            warn!(slice = %id, tenant = %s.tenant, node = %s.node, "{why}");
+            self.emit(pb::SliceEventKind::Lost, &s, why.to_string());
+        }
+        Ok(())
+    }
+
+    /// Drains a node (operator action): nothing new is placed there. When its agent is unreachable,
+    /// its live slices are marked lost (their tenants get LOST events) and their capacity is
+    /// forgotten; a connected node keeps its slices until they are released. Returns the slices
+    /// marked lost.
+    pub async fn drain_node(&self, node: &str) -> Result<Vec<String>, ControllerError> {
+        let (connected, live) = {
+            let mut st = self.lock();
+            let n = st
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| ControllerError::BadRequest(format!("no node named {node:?}")))?;
+            n.drained = true;
+            let connected = n.connected;
+            st.touch(node);
+            let live: Vec<(String, SliceState)> = st
+                .live_on_node(node)
+                .map(|s| (s.id.clone(), s.state))
+                .collect();
+            (connected, live)
+        };
+        info!(%node, connected, "node drained");
+        let mut lost = Vec::new();
+        if !connected {
+            for (id, state) in live {
+                let why = format!("lost: node {node} was drained while unreachable");
+                self.mark_lost(&id, state, &why).await?;
+                lost.push(id);
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Makes a drained node schedulable again.
+    pub fn undrain_node(&self, node: &str) -> Result<(), ControllerError> {
+        let mut st = self.lock();
+        let n = st
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| ControllerError::BadRequest(format!("no node named {node:?}")))?;
+        n.drained = false;
+        st.touch(node);
+        Ok(())
+    }
+
+    /// Finds things greenslice made on connected nodes that no live slice accounts for, and tears
+    /// down those seen for longer than the orphan grace period. Returns how many were torn down.
+    pub async fn sweep_orphans(&self) -> usize {
+        let now = self.clock.now_ms();
+        let grace = i64::try_from(self.config.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let mut due: Vec<OrphanKey> = Vec::new();
+        {
+            let st = self.lock();
+            let live: HashSet<(&str, &str)> = st
+                .slices
+                .values()
+                .filter(|s| s.is_live())
+                .map(|s| (s.node.as_str(), s.id.as_str()))
+                .collect();
+            let mut found = Vec::new();
+            for n in st.nodes.values().filter(|n| n.connected) {
+                let owned = |slice: &str| live.contains(&(n.name.as_str(), slice));
+                for g in &n.gpus {
+                    let key = |slice: &str, gi: Option<u32>, whole: bool| OrphanKey {
+                        node: n.name.clone(),
+                        gpu: g.uuid.clone(),
+                        slice: slice.to_string(),
+                        gpu_instance_id: gi,
+                        whole,
+                    };
+                    for i in &g.mig_instances {
+                        // Instances made outside greenslice name no slice: never touched.
+                        if let Some(sl) = &i.slice_id
+                            && !owned(sl)
+                        {
+                            found.push(key(sl, Some(i.gpu_instance_id), false));
+                        }
+                    }
+                    for sh in &g.shares {
+                        if !owned(&sh.slice_id) {
+                            found.push(key(&sh.slice_id, None, false));
+                        }
+                    }
+                    if let Some(w) = &g.whole_slice_id
+                        && !owned(w)
+                    {
+                        found.push(key(w, None, true));
+                    }
+                }
+            }
+            drop(st);
+            let mut seen = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+            let current: HashSet<&OrphanKey> = found.iter().collect();
+            seen.retain(|k, _| current.contains(k));
+            for k in &found {
+                let first = *seen.entry(k.clone()).or_insert_with(|| {
+                    warn!(node = %k.node, gpu = %k.gpu, slice = %k.slice, "orphan on node: no live slice in the ledger; cleaning up after the grace period");
+                    now
+                });
+                if now - first >= grace {
+                    due.push(k.clone());
+                }
+            }
+        }
+        let mut cleaned = 0;
+        for k in due {
+            let action = match (k.gpu_instance_id, k.whole) {
+                (Some(gi), _) => Action::DestroyMig(pb::DestroyMigInstance {
+                    gpu_uuid: k.gpu.clone(),
+                    gpu_instance_id: gi,
+                    slice_id: k.slice.clone(),
+                }),
+                (None, true) => Action::UnassignGpu(pb::UnassignGpu {
+                    gpu_uuid: k.gpu.clone(),
+                    slice_id: k.slice.clone(),
+                }),
+                (None, false) => Action::ClearShare(pb::ClearShare {
+                    gpu_uuid: k.gpu.clone(),
+                    slice_id: k.slice.clone(),
+                }),
+            };
+            match self.call(&k.node, action).await {
+                Ok(_) => {
+                    let mut st = self.lock();
+                    match k.gpu_instance_id {
+                        Some(gi) => st.mirror_mig_destroyed(&k.node, &k.gpu, gi),
+                        None => st.mirror_cleared(&k.node, &k.gpu, &k.slice),
+                    }
+                    drop(st);
+                    self.orphans
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&k);
+                    warn!(node = %k.node, gpu = %k.gpu, slice = %k.slice, "orphan torn down");
+                    cleaned += 1;
+                }
+                Err(e) => {
+                    warn!(node = %k.node, slice = %k.slice, error = %e, "orphan cleanup failed; retrying")
+                }
+            }
+        }
+        cleaned
+    }
+
+    /// Forgets RELEASED and FAILED slices older than the retention, in memory and in the ledger.
+    pub async fn prune_terminal(&self) -> Result<usize, ControllerError> {
+        let keep = i64::try_from(self.config.terminal_retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.clock.now_ms().saturating_sub(keep);
+        let (ids, commit) = {
+            let mut st = self.lock();
+            let ids: Vec<String> = st
+                .slices
+                .values()
+                .filter(|s| !s.is_live() && s.updated_ms < cutoff)
+                .map(|s| s.id.clone())
+                .collect();
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            for id in &ids {
+                st.remove_slice(id);
+            }
+            let commit = self.ledger.remove(&ids);
+            (ids, commit)
+        };
+        Self::durable(commit).await?;
+        Ok(ids.len())
     }
 
     /// Replaces a node's reported GPUs (health changes, external changes).
     pub fn update_node_gpus(&self, node: &str, gpus: &[pb::GpuInfo]) {
-        if let Some(n) = self.lock().nodes.get_mut(node) {
+        let mut st = self.lock();
+        if let Some(n) = st.nodes.get_mut(node) {
             n.gpus = gpus.iter().map(gpu_from_pb).collect();
         }
+        st.touch(node);
     }
 
     /// Records the pods' device allocations a node's kubelet made, as slices of the pods' tenants
@@ -665,11 +1143,17 @@ impl Controller {
         (e.records(from_ms, to_ms), e.config().policy, e.skipped)
     }
 
-    /// Marks a node disconnected: nothing new is placed there; its slices are kept.
+    /// Marks a node unreachable (its agent's session ended or missed its keep-alive lease):
+    /// nothing new is placed there; its slices are kept, since the hardware may still run them,
+    /// until the agent returns or an operator drains the node.
     pub fn node_disconnected(&self, node: &str) {
-        if let Some(n) = self.lock().nodes.get_mut(node) {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        if let Some(n) = st.nodes.get_mut(node) {
             n.connected = false;
+            n.unreachable_since_ms = Some(now);
         }
+        st.touch(node);
     }
 
     /// A snapshot for the ops API.
@@ -744,6 +1228,22 @@ fn holders_of(
         .collect();
     out.sort_by(|a, b| a.slice_id.cmp(&b.slice_id));
     out
+}
+
+/// Looks for orphans and expired slices every `every`, until the controller is dropped.
+async fn housekeeping(controller: Weak<Controller>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        c.sweep_orphans().await;
+        if let Err(e) = c.prune_terminal().await {
+            warn!(error = %e, "could not forget expired slices");
+        }
+    }
 }
 
 /// Refuses a MIG profile that no GPU of the (requested) model in the cluster has, listing valid ones.

@@ -3,7 +3,9 @@
 //! - [`controller`]: the core that validates, places, commits and applies slices.
 //! - [`state`]: nodes and slices in memory; capacity in use is derived from live slices.
 //! - [`placement`]: pure placement policies.
-//! - [`ledger`]: where desired state is committed before it is acknowledged.
+//! - [`ledger`]: where desired state is committed before it is acknowledged (memory, redb, etcd),
+//!   with group commit; [`standby`]: what a non-leader replica serves.
+//! - [`cli`]: the controller's flags and main loop (ledger choice, etcd leader election).
 //! - [`agents`]: connected node agents and commands in flight.
 //! - [`energy`]: measured energy per GPU, its exact attribution to tenants, and CO2e.
 //! - [`telemetry`]: utilization, power and energy samples from the agents.
@@ -12,6 +14,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod energy;
@@ -21,5 +24,6 @@ pub mod placement;
 pub mod report;
 pub mod server;
 pub mod slice;
+pub mod standby;
 pub mod state;
 pub mod telemetry;

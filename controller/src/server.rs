@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use greenslice_proto::v1 as pb;
 use tokio::net::TcpListener;
@@ -12,10 +13,37 @@ use crate::controller::Controller;
 /// Largest gRPC message accepted, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
-/// Serves every service on `listener` until `shutdown` resolves.
+/// Transport settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// An agent (or any client) whose connection does not answer HTTP/2 keep-alive pings for this
+    /// long is dropped: its session ends and its node is marked unreachable. Pings go out every
+    /// third of it; each may wait two thirds of it for its answer.
+    pub agent_lease: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            agent_lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Serves every service on `listener` until `shutdown` resolves, with default options.
 pub async fn serve(
     controller: Arc<Controller>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    serve_with(controller, listener, ServeOptions::default(), shutdown).await
+}
+
+/// Serves every service on `listener` until `shutdown` resolves.
+pub async fn serve_with(
+    controller: Arc<Controller>,
+    listener: TcpListener,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -39,7 +67,10 @@ pub async fn serve(
     // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent
     // stream; the builder's tcp_nodelay does not reach a listener we pass in, so set it here.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let lease = options.agent_lease.max(Duration::from_millis(300));
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(lease / 3))
+        .http2_keepalive_timeout(Some(lease * 2 / 3))
         .add_service(reflection)
         .add_service(tenant)
         .add_service(agent)

@@ -1,7 +1,7 @@
 //! The controller's in-memory cluster state: nodes as their agents report them, and slices as the
 //! ledger holds them. Capacity in use is always derived from the live slices, never kept twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use greenslice_core::inventory::Gpu;
 use greenslice_core::mig;
@@ -20,32 +20,97 @@ pub struct NodeRecord {
     /// Reported GPUs, kept in step with the commands the agent confirmed.
     pub gpus: Vec<Gpu>,
     pub connected: bool,
+    /// When the agent's session ended (ms since the Unix epoch); None while connected. Its slices
+    /// are kept (the hardware may still run them) and nothing new is placed there.
+    pub unreachable_since_ms: Option<i64>,
+    /// Drained by an operator: nothing new is placed there even when its agent is connected.
+    pub drained: bool,
 }
 
 /// Nodes and slices.
+///
+/// Code that changes a node or a slice directly (through the public maps) must call
+/// [`ClusterState::touch`] for that node (or [`ClusterState::reindex`] for a slice), so the cached
+/// placement view and the per-node index stay true.
 #[derive(Debug, Default)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
     pub slices: HashMap<String, SliceRecord>,
     /// (tenant, idempotency key) -> slice id.
     pub idempotency: HashMap<(String, String), String>,
+    /// PENDING slices loaded from the ledger at startup (the previous controller crashed between
+    /// committing them and the agent's confirmation); resolved when their node registers.
+    pub recovering: HashSet<String>,
+    /// Live slice ids by node.
+    live: HashMap<String, BTreeSet<String>>,
+    /// The placement view, kept between requests; nodes in `dirty` are rebuilt before use.
+    cached: Option<ClusterView>,
+    dirty: HashSet<String>,
+    /// Rebuild the whole cached view (nodes were added or replaced).
+    rebuild: bool,
 }
 
 impl ClusterState {
-    /// Adds or replaces a slice record, keeping the idempotency index in step.
+    /// Adds or replaces a slice record, keeping the idempotency and node indexes in step.
     pub fn put(&mut self, r: SliceRecord) {
         if let Some(k) = &r.idempotency_key {
             self.idempotency
                 .insert((r.tenant.clone(), k.clone()), r.id.clone());
         }
-        self.slices.insert(r.id.clone(), r);
+        let id = r.id.clone();
+        self.slices.insert(id.clone(), r);
+        self.reindex(&id);
+    }
+
+    /// Brings the node index and the cached view in step with slice `id` after it changed.
+    pub fn reindex(&mut self, id: &str) {
+        let Some(r) = self.slices.get(id) else {
+            return;
+        };
+        let (node, live) = (r.node.clone(), r.is_live());
+        let set = self.live.entry(node.clone()).or_default();
+        if live {
+            set.insert(id.to_string());
+        } else {
+            set.remove(id);
+        }
+        self.dirty.insert(node);
+    }
+
+    /// Removes a slice record and its index entries.
+    pub fn remove_slice(&mut self, id: &str) -> Option<SliceRecord> {
+        let r = self.slices.remove(id)?;
+        if let Some(k) = &r.idempotency_key
+            && self.idempotency.get(&(r.tenant.clone(), k.clone())) == Some(&r.id)
+        {
+            self.idempotency.remove(&(r.tenant.clone(), k.clone()));
+        }
+        if let Some(set) = self.live.get_mut(&r.node) {
+            set.remove(id);
+        }
+        self.recovering.remove(id);
+        self.dirty.insert(r.node.clone());
+        Some(r)
+    }
+
+    /// Marks a node changed (its record or hardware): its placement view is rebuilt before use.
+    pub fn touch(&mut self, node: &str) {
+        self.dirty.insert(node.to_string());
+    }
+
+    /// Marks the set of nodes changed: the whole cached view is rebuilt before use.
+    pub fn touch_all(&mut self) {
+        self.rebuild = true;
     }
 
     /// Live slices on a node.
     pub fn live_on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a SliceRecord> + 'a {
-        self.slices
-            .values()
-            .filter(move |s| s.is_live() && s.node == node)
+        self.live
+            .get(node)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.slices.get(id))
+            .filter(|s| s.is_live())
     }
 
     /// The placement view of one GPU: reported hardware plus what live slices hold.
@@ -119,23 +184,59 @@ impl ClusterState {
         v
     }
 
+    fn node_view(&self, n: &NodeRecord) -> NodeView {
+        NodeView {
+            name: n.name.clone(),
+            schedulable: n.connected && !n.drained,
+            cpu_milli: n.cpu_milli,
+            cpu_used_milli: 0,
+            memory_bytes: n.memory_bytes,
+            memory_used_bytes: 0,
+            gpus: n.gpus.iter().map(|g| self.gpu_view(n, g)).collect(),
+        }
+    }
+
     /// The placement view of the cluster. Node order is by name (deterministic).
     pub fn view(&self) -> ClusterView {
         ClusterView {
-            nodes: self
-                .nodes
-                .values()
-                .map(|n| NodeView {
-                    name: n.name.clone(),
-                    schedulable: n.connected,
-                    cpu_milli: n.cpu_milli,
-                    cpu_used_milli: 0,
-                    memory_bytes: n.memory_bytes,
-                    memory_used_bytes: 0,
-                    gpus: n.gpus.iter().map(|g| self.gpu_view(n, g)).collect(),
-                })
-                .collect(),
+            nodes: self.nodes.values().map(|n| self.node_view(n)).collect(),
         }
+    }
+
+    /// The same view as [`ClusterState::view`], kept between calls: only nodes changed since the
+    /// last call are rebuilt (a request changes one node, so placing does not cost a walk over
+    /// every GPU of a large cluster).
+    pub fn view_cached(&mut self) -> &ClusterView {
+        let usable = !self.rebuild
+            && self
+                .cached
+                .as_ref()
+                .is_some_and(|v| v.nodes.len() == self.nodes.len());
+        if !usable {
+            self.cached = Some(self.view());
+        } else if !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            let fresh: Vec<NodeView> = dirty
+                .iter()
+                .filter_map(|name| self.nodes.get(name))
+                .map(|n| self.node_view(n))
+                .collect();
+            if let Some(v) = self.cached.as_mut() {
+                for nv in fresh {
+                    // The view is in node-name order, like `nodes`.
+                    match v.nodes.binary_search_by(|x| x.name.cmp(&nv.name)) {
+                        Ok(i) => v.nodes[i] = nv,
+                        Err(_) => self.rebuild = true,
+                    }
+                }
+            }
+            if self.rebuild {
+                self.cached = Some(self.view());
+            }
+        }
+        self.rebuild = false;
+        self.dirty.clear();
+        self.cached.get_or_insert_with(ClusterView::default)
     }
 
     /// Updates the mirror of a node's hardware after a confirmed MIG creation.
@@ -170,6 +271,7 @@ impl ClusterState {
     }
 
     fn gpu_mut(&mut self, node: &str, gpu: &str) -> Option<&mut Gpu> {
+        self.dirty.insert(node.to_string());
         self.nodes
             .get_mut(node)?
             .gpus

@@ -88,7 +88,7 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
 /// How the agent talks to the controller.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// Controller URL.
+    /// Controller URL; several replicas may be given comma-separated (each is tried in turn).
     pub controller: String,
     /// Node name.
     pub node: String,
@@ -195,9 +195,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs one session: connects, registers, serves commands and sends samples until the stream ends.
-async fn session_once(cfg: &SessionConfig, backend: &SharedBackend) -> anyhow::Result<()> {
-    let (controller, node) = (&cfg.controller, &cfg.node);
+/// Runs one session with `controller`: connects, registers, serves commands and sends samples
+/// until the stream ends. Sets `registered` once the controller accepted the registration.
+async fn session_once(
+    cfg: &SessionConfig,
+    controller: &str,
+    backend: &SharedBackend,
+    registered: &mut bool,
+) -> anyhow::Result<()> {
+    let node = &cfg.node;
     let mut client = AgentServiceClient::connect(controller.to_string()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
     tx.send(register_message(node, backend)?).await?;
@@ -214,6 +220,7 @@ async fn session_once(cfg: &SessionConfig, backend: &SharedBackend) -> anyhow::R
     while let Some(msg) = inbound.next().await {
         match msg?.msg {
             Some(pb::controller_message::Msg::Registered(r)) => {
+                *registered = true;
                 info!(node = %r.node, "registered with controller")
             }
             Some(pb::controller_message::Msg::Command(cmd)) => {
@@ -237,20 +244,45 @@ pub async fn run(controller: String, node: String, backend: SharedBackend) {
     run_with(SessionConfig::new(&controller, &node), backend).await
 }
 
-/// Keeps a session with the controller alive forever, reconnecting with backoff.
+/// Like [`run`] with several controller replicas, comma-separated.
+pub async fn run_any(controllers: Vec<String>, node: String, backend: SharedBackend) {
+    run_with(SessionConfig::new(&controllers.join(","), &node), backend).await
+}
+
+/// Keeps a session with the controller alive forever, reconnecting with backoff. With several
+/// controller replicas (comma-separated in `cfg.controller`), after a failed or ended session the
+/// next URL is tried (a standby refuses the session, naming the leader). The backoff starts over
+/// after every successful registration, so a controller restart is followed by a prompt reconnect.
 pub async fn run_with(cfg: SessionConfig, backend: SharedBackend) {
-    let controller = cfg.controller.clone();
+    let controllers: Vec<String> = cfg
+        .controller
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if controllers.is_empty() {
+        warn!("no controller URL given");
+        return;
+    }
     let mut backoff = BACKOFF_MIN;
+    let mut i = 0usize;
     loop {
+        let controller = &controllers[i % controllers.len()];
         let started = tokio::time::Instant::now();
-        match session_once(&cfg, &backend).await {
+        let mut registered = false;
+        match session_once(&cfg, controller, &backend, &mut registered).await {
             Ok(()) => warn!(%controller, "controller closed the stream; reconnecting"),
             Err(e) => {
                 warn!(%controller, error = %e, "controller session failed; retrying in {:?}", backoff)
             }
         }
-        if started.elapsed() > Duration::from_secs(10) {
+        if registered || started.elapsed() > Duration::from_secs(10) {
             backoff = BACKOFF_MIN;
+        }
+        i += 1;
+        // With several replicas, try the next one at once once per round.
+        if controllers.len() > 1 && !i.is_multiple_of(controllers.len()) {
+            continue;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);

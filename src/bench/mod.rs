@@ -1,20 +1,34 @@
 //! `greenslice bench ...`: benchmarks. Each is a library function with its own arguments, so tests
 //! and other tools can run them too.
 
+pub mod control_plane;
+
 /// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Replay the openb production trace under the FGD artifact's protocol and compare placement
     /// policies (unallocated GPU % at 100% and 130% arrival).
     Packing(greenslice_controller::placement::bench::Args),
+    /// Request+release round trips per second and their latency through the real gRPC API, with
+    /// simulated agents confirming every change, on a durable ledger.
+    ControlPlane(control_plane::ControlPlaneArgs),
 }
 
-/// Runs a benchmark and prints its report.
-pub async fn run(cmd: BenchCommand, _json: bool) -> anyhow::Result<()> {
+/// Runs a benchmark and prints its report (JSON when `json`, where the benchmark has one).
+pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Packing(a) => {
             tokio::task::spawn_blocking(move || greenslice_controller::placement::bench::run(a))
                 .await?
+        }
+        BenchCommand::ControlPlane(a) => {
+            let report = control_plane::run(&a).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
         }
     }
 }

@@ -77,7 +77,7 @@ impl AgentService for AgentApi {
         validate_register(&reg)?;
         let node = reg.node.clone();
         let (tx, rx) = mpsc::channel(256);
-        let to_release = self.controller.register_node(&reg);
+        let plan = self.controller.register_node(&reg);
         let session = self.controller.agents.connect(&node, tx.clone());
         info!(%node, gpus = reg.gpus.len(), backend = %reg.backend, "agent registered");
         let _ = tx
@@ -90,15 +90,10 @@ impl AgentService for AgentApi {
 
         let controller = self.controller.clone();
         tokio::spawn(async move {
-            // Finish releases that were waiting for this agent.
-            for id in to_release {
-                let c = controller.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = c.drive_release(&id).await {
-                        warn!(slice = %id, error = %e, "queued release failed");
-                    }
-                });
-            }
+            // Reconcile the ledger with what the agent reported (releases waiting for it, slices a
+            // crash left pending, slices whose hardware is gone), while serving its answers below.
+            let c = controller.clone();
+            tokio::spawn(async move { c.reconcile(plan).await });
             while let Some(msg) = inbound.next().await {
                 match msg {
                     Ok(pb::AgentMessage {

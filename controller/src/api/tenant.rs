@@ -26,10 +26,15 @@ impl TenantService for TenantApi {
         req: Request<pb::RequestSliceRequest>,
     ) -> Result<Response<pb::RequestSliceResponse>, Status> {
         let r = req.into_inner();
-        let out = self
-            .controller
-            .request(&r.tenant, r.spec.as_ref(), &r.idempotency_key)
-            .await?;
+        // Run to completion even if the caller goes away: a request half done (committed PENDING,
+        // the agent asked) must reach ACTIVE or FAILED, not stay pending until a restart.
+        let c = self.controller.clone();
+        let out = tokio::spawn(async move {
+            c.request(&r.tenant, r.spec.as_ref(), &r.idempotency_key)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
         Ok(Response::new(pb::RequestSliceResponse {
             slice: Some(out.slice.to_pb()),
             replayed: out.replayed,
@@ -68,10 +73,10 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::ReleaseSliceResponse>, Status> {
         let r = req.into_inner();
         check_id("slice_id", &r.slice_id)?;
-        let s = self
-            .controller
-            .release(&r.slice_id, "released by tenant")
-            .await?;
+        let c = self.controller.clone();
+        let s = tokio::spawn(async move { c.release(&r.slice_id, "released by tenant").await })
+            .await
+            .map_err(|e| Status::internal(format!("release task failed: {e}")))??;
         Ok(Response::new(pb::ReleaseSliceResponse {
             slice: Some(s.to_pb()),
         }))

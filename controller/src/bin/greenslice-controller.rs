@@ -1,28 +1,6 @@
-//! `greenslice-controller`: the controller binary.
+//! `greenslice-controller`: the controller binary. See [`greenslice_controller::cli`] for flags.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
-
-use clap::Parser;
-use greenslice_controller::config::ControllerConfig;
-use greenslice_controller::controller::{Controller, CoreConfig};
-use greenslice_controller::ledger::MemoryLedger;
-use greenslice_core::clock::SystemClock;
-use tracing::info;
-
-/// The greenslice controller: places GPU slices on node agents and tracks them.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// Address to serve gRPC on [config: listen; default 127.0.0.1:7070].
-    #[arg(long)]
-    listen: Option<String>,
-    /// TOML config file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,65 +10,5 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let mut cfg = match &args.config {
-        Some(p) => match ControllerConfig::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => ControllerConfig::default(),
-    };
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    let core = CoreConfig {
-        command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
-    };
-    let policy = match greenslice_controller::placement::policy_by_name(&cfg.policy) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let controller = match Controller::new(
-        Arc::new(MemoryLedger::default()),
-        policy,
-        Arc::new(SystemClock),
-        core,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", cfg.listen);
-            return ExitCode::from(1);
-        }
-    };
-    info!(addr = %cfg.listen, "controller serving (gRPC, reflection enabled)");
-    // Printed on stdout so scripts and tests can learn the port when --listen uses port 0.
-    if let Ok(a) = listener.local_addr() {
-        println!("listening on {a}");
-    }
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        info!("shutting down");
-    };
-    match greenslice_controller::server::serve(controller, listener, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    greenslice_controller::cli::main().await
 }

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Controller URL [config: controller; default http://127.0.0.1:7070].
+    /// Controller URL; several replicas comma-separated [config: controller; default
+    /// http://127.0.0.1:7070].
     #[arg(long)]
     controller: Option<String>,
     /// Node name [config: node; default: host name].
@@ -231,6 +232,7 @@ async fn main() -> ExitCode {
     let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
     session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     tokio::select! {
+        // Several controller replicas may be given, comma-separated: the agent tries each in turn.
         _ = greenslice_agent::session::run_with(session, shared) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; exiting"),
     }

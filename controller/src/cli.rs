@@ -1,0 +1,297 @@
+//! The controller's command line and main loop, shared by the `greenslice-controller` binary and
+//! `greenslice controller` (the single-binary form tests and demos start as a separate process).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use greenslice_core::clock::SystemClock;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::config::{ControllerConfig, LedgerKind};
+use crate::controller::{Controller, CoreConfig};
+use crate::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
+use crate::ledger::redb::RedbLedger;
+use crate::ledger::{Ledger, MemoryLedger};
+use crate::server::ServeOptions;
+
+/// The greenslice controller: places GPU slices on node agents and tracks them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Address to serve gRPC on [config: listen; default 127.0.0.1:7070].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where desired state is kept [config: ledger; default redb]: memory (lost on exit), redb (a
+    /// crash-safe file in --data-dir, one controller) or etcd (several replicas, one leader).
+    #[arg(long, value_enum)]
+    pub ledger: Option<LedgerKind>,
+    /// Directory of the redb ledger [config: data_dir; default /var/lib/greenslice].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// etcd client URLs, comma-separated [config: etcd.endpoints; default http://127.0.0.1:2379].
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// etcd key prefix [config: etcd.prefix; default /greenslice/].
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// etcd leader lease in seconds [config: etcd.lease_ttl_s; default 5].
+    #[arg(long)]
+    pub etcd_lease_ttl_s: Option<u64>,
+    /// URL standbys name when they refuse calls [config: advertise_url; default http://LISTEN].
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Seconds before orphans found on nodes are torn down [config: orphan_grace_s; default 60].
+    #[arg(long)]
+    pub orphan_grace_s: Option<u64>,
+    /// Seconds of agent silence before its node is unreachable [config: agent_lease_s; default 15].
+    #[arg(long)]
+    pub agent_lease_s: Option<u64>,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "The greenslice controller: places GPU slices on node agents and tracks them."
+)]
+struct Cli {
+    #[command(flatten)]
+    args: ControllerArgs,
+}
+
+/// Parses the process arguments and runs the controller (the `greenslice-controller` binary).
+pub async fn main() -> ExitCode {
+    run(Cli::parse().args).await
+}
+
+fn resolve(args: &ControllerArgs) -> Result<ControllerConfig, String> {
+    let mut cfg = match &args.config {
+        Some(p) => ControllerConfig::load(p).map_err(|e| e.to_string())?,
+        None => ControllerConfig::default(),
+    };
+    let a = args.clone();
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.ledger {
+        cfg.ledger = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.etcd_endpoints {
+        cfg.etcd.endpoints = v;
+    }
+    if let Some(v) = a.etcd_prefix {
+        cfg.etcd.prefix = v;
+    }
+    if let Some(v) = a.etcd_lease_ttl_s {
+        cfg.etcd.lease_ttl_s = v;
+    }
+    if let Some(v) = a.advertise_url {
+        cfg.advertise_url = Some(v);
+    }
+    if let Some(v) = a.orphan_grace_s {
+        cfg.orphan_grace_s = v;
+    }
+    if let Some(v) = a.agent_lease_s {
+        cfg.agent_lease_s = v;
+    }
+    Ok(cfg)
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    error!("{msg}");
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+/// Runs the controller until it is stopped. Exit codes: 0 stopped, 1 runtime error (including
+/// losing etcd leadership), 2 bad configuration.
+pub async fn run(args: ControllerArgs) -> ExitCode {
+    let cfg = match resolve(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    let policy = match crate::placement::policy_by_name(&cfg.policy) {
+        Ok(p) => p,
+        Err(e) => return fail(2, e),
+    };
+    let core = CoreConfig {
+        command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
+        orphan_grace: Duration::from_secs(cfg.orphan_grace_s),
+        terminal_retention: Duration::from_secs(cfg.terminal_retention_s),
+        ..CoreConfig::default()
+    };
+    let options = ServeOptions {
+        agent_lease: Duration::from_secs(cfg.agent_lease_s.max(1)),
+    };
+    // A std listener, so the standby server and the leader can share the bound port.
+    let std_listener = match std::net::TcpListener::bind(&cfg.listen) {
+        Ok(l) => l,
+        Err(e) => return fail(1, format!("cannot listen on {}: {e}", cfg.listen)),
+    };
+    if let Err(e) = std_listener.set_nonblocking(true) {
+        return fail(1, format!("listener: {e}"));
+    }
+    let addr = match std_listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(1, format!("listener: {e}")),
+    };
+    // Printed on stdout so scripts and tests can learn the port when --listen uses port 0.
+    println!("listening on {addr}");
+    let advertise = cfg
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+
+    let mut leadership = None;
+    let mut etcd_handle = None;
+    let ledger: Arc<dyn Ledger> = match cfg.ledger {
+        LedgerKind::Memory => {
+            warn!("in-memory ledger: every slice is forgotten when this controller stops");
+            Arc::new(MemoryLedger::default())
+        }
+        LedgerKind::Redb => match RedbLedger::open(&cfg.data_dir) {
+            Ok(l) => {
+                info!(path = %l.path().display(), "redb ledger opened");
+                Arc::new(l)
+            }
+            Err(e) => {
+                return fail(
+                    2,
+                    format!("{e} (set --data-dir, or --ledger memory to keep nothing)"),
+                );
+            }
+        },
+        LedgerKind::Etcd => {
+            let ecfg = EtcdConfig {
+                endpoints: cfg.etcd.endpoints.clone(),
+                prefix: cfg.etcd.prefix.clone(),
+                lease_ttl_s: i64::try_from(cfg.etcd.lease_ttl_s.max(1)).unwrap_or(5),
+                compact_interval: Duration::from_secs(cfg.etcd.compact_interval_s.max(1)),
+                ..EtcdConfig::default()
+            };
+            let etcd = match Etcd::connect(ecfg).await {
+                Ok(e) => e,
+                Err(e) => return fail(1, e),
+            };
+            let me = LeaderInfo {
+                id: format!(
+                    "{}-{}-{:08x}",
+                    hostname(),
+                    std::process::id(),
+                    rand::random::<u32>()
+                ),
+                url: advertise.clone(),
+            };
+            let (seen_tx, seen_rx) = watch::channel(None);
+            let standby_listener = match std_listener
+                .try_clone()
+                .map_err(anyhow::Error::from)
+                .and_then(|l| TcpListener::from_std(l).map_err(anyhow::Error::from))
+            {
+                Ok(l) => l,
+                Err(e) => return fail(1, format!("listener: {e}")),
+            };
+            let (stop_standby, standby_stopped) = oneshot::channel::<()>();
+            let standby = tokio::spawn(crate::standby::serve(standby_listener, seen_rx, async {
+                let _ = standby_stopped.await;
+            }));
+            info!(id = %me.id, "etcd ledger: campaigning for leadership (serving as a standby meanwhile)");
+            let won = tokio::select! {
+                r = etcd.campaign(&me, &seen_tx) => r,
+                _ = stop_signal() => {
+                    info!("stopped while standby");
+                    return ExitCode::SUCCESS;
+                }
+            };
+            let l = match won {
+                Ok(l) => l,
+                Err(e) => return fail(1, e),
+            };
+            let _ = stop_standby.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), standby).await;
+            let ledger = EtcdLedger::new(etcd.clone(), &l);
+            leadership = Some(l);
+            etcd_handle = Some(etcd);
+            Arc::new(ledger)
+        }
+    };
+
+    let controller = match Controller::new(ledger, policy, Arc::new(SystemClock), core).await {
+        Ok(c) => c,
+        Err(e) => return fail(1, e),
+    };
+    let listener = match TcpListener::from_std(std_listener) {
+        Ok(l) => l,
+        Err(e) => return fail(1, format!("listener: {e}")),
+    };
+    info!(addr = %addr, ledger = ?cfg.ledger, "controller serving (gRPC, reflection enabled)");
+    let (lost_tx, mut lost_rx) = oneshot::channel::<()>();
+    let shutdown = {
+        let leadership = leadership.clone();
+        async move {
+            match leadership {
+                Some(l) => tokio::select! {
+                    _ = stop_signal() => info!("shutting down"),
+                    _ = l.lost() => {
+                        error!("lost etcd leadership: stopping so a standby can take over");
+                        let _ = lost_tx.send(());
+                    }
+                },
+                None => {
+                    stop_signal().await;
+                    info!("shutting down");
+                }
+            }
+        }
+    };
+    let served = crate::server::serve_with(controller, listener, options, shutdown).await;
+    if lost_rx.try_recv().is_ok() {
+        return ExitCode::from(1);
+    }
+    if let (Some(etcd), Some(l)) = (etcd_handle, leadership) {
+        // Hand over at once instead of making standbys wait for the lease to expire.
+        etcd.resign(&l).await;
+    }
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "controller".into())
+}

@@ -1,0 +1,549 @@
+//! The etcd ledger: desired state in etcd, for several controller replicas with one elected leader.
+//!
+//! ## Key layout (under a prefix, default `/greenslice/`)
+//! - `<prefix>leader`: [`LeaderInfo`] as JSON (the leader's id and the URL it serves on), attached to
+//!   the leader's etcd lease. It disappears when the lease expires.
+//! - `<prefix>slices/<slice id>`: the [`SliceRecord`] as JSON.
+//!
+//! ## Election and fencing
+//! A controller campaigns by granting itself a lease of `lease_ttl_s` seconds and creating the leader
+//! key in a transaction that succeeds only if the key does not exist. The winner keeps the lease
+//! alive (a keep-alive every third of the TTL); standbys poll the key and campaign again when it is
+//! gone, so a dead leader is replaced within about one TTL plus one poll interval. Every write of
+//! the leader is a transaction guarded by "the leader key still has the create revision I made it
+//! with": a deposed leader (paused, partitioned, its lease expired) cannot write even before it
+//! notices, because a new leader's key has another create revision. A leader that loses its lease
+//! stops serving (see [`Leadership::lost`]); the binary exits and its supervisor restarts it as a
+//! standby.
+//!
+//! ## Compaction
+//! etcd keeps every revision until compacted; under allocation churn its 2 GB default quota fills
+//! and every write fails with "database space exceeded". The leader compacts: every
+//! `compact_interval` it compacts up to the revision it saw one interval earlier, so about one
+//! interval of history is kept. Compaction frees space inside etcd's file for reuse; shrinking the
+//! file itself (`etcdctl defrag`) is left to operators because it blocks the member while it runs.
+//!
+//! Group commit: one transaction holds at most [`MAX_TXN_OPS`] ops (etcd's default
+//! `--max-txn-ops`), batched by [`GroupCommit`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, Op};
+use crate::slice::SliceRecord;
+
+/// The generated client for the subset of etcd's v3 API in `controller/proto/etcd/rpc.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::kv_client::KvClient;
+use pb::lease_client::LeaseClient;
+
+/// Most operations etcd accepts in one transaction by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+/// Records read per range request when loading.
+const PAGE: i64 = 1000;
+
+/// How to reach etcd and how to lead.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix; several clusters can share one etcd under different prefixes.
+    pub prefix: String,
+    /// Leader lease time to live, seconds: how long a dead leader blocks a takeover.
+    pub lease_ttl_s: i64,
+    /// How often the leader compacts old revisions.
+    pub compact_interval: Duration,
+    /// How often a standby checks whether the leader key is gone.
+    pub poll_interval: Duration,
+    /// Timeout of each etcd request.
+    pub request_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/greenslice/".into(),
+            lease_ttl_s: 5,
+            compact_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The leader, as the leader key says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// Unique id of the controller process.
+    pub id: String,
+    /// URL its gRPC API is served on (what standbys tell clients).
+    pub url: String,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(format!("etcd {what}: {e}"))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A connection to etcd.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    config: EtcdConfig,
+}
+
+impl Etcd {
+    /// Connects (lazily, balanced over the endpoints) and checks that etcd answers.
+    pub async fn connect(config: EtcdConfig) -> Result<Self, LedgerError> {
+        if config.endpoints.is_empty() {
+            return Err(LedgerError::Config("no etcd endpoints".into()));
+        }
+        if config.lease_ttl_s < 1 {
+            return Err(LedgerError::Config("lease_ttl_s must be at least 1".into()));
+        }
+        let mut eps = Vec::new();
+        for e in &config.endpoints {
+            let ep = Endpoint::from_shared(e.clone())
+                .map_err(|err| LedgerError::Config(format!("etcd endpoint {e:?}: {err}")))?
+                .connect_timeout(config.request_timeout)
+                .timeout(config.request_timeout)
+                .tcp_nodelay(true);
+            eps.push(ep);
+        }
+        let channel = Channel::balance_list(eps.into_iter());
+        let etcd = Etcd {
+            kv: KvClient::new(channel.clone()),
+            lease: LeaseClient::new(channel),
+            config,
+        };
+        etcd.leader().await?;
+        Ok(etcd)
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{rest}", self.config.prefix).into_bytes()
+    }
+
+    fn leader_key(&self) -> Vec<u8> {
+        self.key("leader")
+    }
+
+    fn slices_prefix(&self) -> Vec<u8> {
+        self.key("slices/")
+    }
+
+    /// The current leader, if any.
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>, LedgerError> {
+        let r = self
+            .kv
+            .clone()
+            .range(pb::RangeRequest {
+                key: self.leader_key(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("read leader", e))?
+            .into_inner();
+        match r.kvs.first() {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(Some)
+                .map_err(|e| LedgerError::Corrupt(format!("leader key: {e}"))),
+        }
+    }
+
+    /// Waits until this controller is the leader. While another one leads, `seen` holds it (for
+    /// standbys to name it). Returns once the leader key is ours.
+    pub async fn campaign(
+        &self,
+        me: &LeaderInfo,
+        seen: &watch::Sender<Option<LeaderInfo>>,
+    ) -> Result<Leadership, LedgerError> {
+        let value = serde_json::to_vec(me).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        loop {
+            match self.leader().await {
+                Ok(Some(l)) => {
+                    if seen.borrow().as_ref() != Some(&l) {
+                        info!(leader = %l.id, url = %l.url, "standby: another controller leads");
+                    }
+                    seen.send_replace(Some(l));
+                    tokio::time::sleep(self.config.poll_interval).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "standby: cannot read the leader key; retrying");
+                    tokio::time::sleep(self.config.poll_interval).await;
+                    continue;
+                }
+            }
+            let grant = self
+                .lease
+                .clone()
+                .lease_grant(pb::LeaseGrantRequest {
+                    ttl: self.config.lease_ttl_s,
+                    id: 0,
+                })
+                .await
+                .map_err(|e| unavailable("grant lease", e))?
+                .into_inner();
+            if !grant.error.is_empty() {
+                return Err(unavailable("grant lease", grant.error));
+            }
+            let key = self.leader_key();
+            let txn = pb::TxnRequest {
+                compare: vec![pb::Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Create as i32,
+                    key: key.clone(),
+                    target_union: Some(TargetUnion::CreateRevision(0)),
+                    range_end: Vec::new(),
+                }],
+                success: vec![pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key,
+                        value: value.clone(),
+                        lease: grant.id,
+                        ..Default::default()
+                    })),
+                }],
+                failure: Vec::new(),
+            };
+            let r = self
+                .kv
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| unavailable("campaign", e))?
+                .into_inner();
+            if r.succeeded {
+                let rev = r.header.map(|h| h.revision).unwrap_or_default();
+                info!(id = %me.id, lease = grant.id, revision = rev, "elected leader");
+                let (lost_tx, lost) = watch::channel(false);
+                tokio::spawn(keep_alive(self.clone(), grant.id, lost_tx));
+                return Ok(Leadership {
+                    lease: grant.id,
+                    revision: rev,
+                    lost,
+                });
+            }
+            // Someone else won the race; give our lease back and wait for them.
+            let _ = self
+                .lease
+                .clone()
+                .lease_revoke(pb::LeaseRevokeRequest { id: grant.id })
+                .await;
+        }
+    }
+
+    /// Gives leadership up now (clean shutdown): standbys take over without waiting for the TTL.
+    pub async fn resign(&self, leadership: &Leadership) {
+        let _ = self
+            .lease
+            .clone()
+            .lease_revoke(pb::LeaseRevokeRequest {
+                id: leadership.lease,
+            })
+            .await;
+    }
+}
+
+/// This controller's leadership.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// The lease the leader key is attached to.
+    pub lease: i64,
+    /// Create revision of our leader key (the fencing token).
+    pub revision: i64,
+    /// Becomes true when the lease could not be kept alive: stop serving.
+    pub lost: watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// Resolves when leadership is lost.
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+}
+
+/// Keeps the lease alive every third of its TTL; flags `lost` once it may have expired.
+async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
+    let ttl = Duration::from_secs(etcd.config.lease_ttl_s.max(1) as u64);
+    let every = ttl / 3;
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        let (tx, rx) = mpsc::channel(4);
+        // etcd answers the stream's headers only once it has a request to handle: queue the first
+        // one before waiting for the call, or the call never returns.
+        let _ = tx.send(pb::LeaseKeepAliveRequest { id: lease }).await;
+        let mut client = etcd.lease.clone();
+        let call = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Ok(Ok(resp)) = tokio::time::timeout(every, call).await {
+            let mut inbound = resp.into_inner();
+            loop {
+                match tokio::time::timeout(every, inbound.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl > 0 => last_ok = tokio::time::Instant::now(),
+                    Ok(Ok(Some(_))) => {
+                        warn!(lease, "leader lease expired");
+                        lost.send_replace(true);
+                        return;
+                    }
+                    _ => break,
+                }
+                if lost.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+                if tx
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        if last_ok.elapsed() >= ttl {
+            warn!(lease, "could not keep the leader lease alive for its TTL");
+            lost.send_replace(true);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes batches as fenced transactions.
+struct Writer {
+    kv: KvClient<Channel>,
+    leader_key: Vec<u8>,
+    leader_revision: i64,
+    slices_prefix: Vec<u8>,
+    /// Highest store revision seen, for compaction.
+    revision: Arc<AtomicI64>,
+}
+
+#[tonic::async_trait]
+impl BatchStore for Writer {
+    async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
+        let mut success = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut key = self.slices_prefix.clone();
+            key.extend_from_slice(op.id().as_bytes());
+            let request = match op {
+                Op::Put(r) => {
+                    let value = serde_json::to_vec(&r)
+                        .map_err(|e| LedgerError::Corrupt(format!("encode {}: {e}", r.id)))?;
+                    pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key,
+                        value,
+                        ..Default::default()
+                    })
+                }
+                Op::Delete(_) => {
+                    pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    })
+                }
+            };
+            success.push(pb::RequestOp {
+                request: Some(request),
+            });
+        }
+        let txn = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: self.leader_key.clone(),
+                target_union: Some(TargetUnion::CreateRevision(self.leader_revision)),
+                range_end: Vec::new(),
+            }],
+            success,
+            failure: Vec::new(),
+        };
+        let r = self
+            .kv
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("write", e))?
+            .into_inner();
+        if let Some(h) = &r.header {
+            self.revision.fetch_max(h.revision, Ordering::Relaxed);
+        }
+        if r.succeeded {
+            Ok(())
+        } else {
+            Err(LedgerError::NotLeader(
+                "the leader key changed: another controller leads now".into(),
+            ))
+        }
+    }
+}
+
+/// The etcd-backed ledger of the elected leader.
+pub struct EtcdLedger {
+    etcd: Etcd,
+    group: GroupCommit,
+}
+
+impl std::fmt::Debug for EtcdLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdLedger")
+            .field("prefix", &self.etcd.config.prefix)
+            .finish()
+    }
+}
+
+impl EtcdLedger {
+    /// The ledger of a leader: writes are fenced by `leadership`, and old revisions are compacted
+    /// until leadership is lost. Must run inside a tokio runtime.
+    pub fn new(etcd: Etcd, leadership: &Leadership) -> Self {
+        let revision = Arc::new(AtomicI64::new(leadership.revision));
+        let writer = Writer {
+            kv: etcd.kv.clone(),
+            leader_key: etcd.leader_key(),
+            leader_revision: leadership.revision,
+            slices_prefix: etcd.slices_prefix(),
+            revision: revision.clone(),
+        };
+        let group = GroupCommit::spawn(Arc::new(writer), MAX_TXN_OPS);
+        tokio::spawn(compactor(etcd.clone(), revision, leadership.clone()));
+        EtcdLedger { etcd, group }
+    }
+
+    /// Group-commit counters.
+    pub fn group(&self) -> &GroupCommit {
+        &self.group
+    }
+}
+
+/// Compacts up to the revision seen one interval ago, every interval, while leading.
+async fn compactor(etcd: Etcd, revision: Arc<AtomicI64>, leadership: Leadership) {
+    let mut previous = 0i64;
+    let mut tick = tokio::time::interval(etcd.config.compact_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = leadership.lost() => return,
+        }
+        if previous > 0 {
+            match etcd
+                .kv
+                .clone()
+                .compact(pb::CompactionRequest {
+                    revision: previous,
+                    physical: false,
+                })
+                .await
+            {
+                Ok(_) => info!(revision = previous, "etcd compacted"),
+                // Already compacted past it (another leader did): nothing to do.
+                Err(e) if e.message().contains("compacted") => {}
+                Err(e) => warn!(error = %e, "etcd compaction failed; retrying next interval"),
+            }
+        }
+        previous = revision.load(Ordering::Relaxed);
+    }
+}
+
+impl EtcdLedger {
+    /// Reads every record.
+    pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
+        let prefix = self.etcd.slices_prefix();
+        let end = prefix_end(&prefix);
+        let mut from = prefix.clone();
+        let mut out = Vec::new();
+        // Every page at the revision of the first, so the load is one consistent snapshot.
+        let mut at_revision = 0;
+        loop {
+            let r = self
+                .etcd
+                .kv
+                .clone()
+                .range(pb::RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: PAGE,
+                    revision: at_revision,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable("load", e))?
+                .into_inner();
+            if at_revision == 0 {
+                at_revision = r.header.as_ref().map_or(0, |h| h.revision);
+            }
+            for kv in &r.kvs {
+                let rec: SliceRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+                    LedgerError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&kv.key)))
+                })?;
+                out.push(rec);
+            }
+            match (r.more, r.kvs.last()) {
+                (true, Some(last)) => {
+                    from = last.key.clone();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+impl Ledger for EtcdLedger {
+    fn submit(&self, ops: Vec<Op>) -> Commit {
+        self.group.submit(ops)
+    }
+
+    fn load(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<SliceRecord>, LedgerError>> + Send + '_>> {
+        Box::pin(self.load_all())
+    }
+
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_covers_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"/g/slices/"), b"/g/slices0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}

@@ -1,0 +1,235 @@
+//! The embedded ledger: one redb file, crash-safe, the default for a single controller.
+//!
+//! Layout (redb file `<data dir>/ledger.redb`):
+//! - table `slices`: slice id -> the [`SliceRecord`] as JSON.
+//! - table `meta`: `"schema"` -> [`SCHEMA_VERSION`].
+//!
+//! Every batch is one write transaction committed with `Durability::Immediate` (redb's two-phase
+//! commit with fsync): when `commit` returns, the records survive a crash or power loss. Batches
+//! come from [`GroupCommit`], so concurrent commits share one fsync. redb takes a file lock, so a
+//! second controller on the same data dir fails to start instead of corrupting it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, Op};
+use crate::slice::SliceRecord;
+
+const SLICES: TableDefinition<&str, &[u8]> = TableDefinition::new("slices");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the layout above; a file with another version is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+/// File name inside the data dir.
+pub const FILE_NAME: &str = "ledger.redb";
+/// Most ops in one transaction (bounds the latency one batch adds to its callers).
+const MAX_BATCH_OPS: usize = 4096;
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(format!("redb {what}: {e}"))
+}
+
+struct Store {
+    db: Database,
+}
+
+impl Store {
+    fn write(&self, ops: &[Op]) -> Result<(), LedgerError> {
+        let mut tx = self.db.begin_write().map_err(|e| unavailable("begin", e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| unavailable("durability", e))?;
+        {
+            let mut t = tx
+                .open_table(SLICES)
+                .map_err(|e| unavailable("open table", e))?;
+            for op in ops {
+                match op {
+                    Op::Put(r) => {
+                        let v = serde_json::to_vec(r)
+                            .map_err(|e| LedgerError::Corrupt(format!("encode {}: {e}", r.id)))?;
+                        t.insert(r.id.as_str(), v.as_slice())
+                            .map_err(|e| unavailable("insert", e))?;
+                    }
+                    Op::Delete(id) => {
+                        t.remove(id.as_str())
+                            .map_err(|e| unavailable("remove", e))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(|e| unavailable("commit", e))
+    }
+}
+
+/// The redb-backed ledger.
+pub struct RedbLedger {
+    store: Arc<Store>,
+    group: GroupCommit,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLedger")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// The committer's handle: writes batches on the blocking pool.
+struct Blocking(Arc<Store>);
+
+#[tonic::async_trait]
+impl BatchStore for Blocking {
+    async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || store.write(&ops))
+            .await
+            .map_err(|e| unavailable("writer task", e))?
+    }
+}
+
+impl RedbLedger {
+    /// Opens (creating if needed) the ledger in `dir`. Must run inside a tokio runtime.
+    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            LedgerError::Config(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::Config(format!(
+                "{} is in use by another process (another controller on the same data dir?)",
+                path.display()
+            )),
+            e => unavailable(&format!("open {}", path.display()), e),
+        })?;
+        let tx = db.begin_write().map_err(|e| unavailable("begin", e))?;
+        {
+            let mut meta = tx
+                .open_table(META)
+                .map_err(|e| unavailable("open meta", e))?;
+            let found = meta
+                .get("schema")
+                .map_err(|e| unavailable("read meta", e))?
+                .map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| unavailable("write meta", e))?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(v) => {
+                    return Err(LedgerError::Config(format!(
+                        "{} has schema version {v}; this controller reads version {SCHEMA_VERSION}",
+                        path.display()
+                    )));
+                }
+            }
+            tx.open_table(SLICES)
+                .map_err(|e| unavailable("open table", e))?;
+        }
+        tx.commit().map_err(|e| unavailable("commit", e))?;
+        let store = Arc::new(Store { db });
+        let group = GroupCommit::spawn(Arc::new(Blocking(store.clone())), MAX_BATCH_OPS);
+        Ok(RedbLedger { store, group, path })
+    }
+
+    /// Group-commit counters.
+    pub fn group(&self) -> &GroupCommit {
+        &self.group
+    }
+
+    /// The ledger file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl RedbLedger {
+    /// Reads every record.
+    pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = store.db.begin_read().map_err(|e| unavailable("begin", e))?;
+            let t = tx
+                .open_table(SLICES)
+                .map_err(|e| unavailable("open table", e))?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(|e| unavailable("iterate", e))? {
+                let (k, v) = row.map_err(|e| unavailable("read", e))?;
+                let r: SliceRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| LedgerError::Corrupt(format!("slice {}: {e}", k.value())))?;
+                out.push(r);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| unavailable("reader task", e))?
+    }
+}
+
+impl Ledger for RedbLedger {
+    fn submit(&self, ops: Vec<Op>) -> Commit {
+        self.group.submit(ops)
+    }
+
+    fn load(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<SliceRecord>, LedgerError>> + Send + '_>> {
+        Box::pin(self.load_all())
+    }
+
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::tests::record;
+    use greenslice_core::slice::SliceState;
+
+    #[tokio::test]
+    async fn committed_records_survive_reopening_and_removals_stick() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = RedbLedger::open(dir.path()).unwrap();
+            l.commit(&[
+                record("a", SliceState::Pending),
+                record("b", SliceState::Active),
+            ])
+            .await
+            .unwrap();
+            l.commit(&[record("a", SliceState::Active)]).await.unwrap();
+            l.remove(&["b".to_string()]).await.unwrap();
+        }
+        // The committer task may still hold the database for a moment after the ledger is dropped.
+        let l = loop {
+            match RedbLedger::open(dir.path()) {
+                Ok(l) => break l,
+                Err(LedgerError::Config(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let all = l.load().await.unwrap();
+        assert_eq!(all, vec![record("a", SliceState::Active)]);
+    }
+
+    #[tokio::test]
+    async fn a_second_controller_on_the_same_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RedbLedger::open(dir.path()).unwrap();
+        match RedbLedger::open(dir.path()) {
+            Err(LedgerError::Config(m)) => assert!(m.contains("in use"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

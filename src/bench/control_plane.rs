@@ -1,0 +1,427 @@
+//! `greenslice bench control-plane`: how many request+release round trips per second the controller
+//! sustains through its real gRPC API, with simulated node agents confirming every change over
+//! their real session, on a durable ledger; and the latency of each round trip.
+//!
+//! Everything runs in this process on one tokio runtime (clients, controller, agents), so the
+//! numbers are what one machine's cores give all three together. Each round trip is: RequestSlice
+//! (commit PENDING, agent applies, commit ACTIVE) then ReleaseSlice (commit RELEASING, agent tears
+//! down, commit RELEASED): two unary RPCs, two agent commands and four durable commits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use greenslice_agent::backend::sim::Machine;
+use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
+use greenslice_controller::ledger::redb::RedbLedger;
+use greenslice_controller::ledger::{GroupCommit, Ledger, MemoryLedger};
+use greenslice_proto::v1 as pb;
+use pb::tenant_service_client::TenantServiceClient;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::harness::{self, ClusterSpec};
+
+/// Ledger to benchmark on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchLedger {
+    Memory,
+    Redb,
+    Etcd,
+}
+
+/// What each request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchKind {
+    /// A quarter-GPU time-sliced share with 10 GiB (four fit on a GPU).
+    Share,
+    /// One whole GPU.
+    Whole,
+}
+
+/// Arguments of `greenslice bench control-plane`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlPlaneArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub nodes: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gpus_per_node: u32,
+    /// Ledger the controller commits to.
+    #[arg(long, value_enum, default_value_t = BenchLedger::Redb)]
+    pub ledger: BenchLedger,
+    /// Round trips in flight at once (client tasks).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// What each request asks for.
+    #[arg(long, value_enum, default_value_t = BenchKind::Share)]
+    pub kind: BenchKind,
+    /// Client connections the tasks share (HTTP/2 multiplexes many calls on each).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connections: u32,
+    /// Directory for the redb file (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// etcd client URLs, comma-separated (for --ledger etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    fn of(mut v: Vec<u64>) -> Latency {
+        v.sort_unstable();
+        let at = |q: f64| -> u64 {
+            if v.is_empty() {
+                0
+            } else {
+                v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+            }
+        };
+        Latency {
+            p50_us: at(0.50),
+            p90_us: at(0.90),
+            p99_us: at(0.99),
+            max_us: v.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlPlaneReport {
+    pub nodes: u32,
+    pub gpus: u32,
+    pub ledger: BenchLedger,
+    pub kind: BenchKind,
+    pub concurrency: u32,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Request+release round trips completed in the measured window.
+    pub round_trips: u64,
+    /// Round trips per second (each is one allocation made and released).
+    pub round_trips_per_s: f64,
+    /// Round trips that failed (any error).
+    pub errors: u64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+    /// Whole round trip (request then release), per round trip.
+    pub round_trip: Latency,
+    /// RequestSlice alone.
+    pub request: Latency,
+    /// ReleaseSlice alone.
+    pub release: Latency,
+    /// Durable transactions the ledger wrote in the window (0 for memory).
+    pub ledger_transactions: u64,
+    /// Records written per transaction, on average.
+    pub records_per_transaction: f64,
+    /// CPU seconds this process used in the measured window (user + system, all threads; Linux
+    /// only, 0 elsewhere). On a shared machine, round trips per CPU second says what the code
+    /// costs independently of what else runs.
+    pub cpu_seconds: f64,
+    /// Round trips per CPU second of this process.
+    pub round_trips_per_cpu_s: f64,
+}
+
+/// CPU time of this process so far, seconds (Linux: /proc/self/stat, 100 ticks per second).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl ControlPlaneReport {
+    /// A human-readable report.
+    pub fn render(&self) -> String {
+        let l = |x: &Latency| {
+            format!(
+                "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                x.p50_us as f64 / 1e3,
+                x.p90_us as f64 / 1e3,
+                x.p99_us as f64 / 1e3,
+                x.max_us as f64 / 1e3
+            )
+        };
+        format!(
+            "control plane: {} nodes, {} GPUs, ledger {:?}, {:?} slices, {} in flight, {:.1} s\n\
+             round trips (request+release): {} ({:.0}/s), errors {}{}\n\
+             round trip: {}\n\
+             request:    {}\n\
+             release:    {}\n\
+             ledger: {} durable transactions, {:.1} records each\n\
+             cpu: {:.1} s of this process ({:.0}% of one core), {:.0} round trips per CPU second\n",
+            self.nodes,
+            self.gpus,
+            self.ledger,
+            self.kind,
+            self.concurrency,
+            self.seconds,
+            self.round_trips,
+            self.round_trips_per_s,
+            self.errors,
+            self.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            l(&self.round_trip),
+            l(&self.request),
+            l(&self.release),
+            self.ledger_transactions,
+            self.records_per_transaction,
+            self.cpu_seconds,
+            100.0 * self.cpu_seconds / self.seconds,
+            self.round_trips_per_cpu_s,
+        )
+    }
+}
+
+#[derive(Default)]
+struct TaskResult {
+    round_trip: Vec<u64>,
+    request: Vec<u64>,
+    release: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn spec(kind: BenchKind) -> pb::SliceSpec {
+    let kind = match kind {
+        BenchKind::Share => pb::slice_spec::Kind::Share(pb::ShareSlice {
+            compute_fraction: 0.25,
+            memory_bytes: 10 << 30,
+        }),
+        BenchKind::Whole => pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 }),
+    };
+    pb::SliceSpec {
+        kind: Some(kind),
+        ..Default::default()
+    }
+}
+
+/// One client task: request then release, until `stop`; measures only after `measure_from`.
+async fn client(
+    mut c: TenantServiceClient<Channel>,
+    kind: BenchKind,
+    tenant: String,
+    measure_from: Instant,
+    stop: Instant,
+) -> TaskResult {
+    let mut out = TaskResult::default();
+    while Instant::now() < stop {
+        let t0 = Instant::now();
+        let req = c
+            .request_slice(pb::RequestSliceRequest {
+                tenant: tenant.clone(),
+                spec: Some(spec(kind)),
+                idempotency_key: String::new(),
+            })
+            .await;
+        let t1 = Instant::now();
+        let id = match req {
+            Ok(r) => r.into_inner().slice.map(|s| s.id).unwrap_or_default(),
+            Err(e) => {
+                if t0 >= measure_from {
+                    out.errors += 1;
+                    out.first_error
+                        .get_or_insert_with(|| format!("request: {e}"));
+                }
+                continue;
+            }
+        };
+        let rel = c
+            .release_slice(pb::ReleaseSliceRequest { slice_id: id })
+            .await;
+        let t2 = Instant::now();
+        if t0 < measure_from || t2 > stop {
+            continue;
+        }
+        match rel {
+            Ok(_) => {
+                out.request.push((t1 - t0).as_micros() as u64);
+                out.release.push((t2 - t1).as_micros() as u64);
+                out.round_trip.push((t2 - t0).as_micros() as u64);
+            }
+            Err(e) => {
+                out.errors += 1;
+                out.first_error
+                    .get_or_insert_with(|| format!("release: {e}"));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the benchmark and returns what it measured.
+pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
+    if !(a.duration > 0.0 && a.duration.is_finite() && a.warmup >= 0.0 && a.warmup.is_finite()) {
+        anyhow::bail!("--duration must be > 0 and --warmup >= 0 seconds");
+    }
+    let mut _tmp = None;
+    let mut _leadership = None;
+    let mut group: Option<GroupCommit> = None;
+    let ledger: Arc<dyn Ledger> = match a.ledger {
+        BenchLedger::Memory => Arc::new(MemoryLedger::default()),
+        BenchLedger::Redb => {
+            let dir = match &a.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let t = tempfile::tempdir().context("temporary data dir")?;
+                    let p = t.path().to_path_buf();
+                    _tmp = Some(t);
+                    p
+                }
+            };
+            let l = RedbLedger::open(&dir)?;
+            group = Some(l.group().clone());
+            Arc::new(l)
+        }
+        BenchLedger::Etcd => {
+            let cfg = EtcdConfig {
+                endpoints: a.etcd_endpoints.clone(),
+                // A fresh prefix per run: nothing to load, nothing shared with other runs.
+                prefix: format!("/greenslice-bench/{:016x}/", rand::random::<u64>()),
+                ..EtcdConfig::default()
+            };
+            let etcd = Etcd::connect(cfg).await?;
+            let (seen, _) = tokio::sync::watch::channel(None);
+            let me = LeaderInfo {
+                id: format!("bench-{}", std::process::id()),
+                url: "bench".into(),
+            };
+            let leadership = etcd.campaign(&me, &seen).await?;
+            let l = EtcdLedger::new(etcd, &leadership);
+            _leadership = Some(leadership);
+            group = Some(l.group().clone());
+            Arc::new(l)
+        }
+    };
+    let mut nodes = harness::nodes(a.nodes as usize, &[Machine::DgxH100], 0);
+    for n in &mut nodes {
+        n.gpus = a.gpus_per_node;
+    }
+    let mut spec_ = ClusterSpec::new(nodes);
+    spec_.ledger = ledger;
+    let cluster = harness::start(spec_).await?;
+
+    let mut channels = Vec::new();
+    for _ in 0..a.connections {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(cluster.url.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(a.warmup);
+    let stop = measure_from + Duration::from_secs_f64(a.duration);
+    let before = group
+        .clone()
+        .map(|g| tokio::spawn(async move { snapshot(&g, measure_from).await }));
+    let cpu_before = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        cpu_seconds()
+    });
+    let mut tasks = Vec::new();
+    for i in 0..a.concurrency {
+        let ch = channels[i as usize % channels.len()].clone();
+        tasks.push(tokio::spawn(client(
+            TenantServiceClient::new(ch),
+            a.kind,
+            format!("bench-{}", i % 16),
+            measure_from,
+            stop,
+        )));
+    }
+    let cpu_end = tokio::spawn(async move {
+        tokio::time::sleep_until(stop.into()).await;
+        cpu_seconds()
+    });
+    let mut all = TaskResult::default();
+    for t in tasks {
+        let r = t.await?;
+        all.round_trip.extend(r.round_trip);
+        all.request.extend(r.request);
+        all.release.extend(r.release);
+        all.errors += r.errors;
+        if all.first_error.is_none() {
+            all.first_error = r.first_error;
+        }
+    }
+    let (txns, ops) = match (&group, before) {
+        (Some(g), Some(b)) => {
+            let b = b.await?;
+            let s = g.stats();
+            (
+                s.transactions
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .saturating_sub(b.0),
+                s.ops
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .saturating_sub(b.1),
+            )
+        }
+        _ => (0, 0),
+    };
+    let cpu = (cpu_end.await? - cpu_before.await?).max(0.0);
+    cluster.shutdown().await;
+    let n = all.round_trip.len() as u64;
+    Ok(ControlPlaneReport {
+        nodes: a.nodes,
+        gpus: a.nodes * a.gpus_per_node,
+        ledger: a.ledger,
+        kind: a.kind,
+        concurrency: a.concurrency,
+        seconds: a.duration,
+        round_trips: n,
+        round_trips_per_s: n as f64 / a.duration,
+        errors: all.errors,
+        first_error: all.first_error,
+        round_trip: Latency::of(all.round_trip),
+        request: Latency::of(all.request),
+        release: Latency::of(all.release),
+        ledger_transactions: txns,
+        records_per_transaction: if txns > 0 {
+            ops as f64 / txns as f64
+        } else {
+            0.0
+        },
+        cpu_seconds: cpu,
+        round_trips_per_cpu_s: if cpu > 0.0 { n as f64 / cpu } else { 0.0 },
+    })
+}
+
+/// The group-commit counters at `at` (read once the warm-up is over).
+async fn snapshot(g: &GroupCommit, at: Instant) -> (u64, u64) {
+    tokio::time::sleep_until(at.into()).await;
+    let s = g.stats();
+    (
+        s.transactions.load(std::sync::atomic::Ordering::Relaxed),
+        s.ops.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}

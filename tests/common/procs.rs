@@ -1,0 +1,116 @@
+//! Helpers for end-to-end tests that drive the real binaries as separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary. `greenslice` comes from Cargo; `greenslice-controller` and
+/// `greenslice-agent` sit beside it because their packages have integration tests too, so
+/// `cargo test --workspace` builds them.
+pub fn bin(name: &str) -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_greenslice"));
+    if name == "greenslice" {
+        return me;
+    }
+    let p = me.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed when dropped, with the temporary folder it uses (if any).
+pub struct Proc(pub Child, pub Option<tempfile::TempDir>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the controller on an ephemeral port with its redb ledger in a temporary folder; returns
+/// it and its URL.
+pub fn start_controller(extra: &[&str]) -> (Proc, String) {
+    let dir = tempfile::tempdir().expect("temp data dir");
+    let mut child = Command::new(bin("greenslice-controller"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start greenslice-controller");
+    let stdout = child.stdout.take().expect("controller stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read controller address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected controller output {line:?}"))
+        .to_string();
+    (Proc(child, Some(dir)), format!("http://{addr}"))
+}
+
+/// Starts a simulated agent.
+pub fn start_agent(url: &str, node: &str, machine: &str, mig_gpus: u32) -> Proc {
+    let child = Command::new(bin("greenslice-agent"))
+        .args([
+            "--controller",
+            url,
+            "--node",
+            node,
+            "--backend",
+            "sim",
+            "--machine",
+            machine,
+        ])
+        .args(["--mig-gpus", &mig_gpus.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start greenslice-agent");
+    Proc(child, None)
+}
+
+/// Runs the CLI against a controller.
+pub fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(bin("greenslice"))
+        .args(["--controller", url])
+        .args(args)
+        .env_remove("GREENSLICE_TENANT")
+        .output()
+        .expect("run greenslice")
+}
+
+/// Runs the CLI with `-o json` and parses stdout; panics with stderr when it fails.
+pub fn cli_json(url: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["-o", "json"];
+    a.extend_from_slice(args);
+    let out = cli(url, &a);
+    assert!(
+        out.status.success(),
+        "greenslice {args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}"))
+}
+
+/// Polls until `f` returns true or the timeout passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
