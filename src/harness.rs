@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use greenslice_agent::backend::GpuBackend;
 use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
-use greenslice_agent::session::{self, SharedBackend};
+use greenslice_agent::session::{self, SessionConfig, SharedBackend};
 use greenslice_controller::controller::{Controller, CoreConfig};
 use greenslice_controller::ledger::{Ledger, MemoryLedger};
 use greenslice_controller::placement::{FirstFit, Policy};
@@ -29,7 +29,11 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     pub ledger: Arc<dyn Ledger>,
     pub policy: Box<dyn Policy>,
+    /// The controller's clock, also the simulated GPUs' clock (samples carry its time).
     pub clock: Arc<dyn Clock>,
+    /// How often agents sample and send batches (real time); default 1 s and 5 s.
+    pub sample_interval: Duration,
+    pub batch_interval: Duration,
 }
 
 impl ClusterSpec {
@@ -40,6 +44,8 @@ impl ClusterSpec {
             ledger: Arc::new(MemoryLedger::default()),
             policy: Box::new(FirstFit),
             clock: Arc::new(SystemClock),
+            sample_interval: Duration::from_secs(1),
+            batch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -52,6 +58,7 @@ pub struct Cluster {
     /// Each node's backend, by node name, for tests to inspect or perturb.
     pub backends: Vec<(String, SharedBackend)>,
     agents: Vec<JoinHandle<()>>,
+    sampling: (Duration, Duration),
     server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -67,10 +74,22 @@ pub fn nodes(count: usize, machines: &[Machine], mig_gpus: u32) -> Vec<NodeSpec>
         .collect()
 }
 
+fn session_config(url: &str, node: &str, sampling: (Duration, Duration)) -> SessionConfig {
+    let mut c = SessionConfig::new(url, node);
+    c.sample_interval = sampling.0;
+    c.batch_interval = sampling.1;
+    c
+}
+
 /// Starts the controller and the agents, and waits until every agent has registered.
 pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
-    let controller =
-        Controller::new(spec.ledger, spec.policy, spec.clock, CoreConfig::default()).await?;
+    let controller = Controller::new(
+        spec.ledger,
+        spec.policy,
+        spec.clock.clone(),
+        CoreConfig::default(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -84,16 +103,15 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
     let mut backends = Vec::new();
     let mut agents = Vec::new();
     for n in &spec.nodes {
-        let mut c = SimConfig::new(&n.name, n.machine);
+        let mut c = SimConfig::new(&n.name, n.machine).with_clock(spec.clock.clone());
         c.gpus = n.gpus;
         c.mig_gpus = n.mig_gpus;
         let b: Box<dyn GpuBackend> =
             Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
         let shared: SharedBackend = Arc::new(Mutex::new(b));
         backends.push((n.name.clone(), shared.clone()));
-        agents.push(tokio::spawn(session::run(
-            url.clone(),
-            n.name.clone(),
+        agents.push(tokio::spawn(session::run_with(
+            session_config(&url, &n.name, (spec.sample_interval, spec.batch_interval)),
             shared,
         )));
     }
@@ -113,6 +131,7 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         controller,
         backends,
         agents,
+        sampling: (spec.sample_interval, spec.batch_interval),
         server: Some((stop_tx, server)),
     })
 }
@@ -134,7 +153,10 @@ impl Cluster {
         match self.backends.iter().position(|(n, _)| n == node) {
             Some(i) => {
                 let b = self.backends[i].1.clone();
-                self.agents[i] = tokio::spawn(session::run(self.url.clone(), node.to_string(), b));
+                self.agents[i] = tokio::spawn(session::run_with(
+                    session_config(&self.url, node, self.sampling),
+                    b,
+                ));
                 true
             }
             None => false,

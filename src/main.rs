@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod output;
+mod reclaim_cli;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,10 @@ enum Command {
     },
     /// Nodes, GPUs, slices and free capacity.
     Inventory,
+    /// Utilization history of a slice, a tenant's slices or a node's GPUs, and idle state.
+    Usage(reclaim_cli::UsageArgs),
+    /// Keep a slice from idle reclaim for a while.
+    Keep(reclaim_cli::KeepArgs),
     /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
     Demo(demo::DemoArgs),
 }
@@ -76,6 +81,8 @@ async fn main() -> ExitCode {
         Command::Release { slice } => cli::release(&cli.controller, fmt, &slice).await,
         Command::Watch { tenant } => cli::watch(&cli.controller, fmt, tenant).await,
         Command::Inventory => cli::inventory(&cli.controller, fmt).await,
+        Command::Usage(a) => reclaim_cli::usage(&cli.controller, fmt, a).await,
+        Command::Keep(a) => reclaim_cli::keep(&cli.controller, fmt, a).await,
         Command::Demo(a) => demo::run(a).await,
     };
     match result {

@@ -12,6 +12,10 @@ pub struct ControllerConfig {
     pub policy: String,
     /// Seconds to wait for an agent to confirm a command.
     pub command_timeout_s: u64,
+    /// Address to serve Prometheus metrics on (`/metrics`); empty: not served.
+    pub metrics_listen: String,
+    /// The idle policy (`[idle]`; see [`crate::reclaim::policy`]).
+    pub idle: crate::reclaim::IdlePolicy,
 }
 
 impl Default for ControllerConfig {
@@ -20,6 +24,8 @@ impl Default for ControllerConfig {
             listen: "127.0.0.1:7070".into(),
             policy: "first-fit".into(),
             command_timeout_s: 10,
+            metrics_listen: String::new(),
+            idle: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`agents`]: connected node agents and commands in flight.
 //! - [`energy`]: measured energy per GPU, its exact attribution to tenants, and CO2e.
 //! - [`telemetry`]: utilization, power and energy samples from the agents.
+//! - [`reclaim`]: the idle policy, idle reclaim and MIG re-layout; [`metrics`]: Prometheus.
 //! - [`api`]: the gRPC services; [`server`] serves them.
 
 pub mod agents;
@@ -16,7 +17,9 @@ pub mod controller;
 pub mod energy;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod placement;
+pub mod reclaim;
 pub mod server;
 pub mod slice;
 pub mod state;

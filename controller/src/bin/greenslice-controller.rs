@@ -23,6 +23,9 @@ struct Args {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on, at /metrics [config: metrics_listen; default: off].
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -47,6 +50,9 @@ async fn main() -> ExitCode {
     if let Some(l) = args.listen {
         cfg.listen = l;
     }
+    if let Some(m) = args.metrics_listen {
+        cfg.metrics_listen = m;
+    }
     let core = CoreConfig {
         command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
     };
@@ -64,6 +70,31 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = controller.reclaim.set_policy(cfg.idle.clone()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let _reclaimer = greenslice_controller::reclaim::spawn(controller.clone());
+    if !cfg.metrics_listen.is_empty() {
+        let ml = match tokio::net::TcpListener::bind(&cfg.metrics_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot listen on {} for metrics: {e}",
+                    cfg.metrics_listen
+                );
+                return ExitCode::from(1);
+            }
+        };
+        if let Ok(a) = ml.local_addr() {
+            info!(addr = %a, "metrics at /metrics");
+        }
+        tokio::spawn(greenslice_controller::metrics::serve_controller(
+            controller.clone(),
+            ml,
+            std::future::pending(),
+        ));
+    }
     let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
