@@ -371,3 +371,228 @@ async fn an_interrupted_reclaim_completes_after_reconnect_without_leaking_the_mi
     assert_eq!(again.gpu_uuids[0], gpu);
     e.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayout_repartitions_free_instances_and_never_touches_one_in_use() {
+    use greenslice_core::mig;
+    let mut e = env(IdlePolicy::default(), Machine::DgxH100, 1, 1).await;
+    // A slice in use: a 3g instance with a running process.
+    let a = e.request(mig("3g.40gb"), "").await;
+    let gpu = a.gpu_uuids[0].clone();
+    let a_mig = a.mig.clone().unwrap();
+    e.set_workload(&a.id, Workload::Busy { util: 0.9 });
+    let backend = e.cluster.backends[0].1.clone();
+    let pid_of = |gi: u32| {
+        let mut b = backend.lock().unwrap();
+        b.sample().unwrap().gpus[0]
+            .processes
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.pid)
+    };
+    let a_pid = pid_of(a_mig.gpu_instance_id).expect("slice A runs a process");
+    // Leftover 1g instances fill the rest of the GPU (made outside this controller's slices): the
+    // last one runs a process, the others are free.
+    let leftovers: Vec<(String, u32, u8)> = {
+        let mut b = e.cluster.backends[0].1.lock().unwrap();
+        let mut out = Vec::new();
+        loop {
+            let g = b.inventory().unwrap().remove(0);
+            let Some(&start) = mig::free_starts(&g.model, &g.mig_layout(), "1g.10gb").first()
+            else {
+                break;
+            };
+            let id = format!("s-leftover-{start}");
+            let (inst, _) = b.create_mig(&gpu, "1g.10gb", start, &id).unwrap();
+            out.push((id, inst.gpu_instance_id, start));
+        }
+        let sim = b.as_sim_mut().unwrap();
+        for (i, (id, _, _)) in out.iter().enumerate() {
+            let w = if i + 1 == out.len() {
+                Workload::Busy { util: 0.5 }
+            } else {
+                Workload::Finished
+            };
+            sim.set_workload(id, w).unwrap();
+        }
+        out
+    };
+    assert!(leftovers.len() >= 3, "{leftovers:?}");
+    // The agent re-registers with the new layout, and a fresh sample shows what runs where.
+    e.cluster.kill_agent("n1");
+    e.cluster.restart_agent("n1");
+    e.clock.advance(1_000);
+    for _ in 0..1000 {
+        let fresh = e
+            .cluster
+            .controller
+            .telemetry
+            .latest(&gpu)
+            .is_some_and(|s| s.at_unix_ms >= e.clock.now());
+        let seen = e
+            .cluster
+            .controller
+            .with_state(|st| st.nodes["n1"].gpus[0].mig_instances.len() == leftovers.len() + 1);
+        if fresh && seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A 2g instance fits nowhere as things are; the controller destroys free instances to fit it.
+    let b2 = e.request(mig("2g.20gb"), "").await;
+    assert_eq!(b2.gpu_uuids[0], gpu);
+    let inv = {
+        let mut b = e.cluster.backends[0].1.lock().unwrap();
+        b.inventory().unwrap().remove(0)
+    };
+    // The instance in use keeps its UUID and its process.
+    let a_now = inv
+        .mig_instances
+        .iter()
+        .find(|i| i.gpu_instance_id == a_mig.gpu_instance_id)
+        .expect("slice A's instance survives");
+    assert_eq!(a_now.mig_uuid, a_mig.mig_uuid);
+    assert_eq!(pid_of(a_mig.gpu_instance_id), Some(a_pid));
+    // The busy leftover survives; only free ones in the way were destroyed.
+    let (_, busy_gi, _) = leftovers.last().unwrap();
+    assert!(
+        inv.mig_instances
+            .iter()
+            .any(|i| i.gpu_instance_id == *busy_gi)
+    );
+    let destroyed = leftovers
+        .iter()
+        .filter(|(_, gi, _)| !inv.mig_instances.iter().any(|i| i.gpu_instance_id == *gi))
+        .count();
+    assert_eq!(destroyed, 2, "{:?}", inv.mig_instances);
+    assert_eq!(e.state(&a.id), SliceState::Active);
+    e.cluster.shutdown().await;
+}
+
+/// Runs `promtool check metrics` on `text`. Skips (with a message) when promtool is missing, unless
+/// GREENSLICE_REQUIRE_PROMTOOL is set (CI), where a missing promtool fails the test.
+fn promtool_check(what: &str, text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("GREENSLICE_REQUIRE_PROMTOOL").is_none(),
+                "GREENSLICE_REQUIRE_PROMTOOL is set but promtool cannot run ({e}); install Debian's `prometheus` package"
+            );
+            eprintln!(
+                "SKIPPED promtool check of {what}: promtool not found ({e}); apt-get install prometheus"
+            );
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed for {what}:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// GET http://addr/metrics with a plain HTTP/1.0 request; returns the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_and_pass_promtool() {
+    let e = env(IdlePolicy::default(), Machine::DgxH100, 8, 2).await;
+    let s = e.request(whole(1), "").await;
+    let m = e.request(mig("1g.10gb"), "").await;
+    e.set_workload(&s.id, Workload::Idle);
+    e.set_workload(&m.id, Workload::Busy { util: 0.5 });
+    let a = e.run(&s.id, 90).await;
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Reclaim { .. })),
+        "{a:?}"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(greenslice_controller::metrics::serve_controller(
+        e.cluster.controller.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let body = scrape(addr).await;
+    for want in [
+        "greenslice_gpu_utilization_ratio{",
+        "greenslice_slice_utilization_ratio{",
+        "greenslice_idle_allocated_gpus{",
+        "greenslice_idle_warnings_total{reason=\"idle\"} 1",
+        "greenslice_reclaims_total{reason=\"idle\"} 1",
+        "greenslice_agent_sample_lag_seconds{node=\"n1\"}",
+        "greenslice_telemetry_history_bytes",
+    ] {
+        assert!(body.contains(want), "missing {want} in\n{body}");
+    }
+    promtool_check("controller /metrics", &body);
+
+    // The agent's metrics, after a few sampling passes.
+    let am = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
+    let mut cfg = greenslice_agent::session::SessionConfig::new(&e.cluster.url, "n2");
+    cfg.sample_interval = Duration::from_millis(5);
+    cfg.batch_interval = Duration::from_millis(20);
+    cfg.metrics = Some(am.clone());
+    let backend = greenslice_agent::backend::sim::SimBackend::new(
+        greenslice_agent::backend::sim::SimConfig::new("n2", Machine::DgxA100_40),
+    )
+    .unwrap();
+    let agent = tokio::spawn(greenslice_agent::session::run_with(
+        cfg,
+        Arc::new(std::sync::Mutex::new(Box::new(backend))),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(greenslice_agent::metrics::serve(
+        am.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    for _ in 0..400 {
+        if am.batches_sent.get() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let body = scrape(addr).await;
+    assert!(body.contains("greenslice_agent_samples_total "), "{body}");
+    assert!(
+        body.contains("greenslice_agent_sample_lag_seconds "),
+        "{body}"
+    );
+    promtool_check("agent /metrics", &body);
+    agent.abort();
+    e.cluster.shutdown().await;
+}

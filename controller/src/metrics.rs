@@ -277,22 +277,36 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let r = render.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    r(),
-                )
-            }
+            async move { exposition(&headers, &r()) }
         }),
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The body in the format the scraper asked for: OpenMetrics, or the classic text format.
+pub fn exposition(
+    headers: &axum::http::HeaderMap,
+    openmetrics: &str,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    use greenslice_core::expfmt;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if expfmt::wants_openmetrics(accept) {
+        (
+            [(axum::http::header::CONTENT_TYPE, expfmt::OPENMETRICS)],
+            openmetrics.to_string(),
+        )
+    } else {
+        (
+            [(axum::http::header::CONTENT_TYPE, expfmt::PROMETHEUS_TEXT)],
+            expfmt::openmetrics_to_prometheus_text(openmetrics),
+        )
+    }
 }
 
 /// Serves the controller's metrics (refreshed on every scrape).

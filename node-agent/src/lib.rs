@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod metrics;
 pub mod session;
 pub mod usage;
 

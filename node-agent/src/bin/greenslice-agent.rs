@@ -37,6 +37,9 @@ struct Args {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on, at /metrics (default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// One-shot: print the inventory, MIG placements and --samples samples as JSON lines on stdout,
     /// then exit (no controller). Read-only unless the config sets mig.manage.
     #[arg(long)]
@@ -208,8 +211,28 @@ async fn main() -> ExitCode {
     }
     info!(node = %cfg.node, backend = backend.kind(), controller = %cfg.controller, "agent starting");
     let shared = Arc::new(Mutex::new(backend));
+    let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
+    if let Some(addr) = &args.metrics_listen {
+        let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} for metrics: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Ok(a) = listener.local_addr() {
+            info!(addr = %a, "metrics at /metrics");
+        }
+        tokio::spawn(greenslice_agent::metrics::serve(
+            metrics.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        session.metrics = Some(metrics);
+    }
     tokio::select! {
-        _ = greenslice_agent::session::run(cfg.controller, cfg.node, shared) => {}
+        _ = greenslice_agent::session::run_with(session, shared) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; exiting"),
     }
     ExitCode::SUCCESS
