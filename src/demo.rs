@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use greenslice::harness::{self, ClusterSpec};
-use greenslice_agent::backend::sim::Machine;
+use greenslice_agent::backend::sim::{Machine, Workload};
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::mig;
 use greenslice_proto::v1 as pb;
@@ -43,6 +43,41 @@ pub struct DemoArgs {
     /// Mean lifetime of a slice, in arrivals.
     #[arg(long, default_value_t = 60.0)]
     pub mean_lifetime: f64,
+    /// How much faster than real time the simulated clock runs (600: a second is ten minutes).
+    #[arg(long, default_value_t = 600.0)]
+    pub speedup: f64,
+    /// Real milliseconds between arrivals (the run lasts about requests x pace).
+    #[arg(long, default_value_t = 4)]
+    pub pace_ms: u64,
+    /// Folder for the run's energy report (report.html, report.json, report.csv).
+    #[arg(long, default_value = "greenslice-demo")]
+    pub out: std::path::PathBuf,
+}
+
+/// A workload for a new slice: mostly busy, some bursty, some idle or finished-but-held.
+fn synth_workload(rng: &mut ChaCha8Rng) -> Workload {
+    let r: f64 = rng.random();
+    if r < 0.45 {
+        Workload::Busy {
+            util: rng.random_range(0.3..0.95),
+        }
+    } else if r < 0.70 {
+        Workload::Bursty {
+            peak: rng.random_range(0.6..1.0),
+            duty: rng.random_range(0.2..0.7),
+            burst_ms: 120_000,
+        }
+    } else if r < 0.85 {
+        Workload::IdleStretches {
+            util: 0.7,
+            busy_ms: 20 * 60_000,
+            idle_ms: 40 * 60_000,
+        }
+    } else if r < 0.95 {
+        Workload::Idle
+    } else {
+        Workload::Finished
+    }
 }
 
 const TENANTS: [&str; 5] = ["vision", "nlp", "recsys", "speech", "research"];
@@ -121,9 +156,21 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if !(a.mean_lifetime.is_finite() && a.mean_lifetime >= 1.0) {
         return Err(crate::cli::ArgError("--mean-lifetime must be >= 1".into()).into());
     }
+    if !(a.speedup.is_finite() && (1.0..=100_000.0).contains(&a.speedup)) {
+        return Err(crate::cli::ArgError("--speedup must be within 1..=100000".into()).into());
+    }
     let started = Instant::now();
     let nodes = harness::nodes(a.nodes as usize, &machines, a.mig_gpus);
-    let cluster = harness::start(ClusterSpec::new(nodes)).await?;
+    let mut spec = ClusterSpec::new(nodes);
+    let start_ms = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
+    spec.clock = std::sync::Arc::new(greenslice_core::clock::ScaledClock::new(
+        start_ms, a.speedup,
+    ));
+    // Agents sample every 5 simulated seconds and send every simulated minute.
+    spec.sample_interval = std::time::Duration::from_secs_f64(5.0 / a.speedup);
+    spec.batch_interval = std::time::Duration::from_secs_f64(60.0 / a.speedup);
+    let batch_interval = spec.batch_interval;
+    let cluster = harness::start(spec).await?;
     println!(
         "greenslice demo: controller at {} (in-memory ledger), {} simulated nodes ({}), {} GPUs per node in MIG mode, seed {}",
         cluster.url,
@@ -187,6 +234,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         match res {
             Ok(r) => {
                 let s = r.into_inner().slice.context("no slice in answer")?;
+                let w = synth_workload(&mut rng);
+                cluster.with_sim(&s.node, |sim| sim.set_workload(&s.id, w));
                 held.push((s.id, t.to_string()));
                 by_kind.entry(kind).or_default().placed += 1;
                 by_tenant.entry(t).or_default().placed += 1;
@@ -217,6 +266,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             ));
         }
         bar.inc(1);
+        if a.pace_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(a.pace_ms)).await;
+        }
     }
     bar.finish_and_clear();
     let inv_end = ops.inventory(pb::InventoryRequest {}).await?.into_inner();
@@ -304,6 +356,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         inv_end.slices.len()
     );
 
+    // The run's energy report, from the samples the agents streamed.
+    tokio::time::sleep(batch_interval * 2).await;
+    let report = greenslice_controller::api::ops::energy_report(&cluster.controller, 0, 0, "")
+        .map_err(|s| anyhow::anyhow!("energy report: {}", s.message()))?;
+    write_report(&report, &a.out)?;
+
     // Release everything and check all capacity came back.
     for (id, _) in held.drain(..) {
         tenant
@@ -328,5 +386,47 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             inv.slices.len()
         );
     }
+    Ok(())
+}
+
+/// Writes the report as HTML, JSON and CSV into `dir` and prints its headline and where it is.
+fn write_report(
+    r: &greenslice_controller::report::Report,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use crate::report_cmd::{ReportFormat, render};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, f) in [
+        ("report.html", ReportFormat::Html),
+        ("report.json", ReportFormat::Json),
+        ("report.csv", ReportFormat::Csv),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, render(r, f)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let c = &r.cluster;
+    let hours = (r.series.starts.len() as u64 * r.series.bucket_ms) as f64 / 3.6e6;
+    println!(
+        "\nEnergy over {:.1} simulated hours: {:.2} kWh measured on {} GPUs ({} intervals, {} estimated) = tenants {:.2} + unattributed {:.2} + unallocated idle {:.2} kWh; {:.1} kg CO2e{}",
+        hours,
+        c.measured_kwh,
+        r.gpus.len(),
+        r.intervals,
+        r.estimated_intervals,
+        c.tenants_mj as f64 / greenslice_controller::report::MJ_PER_KWH,
+        c.unattributed_mj as f64 / greenslice_controller::report::MJ_PER_KWH,
+        c.unallocated_idle_mj as f64 / greenslice_controller::report::MJ_PER_KWH,
+        c.co2e_kg,
+        if r.co2e_is_estimate {
+            " (default factors: estimate)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "Sharing saved {:.2} kWh ({:.1}%) against dedicated whole GPUs for the same work",
+        r.comparison.saved_kwh, r.comparison.saved_pct
+    );
+    println!("Report: {}", dir.join("report.html").display());
     Ok(())
 }

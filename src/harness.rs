@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use greenslice_agent::backend::GpuBackend;
 use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
-use greenslice_agent::session::{self, SessionConfig, SharedBackend};
+use greenslice_agent::session::{self, SharedBackend};
 use greenslice_controller::controller::{Controller, CoreConfig};
 use greenslice_controller::ledger::{Ledger, MemoryLedger};
-use greenslice_controller::placement::{FirstFit, Policy};
+use greenslice_controller::placement::{Policy, default_policy};
 use greenslice_core::clock::{Clock, SystemClock};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -29,9 +29,9 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     pub ledger: Arc<dyn Ledger>,
     pub policy: Box<dyn Policy>,
-    /// The controller's clock, also the simulated GPUs' clock (samples carry its time).
+    /// The clock of the controller and every simulated node.
     pub clock: Arc<dyn Clock>,
-    /// How often agents sample and send batches (real time); default 1 s and 5 s.
+    /// How often agents sample and send samples.
     pub sample_interval: Duration,
     pub batch_interval: Duration,
 }
@@ -42,7 +42,7 @@ impl ClusterSpec {
         ClusterSpec {
             nodes,
             ledger: Arc::new(MemoryLedger::default()),
-            policy: Box::new(FirstFit),
+            policy: default_policy(),
             clock: Arc::new(SystemClock),
             sample_interval: Duration::from_secs(1),
             batch_interval: Duration::from_secs(5),
@@ -58,7 +58,7 @@ pub struct Cluster {
     /// Each node's backend, by node name, for tests to inspect or perturb.
     pub backends: Vec<(String, SharedBackend)>,
     agents: Vec<JoinHandle<()>>,
-    sampling: (Duration, Duration),
+    sessions: Vec<session::SessionConfig>,
     server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -72,13 +72,6 @@ pub fn nodes(count: usize, machines: &[Machine], mig_gpus: u32) -> Vec<NodeSpec>
             mig_gpus,
         })
         .collect()
-}
-
-fn session_config(url: &str, node: &str, sampling: (Duration, Duration)) -> SessionConfig {
-    let mut c = SessionConfig::new(url, node);
-    c.sample_interval = sampling.0;
-    c.batch_interval = sampling.1;
-    c
 }
 
 /// Starts the controller and the agents, and waits until every agent has registered.
@@ -102,6 +95,7 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
     ));
     let mut backends = Vec::new();
     let mut agents = Vec::new();
+    let mut sessions = Vec::new();
     for n in &spec.nodes {
         let mut c = SimConfig::new(&n.name, n.machine).with_clock(spec.clock.clone());
         c.gpus = n.gpus;
@@ -110,10 +104,11 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
             Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
         let shared: SharedBackend = Arc::new(Mutex::new(b));
         backends.push((n.name.clone(), shared.clone()));
-        agents.push(tokio::spawn(session::run_with(
-            session_config(&url, &n.name, (spec.sample_interval, spec.batch_interval)),
-            shared,
-        )));
+        let mut sc = session::SessionConfig::new(&url, &n.name);
+        sc.sample_interval = spec.sample_interval;
+        sc.batch_interval = spec.batch_interval;
+        agents.push(tokio::spawn(session::run_with(sc.clone(), shared)));
+        sessions.push(sc);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -131,7 +126,7 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         controller,
         backends,
         agents,
-        sampling: (spec.sample_interval, spec.batch_interval),
+        sessions,
         server: Some((stop_tx, server)),
     })
 }
@@ -153,14 +148,18 @@ impl Cluster {
         match self.backends.iter().position(|(n, _)| n == node) {
             Some(i) => {
                 let b = self.backends[i].1.clone();
-                self.agents[i] = tokio::spawn(session::run_with(
-                    session_config(&self.url, node, self.sampling),
-                    b,
-                ));
+                self.agents[i] = tokio::spawn(session::run_with(self.sessions[i].clone(), b));
                 true
             }
             None => false,
         }
+    }
+
+    /// Runs `f` on a node's simulator (to set workloads, reload the driver, mark GPUs unhealthy).
+    pub fn with_sim<R>(&self, node: &str, f: impl FnOnce(&mut SimBackend) -> R) -> Option<R> {
+        let (_, b) = self.backends.iter().find(|(n, _)| n == node)?;
+        let mut guard = b.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_sim_mut().map(f)
     }
 
     /// Stops agents and the server.

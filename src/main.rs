@@ -4,6 +4,7 @@ mod cli;
 mod demo;
 mod output;
 mod reclaim_cli;
+mod report_cmd;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,11 @@ enum Command {
     Usage(reclaim_cli::UsageArgs),
     /// Keep a slice from idle reclaim for a while.
     Keep(reclaim_cli::KeepArgs),
+    /// Per-tenant energy and CO2e report (table, JSON, CSV or self-contained HTML).
+    Report(report_cmd::ReportArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(greenslice::bench::BenchCommand),
     /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
     Demo(demo::DemoArgs),
 }
@@ -83,7 +89,9 @@ async fn main() -> ExitCode {
         Command::Inventory => cli::inventory(&cli.controller, fmt).await,
         Command::Usage(a) => reclaim_cli::usage(&cli.controller, fmt, a).await,
         Command::Keep(a) => reclaim_cli::keep(&cli.controller, fmt, a).await,
+        Command::Report(a) => report_cmd::run(&cli.controller, a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

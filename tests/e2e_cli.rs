@@ -186,6 +186,19 @@ fn cli_exit_codes_follow_the_grpc_status() {
         ],
     );
     assert_eq!(out.status.code(), Some(2));
+    // The energy report: JSON parses; a bad time is refused before any RPC.
+    let rep = cli(&url, &["report", "--format", "json"]);
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert!(doc["tenants"].is_array() && doc["cluster"]["measured_mj"].is_u64());
+    let out = cli(&url, &["report", "--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&url, &["report", "--from", "-1h", "--to", "-2h"]);
+    assert_eq!(out.status.code(), Some(2));
     // Controller unreachable -> 5.
     let out = cli("http://127.0.0.1:1", &["inventory"]);
     assert_eq!(out.status.code(), Some(5));

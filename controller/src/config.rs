@@ -8,7 +8,7 @@ use serde::Deserialize;
 pub struct ControllerConfig {
     /// Address to serve gRPC on.
     pub listen: String,
-    /// Placement policy name.
+    /// Placement policy name (`fgd-balanced`, the default; `fgd`, `best-fit`, ...; see placement).
     pub policy: String,
     /// Seconds to wait for an agent to confirm a command.
     pub command_timeout_s: u64,
@@ -22,7 +22,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             listen: "127.0.0.1:7070".into(),
-            policy: "first-fit".into(),
+            policy: "fgd-balanced".into(),
             command_timeout_s: 10,
             metrics_listen: String::new(),
             idle: Default::default(),

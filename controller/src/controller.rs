@@ -59,6 +59,8 @@ pub struct Controller {
     pub reclaim: crate::reclaim::Reclaimer,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Energy attribution of the samples.
+    energy: Mutex<crate::energy::accounting::Accountant>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -107,6 +109,9 @@ impl Controller {
             telemetry: Default::default(),
             reclaim: Default::default(),
             metrics: Default::default(),
+            energy: Mutex::new(crate::energy::accounting::Accountant::new(
+                Default::default(),
+            )),
         }))
     }
 
@@ -601,10 +606,54 @@ impl Controller {
         }
     }
 
-    /// Takes a batch of samples from a node's agent.
+    /// Takes a batch of samples from a node's agent: keeps them, and attributes the energy of every
+    /// attribution window they close.
     pub fn ingest_samples(&self, node: &str, batch: &pb::SampleBatch) {
         let accepted = self.telemetry.ingest(node, batch);
         crate::reclaim::record_usage(self, node, &accepted);
+        if accepted.is_empty() {
+            return;
+        }
+        let st = self.lock();
+        let model_of = |gpu: &str| {
+            st.nodes
+                .get(node)
+                .and_then(|n| n.gpus.iter().find(|g| g.uuid == gpu))
+                .map(|g| g.model.name().to_string())
+                .unwrap_or_default()
+        };
+        let holders = |gpu: &str, iv: crate::energy::Interval| holders_of(&st, gpu, iv);
+        self.energy_lock()
+            .ingest(node, &model_of, &accepted, &holders);
+    }
+
+    fn energy_lock(&self) -> MutexGuard<'_, crate::energy::accounting::Accountant> {
+        self.energy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the energy accounting settings (site carbon factors, window, policy). Intervals
+    /// already accounted are dropped: call this before samples arrive.
+    pub fn configure_energy(&self, config: crate::energy::accounting::AccountingConfig) {
+        *self.energy_lock() = crate::energy::accounting::Accountant::new(config);
+    }
+
+    /// The activity threshold (percent of capacity) under which held capacity counts as idle.
+    pub fn idle_threshold_pct(&self) -> f64 {
+        self.energy_lock().config().idle_threshold_pct
+    }
+
+    /// Attributed energy intervals overlapping `[from_ms, to_ms)`, and the accounting settings.
+    pub fn energy_records(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> (
+        Vec<crate::energy::accounting::IntervalRecord>,
+        crate::energy::StaticPolicy,
+        u64,
+    ) {
+        let e = self.energy_lock();
+        (e.records(from_ms, to_ms), e.config().policy, e.skipped)
     }
 
     /// Marks a node disconnected: nothing new is placed there; its slices are kept.
@@ -633,6 +682,59 @@ impl Controller {
             .collect();
         (nodes, view, slices)
     }
+}
+
+/// The slices that held `gpu` during `iv`, with the capacity they held and for how long.
+/// A slice holds its capacity from its creation until it is released (failed slices never held any).
+fn holders_of(
+    st: &ClusterState,
+    gpu: &str,
+    iv: crate::energy::Interval,
+) -> Vec<crate::energy::Holder> {
+    use crate::energy::{Capacity, Holder};
+    let model = st
+        .nodes
+        .values()
+        .flat_map(|n| &n.gpus)
+        .find(|g| g.uuid == gpu)
+        .map(|g| g.model.clone());
+    let mut out: Vec<Holder> = st
+        .slices
+        .values()
+        .filter(|s| s.state != SliceState::Failed && s.gpus.iter().any(|g| g == gpu))
+        .filter_map(|s| {
+            let from = u64::try_from(s.created_ms).ok()?;
+            let to = if s.state.is_terminal() {
+                u64::try_from(s.updated_ms).ok()?
+            } else {
+                u64::MAX
+            };
+            let held_ms = to.min(iv.end_ms).saturating_sub(from.max(iv.start_ms));
+            if held_ms == 0 {
+                return None;
+            }
+            let capacity = match &s.spec.kind {
+                SliceKind::Whole { .. } => Capacity::WHOLE,
+                SliceKind::Mig { profile } => {
+                    let p = model
+                        .as_ref()
+                        .and_then(|m| greenslice_core::mig::profile(m, profile))?;
+                    Capacity::mig_compute_slices(p.compute_slices).ok()?
+                }
+                SliceKind::Share {
+                    compute_fraction, ..
+                } => Capacity::from_fraction(*compute_fraction).ok()?,
+            };
+            Some(Holder {
+                slice_id: s.id.clone(),
+                tenant: s.tenant.clone(),
+                capacity,
+                held_ms,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.slice_id.cmp(&b.slice_id));
+    out
 }
 
 /// Refuses a MIG profile that no GPU of the (requested) model in the cluster has, listing valid ones.

@@ -29,6 +29,7 @@ pub struct AgentConfig {
     pub sim: SimSection,
     pub mig: MigSection,
     pub mps: MpsSection,
+    pub kubelet: KubeletSection,
 }
 
 /// `[sim]`: the simulated machine.
@@ -59,6 +60,68 @@ pub struct MpsSection {
     pub pipe_dir: String,
 }
 
+/// What the agent does about idle pods (reclaim for kubelet allocations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PodReclaim {
+    /// Report idle pods to the controller only (default).
+    #[default]
+    Report,
+    /// Allow the controller to have idle pods evicted. A policy switch only for now: it is reported
+    /// to the controller (`KubeletAllocations.eviction_allowed`); nothing evicts pods yet.
+    Evict,
+}
+
+/// `[kubelet]`: the kubelet device plugin and pod-resources reporting (see docs/KUBERNETES.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeletSection {
+    /// Serve the kubelet's device-plugin API (default false; `--kubelet` also turns it on).
+    pub enabled: bool,
+    /// The kubelet's device-plugins folder: holds kubelet.sock and the agent's endpoints.
+    pub device_plugin_dir: String,
+    /// The kubelet's pod-resources socket.
+    pub pod_resources_socket: String,
+    /// Indices of non-MIG GPUs offered as `greenslice.io/gpu-share` units (1% of a GPU each)
+    /// instead of `greenslice.io/gpu`. Default none.
+    pub share_gpus: Vec<u32>,
+    /// Enforce shares through MPS: Allocate gives CUDA_MPS_ACTIVE_THREAD_PERCENTAGE,
+    /// CUDA_MPS_PINNED_DEVICE_MEM_LIMIT and CUDA_MPS_PIPE_DIRECTORY (`mps.pipe_dir`, mounted into
+    /// the container). Needs an MPS control daemon per share GPU. Default true.
+    pub share_mps: bool,
+    /// Ask the controller's placement in GetPreferredAllocation (default true; local choice when
+    /// it does not answer).
+    pub controller_placement: bool,
+    /// How long to wait for the controller's choice, ms.
+    pub placement_timeout_ms: u64,
+    /// How often to read the GPU inventory for device health, ms.
+    pub health_interval_ms: u64,
+    /// How often to check the endpoints and the kubelet socket (kubelet restarts), ms.
+    pub kubelet_poll_ms: u64,
+    /// How often to read pod-resources and report kubelet allocations, ms.
+    pub pod_resources_interval_ms: u64,
+    /// Idle pods: "report" (default) or "evict".
+    pub pod_reclaim: PodReclaim,
+}
+
+impl Default for KubeletSection {
+    fn default() -> Self {
+        KubeletSection {
+            enabled: false,
+            device_plugin_dir: "/var/lib/kubelet/device-plugins".into(),
+            pod_resources_socket: "/var/lib/kubelet/pod-resources/kubelet.sock".into(),
+            share_gpus: Vec::new(),
+            share_mps: true,
+            controller_placement: true,
+            placement_timeout_ms: 2_000,
+            health_interval_ms: 5_000,
+            kubelet_poll_ms: 1_000,
+            pod_resources_interval_ms: 10_000,
+            pod_reclaim: PodReclaim::Report,
+        }
+    }
+}
+
 impl Default for SimSection {
     fn default() -> Self {
         SimSection {
@@ -86,6 +149,7 @@ impl Default for AgentConfig {
             sim: SimSection::default(),
             mig: MigSection::default(),
             mps: MpsSection::default(),
+            kubelet: KubeletSection::default(),
         }
     }
 }
@@ -162,6 +226,27 @@ manage = true
     fn refuses_unknown_keys() {
         let e = AgentConfig::parse("nod = \"x\"").unwrap_err().to_string();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn parses_the_kubelet_section() {
+        let c = AgentConfig::parse(
+            r#"
+[kubelet]
+enabled = true
+share_gpus = [6, 7]
+pod_reclaim = "evict"
+"#,
+        )
+        .unwrap();
+        assert!(c.kubelet.enabled);
+        assert_eq!(c.kubelet.share_gpus, [6, 7]);
+        assert_eq!(c.kubelet.pod_reclaim, PodReclaim::Evict);
+        assert_eq!(
+            c.kubelet.device_plugin_dir,
+            "/var/lib/kubelet/device-plugins"
+        );
+        assert!(AgentConfig::parse("[kubelet]\nshare_gpu = [1]").is_err());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The greenslice node agent: discovers the node's GPUs through a [`backend::GpuBackend`], keeps one
-//! long-lived stream to the controller, applies the controller's commands and reports actual state.
+//! long-lived stream to the controller, applies the controller's commands and reports actual state, and
+//! serves the kubelet as its device plugin ([`kubelet`]).
 
 // `unsafe` lives only in backend::nvml::mig_raw, which allows it and documents every block.
 #![deny(unsafe_code)]
 
 pub mod backend;
 pub mod config;
+pub mod kubelet;
 pub mod metrics;
 pub mod session;
 pub mod usage;

@@ -98,6 +98,34 @@ pub struct SessionConfig {
     pub batch_interval: Duration,
     /// Where to count samples and lag (None: not counted).
     pub metrics: Option<Arc<crate::metrics::AgentMetrics>>,
+    /// Kubelet allocations to report on every session (see [`crate::kubelet`]); `None` when the
+    /// agent is not the kubelet's device plugin.
+    pub kubelet: Option<KubeletReports>,
+}
+
+/// Latest kubelet allocations to report; `None` inside until pod-resources was read once.
+pub type KubeletReports = tokio::sync::watch::Receiver<Option<pb::KubeletAllocations>>;
+
+/// Sends the current kubelet allocations after Register and again on every change, until the
+/// session's stream or the reporter ends.
+async fn forward_kubelet(
+    mut reports: KubeletReports,
+    tx: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+) {
+    loop {
+        let current = reports.borrow_and_update().clone();
+        if let Some(k) = current {
+            let msg = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Kubelet(k)),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        if reports.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl SessionConfig {
@@ -108,6 +136,7 @@ impl SessionConfig {
             sample_interval: Duration::from_secs(1),
             batch_interval: Duration::from_secs(5),
             metrics: None,
+            kubelet: None,
         }
     }
 }
@@ -206,6 +235,10 @@ async fn session_once(cfg: &SessionConfig, backend: &SharedBackend) -> anyhow::R
         backend.clone(),
         tx.clone(),
     )));
+    let _kubelet = cfg
+        .kubelet
+        .clone()
+        .map(|k| AbortOnDrop(tokio::spawn(forward_kubelet(k, tx.clone()))));
     while let Some(msg) = inbound.next().await {
         match msg?.msg {
             Some(pb::controller_message::Msg::Registered(r)) => {

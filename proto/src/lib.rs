@@ -1,6 +1,7 @@
 //! The greenslice wire contract: generated messages, clients and servers.
 //!
-//! `v1` is the versioned greenslice API (tenant, agent and ops services).
+//! `v1` is the versioned greenslice API (tenant, agent, ops and kubelet services); `deviceplugin` and
+//! `podresources` are the kubelet's APIs, wire-compatible with upstream.
 
 /// greenslice API, version 1.
 pub mod v1 {
@@ -9,4 +10,37 @@ pub mod v1 {
     /// Encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("greenslice_descriptor");
+}
+
+/// The kubelet device-plugin API (upstream package `v1beta1`, k8s.io/kubelet
+/// pkg/apis/deviceplugin/v1beta1): `Registration` (served by the kubelet) and `DevicePlugin` (served by
+/// the node agent).
+pub mod deviceplugin {
+    /// Device-plugin API version 1beta1.
+    pub mod v1beta1 {
+        tonic::include_proto!("v1beta1");
+
+        /// The version string a plugin registers with.
+        pub const VERSION: &str = "v1beta1";
+        /// Socket file name of the kubelet's Registration service in the device-plugins folder.
+        pub const KUBELET_SOCKET: &str = "kubelet.sock";
+        /// Default device-plugins folder.
+        pub const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins/";
+        /// `Device.health` of a usable device.
+        pub const HEALTHY: &str = "Healthy";
+        /// `Device.health` of a device the kubelet must not hand out.
+        pub const UNHEALTHY: &str = "Unhealthy";
+    }
+}
+
+/// The kubelet pod-resources API (upstream package `v1`, k8s.io/kubelet pkg/apis/podresources/v1):
+/// which pod and container holds which device.
+pub mod podresources {
+    /// Pod-resources API version 1.
+    pub mod v1 {
+        tonic::include_proto!("v1");
+
+        /// Default socket of the kubelet's pod-resources service.
+        pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+    }
 }

@@ -1,6 +1,7 @@
 //! gRPC services: thin edges over [`crate::controller::Controller`].
 
 pub mod agent;
+pub mod kubelet;
 pub mod ops;
 pub mod tenant;
 pub mod usage;

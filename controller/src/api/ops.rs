@@ -73,8 +73,54 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
     }
 }
 
+/// Builds the energy report for a period from the controller's attributed intervals.
+pub fn energy_report(
+    controller: &Controller,
+    from_ms: i64,
+    to_ms: i64,
+    tenant: &str,
+) -> Result<crate::report::Report, Status> {
+    if !tenant.is_empty() {
+        greenslice_core::slice::validate_tenant(tenant)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    let now = controller.now_ms();
+    let to = if to_ms == 0 {
+        now.saturating_add(1)
+    } else {
+        to_ms
+    };
+    if from_ms < 0 || to < 0 || from_ms >= to {
+        return Err(Status::invalid_argument(format!(
+            "the period must satisfy 0 <= from < to (got from {from_ms}, to {to_ms})"
+        )));
+    }
+    let (from, to) = (from_ms as u64, to as u64);
+    let (records, policy, skipped) = controller.energy_records(from, to);
+    Ok(crate::report::build(
+        &records,
+        from,
+        to,
+        (!tenant.is_empty()).then_some(tenant),
+        policy,
+        controller.idle_threshold_pct(),
+        skipped,
+    ))
+}
+
 #[tonic::async_trait]
 impl OpsService for OpsApi {
+    async fn energy_report(
+        &self,
+        req: Request<pb::EnergyReportRequest>,
+    ) -> Result<Response<pb::EnergyReportResponse>, Status> {
+        let r = req.into_inner();
+        let report = energy_report(&self.controller, r.from_unix_ms, r.to_unix_ms, &r.tenant)?;
+        let report_json =
+            serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::EnergyReportResponse { report_json }))
+    }
+
     async fn inventory(
         &self,
         _: Request<pb::InventoryRequest>,

@@ -9,7 +9,6 @@ use clap::Parser;
 use greenslice_controller::config::ControllerConfig;
 use greenslice_controller::controller::{Controller, CoreConfig};
 use greenslice_controller::ledger::MemoryLedger;
-use greenslice_controller::placement::FirstFit;
 use greenslice_core::clock::SystemClock;
 use tracing::info;
 
@@ -56,9 +55,16 @@ async fn main() -> ExitCode {
     let core = CoreConfig {
         command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
     };
+    let policy = match greenslice_controller::placement::policy_by_name(&cfg.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let controller = match Controller::new(
         Arc::new(MemoryLedger::default()),
-        Box::new(FirstFit),
+        policy,
         Arc::new(SystemClock),
         core,
     )

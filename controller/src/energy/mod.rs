@@ -10,10 +10,12 @@
 //!   holding the GPU, the unattributed row and unallocated idle.
 //! - [`carbon`]: CO2e from energy, PUE and grid carbon intensity (constants or hourly series), with
 //!   defaults flagged as estimates with their source.
+//! - [`accounting`]: from the agents' sample streams to attributed intervals (the bridge to I/O).
 //! - [`ledger`]: totals per tenant, per GPU and for the cluster, for reports and metrics.
 //!
 //! The method, its options and a worked example are in `docs/ENERGY.md`.
 
+pub mod accounting;
 mod apportion;
 pub mod attribution;
 pub mod carbon;

@@ -7,6 +7,17 @@ use greenslice_core::mig;
 use greenslice_core::slice::{SliceKind, SliceSpec, share_milli};
 use thiserror::Error;
 
+pub mod bench;
+pub mod mig_replay;
+pub mod openb;
+pub mod policies;
+pub mod replay;
+pub mod score;
+
+pub use policies::{
+    PolicyKind, ScoredPolicy, UnknownPolicy, default_policy, policy_by_name, policy_names,
+};
+
 /// One GPU as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuView {

@@ -10,6 +10,7 @@
 //! Warnings and keeps live in memory: after a controller restart, an idle slice is warned again with
 //! a full grace period before any reclaim (never reclaimed without a warning).
 
+pub mod bench;
 pub mod decide;
 pub mod policy;
 pub mod relayout;

@@ -40,6 +40,9 @@ struct Args {
     /// Address to serve Prometheus metrics on, at /metrics (default: off).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Serve the kubelet as its device plugin and report pod allocations [config: kubelet.enabled].
+    #[arg(long)]
+    kubelet: bool,
     /// One-shot: print the inventory, MIG placements and --samples samples as JSON lines on stdout,
     /// then exit (no controller). Read-only unless the config sets mig.manage.
     #[arg(long)]
@@ -211,7 +214,25 @@ async fn main() -> ExitCode {
     }
     info!(node = %cfg.node, backend = backend.kind(), controller = %cfg.controller, "agent starting");
     let shared = Arc::new(Mutex::new(backend));
+    if args.kubelet {
+        cfg.kubelet.enabled = true;
+    }
+    let kubelet = if cfg.kubelet.enabled {
+        match greenslice_agent::kubelet::KubeletOptions::from_config(&cfg) {
+            Ok(o) => Some(greenslice_agent::kubelet::start(
+                o,
+                greenslice_agent::kubelet::backend_inventory(shared.clone()),
+            )),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
+    session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     if let Some(addr) = &args.metrics_listen {
         let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
         let listener = match tokio::net::TcpListener::bind(addr).await {

@@ -1,0 +1,413 @@
+//! `greenslice bench packing`: replays the openb trace under the FGD artifact's protocol for each
+//! policy and seed, prints unallocated GPU % at 100% and 130% arrival, and writes a CSV and an SVG
+//! chart. The binary's CLI embeds [`Args`] and calls [`run`].
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::mig_replay::{self, MigMode, MigResult};
+use super::openb;
+use super::policies::{PolicyKind, policy_names};
+use super::replay::{self, ReplayResult};
+
+/// Arguments of `greenslice bench packing`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Node list CSV (openb format).
+    #[arg(long, default_value = openb::DEFAULT_NODES)]
+    pub nodes: PathBuf,
+    /// Pod list CSV (openb format).
+    #[arg(long, default_value = openb::DEFAULT_PODS)]
+    pub pods: PathBuf,
+    /// Policy name, or "all".
+    #[arg(long, default_value = "all")]
+    pub policy: String,
+    /// Seeds 42..42+N-1.
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// Inflate arrivals up to this % of cluster GPUs.
+    #[arg(long, default_value_t = 130, value_parser = clap::value_parser!(u32).range(100..=1000))]
+    pub max_arrival: u32,
+    /// Folder for packing.csv and packing.svg (and packing_mig.csv with --mig).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also replay on H100-80GB nodes comparing MIG-only, shares-only and mixed sharing.
+    #[arg(long)]
+    pub mig: bool,
+}
+
+/// First seed of the protocol.
+pub const FIRST_SEED: u64 = 42;
+
+/// Mean and population standard deviation.
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64;
+    (m, var.sqrt())
+}
+
+/// One policy's summary over seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub policy: String,
+    /// Unallocated GPU % at 100% and at the maximum arrival: (mean, sd).
+    pub unallocated_100: (f64, f64),
+    pub unallocated_max: (f64, f64),
+    /// Fragmented GPU % at 100% arrival: (mean, sd).
+    pub fragmented_100: (f64, f64),
+    /// Mean wall time of one replay, s.
+    pub replay_s: f64,
+    /// Decision time over all seeds' medians and p99s (the largest of each), ns.
+    pub decision_median_ns: u64,
+    pub decision_p99_ns: u64,
+}
+
+/// Summarises one policy's replays.
+pub fn summarize(results: &[ReplayResult], max_arrival: u32) -> Option<Summary> {
+    let first = results.first()?;
+    let at = |x: u32| -> Vec<f64> { results.iter().filter_map(|r| r.unallocated_at(x)).collect() };
+    let frag: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.point(100).map(|p| p.fragmented_pct))
+        .collect();
+    Some(Summary {
+        policy: first.policy.name().to_string(),
+        unallocated_100: mean_sd(&at(100)),
+        unallocated_max: mean_sd(&at(max_arrival)),
+        fragmented_100: mean_sd(&frag),
+        replay_s: results.iter().map(|r| r.wall.as_secs_f64()).sum::<f64>() / results.len() as f64,
+        decision_median_ns: results
+            .iter()
+            .map(|r| r.decision_median_ns)
+            .max()
+            .unwrap_or(0),
+        decision_p99_ns: results.iter().map(|r| r.decision_p99_ns).max().unwrap_or(0),
+    })
+}
+
+/// The CSV: `policy,seed,arrival_pct,allocated_gpu_pct,fragmented_gpu_pct`, one row per point.
+pub fn to_csv(results: &[ReplayResult]) -> String {
+    let mut s = String::from("policy,seed,arrival_pct,allocated_gpu_pct,fragmented_gpu_pct\n");
+    for r in results {
+        for p in &r.points {
+            let _ = writeln!(
+                s,
+                "{},{},{},{:.4},{:.4}",
+                r.policy.name(),
+                r.seed,
+                p.arrival_pct,
+                p.allocated_pct,
+                p.fragmented_pct
+            );
+        }
+    }
+    s
+}
+
+/// The MIG CSV: `mode,seed,arrival_pct,allocated_gpu_pct,held_gpu_pct`.
+pub fn mig_to_csv(results: &[MigResult]) -> String {
+    let mut s = String::from("mode,seed,arrival_pct,allocated_gpu_pct,held_gpu_pct\n");
+    for r in results {
+        for p in &r.points {
+            let _ = writeln!(
+                s,
+                "{},{},{},{:.4},{:.4}",
+                r.mode.name(),
+                r.seed,
+                p.arrival_pct,
+                p.allocated_pct,
+                p.held_pct
+            );
+        }
+    }
+    s
+}
+
+const COLORS: [&str; 8] = [
+    "#999999", "#1f77b4", "#9467bd", "#8c564b", "#ff7f0e", "#2ca02c", "#d62728", "#17becf",
+];
+
+/// An SVG line chart of mean allocated GPU % against arrival %, one line per series.
+/// `series`: (name, points (arrival %, allocated %)).
+pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h, l, r, t, b) = (820.0, 500.0, 60.0, 190.0, 40.0, 50.0);
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(100.0f64, f64::max);
+    let ymin = 0.0;
+    let ymax = 100.0;
+    let x = |v: f64| l + (v / xmax) * (w - l - r);
+    let y = |v: f64| t + (1.0 - (v - ymin) / (ymax - ymin)) * (h - t - b);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        (w - r + l) / 2.0,
+        escape(title)
+    );
+    for i in 0..=10 {
+        let v = ymin + (ymax - ymin) * f64::from(i) / 10.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{v:.0}</text>"##,
+            y(v),
+            w - r,
+            l - 6.0,
+            y(v) + 4.0
+        );
+    }
+    let mut xv = 0.0;
+    while xv <= xmax + 0.1 {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0:.1}" y1="{t}" x2="{0:.1}" y2="{1}" stroke="#eee"/><text x="{0:.1}" y="{2}" text-anchor="middle">{xv:.0}</text>"##,
+            x(xv),
+            h - b,
+            h - b + 16.0
+        );
+        xv += 10.0;
+    }
+    let _ = writeln!(
+        s,
+        r##"<line x1="{l}" y1="{0}" x2="{1}" y2="{0}" stroke="#333"/><line x1="{l}" y1="{t}" x2="{l}" y2="{0}" stroke="#333"/>"##,
+        h - b,
+        w - r
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">arrived GPU demand (% of cluster GPUs)</text>"#,
+        (w - r + l) / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(16 {}) rotate(-90)" text-anchor="middle">allocated GPU (% of cluster GPUs)</text>"#,
+        (h - b + t) / 2.0
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(a, u)| format!("{:.1},{:.1}", x(*a), y(*u)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{}"/>"#,
+            path.join(" ")
+        );
+        let ly = t + 20.0 + 20.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0}" y1="{ly}" x2="{1}" y2="{ly}" stroke="{c}" stroke-width="3"/><text x="{2}" y="{3}">{4}</text>"#,
+            w - r + 12.0,
+            w - r + 36.0,
+            w - r + 42.0,
+            ly + 4.0,
+            escape(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Mean allocation per arrival % over seeds, for the chart.
+pub fn mean_curve(results: &[ReplayResult]) -> Vec<(f64, f64)> {
+    let mut acc: std::collections::BTreeMap<u32, (f64, u32)> = Default::default();
+    for r in results {
+        for p in &r.points {
+            let e = acc.entry(p.arrival_pct).or_default();
+            e.0 += p.allocated_pct;
+            e.1 += 1;
+        }
+    }
+    acc.into_iter()
+        .map(|(a, (s, n))| (f64::from(a), s / f64::from(n)))
+        .collect()
+}
+
+/// The policies `name` selects ("all" or one name).
+pub fn select_policies(name: &str) -> anyhow::Result<Vec<PolicyKind>> {
+    if name == "all" {
+        return Ok(PolicyKind::ALL.to_vec());
+    }
+    PolicyKind::from_name(name).map(|k| vec![k]).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown policy {name:?}; use all or one of: {}",
+            policy_names()
+                .into_iter()
+                .filter(|n| *n != "first-fit")
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+fn fmt_ms((m, sd): (f64, f64)) -> String {
+    format!("{m:6.2} ± {sd:4.2}")
+}
+
+/// Runs the benchmark: prints a table per policy, writes `--out` files.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let policies = select_policies(&args.policy)?;
+    anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
+    let nodes = openb::load_nodes(&args.nodes)?;
+    let tasks = openb::load_tasks(&args.pods)?;
+    let prepared = replay::prepare(&nodes, &tasks);
+    println!(
+        "packing: {} nodes, {} GPUs, {} tasks ({}), seeds {}..={}, arrival up to {}%",
+        nodes.len(),
+        prepared.total_gpus(),
+        prepared.task_count(),
+        args.pods.display(),
+        FIRST_SEED,
+        FIRST_SEED + args.seeds - 1,
+        args.max_arrival
+    );
+    println!(
+        "{:<15} {:>17} {:>17} {:>17} {:>10} {:>11} {:>9}",
+        "policy",
+        "unalloc% @100",
+        format!("unalloc% @{}", args.max_arrival),
+        "frag% @100",
+        "replay s",
+        "median ns",
+        "p99 ns"
+    );
+    let mut all = Vec::new();
+    let mut series = Vec::new();
+    for k in policies {
+        let t0 = Instant::now();
+        let results: Vec<ReplayResult> = (0..args.seeds)
+            .map(|i| replay::replay(&prepared, k, FIRST_SEED + i, args.max_arrival))
+            .collect();
+        let total = t0.elapsed().as_secs_f64();
+        if let Some(s) = summarize(&results, args.max_arrival) {
+            println!(
+                "{:<15} {:>17} {:>17} {:>17} {:>10.3} {:>11} {:>9}   ({total:.1} s in all)",
+                s.policy,
+                fmt_ms(s.unallocated_100),
+                fmt_ms(s.unallocated_max),
+                fmt_ms(s.fragmented_100),
+                s.replay_s,
+                s.decision_median_ns,
+                s.decision_p99_ns
+            );
+        }
+        series.push((k.name().to_string(), mean_curve(&results)));
+        all.extend(results);
+    }
+    let mig = if args.mig {
+        Some(run_mig(&prepared, &args))
+    } else {
+        None
+    };
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        write(&out.join("packing.csv"), &to_csv(&all))?;
+        let title = format!(
+            "Allocation vs arrival, {} ({} seeds)",
+            args.pods.file_name().unwrap_or_default().to_string_lossy(),
+            args.seeds
+        );
+        write(&out.join("packing.svg"), &svg_chart(&title, &series))?;
+        if let Some(m) = &mig {
+            write(&out.join("packing_mig.csv"), &mig_to_csv(m))?;
+        }
+        println!("wrote packing.csv, packing.svg to {}", out.display());
+    }
+    Ok(())
+}
+
+fn run_mig(prepared: &replay::Prepared, args: &Args) -> Vec<MigResult> {
+    println!(
+        "\nMIG mode: the same tasks on H100-80GB GPUs (same nodes and GPU counts, no model constraints)"
+    );
+    println!(
+        "{:<12} {:>17} {:>17} {:>15} {:>12} {:>10}",
+        "mode",
+        "unalloc% @100",
+        format!("unalloc% @{}", args.max_arrival),
+        "held% @100",
+        "instances",
+        "replay s"
+    );
+    let mut all = Vec::new();
+    for mode in MigMode::ALL {
+        let rs: Vec<MigResult> = (0..args.seeds)
+            .map(|i| mig_replay::replay_mig(prepared, mode, FIRST_SEED + i, args.max_arrival))
+            .collect();
+        let at = |x: u32| -> Vec<f64> { rs.iter().filter_map(|r| r.unallocated_at(x)).collect() };
+        let held: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r.points.iter().find(|p| p.arrival_pct == 100))
+            .map(|p| p.held_pct)
+            .collect();
+        let inst = rs.iter().map(|r| r.instances).sum::<usize>() / rs.len().max(1);
+        let wall = rs.iter().map(|r| r.wall.as_secs_f64()).sum::<f64>() / rs.len().max(1) as f64;
+        println!(
+            "{:<12} {:>17} {:>17} {:>15} {:>12} {:>10.3}",
+            mode.name(),
+            fmt_ms(mean_sd(&at(100))),
+            fmt_ms(mean_sd(&at(args.max_arrival))),
+            fmt_ms(mean_sd(&held)),
+            inst,
+            wall
+        );
+        all.extend(rs);
+    }
+    all
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_sd_is_population() {
+        let (m, sd) = mean_sd(&[1.0, 3.0]);
+        assert_eq!((m, sd), (2.0, 1.0));
+    }
+
+    #[test]
+    fn unknown_policy_lists_names() {
+        let e = select_policies("nope").unwrap_err().to_string();
+        assert!(e.contains("fgd-balanced") && e.contains("best-fit"), "{e}");
+        assert_eq!(select_policies("all").unwrap().len(), PolicyKind::ALL.len());
+    }
+
+    #[test]
+    fn chart_is_svg_with_one_line_per_series() {
+        let svg = svg_chart(
+            "t <x>",
+            &[
+                ("a".into(), vec![(1.0, 1.0), (100.0, 90.0)]),
+                ("b".into(), vec![(1.0, 1.0), (130.0, 95.0)]),
+            ],
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("t &lt;x&gt;"));
+    }
+}

@@ -1,0 +1,643 @@
+//! The scored policies behind [`Policy`], for the live controller. The scores are those of
+//! [`super::score`], the same functions the openb replay runs.
+//!
+//! Live requests map onto the scores' compact node view: share GPUs offer `1000 - used` milli
+//! (exclusive, MIG-mode and unhealthy GPUs offer 0), GPU memory and model are checked by
+//! [`feasible_on_node`] and passed as the mask of GPUs that may take the request. MIG requests go
+//! through [`score::mig_score`] for every policy but Random.
+
+use std::sync::Mutex;
+
+use greenslice_core::mig;
+use greenslice_core::slice::{SliceKind, share_milli};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+use super::score::{self, Demand, FULL, MAX_GPUS, ModelMask, NodeRef, Workload, WorkloadClass};
+use super::{
+    ClusterView, FirstFit, NodeView, Placement, Policy, Request, Unplaceable, feasible_on_node,
+    gpus_needed, unplaceable,
+};
+
+/// The scored policies, by their CLI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    Random,
+    DotProduct,
+    GpuPacking,
+    GpuClustering,
+    BestFit,
+    Fgd,
+    /// greenslice's default: see [`score::fgd_balanced`].
+    FgdBalanced,
+}
+
+impl PolicyKind {
+    /// Every scored policy, baselines first, the default last.
+    pub const ALL: [PolicyKind; 7] = [
+        PolicyKind::Random,
+        PolicyKind::DotProduct,
+        PolicyKind::GpuClustering,
+        PolicyKind::GpuPacking,
+        PolicyKind::BestFit,
+        PolicyKind::Fgd,
+        PolicyKind::FgdBalanced,
+    ];
+
+    /// The default policy.
+    pub const DEFAULT: PolicyKind = PolicyKind::FgdBalanced;
+
+    /// CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Random => "random",
+            PolicyKind::DotProduct => "dot-product",
+            PolicyKind::GpuPacking => "gpu-packing",
+            PolicyKind::GpuClustering => "gpu-clustering",
+            PolicyKind::BestFit => "best-fit",
+            PolicyKind::Fgd => "fgd",
+            PolicyKind::FgdBalanced => "fgd-balanced",
+        }
+    }
+
+    /// Looks a scored policy up by CLI name.
+    pub fn from_name(name: &str) -> Option<PolicyKind> {
+        PolicyKind::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Whether the node score depends only on (CPU free, GPU free as a multiset, model), so the
+    /// replay may memoise it per node state.
+    pub(crate) fn memoisable(self) -> bool {
+        matches!(self, PolicyKind::Fgd | PolicyKind::FgdBalanced)
+    }
+
+    /// The node score and the GPUs this policy takes there (Random: score 0, least-free GPUs; the
+    /// callers draw Random's choices themselves). `None` when nothing fits.
+    pub fn score(
+        self,
+        w: &Workload,
+        n: &NodeRef,
+        d: &Demand,
+        fit: u32,
+    ) -> Option<(i64, Vec<usize>)> {
+        let gpus = || score::pick_least_free(n, d, fit);
+        let simple = |s: i64| {
+            let g = gpus();
+            (d.gpus == 0 || !g.is_empty()).then_some((s, g))
+        };
+        match self {
+            PolicyKind::Random => simple(0),
+            PolicyKind::DotProduct => simple(score::dot_product(n, d)),
+            PolicyKind::GpuPacking => simple(score::gpu_packing(n, d, fit)),
+            PolicyKind::GpuClustering => simple(score::gpu_clustering(n, d)),
+            PolicyKind::BestFit => simple(score::best_fit(n, d)),
+            PolicyKind::Fgd => score::fgd(w, n, d, fit),
+            PolicyKind::FgdBalanced => score::fgd_balanced(w, n, d, fit),
+        }
+    }
+}
+
+/// Names accepted by [`policy_by_name`], the default first.
+pub fn policy_names() -> Vec<&'static str> {
+    let mut v = vec![PolicyKind::DEFAULT.name()];
+    v.extend(
+        PolicyKind::ALL
+            .iter()
+            .filter(|k| **k != PolicyKind::DEFAULT)
+            .map(|k| k.name()),
+    );
+    v.push(FirstFit.name());
+    v
+}
+
+/// An unknown policy name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown placement policy {name:?}; known policies: {known}")]
+pub struct UnknownPolicy {
+    pub name: String,
+    pub known: String,
+}
+
+/// The policy of this name (see [`policy_names`]), with the live default workload and seed 42.
+pub fn policy_by_name(name: &str) -> Result<Box<dyn Policy>, UnknownPolicy> {
+    if name == FirstFit.name() {
+        return Ok(Box::new(FirstFit));
+    }
+    PolicyKind::from_name(name)
+        .map(|k| Box::new(ScoredPolicy::new(k)) as Box<dyn Policy>)
+        .ok_or_else(|| UnknownPolicy {
+            name: name.chars().take(64).collect(),
+            known: policy_names().join(", "),
+        })
+}
+
+/// The default policy ([`PolicyKind::DEFAULT`]).
+pub fn default_policy() -> Box<dyn Policy> {
+    Box::new(ScoredPolicy::new(PolicyKind::DEFAULT))
+}
+
+/// A workload for live clusters without history: mostly whole GPUs and halves, some quarter and
+/// three-quarter shares, a few multi-GPU jobs (weights in per mille).
+pub fn live_default_workload() -> Workload {
+    let class = |gpus: u8, milli: u16, count: u64| WorkloadClass {
+        demand: Demand {
+            cpu: 0,
+            gpus,
+            milli,
+            models: ModelMask::ANY,
+        },
+        count,
+    };
+    Workload::new(vec![
+        class(1, 1000, 400),
+        class(1, 500, 200),
+        class(1, 250, 150),
+        class(1, 750, 100),
+        class(2, 1000, 60),
+        class(4, 1000, 50),
+        class(8, 1000, 40),
+    ])
+}
+
+/// The workload of a history of live requests (MIG requests left out: they never use share GPUs),
+/// grouped as FGD groups a trace, covering 95% of them.
+pub fn workload_of_requests(reqs: &[Request]) -> Workload {
+    Workload::from_demands(reqs.iter().filter_map(live_demand), 0.95)
+}
+
+/// A request as the scores see it (`None` for MIG requests).
+pub fn live_demand(req: &Request) -> Option<Demand> {
+    let (gpus, milli) = match &req.spec.kind {
+        SliceKind::Whole { count } => (u8::try_from(*count).unwrap_or(u8::MAX), FULL),
+        SliceKind::Share {
+            compute_fraction, ..
+        } => (1, share_milli(*compute_fraction) as u16),
+        SliceKind::Mig { .. } => return None,
+    };
+    Some(Demand {
+        cpu: u32::try_from(req.cpu_milli).unwrap_or(u32::MAX),
+        gpus,
+        milli,
+        models: ModelMask::ANY,
+    })
+}
+
+/// Free compute of a live GPU for shares and whole GPUs, milli-GPU.
+fn live_free(g: &super::GpuView) -> u16 {
+    if !g.healthy || g.mig_enabled || g.exclusive {
+        0
+    } else {
+        greenslice_core::MILLI_PER_GPU.saturating_sub(g.used_milli) as u16
+    }
+}
+
+/// GpuClustering tags of a live node, from its GPUs: partly used share GPUs mark shares, exclusive
+/// GPUs mark whole-GPU work (the view does not say how many GPUs each slice holds).
+fn live_tags(node: &NodeView) -> u16 {
+    node.gpus.iter().fold(0, |t, g| {
+        if g.exclusive {
+            t | 1 << 1
+        } else if !g.mig_enabled && g.used_milli > 0 {
+            t | 1
+        } else {
+            t
+        }
+    })
+}
+
+/// A scored policy for the live controller. Deterministic but for Random, which draws from its
+/// own seeded generator.
+#[derive(Debug)]
+pub struct ScoredPolicy {
+    kind: PolicyKind,
+    workload: Workload,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl ScoredPolicy {
+    /// The policy with [`live_default_workload`] and seed 42.
+    pub fn new(kind: PolicyKind) -> ScoredPolicy {
+        ScoredPolicy::with_workload(kind, live_default_workload())
+    }
+
+    /// The policy measuring fragmentation against `workload` (FGD and the default use it).
+    pub fn with_workload(kind: PolicyKind, workload: Workload) -> ScoredPolicy {
+        ScoredPolicy {
+            kind,
+            workload,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(42)),
+        }
+    }
+
+    /// Reseeds Random's generator.
+    pub fn with_seed(self, seed: u64) -> ScoredPolicy {
+        ScoredPolicy {
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            ..self
+        }
+    }
+
+    /// Which policy this is.
+    pub fn kind(&self) -> PolicyKind {
+        self.kind
+    }
+
+    fn draw(&self, n: usize) -> usize {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        rng.random_range(0..n)
+    }
+
+    fn place_mig(
+        &self,
+        view: &ClusterView,
+        req: &Request,
+        profile: &str,
+    ) -> Result<Placement, Unplaceable> {
+        // (score, node, gpu, start); first seen wins ties: lowest node, GPU, start.
+        let mut cands: Vec<(i64, usize, usize, u8)> = Vec::new();
+        for (ni, node) in view.nodes.iter().enumerate() {
+            for (gi, _) in feasible_on_node(node, req) {
+                let g = &node.gpus[gi];
+                let Some(p) = mig::profile(&g.model, profile) else {
+                    continue;
+                };
+                let profiles = mig::profiles(&g.model);
+                let mask = mig::used_mask(&g.model, &g.mig_layout);
+                let used = mig::used_compute(&g.model, &g.mig_layout);
+                for s in g.mig_starts(profile) {
+                    cands.push((score::mig_score(profiles, mask, used, p, s), ni, gi, s));
+                }
+            }
+        }
+        let pick = if self.kind == PolicyKind::Random && !cands.is_empty() {
+            Some(cands[self.draw(cands.len())])
+        } else {
+            cands
+                .iter()
+                .copied()
+                .reduce(|b, c| if c.0 > b.0 { c } else { b })
+        };
+        pick.map(|(_, node, gpu, start)| Placement {
+            node,
+            gpus: vec![gpu],
+            mig_start: Some(start),
+        })
+        .ok_or_else(|| unplaceable(view, req))
+    }
+}
+
+impl Policy for ScoredPolicy {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable> {
+        let Some(d) = live_demand(req) else {
+            let SliceKind::Mig { profile } = &req.spec.kind else {
+                return Err(unplaceable(view, req));
+            };
+            return self.place_mig(view, req, profile);
+        };
+        let need = gpus_needed(&req.spec);
+        let mut best: Option<(i64, usize, Vec<usize>)> = None;
+        let mut feasible: Vec<(usize, u32)> = Vec::new();
+        for (ni, node) in view.nodes.iter().enumerate() {
+            let cands = feasible_on_node(node, req);
+            if cands.len() < need || (need == 0 && !node.schedulable) {
+                continue;
+            }
+            let fit = cands
+                .iter()
+                .filter(|c| c.0 < MAX_GPUS)
+                .fold(0u32, |m, c| m | 1 << c.0);
+            if self.kind == PolicyKind::Random {
+                feasible.push((ni, fit));
+                continue;
+            }
+            let free: Vec<u16> = node.gpus.iter().map(live_free).collect();
+            let cpu_free = if node.cpu_milli > 0 {
+                node.cpu_milli.saturating_sub(node.cpu_used_milli)
+            } else {
+                req.cpu_milli
+            };
+            let nref = NodeRef {
+                cpu_free: u32::try_from(cpu_free).unwrap_or(u32::MAX),
+                gpu_free: &free[..free.len().min(MAX_GPUS)],
+                model: 0,
+                tags: live_tags(node),
+            };
+            if let Some((s, gpus)) = self.kind.score(&self.workload, &nref, &d, fit)
+                && gpus.len() == need
+                && best.as_ref().is_none_or(|b| s > b.0)
+            {
+                best = Some((s, ni, gpus));
+            }
+        }
+        if self.kind == PolicyKind::Random && !feasible.is_empty() {
+            let (ni, fit) = feasible[self.draw(feasible.len())];
+            let mut gpus: Vec<usize> = (0..MAX_GPUS).filter(|i| fit & (1 << i) != 0).collect();
+            {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                gpus.shuffle(&mut *rng);
+            }
+            gpus.truncate(need);
+            gpus.sort_unstable();
+            best = Some((0, ni, gpus));
+        }
+        best.map(|(_, node, gpus)| Placement {
+            node,
+            gpus,
+            mig_start: None,
+        })
+        .ok_or_else(|| unplaceable(view, req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::GpuView;
+    use greenslice_core::GIB;
+    use greenslice_core::gpu::GpuModel;
+    use greenslice_core::slice::SliceSpec;
+    use proptest::prelude::*;
+
+    const H100: GpuModel = GpuModel::H100Sxm5_80Gb;
+
+    fn gpu(used_milli: u32, used_gib: u64) -> GpuView {
+        GpuView {
+            uuid: String::new(),
+            model: H100,
+            healthy: true,
+            mig_enabled: false,
+            memory_bytes: 80 * GIB,
+            used_milli,
+            used_memory_bytes: used_gib * GIB,
+            exclusive: false,
+            mig_layout: Vec::new(),
+        }
+    }
+
+    fn mig_gpu(layout: &[(&str, u8)]) -> GpuView {
+        GpuView {
+            mig_enabled: true,
+            mig_layout: layout
+                .iter()
+                .map(|(p, s)| mig::Placed {
+                    profile: p.to_string(),
+                    start: *s,
+                })
+                .collect(),
+            ..gpu(0, 0)
+        }
+    }
+
+    fn node(name: &str, gpus: Vec<GpuView>) -> NodeView {
+        NodeView {
+            name: name.into(),
+            schedulable: true,
+            cpu_milli: 0,
+            cpu_used_milli: 0,
+            memory_bytes: 0,
+            memory_used_bytes: 0,
+            gpus,
+        }
+    }
+
+    fn req(kind: SliceKind) -> Request {
+        Request {
+            spec: SliceSpec {
+                kind,
+                gpu_model: None,
+                slice_class: None,
+            },
+            cpu_milli: 0,
+            memory_bytes: 0,
+        }
+    }
+
+    fn share(f: f64, gib: u64) -> Request {
+        req(SliceKind::Share {
+            compute_fraction: f,
+            memory_bytes: gib * GIB,
+        })
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_lists_them() {
+        for n in policy_names() {
+            assert_eq!(policy_by_name(n).unwrap().name(), n);
+        }
+        let e = policy_by_name("tetris").err().unwrap();
+        assert!(e.to_string().contains("fgd-balanced, random"), "{e}");
+        assert_eq!(default_policy().name(), "fgd-balanced");
+    }
+
+    #[test]
+    fn default_fills_a_partly_used_gpu_before_breaking_an_idle_one() {
+        let view = ClusterView {
+            nodes: vec![
+                node("idle", vec![gpu(0, 0), gpu(0, 0)]),
+                node("busy", vec![gpu(500, 10), gpu(1000, 80)]),
+            ],
+        };
+        let p = default_policy().place(&view, &share(0.5, 10)).unwrap();
+        assert_eq!((p.node, p.gpus), (1, vec![0]));
+    }
+
+    #[test]
+    fn shares_respect_gpu_memory() {
+        // GPU 0 has compute but no memory left: only the idle node fits.
+        let view = ClusterView {
+            nodes: vec![
+                node("busy", vec![gpu(500, 75)]),
+                node("idle", vec![gpu(0, 0)]),
+            ],
+        };
+        for k in PolicyKind::ALL {
+            let p = ScoredPolicy::new(k).place(&view, &share(0.25, 10)).unwrap();
+            assert_eq!(p.node, 1, "{}", k.name());
+        }
+    }
+
+    #[test]
+    fn whole_gpus_take_fully_free_gpus_on_one_node() {
+        let view = ClusterView {
+            nodes: vec![
+                node("a", vec![gpu(100, 1), gpu(0, 0)]),
+                node("b", vec![gpu(0, 0), gpu(0, 0), gpu(0, 0)]),
+            ],
+        };
+        for k in PolicyKind::ALL {
+            let p = ScoredPolicy::new(k)
+                .place(&view, &req(SliceKind::Whole { count: 2 }))
+                .unwrap();
+            assert_eq!(p.node, 1, "{}", k.name());
+            assert_eq!(p.gpus.len(), 2);
+        }
+        let e = default_policy()
+            .place(&view, &req(SliceKind::Whole { count: 4 }))
+            .unwrap_err();
+        assert!(matches!(e, Unplaceable::NoRoom { .. }), "{e}");
+    }
+
+    #[test]
+    fn mig_prefers_starts_that_keep_large_profiles_placeable() {
+        // An empty H100: a 1g at slice 6 keeps 4g.40gb (start 0) placeable; at 0 it would not.
+        let view = ClusterView {
+            nodes: vec![node("m", vec![mig_gpu(&[])])],
+        };
+        let p = default_policy()
+            .place(
+                &view,
+                &req(SliceKind::Mig {
+                    profile: "1g.10gb".into(),
+                }),
+            )
+            .unwrap();
+        assert_eq!(p.mig_start, Some(6));
+        // A GPU already holding a 3g gets the next 3g before an empty GPU does.
+        let view = ClusterView {
+            nodes: vec![
+                node("empty", vec![mig_gpu(&[])]),
+                node("half", vec![mig_gpu(&[("3g.40gb", 0)])]),
+            ],
+        };
+        let p = default_policy()
+            .place(
+                &view,
+                &req(SliceKind::Mig {
+                    profile: "3g.40gb".into(),
+                }),
+            )
+            .unwrap();
+        assert_eq!((p.node, p.mig_start), (1, Some(4)));
+    }
+
+    #[test]
+    fn mig_score_counts_waste() {
+        let ps = mig::profiles(&H100);
+        assert_eq!(score::mig_waste(ps, 0, 0), 0);
+        // 1g at 0: 6 compute free, largest placeable is 3g (start 4): waste 3.
+        assert_eq!(score::mig_waste(ps, 0b1, 1), 3);
+        // 1g at 6: 4g at 0 still fits: waste 2.
+        assert_eq!(score::mig_waste(ps, 0b0100_0000, 1), 2);
+    }
+
+    fn arb_gpu() -> impl Strategy<Value = GpuView> {
+        prop_oneof![
+            (0u32..=1000, 0u64..=80, any::<bool>(), any::<bool>()).prop_map(
+                |(m, g, excl, healthy)| {
+                    let mut v = gpu(m, g.min(80));
+                    v.exclusive = excl && m == 1000;
+                    v.healthy = healthy || m > 0;
+                    v
+                }
+            ),
+            proptest::collection::vec((0usize..6, 0u8..8), 0..6).prop_map(|ops| {
+                let ps = mig::profiles(&H100);
+                let mut layout: Vec<mig::Placed> = Vec::new();
+                for (pi, s) in ops {
+                    if mig::check_create(&H100, &layout, ps[pi].name, s).is_ok() {
+                        layout.push(mig::Placed {
+                            profile: ps[pi].name.to_string(),
+                            start: s,
+                        });
+                    }
+                }
+                GpuView {
+                    mig_enabled: true,
+                    mig_layout: layout,
+                    ..gpu(0, 0)
+                }
+            }),
+        ]
+    }
+
+    fn arb_view() -> impl Strategy<Value = ClusterView> {
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(arb_gpu(), 1..5),
+                0u64..4,
+                any::<bool>(),
+            ),
+            1..5,
+        )
+        .prop_map(|ns| ClusterView {
+            nodes: ns
+                .into_iter()
+                .enumerate()
+                .map(|(i, (gpus, cpu, sched))| NodeView {
+                    schedulable: sched || i == 0,
+                    cpu_milli: cpu * 8000,
+                    cpu_used_milli: cpu * 3000,
+                    ..node(&format!("n{i}"), gpus)
+                })
+                .collect(),
+        })
+    }
+
+    fn arb_req() -> impl Strategy<Value = Request> {
+        let profiles: Vec<String> = mig::profiles(&H100)
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect();
+        (
+            prop_oneof![
+                (1u32..=4).prop_map(|count| SliceKind::Whole { count }),
+                proptest::sample::select(profiles).prop_map(|profile| SliceKind::Mig { profile }),
+                (1u32..=1000, 1u64..=80).prop_map(|(m, g)| SliceKind::Share {
+                    compute_fraction: f64::from(m) / 1000.0,
+                    memory_bytes: g * GIB,
+                }),
+            ],
+            0u64..6000,
+        )
+            .prop_map(|(kind, cpu)| Request {
+                cpu_milli: cpu,
+                ..req(kind)
+            })
+    }
+
+    proptest! {
+        /// No policy ever oversubscribes a GPU's compute, memory or MIG slices, a node's CPU, or
+        /// places on an unschedulable node; every MIG placement passes NVML's checks.
+        #[test]
+        fn placements_never_oversubscribe(view in arb_view(), r in arb_req(), seed in 0u64..4) {
+            let mut policies: Vec<Box<dyn Policy>> = PolicyKind::ALL
+                .iter()
+                .map(|k| Box::new(ScoredPolicy::new(*k).with_seed(seed)) as Box<dyn Policy>)
+                .collect();
+            policies.push(Box::new(FirstFit));
+            for pol in &policies {
+                let Ok(p) = pol.place(&view, &r) else { continue };
+                let node = &view.nodes[p.node];
+                prop_assert!(node.schedulable);
+                prop_assert!(node.cpu_milli == 0 || node.cpu_used_milli + r.cpu_milli <= node.cpu_milli);
+                let mut seen = p.gpus.clone();
+                seen.sort_unstable();
+                seen.dedup();
+                prop_assert_eq!(seen.len(), p.gpus.len());
+                prop_assert_eq!(p.gpus.len(), gpus_needed(&r.spec));
+                for &gi in &p.gpus {
+                    let g = &node.gpus[gi];
+                    prop_assert!(g.healthy);
+                    match &r.spec.kind {
+                        SliceKind::Whole { .. } => prop_assert!(g.fits_whole(), "{}", pol.name()),
+                        SliceKind::Share { compute_fraction, memory_bytes } => {
+                            prop_assert!(!g.mig_enabled && !g.exclusive);
+                            prop_assert!(g.used_milli + share_milli(*compute_fraction) <= 1000, "{}", pol.name());
+                            prop_assert!(g.used_memory_bytes + memory_bytes <= g.memory_bytes, "{}", pol.name());
+                        }
+                        SliceKind::Mig { profile } => {
+                            let start = p.mig_start.expect("MIG placement has a start");
+                            prop_assert!(mig::check_create(&g.model, &g.mig_layout, profile, start).is_ok(), "{}", pol.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

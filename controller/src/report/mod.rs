@@ -1,0 +1,522 @@
+//! The ops energy and carbon report: pure functions from attributed intervals to a report document,
+//! and renderers for it (table, JSON, CSV, self-contained HTML).
+//!
+//! An interval belongs to the report when it starts inside `[from, to)` (intervals are at most one
+//! attribution window long, 60 s by default). Per-tenant figures are attributions of measured GPU
+//! energy (see `docs/ENERGY.md`); carbon factors that were not configured are labelled as estimates
+//! with their source.
+
+pub mod html;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::energy::accounting::IntervalRecord;
+use crate::energy::{FactorSource, StaticPolicy};
+
+/// mJ in a kWh.
+pub const MJ_PER_KWH: f64 = 3.6e9;
+/// ms in an hour.
+pub const MS_PER_HOUR: f64 = 3.6e6;
+/// Buckets in the report's time series.
+pub const SERIES_BUCKETS: usize = 48;
+
+/// One tenant's line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantRow {
+    pub tenant: String,
+    /// GPU-hours held (capacity fraction x hours).
+    pub gpu_hours_allocated: f64,
+    /// GPU-hours used (activity-weighted).
+    pub gpu_hours_used: f64,
+    /// GPU-hours held in intervals where the slice's activity was under the idle threshold.
+    pub gpu_hours_idle_allocated: f64,
+    /// Energy attributed, mJ (exact), and its parts.
+    pub energy_mj: u64,
+    pub static_mj: u64,
+    pub dynamic_mj: u64,
+    /// Part of `energy_mj` from intervals whose energy was estimated from power samples.
+    pub estimated_mj: u64,
+    pub energy_kwh: f64,
+    /// CO2e (location-based), kg, including PUE.
+    pub co2e_kg: f64,
+    /// CO2e (market-based), kg, when configured for every interval.
+    pub co2e_market_kg: Option<f64>,
+    /// Energy the same work would have drawn on dedicated whole GPUs, mJ.
+    pub whole_gpu_mj: u64,
+}
+
+/// One GPU's line (also used for the cluster total).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuRow {
+    pub gpu: String,
+    pub node: String,
+    pub model: String,
+    /// Measured energy, mJ: `tenants_mj + unattributed_mj + unallocated_idle_mj`.
+    pub measured_mj: u64,
+    pub tenants_mj: u64,
+    pub unattributed_mj: u64,
+    pub unallocated_idle_mj: u64,
+    pub measured_kwh: f64,
+    pub co2e_kg: f64,
+    pub intervals: u64,
+    pub estimated_intervals: u64,
+    /// Mean board utilization over the report, percent.
+    pub mean_util_pct: f64,
+    /// Idle power used for the static split, mW, and whether it was calibrated from samples.
+    pub idle_power_mw: u64,
+    pub idle_power_calibrated: bool,
+}
+
+/// A carbon factor as used, with its source; `estimate` when it is a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorUsed {
+    pub name: String,
+    /// Value range over the report (equal when constant).
+    pub min: f64,
+    pub max: f64,
+    pub unit: String,
+    pub sources: Vec<String>,
+    pub estimate: bool,
+}
+
+/// Sharing against dedicated whole GPUs for the same work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Energy of held capacity and its work with sharing, mJ (measured minus unallocated idle).
+    pub shared_mj: u64,
+    /// The same work with each slice on its own whole GPU (that GPU's idle power while held, plus
+    /// the same dynamic energy), mJ.
+    pub whole_gpus_mj: u64,
+    pub saved_kwh: f64,
+    pub saved_pct: f64,
+    pub saved_co2e_kg: f64,
+}
+
+/// Time series for the charts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub bucket_ms: u64,
+    /// Bucket starts, Unix ms.
+    pub starts: Vec<u64>,
+    /// Energy by tenant per bucket, kWh.
+    pub tenant_kwh: BTreeMap<String, Vec<f64>>,
+    /// Mean board utilization per GPU per bucket, percent (None: no data).
+    pub gpu_util_pct: BTreeMap<String, Vec<Option<f64>>>,
+    /// Waste per bucket, kWh: unallocated idle and unattributed energy.
+    pub unallocated_idle_kwh: Vec<f64>,
+    pub unattributed_kwh: Vec<f64>,
+}
+
+/// The report document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub tenant_filter: Option<String>,
+    /// Static energy policy: "by_capacity" (default) or "unallocated".
+    pub policy: String,
+    pub method: String,
+    pub idle_threshold_pct: f64,
+    pub tenants: Vec<TenantRow>,
+    pub gpus: Vec<GpuRow>,
+    pub cluster: GpuRow,
+    pub factors: Vec<FactorUsed>,
+    /// True when any factor is a default estimate (then every figure in CO2e is an estimate).
+    pub co2e_is_estimate: bool,
+    pub comparison: Comparison,
+    pub series: Series,
+    pub intervals: u64,
+    pub estimated_intervals: u64,
+    /// Intervals the controller could not account (bad data), over its lifetime.
+    pub skipped_intervals: u64,
+}
+
+fn kwh(mj: u64) -> f64 {
+    mj as f64 / MJ_PER_KWH
+}
+
+/// CO2e in kg of `mj` with the interval's factors: energy x PUE x intensity.
+fn co2e_kg(r: &IntervalRecord, mj: u64) -> (f64, Option<f64>) {
+    let c = r.factors.co2e(mj);
+    (c.location_g / 1000.0, c.market_g.map(|g| g / 1000.0))
+}
+
+fn source_name(s: &FactorSource) -> String {
+    match s {
+        FactorSource::Configured { note } => format!("configured: {note}"),
+        FactorSource::DefaultEstimate { source } => format!("default estimate: {source}"),
+    }
+}
+
+/// Builds the report from interval records.
+pub fn build(
+    records: &[IntervalRecord],
+    from_ms: u64,
+    to_ms: u64,
+    tenant: Option<&str>,
+    policy: StaticPolicy,
+    idle_threshold_pct: f64,
+    skipped_intervals: u64,
+) -> Report {
+    let recs: Vec<&IntervalRecord> = records
+        .iter()
+        .filter(|r| r.interval.start_ms >= from_ms && r.interval.start_ms < to_ms)
+        .collect();
+    let mut tenants: BTreeMap<String, TenantRow> = BTreeMap::new();
+    let mut market_complete: BTreeMap<String, bool> = BTreeMap::new();
+    let mut gpus: BTreeMap<String, (GpuRow, f64, u64)> = BTreeMap::new();
+    let mut cluster = GpuRow {
+        gpu: "cluster".into(),
+        ..Default::default()
+    };
+    let mut cluster_util = (0.0, 0u64);
+    let mut comparison = Comparison::default();
+    let mut factor_ranges: BTreeMap<
+        &'static str,
+        (f64, f64, std::collections::BTreeSet<String>, bool),
+    > = BTreeMap::new();
+    let (first, last) = recs.iter().fold((u64::MAX, 0), |(a, b), r| {
+        (a.min(r.interval.start_ms), b.max(r.interval.end_ms))
+    });
+    let span_from = if recs.is_empty() { from_ms } else { first };
+    let span_to = if recs.is_empty() { from_ms } else { last };
+    let bucket_ms = (span_to.saturating_sub(span_from) / SERIES_BUCKETS as u64).max(1);
+    let nb = if recs.is_empty() { 0 } else { SERIES_BUCKETS };
+    let mut series = Series {
+        bucket_ms,
+        starts: (0..nb).map(|i| span_from + i as u64 * bucket_ms).collect(),
+        unallocated_idle_kwh: vec![0.0; nb],
+        unattributed_kwh: vec![0.0; nb],
+        ..Default::default()
+    };
+    let mut util_acc: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    let mut estimated_intervals = 0;
+
+    for r in &recs {
+        let len = r.interval.len_ms();
+        let estimated = r.quality.is_estimated();
+        estimated_intervals += u64::from(estimated);
+        let b = if nb == 0 {
+            0
+        } else {
+            (((r.interval.start_ms - span_from) / bucket_ms) as usize).min(nb - 1)
+        };
+        // Factors used.
+        for (name, f) in [
+            ("pue", &r.factors.pue),
+            ("location_g_per_kwh", &r.factors.location_g_per_kwh),
+        ]
+        .into_iter()
+        .chain(
+            r.factors
+                .market_g_per_kwh
+                .as_ref()
+                .map(|f| ("market_g_per_kwh", f)),
+        ) {
+            let e = factor_ranges.entry(name).or_insert((
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                Default::default(),
+                false,
+            ));
+            e.0 = e.0.min(f.value);
+            e.1 = e.1.max(f.value);
+            e.2.insert(source_name(&f.source));
+            e.3 |= f.is_estimate();
+        }
+        // Tenants.
+        for s in &r.slices {
+            if tenant.is_some_and(|t| t != s.tenant) {
+                continue;
+            }
+            let t = tenants
+                .entry(s.tenant.clone())
+                .or_insert_with(|| TenantRow {
+                    tenant: s.tenant.clone(),
+                    ..Default::default()
+                });
+            let mj = s.static_mj + s.dynamic_mj;
+            let held_h = s.held_ms as f64 / MS_PER_HOUR;
+            t.gpu_hours_allocated += s.capacity * held_h;
+            t.gpu_hours_used += s.activity_pct_ms / 100.0 / MS_PER_HOUR;
+            let mean_activity_pct = if s.held_ms > 0 {
+                s.activity_pct_ms / s.held_ms as f64
+            } else {
+                0.0
+            };
+            if mean_activity_pct < idle_threshold_pct * s.capacity {
+                t.gpu_hours_idle_allocated += s.capacity * held_h;
+            }
+            t.energy_mj += mj;
+            t.static_mj += s.static_mj;
+            t.dynamic_mj += s.dynamic_mj;
+            if estimated {
+                t.estimated_mj += mj;
+            }
+            let (loc, market) = co2e_kg(r, mj);
+            t.co2e_kg += loc;
+            let complete = market_complete.entry(s.tenant.clone()).or_insert(true);
+            match market {
+                Some(m) if *complete => *t.co2e_market_kg.get_or_insert(0.0) += m,
+                _ => *complete = false,
+            }
+            let whole = r.idle_power_mw.saturating_mul(s.held_ms) / 1000 + s.dynamic_mj;
+            t.whole_gpu_mj += whole;
+            if nb > 0 {
+                series
+                    .tenant_kwh
+                    .entry(s.tenant.clone())
+                    .or_insert_with(|| vec![0.0; nb])[b] += kwh(mj);
+            }
+        }
+        // Whole-GPU comparison over all slices (cluster view).
+        for s in &r.slices {
+            comparison.whole_gpus_mj +=
+                r.idle_power_mw.saturating_mul(s.held_ms) / 1000 + s.dynamic_mj;
+        }
+        comparison.shared_mj += r.measured_mj - r.unallocated_idle_mj;
+        comparison.whole_gpus_mj += r.unattributed_mj;
+        // GPUs.
+        let tenants_mj: u64 = r.slices.iter().map(|s| s.static_mj + s.dynamic_mj).sum();
+        let (loc, _) = co2e_kg(r, r.measured_mj);
+        let g = gpus.entry(r.gpu.clone()).or_insert_with(|| {
+            (
+                GpuRow {
+                    gpu: r.gpu.clone(),
+                    node: r.node.clone(),
+                    model: r.model.clone(),
+                    ..Default::default()
+                },
+                0.0,
+                0,
+            )
+        });
+        for row in [&mut g.0, &mut cluster] {
+            row.measured_mj += r.measured_mj;
+            row.tenants_mj += tenants_mj;
+            row.unattributed_mj += r.unattributed_mj;
+            row.unallocated_idle_mj += r.unallocated_idle_mj;
+            row.co2e_kg += loc;
+            row.intervals += 1;
+            row.estimated_intervals += u64::from(estimated);
+        }
+        g.0.idle_power_mw = r.idle_power_mw;
+        g.0.idle_power_calibrated = r.idle_power_calibrated;
+        g.1 += r.gpu_activity_pct_ms;
+        g.2 += len;
+        cluster_util.0 += r.gpu_activity_pct_ms;
+        cluster_util.1 += len;
+        if nb > 0 {
+            series.unallocated_idle_kwh[b] += kwh(r.unallocated_idle_mj);
+            series.unattributed_kwh[b] += kwh(r.unattributed_mj);
+            let u = util_acc
+                .entry(r.gpu.clone())
+                .or_insert_with(|| vec![(0.0, 0); nb]);
+            u[b].0 += r.gpu_activity_pct_ms;
+            u[b].1 += len;
+        }
+    }
+    for t in tenants.values_mut() {
+        t.energy_kwh = kwh(t.energy_mj);
+    }
+    let gpus: Vec<GpuRow> = gpus
+        .into_values()
+        .map(|(mut g, act, ms)| {
+            g.measured_kwh = kwh(g.measured_mj);
+            g.mean_util_pct = if ms > 0 { act / ms as f64 } else { 0.0 };
+            g
+        })
+        .collect();
+    cluster.measured_kwh = kwh(cluster.measured_mj);
+    cluster.mean_util_pct = if cluster_util.1 > 0 {
+        cluster_util.0 / cluster_util.1 as f64
+    } else {
+        0.0
+    };
+    series.gpu_util_pct = util_acc
+        .into_iter()
+        .map(|(g, v)| {
+            (
+                g,
+                v.into_iter()
+                    .map(|(a, ms)| (ms > 0).then(|| a / ms as f64))
+                    .collect(),
+            )
+        })
+        .collect();
+    let saved_mj = comparison
+        .whole_gpus_mj
+        .saturating_sub(comparison.shared_mj);
+    comparison.saved_kwh = kwh(saved_mj);
+    comparison.saved_pct = if comparison.whole_gpus_mj > 0 {
+        100.0 * saved_mj as f64 / comparison.whole_gpus_mj as f64
+    } else {
+        0.0
+    };
+    // CO2e of the saving at the report's mean effective factor.
+    comparison.saved_co2e_kg = if cluster.measured_mj > 0 {
+        cluster.co2e_kg * saved_mj as f64 / cluster.measured_mj as f64
+    } else {
+        0.0
+    };
+    let factors: Vec<FactorUsed> = factor_ranges
+        .into_iter()
+        .map(|(name, (min, max, sources, estimate))| FactorUsed {
+            name: name.to_string(),
+            min,
+            max,
+            unit: if name == "pue" { "ratio" } else { "gCO2e/kWh" }.to_string(),
+            sources: sources.into_iter().collect(),
+            estimate,
+        })
+        .collect();
+    Report {
+        from_ms,
+        to_ms,
+        tenant_filter: tenant.map(str::to_string),
+        policy: policy.as_str().to_string(),
+        method: "measured GPU energy (driver counter delta, or power integral flagged as estimate) split into static \
+                 (idle power x time, by capacity held) and dynamic (by measured activity); integer mJ, largest \
+                 remainder; CO2e = energy x PUE x grid intensity. See docs/ENERGY.md."
+            .to_string(),
+        idle_threshold_pct,
+        co2e_is_estimate: factors.iter().any(|f| f.estimate),
+        tenants: tenants.into_values().collect(),
+        gpus,
+        cluster,
+        factors,
+        comparison,
+        series,
+        intervals: recs.len() as u64,
+        estimated_intervals,
+        skipped_intervals,
+    }
+}
+
+/// The report as CSV: one row per tenant, then one per GPU, then the cluster.
+pub fn to_csv(r: &Report) -> String {
+    let mut out = String::from(
+        "row,name,node,model,gpu_hours_allocated,gpu_hours_used,gpu_hours_idle_allocated,energy_mj,static_mj,dynamic_mj,estimated_mj,unattributed_mj,unallocated_idle_mj,energy_kwh,co2e_kg,co2e_is_estimate\n",
+    );
+    let esc = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    for t in &r.tenants {
+        out.push_str(&format!(
+            "tenant,{},,,{:.6},{:.6},{:.6},{},{},{},{},,,{:.9},{:.6},{}\n",
+            esc(&t.tenant),
+            t.gpu_hours_allocated,
+            t.gpu_hours_used,
+            t.gpu_hours_idle_allocated,
+            t.energy_mj,
+            t.static_mj,
+            t.dynamic_mj,
+            t.estimated_mj,
+            t.energy_kwh,
+            t.co2e_kg,
+            r.co2e_is_estimate
+        ));
+    }
+    for g in r.gpus.iter().chain(std::iter::once(&r.cluster)) {
+        out.push_str(&format!(
+            "{},{},{},{},,,,{},,,,{},{},{:.9},{:.6},{}\n",
+            if g.gpu == "cluster" { "cluster" } else { "gpu" },
+            esc(&g.gpu),
+            esc(&g.node),
+            esc(&g.model),
+            g.measured_mj,
+            g.unattributed_mj,
+            g.unallocated_idle_mj,
+            g.measured_kwh,
+            g.co2e_kg,
+            r.co2e_is_estimate
+        ));
+    }
+    out
+}
+
+/// The report as terminal tables.
+pub fn to_table(r: &Report) -> String {
+    let mut out = format!(
+        "Energy report {} .. {} (static policy {}){}\n\n",
+        r.from_ms,
+        r.to_ms,
+        r.policy,
+        if r.co2e_is_estimate {
+            "; CO2e uses DEFAULT ESTIMATES, see factors"
+        } else {
+            ""
+        }
+    );
+    out.push_str(&format!(
+        "{:<14} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
+        "TENANT",
+        "GPU_H_ALLOC",
+        "GPU_H_USED",
+        "GPU_H_IDLE",
+        "ENERGY_KWH",
+        "STATIC%",
+        "CO2E_KG",
+        "EST_KWH"
+    ));
+    for t in &r.tenants {
+        out.push_str(&format!(
+            "{:<14} {:>10.3} {:>10.3} {:>10.3} {:>12.4} {:>9.1}% {:>10.3} {:>10.4}\n",
+            t.tenant,
+            t.gpu_hours_allocated,
+            t.gpu_hours_used,
+            t.gpu_hours_idle_allocated,
+            t.energy_kwh,
+            if t.energy_mj > 0 {
+                100.0 * t.static_mj as f64 / t.energy_mj as f64
+            } else {
+                0.0
+            },
+            t.co2e_kg,
+            kwh(t.estimated_mj)
+        ));
+    }
+    let c = &r.cluster;
+    out.push_str(&format!(
+        "\nCluster: measured {:.4} kWh = tenants {:.4} + unattributed {:.4} + unallocated idle {:.4}; {:.3} kg CO2e; mean utilization {:.1}%; {} intervals ({} estimated)\n",
+        c.measured_kwh,
+        kwh(c.tenants_mj),
+        kwh(c.unattributed_mj),
+        kwh(c.unallocated_idle_mj),
+        c.co2e_kg,
+        c.mean_util_pct,
+        r.intervals,
+        r.estimated_intervals
+    ));
+    out.push_str(&format!(
+        "Sharing vs dedicated whole GPUs for the same work: {:.4} kWh vs {:.4} kWh, saved {:.4} kWh ({:.1}%), {:.3} kg CO2e\n",
+        kwh(r.comparison.shared_mj),
+        kwh(r.comparison.whole_gpus_mj),
+        r.comparison.saved_kwh,
+        r.comparison.saved_pct,
+        r.comparison.saved_co2e_kg
+    ));
+    out.push_str("Factors:\n");
+    for f in &r.factors {
+        out.push_str(&format!(
+            "  {} = {}{} {} [{}]{}\n",
+            f.name,
+            f.min,
+            if f.max != f.min {
+                format!("..{}", f.max)
+            } else {
+                String::new()
+            },
+            f.unit,
+            f.sources.join("; "),
+            if f.estimate { " (ESTIMATE)" } else { "" }
+        ));
+    }
+    out
+}

@@ -1,0 +1,277 @@
+//! The manifests in `deploy/`: every one parses into the Kubernetes API types (k8s-openapi), every
+//! kustomization names files that exist, and the agent DaemonSet's flags, config file and host paths
+//! match the real agent binary. (The controller's flags are checked in controller/tests/deploy.rs.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use greenslice_agent::AgentConfig;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::Deserialize;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+    out.sort();
+}
+
+/// Every YAML document of a file, as JSON values.
+fn documents(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| {
+            serde_json::Value::deserialize(d)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Every Kubernetes object in deploy/ (kustomizations aside), by kind.
+#[derive(Default)]
+struct Objects {
+    config_maps: Vec<ConfigMap>,
+    deployments: Vec<Deployment>,
+    daemon_sets: Vec<DaemonSet>,
+    services: Vec<Service>,
+    count: usize,
+}
+
+/// Parses a document into its API type, and checks nothing was dropped on the way: serde skips
+/// unknown fields, so a misspelt field would otherwise pass unnoticed.
+fn parse<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: serde_json::Value,
+    path: &Path,
+) -> T {
+    let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{}: not a valid {}: {e}",
+            path.display(),
+            std::any::type_name::<T>()
+        )
+    });
+    let back = serde_json::to_value(&t).unwrap();
+    if let Some(field) = dropped(&v, &back, String::new()) {
+        panic!(
+            "{}: field {field} is not part of {} (misspelt or misplaced?)",
+            path.display(),
+            std::any::type_name::<T>()
+        );
+    }
+    t
+}
+
+/// The first path in `orig` that `back` lacks or holds differently (`back` may add fields, such as
+/// the apiVersion and kind of embedded objects).
+fn dropped(orig: &serde_json::Value, back: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value::{Array, Object};
+    match (orig, back) {
+        (Object(o), Object(b)) => o.iter().find_map(|(k, v)| match b.get(k) {
+            Some(bv) => dropped(v, bv, format!("{at}.{k}")),
+            None => Some(format!("{at}.{k}")),
+        }),
+        (Array(o), Array(b)) if o.len() == b.len() => o
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (ov, bv))| dropped(ov, bv, format!("{at}[{i}]"))),
+        _ if orig == back => None,
+        _ => Some(at),
+    }
+}
+
+fn objects() -> Objects {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir(), &mut files);
+    let mut o = Objects::default();
+    for f in files.iter().filter(|f| !f.ends_with("kustomization.yaml")) {
+        for v in documents(f) {
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            o.count += 1;
+            match kind.as_str() {
+                "Namespace" => drop(parse::<Namespace>(v, f)),
+                "ServiceAccount" => drop(parse::<ServiceAccount>(v, f)),
+                "ClusterRole" => drop(parse::<ClusterRole>(v, f)),
+                "ClusterRoleBinding" => drop(parse::<ClusterRoleBinding>(v, f)),
+                "PersistentVolumeClaim" => drop(parse::<PersistentVolumeClaim>(v, f)),
+                "StatefulSet" => drop(parse::<StatefulSet>(v, f)),
+                "ConfigMap" => o.config_maps.push(parse(v, f)),
+                "Deployment" => o.deployments.push(parse(v, f)),
+                "DaemonSet" => o.daemon_sets.push(parse(v, f)),
+                "Service" => o.services.push(parse(v, f)),
+                other => panic!("{}: no test knows kind {other:?}", f.display()),
+            }
+        }
+    }
+    o
+}
+
+#[test]
+fn every_manifest_parses_into_the_kubernetes_api_types() {
+    let o = objects();
+    assert!(o.count >= 14, "only {} objects found", o.count);
+    assert_eq!(o.deployments.len(), 1);
+    assert_eq!(o.daemon_sets.len(), 1);
+}
+
+#[test]
+fn kustomizations_name_files_that_exist() {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir(), &mut files);
+    let ks: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| f.ends_with("kustomization.yaml"))
+        .collect();
+    assert_eq!(ks.len(), 3, "{ks:?}");
+    for k in ks {
+        let dir = k.parent().unwrap();
+        let v = &documents(k)[0];
+        assert_eq!(v["kind"], "Kustomization", "{}", k.display());
+        for r in v["resources"].as_array().into_iter().flatten() {
+            let p = dir.join(r.as_str().unwrap());
+            assert!(p.exists(), "{} names missing {}", k.display(), p.display());
+        }
+        for g in v["configMapGenerator"].as_array().into_iter().flatten() {
+            for f in g["files"].as_array().unwrap() {
+                let name = f.as_str().unwrap();
+                let file = name.split_once('=').map_or(name, |(_, f)| f);
+                let p = dir.join(file);
+                assert!(p.exists(), "{} names missing {}", k.display(), p.display());
+            }
+        }
+        for p in v["patches"].as_array().into_iter().flatten() {
+            let text = p["patch"].as_str().expect("inline patch");
+            serde_norway::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|e| panic!("{}: patch is not YAML: {e}", k.display()));
+        }
+    }
+}
+
+#[test]
+fn grafana_dashboard_is_json_with_greenslice_metrics() {
+    let text =
+        std::fs::read_to_string(deploy_dir().join("monitoring/grafana-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    let docs = std::fs::read_to_string(deploy_dir().join("../docs/KUBERNETES.md")).unwrap();
+    // Every metric the dashboard uses is listed in docs/KUBERNETES.md for the metrics code to match.
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("greenslice_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(docs.contains(&format!("`{name}`")), "{name} not in docs");
+            }
+        }
+    }
+}
+
+fn agent_accepts(args: &[String]) -> std::process::Output {
+    // Clap checks every flag and value before it reaches the trailing --help, which then exits 0.
+    Command::new(env!("CARGO_BIN_EXE_greenslice-agent"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn agent_daemonset_matches_the_agent_binary_and_its_config() {
+    let o = objects();
+    let ds = &o.daemon_sets[0];
+    let pod = ds.spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+
+    // Flags and values are the binary's (and an unknown flag would be caught).
+    let out = agent_accepts(&args);
+    assert!(
+        out.status.success(),
+        "agent refuses the DaemonSet's args {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!agent_accepts(&["--no-such-flag".into()]).status.success());
+    assert!(args.contains(&"--kubelet".to_string()));
+
+    // --config names a file the ConfigMap volume provides, and the file is a valid agent config.
+    let config_path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    let (dir, file) = config_path.rsplit_once('/').unwrap();
+    let mounts = c.volume_mounts.clone().unwrap();
+    let volumes = pod.volumes.clone().unwrap();
+    let config_mount = mounts.iter().find(|m| m.mount_path == dir).unwrap();
+    let config_volume = volumes
+        .iter()
+        .find(|v| v.name == config_mount.name)
+        .unwrap();
+    let cm_name = &config_volume.config_map.as_ref().unwrap().name;
+    let cm = o
+        .config_maps
+        .iter()
+        .find(|m| m.metadata.name.as_deref() == Some(cm_name))
+        .unwrap();
+    let toml = &cm.data.as_ref().unwrap()[file];
+    let cfg = AgentConfig::parse(toml).unwrap_or_else(|e| panic!("{cm_name}/{file}: {e}"));
+
+    // The kubelet folders the config names are mounted from the same host paths.
+    let pod_resources_dir = Path::new(&cfg.kubelet.pod_resources_socket)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for want in [cfg.kubelet.device_plugin_dir.clone(), pod_resources_dir] {
+        let m = mounts
+            .iter()
+            .find(|m| m.mount_path == want)
+            .unwrap_or_else(|| panic!("{want} is not mounted"));
+        let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+        assert_eq!(
+            v.host_path.as_ref().map(|h| h.path.as_str()),
+            Some(want.as_str())
+        );
+    }
+
+    // --controller names the controller Service and its gRPC port.
+    let url = &args[args.iter().position(|a| a == "--controller").unwrap() + 1];
+    let svc = o
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("greenslice-controller"))
+        .unwrap();
+    let grpc = svc
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .unwrap();
+    assert_eq!(
+        url,
+        &format!(
+            "http://greenslice-controller.{}.svc:{}",
+            svc.metadata.namespace.as_deref().unwrap(),
+            grpc.port
+        )
+    );
+}

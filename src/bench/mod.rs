@@ -1,0 +1,27 @@
+//! `greenslice bench ...`: benchmarks. Each is a library function with its own arguments, so tests
+//! and other tools can run them too.
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Replay the openb production trace under the FGD artifact's protocol and compare placement
+    /// policies (unallocated GPU % at 100% and 130% arrival).
+    Packing(greenslice_controller::placement::bench::Args),
+    /// Replay openb arrivals and departures at virtual time with a share of slices going idle, and
+    /// compare no reclaim with the idle policy (admitted, queueing delay, idle-allocated GPU-hours).
+    Reclaim(greenslice_controller::reclaim::bench::Args),
+}
+
+/// Runs a benchmark and prints its report.
+pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Packing(a) => {
+            tokio::task::spawn_blocking(move || greenslice_controller::placement::bench::run(a))
+                .await?
+        }
+        BenchCommand::Reclaim(a) => {
+            tokio::task::spawn_blocking(move || greenslice_controller::reclaim::bench::run(a, json))
+                .await?
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The energy report of a live run: intervals conserve energy, the HTML is self-contained and its
+//! numbers equal the JSON report's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenslice::harness::{self, ClusterSpec};
+use greenslice_agent::backend::sim::{Machine, Workload};
+use greenslice_controller::api::ops::energy_report;
+use greenslice_controller::report::{self, html};
+use greenslice_core::clock::ScaledClock;
+use greenslice_proto::v1 as pb;
+use pb::tenant_service_client::TenantServiceClient;
+
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let key = format!("{name}=\"");
+    let i = tag.find(&key)? + key.len();
+    Some(tag[i..].split('"').next()?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_report_conserves_energy_and_html_matches_json() {
+    let speedup = 600.0;
+    let mut spec = ClusterSpec::new(harness::nodes(2, &[Machine::DgxH100], 2));
+    spec.clock = Arc::new(ScaledClock::new(1_800_000_000_000, speedup));
+    spec.sample_interval = Duration::from_secs_f64(5.0 / speedup);
+    spec.batch_interval = Duration::from_secs_f64(30.0 / speedup);
+    let cluster = harness::start(spec).await.unwrap();
+    let mut c = TenantServiceClient::connect(cluster.url.clone())
+        .await
+        .unwrap();
+    let specs = [
+        (
+            "alpha",
+            pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 }),
+            Workload::Busy { util: 0.9 },
+        ),
+        (
+            "beta",
+            pb::slice_spec::Kind::Mig(pb::MigSlice {
+                profile: "3g.40gb".into(),
+            }),
+            Workload::Busy { util: 0.5 },
+        ),
+        (
+            "gamma",
+            pb::slice_spec::Kind::Share(pb::ShareSlice {
+                compute_fraction: 0.5,
+                memory_bytes: 8 << 30,
+            }),
+            Workload::Idle,
+        ),
+    ];
+    for (tenant, kind, w) in specs {
+        let s = c
+            .request_slice(pb::RequestSliceRequest {
+                tenant: tenant.into(),
+                spec: Some(pb::SliceSpec {
+                    kind: Some(kind),
+                    ..Default::default()
+                }),
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .slice
+            .unwrap();
+        cluster
+            .with_sim(&s.node, |sim| sim.set_workload(&s.id, w).unwrap())
+            .unwrap();
+    }
+    // About 30 simulated minutes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = energy_report(&cluster.controller, 0, 0, "").unwrap();
+    assert!(
+        r.intervals >= 16 * 10,
+        "expected many intervals, got {}",
+        r.intervals
+    );
+
+    // Conservation per GPU and for the cluster.
+    for g in r.gpus.iter().chain(std::iter::once(&r.cluster)) {
+        assert_eq!(
+            g.tenants_mj + g.unattributed_mj + g.unallocated_idle_mj,
+            g.measured_mj,
+            "{}",
+            g.gpu
+        );
+    }
+    let tenants_total: u64 = r.tenants.iter().map(|t| t.energy_mj).sum();
+    assert_eq!(tenants_total, r.cluster.tenants_mj);
+    let by = |t: &str| r.tenants.iter().find(|x| x.tenant == t).unwrap().clone();
+    let (alpha, beta, gamma) = (by("alpha"), by("beta"), by("gamma"));
+    // Busy whole GPU draws more than a busy 3/7 MIG slice; an idle share gets static energy only.
+    assert!(alpha.energy_mj > beta.energy_mj);
+    assert_eq!(
+        gamma.dynamic_mj, 0,
+        "an idle share is charged no dynamic energy"
+    );
+    assert!(gamma.static_mj > 0);
+    assert!(alpha.gpu_hours_used > beta.gpu_hours_used);
+    assert!(gamma.gpu_hours_idle_allocated > 0.0 && gamma.gpu_hours_used < 1e-9);
+    // Defaults are flagged as estimates with their sources.
+    assert!(r.co2e_is_estimate);
+    assert!(
+        r.factors
+            .iter()
+            .any(|f| f.name == "pue" && f.min == 1.56 && f.sources[0].contains("Uptime"))
+    );
+
+    // HTML: self-contained, and its numbers equal the JSON.
+    let page = html::render(&r);
+    for forbidden in [
+        "<script src",
+        "<link",
+        "http://",
+        "https://",
+        "url(",
+        "@import",
+    ] {
+        assert!(
+            !page.contains(forbidden),
+            "HTML must not fetch anything: found {forbidden}"
+        );
+    }
+    let json: report::Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    let mut seen = 0;
+    for tag in page.split("<tr ").skip(1) {
+        let tag = tag.split('>').next().unwrap();
+        if let Some(t) = attr(tag, "data-tenant") {
+            let row = json.tenants.iter().find(|x| x.tenant == t).unwrap();
+            assert_eq!(
+                attr(tag, "data-energy-mj").unwrap(),
+                row.energy_mj.to_string()
+            );
+            assert_eq!(
+                attr(tag, "data-static-mj").unwrap(),
+                row.static_mj.to_string()
+            );
+            assert_eq!(
+                attr(tag, "data-dynamic-mj").unwrap(),
+                row.dynamic_mj.to_string()
+            );
+            seen += 1;
+        }
+        if let Some(g) = attr(tag, "data-gpu") {
+            let row = json
+                .gpus
+                .iter()
+                .chain(std::iter::once(&json.cluster))
+                .find(|x| x.gpu == g)
+                .unwrap();
+            assert_eq!(
+                attr(tag, "data-measured-mj").unwrap(),
+                row.measured_mj.to_string()
+            );
+            assert_eq!(
+                attr(tag, "data-unallocated-idle-mj").unwrap(),
+                row.unallocated_idle_mj.to_string()
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, json.tenants.len() + json.gpus.len() + 1);
+    // The embedded document is the JSON report itself.
+    let embedded = page
+        .split("id=\"report-data\">")
+        .nth(1)
+        .unwrap()
+        .split("</script>")
+        .next()
+        .unwrap();
+    let parsed: report::Report = serde_json::from_str(&embedded.replace("<\\/", "</")).unwrap();
+    assert_eq!(parsed, json);
+
+    // A tenant filter keeps only that tenant's rows.
+    let only = energy_report(&cluster.controller, 0, 0, "beta").unwrap();
+    assert_eq!(only.tenants.len(), 1);
+    // Bad periods are refused.
+    assert!(energy_report(&cluster.controller, 10, 5, "").is_err());
+    assert!(energy_report(&cluster.controller, 0, 0, "Not A Tenant").is_err());
+    cluster.shutdown().await;
+}
