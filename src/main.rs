@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod output;
+mod reclaim_cli;
 mod report_cmd;
 
 use std::process::ExitCode;
@@ -52,6 +53,10 @@ enum Command {
     },
     /// Nodes, GPUs, slices and free capacity.
     Inventory,
+    /// Utilization history of a slice, a tenant's slices or a node's GPUs, and idle state.
+    Usage(reclaim_cli::UsageArgs),
+    /// Keep a slice from idle reclaim for a while.
+    Keep(reclaim_cli::KeepArgs),
     /// Per-tenant energy and CO2e report (table, JSON, CSV or self-contained HTML).
     Report(report_cmd::ReportArgs),
     /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
@@ -93,6 +98,8 @@ async fn main() -> ExitCode {
         Command::Release { slice } => cli::release(&cli.controller, fmt, &slice).await,
         Command::Watch { tenant } => cli::watch(&cli.controller, fmt, tenant).await,
         Command::Inventory => cli::inventory(&cli.controller, fmt).await,
+        Command::Usage(a) => reclaim_cli::usage(&cli.controller, fmt, a).await,
+        Command::Keep(a) => reclaim_cli::keep(&cli.controller, fmt, a).await,
         Command::Report(a) => report_cmd::run(&cli.controller, a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,

@@ -28,6 +28,9 @@ pub struct ControllerArgs {
     /// TOML config file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on, at /metrics [config: metrics_listen; default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Where desired state is kept [config: ledger; default redb]: memory (lost on exit), redb (a
     /// crash-safe file in --data-dir, one controller) or etcd (several replicas, one leader).
     #[arg(long, value_enum)]
@@ -76,6 +79,9 @@ fn resolve(args: &ControllerArgs) -> Result<ControllerConfig, String> {
         None => ControllerConfig::default(),
     };
     let a = args.clone();
+    if let Some(v) = &a.metrics_listen {
+        cfg.metrics_listen = v.clone();
+    }
     if let Some(v) = a.listen {
         cfg.listen = v;
     }

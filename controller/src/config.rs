@@ -43,6 +43,10 @@ pub struct ControllerConfig {
     pub advertise_url: Option<String>,
     /// etcd settings (ledger = "etcd").
     pub etcd: EtcdSection,
+    /// Address to serve Prometheus metrics on (`/metrics`); empty: not served.
+    pub metrics_listen: String,
+    /// The idle policy (`[idle]`; see [`crate::reclaim::policy`]).
+    pub idle: crate::reclaim::IdlePolicy,
 }
 
 /// `[etcd]` in the config file.
@@ -83,6 +87,8 @@ impl Default for ControllerConfig {
             terminal_retention_s: 600,
             advertise_url: None,
             etcd: EtcdSection::default(),
+            metrics_listen: String::new(),
+            idle: Default::default(),
         }
     }
 }

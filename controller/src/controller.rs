@@ -144,6 +144,10 @@ pub struct Controller {
     config: CoreConfig,
     /// Samples from the agents.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Idle reclaim: policy, warnings and keeps (see [`crate::reclaim`]).
+    pub reclaim: crate::reclaim::Reclaimer,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
     /// Energy attribution of the samples.
     energy: Mutex<crate::energy::accounting::Accountant>,
     /// Orphans seen, with when each was first seen (ms since the Unix epoch).
@@ -207,6 +211,8 @@ impl Controller {
             events: broadcast::channel(4096).0,
             config,
             telemetry: Default::default(),
+            reclaim: Default::default(),
+            metrics: Default::default(),
             energy: Mutex::new(crate::energy::accounting::Accountant::new(
                 Default::default(),
             )),
@@ -233,6 +239,47 @@ impl Controller {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Runs `f` on the cluster state (read-only, under the state lock: keep it short).
+    pub fn with_state<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.lock())
+    }
+
+    /// Sends an event to watchers.
+    pub fn emit_event(&self, ev: pb::SliceEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Destroys a MIG instance that no live slice owns (MIG re-layout). Refuses an owned one.
+    pub async fn destroy_free_mig(
+        &self,
+        node: &str,
+        gpu: &str,
+        gi: u32,
+    ) -> Result<(), ControllerError> {
+        let owned = self.lock().live_on_node(node).any(|s| {
+            s.gpus.iter().any(|g| g == gpu)
+                && s.mig
+                    .as_ref()
+                    .is_some_and(|m| m.gpu_instance_id == Some(gi))
+        });
+        if owned {
+            return Err(ControllerError::BadRequest(format!(
+                "MIG instance {gi} on {gpu} belongs to a live slice"
+            )));
+        }
+        self.call(
+            node,
+            Action::DestroyMig(pb::DestroyMigInstance {
+                gpu_uuid: gpu.to_string(),
+                gpu_instance_id: gi,
+                slice_id: String::new(),
+            }),
+        )
+        .await?;
+        self.lock().mirror_mig_destroyed(node, gpu, gi);
+        Ok(())
     }
 
     fn emit(&self, kind: pb::SliceEventKind, slice: &SliceRecord, message: String) {
@@ -314,6 +361,8 @@ impl Controller {
         let spec = greenslice_core::convert::spec_from_pb(spec)?;
         let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
         let now = self.clock.now_ms();
+        // A MIG request that fits nowhere may fit once free instances are re-partitioned.
+        crate::reclaim::relayout::make_room(self, &spec).await;
 
         let (record, commit) = {
             let mut st = self.lock();
@@ -1098,6 +1147,7 @@ impl Controller {
     /// attribution window they close.
     pub fn ingest_samples(&self, node: &str, batch: &pb::SampleBatch) {
         let accepted = self.telemetry.ingest(node, batch);
+        crate::reclaim::record_usage(self, node, &accepted);
         if accepted.is_empty() {
             return;
         }

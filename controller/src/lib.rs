@@ -9,6 +9,7 @@
 //! - [`agents`]: connected node agents and commands in flight.
 //! - [`energy`]: measured energy per GPU, its exact attribution to tenants, and CO2e.
 //! - [`telemetry`]: utilization, power and energy samples from the agents.
+//! - [`reclaim`]: the idle policy, idle reclaim and MIG re-layout; [`metrics`]: Prometheus.
 //! - [`report`]: the ops energy and carbon report (table, JSON, CSV, HTML).
 //! - [`api`]: the gRPC services; [`server`] serves them.
 
@@ -20,7 +21,9 @@ pub mod controller;
 pub mod energy;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod placement;
+pub mod reclaim;
 pub mod report;
 pub mod server;
 pub mod slice;

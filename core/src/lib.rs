@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod convert;
+pub mod expfmt;
 pub mod gpu;
 pub mod inventory;
 pub mod mig;

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod config;
 pub mod kubelet;
+pub mod metrics;
 pub mod session;
 pub mod usage;
 

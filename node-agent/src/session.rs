@@ -96,6 +96,8 @@ pub struct SessionConfig {
     pub sample_interval: Duration,
     /// How often to send the collected samples (default 5 s).
     pub batch_interval: Duration,
+    /// Where to count samples and lag (None: not counted).
+    pub metrics: Option<Arc<crate::metrics::AgentMetrics>>,
     /// Kubelet allocations to report on every session (see [`crate::kubelet`]); `None` when the
     /// agent is not the kubelet's device plugin.
     pub kubelet: Option<KubeletReports>,
@@ -133,6 +135,7 @@ impl SessionConfig {
             node: node.to_string(),
             sample_interval: Duration::from_secs(1),
             batch_interval: Duration::from_secs(5),
+            metrics: None,
             kubelet: None,
         }
     }
@@ -165,12 +168,33 @@ async fn sampler(
     let mut batch: Vec<pb::GpuSample> = Vec::new();
     let mut last_sent = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        let scheduled = tick.tick().await;
+        let started = tokio::time::Instant::now();
         let b = backend.clone();
-        match tokio::task::spawn_blocking(move || sample_once(&b)).await {
-            Ok(Ok(s)) => batch.extend(s),
-            Ok(Err(e)) => warn!(error = %e, "sampling failed"),
-            Err(e) => warn!(error = %e, "sampling task failed"),
+        let ok = match tokio::task::spawn_blocking(move || sample_once(&b)).await {
+            Ok(Ok(s)) => {
+                batch.extend(s);
+                true
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "sampling failed");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "sampling task failed");
+                false
+            }
+        };
+        if let Some(m) = &cfg.metrics {
+            if ok {
+                m.samples.inc();
+            } else {
+                m.sample_errors.inc();
+            }
+            m.sample_lag
+                .set(started.saturating_duration_since(scheduled).as_secs_f64());
+            m.sample_duration.set(started.elapsed().as_secs_f64());
+            m.pending_samples.set(batch.len() as i64);
         }
         if last_sent.elapsed() >= cfg.batch_interval && !batch.is_empty() {
             let msg = pb::AgentMessage {
@@ -182,6 +206,10 @@ async fn sampler(
                 return;
             }
             last_sent = tokio::time::Instant::now();
+            if let Some(m) = &cfg.metrics {
+                m.batches_sent.inc();
+                m.pending_samples.set(0);
+            }
         }
     }
 }

@@ -12,6 +12,9 @@ pub enum BenchCommand {
     /// Request+release round trips per second and their latency through the real gRPC API, with
     /// simulated agents confirming every change, on a durable ledger.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Replay openb arrivals and departures at virtual time with a share of slices going idle, and
+    /// compare no reclaim with the idle policy (admitted, queueing delay, idle-allocated GPU-hours).
+    Reclaim(greenslice_controller::reclaim::bench::Args),
 }
 
 /// Runs a benchmark and prints its report (JSON when `json`, where the benchmark has one).
@@ -29,6 +32,10 @@ pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
                 print!("{}", report.render());
             }
             Ok(())
+        }
+        BenchCommand::Reclaim(a) => {
+            tokio::task::spawn_blocking(move || greenslice_controller::reclaim::bench::run(a, json))
+                .await?
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod kubelet;
 pub mod ops;
 pub mod tenant;
+pub mod usage;
 
 /// Longest accepted id in a request (slice ids, node names).
 pub const MAX_ID_LEN: usize = 253;

@@ -127,4 +127,11 @@ impl OpsService for OpsApi {
     ) -> Result<Response<pb::InventoryResponse>, Status> {
         Ok(Response::new(inventory(&self.controller)))
     }
+
+    async fn usage(
+        &self,
+        req: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        super::usage::usage(&self.controller, &req.into_inner()).map(Response::new)
+    }
 }

@@ -82,6 +82,20 @@ impl TenantService for TenantApi {
         }))
     }
 
+    async fn keep_slice(
+        &self,
+        req: Request<pb::KeepSliceRequest>,
+    ) -> Result<Response<pb::KeepSliceResponse>, Status> {
+        let r = req.into_inner();
+        check_id("slice_id", &r.slice_id)?;
+        let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms)?;
+        Ok(Response::new(pb::KeepSliceResponse {
+            slice: Some(s.to_pb()),
+            kept_until_unix_ms: until,
+        }))
+    }
+
     type WatchSlicesStream = Pin<Box<dyn Stream<Item = Result<pb::SliceEvent, Status>> + Send>>;
 
     async fn watch_slices(

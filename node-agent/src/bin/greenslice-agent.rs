@@ -38,6 +38,9 @@ struct Args {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on, at /metrics (default: off).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Serve the kubelet as its device plugin and report pod allocations [config: kubelet.enabled].
     #[arg(long)]
     kubelet: bool,
@@ -231,6 +234,25 @@ async fn main() -> ExitCode {
     };
     let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
     session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
+    if let Some(addr) = &args.metrics_listen {
+        let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} for metrics: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Ok(a) = listener.local_addr() {
+            info!(addr = %a, "metrics at /metrics");
+        }
+        tokio::spawn(greenslice_agent::metrics::serve(
+            metrics.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        session.metrics = Some(metrics);
+    }
     tokio::select! {
         // Several controller replicas may be given, comma-separated: the agent tries each in turn.
         _ = greenslice_agent::session::run_with(session, shared) => {}

@@ -1,0 +1,327 @@
+//! Prometheus metrics of the controller (prometheus-client), served at `/metrics` on
+//! `--metrics-listen`. Names follow Prometheus conventions: the unit in the name (`_seconds`,
+//! `_bytes`, `_ratio` for 0..1, `_gpus` for capacity in GPUs), counters exposed with `_total`.
+//!
+//! Other parts add their own families with [`Metrics::register`] (e.g. energy:
+//! `metrics.register("greenslice_energy_joules", "...", family.clone())`); gauges computed from the
+//! controller's state are set in [`refresh`], which runs before every scrape and after every idle
+//! check.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::controller::Controller;
+use crate::reclaim::UsageView;
+
+/// A float gauge.
+pub type FGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub node: String,
+    pub gpu: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SliceLabels {
+    pub slice: String,
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+}
+
+/// The controller's registry and families.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Newest compute utilization of each GPU, 0..1.
+    pub gpu_utilization: Family<GpuLabels, FGauge>,
+    /// Newest compute utilization of each live slice relative to its own capacity, 0..1.
+    pub slice_utilization: Family<SliceLabels, FGauge>,
+    /// Capacity held by slices that are idle now (by their idle policy), GPUs.
+    pub idle_allocated: Family<TenantLabels, FGauge>,
+    /// Capacity held by live slices, GPUs.
+    pub allocated: Family<TenantLabels, FGauge>,
+    pub idle_warnings: Family<ReasonLabels, Counter>,
+    pub reclaims: Family<ReasonLabels, Counter>,
+    /// Slices warned and not yet reclaimed or withdrawn.
+    pub warned_slices: Gauge,
+    /// Dry run: slices the last check would have reclaimed.
+    pub dry_run_candidates: Gauge,
+    pub mig_relayouts: Counter,
+    /// Controller clock minus the newest sample time of each node's last batch, seconds.
+    pub agent_sample_lag: Family<NodeLabels, FGauge>,
+    /// Bytes held by utilization histories and accounts.
+    pub history_bytes: Gauge,
+    /// Slices with a utilization history.
+    pub tracked_slices: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            gpu_utilization: Family::default(),
+            slice_utilization: Family::default(),
+            idle_allocated: Family::default(),
+            allocated: Family::default(),
+            idle_warnings: Family::default(),
+            reclaims: Family::default(),
+            warned_slices: Gauge::default(),
+            dry_run_candidates: Gauge::default(),
+            mig_relayouts: Counter::default(),
+            agent_sample_lag: Family::default(),
+            history_bytes: Gauge::default(),
+            tracked_slices: Gauge::default(),
+        };
+        m.register(
+            "greenslice_gpu_utilization_ratio",
+            "Newest compute utilization of a GPU (0..1)",
+            m.gpu_utilization.clone(),
+        );
+        m.register(
+            "greenslice_slice_utilization_ratio",
+            "Newest compute utilization of a slice, relative to the capacity it holds (0..1)",
+            m.slice_utilization.clone(),
+        );
+        m.register(
+            "greenslice_idle_allocated_gpus",
+            "Capacity held by slices idle now by their idle policy, in GPUs",
+            m.idle_allocated.clone(),
+        );
+        m.register(
+            "greenslice_allocated_gpus",
+            "Capacity held by live slices, in GPUs",
+            m.allocated.clone(),
+        );
+        m.register(
+            "greenslice_idle_warnings",
+            "Idle warnings sent to tenants",
+            m.idle_warnings.clone(),
+        );
+        m.register(
+            "greenslice_reclaims",
+            "Slices reclaimed by the idle policy",
+            m.reclaims.clone(),
+        );
+        m.register(
+            "greenslice_idle_warned_slices",
+            "Slices warned and awaiting reclaim",
+            m.warned_slices.clone(),
+        );
+        m.register(
+            "greenslice_reclaim_dry_run_candidates",
+            "Dry run: slices the last idle check would have reclaimed",
+            m.dry_run_candidates.clone(),
+        );
+        m.register(
+            "greenslice_mig_relayouts",
+            "MIG re-layouts: free instances destroyed to fit a request",
+            m.mig_relayouts.clone(),
+        );
+        m.register(
+            "greenslice_agent_sample_lag_seconds",
+            "Controller clock minus the newest sample time of a node's last batch",
+            m.agent_sample_lag.clone(),
+        );
+        m.register(
+            "greenslice_telemetry_history_bytes",
+            "Bytes held by utilization histories and usage accounts",
+            m.history_bytes.clone(),
+        );
+        m.register(
+            "greenslice_telemetry_tracked_slices",
+            "Slices with a utilization history",
+            m.tracked_slices.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a metric family. Name it by Prometheus conventions; counters get `_total` appended.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry().register(name, help, metric);
+    }
+
+    /// The text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+
+    pub fn idle_warning(&self, reason: &str) {
+        self.idle_warnings
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn reclaimed(&self, reason: &str) {
+        self.reclaims
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn relayout(&self) {
+        self.mig_relayouts.inc();
+    }
+
+    pub fn agent_sample_lag(&self, node: &str, seconds: f64) {
+        self.agent_sample_lag
+            .get_or_create(&NodeLabels {
+                node: node.to_string(),
+            })
+            .set(seconds);
+    }
+}
+
+/// Sets the gauges computed from the controller's state and telemetry.
+pub fn refresh(c: &Controller) {
+    let m = &c.metrics;
+    let policy = c.reclaim.policy();
+    let now = c.now_ms();
+    m.gpu_utilization.clear();
+    for uuid in c.telemetry.gpus() {
+        if let Some(h) = c.telemetry.gpu_history(&uuid)
+            && let Some(p) = h.history.latest()
+        {
+            m.gpu_utilization
+                .get_or_create(&GpuLabels {
+                    node: h.node.clone(),
+                    gpu: uuid.clone(),
+                })
+                .set(f64::from(p.sm_pct) / 100.0);
+        }
+    }
+    let live: Vec<(crate::slice::SliceRecord, f64)> = c.with_state(|st| {
+        st.slices
+            .values()
+            .filter(|r| r.is_live())
+            .map(|r| (r.clone(), crate::reclaim::allocated_gpus(r, st)))
+            .collect()
+    });
+    m.slice_utilization.clear();
+    m.idle_allocated.clear();
+    m.allocated.clear();
+    for (r, gpus) in &live {
+        let t = TenantLabels {
+            tenant: r.tenant.clone(),
+        };
+        m.allocated.get_or_create(&t).inc_by(*gpus);
+        m.idle_allocated.get_or_create(&t).inc_by(0.0);
+        if let Some(p) = c
+            .telemetry
+            .with_slice(&r.id, |s| s.history.latest().copied())
+            .flatten()
+        {
+            m.slice_utilization
+                .get_or_create(&SliceLabels {
+                    slice: r.id.clone(),
+                    tenant: r.tenant.clone(),
+                })
+                .set(f64::from(p.sm_pct) / 100.0 / gpus.max(1e-9));
+        }
+        let rule = policy.resolve(&r.tenant, r.spec.slice_class.as_deref());
+        let fresh = c
+            .telemetry
+            .latest_ms(&r.id)
+            .is_some_and(|t| now - t <= crate::reclaim::decide::MAX_GAP_MS);
+        if fresh && c.telemetry.idle_since(&r.id, &rule.test(*gpus)).is_some() {
+            m.idle_allocated.get_or_create(&t).inc_by(*gpus);
+        }
+    }
+    let marks = c.reclaim.marks_snapshot();
+    m.warned_slices.set(marks.warned.len() as i64);
+    m.dry_run_candidates
+        .set(c.reclaim.would_reclaim().len() as i64);
+    m.history_bytes
+        .set(i64::try_from(c.telemetry.history_bytes()).unwrap_or(i64::MAX));
+    m.tracked_slices
+        .set(c.telemetry.tracked_slices().len() as i64);
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves; `render` produces the body.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let r = render.clone();
+            async move { exposition(&headers, &r()) }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The body in the format the scraper asked for: OpenMetrics, or the classic text format.
+pub fn exposition(
+    headers: &axum::http::HeaderMap,
+    openmetrics: &str,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    use greenslice_core::expfmt;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if expfmt::wants_openmetrics(accept) {
+        (
+            [(axum::http::header::CONTENT_TYPE, expfmt::OPENMETRICS)],
+            openmetrics.to_string(),
+        )
+    } else {
+        (
+            [(axum::http::header::CONTENT_TYPE, expfmt::PROMETHEUS_TEXT)],
+            expfmt::openmetrics_to_prometheus_text(openmetrics),
+        )
+    }
+}
+
+/// Serves the controller's metrics (refreshed on every scrape).
+pub async fn serve_controller(
+    c: std::sync::Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve(
+        listener,
+        std::sync::Arc::new(move || {
+            refresh(&c);
+            c.metrics.encode()
+        }),
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,258 @@
+//! `greenslice usage` and `greenslice keep`: utilization history and keeping a slice from idle
+//! reclaim.
+
+use anyhow::Context;
+use greenslice_proto::v1 as pb;
+use pb::ops_service_client::OpsServiceClient;
+use pb::tenant_service_client::TenantServiceClient;
+use serde_json::json;
+
+use crate::cli::ArgError;
+use crate::output::{Format, table};
+
+/// Parses a duration: "90s", "30m", "2h", "1h30m", "1d" (a bare number is seconds). Returns ms.
+pub fn parse_duration_ms(s: &str) -> Result<i64, ArgError> {
+    let bad = || {
+        ArgError(format!(
+            "invalid duration {s:?}: use e.g. 90s, 30m, 2h or 1h30m"
+        ))
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = t.parse::<i64>() {
+        return n.checked_mul(1000).filter(|v| *v >= 0).ok_or_else(bad);
+    }
+    let mut total: i64 = 0;
+    let mut num = String::new();
+    for ch in t.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match ch {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// A time: ms since the Unix epoch, or a duration meaning that long before now ("2h").
+fn parse_time(s: &str, now_ms: i64) -> Result<i64, ArgError> {
+    match s.parse::<i64>() {
+        Ok(ms) if ms > 1_000_000_000_000 => Ok(ms),
+        _ => Ok(now_ms - parse_duration_ms(s)?),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["slice", "tenant", "node"])))]
+pub struct UsageArgs {
+    /// Slice id.
+    pub slice: Option<String>,
+    /// Every slice of this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Every GPU of this node, and the slices on it.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Range start: ms since the Unix epoch, or a duration before now (e.g. 2h). Default: 1h.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Range end: ms since the Unix epoch, or a duration before now. Default: now.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeepArgs {
+    /// Slice id.
+    pub slice: String,
+    /// How long to keep it from idle reclaim, e.g. 2h (at most the policy's max_keep_s).
+    #[arg(long = "for", value_parser = |s: &str| parse_duration_ms(s))]
+    pub duration: i64,
+    /// Tenant asking (must own the slice).
+    #[arg(long, env = "GREENSLICE_TENANT")]
+    pub tenant: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ms_or_dash(ms: i64) -> String {
+    if ms == 0 { "-".into() } else { ms.to_string() }
+}
+
+/// `greenslice usage`.
+pub async fn usage(url: &str, fmt: Format, a: UsageArgs) -> anyhow::Result<()> {
+    let now = now_ms();
+    let from = a.from.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let to = a.to.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let mut c = OpsServiceClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let r = c
+        .usage(pb::UsageRequest {
+            slice_id: a.slice.unwrap_or_default(),
+            tenant: a.tenant.unwrap_or_default(),
+            node: a.node.unwrap_or_default(),
+            from_unix_ms: from.unwrap_or(0),
+            to_unix_ms: to.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => {
+            let series: Vec<_> = r
+                .series
+                .iter()
+                .map(|s| {
+                    json!({
+                        "kind": s.kind, "id": s.id, "tenant": s.tenant, "node": s.node,
+                        "allocated_gpus": s.allocated_gpus, "resolution_ms": s.resolution_ms,
+                        "idle_since_unix_ms": s.idle_since_unix_ms,
+                        "reclaim_at_unix_ms": s.reclaim_at_unix_ms,
+                        "kept_until_unix_ms": s.kept_until_unix_ms, "exempt": s.exempt,
+                        "points": s.points.iter().map(|p| json!({
+                            "start_unix_ms": p.start_unix_ms, "count": p.count,
+                            "sm_min_pct": p.sm_min_pct, "sm_mean_pct": p.sm_mean_pct,
+                            "sm_max_pct": p.sm_max_pct, "memory_max_pct": p.memory_max_pct,
+                            "processes_max": p.processes_max,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "from_unix_ms": r.from_unix_ms, "to_unix_ms": r.to_unix_ms,
+                    "dry_run": r.dry_run, "series": series,
+                }))?
+            );
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = r
+                .series
+                .iter()
+                .map(|s| {
+                    let n: u64 = s.points.iter().map(|p| u64::from(p.count)).sum();
+                    let mean = if n == 0 {
+                        0.0
+                    } else {
+                        s.points
+                            .iter()
+                            .map(|p| p.sm_mean_pct * f64::from(p.count))
+                            .sum::<f64>()
+                            / n as f64
+                    };
+                    let max = s.points.iter().map(|p| p.sm_max_pct).fold(0.0, f64::max);
+                    // Relative to what the slice holds: 100% = its whole allocation busy.
+                    let rel = |v: f64| v / s.allocated_gpus.max(1e-9);
+                    vec![
+                        s.kind.clone(),
+                        s.id.clone(),
+                        s.tenant.clone(),
+                        s.node.clone(),
+                        format!("{:.3}", s.allocated_gpus),
+                        match s.resolution_ms {
+                            0 => "raw".into(),
+                            60_000 => "1m".into(),
+                            _ => "1h".into(),
+                        },
+                        n.to_string(),
+                        format!("{:.1}", rel(mean)),
+                        format!("{:.1}", rel(max)),
+                        ms_or_dash(s.idle_since_unix_ms),
+                        if s.exempt {
+                            "exempt".into()
+                        } else {
+                            ms_or_dash(s.reclaim_at_unix_ms)
+                        },
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &[
+                        "KIND",
+                        "ID",
+                        "TENANT",
+                        "NODE",
+                        "GPUS",
+                        "RES",
+                        "SAMPLES",
+                        "MEAN%",
+                        "MAX%",
+                        "IDLE SINCE",
+                        "RECLAIM AT",
+                    ],
+                    &rows
+                )
+            );
+            if r.dry_run {
+                println!("(idle policy in dry-run mode: RECLAIM AT is what would happen)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `greenslice keep`.
+pub async fn keep(url: &str, fmt: Format, a: KeepArgs) -> anyhow::Result<()> {
+    let mut c = TenantServiceClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let r = c
+        .keep_slice(pb::KeepSliceRequest {
+            slice_id: a.slice.clone(),
+            tenant: a.tenant.unwrap_or_default(),
+            duration_s: u64::try_from(a.duration / 1000).unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => println!(
+            "{}",
+            json!({"slice": a.slice, "kept_until_unix_ms": r.kept_until_unix_ms})
+        ),
+        Format::Table => println!(
+            "slice {} kept from idle reclaim until {} ms",
+            a.slice, r.kept_until_unix_ms
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration_ms("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
+        assert_eq!(parse_duration_ms("90").unwrap(), 90_000);
+        assert!(parse_duration_ms("2x").is_err());
+        assert!(parse_duration_ms("h").is_err());
+        assert!(parse_duration_ms("5m3").is_err());
+    }
+}
