@@ -1,6 +1,8 @@
 //! The energy report of a live run: intervals conserve energy, the HTML is self-contained and its
 //! numbers equal the JSON report's.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +175,28 @@ async fn live_report_conserves_energy_and_html_matches_json() {
         .unwrap();
     let parsed: report::Report = serde_json::from_str(&embedded.replace("<\\/", "</")).unwrap();
     assert_eq!(parsed, json);
+
+    // Prometheus energy counters agree with the report and pass promtool.
+    let om = cluster.controller.metrics.encode();
+    let text = greenslice_core::expfmt::openmetrics_to_prometheus_text(&om);
+    common::promtool_check("controller energy metrics", &text);
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let alpha_j = value("greenslice_tenant_energy_joules_total{tenant=\"alpha\"}");
+    // The counters also include intervals that closed after the report was built.
+    assert!(
+        alpha_j >= alpha.energy_mj as f64 / 1000.0 - 1e-6,
+        "{alpha_j} J vs {} mJ",
+        alpha.energy_mj
+    );
+    let gpu_j = value("greenslice_gpu_energy_joules_total{");
+    assert!(gpu_j >= r.cluster.measured_mj as f64 / 1000.0 - 1e-6);
+    assert!(text.contains("greenslice_tenant_co2e_grams_total{tenant=\"alpha\"}"));
+    assert!(text.contains("greenslice_gpu_unallocated_idle_energy_joules_total{"));
 
     // A tenant filter keeps only that tenant's rows.
     let only = energy_report(&cluster.controller, 0, 0, "beta").unwrap();

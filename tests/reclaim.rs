@@ -3,6 +3,9 @@
 //! sample every few real milliseconds; each sample carries the manual clock's time, so the tests
 //! move time in 30 s steps and let one sample through per step.
 
+mod common;
+use common::promtool_check;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -469,44 +472,6 @@ async fn relayout_repartitions_free_instances_and_never_touches_one_in_use() {
     assert_eq!(destroyed, 2, "{:?}", inv.mig_instances);
     assert_eq!(e.state(&a.id), SliceState::Active);
     e.cluster.shutdown().await;
-}
-
-/// Runs `promtool check metrics` on `text`. Skips (with a message) when promtool is missing, unless
-/// GREENSLICE_REQUIRE_PROMTOOL is set (CI), where a missing promtool fails the test.
-fn promtool_check(what: &str, text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("GREENSLICE_REQUIRE_PROMTOOL").is_none(),
-                "GREENSLICE_REQUIRE_PROMTOOL is set but promtool cannot run ({e}); install Debian's `prometheus` package"
-            );
-            eprintln!(
-                "SKIPPED promtool check of {what}: promtool not found ({e}); apt-get install prometheus"
-            );
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed for {what}:\n{}{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// GET http://addr/metrics with a plain HTTP/1.0 request; returns the body.

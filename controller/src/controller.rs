@@ -1160,8 +1160,10 @@ impl Controller {
                 .unwrap_or_default()
         };
         let holders = |gpu: &str, iv: crate::energy::Interval| holders_of(&st, gpu, iv);
-        self.energy_lock()
+        let closed = self
+            .energy_lock()
             .ingest(node, &model_of, &accepted, &holders);
+        self.metrics.record_energy(&closed);
     }
 
     fn energy_lock(&self) -> MutexGuard<'_, crate::energy::accounting::Accountant> {

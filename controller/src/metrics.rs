@@ -22,6 +22,9 @@ use crate::reclaim::UsageView;
 /// A float gauge.
 pub type FGauge = Gauge<f64, AtomicU64>;
 
+/// A counter of a real quantity (joules, grams).
+pub type FCounter = Counter<f64, AtomicU64>;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GpuLabels {
     pub node: String,
@@ -74,6 +77,16 @@ pub struct Metrics {
     pub history_bytes: Gauge,
     /// Slices with a utilization history.
     pub tracked_slices: Gauge,
+    /// Energy attributed to each tenant, J (see docs/ENERGY.md).
+    pub tenant_energy: Family<TenantLabels, FCounter>,
+    /// CO2e of each tenant's energy (location-based, including PUE), g.
+    pub tenant_co2e: Family<TenantLabels, FCounter>,
+    /// Measured energy of each GPU, J.
+    pub gpu_energy: Family<GpuLabels, FCounter>,
+    /// Static energy of GPU capacity nobody held, J.
+    pub gpu_unallocated_idle_energy: Family<GpuLabels, FCounter>,
+    /// Dynamic energy no slice's activity accounts for, J.
+    pub gpu_unattributed_energy: Family<GpuLabels, FCounter>,
 }
 
 impl Default for Metrics {
@@ -92,7 +105,37 @@ impl Default for Metrics {
             agent_sample_lag: Family::default(),
             history_bytes: Gauge::default(),
             tracked_slices: Gauge::default(),
+            tenant_energy: Family::default(),
+            tenant_co2e: Family::default(),
+            gpu_energy: Family::default(),
+            gpu_unallocated_idle_energy: Family::default(),
+            gpu_unattributed_energy: Family::default(),
         };
+        m.register(
+            "greenslice_tenant_energy_joules",
+            "GPU energy attributed to a tenant (static and dynamic), in joules",
+            m.tenant_energy.clone(),
+        );
+        m.register(
+            "greenslice_tenant_co2e_grams",
+            "CO2e of a tenant's attributed energy (location-based, including PUE), in grams",
+            m.tenant_co2e.clone(),
+        );
+        m.register(
+            "greenslice_gpu_energy_joules",
+            "Measured energy of a GPU (counter deltas, or power integrals where estimated), in joules",
+            m.gpu_energy.clone(),
+        );
+        m.register(
+            "greenslice_gpu_unallocated_idle_energy_joules",
+            "Static energy of GPU capacity no slice held, in joules",
+            m.gpu_unallocated_idle_energy.clone(),
+        );
+        m.register(
+            "greenslice_gpu_unattributed_energy_joules",
+            "Dynamic GPU energy no slice's activity accounts for, in joules",
+            m.gpu_unattributed_energy.clone(),
+        );
         m.register(
             "greenslice_gpu_utilization_ratio",
             "Newest compute utilization of a GPU (0..1)",
@@ -165,6 +208,37 @@ impl Metrics {
     /// Adds a metric family. Name it by Prometheus conventions; counters get `_total` appended.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.registry().register(name, help, metric);
+    }
+
+    /// Adds the energy of attributed intervals to the energy counters.
+    pub fn record_energy(&self, records: &[crate::energy::accounting::IntervalRecord]) {
+        for r in records {
+            let gpu = GpuLabels {
+                node: r.node.clone(),
+                gpu: r.gpu.clone(),
+            };
+            self.gpu_energy
+                .get_or_create(&gpu)
+                .inc_by(r.measured_mj as f64 / 1000.0);
+            self.gpu_unallocated_idle_energy
+                .get_or_create(&gpu)
+                .inc_by(r.unallocated_idle_mj as f64 / 1000.0);
+            self.gpu_unattributed_energy
+                .get_or_create(&gpu)
+                .inc_by(r.unattributed_mj as f64 / 1000.0);
+            for s in &r.slices {
+                let mj = s.static_mj + s.dynamic_mj;
+                let t = TenantLabels {
+                    tenant: s.tenant.clone(),
+                };
+                self.tenant_energy
+                    .get_or_create(&t)
+                    .inc_by(mj as f64 / 1000.0);
+                self.tenant_co2e
+                    .get_or_create(&t)
+                    .inc_by(r.factors.co2e(mj).location_g);
+            }
+        }
     }
 
     /// The text exposition (OpenMetrics).

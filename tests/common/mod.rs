@@ -246,3 +246,41 @@ pub fn check_ledger_matches_hardware(
         ))
     }
 }
+
+/// Runs `promtool check metrics` on `text`. Skips (with a message) when promtool is missing, unless
+/// GREENSLICE_REQUIRE_PROMTOOL is set (CI), where a missing promtool fails the test.
+pub fn promtool_check(what: &str, text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("GREENSLICE_REQUIRE_PROMTOOL").is_none(),
+                "GREENSLICE_REQUIRE_PROMTOOL is set but promtool cannot run ({e}); install Debian's `prometheus` package"
+            );
+            eprintln!(
+                "SKIPPED promtool check of {what}: promtool not found ({e}); apt-get install prometheus"
+            );
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed for {what}:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
