@@ -150,6 +150,10 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(2, e),
     };
+    let site_carbon = match cfg.carbon.site_carbon() {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
     let core = CoreConfig {
         command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_s),
@@ -256,6 +260,33 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(1, e),
     };
+    controller.configure_energy(crate::energy::accounting::AccountingConfig {
+        site: site_carbon,
+        ..Default::default()
+    });
+    if let Err(e) = controller.reclaim.set_policy(cfg.idle.clone()) {
+        return fail(2, e);
+    }
+    let _reclaimer = crate::reclaim::spawn(controller.clone());
+    if !cfg.metrics_listen.is_empty() {
+        let ml = match TcpListener::bind(&cfg.metrics_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(
+                    1,
+                    format!("cannot listen on {} for metrics: {e}", cfg.metrics_listen),
+                );
+            }
+        };
+        if let Ok(a) = ml.local_addr() {
+            info!(addr = %a, "metrics at /metrics");
+        }
+        tokio::spawn(crate::metrics::serve_controller(
+            controller.clone(),
+            ml,
+            std::future::pending(),
+        ));
+    }
     let listener = match TcpListener::from_std(std_listener) {
         Ok(l) => l,
         Err(e) => return fail(1, format!("listener: {e}")),

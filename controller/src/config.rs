@@ -47,6 +47,8 @@ pub struct ControllerConfig {
     pub metrics_listen: String,
     /// The idle policy (`[idle]`; see [`crate::reclaim::policy`]).
     pub idle: crate::reclaim::IdlePolicy,
+    /// Carbon factors of the site (`[carbon]`).
+    pub carbon: CarbonSection,
 }
 
 /// `[etcd]` in the config file.
@@ -89,7 +91,60 @@ impl Default for ControllerConfig {
             etcd: EtcdSection::default(),
             metrics_listen: String::new(),
             idle: Default::default(),
+            carbon: CarbonSection::default(),
         }
+    }
+}
+
+/// `[carbon]`: the site's carbon factors for CO2e figures. Unset factors use the documented
+/// defaults (PUE 1.56, 475 gCO2e/kWh), flagged as estimates in every report.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarbonSection {
+    /// Site name shown in reports (default "default").
+    pub site: Option<String>,
+    /// Power usage effectiveness (>= 1).
+    pub pue: Option<f64>,
+    /// Location-based grid intensity, gCO2e/kWh, constant...
+    pub location_g_per_kwh: Option<f64>,
+    /// ...or an hourly series: a CSV file of `hour_start_unix_s,g_per_kwh` rows.
+    pub location_csv: Option<PathBuf>,
+    /// Market-based intensity, gCO2e/kWh (reported beside the location-based figure), constant...
+    pub market_g_per_kwh: Option<f64>,
+    /// ...or an hourly CSV series.
+    pub market_csv: Option<PathBuf>,
+}
+
+impl CarbonSection {
+    /// The checked site settings; reads the CSV series named.
+    pub fn site_carbon(&self) -> Result<crate::energy::SiteCarbon, String> {
+        use crate::energy::{HourlySeries, Intensity, SiteCarbon};
+        let intensity = |name: &str,
+                         constant: Option<f64>,
+                         csv: &Option<PathBuf>|
+         -> Result<Option<Intensity>, String> {
+            match (constant, csv) {
+                (Some(_), Some(_)) => Err(format!(
+                    "[carbon] give {name}_g_per_kwh or {name}_csv, not both"
+                )),
+                (Some(v), None) => Ok(Some(Intensity::Constant(v))),
+                (None, Some(p)) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| format!("[carbon] cannot read {}: {e}", p.display()))?;
+                    let series = HourlySeries::parse_csv(&text)
+                        .map_err(|e| format!("[carbon] {}: {e}", p.display()))?;
+                    Ok(Some(Intensity::Hourly(series)))
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        let location = intensity("location", self.location_g_per_kwh, &self.location_csv)?;
+        let market = intensity("market", self.market_g_per_kwh, &self.market_csv)?;
+        let site = self.site.clone().unwrap_or_else(|| "default".into());
+        if self.pue.is_none() && location.is_none() && market.is_none() {
+            return Ok(SiteCarbon::unconfigured(&site));
+        }
+        SiteCarbon::new(&site, self.pue, location, market).map_err(|e| format!("[carbon] {e}"))
     }
 }
 
@@ -119,5 +174,55 @@ impl ControllerConfig {
             path: path.display().to_string(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod carbon_tests {
+    use super::*;
+
+    #[test]
+    fn carbon_section_builds_checked_site_factors() {
+        let c: ControllerConfig =
+            toml::from_str("[carbon]\nsite = \"dc1\"\npue = 1.2\nlocation_g_per_kwh = 300.0\n")
+                .unwrap();
+        let site = c.carbon.site_carbon().unwrap();
+        let f = site.factors_at(0).unwrap();
+        assert_eq!(f.pue.value, 1.2);
+        assert!(!f.pue.is_estimate() && !f.location_g_per_kwh.is_estimate());
+        assert_eq!(f.location_g_per_kwh.value, 300.0);
+        // Nothing configured: defaults, flagged as estimates.
+        let f = CarbonSection::default()
+            .site_carbon()
+            .unwrap()
+            .factors_at(0)
+            .unwrap();
+        assert!(f.pue.is_estimate() && f.location_g_per_kwh.is_estimate());
+    }
+
+    #[test]
+    fn bad_carbon_settings_are_refused_with_the_reason() {
+        let bad: ControllerConfig = toml::from_str("[carbon]\npue = 0.5\n").unwrap();
+        assert!(
+            bad.carbon.site_carbon().unwrap_err().contains("PUE")
+                || bad.carbon.site_carbon().is_err()
+        );
+        let both: ControllerConfig =
+            toml::from_str("[carbon]\nlocation_g_per_kwh = 1.0\nlocation_csv = \"/x.csv\"\n")
+                .unwrap();
+        assert!(both.carbon.site_carbon().unwrap_err().contains("not both"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("grid.csv");
+        std::fs::write(&p, "hour_start_unix_s,g_per_kwh\n0,200\n3600,oops\n").unwrap();
+        let c = CarbonSection {
+            location_csv: Some(p),
+            ..Default::default()
+        };
+        let e = c.site_carbon().unwrap_err();
+        assert!(e.contains("grid.csv"), "{e}");
+        assert!(
+            toml::from_str::<ControllerConfig>("[carbon]\npeu = 1.2\n").is_err(),
+            "unknown keys are refused"
+        );
     }
 }
