@@ -203,6 +203,22 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
     let t = w.tenants.iter().find(|t| t.tenant == "team-a").unwrap();
     assert_eq!(t.reclaimed_slices, 1);
     assert!(t.idle_allocated_gpu_h > 0.0 && t.allocated_gpu_h > t.idle_allocated_gpu_h);
+    // The ops energy report carries the reclaim too.
+    let report = greenslice_controller::api::ops::energy_report(
+        &e.cluster.controller,
+        T0,
+        e.clock.now() + 1,
+        "team-a",
+    )
+    .unwrap();
+    let row = report
+        .tenants
+        .iter()
+        .find(|t| t.tenant == "team-a")
+        .unwrap();
+    assert_eq!(row.reclaimed_slices, 1);
+    assert!((row.gpu_hours_reclaimed - t.reclaimed_gpu_h).abs() < 1e-9);
+    assert!(report.gpu_hours_reclaimed > 0.0);
     e.cluster.shutdown().await;
 }
 

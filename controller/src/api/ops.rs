@@ -97,7 +97,7 @@ pub fn energy_report(
     }
     let (from, to) = (from_ms as u64, to as u64);
     let (records, policy, skipped) = controller.energy_records(from, to);
-    Ok(crate::report::build(
+    let mut report = crate::report::build(
         &records,
         from,
         to,
@@ -105,7 +105,15 @@ pub fn energy_report(
         policy,
         controller.idle_threshold_pct(),
         skipped,
-    ))
+    );
+    let waste = crate::reclaim::waste(controller, from_ms, to as i64);
+    let reclaimed: Vec<(String, f64, u32)> = waste
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.reclaimed_gpu_h, t.reclaimed_slices))
+        .collect();
+    crate::report::add_reclaimed(&mut report, &reclaimed);
+    Ok(report)
 }
 
 #[tonic::async_trait]

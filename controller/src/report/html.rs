@@ -167,10 +167,11 @@ pub fn render(r: &Report) -> String {
     for t in &r.tenants {
         let _ = write!(
             tenants,
-            r#"<tr data-tenant="{n}" data-energy-mj="{e}" data-static-mj="{s}" data-dynamic-mj="{d}" data-co2e-kg="{c}"><td>{n}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.5}</td><td>{:.5}</td><td>{:.5}</td><td>{:.4}</td><td>{:.5}</td></tr>"#,
+            r#"<tr data-tenant="{n}" data-energy-mj="{e}" data-static-mj="{s}" data-dynamic-mj="{d}" data-co2e-kg="{c}"><td>{n}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.5}</td><td>{:.5}</td><td>{:.5}</td><td>{:.4}</td><td>{:.5}</td></tr>"#,
             t.gpu_hours_allocated,
             t.gpu_hours_used,
             t.gpu_hours_idle_allocated,
+            t.gpu_hours_reclaimed,
             t.energy_kwh,
             t.static_mj as f64 / MJ_PER_KWH,
             t.dynamic_mj as f64 / MJ_PER_KWH,
@@ -243,7 +244,7 @@ svg{{width:100%;height:auto;background:#fafafa}} .note{{color:#555;font-size:13p
 <p class="note">Period {from} .. {to} (Unix ms){tf}. Static energy policy: <b>{policy}</b>. {intervals} GPU intervals, {est} estimated from power samples, {skipped} skipped.</p>
 {estimate_banner}
 <h2>Per tenant</h2>
-<table id="tenants"><tr><th>tenant</th><th>GPU-h allocated</th><th>GPU-h used</th><th>GPU-h idle-allocated</th><th>energy kWh</th><th>static kWh</th><th>dynamic kWh</th><th>CO2e kg</th><th>estimated kWh</th></tr>{tenants}</table>
+<table id="tenants"><tr><th>tenant</th><th>GPU-h allocated</th><th>GPU-h used</th><th>GPU-h idle-allocated</th><th>GPU-h reclaimed</th><th>energy kWh</th><th>static kWh</th><th>dynamic kWh</th><th>CO2e kg</th><th>estimated kWh</th></tr>{tenants}</table>
 <h2>Energy by tenant over time</h2>{tchart}
 <h2>Utilization per GPU</h2>{heat}
 <h2>Waste over time</h2>{waste}

@@ -45,6 +45,12 @@ pub struct TenantRow {
     pub co2e_market_kg: Option<f64>,
     /// Energy the same work would have drawn on dedicated whole GPUs, mJ.
     pub whole_gpu_mj: u64,
+    /// GPU-hours given back by idle reclaim in the period (capacity x time left of the period after
+    /// the reclaim), and the slices reclaimed; filled from the reclaim accounting.
+    #[serde(default)]
+    pub gpu_hours_reclaimed: f64,
+    #[serde(default)]
+    pub reclaimed_slices: u32,
 }
 
 /// One GPU's line (also used for the cluster total).
@@ -131,6 +137,35 @@ pub struct Report {
     pub estimated_intervals: u64,
     /// Intervals the controller could not account (bad data), over its lifetime.
     pub skipped_intervals: u64,
+    /// GPU-hours given back by idle reclaim in the period, all tenants.
+    #[serde(default)]
+    pub gpu_hours_reclaimed: f64,
+}
+
+/// Adds idle-reclaim figures (per tenant: GPU-hours reclaimed, slices reclaimed) to a report.
+/// Tenants that were reclaimed but drew no energy in the period get a row of their own.
+pub fn add_reclaimed(r: &mut Report, reclaimed: &[(String, f64, u32)]) {
+    for (tenant, gpu_h, slices) in reclaimed {
+        if r.tenant_filter.as_deref().is_some_and(|t| t != tenant)
+            || (*gpu_h == 0.0 && *slices == 0)
+        {
+            continue;
+        }
+        match r.tenants.iter_mut().find(|t| t.tenant == *tenant) {
+            Some(t) => {
+                t.gpu_hours_reclaimed = *gpu_h;
+                t.reclaimed_slices = *slices;
+            }
+            None => r.tenants.push(TenantRow {
+                tenant: tenant.clone(),
+                gpu_hours_reclaimed: *gpu_h,
+                reclaimed_slices: *slices,
+                ..Default::default()
+            }),
+        }
+        r.gpu_hours_reclaimed += gpu_h;
+    }
+    r.tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
 }
 
 fn kwh(mj: u64) -> f64 {
@@ -392,6 +427,7 @@ pub fn build(
         intervals: recs.len() as u64,
         estimated_intervals,
         skipped_intervals,
+        gpu_hours_reclaimed: 0.0,
     }
 }
 
@@ -467,11 +503,12 @@ pub fn to_table(r: &Report) -> String {
     ));
     for t in &r.tenants {
         out.push_str(&format!(
-            "{:<14} {:>10.3} {:>10.3} {:>10.3} {:>12.4} {:>9.1}% {:>10.3} {:>10.4}\n",
+            "{:<14} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.4} {:>9.1}% {:>10.3} {:>10.4}\n",
             t.tenant,
             t.gpu_hours_allocated,
             t.gpu_hours_used,
             t.gpu_hours_idle_allocated,
+            t.gpu_hours_reclaimed,
             t.energy_kwh,
             if t.energy_mj > 0 {
                 100.0 * t.static_mj as f64 / t.energy_mj as f64
@@ -519,4 +556,54 @@ pub fn to_table(r: &Report) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Report {
+        build(&[], 0, 10, None, StaticPolicy::ByCapacity, 5.0, 0)
+    }
+
+    #[test]
+    fn reclaimed_hours_fill_tenant_rows_and_the_total() {
+        let mut r = empty();
+        r.tenants.push(TenantRow {
+            tenant: "b".into(),
+            energy_mj: 7,
+            ..Default::default()
+        });
+        add_reclaimed(
+            &mut r,
+            &[
+                ("a".into(), 1.5, 1),
+                ("b".into(), 0.5, 2),
+                ("c".into(), 0.0, 0),
+            ],
+        );
+        let names: Vec<&str> = r.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "a reclaimed tenant without energy gets a row; c had nothing"
+        );
+        assert_eq!(
+            (
+                r.tenants[0].gpu_hours_reclaimed,
+                r.tenants[0].reclaimed_slices
+            ),
+            (1.5, 1)
+        );
+        assert_eq!(r.tenants[1].energy_mj, 7);
+        assert_eq!(r.gpu_hours_reclaimed, 2.0);
+    }
+
+    #[test]
+    fn a_tenant_filter_keeps_other_tenants_reclaims_out() {
+        let mut r = build(&[], 0, 10, Some("a"), StaticPolicy::ByCapacity, 5.0, 0);
+        add_reclaimed(&mut r, &[("a".into(), 1.0, 1), ("b".into(), 3.0, 1)]);
+        assert_eq!(r.tenants.len(), 1);
+        assert_eq!(r.gpu_hours_reclaimed, 1.0);
+    }
 }
