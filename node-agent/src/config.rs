@@ -222,6 +222,14 @@ manage = true
         assert_eq!(c.mps.pipe_dir, "/tmp/nvidia-mps");
     }
 
+    proptest::proptest! {
+        /// Arbitrary config text is parsed or refused with an error, never a panic.
+        #[test]
+        fn arbitrary_config_text_never_panics(text in ".{0,300}") {
+            let _ = AgentConfig::parse(&text);
+        }
+    }
+
     #[test]
     fn refuses_unknown_keys() {
         let e = AgentConfig::parse("nod = \"x\"").unwrap_err().to_string();
