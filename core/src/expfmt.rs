@@ -14,6 +14,16 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("application/openmetrics-text"))
 }
 
+/// Content negotiation for `/metrics`: the content type and body in the format the scraper's
+/// `Accept` header asks for (OpenMetrics), else the classic text format (what promtool reads).
+pub fn negotiate(accept: Option<&str>, openmetrics: &str) -> (&'static str, String) {
+    if wants_openmetrics(accept) {
+        (OPENMETRICS, openmetrics.to_string())
+    } else {
+        (PROMETHEUS_TEXT, openmetrics_to_prometheus_text(openmetrics))
+    }
+}
+
 /// Rewrites OpenMetrics text as classic Prometheus text: counter families take their samples'
 /// `_total` name in HELP and TYPE, `# UNIT` lines and the `# EOF` marker are dropped.
 pub fn openmetrics_to_prometheus_text(om: &str) -> String {

@@ -98,21 +98,11 @@ pub fn exposition(
     headers: &axum::http::HeaderMap,
     openmetrics: &str,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    use greenslice_core::expfmt;
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
-    if expfmt::wants_openmetrics(accept) {
-        (
-            [(axum::http::header::CONTENT_TYPE, expfmt::OPENMETRICS)],
-            openmetrics.to_string(),
-        )
-    } else {
-        (
-            [(axum::http::header::CONTENT_TYPE, expfmt::PROMETHEUS_TEXT)],
-            expfmt::openmetrics_to_prometheus_text(openmetrics),
-        )
-    }
+    let (content_type, body) = greenslice_core::expfmt::negotiate(accept, openmetrics);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.
