@@ -2,16 +2,22 @@
 
 use std::process::Command;
 
+/// Runs the controller with `config` as its config file (plus `args`); returns its output.
+fn run_with_config(dir: &std::path::Path, config: &str, args: &[&str]) -> std::process::Output {
+    let p = dir.join("c.toml");
+    std::fs::write(&p, config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+        .arg("--config")
+        .arg(&p)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bad_config_file_exits_2_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("c.toml");
-    std::fs::write(&p, "listen = 5\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
-        .arg("--config")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = run_with_config(dir.path(), "listen = 5\n", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config"));
 }
@@ -19,13 +25,7 @@ fn bad_config_file_exits_2_with_the_reason() {
 #[test]
 fn unknown_config_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("c.toml");
-    std::fs::write(&p, "listne = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
-        .arg("--config")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = run_with_config(dir.path(), "listne = \"127.0.0.1:1\"\n", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
@@ -35,18 +35,12 @@ fn bad_carbon_settings_exit_2_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("grid.csv");
     std::fs::write(&csv, "0,200\n3600,not-a-number\n").unwrap();
-    let p = dir.path().join("c.toml");
-    std::fs::write(
-        &p,
-        format!("[carbon]\nlocation_csv = {:?}\n", csv.display().to_string()),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
-        .arg("--config")
-        .arg(&p)
-        .args(["--ledger", "memory", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let config = format!("[carbon]\nlocation_csv = {:?}\n", csv.display().to_string());
+    let out = run_with_config(
+        dir.path(),
+        &config,
+        &["--ledger", "memory", "--listen", "127.0.0.1:0"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("grid.csv"));
 }
