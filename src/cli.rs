@@ -1,11 +1,9 @@
 //! Tenant and ops commands: thin gRPC clients that print tables or JSON.
 
 use anyhow::Context;
+use greenslice_proto::client::{Conn, ConnectError};
 use greenslice_proto::v1 as pb;
-use pb::ops_service_client::OpsServiceClient;
-use pb::tenant_service_client::TenantServiceClient;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use crate::output::{self, Format};
 
@@ -34,6 +32,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<tonic::transport::Error>().is_some() {
         return exit::UNAVAILABLE;
+    }
+    if let Some(c) = e.downcast_ref::<ConnectError>() {
+        return match c {
+            ConnectError::Transport { .. } => exit::UNAVAILABLE,
+            ConnectError::Read { .. } | ConnectError::Config(_) => exit::INVALID,
+        };
     }
     if e.downcast_ref::<ArgError>().is_some() {
         return exit::INVALID;
@@ -81,9 +85,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, ArgError> {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("kind").required(true).args(["whole", "profile", "share"])))]
 pub struct RequestArgs {
-    /// Tenant making the request.
+    /// Tenant making the request (default: the tenant of a tenant token).
     #[arg(long, env = "GREENSLICE_TENANT")]
-    pub tenant: String,
+    pub tenant: Option<String>,
     /// Number of whole GPUs (1-8, one node).
     #[arg(long)]
     pub whole: Option<u32>,
@@ -118,16 +122,6 @@ pub struct ListArgs {
     /// Include released and failed slices.
     #[arg(long)]
     pub all: bool,
-}
-
-async fn tenant_client(url: &str) -> anyhow::Result<TenantServiceClient<Channel>> {
-    TenantServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the controller at {url} (set --controller or GREENSLICE_CONTROLLER)"
-            )
-        })
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
@@ -169,12 +163,12 @@ pub fn spec_from_args(a: &RequestArgs) -> Result<pb::SliceSpec, ArgError> {
     })
 }
 
-pub async fn request(url: &str, fmt: Format, a: RequestArgs) -> anyhow::Result<()> {
+pub async fn request(conn: &Conn, fmt: Format, a: RequestArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let mut c = tenant_client(url).await?;
+    let mut c = conn.tenant().await?;
     let r = c
         .request_slice(pb::RequestSliceRequest {
-            tenant: a.tenant.clone(),
+            tenant: a.tenant.clone().unwrap_or_default(),
             spec: Some(spec),
             idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
         })
@@ -187,8 +181,8 @@ pub async fn request(url: &str, fmt: Format, a: RequestArgs) -> anyhow::Result<(
     print_slice(fmt, &s)
 }
 
-pub async fn get(url: &str, fmt: Format, id: &str) -> anyhow::Result<()> {
-    let mut c = tenant_client(url).await?;
+pub async fn get(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
+    let mut c = conn.tenant().await?;
     let r = c
         .get_slice(pb::GetSliceRequest {
             slice_id: id.to_string(),
@@ -201,8 +195,8 @@ pub async fn get(url: &str, fmt: Format, id: &str) -> anyhow::Result<()> {
     )
 }
 
-pub async fn list(url: &str, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
-    let mut c = tenant_client(url).await?;
+pub async fn list(conn: &Conn, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
+    let mut c = conn.tenant().await?;
     let r = c
         .list_slices(pb::ListSlicesRequest {
             tenant: a.tenant.unwrap_or_default(),
@@ -222,8 +216,8 @@ pub async fn list(url: &str, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn release(url: &str, fmt: Format, id: &str) -> anyhow::Result<()> {
-    let mut c = tenant_client(url).await?;
+pub async fn release(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
+    let mut c = conn.tenant().await?;
     let r = c
         .release_slice(pb::ReleaseSliceRequest {
             slice_id: id.to_string(),
@@ -236,8 +230,8 @@ pub async fn release(url: &str, fmt: Format, id: &str) -> anyhow::Result<()> {
     )
 }
 
-pub async fn watch(url: &str, fmt: Format, tenant: Option<String>) -> anyhow::Result<()> {
-    let mut c = tenant_client(url).await?;
+pub async fn watch(conn: &Conn, fmt: Format, tenant: Option<String>) -> anyhow::Result<()> {
+    let mut c = conn.tenant().await?;
     let mut stream = c
         .watch_slices(pb::WatchSlicesRequest {
             tenant: tenant.unwrap_or_default(),
@@ -268,10 +262,8 @@ pub async fn watch(url: &str, fmt: Format, tenant: Option<String>) -> anyhow::Re
     Ok(())
 }
 
-pub async fn inventory(url: &str, fmt: Format) -> anyhow::Result<()> {
-    let mut c = OpsServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the controller at {url}"))?;
+pub async fn inventory(conn: &Conn, fmt: Format) -> anyhow::Result<()> {
+    let mut c = conn.ops().await?;
     let inv = c.inventory(pb::InventoryRequest {}).await?.into_inner();
     match fmt {
         Format::Json => print_json(&output::inventory_json(&inv)),

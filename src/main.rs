@@ -22,6 +22,12 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     controller: String,
+    /// Bearer token (tenant or ops) from the controller's operator.
+    #[arg(long, global = true, env = "GREENSLICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA that signed the controller's certificate (for https:// controller URLs).
+    #[arg(long, global = true, env = "GREENSLICE_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = output::Format::Table)]
     output: output::Format,
@@ -66,7 +72,7 @@ enum Command {
     Bench(greenslice::bench::BenchCommand),
     /// Run the controller (the same as the greenslice-controller binary).
     #[command(hide = true)]
-    Controller(greenslice_controller::cli::ControllerArgs),
+    Controller(Box<greenslice_controller::cli::ControllerArgs>),
 }
 
 #[tokio::main]
@@ -91,19 +97,31 @@ async fn main() -> ExitCode {
             .init();
     }
     let fmt = cli.output;
+    let conn =
+        match greenslice_proto::client::ClientTls::from_files(cli.ca_cert.as_deref(), None, None) {
+            Ok(tls) => greenslice_proto::client::Conn {
+                url: cli.controller.clone(),
+                tls,
+                token: cli.token.clone(),
+            },
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(cli::exit::INVALID);
+            }
+        };
     let result = match cli.command {
-        Command::Request(a) => cli::request(&cli.controller, fmt, a).await,
-        Command::Get { slice } => cli::get(&cli.controller, fmt, &slice).await,
-        Command::List(a) => cli::list(&cli.controller, fmt, a).await,
-        Command::Release { slice } => cli::release(&cli.controller, fmt, &slice).await,
-        Command::Watch { tenant } => cli::watch(&cli.controller, fmt, tenant).await,
-        Command::Inventory => cli::inventory(&cli.controller, fmt).await,
-        Command::Usage(a) => reclaim_cli::usage(&cli.controller, fmt, a).await,
-        Command::Keep(a) => reclaim_cli::keep(&cli.controller, fmt, a).await,
-        Command::Report(a) => report_cmd::run(&cli.controller, a).await,
+        Command::Request(a) => cli::request(&conn, fmt, a).await,
+        Command::Get { slice } => cli::get(&conn, fmt, &slice).await,
+        Command::List(a) => cli::list(&conn, fmt, a).await,
+        Command::Release { slice } => cli::release(&conn, fmt, &slice).await,
+        Command::Watch { tenant } => cli::watch(&conn, fmt, tenant).await,
+        Command::Inventory => cli::inventory(&conn, fmt).await,
+        Command::Usage(a) => reclaim_cli::usage(&conn, fmt, a).await,
+        Command::Keep(a) => reclaim_cli::keep(&conn, fmt, a).await,
+        Command::Report(a) => report_cmd::run(&conn, a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,
-        Command::Controller(a) => return greenslice_controller::cli::run(a).await,
+        Command::Controller(a) => return greenslice_controller::cli::run(*a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

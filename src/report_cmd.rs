@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use greenslice_controller::report::{self, Report};
+use greenslice_proto::client::Conn;
 use greenslice_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
-use pb::ops_service_client::OpsServiceClient;
 
 use crate::cli::ArgError;
 
@@ -140,7 +140,7 @@ pub fn emit(text: &str, out: Option<&PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(url: &str, a: ReportArgs) -> anyhow::Result<()> {
+pub async fn run(conn: &Conn, a: ReportArgs) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -157,9 +157,7 @@ pub async fn run(url: &str, a: ReportArgs) -> anyhow::Result<()> {
     );
     bar.set_message("computing the energy report");
     bar.enable_steady_tick(Duration::from_millis(100));
-    let mut c = OpsServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let mut c = conn.ops().await?;
     let resp = c
         .energy_report(pb::EnergyReportRequest {
             from_unix_ms: from,

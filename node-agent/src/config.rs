@@ -30,6 +30,35 @@ pub struct AgentConfig {
     pub mig: MigSection,
     pub mps: MpsSection,
     pub kubelet: KubeletSection,
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: how the agent proves who it is to the controller (mutual TLS) and checks the
+/// controller's certificate. Needed with an `https://` controller URL; a controller that enforces
+/// authentication refuses agents without a client certificate signed by its agent CA, and lets an
+/// agent register only as a node its certificate names (DNS subject alternative name).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM CA that signed the controller's certificate.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate of this agent.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of that certificate.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl AgentConfig {
+    /// The TLS settings for connecting to the controller, with the files read.
+    pub fn client_tls(
+        &self,
+    ) -> Result<greenslice_proto::client::ClientTls, greenslice_proto::client::ConnectError> {
+        greenslice_proto::client::ClientTls::from_files(
+            self.tls.ca_cert.as_deref(),
+            self.tls.cert.as_deref(),
+            self.tls.key.as_deref(),
+        )
+    }
 }
 
 /// `[sim]`: the simulated machine.
@@ -150,6 +179,7 @@ impl Default for AgentConfig {
             mig: MigSection::default(),
             mps: MpsSection::default(),
             kubelet: KubeletSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }

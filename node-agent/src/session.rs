@@ -101,6 +101,8 @@ pub struct SessionConfig {
     /// Kubelet allocations to report on every session (see [`crate::kubelet`]); `None` when the
     /// agent is not the kubelet's device plugin.
     pub kubelet: Option<KubeletReports>,
+    /// TLS to the controller (CA and this agent's client certificate) for `https://` URLs.
+    pub tls: greenslice_proto::client::ClientTls,
 }
 
 /// Latest kubelet allocations to report; `None` inside until pod-resources was read once.
@@ -137,6 +139,7 @@ impl SessionConfig {
             batch_interval: Duration::from_secs(5),
             metrics: None,
             kubelet: None,
+            tls: Default::default(),
         }
     }
 }
@@ -232,7 +235,8 @@ async fn session_once(
     registered: &mut bool,
 ) -> anyhow::Result<()> {
     let node = &cfg.node;
-    let mut client = AgentServiceClient::connect(controller.to_string()).await?;
+    let channel = greenslice_proto::client::connect(controller, &cfg.tls).await?;
+    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
     tx.send(register_message(node, backend)?).await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();

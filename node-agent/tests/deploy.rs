@@ -249,6 +249,22 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
         );
     }
 
+    // The TLS files the agent is given come from the node (a hostPath mount).
+    for flag in ["--ca-cert", "--cert", "--key"] {
+        let path = &args[args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing"))
+            + 1];
+        let (dir, _) = path.rsplit_once('/').unwrap();
+        let m = mounts
+            .iter()
+            .find(|m| m.mount_path == dir)
+            .unwrap_or_else(|| panic!("{dir} ({flag}) is not mounted"));
+        let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+        assert!(v.host_path.is_some(), "{flag} should come from a hostPath");
+    }
+
     // --controller names the controller Service and its gRPC port.
     let url = &args[args.iter().position(|a| a == "--controller").unwrap() + 1];
     let svc = o
@@ -269,7 +285,7 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
     assert_eq!(
         url,
         &format!(
-            "http://greenslice-controller.{}.svc:{}",
+            "https://greenslice-controller.{}.svc:{}",
             svc.metadata.namespace.as_deref().unwrap(),
             grpc.port
         )

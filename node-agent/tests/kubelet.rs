@@ -403,7 +403,12 @@ async fn preferred_allocation_follows_the_controllers_choice() {
 #[tokio::test]
 async fn unreachable_controller_falls_back_to_a_local_choice() {
     // Nothing listens on port 1.
-    let chooser = ControllerChooser::new("http://127.0.0.1:1", Duration::from_millis(500)).unwrap();
+    let chooser = ControllerChooser::new(
+        "http://127.0.0.1:1",
+        &Default::default(),
+        Duration::from_millis(500),
+    )
+    .unwrap();
     let mut f = fixture(Some(Arc::new(chooser))).await;
     registered(&mut f.registrations).await;
     let mut g = plugin(&f.dir, "greenslice-gpu.sock").await;

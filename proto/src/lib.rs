@@ -3,6 +3,8 @@
 //! `v1` is the versioned greenslice API (tenant, agent, ops and kubelet services); `deviceplugin` and
 //! `podresources` are the kubelet's APIs, wire-compatible with upstream.
 
+pub mod client;
+
 /// greenslice API, version 1.
 pub mod v1 {
     tonic::include_proto!("greenslice.v1");

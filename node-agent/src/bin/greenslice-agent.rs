@@ -38,6 +38,15 @@ struct Args {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// PEM CA that signed the controller's certificate (https URLs) [config: tls.ca_cert].
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate this agent presents (mutual TLS) [config: tls.cert].
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert [config: tls.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// Address to serve Prometheus metrics on, at /metrics (default: off).
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -172,6 +181,15 @@ async fn main() -> ExitCode {
     if let Some(v) = args.node {
         cfg.node = v;
     }
+    if let Some(v) = args.ca_cert {
+        cfg.tls.ca_cert = Some(v);
+    }
+    if let Some(v) = args.cert {
+        cfg.tls.cert = Some(v);
+    }
+    if let Some(v) = args.key {
+        cfg.tls.key = Some(v);
+    }
     if let Some(v) = args.backend {
         cfg.backend = v;
     }
@@ -232,7 +250,15 @@ async fn main() -> ExitCode {
     } else {
         None
     };
+    let tls = match cfg.client_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
+    session.tls = tls;
     session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     if let Some(addr) = &args.metrics_listen {
         let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use greenslice_proto::v1 as pb;
 use pb::kubelet_service_client::KubeletServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Why the controller gave no choice. The plugin then chooses locally.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +37,16 @@ pub struct ControllerChooser {
 impl ControllerChooser {
     /// A chooser for the controller at `url`. Connects lazily: an unreachable controller shows as a
     /// failed call, not here.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, ChooseError> {
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| ChooseError::Url {
-            url: url.to_string(),
-            msg: e.to_string(),
-        })?;
+    pub fn new(
+        url: &str,
+        tls: &greenslice_proto::client::ClientTls,
+        timeout: Duration,
+    ) -> Result<Self, ChooseError> {
+        let endpoint =
+            greenslice_proto::client::endpoint(url, tls).map_err(|e| ChooseError::Url {
+                url: url.to_string(),
+                msg: e.to_string(),
+            })?;
         let channel = endpoint.connect_timeout(timeout).connect_lazy();
         Ok(ControllerChooser {
             client: KubeletServiceClient::new(channel),

@@ -97,8 +97,14 @@ impl KubeletOptions {
             }
         };
         let chooser: Option<Arc<dyn DeviceChooser>> = if k.controller_placement {
+            let tls = cfg
+                .client_tls()
+                .map_err(|e| KubeletError::Config(e.to_string()))?;
+            // With several replicas, ask the first; a local choice covers its absence.
+            let url = cfg.controller.split(',').next().unwrap_or_default().trim();
             let c = ControllerChooser::new(
-                &cfg.controller,
+                url,
+                &tls,
                 ms(k.placement_timeout_ms, "placement_timeout_ms")?,
             )
             .map_err(|e| KubeletError::Config(e.to_string()))?;
