@@ -179,6 +179,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.mig_gpus,
         a.seed
     );
+    println!(
+        "INSECURE local mode: no TLS, no tokens, loopback only (a real controller needs [security]; see docs/SECURITY.md)"
+    );
     let mut tenant = TenantServiceClient::connect(cluster.url.clone()).await?;
     let mut ops = OpsServiceClient::connect(cluster.url.clone()).await?;
     let models: Vec<GpuModel> = machines.iter().map(|m| m.gpu_model()).collect();

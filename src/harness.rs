@@ -8,10 +8,13 @@ use anyhow::Context;
 use greenslice_agent::backend::GpuBackend;
 use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
 use greenslice_agent::session::{self, SharedBackend};
+use greenslice_controller::auth::Authenticator;
 use greenslice_controller::controller::{Controller, CoreConfig};
 use greenslice_controller::ledger::{Ledger, MemoryLedger};
 use greenslice_controller::placement::{Policy, default_policy};
+use greenslice_controller::server::ServeOptions;
 use greenslice_core::clock::{Clock, SystemClock};
+use greenslice_proto::client::ClientTls;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -34,6 +37,51 @@ pub struct ClusterSpec {
     /// How often agents sample and send samples.
     pub sample_interval: Duration,
     pub batch_interval: Duration,
+    /// TLS and tokens; `None`: insecure (plaintext, everyone may do everything).
+    pub security: Option<Secure>,
+}
+
+/// What a secure in-process cluster serves with: a PKI whose agent certificates cover the nodes
+/// (see [`Secure::for_nodes`]) and the tokens the controller accepts.
+#[derive(Clone)]
+pub struct Secure {
+    pub pki: greenslice_controller::auth::pki::ClusterPki,
+    pub tokens: greenslice_controller::auth::tokens::TokenStore,
+}
+
+impl Secure {
+    /// A fresh CA, a server certificate for 127.0.0.1 and an agent certificate per node.
+    pub fn for_nodes(
+        nodes: &[NodeSpec],
+        tokens: greenslice_controller::auth::tokens::TokenStore,
+    ) -> anyhow::Result<Secure> {
+        let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let pki = greenslice_controller::auth::pki::generate(
+            &["localhost".into(), "127.0.0.1".into()],
+            &names,
+        )?;
+        Ok(Secure { pki, tokens })
+    }
+
+    /// TLS settings of a client that trusts the cluster CA (and presents no certificate).
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            ca_pem: Some(self.pki.ca.cert.clone().into_bytes()),
+            ..ClientTls::default()
+        }
+    }
+
+    /// TLS settings of `node`'s agent: the CA and the node's client certificate.
+    pub fn agent_tls(&self, node: &str) -> ClientTls {
+        let mut t = self.client_tls();
+        t.identity = self
+            .pki
+            .agents
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| (p.cert.clone().into_bytes(), p.key.clone().into_bytes()));
+        t
+    }
 }
 
 impl ClusterSpec {
@@ -46,14 +94,17 @@ impl ClusterSpec {
             clock: Arc::new(SystemClock),
             sample_interval: Duration::from_secs(1),
             batch_interval: Duration::from_secs(5),
+            security: None,
         }
     }
 }
 
 /// A running system.
 pub struct Cluster {
-    /// Controller URL (http://127.0.0.1:PORT).
+    /// Controller URL (http://127.0.0.1:PORT, or https:// when secure).
     pub url: String,
+    /// TLS a client needs to reach it (the CA when secure; nothing otherwise).
+    pub tls: ClientTls,
     pub controller: Arc<Controller>,
     /// Each node's backend, by node name, for tests to inspect or perturb.
     pub backends: Vec<(String, SharedBackend)>,
@@ -83,11 +134,25 @@ pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
 pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<Cluster> {
     let controller = Controller::new(spec.ledger, spec.policy, spec.clock.clone(), core).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    let mut options = ServeOptions::default();
+    let (url, tls) = match &spec.security {
+        None => (format!("http://{addr}"), ClientTls::default()),
+        Some(s) => {
+            options.tls = Some(greenslice_controller::auth::tls::server_config(
+                &s.pki.controller.cert,
+                &s.pki.controller.key,
+                &s.pki.ca.cert,
+            ));
+            options.auth = Arc::new(Authenticator::with_tokens(s.tokens.clone()));
+            (format!("https://{addr}"), s.client_tls())
+        }
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(greenslice_controller::server::serve(
+    let server = tokio::spawn(greenslice_controller::server::serve_with(
         controller.clone(),
         listener,
+        options,
         async {
             let _ = stop_rx.await;
         },
@@ -104,6 +169,9 @@ pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<C
         let shared: SharedBackend = Arc::new(Mutex::new(b));
         backends.push((n.name.clone(), shared.clone()));
         let mut sc = session::SessionConfig::new(&url, &n.name);
+        if let Some(s) = &spec.security {
+            sc.tls = s.agent_tls(&n.name);
+        }
         sc.sample_interval = spec.sample_interval;
         sc.batch_interval = spec.batch_interval;
         agents.push(tokio::spawn(session::run_with(sc.clone(), shared)));
@@ -122,6 +190,7 @@ pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<C
     }
     Ok(Cluster {
         url,
+        tls,
         controller,
         backends,
         agents,

@@ -203,3 +203,162 @@ fn cli_exit_codes_follow_the_grpc_status() {
     let out = cli("http://127.0.0.1:1", &["inventory"]);
     assert_eq!(out.status.code(), Some(5));
 }
+
+/// Runs `greenslice-controller ARGS` (a setup tool) and returns its output.
+fn controller_tool(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("greenslice-controller"))
+        .args(args)
+        .output()
+        .expect("run greenslice-controller")
+}
+
+#[test]
+fn a_secure_cluster_set_up_with_the_tools_serves_tenants_with_tokens_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    // An operator makes the PKI and two tokens with the controller's own tools.
+    let out = controller_tool(&["pki", "--out", &d("pki"), "--agents", "gpu-a,gpu-b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = |name: &str, extra: &[&str]| {
+        let mut a = vec!["token", "--name", name, "--append"];
+        let tokens = d("tokens.toml");
+        a.push(&tokens);
+        a.extend_from_slice(extra);
+        let out = controller_tool(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let alice = token("alice", &["--role", "tenant", "--tenant", "team-a"]);
+    let ops = token("ops", &["--role", "ops"]);
+    let file = std::fs::read_to_string(d("tokens.toml")).unwrap();
+    assert!(
+        !file.contains(&alice) && !file.contains(&ops),
+        "tokens stored in clear"
+    );
+    // The same name twice is refused, and the file is left as it was.
+    let out = controller_tool(&[
+        "token",
+        "--name",
+        "alice",
+        "--role",
+        "ops",
+        "--append",
+        &d("tokens.toml"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(d("tokens.toml")).unwrap(), file);
+
+    let (_ctl, url) = start_secure_controller(&[
+        "--tls-cert",
+        &d("pki/controller.crt"),
+        "--tls-key",
+        &d("pki/controller.key"),
+        "--agent-ca",
+        &d("pki/ca.crt"),
+        "--tokens",
+        &d("tokens.toml"),
+    ]);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let agent_tls = |node: &str| {
+        vec![
+            "--ca-cert".to_string(),
+            d("pki/ca.crt"),
+            "--cert".to_string(),
+            d(&format!("pki/agent-{node}.crt")),
+            "--key".to_string(),
+            d(&format!("pki/agent-{node}.key")),
+        ]
+    };
+    let a_args = agent_tls("gpu-a");
+    let _a = start_agent_with(
+        &url,
+        "gpu-a",
+        "dgx-h100",
+        0,
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // gpu-b's agent uses gpu-a's certificate: it is refused and never shows up.
+    let _b = start_agent_with(
+        &url,
+        "gpu-b",
+        "dgx-h100",
+        0,
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let ca = d("pki/ca.crt");
+    let as_ops = ["--ca-cert", ca.as_str(), "--token", ops.as_str()];
+    let with = |auth: &[&str], args: &[&str]| {
+        let mut v = auth.to_vec();
+        v.extend_from_slice(args);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| cli(&url, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = run(with(&as_ops, &["-o", "json", "inventory"]));
+            out.status.success()
+                && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|inv| {
+                    inv["nodes"]
+                        .as_array()
+                        .is_some_and(|n| n.iter().filter(|n| n["connected"] == true).count() == 1)
+                })
+        }),
+        "gpu-a never registered"
+    );
+    let inv: Value =
+        serde_json::from_slice(&run(with(&as_ops, &["-o", "json", "inventory"])).stdout).unwrap();
+    assert!(
+        inv["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["name"] != "gpu-b"),
+        "an agent registered with another node's certificate: {inv}"
+    );
+
+    // Alice requests without naming her tenant: the token says it.
+    let as_alice = ["--ca-cert", ca.as_str(), "--token", alice.as_str()];
+    let out = run(with(
+        &as_alice,
+        &[
+            "-o", "json", "request", "--share", "0.5", "--memory", "8GiB",
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slice: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(slice["tenant"], "team-a");
+    // No token, a wrong token, or no CA: refused with the documented exit codes.
+    let out = run(with(&["--ca-cert", ca.as_str()], &["list"]));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(with(
+        &["--ca-cert", ca.as_str(), "--token", "gst_wrong"],
+        &["list"],
+    ));
+    assert_eq!(out.status.code(), Some(6));
+    let out = run(with(&["--token", alice.as_str()], &["list"]));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "https without --ca-cert is a usage error"
+    );
+    // A tenant token cannot use ops commands.
+    let out = run(with(&as_alice, &["inventory"]));
+    assert_eq!(out.status.code(), Some(6));
+}

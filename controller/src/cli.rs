@@ -56,7 +56,130 @@ pub struct ControllerArgs {
     /// Seconds of agent silence before its node is unreachable [config: agent_lease_s; default 15].
     #[arg(long)]
     pub agent_lease_s: Option<u64>,
+    /// Serve without TLS or authentication: anyone who can connect may do anything. Loopback
+    /// only; for local demos and tests [config: security.insecure].
+    #[arg(long)]
+    pub insecure: bool,
+    /// PEM server certificate [config: security.tls_cert].
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert [config: security.tls_key].
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signs node agents' client certificates [config: security.agent_ca].
+    #[arg(long)]
+    pub agent_ca: Option<PathBuf>,
+    /// Tokens file (hashed bearer tokens; re-read on change) [config: security.tokens].
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Tools instead of running the controller.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
 }
+
+/// Setup tools of the controller binary.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Tool {
+    /// Mint a bearer token: prints the token (once) and the tokens-file entry holding its hash.
+    Token(TokenArgs),
+    /// Make a private CA, the controller's server certificate and node agents' client
+    /// certificates (PEM files), for sites without their own PKI.
+    Pki(PkiArgs),
+}
+
+/// `token` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// Who holds it (shown in logs).
+    #[arg(long)]
+    pub name: String,
+    /// What it may do.
+    #[arg(long, value_enum)]
+    pub role: crate::auth::tokens::TokenRole,
+    /// The tenant a tenant token acts for.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Append the entry to this tokens file (created if missing) instead of printing it.
+    #[arg(long)]
+    pub append: Option<PathBuf>,
+}
+
+/// `pki` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PkiArgs {
+    /// Directory to write ca.crt/.key, controller.crt/.key and agent-<node>.crt/.key into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DNS names and IP addresses clients reach the controller by, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub names: Vec<String>,
+    /// Node names to make agent client certificates for, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub agents: Vec<String>,
+}
+
+fn run_tool(tool: Tool) -> ExitCode {
+    use crate::auth::{pki, tokens};
+    match tool {
+        Tool::Token(a) => {
+            let (token, entry) = match tokens::mint(&a.name, a.role, a.tenant.as_deref()) {
+                Ok(t) => t,
+                Err(e) => return fail(2, e),
+            };
+            let text = tokens::to_toml(&[entry]);
+            match &a.append {
+                Some(path) => {
+                    let existing = std::fs::read_to_string(path).unwrap_or_default();
+                    let merged = format!(
+                        "{existing}{}{text}",
+                        if existing.is_empty() || existing.ends_with('\n') {
+                            ""
+                        } else {
+                            "\n"
+                        }
+                    );
+                    // Refuse to write a file the controller would then refuse (duplicate names).
+                    if let Err(e) = tokens::TokenStore::parse(&merged, &path.display().to_string())
+                    {
+                        return fail(2, e);
+                    }
+                    if let Err(e) = std::fs::write(path, merged) {
+                        return fail(1, format!("cannot write {}: {e}", path.display()));
+                    }
+                    eprintln!("added token {:?} to {}", a.name, path.display());
+                }
+                None => {
+                    eprintln!("# add this entry to the controller's tokens file:");
+                    print!("{text}");
+                }
+            }
+            eprintln!("# the token (shown only now; give it to its holder as GREENSLICE_TOKEN):");
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Tool::Pki(a) => {
+            let made = match pki::generate(&a.names, &a.agents) {
+                Ok(p) => p,
+                Err(e) => return fail(2, e),
+            };
+            match made.write_to(&a.out) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+    }
+}
+
+/// Printed (and logged) when the controller runs in insecure mode.
+pub const INSECURE_BANNER: &str = "\
+!!! INSECURE MODE: no TLS and no authentication. Anyone who can connect may allocate, read and
+!!! release every tenant's GPU slices and register fake nodes. For local demos and tests only;
+!!! configure [security] (tls_cert, tls_key, agent_ca, tokens) for anything else.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,6 +232,22 @@ fn resolve(args: &ControllerArgs) -> Result<ControllerConfig, String> {
     if let Some(v) = a.agent_lease_s {
         cfg.agent_lease_s = v;
     }
+    if a.insecure {
+        cfg.security.insecure = true;
+    }
+    if let Some(v) = a.tls_cert {
+        cfg.security.tls_cert = Some(v);
+    }
+    if let Some(v) = a.tls_key {
+        cfg.security.tls_key = Some(v);
+    }
+    if let Some(v) = a.agent_ca {
+        cfg.security.agent_ca = Some(v);
+    }
+    if let Some(v) = a.tokens {
+        cfg.security.tokens = Some(v);
+    }
+    cfg.quotas.validate()?;
     Ok(cfg)
 }
 
@@ -142,6 +281,9 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 /// Runs the controller until it is stopped. Exit codes: 0 stopped, 1 runtime error (including
 /// losing etcd leadership), 2 bad configuration.
 pub async fn run(args: ControllerArgs) -> ExitCode {
+    if let Some(tool) = args.tool.clone() {
+        return run_tool(tool);
+    }
     let cfg = match resolve(&args) {
         Ok(c) => c,
         Err(e) => return fail(2, e),
@@ -158,10 +300,8 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_s),
         terminal_retention: Duration::from_secs(cfg.terminal_retention_s),
+        quotas: cfg.quotas.clone(),
         ..CoreConfig::default()
-    };
-    let options = ServeOptions {
-        agent_lease: Duration::from_secs(cfg.agent_lease_s.max(1)),
     };
     // A std listener, so the standby server and the leader can share the bound port.
     let std_listener = match std::net::TcpListener::bind(&cfg.listen) {
@@ -175,12 +315,27 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(1, format!("listener: {e}")),
     };
+    let (auth, tls) = match cfg.security.resolve(addr) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    if auth.is_insecure() {
+        warn!("insecure mode: no TLS, no authentication");
+        eprintln!("{INSECURE_BANNER}");
+    }
+    auth.spawn_reload(Duration::from_secs(2));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = ServeOptions {
+        agent_lease: Duration::from_secs(cfg.agent_lease_s.max(1)),
+        auth,
+        tls,
+    };
     // Printed on stdout so scripts and tests can learn the port when --listen uses port 0.
     println!("listening on {addr}");
     let advertise = cfg
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
 
     let mut leadership = None;
     let mut etcd_handle = None;
@@ -232,9 +387,14 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
                 Err(e) => return fail(1, format!("listener: {e}")),
             };
             let (stop_standby, standby_stopped) = oneshot::channel::<()>();
-            let standby = tokio::spawn(crate::standby::serve(standby_listener, seen_rx, async {
-                let _ = standby_stopped.await;
-            }));
+            let standby = tokio::spawn(crate::standby::serve(
+                standby_listener,
+                seen_rx,
+                options.tls.clone(),
+                async {
+                    let _ = standby_stopped.await;
+                },
+            ));
             info!(id = %me.id, "etcd ledger: campaigning for leadership (serving as a standby meanwhile)");
             let won = tokio::select! {
                 r = etcd.campaign(&me, &seen_tx) => r,

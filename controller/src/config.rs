@@ -49,6 +49,82 @@ pub struct ControllerConfig {
     pub idle: crate::reclaim::IdlePolicy,
     /// Carbon factors of the site (`[carbon]`).
     pub carbon: CarbonSection,
+    /// TLS, agent certificates and bearer tokens (`[security]`).
+    pub security: SecuritySection,
+    /// Per-tenant quotas (`[quotas]`; see [`crate::quota`]).
+    pub quotas: crate::quota::Quotas,
+}
+
+/// `[security]`: who may call the controller (see [`crate::auth`]). Either all of `tls_cert`,
+/// `tls_key`, `agent_ca` and `tokens` are set, or `insecure = true` (loopback only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Serve plaintext without authentication: everyone may do everything. For local demos and
+    /// tests; refused unless the listen address is loopback.
+    pub insecure: bool,
+    /// PEM server certificate (chain).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signs node agents' client certificates.
+    pub agent_ca: Option<PathBuf>,
+    /// Tokens file: `[[token]]` entries with name, role (tenant|ops), tenant and sha256 (see
+    /// `greenslice-controller token`). Re-read when it changes.
+    pub tokens: Option<PathBuf>,
+}
+
+/// What the controller serves with: the authenticator and the listener's TLS settings.
+pub type ServingSecurity = (
+    std::sync::Arc<crate::auth::Authenticator>,
+    Option<tonic::transport::ServerTlsConfig>,
+);
+
+impl SecuritySection {
+    /// Checks the settings against the listen address and loads certificates and tokens.
+    pub fn resolve(&self, listen: std::net::SocketAddr) -> Result<ServingSecurity, String> {
+        use crate::auth::{Authenticator, tls::TlsFiles};
+        if self.insecure {
+            if !listen.ip().is_loopback() {
+                return Err(format!(
+                    "insecure mode serves without TLS or authentication and is refused on {listen}: \
+                     listen on a loopback address (127.0.0.1) or configure [security] tls_cert, \
+                     tls_key, agent_ca and tokens"
+                ));
+            }
+            return Ok((std::sync::Arc::new(Authenticator::Insecure), None));
+        }
+        let missing: Vec<&str> = [
+            ("tls_cert", self.tls_cert.is_none()),
+            ("tls_key", self.tls_key.is_none()),
+            ("agent_ca", self.agent_ca.is_none()),
+            ("tokens", self.tokens.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(n, _)| *n)
+        .collect();
+        let (Some(cert), Some(key), Some(ca), Some(tokens)) =
+            (&self.tls_cert, &self.tls_key, &self.agent_ca, &self.tokens)
+        else {
+            return Err(format!(
+                "security is not configured: set [security] {} in the config (or the matching \
+                 --tls-cert/--tls-key/--agent-ca/--tokens flags; `greenslice-controller pki init` \
+                 and `greenslice-controller token` make them), or pass --insecure for a local, \
+                 unauthenticated run on loopback",
+                missing.join(", ")
+            ));
+        };
+        let tls = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            agent_ca: ca.clone(),
+        }
+        .server_config()
+        .map_err(|e| e.to_string())?;
+        let auth = Authenticator::from_file(tokens.clone()).map_err(|e| e.to_string())?;
+        Ok((std::sync::Arc::new(auth), Some(tls)))
+    }
 }
 
 /// `[etcd]` in the config file.
@@ -92,6 +168,8 @@ impl Default for ControllerConfig {
             metrics_listen: String::new(),
             idle: Default::default(),
             carbon: CarbonSection::default(),
+            security: SecuritySection::default(),
+            quotas: Default::default(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct CoreConfig {
     pub terminal_retention: Duration,
     /// How often orphans and expired slices are looked for.
     pub sweep_interval: Duration,
+    /// Per-tenant quotas, checked at request time.
+    pub quotas: crate::quota::Quotas,
 }
 
 impl Default for CoreConfig {
@@ -44,6 +46,7 @@ impl Default for CoreConfig {
             orphan_grace: Duration::from_secs(60),
             terminal_retention: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(1),
+            quotas: Default::default(),
         }
     }
 }
@@ -374,6 +377,10 @@ impl Controller {
                     slice: existing.clone(),
                     replayed: true,
                 });
+            }
+            if !self.config.quotas.is_empty() {
+                let held = crate::quota::Usage::of(tenant, st.slices.values());
+                self.config.quotas.check(tenant, held, &spec)?;
             }
             check_model_profile(&st, &spec)?;
             let view = st.view_cached();

@@ -31,6 +31,8 @@ pub enum ControllerError {
     },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    Quota(#[from] Box<crate::quota::QuotaExceeded>),
 }
 
 impl From<ControllerError> for Status {
@@ -46,6 +48,7 @@ impl From<ControllerError> for Status {
             ControllerError::Ledger(_) => Code::Unavailable,
             ControllerError::WrongState { .. } => Code::FailedPrecondition,
             ControllerError::PermissionDenied(_) => Code::PermissionDenied,
+            ControllerError::Quota(_) => Code::ResourceExhausted,
         };
         Status::new(code, e.to_string())
     }

@@ -11,10 +11,13 @@
 //! - [`telemetry`]: utilization, power and energy samples from the agents.
 //! - [`reclaim`]: the idle policy, idle reclaim and MIG re-layout; [`metrics`]: Prometheus.
 //! - [`report`]: the ops energy and carbon report (table, JSON, CSV, HTML).
+//! - [`auth`]: who is calling (tokens, agent certificates, insecure mode) and what they may do;
+//!   [`quota`]: per-tenant limits.
 //! - [`api`]: the gRPC services; [`server`] serves them.
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod controller;
@@ -23,6 +26,7 @@ pub mod error;
 pub mod ledger;
 pub mod metrics;
 pub mod placement;
+pub mod quota;
 pub mod reclaim;
 pub mod report;
 pub mod server;

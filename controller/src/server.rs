@@ -7,7 +7,10 @@ use std::time::Duration;
 use greenslice_proto::v1 as pb;
 use tokio::net::TcpListener;
 
+use tonic::service::interceptor::InterceptedService;
+
 use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::TenantApi};
+use crate::auth::{Authenticator, Gate, Surface};
 use crate::controller::Controller;
 
 /// Largest gRPC message accepted, bytes.
@@ -20,12 +23,20 @@ pub struct ServeOptions {
     /// long is dropped: its session ends and its node is marked unreachable. Pings go out every
     /// third of it; each may wait two thirds of it for its answer.
     pub agent_lease: Duration,
+    /// Who may call what. The default is insecure (everyone may do everything): only for tests and
+    /// demos on loopback.
+    pub auth: Arc<Authenticator>,
+    /// TLS on the listener (required with enforced authentication: tokens must not travel in the
+    /// clear, and agents are identified by their client certificates).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             agent_lease: Duration::from_secs(15),
+            auth: Arc::new(Authenticator::Insecure),
+            tls: None,
         }
     }
 }
@@ -46,29 +57,51 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    if !options.auth.is_insecure() && options.tls.is_none() {
+        anyhow::bail!(
+            "authentication is enforced but TLS is not configured: tokens would travel in the clear"
+        );
+    }
+    let gate = |surface| Gate::new(options.auth.clone(), surface);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let tenant = pb::tenant_service_server::TenantServiceServer::new(TenantApi {
-        controller: controller.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let agent = pb::agent_service_server::AgentServiceServer::new(AgentApi {
-        controller: controller.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let kubelet = pb::kubelet_service_server::KubeletServiceServer::new(KubeletApi {
-        controller: controller.clone(),
-        policy: controller.policy(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let ops = pb::ops_service_server::OpsServiceServer::new(OpsApi { controller })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let tenant = InterceptedService::new(
+        pb::tenant_service_server::TenantServiceServer::new(TenantApi {
+            controller: controller.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        gate(Surface::Tenant),
+    );
+    let agent = InterceptedService::new(
+        pb::agent_service_server::AgentServiceServer::new(AgentApi {
+            controller: controller.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        gate(Surface::Agent),
+    );
+    let kubelet = InterceptedService::new(
+        pb::kubelet_service_server::KubeletServiceServer::new(KubeletApi {
+            controller: controller.clone(),
+            policy: controller.policy(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        gate(Surface::Agent),
+    );
+    let ops = InterceptedService::new(
+        pb::ops_service_server::OpsServiceServer::new(OpsApi { controller })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        gate(Surface::Ops),
+    );
     // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent
     // stream; the builder's tcp_nodelay does not reach a listener we pass in, so set it here.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let lease = options.agent_lease.max(Duration::from_millis(300));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(lease / 3))
         .http2_keepalive_timeout(Some(lease * 2 / 3))
         .add_service(reflection)

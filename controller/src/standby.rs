@@ -62,14 +62,21 @@ refusing!(Tenant, pb::tenant_service_server::SERVICE_NAME);
 refusing!(Agent, pb::agent_service_server::SERVICE_NAME);
 refusing!(Ops, pb::ops_service_server::SERVICE_NAME);
 
-/// Serves refusals on `listener` until `shutdown` resolves.
+/// Serves refusals on `listener` until `shutdown` resolves, with the same TLS as the leader would
+/// (so clients get the refusal naming the leader, not a handshake error). The refusal reveals only
+/// the leader's URL, which every client is configured with anyway, so it needs no authentication.
 pub async fn serve(
     listener: TcpListener,
     leader: watch::Receiver<Option<LeaderInfo>>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(Tenant(leader.clone()))
         .add_service(Agent(leader.clone()))
         .add_service(Ops(leader))

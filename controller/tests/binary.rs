@@ -54,7 +54,13 @@ fn serves_prometheus_metrics_when_asked() {
         .unwrap()
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
-        .args(["--ledger", "memory", "--listen", "127.0.0.1:0"])
+        .args([
+            "--ledger",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+        ])
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -82,4 +88,164 @@ fn serves_prometheus_metrics_when_asked() {
         body.contains("# TYPE greenslice_idle_warned_slices gauge"),
         "{body}"
     );
+}
+
+/// Starts the controller with `args`, waits for its address line, stops it, and returns what it
+/// wrote on stderr.
+fn start_and_stop(args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+#[test]
+fn without_security_settings_or_insecure_it_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_config(
+        dir.path(),
+        "",
+        &["--ledger", "memory", "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("security is not configured") && err.contains("--insecure"),
+        "{err}"
+    );
+    // Partly configured: the missing settings are named.
+    let out = run_with_config(
+        dir.path(),
+        "[security]\ntls_cert = \"/x.crt\"\n",
+        &["--ledger", "memory", "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls_key, agent_ca, tokens"), "{err}");
+    // Configured with files that do not exist: named.
+    let out = run_with_config(
+        dir.path(),
+        "[security]\ntls_cert = \"/no/tls.crt\"\ntls_key = \"/no/tls.key\"\nagent_ca = \"/no/ca.crt\"\ntokens = \"/no/tokens.toml\"\n",
+        &["--ledger", "memory", "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/tls.crt"));
+}
+
+#[test]
+fn insecure_mode_is_loopback_only_and_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_config(
+        dir.path(),
+        "",
+        &["--ledger", "memory", "--listen", "0.0.0.0:0", "--insecure"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused on 0.0.0.0"));
+    let err = start_and_stop(&[
+        "--ledger",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+    ]);
+    assert!(err.contains("INSECURE MODE"), "{err}");
+}
+
+#[test]
+fn the_pki_tool_writes_a_ca_and_certificates_with_private_keys_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+        .args(["pki", "--out"])
+        .arg(dir.path())
+        .args(["--names", "ctl.example,10.0.0.1", "--agents", "n1,n2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "ca.crt",
+        "controller.crt",
+        "controller.key",
+        "agent-n1.crt",
+        "agent-n2.key",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    // A bad name is refused with exit 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+        .args(["pki", "--out"])
+        .arg(dir.path().join("x"))
+        .args(["--names", ""])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_secure_controller_starts_with_files_from_the_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let ok = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&["pki", "--out", &d("pki")]);
+    ok(&[
+        "token",
+        "--name",
+        "ops",
+        "--role",
+        "ops",
+        "--append",
+        &d("tokens.toml"),
+    ]);
+    let err = start_and_stop(&[
+        "--ledger",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &d("pki/controller.crt"),
+        "--tls-key",
+        &d("pki/controller.key"),
+        "--agent-ca",
+        &d("pki/ca.crt"),
+        "--tokens",
+        &d("tokens.toml"),
+    ]);
+    assert!(!err.contains("INSECURE"), "{err}");
 }

@@ -49,7 +49,7 @@ pub async fn start_controller(port: u16, args: &[&str], log: &Path) -> Controlle
     let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice"))
         .arg("controller")
         .args(args)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--insecure"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(logf))

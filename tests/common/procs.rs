@@ -32,9 +32,20 @@ impl Drop for Proc {
     }
 }
 
-/// Starts the controller on an ephemeral port with its redb ledger in a temporary folder; returns
-/// it and its URL.
+/// Starts the controller in insecure mode on an ephemeral port with its redb ledger in a temporary
+/// folder; returns it and its URL.
 pub fn start_controller(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["--insecure"];
+    args.extend_from_slice(extra);
+    spawn_controller(&args, "http")
+}
+
+/// Like [`start_controller`] without `--insecure`: `extra` gives the TLS and token flags.
+pub fn start_secure_controller(extra: &[&str]) -> (Proc, String) {
+    spawn_controller(extra, "https")
+}
+
+fn spawn_controller(extra: &[&str], scheme: &str) -> (Proc, String) {
     let dir = tempfile::tempdir().expect("temp data dir");
     let mut child = Command::new(bin("greenslice-controller"))
         .args(["--listen", "127.0.0.1:0"])
@@ -55,11 +66,22 @@ pub fn start_controller(extra: &[&str]) -> (Proc, String) {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected controller output {line:?}"))
         .to_string();
-    (Proc(child, Some(dir)), format!("http://{addr}"))
+    (Proc(child, Some(dir)), format!("{scheme}://{addr}"))
 }
 
 /// Starts a simulated agent.
 pub fn start_agent(url: &str, node: &str, machine: &str, mig_gpus: u32) -> Proc {
+    start_agent_with(url, node, machine, mig_gpus, &[])
+}
+
+/// Starts a simulated agent with extra flags (TLS).
+pub fn start_agent_with(
+    url: &str,
+    node: &str,
+    machine: &str,
+    mig_gpus: u32,
+    extra: &[&str],
+) -> Proc {
     let child = Command::new(bin("greenslice-agent"))
         .args([
             "--controller",
@@ -72,6 +94,7 @@ pub fn start_agent(url: &str, node: &str, machine: &str, mig_gpus: u32) -> Proc 
             machine,
         ])
         .args(["--mig-gpus", &mig_gpus.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -85,6 +108,8 @@ pub fn cli(url: &str, args: &[&str]) -> Output {
         .args(["--controller", url])
         .args(args)
         .env_remove("GREENSLICE_TENANT")
+        .env_remove("GREENSLICE_TOKEN")
+        .env_remove("GREENSLICE_CA_CERT")
         .output()
         .expect("run greenslice")
 }

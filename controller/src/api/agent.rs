@@ -64,6 +64,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let who = crate::auth::principal(&req)?;
         let mut inbound = req.into_inner();
         let first = inbound
             .next()
@@ -75,6 +76,9 @@ impl AgentService for AgentApi {
             ));
         };
         validate_register(&reg)?;
+        who.may_register(&reg.node).inspect_err(|e| {
+            warn!(node = %reg.node, "agent registration refused: {}", e.message());
+        })?;
         let node = reg.node.clone();
         let (tx, rx) = mpsc::channel(256);
         let plan = self.controller.register_node(&reg);

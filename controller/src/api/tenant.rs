@@ -1,4 +1,8 @@
 //! TenantService: request, get, list, release and watch slices.
+//!
+//! Every handler first asks the caller's [`Principal`] (put there by the auth gate) which tenant it
+//! may act for: a tenant token sees and changes only its own tenant's slices (PERMISSION_DENIED
+//! otherwise), an ops token or an insecure-mode caller any.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,12 +15,24 @@ use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use super::check_id;
+use crate::auth::{Principal, principal};
 use crate::controller::Controller;
+use crate::slice::SliceRecord;
 
 /// The tenant API.
 #[derive(Debug, Clone)]
 pub struct TenantApi {
     pub controller: Arc<Controller>,
+}
+
+impl TenantApi {
+    /// The slice `id`, if the caller may see it.
+    fn owned(&self, p: &Principal, id: &str) -> Result<SliceRecord, Status> {
+        check_id("slice_id", id)?;
+        let s = self.controller.get(id)?;
+        p.may_access(&s.tenant, id)?;
+        Ok(s)
+    }
 }
 
 #[tonic::async_trait]
@@ -25,7 +41,9 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::RequestSliceRequest>,
     ) -> Result<Response<pb::RequestSliceResponse>, Status> {
-        let r = req.into_inner();
+        let p = principal(&req)?;
+        let mut r = req.into_inner();
+        r.tenant = p.act_as(&r.tenant)?;
         // Run to completion even if the caller goes away: a request half done (committed PENDING,
         // the agent asked) must reach ACTIVE or FAILED, not stay pending until a restart.
         let c = self.controller.clone();
@@ -45,9 +63,9 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::GetSliceRequest>,
     ) -> Result<Response<pb::GetSliceResponse>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
-        check_id("slice_id", &r.slice_id)?;
-        let s = self.controller.get(&r.slice_id)?;
+        let s = self.owned(&p, &r.slice_id)?;
         Ok(Response::new(pb::GetSliceResponse {
             slice: Some(s.to_pb()),
         }))
@@ -57,10 +75,12 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::ListSlicesRequest>,
     ) -> Result<Response<pb::ListSlicesResponse>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
+        let tenant = p.act_as(&r.tenant)?;
         let slices = self
             .controller
-            .list(&r.tenant, &r.node, r.include_terminal)
+            .list(&tenant, &r.node, r.include_terminal)
             .iter()
             .map(|s| s.to_pb())
             .collect();
@@ -71,8 +91,9 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::ReleaseSliceRequest>,
     ) -> Result<Response<pb::ReleaseSliceResponse>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
-        check_id("slice_id", &r.slice_id)?;
+        self.owned(&p, &r.slice_id)?;
         let c = self.controller.clone();
         let s = tokio::spawn(async move { c.release(&r.slice_id, "released by tenant").await })
             .await
@@ -86,8 +107,9 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::KeepSliceRequest>,
     ) -> Result<Response<pb::KeepSliceResponse>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
-        check_id("slice_id", &r.slice_id)?;
+        self.owned(&p, &r.slice_id)?;
         let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms)?;
         Ok(Response::new(pb::KeepSliceResponse {
@@ -102,7 +124,8 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::WatchSlicesRequest>,
     ) -> Result<Response<Self::WatchSlicesStream>, Status> {
-        let tenant = req.into_inner().tenant;
+        let p = principal(&req)?;
+        let tenant = p.act_as(&req.into_inner().tenant)?;
         let rx = self.controller.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |ev| match ev {
             Ok(ev) => {

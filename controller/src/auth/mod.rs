@@ -1,0 +1,454 @@
+//! Who is calling, and what they may do.
+//!
+//! - Tenants and ops present a bearer token (`authorization: Bearer gst_...`); the controller keeps
+//!   only SHA-256 hashes of tokens ([`tokens`]). A tenant token acts for one tenant: it sees and
+//!   changes only that tenant's slices. An ops token may do everything on the tenant and ops
+//!   services.
+//! - Node agents present a client certificate signed by the agent CA (mutual TLS, [`tls`]); the
+//!   agent and kubelet services accept nobody else, and an agent may register only as a node its
+//!   certificate names.
+//! - `--insecure` turns all of this off (no TLS, no tokens: everyone may do everything) for local
+//!   demos and tests on loopback; it is loud about it.
+//!
+//! The [`Gate`] interceptor in front of each service authenticates the caller and puts its
+//! [`Principal`] into the request; handlers then ask the principal whether it may act for a tenant
+//! ([`Principal::act_as`], [`Principal::may_access`]). Decisions are pure functions of the
+//! principal and the request, tested below; the I/O edges are the interceptor and the token-file
+//! reloader.
+
+pub mod pki;
+pub mod tls;
+pub mod tokens;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+use tracing::{error, info, warn};
+
+use tokens::{TokenRole, TokenStore};
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Insecure mode: nobody is authenticated and everyone may do everything.
+    Anyone,
+    /// A tenant token.
+    Tenant {
+        /// Token name.
+        name: String,
+        /// The tenant it acts for.
+        tenant: String,
+    },
+    /// An ops token.
+    Ops {
+        /// Token name.
+        name: String,
+    },
+    /// A node agent, by its verified client certificate.
+    Agent {
+        /// The leaf certificate it presented (already verified against the agent CA by TLS).
+        cert: CertificateDer<'static>,
+    },
+}
+
+impl Principal {
+    /// Short description for logs and error messages (never secret).
+    pub fn describe(&self) -> String {
+        match self {
+            Principal::Anyone => "anyone (insecure mode)".into(),
+            Principal::Tenant { name, tenant } => format!("token {name:?} (tenant {tenant})"),
+            Principal::Ops { name } => format!("token {name:?} (ops)"),
+            Principal::Agent { cert } => match tls::dns_names(cert) {
+                Ok(names) => format!("agent certificate for {}", names.join(",")),
+                Err(_) => "agent certificate".into(),
+            },
+        }
+    }
+
+    /// The one tenant this caller is confined to, if any.
+    pub fn confined_to(&self) -> Option<&str> {
+        match self {
+            Principal::Tenant { tenant, .. } => Some(tenant),
+            _ => None,
+        }
+    }
+
+    /// The tenant a request acts for: a tenant token acts for its own tenant (an empty tenant
+    /// field means it) and may not name another; ops and insecure callers act for whatever the
+    /// request names (empty: all tenants, where that means something).
+    pub fn act_as(&self, requested: &str) -> Result<String, Status> {
+        match self.confined_to() {
+            None => Ok(requested.to_string()),
+            Some(mine) if requested.is_empty() || requested == mine => Ok(mine.to_string()),
+            Some(mine) => Err(Status::permission_denied(format!(
+                "{} acts for tenant {mine}, not {requested}",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// Checks the caller may see or change slice `slice_id`, owned by `owner`.
+    pub fn may_access(&self, owner: &str, slice_id: &str) -> Result<(), Status> {
+        match self.confined_to() {
+            Some(mine) if mine != owner => Err(Status::permission_denied(format!(
+                "slice {slice_id} belongs to another tenant; {} acts for tenant {mine}",
+                self.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks an agent may register as `node`.
+    pub fn may_register(&self, node: &str) -> Result<(), Status> {
+        match self {
+            Principal::Anyone => Ok(()),
+            Principal::Agent { cert } if tls::certifies_node(cert, node) => Ok(()),
+            Principal::Agent { .. } => Err(Status::permission_denied(format!(
+                "{} may not register as node {node}: the certificate must name the node as a DNS \
+                 subject alternative name",
+                self.describe()
+            ))),
+            other => Err(Status::permission_denied(format!(
+                "{} is not a node agent",
+                other.describe()
+            ))),
+        }
+    }
+}
+
+/// The principal the [`Gate`] put into a request. A request that did not pass a gate has none and
+/// is refused.
+pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("request did not pass authentication"))
+}
+
+/// Which group of services a gate guards, and so which callers it admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// TenantService: tenant and ops tokens.
+    Tenant,
+    /// OpsService: ops tokens.
+    Ops,
+    /// AgentService and KubeletService: node agents (client certificates).
+    Agent,
+}
+
+/// How callers are authenticated.
+#[derive(Debug)]
+pub enum Authenticator {
+    /// No TLS, no tokens: every caller is [`Principal::Anyone`].
+    Insecure,
+    /// Tokens for tenants and ops, client certificates for agents.
+    Enforced {
+        /// The current tokens (replaced when the file changes).
+        tokens: RwLock<Arc<TokenStore>>,
+        /// The file they came from (reloaded on change), if any.
+        path: Option<PathBuf>,
+    },
+}
+
+/// The bearer token in a request's metadata.
+fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
+    let v = req
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "missing bearer token: pass --token or set GREENSLICE_TOKEN \
+                 (metadata `authorization: Bearer <token>`)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+    let (scheme, token) = v.split_once(' ').ok_or_else(|| {
+        Status::unauthenticated("authorization metadata must be `Bearer <token>`")
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(Status::unauthenticated(
+            "authorization metadata must be `Bearer <token>`",
+        ));
+    }
+    Ok(token.trim())
+}
+
+impl Authenticator {
+    /// Enforcing authentication with a fixed token store (tests, embedding).
+    pub fn with_tokens(store: TokenStore) -> Authenticator {
+        Authenticator::Enforced {
+            tokens: RwLock::new(Arc::new(store)),
+            path: None,
+        }
+    }
+
+    /// Enforcing authentication with the tokens in `path` (reloaded by [`Self::spawn_reload`]).
+    pub fn from_file(path: PathBuf) -> Result<Authenticator, tokens::TokenFileError> {
+        let store = TokenStore::load(&path)?;
+        info!(tokens = store.len(), path = %path.display(), "bearer tokens loaded");
+        Ok(Authenticator::Enforced {
+            tokens: RwLock::new(Arc::new(store)),
+            path: Some(path),
+        })
+    }
+
+    /// True in insecure mode.
+    pub fn is_insecure(&self) -> bool {
+        matches!(self, Authenticator::Insecure)
+    }
+
+    fn store(&self) -> Arc<TokenStore> {
+        match self {
+            Authenticator::Insecure => Arc::new(TokenStore::default()),
+            Authenticator::Enforced { tokens, .. } => tokens
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Authenticates a call to `surface` and checks the caller's role may use it.
+    pub fn admit<T>(&self, req: &Request<T>, surface: Surface) -> Result<Principal, Status> {
+        if self.is_insecure() {
+            return Ok(Principal::Anyone);
+        }
+        if surface == Surface::Agent {
+            let certs = req.peer_certs().unwrap_or_default();
+            let leaf = certs.first().ok_or_else(|| {
+                Status::unauthenticated(
+                    "node agent services need a client certificate signed by the agent CA",
+                )
+            })?;
+            return Ok(Principal::Agent {
+                cert: leaf.clone().into_owned(),
+            });
+        }
+        let token = bearer(req)?;
+        let store = self.store();
+        let holder = store
+            .lookup(token)
+            .ok_or_else(|| Status::unauthenticated("invalid token (unknown or revoked)"))?;
+        let p = match (holder.role, &holder.tenant) {
+            (TokenRole::Ops, _) => Principal::Ops {
+                name: holder.name.clone(),
+            },
+            (TokenRole::Tenant, Some(t)) => Principal::Tenant {
+                name: holder.name.clone(),
+                tenant: t.clone(),
+            },
+            (TokenRole::Tenant, None) => {
+                return Err(Status::unauthenticated("tenant token without a tenant"));
+            }
+        };
+        if surface == Surface::Ops && !matches!(p, Principal::Ops { .. }) {
+            return Err(Status::permission_denied(format!(
+                "{} may not use the ops service: it needs an ops token",
+                p.describe()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Re-reads the tokens file every `every` when it changed, so tokens can be added or revoked
+    /// without a restart. A file that no longer parses is logged and the previous tokens are kept.
+    pub fn spawn_reload(self: &Arc<Self>, every: Duration) {
+        let Authenticator::Enforced {
+            path: Some(path), ..
+        } = self.as_ref()
+        else {
+            return;
+        };
+        let path = path.clone();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last: Option<SystemTime> = mtime(&path);
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(me) = weak.upgrade() else { return };
+                let now = mtime(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match TokenStore::load(&path) {
+                    Ok(store) => {
+                        if let Authenticator::Enforced { tokens, .. } = me.as_ref() {
+                            info!(tokens = store.len(), "bearer tokens reloaded");
+                            *tokens
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Arc::new(store);
+                        }
+                    }
+                    Err(e) => {
+                        error!(error = %e, "tokens file changed but is invalid; keeping the previous tokens")
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The interceptor in front of a service: authenticates, checks the role, and hands the
+/// [`Principal`] to the handler.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    auth: Arc<Authenticator>,
+    surface: Surface,
+}
+
+impl Gate {
+    /// A gate for `surface`.
+    pub fn new(auth: Arc<Authenticator>, surface: Surface) -> Gate {
+        Gate { auth, surface }
+    }
+}
+
+impl Interceptor for Gate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        match self.auth.admit(&req, self.surface) {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+                Ok(req)
+            }
+            Err(s) => {
+                warn!(surface = ?self.surface, peer = ?req.remote_addr(), code = ?s.code(), "call refused: {}", s.message());
+                Err(s)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn store() -> (TokenStore, String, String) {
+        let (ta, ea) = tokens::mint("alice", TokenRole::Tenant, Some("team-a")).unwrap();
+        let (to, eo) = tokens::mint("root", TokenRole::Ops, None).unwrap();
+        (
+            TokenStore::parse(&tokens::to_toml(&[ea, eo]), "t").unwrap(),
+            ta,
+            to,
+        )
+    }
+
+    fn req(auth: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(a) = auth {
+            r.metadata_mut().insert("authorization", a.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn tokens_map_to_principals_and_roles_are_checked_per_surface() {
+        let (s, ta, to) = store();
+        let auth = Authenticator::with_tokens(s);
+        let p = auth
+            .admit(&req(Some(&format!("Bearer {ta}"))), Surface::Tenant)
+            .unwrap();
+        assert_eq!(p.confined_to(), Some("team-a"));
+        let e = auth
+            .admit(&req(Some(&format!("Bearer {ta}"))), Surface::Ops)
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let p = auth
+            .admit(&req(Some(&format!("bearer {to}"))), Surface::Ops)
+            .unwrap();
+        assert!(matches!(p, Principal::Ops { .. }));
+        for bad in [
+            None,
+            Some("Bearer gst_00"),
+            Some("Basic abc"),
+            Some(to.as_str()),
+            Some("Bearer "),
+        ] {
+            let e = auth.admit(&req(bad), Surface::Tenant).unwrap_err();
+            assert_eq!(e.code(), Code::Unauthenticated, "{bad:?}");
+        }
+        // A token never opens the agent services; only a client certificate does.
+        let e = auth
+            .admit(&req(Some(&format!("Bearer {to}"))), Surface::Agent)
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+
+    #[test]
+    fn insecure_mode_admits_everyone_everywhere() {
+        let auth = Authenticator::Insecure;
+        for s in [Surface::Tenant, Surface::Ops, Surface::Agent] {
+            assert_eq!(auth.admit(&req(None), s).unwrap(), Principal::Anyone);
+        }
+        assert!(Principal::Anyone.may_register("any-node").is_ok());
+    }
+
+    #[test]
+    fn a_tenant_acts_only_for_itself() {
+        let t = Principal::Tenant {
+            name: "alice".into(),
+            tenant: "team-a".into(),
+        };
+        assert_eq!(t.act_as("").unwrap(), "team-a");
+        assert_eq!(t.act_as("team-a").unwrap(), "team-a");
+        assert_eq!(
+            t.act_as("team-b").unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert!(t.may_access("team-a", "s1").is_ok());
+        assert_eq!(
+            t.may_access("team-b", "s1").unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert!(t.may_register("node-0").is_err());
+        let ops = Principal::Ops { name: "o".into() };
+        assert_eq!(ops.act_as("").unwrap(), "");
+        assert_eq!(ops.act_as("team-b").unwrap(), "team-b");
+        assert!(ops.may_access("team-b", "s1").is_ok());
+        assert!(ops.may_register("node-0").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_removed_from_the_file_is_refused_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let (ta, ea) = tokens::mint("alice", TokenRole::Tenant, Some("team-a")).unwrap();
+        let (tb, eb) = tokens::mint("bob", TokenRole::Tenant, Some("team-b")).unwrap();
+        std::fs::write(&path, tokens::to_toml(&[ea.clone(), eb])).unwrap();
+        let auth = Arc::new(Authenticator::from_file(path.clone()).unwrap());
+        auth.spawn_reload(Duration::from_millis(20));
+        let bearer = |t: &str| req(Some(&format!("Bearer {t}")));
+        assert!(auth.admit(&bearer(&tb), Surface::Tenant).is_ok());
+        // A broken edit keeps the previous tokens.
+        std::fs::write(&path, "[[token]]\nname = 'half-written'\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(auth.admit(&bearer(&tb), Surface::Tenant).is_ok());
+        // Revoking bob takes effect; alice stays.
+        std::fs::write(&path, tokens::to_toml(&[ea])).unwrap();
+        let mut refused = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if auth.admit(&bearer(&tb), Surface::Tenant).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "revoked token still accepted");
+        assert!(auth.admit(&bearer(&ta), Surface::Tenant).is_ok());
+    }
+
+    #[test]
+    fn requests_that_skipped_the_gate_are_refused() {
+        assert_eq!(
+            principal(&Request::new(())).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! A small private PKI for a greenslice cluster: one CA, the controller's server certificate and
+//! one client certificate per node agent (its node name as DNS SAN, so the controller can check
+//! an agent registers only as its own node). `greenslice-controller pki init` writes them; tests
+//! use the same code. Sites with their own CA or cert-manager use those instead: the controller
+//! only needs PEM files.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// Why certificates could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation: {0}")]
+    Gen(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// Everything `pki init` makes.
+#[derive(Debug, Clone)]
+pub struct ClusterPki {
+    /// The CA (signs the controller's and the agents' certificates).
+    pub ca: Pem,
+    /// The controller's server certificate.
+    pub controller: Pem,
+    /// One client certificate per agent, by node name.
+    pub agents: Vec<(String, Pem)>,
+}
+
+fn current_year() -> i32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
+}
+
+fn validity(p: &mut CertificateParams, years: i32) {
+    let y = current_year();
+    // From the start of last year, so a skewed clock does not make fresh certificates invalid.
+    p.not_before = rcgen::date_time_ymd(y - 1, 1, 1);
+    p.not_after = rcgen::date_time_ymd(y + years, 1, 1);
+}
+
+fn leaf(
+    names: &[String],
+    common_name: &str,
+    usage: ExtendedKeyUsagePurpose,
+    issuer: &CertifiedIssuer<'_, KeyPair>,
+) -> Result<Pem, PkiError> {
+    let mut p = CertificateParams::new(names.to_vec())?;
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![usage];
+    validity(&mut p, 1);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, issuer)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Makes a CA, a server certificate for `controller_names` (DNS names or IP addresses) and a client
+/// certificate for each node in `agents`.
+pub fn generate(controller_names: &[String], agents: &[String]) -> Result<ClusterPki, PkiError> {
+    if controller_names.is_empty() {
+        return Err(PkiError::Invalid(
+            "give at least one name the controller is reached by".into(),
+        ));
+    }
+    for (what, name) in controller_names
+        .iter()
+        .map(|n| ("controller name", n))
+        .chain(agents.iter().map(|n| ("node name", n)))
+    {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(PkiError::Invalid(format!(
+                "{what} {name:?} is not a DNS name or IP address"
+            )));
+        }
+    }
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name
+        .push(DnType::CommonName, "greenslice cluster CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut p, 10);
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(p, ca_key)?;
+    let controller = leaf(
+        controller_names,
+        "greenslice-controller",
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &ca,
+    )?;
+    let mut out = Vec::new();
+    for node in agents {
+        let pem = leaf(
+            std::slice::from_ref(node),
+            &format!("greenslice-agent {node}"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &ca,
+        )?;
+        out.push((node.clone(), pem));
+    }
+    Ok(ClusterPki {
+        ca: Pem {
+            cert: ca.pem(),
+            key: ca_key_pem,
+        },
+        controller,
+        agents: out,
+    })
+}
+
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
+    let err = |source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(path, text).map_err(err)?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(())
+}
+
+impl ClusterPki {
+    /// Writes `ca.crt`, `ca.key`, `controller.crt`, `controller.key`, and `agent-<node>.crt` /
+    /// `.key` into `dir` (keys readable by the owner only). Returns the paths written.
+    pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut files = vec![
+            ("ca.crt".to_string(), &self.ca.cert, false),
+            ("ca.key".to_string(), &self.ca.key, true),
+            ("controller.crt".to_string(), &self.controller.cert, false),
+            ("controller.key".to_string(), &self.controller.key, true),
+        ];
+        for (node, pem) in &self.agents {
+            files.push((format!("agent-{node}.crt"), &pem.cert, false));
+            files.push((format!("agent-{node}.key"), &pem.key, true));
+        }
+        let mut written = Vec::new();
+        for (name, text, secret) in files {
+            let p = dir.join(name);
+            write(&p, text, secret)?;
+            written.push(p);
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_certificates_name_their_node_and_chain_to_the_ca() {
+        let pki = generate(
+            &["localhost".into(), "127.0.0.1".into()],
+            &["node-0".into()],
+        )
+        .unwrap();
+        let (node, pem) = &pki.agents[0];
+        assert_eq!(node, "node-0");
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.cert.as_bytes()).unwrap();
+        let names = super::super::tls::dns_names(&der).unwrap();
+        assert_eq!(names, vec!["node-0".to_string()]);
+        assert!(pki.ca.cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(pki.controller.key.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn keys_are_written_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(&["localhost".into()], &["n1".into()]).unwrap();
+        let files = pki.write_to(dir.path()).unwrap();
+        assert_eq!(files.len(), 6);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("agent-n1.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+        }
+    }
+}
