@@ -94,6 +94,30 @@ fn base_deployment_matches_the_controller_binary() {
     let text = cm["data"][key].as_str().unwrap();
     let cfg: ControllerConfig = toml::from_str(text).unwrap();
     assert!(cfg.listen.ends_with(&format!(":{port}")));
+
+    // Secure, with every TLS and token file coming from a mounted Secret.
+    let s = &cfg.security;
+    assert!(!s.insecure);
+    for f in [&s.tls_cert, &s.tls_key, &s.agent_ca, &s.tokens] {
+        let f = f.as_ref().expect("security file set").display().to_string();
+        let (dir, _) = f.rsplit_once('/').unwrap();
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .unwrap_or_else(|| panic!("{dir} not mounted"));
+        let volume = d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert!(
+            volume["secret"]["secretName"].is_string(),
+            "{f} is not from a Secret"
+        );
+    }
 }
 
 /// Flags the etcd-ha overlay uses that the controller binary does not have yet (the ledger work
