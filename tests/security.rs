@@ -238,8 +238,22 @@ async fn missing_or_bad_tokens_are_unauthenticated_and_tenants_cannot_use_ops() 
         .unwrap()
         .into_inner();
     assert_eq!(inv.gpus_total, 16);
-    // Nothing was allocated by the refused calls.
+    // Nothing was allocated by the refused calls, and ops can see they happened.
     assert!(inv.slices.is_empty());
+    let refused = |surface: &str, code: &str| {
+        env.cluster
+            .controller
+            .metrics
+            .auth_refusals
+            .get_or_create(&greenslice_controller::metrics::RefusalLabels {
+                surface: surface.into(),
+                code: code.into(),
+            })
+            .get()
+    };
+    assert_eq!(refused("tenant", "unauthenticated"), 6);
+    assert_eq!(refused("ops", "permission_denied"), 1);
+    assert_eq!(env.cluster.controller.metrics.insecure.get(), 0);
     // Plaintext to the TLS port fails.
     let plain = Conn::insecure(env.cluster.url.replace("https://", "http://"));
     let r = match plain.tenant().await {

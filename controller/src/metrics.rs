@@ -47,6 +47,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A refused call: which service group, and the gRPC code it got.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub surface: String,
+    pub code: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
     pub node: String,
@@ -87,6 +94,10 @@ pub struct Metrics {
     pub gpu_unallocated_idle_energy: Family<GpuLabels, FCounter>,
     /// Dynamic energy no slice's activity accounts for, J.
     pub gpu_unattributed_energy: Family<GpuLabels, FCounter>,
+    /// Calls refused by authentication or authorization.
+    pub auth_refusals: Family<RefusalLabels, Counter>,
+    /// 1 when the controller serves without TLS or authentication.
+    pub insecure: Gauge,
 }
 
 impl Default for Metrics {
@@ -110,7 +121,19 @@ impl Default for Metrics {
             gpu_energy: Family::default(),
             gpu_unallocated_idle_energy: Family::default(),
             gpu_unattributed_energy: Family::default(),
+            auth_refusals: Family::default(),
+            insecure: Gauge::default(),
         };
+        m.register(
+            "greenslice_auth_refusals",
+            "Calls refused for a missing or bad token or certificate, or a role not allowed",
+            m.auth_refusals.clone(),
+        );
+        m.register(
+            "greenslice_insecure_mode",
+            "1 when the controller serves without TLS or authentication (--insecure)",
+            m.insecure.clone(),
+        );
         m.register(
             "greenslice_tenant_energy_joules",
             "GPU energy attributed to a tenant (static and dynamic), in joules",

@@ -62,7 +62,12 @@ pub async fn serve_with(
             "authentication is enforced but TLS is not configured: tokens would travel in the clear"
         );
     }
-    let gate = |surface| Gate::new(options.auth.clone(), surface);
+    controller
+        .metrics
+        .insecure
+        .set(i64::from(options.auth.is_insecure()));
+    let refusals = controller.metrics.auth_refusals.clone();
+    let gate = |surface| Gate::new(options.auth.clone(), surface).counting(refusals.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;

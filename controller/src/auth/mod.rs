@@ -29,7 +29,11 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use tracing::{error, info, warn};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokens::{TokenRole, TokenStore};
+
+use crate::metrics::RefusalLabels;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,18 +299,41 @@ impl Authenticator {
     }
 }
 
+/// `PermissionDenied` -> `permission_denied` (gRPC code names as label values).
+fn snake(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 /// The interceptor in front of a service: authenticates, checks the role, and hands the
 /// [`Principal`] to the handler.
 #[derive(Debug, Clone)]
 pub struct Gate {
     auth: Arc<Authenticator>,
     surface: Surface,
+    refusals: Option<Family<RefusalLabels, Counter>>,
 }
 
 impl Gate {
     /// A gate for `surface`.
     pub fn new(auth: Arc<Authenticator>, surface: Surface) -> Gate {
-        Gate { auth, surface }
+        Gate {
+            auth,
+            surface,
+            refusals: None,
+        }
+    }
+
+    /// Counts refusals in `family` (by surface and code).
+    pub fn counting(mut self, family: Family<RefusalLabels, Counter>) -> Gate {
+        self.refusals = Some(family);
+        self
     }
 }
 
@@ -319,6 +346,13 @@ impl Interceptor for Gate {
             }
             Err(s) => {
                 warn!(surface = ?self.surface, peer = ?req.remote_addr(), code = ?s.code(), "call refused: {}", s.message());
+                if let Some(f) = &self.refusals {
+                    f.get_or_create(&RefusalLabels {
+                        surface: format!("{:?}", self.surface).to_lowercase(),
+                        code: snake(&format!("{:?}", s.code())),
+                    })
+                    .inc();
+                }
                 Err(s)
             }
         }
