@@ -4,14 +4,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenslice_core::limits;
 use greenslice_proto::v1 as pb;
 use tokio::net::TcpListener;
 
 use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::TenantApi};
 use crate::controller::Controller;
 
-/// Largest gRPC message accepted, bytes.
-pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Largest gRPC message accepted by any service, bytes (the agent stream's; the others take less,
+/// see [`greenslice_core::limits`]).
+pub const MAX_MESSAGE_BYTES: usize = limits::AGENT_MAX_MESSAGE_BYTES;
 
 /// Transport settings of the server.
 #[derive(Debug, Clone)]
@@ -49,21 +51,28 @@ pub async fn serve_with(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Each service takes what its largest legitimate request needs (tonic refuses more with
+    // OUT_OF_RANGE before decoding) and answers at most what its clients read; the proto files
+    // document the figures.
     let tenant = pb::tenant_service_server::TenantServiceServer::new(TenantApi {
         controller: controller.clone(),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(limits::TENANT_MAX_REQUEST_BYTES)
+    .max_encoding_message_size(limits::TENANT_MAX_RESPONSE_BYTES);
     let agent = pb::agent_service_server::AgentServiceServer::new(AgentApi {
         controller: controller.clone(),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(limits::AGENT_MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(limits::CONTROLLER_MAX_MESSAGE_BYTES);
     let kubelet = pb::kubelet_service_server::KubeletServiceServer::new(KubeletApi {
         controller: controller.clone(),
         policy: controller.policy(),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(limits::KUBELET_MAX_REQUEST_BYTES)
+    .max_encoding_message_size(limits::KUBELET_MAX_RESPONSE_BYTES);
     let ops = pb::ops_service_server::OpsServiceServer::new(OpsApi { controller })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(limits::OPS_MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::OPS_MAX_RESPONSE_BYTES);
     // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent
     // stream; the builder's tcp_nodelay does not reach a listener we pass in, so set it here.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
-use super::check_id;
+use super::validate;
 use crate::controller::Controller;
 
 /// The tenant API.
@@ -26,6 +26,7 @@ impl TenantService for TenantApi {
         req: Request<pb::RequestSliceRequest>,
     ) -> Result<Response<pb::RequestSliceResponse>, Status> {
         let r = req.into_inner();
+        validate::request_slice(&r)?;
         // Run to completion even if the caller goes away: a request half done (committed PENDING,
         // the agent asked) must reach ACTIVE or FAILED, not stay pending until a restart.
         let c = self.controller.clone();
@@ -46,7 +47,7 @@ impl TenantService for TenantApi {
         req: Request<pb::GetSliceRequest>,
     ) -> Result<Response<pb::GetSliceResponse>, Status> {
         let r = req.into_inner();
-        check_id("slice_id", &r.slice_id)?;
+        validate::slice_id(&r.slice_id)?;
         let s = self.controller.get(&r.slice_id)?;
         Ok(Response::new(pb::GetSliceResponse {
             slice: Some(s.to_pb()),
@@ -58,6 +59,7 @@ impl TenantService for TenantApi {
         req: Request<pb::ListSlicesRequest>,
     ) -> Result<Response<pb::ListSlicesResponse>, Status> {
         let r = req.into_inner();
+        validate::list_slices(&r)?;
         let slices = self
             .controller
             .list(&r.tenant, &r.node, r.include_terminal)
@@ -72,7 +74,7 @@ impl TenantService for TenantApi {
         req: Request<pb::ReleaseSliceRequest>,
     ) -> Result<Response<pb::ReleaseSliceResponse>, Status> {
         let r = req.into_inner();
-        check_id("slice_id", &r.slice_id)?;
+        validate::slice_id(&r.slice_id)?;
         let c = self.controller.clone();
         let s = tokio::spawn(async move { c.release(&r.slice_id, "released by tenant").await })
             .await
@@ -87,7 +89,7 @@ impl TenantService for TenantApi {
         req: Request<pb::KeepSliceRequest>,
     ) -> Result<Response<pb::KeepSliceResponse>, Status> {
         let r = req.into_inner();
-        check_id("slice_id", &r.slice_id)?;
+        validate::keep_slice(&r)?;
         let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms)?;
         Ok(Response::new(pb::KeepSliceResponse {
@@ -102,7 +104,9 @@ impl TenantService for TenantApi {
         &self,
         req: Request<pb::WatchSlicesRequest>,
     ) -> Result<Response<Self::WatchSlicesStream>, Status> {
-        let tenant = req.into_inner().tenant;
+        let r = req.into_inner();
+        validate::watch_slices(&r)?;
+        let tenant = r.tenant;
         let rx = self.controller.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |ev| match ev {
             Ok(ev) => {
