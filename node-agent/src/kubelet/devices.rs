@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use greenslice_core::inventory::Gpu;
+use greenslice_core::limits;
 use greenslice_proto::deviceplugin::v1beta1 as dp;
 use greenslice_proto::v1 as pb;
 use thiserror::Error;
@@ -33,7 +34,7 @@ pub const MIG_RESOURCE_PREFIX: &str = "greenslice.io/mig-";
 /// Share units per GPU: one unit is 1% of the GPU's compute and memory.
 pub const SHARE_UNITS_PER_GPU: u32 = 100;
 /// Longest device id the kubelet accepts, characters.
-pub const MAX_DEVICE_ID_LEN: usize = 63;
+pub const MAX_DEVICE_ID_LEN: usize = limits::MAX_DEVICE_ID_LEN;
 /// CDI kind of NVIDIA GPUs (nvidia-ctk `cdi generate --device-name-strategy=uuid` names devices
 /// `nvidia.com/gpu=<UUID>`, for GPUs and MIG instances alike).
 pub const CDI_KIND: &str = "nvidia.com/gpu";
@@ -292,6 +293,8 @@ pub fn share_unit_id(gpu_uuid: &str, unit: u32) -> String {
 pub enum DeviceError {
     #[error("the request names no containers")]
     NoContainers,
+    #[error("{0}")]
+    Limit(#[from] greenslice_core::limits::LimitError),
     #[error("a container asks for no devices")]
     EmptyRequest,
     #[error("allocation size {0} is not a positive device count")]
@@ -341,6 +344,17 @@ fn check_known(resource: &str, devs: &ResourceDevices, ids: &[String]) -> Result
     }
 }
 
+/// Checks a list of device ids from the kubelet against the limits: at most
+/// [`limits::MAX_DEVICES_PER_REQUEST`] ids of at most [`MAX_DEVICE_ID_LEN`] printable characters.
+/// Runs before anything is looked up or copied.
+pub fn check_ids(field: &str, ids: &[String]) -> Result<(), DeviceError> {
+    limits::check_count(field, ids.len(), 0, limits::MAX_DEVICES_PER_REQUEST)?;
+    limits::check_each(field, ids, |f, id| {
+        limits::check_str(f, id, 1, MAX_DEVICE_ID_LEN, limits::Alphabet::Graphic)
+    })?;
+    Ok(())
+}
+
 fn check_unique(ids: &[String]) -> Result<(), DeviceError> {
     let mut seen = BTreeSet::new();
     match ids.iter().find(|id| !seen.insert(id.as_str())) {
@@ -361,6 +375,8 @@ pub fn check_preferred(
         return Err(DeviceError::BadSize(i64::from(size)));
     }
     let size = size as usize;
+    check_ids("available_device_ids", available)?;
+    check_ids("must_include_device_ids", must)?;
     check_unique(available)?;
     check_unique(must)?;
     check_known(resource, devs, available)?;
@@ -662,6 +678,7 @@ pub fn allocate(
     if ids.is_empty() {
         return Err(DeviceError::EmptyRequest);
     }
+    check_ids("devices_ids", ids)?;
     if ids.len() > devs.devices.len() {
         return Err(DeviceError::TooMany {
             resource: resource.to_string(),
@@ -988,6 +1005,21 @@ mod tests {
             allocate(GPU_RESOURCE, g, &[], &opts),
             Err(DeviceError::EmptyRequest)
         );
+        // Ids past the limits are refused before any lookup, naming the field and the limit.
+        let e = allocate(GPU_RESOURCE, g, &ids(&[&"x".repeat(300)]), &opts).unwrap_err();
+        assert!(matches!(e, DeviceError::Limit(_)), "{e}");
+        assert!(e.to_string().contains("devices_ids[0]") && e.to_string().contains("63"));
+        let many: Vec<String> = (0..=limits::MAX_DEVICES_PER_REQUEST)
+            .map(|i| i.to_string())
+            .collect();
+        assert!(matches!(
+            allocate(GPU_RESOURCE, g, &many, &opts),
+            Err(DeviceError::Limit(_))
+        ));
+        assert!(matches!(
+            check_preferred(GPU_RESOURCE, g, &many, &[], 1),
+            Err(DeviceError::Limit(_))
+        ));
         assert!(matches!(
             allocate(GPU_RESOURCE, g, &ids(&["GPU-x"]), &opts),
             Err(DeviceError::UnknownDevice { .. })
