@@ -121,13 +121,15 @@ pub struct ListArgs {
 }
 
 async fn tenant_client(url: &str) -> anyhow::Result<TenantServiceClient<Channel>> {
-    TenantServiceClient::connect(url.to_string())
+    let c = TenantServiceClient::connect(url.to_string())
         .await
         .with_context(|| {
             format!(
                 "cannot reach the controller at {url} (set --controller or GREENSLICE_CONTROLLER)"
             )
-        })
+        })?;
+    // Read answers as large as the controller may send (a long slice list).
+    Ok(c.max_decoding_message_size(greenslice_core::limits::TENANT_MAX_RESPONSE_BYTES))
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
@@ -268,10 +270,61 @@ pub async fn watch(url: &str, fmt: Format, tenant: Option<String>) -> anyhow::Re
     Ok(())
 }
 
-pub async fn inventory(url: &str, fmt: Format) -> anyhow::Result<()> {
-    let mut c = OpsServiceClient::connect(url.to_string())
+async fn ops_client(url: &str) -> anyhow::Result<OpsServiceClient<Channel>> {
+    let c = OpsServiceClient::connect(url.to_string())
         .await
-        .with_context(|| format!("cannot reach the controller at {url}"))?;
+        .with_context(|| {
+            format!(
+                "cannot reach the controller at {url} (set --controller or GREENSLICE_CONTROLLER)"
+            )
+        })?;
+    // Read answers as large as the controller may send (a large cluster's inventory).
+    Ok(c.max_decoding_message_size(greenslice_core::limits::OPS_MAX_RESPONSE_BYTES))
+}
+
+pub async fn drain(url: &str, fmt: Format, node: &str) -> anyhow::Result<()> {
+    let r = ops_client(url)
+        .await?
+        .drain_node(pb::DrainNodeRequest {
+            node: node.to_string(),
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => print_json(&output::drain_json(&r)),
+        Format::Table => {
+            println!("{}", output::drain_text(&r));
+            Ok(())
+        }
+    }
+}
+
+pub async fn undrain(url: &str, fmt: Format, node: &str) -> anyhow::Result<()> {
+    let r = ops_client(url)
+        .await?
+        .undrain_node(pb::UndrainNodeRequest {
+            node: node.to_string(),
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => print_json(&serde_json::json!({
+            "node": r.node, "drained": false, "was_drained": r.was_drained, "connected": r.connected,
+        })),
+        Format::Table => {
+            let state = match (r.was_drained, r.connected) {
+                (false, _) => "was not drained",
+                (true, true) => "schedulable again",
+                (true, false) => "undrained; schedulable again once its agent reconnects",
+            };
+            println!("node {}: {state}", r.node);
+            Ok(())
+        }
+    }
+}
+
+pub async fn inventory(url: &str, fmt: Format) -> anyhow::Result<()> {
+    let mut c = ops_client(url).await?;
     let inv = c.inventory(pb::InventoryRequest {}).await?.into_inner();
     match fmt {
         Format::Json => print_json(&output::inventory_json(&inv)),

@@ -53,6 +53,17 @@ enum Command {
     },
     /// Nodes, GPUs, slices and free capacity.
     Inventory,
+    /// Drain a node: nothing new is placed there. A connected node keeps its slices until they are
+    /// released; an unreachable node's slices are marked lost.
+    Drain {
+        /// Node name.
+        node: String,
+    },
+    /// Make a drained node schedulable again.
+    Undrain {
+        /// Node name.
+        node: String,
+    },
     /// Utilization history of a slice, a tenant's slices or a node's GPUs, and idle state.
     Usage(reclaim_cli::UsageArgs),
     /// Keep a slice from idle reclaim for a while.
@@ -98,6 +109,8 @@ async fn main() -> ExitCode {
         Command::Release { slice } => cli::release(&cli.controller, fmt, &slice).await,
         Command::Watch { tenant } => cli::watch(&cli.controller, fmt, tenant).await,
         Command::Inventory => cli::inventory(&cli.controller, fmt).await,
+        Command::Drain { node } => cli::drain(&cli.controller, fmt, &node).await,
+        Command::Undrain { node } => cli::undrain(&cli.controller, fmt, &node).await,
         Command::Usage(a) => reclaim_cli::usage(&cli.controller, fmt, a).await,
         Command::Keep(a) => reclaim_cli::keep(&cli.controller, fmt, a).await,
         Command::Report(a) => report_cmd::run(&cli.controller, a).await,
