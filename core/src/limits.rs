@@ -79,8 +79,9 @@ pub const MAX_SLICES_PER_SAMPLE: usize = MAX_SHARES_PER_GPU + MAX_MIG_INSTANCES_
 pub const MAX_UNSUPPORTED_PER_SAMPLE: usize = 16;
 /// Environment entries in one command result.
 pub const MAX_ENV_ENTRIES: usize = 64;
-/// Kubelet allocations in one report.
-pub const MAX_KUBELET_ALLOCATIONS: usize = 4096;
+/// Kubelet allocations in one report: each holds at least one of the node's devices, and a GPU
+/// offers at most 100 share units, 7 MIG instances and itself whole.
+pub const MAX_KUBELET_ALLOCATIONS: usize = MAX_GPUS_PER_NODE * 128;
 /// Device ids in one kubelet allocation or device-plugin container request: every share unit of
 /// every GPU of a node.
 pub const MAX_DEVICES_PER_REQUEST: usize = MAX_GPUS_PER_NODE * 100;
