@@ -120,7 +120,8 @@ pub struct ListArgs {
     pub all: bool,
 }
 
-async fn tenant_client(url: &str) -> anyhow::Result<TenantServiceClient<Channel>> {
+/// A tenant client that reads answers as large as the controller may send.
+pub(crate) async fn tenant_client(url: &str) -> anyhow::Result<TenantServiceClient<Channel>> {
     let c = TenantServiceClient::connect(url.to_string())
         .await
         .with_context(|| {
@@ -270,7 +271,8 @@ pub async fn watch(url: &str, fmt: Format, tenant: Option<String>) -> anyhow::Re
     Ok(())
 }
 
-async fn ops_client(url: &str) -> anyhow::Result<OpsServiceClient<Channel>> {
+/// An ops client that reads answers as large as the controller may send.
+pub(crate) async fn ops_client(url: &str) -> anyhow::Result<OpsServiceClient<Channel>> {
     let c = OpsServiceClient::connect(url.to_string())
         .await
         .with_context(|| {

@@ -1,10 +1,7 @@
 //! `greenslice usage` and `greenslice keep`: utilization history and keeping a slice from idle
 //! reclaim.
 
-use anyhow::Context;
 use greenslice_proto::v1 as pb;
-use pb::ops_service_client::OpsServiceClient;
-use pb::tenant_service_client::TenantServiceClient;
 use serde_json::json;
 
 use crate::cli::ArgError;
@@ -106,9 +103,7 @@ pub async fn usage(url: &str, fmt: Format, a: UsageArgs) -> anyhow::Result<()> {
     let now = now_ms();
     let from = a.from.as_deref().map(|s| parse_time(s, now)).transpose()?;
     let to = a.to.as_deref().map(|s| parse_time(s, now)).transpose()?;
-    let mut c = OpsServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let mut c = crate::cli::ops_client(url).await?;
     let r = c
         .usage(pb::UsageRequest {
             slice_id: a.slice.unwrap_or_default(),
@@ -218,9 +213,7 @@ pub async fn usage(url: &str, fmt: Format, a: UsageArgs) -> anyhow::Result<()> {
 
 /// `greenslice keep`.
 pub async fn keep(url: &str, fmt: Format, a: KeepArgs) -> anyhow::Result<()> {
-    let mut c = TenantServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let mut c = crate::cli::tenant_client(url).await?;
     let r = c
         .keep_slice(pb::KeepSliceRequest {
             slice_id: a.slice.clone(),

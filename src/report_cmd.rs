@@ -7,7 +7,6 @@ use anyhow::Context;
 use greenslice_controller::report::{self, Report};
 use greenslice_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
-use pb::ops_service_client::OpsServiceClient;
 
 use crate::cli::ArgError;
 
@@ -157,9 +156,7 @@ pub async fn run(url: &str, a: ReportArgs) -> anyhow::Result<()> {
     );
     bar.set_message("computing the energy report");
     bar.enable_steady_tick(Duration::from_millis(100));
-    let mut c = OpsServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let mut c = crate::cli::ops_client(url).await?;
     let resp = c
         .energy_report(pb::EnergyReportRequest {
             from_unix_ms: from,
