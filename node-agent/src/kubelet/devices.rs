@@ -1047,4 +1047,48 @@ mod tests {
             Err(DeviceError::SpansGpus(2))
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever device ids the kubelet sends (real ones, repeats, garbage, control characters,
+        /// ids past the length limit, any size), every resource's checks answer Ok or an error,
+        /// never a panic, and an Ok answer names only the resource's own devices.
+        #[test]
+        fn kubelet_device_requests_never_panic(
+            picks in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Strategy::prop_map(0usize..512, Ok),
+                    proptest::strategy::Strategy::prop_map(".{0,80}", Err),
+                ],
+                0..12,
+            ),
+            size in proptest::prelude::any::<i32>(),
+            must_n in 0usize..3,
+        ) {
+            use proptest::prop_assert;
+            let (t, _) = DeviceTable::build(&node(), &[3, 4]);
+            let opts = AllocateOptions { mps_pipe_dir: Some("/tmp/mps".into()) };
+            for r in t.resources().map(str::to_string).collect::<Vec<_>>() {
+                let devs = t.resource(&r).unwrap();
+                let ids: Vec<String> = picks
+                    .iter()
+                    .map(|p| match p {
+                        Ok(i) => devs.devices()[i % devs.devices().len()].id.clone(),
+                        Err(s) => s.clone(),
+                    })
+                    .collect();
+                let must = &ids[..must_n.min(ids.len())];
+                if let Ok(req) = check_preferred(&r, devs, &ids, must, size) {
+                    prop_assert!(req.candidates.iter().all(|id| devs.get(id).is_some()));
+                    if let Ok(chosen) = choose_local(devs, &req) {
+                        prop_assert!(chosen.iter().all(|id| devs.get(id).is_some()));
+                    }
+                }
+                if allocate(&r, devs, &ids, &opts).is_ok() {
+                    prop_assert!(ids.iter().all(|id| devs.get(id).is_some()));
+                }
+            }
+        }
+    }
 }
