@@ -1,8 +1,10 @@
 //! Tenant and ops commands: thin gRPC clients that print tables or JSON.
 
 use anyhow::Context;
-use greenslice_proto::client::{Conn, ConnectError};
+use greenslice_proto::client::{Authed, Conn, ConnectError};
 use greenslice_proto::v1 as pb;
+use pb::ops_service_client::OpsServiceClient;
+use pb::tenant_service_client::TenantServiceClient;
 use tokio_stream::StreamExt;
 
 use crate::output::{self, Format};
@@ -124,6 +126,14 @@ pub struct ListArgs {
     pub all: bool,
 }
 
+/// A tenant client that reads answers as large as the controller may send (a long slice list).
+pub(crate) async fn tenant_client(conn: &Conn) -> anyhow::Result<TenantServiceClient<Authed>> {
+    Ok(conn
+        .tenant()
+        .await?
+        .max_decoding_message_size(greenslice_core::limits::TENANT_MAX_RESPONSE_BYTES))
+}
+
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -165,7 +175,7 @@ pub fn spec_from_args(a: &RequestArgs) -> Result<pb::SliceSpec, ArgError> {
 
 pub async fn request(conn: &Conn, fmt: Format, a: RequestArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let mut c = conn.tenant().await?;
+    let mut c = tenant_client(conn).await?;
     let r = c
         .request_slice(pb::RequestSliceRequest {
             tenant: a.tenant.clone().unwrap_or_default(),
@@ -182,7 +192,7 @@ pub async fn request(conn: &Conn, fmt: Format, a: RequestArgs) -> anyhow::Result
 }
 
 pub async fn get(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
-    let mut c = conn.tenant().await?;
+    let mut c = tenant_client(conn).await?;
     let r = c
         .get_slice(pb::GetSliceRequest {
             slice_id: id.to_string(),
@@ -196,7 +206,7 @@ pub async fn get(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn list(conn: &Conn, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
-    let mut c = conn.tenant().await?;
+    let mut c = tenant_client(conn).await?;
     let r = c
         .list_slices(pb::ListSlicesRequest {
             tenant: a.tenant.unwrap_or_default(),
@@ -217,7 +227,7 @@ pub async fn list(conn: &Conn, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
 }
 
 pub async fn release(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
-    let mut c = conn.tenant().await?;
+    let mut c = tenant_client(conn).await?;
     let r = c
         .release_slice(pb::ReleaseSliceRequest {
             slice_id: id.to_string(),
@@ -231,7 +241,7 @@ pub async fn release(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn watch(conn: &Conn, fmt: Format, tenant: Option<String>) -> anyhow::Result<()> {
-    let mut c = conn.tenant().await?;
+    let mut c = tenant_client(conn).await?;
     let mut stream = c
         .watch_slices(pb::WatchSlicesRequest {
             tenant: tenant.unwrap_or_default(),
@@ -262,8 +272,58 @@ pub async fn watch(conn: &Conn, fmt: Format, tenant: Option<String>) -> anyhow::
     Ok(())
 }
 
+/// An ops client that reads answers as large as the controller may send (a large cluster's
+/// inventory).
+pub(crate) async fn ops_client(conn: &Conn) -> anyhow::Result<OpsServiceClient<Authed>> {
+    Ok(conn
+        .ops()
+        .await?
+        .max_decoding_message_size(greenslice_core::limits::OPS_MAX_RESPONSE_BYTES))
+}
+
+pub async fn drain(conn: &Conn, fmt: Format, node: &str) -> anyhow::Result<()> {
+    let r = ops_client(conn)
+        .await?
+        .drain_node(pb::DrainNodeRequest {
+            node: node.to_string(),
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => print_json(&output::drain_json(&r)),
+        Format::Table => {
+            println!("{}", output::drain_text(&r));
+            Ok(())
+        }
+    }
+}
+
+pub async fn undrain(conn: &Conn, fmt: Format, node: &str) -> anyhow::Result<()> {
+    let r = ops_client(conn)
+        .await?
+        .undrain_node(pb::UndrainNodeRequest {
+            node: node.to_string(),
+        })
+        .await?
+        .into_inner();
+    match fmt {
+        Format::Json => print_json(&serde_json::json!({
+            "node": r.node, "drained": false, "was_drained": r.was_drained, "connected": r.connected,
+        })),
+        Format::Table => {
+            let state = match (r.was_drained, r.connected) {
+                (false, _) => "was not drained",
+                (true, true) => "schedulable again",
+                (true, false) => "undrained; schedulable again once its agent reconnects",
+            };
+            println!("node {}: {state}", r.node);
+            Ok(())
+        }
+    }
+}
+
 pub async fn inventory(conn: &Conn, fmt: Format) -> anyhow::Result<()> {
-    let mut c = conn.ops().await?;
+    let mut c = ops_client(conn).await?;
     let inv = c.inventory(pb::InventoryRequest {}).await?.into_inner();
     match fmt {
         Format::Json => print_json(&output::inventory_json(&inv)),

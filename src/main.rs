@@ -59,6 +59,17 @@ enum Command {
     },
     /// Nodes, GPUs, slices and free capacity.
     Inventory,
+    /// Drain a node: nothing new is placed there. A connected node keeps its slices until they are
+    /// released; an unreachable node's slices are marked lost.
+    Drain {
+        /// Node name.
+        node: String,
+    },
+    /// Make a drained node schedulable again.
+    Undrain {
+        /// Node name.
+        node: String,
+    },
     /// Utilization history of a slice, a tenant's slices or a node's GPUs, and idle state.
     Usage(reclaim_cli::UsageArgs),
     /// Keep a slice from idle reclaim for a while.
@@ -116,6 +127,8 @@ async fn main() -> ExitCode {
         Command::Release { slice } => cli::release(&conn, fmt, &slice).await,
         Command::Watch { tenant } => cli::watch(&conn, fmt, tenant).await,
         Command::Inventory => cli::inventory(&conn, fmt).await,
+        Command::Drain { node } => cli::drain(&conn, fmt, &node).await,
+        Command::Undrain { node } => cli::undrain(&conn, fmt, &node).await,
         Command::Usage(a) => reclaim_cli::usage(&conn, fmt, a).await,
         Command::Keep(a) => reclaim_cli::keep(&conn, fmt, a).await,
         Command::Report(a) => report_cmd::run(&conn, a).await,

@@ -138,10 +138,11 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
-                if n.connected {
-                    "connected"
-                } else {
-                    "disconnected"
+                match (n.connected, n.drained) {
+                    (true, false) => "connected",
+                    (false, false) => "disconnected",
+                    (true, true) => "connected,drained",
+                    (false, true) => "disconnected,drained",
                 }
                 .to_string(),
                 n.backend.clone(),
@@ -205,7 +206,7 @@ pub fn inventory_json(inv: &pb::InventoryResponse) -> Value {
         "gpus_total": inv.gpus_total,
         "allocated_milli": inv.allocated_milli,
         "nodes": inv.nodes.iter().map(|n| json!({
-            "name": n.name, "connected": n.connected, "backend": n.backend,
+            "name": n.name, "connected": n.connected, "drained": n.drained, "backend": n.backend,
             "cpu_milli": n.cpu_milli, "memory_bytes": n.memory_bytes,
             "gpus": n.gpus.iter().map(|g| json!({
                 "uuid": g.uuid, "index": g.index, "model": g.model, "memory_bytes": g.memory_bytes,
@@ -222,9 +223,60 @@ pub fn inventory_json(inv: &pb::InventoryResponse) -> Value {
     })
 }
 
+/// A drain's outcome as JSON.
+pub fn drain_json(r: &pb::DrainNodeResponse) -> Value {
+    json!({
+        "node": r.node, "drained": true, "was_drained": r.was_drained, "connected": r.connected,
+        "lost_slice_ids": r.lost_slice_ids, "kept_slice_ids": r.kept_slice_ids,
+    })
+}
+
+/// A drain's outcome for people: what happened to the node's slices.
+pub fn drain_text(r: &pb::DrainNodeResponse) -> String {
+    let mut out = format!(
+        "node {} drained{}: nothing new will be placed there",
+        r.node,
+        if r.was_drained { " (already)" } else { "" }
+    );
+    if !r.kept_slice_ids.is_empty() {
+        out += &format!(
+            "\n{} slice(s) kept until released: {}",
+            r.kept_slice_ids.len(),
+            r.kept_slice_ids.join(" ")
+        );
+    }
+    if !r.lost_slice_ids.is_empty() {
+        out += &format!(
+            "\n{} slice(s) marked lost (the node is unreachable): {}",
+            r.lost_slice_ids.len(),
+            r.lost_slice_ids.join(" ")
+        );
+    }
+    if r.kept_slice_ids.is_empty() && r.lost_slice_ids.is_empty() {
+        out += "\nno live slices on the node";
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drain_text_says_what_happened_to_the_slices() {
+        let r = pb::DrainNodeResponse {
+            node: "n1".into(),
+            connected: false,
+            was_drained: false,
+            lost_slice_ids: vec!["s-1".into()],
+            kept_slice_ids: vec![],
+        };
+        let t = drain_text(&r);
+        assert!(
+            t.contains("n1 drained") && t.contains("1 slice(s) marked lost") && t.contains("s-1"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -104,7 +104,7 @@ pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs) -> anyhow::Result<()>
     let now = now_ms();
     let from = a.from.as_deref().map(|s| parse_time(s, now)).transpose()?;
     let to = a.to.as_deref().map(|s| parse_time(s, now)).transpose()?;
-    let mut c = conn.ops().await?;
+    let mut c = crate::cli::ops_client(conn).await?;
     let r = c
         .usage(pb::UsageRequest {
             slice_id: a.slice.unwrap_or_default(),
@@ -214,7 +214,7 @@ pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs) -> anyhow::Result<()>
 
 /// `greenslice keep`.
 pub async fn keep(conn: &Conn, fmt: Format, a: KeepArgs) -> anyhow::Result<()> {
-    let mut c = conn.tenant().await?;
+    let mut c = crate::cli::tenant_client(conn).await?;
     let r = c
         .keep_slice(pb::KeepSliceRequest {
             slice_id: a.slice.clone(),

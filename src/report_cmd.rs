@@ -157,7 +157,7 @@ pub async fn run(conn: &Conn, a: ReportArgs) -> anyhow::Result<()> {
     );
     bar.set_message("computing the energy report");
     bar.enable_steady_tick(Duration::from_millis(100));
-    let mut c = conn.ops().await?;
+    let mut c = crate::cli::ops_client(conn).await?;
     let resp = c
         .energy_report(pb::EnergyReportRequest {
             from_unix_ms: from,

@@ -202,18 +202,26 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         .await
         .unwrap();
 
-    // The standby refuses tenant calls, naming the leader.
-    let refused = TenantServiceClient::new(channel(&b.url).await.expect("B reachable"))
-        .list_slices(pb::ListSlicesRequest::default())
-        .await
-        .expect_err("a standby must refuse");
-    assert_eq!(refused.code(), Code::Unavailable);
-    assert!(
-        refused.message().contains(&a.url),
-        "standby should name the leader {}: {}",
-        a.url,
-        refused.message()
-    );
+    // The standby refuses tenant calls, naming the leader (once it has read who leads: right
+    // after starting it may still say no leader is known yet).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = TenantServiceClient::new(channel(&b.url).await.expect("B reachable"))
+            .list_slices(pb::ListSlicesRequest::default())
+            .await
+            .expect_err("a standby must refuse");
+        assert_eq!(refused.code(), Code::Unavailable);
+        if refused.message().contains(&a.url) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standby should name the leader {}: {}",
+            a.url,
+            refused.message()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A keeps its lease alive: it still leads after several lease times.
     tokio::time::sleep(Duration::from_secs(LEASE_TTL_S * 2 + 1)).await;

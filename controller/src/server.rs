@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenslice_core::limits;
 use greenslice_proto::v1 as pb;
 use tokio::net::TcpListener;
 
@@ -13,8 +14,9 @@ use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::Tena
 use crate::auth::{Authenticator, Gate, Surface};
 use crate::controller::Controller;
 
-/// Largest gRPC message accepted, bytes.
-pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Largest gRPC message accepted by any service, bytes (the agent stream's; the others take less,
+/// see [`greenslice_core::limits`]).
+pub const MAX_MESSAGE_BYTES: usize = limits::AGENT_MAX_MESSAGE_BYTES;
 
 /// Transport settings of the server.
 #[derive(Debug, Clone)]
@@ -71,18 +73,23 @@ pub async fn serve_with(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Each service takes what its largest legitimate request needs (tonic refuses more with
+    // OUT_OF_RANGE before decoding) and answers at most what its clients read; the proto files
+    // document the figures. The gate in front of each authenticates the caller (see crate::auth).
     let tenant = InterceptedService::new(
         pb::tenant_service_server::TenantServiceServer::new(TenantApi {
             controller: controller.clone(),
         })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        .max_decoding_message_size(limits::TENANT_MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::TENANT_MAX_RESPONSE_BYTES),
         gate(Surface::Tenant),
     );
     let agent = InterceptedService::new(
         pb::agent_service_server::AgentServiceServer::new(AgentApi {
             controller: controller.clone(),
         })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        .max_decoding_message_size(limits::AGENT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::CONTROLLER_MAX_MESSAGE_BYTES),
         gate(Surface::Agent),
     );
     let kubelet = InterceptedService::new(
@@ -90,12 +97,14 @@ pub async fn serve_with(
             controller: controller.clone(),
             policy: controller.policy(),
         })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        .max_decoding_message_size(limits::KUBELET_MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::KUBELET_MAX_RESPONSE_BYTES),
         gate(Surface::Agent),
     );
     let ops = InterceptedService::new(
         pb::ops_service_server::OpsServiceServer::new(OpsApi { controller })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(limits::OPS_MAX_REQUEST_BYTES)
+            .max_encoding_message_size(limits::OPS_MAX_RESPONSE_BYTES),
         gate(Surface::Ops),
     );
     // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent

@@ -87,3 +87,149 @@ fn trace_row_errors_name_the_line() {
     .to_string();
     assert!(e.contains("nodes.csv") && e.contains('3'), "{e}");
 }
+
+/// Decodes `bytes` as each request type the controller serves and, when that works, runs the
+/// request's validator: neither may panic, whatever the bytes.
+fn decode_and_validate(bytes: &[u8]) {
+    use greenslice_controller::api::validate as v;
+    use prost::Message;
+    if let Ok(r) = pb::RequestSliceRequest::decode(bytes) {
+        let _ = v::request_slice(&r);
+    }
+    if let Ok(r) = pb::GetSliceRequest::decode(bytes) {
+        let _ = v::slice_id(&r.slice_id);
+    }
+    if let Ok(r) = pb::ReleaseSliceRequest::decode(bytes) {
+        let _ = v::slice_id(&r.slice_id);
+    }
+    if let Ok(r) = pb::ListSlicesRequest::decode(bytes) {
+        let _ = v::list_slices(&r);
+    }
+    if let Ok(r) = pb::WatchSlicesRequest::decode(bytes) {
+        let _ = v::watch_slices(&r);
+    }
+    if let Ok(r) = pb::KeepSliceRequest::decode(bytes) {
+        let _ = v::keep_slice(&r);
+    }
+    if let Ok(r) = pb::UsageRequest::decode(bytes) {
+        let _ = v::usage(&r);
+    }
+    if let Ok(r) = pb::EnergyReportRequest::decode(bytes) {
+        let _ = v::energy_report(&r);
+    }
+    let _ = pb::InventoryRequest::decode(bytes);
+    if let Ok(r) = pb::DrainNodeRequest::decode(bytes) {
+        let _ = v::node(&r.node);
+    }
+    if let Ok(r) = pb::UndrainNodeRequest::decode(bytes) {
+        let _ = v::node(&r.node);
+    }
+    if let Ok(r) = pb::ChooseDevicesRequest::decode(bytes) {
+        let _ = v::choose_devices(&r);
+    }
+    if let Ok(m) = pb::AgentMessage::decode(bytes) {
+        match &m.msg {
+            Some(pb::agent_message::Msg::Register(r)) => {
+                let _ = v::register(r);
+            }
+            _ => {
+                let _ = v::agent_message(&m);
+            }
+        }
+    }
+}
+
+/// Well-formed encodings of each request with one field of each kind set, as seeds to mutate.
+fn seed_messages() -> Vec<Vec<u8>> {
+    use prost::Message;
+    let gpu = pb::GpuInfo {
+        uuid: "GPU-1".into(),
+        mig_instances: vec![pb::MigInstance {
+            profile: "1g.10gb".into(),
+            start: 1,
+            size: 1,
+            ..Default::default()
+        }],
+        shares: vec![pb::ShareLimit {
+            slice_id: "s-1".into(),
+            compute_fraction: 0.5,
+            memory_bytes: 1,
+        }],
+        ..Default::default()
+    };
+    vec![
+        pb::RequestSliceRequest {
+            tenant: "t".into(),
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
+                    compute_fraction: 0.5,
+                    memory_bytes: 1,
+                })),
+                gpu_model: "m".into(),
+                slice_class: "c".into(),
+            }),
+            idempotency_key: "k".into(),
+        }
+        .encode_to_vec(),
+        pb::UsageRequest {
+            slice_id: "s-1".into(),
+            from_unix_ms: 5,
+            to_unix_ms: 10,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Register(pb::Register {
+                node: "n".into(),
+                gpus: vec![gpu.clone()],
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec(),
+        pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Samples(pb::SampleBatch {
+                samples: vec![pb::GpuSample {
+                    at_unix_ms: 1,
+                    gpu_uuid: "GPU-1".into(),
+                    slices: vec![pb::SliceActivity {
+                        slice_id: "s-1".into(),
+                        sm_pct: 1.0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            })),
+        }
+        .encode_to_vec(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Arbitrary bytes into prost decode of every request type, then its validator: no panic.
+    #[test]
+    fn arbitrary_bytes_decode_and_validate_without_panicking(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
+        decode_and_validate(&bytes);
+    }
+
+    /// Well-formed requests with bytes flipped, cut or appended: no panic.
+    #[test]
+    fn mutated_requests_decode_and_validate_without_panicking(
+        seed in 0usize..4,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        cut in any::<prop::sample::Index>(),
+        tail in prop::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let mut bytes = seed_messages()[seed].clone();
+        for (i, b) in flips {
+            let at = i.index(bytes.len());
+            bytes[at] = b;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1));
+        bytes.extend(tail);
+        decode_and_validate(&bytes);
+    }
+}

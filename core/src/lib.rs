@@ -4,6 +4,7 @@
 //! - [`mig`]: MIG profile tables and the layout rules NVML enforces.
 //! - [`slice`]: what a tenant asks for, its validation, and a slice's lifecycle.
 //! - [`inventory`]: the actual state of a node's GPUs.
+//! - [`limits`]: how long, how many and how large any received field may be, and the checks.
 //! - [`sample`]: utilization, power and energy samples a node agent takes.
 //! - [`clock`]: injected time.
 //! - [`convert`]: conversions between these types and the wire messages.
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod expfmt;
 pub mod gpu;
 pub mod inventory;
+pub mod limits;
 pub mod mig;
 pub mod sample;
 pub mod slice;

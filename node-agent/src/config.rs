@@ -223,6 +223,13 @@ impl AgentConfig {
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// Checks the settings the controller will hold the agent to (see `greenslice_core::limits`),
+    /// so a bad node name fails at startup with a clear message instead of every registration
+    /// being refused.
+    pub fn check(&self) -> Result<(), greenslice_core::limits::LimitError> {
+        greenslice_core::limits::check_node("node", &self.node)
+    }
 }
 
 #[cfg(test)]

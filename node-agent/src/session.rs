@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenslice_core::convert::{gpu_to_pb, mig_to_pb};
+use greenslice_core::limits;
 use greenslice_proto::v1 as pb;
 use pb::agent_service_client::AgentServiceClient;
 use pb::command::Action;
@@ -46,14 +47,63 @@ pub fn register_message(
     })
 }
 
-/// Applies one command on the backend and builds its result.
+/// Checks a command from the controller against [`limits`] before it reaches the backend: GPU
+/// UUIDs, slice ids and MIG profiles well formed, a MIG start within the GPU, a share's fraction in
+/// (0, 1] and memory at most a GPU's.
+pub fn validate_command(cmd: &pb::Command) -> Result<(), limits::LimitError> {
+    let gpu = |u: &str| limits::check_uuid("gpu_uuid", u);
+    let slice = |s: &str| limits::check_slice_id("slice_id", s);
+    match &cmd.action {
+        Some(Action::CreateMig(c)) => {
+            gpu(&c.gpu_uuid)?;
+            slice(&c.slice_id)?;
+            limits::check_profile("profile", &c.profile)?;
+            limits::check_max(
+                "start",
+                u64::from(c.start),
+                u64::from(greenslice_core::mig::MEMORY_SLICES) - 1,
+                "",
+            )
+        }
+        Some(Action::DestroyMig(c)) => {
+            gpu(&c.gpu_uuid)?;
+            limits::check_opt_slice_id("slice_id", &c.slice_id)
+        }
+        Some(Action::SetShare(c)) => {
+            gpu(&c.gpu_uuid)?;
+            slice(&c.slice_id)?;
+            limits::check_fraction("compute_fraction", c.compute_fraction)?;
+            limits::check_max(
+                "memory_bytes",
+                c.memory_bytes,
+                limits::MAX_GPU_MEMORY_BYTES,
+                "bytes",
+            )
+        }
+        Some(Action::ClearShare(pb::ClearShare { gpu_uuid, slice_id }))
+        | Some(Action::AssignGpu(pb::AssignGpu { gpu_uuid, slice_id }))
+        | Some(Action::UnassignGpu(pb::UnassignGpu { gpu_uuid, slice_id })) => {
+            gpu(gpu_uuid)?;
+            slice(slice_id)
+        }
+        None => Err(limits::LimitError::new("action", "is empty")),
+    }
+}
+
+/// Applies one command on the backend and builds its result. A command outside the limits is
+/// answered with a failure and never reaches the backend.
 pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
-    let mut b = lock(backend);
     let mut result = pb::CommandResult {
         command_id: cmd.command_id,
         ok: true,
         ..Default::default()
     };
+    if let Err(e) = validate_command(cmd) {
+        result.ok = false;
+        result.error = limits::truncate_message(&format!("invalid command: {e}"));
+        return result;
+    }
+    let mut b = lock(backend);
     let outcome: Result<(), BackendError> = match &cmd.action {
         Some(Action::CreateMig(c)) => match u8::try_from(c.start) {
             Ok(start) => b
@@ -80,7 +130,8 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
     };
     if let Err(e) = outcome {
         result.ok = false;
-        result.error = e.to_string();
+        // The controller refuses longer text (see `limits::MAX_MESSAGE_LEN`).
+        result.error = limits::truncate_message(&e.to_string());
     }
     result
 }
@@ -318,5 +369,52 @@ pub async fn run_with(cfg: SessionConfig, backend: SharedBackend) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(action: Action) -> pb::Command {
+        pb::Command {
+            command_id: 7,
+            action: Some(action),
+        }
+    }
+
+    #[test]
+    fn bad_commands_are_refused_before_the_backend() {
+        let share = |f: f64, mem: u64, slice: &str| {
+            cmd(Action::SetShare(pb::SetShare {
+                gpu_uuid: "GPU-1".into(),
+                slice_id: slice.into(),
+                compute_fraction: f,
+                memory_bytes: mem,
+            }))
+        };
+        assert!(validate_command(&share(0.5, 1 << 30, "s-1")).is_ok());
+        for bad in [
+            share(f64::NAN, 1 << 30, "s-1"),
+            share(0.5, u64::MAX, "s-1"),
+            share(0.5, 1 << 30, &"s".repeat(65)),
+            share(0.5, 1 << 30, ""),
+            cmd(Action::CreateMig(pb::CreateMigInstance {
+                gpu_uuid: "GPU-1".into(),
+                profile: "1g.10gb".into(),
+                start: 8,
+                slice_id: "s-1".into(),
+            })),
+            cmd(Action::AssignGpu(pb::AssignGpu {
+                gpu_uuid: "GPU 1\n".into(),
+                slice_id: "s-1".into(),
+            })),
+            pb::Command {
+                command_id: 1,
+                action: None,
+            },
+        ] {
+            assert!(validate_command(&bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -150,3 +150,17 @@ fn gpu_check_reports_an_unloadable_library_from_the_agent() {
     assert!(err.contains("could not load NVML"), "{err}");
     assert!(err.contains("--backend sim"), "{err}");
 }
+
+#[test]
+fn a_bad_node_name_is_refused_at_startup_with_exit_code_2() {
+    let out = agent()
+        .args(["--backend", "sim", "--node", "bad node", "--dump"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node must be 1-253 characters of [A-Za-z0-9-._]"),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
 //! AgentService: the long-lived stream each node agent keeps with the controller.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,11 +15,11 @@ use tracing::{info, warn};
 
 use crate::controller::Controller;
 
-/// Most samples accepted in one batch (64 GPUs x 60 samples).
-pub const MAX_SAMPLES_PER_BATCH: usize = 3840;
+/// Most samples accepted in one batch (see [`greenslice_core::limits`]).
+pub use greenslice_core::limits::MAX_SAMPLES_PER_BATCH;
 
-/// Most GPUs one node may report.
-pub const MAX_GPUS_PER_NODE: usize = 64;
+/// Most GPUs one node may report (see [`greenslice_core::limits`]).
+pub use greenslice_core::limits::MAX_GPUS_PER_NODE;
 
 /// The agent API.
 #[derive(Debug, Clone)]
@@ -26,34 +27,26 @@ pub struct AgentApi {
     pub controller: Arc<Controller>,
 }
 
-/// Checks a registration from an agent.
+/// Checks a registration from an agent (see [`super::validate::register`]).
 pub fn validate_register(r: &pb::Register) -> Result<(), Status> {
-    let name_ok = !r.node.is_empty()
-        && r.node.len() <= 253
-        && r.node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-    if !name_ok {
-        return Err(Status::invalid_argument(
-            "node name must be 1-253 characters of [A-Za-z0-9-._]",
-        ));
-    }
-    if r.gpus.len() > MAX_GPUS_PER_NODE {
-        return Err(Status::invalid_argument(format!(
-            "a node may report at most {MAX_GPUS_PER_NODE} GPUs, got {}",
-            r.gpus.len()
-        )));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for g in &r.gpus {
-        if g.uuid.is_empty() || g.uuid.len() > 128 || !seen.insert(g.uuid.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "GPU uuid {:?} is empty, too long or repeated",
-                g.uuid
-            )));
-        }
-    }
-    Ok(())
+    super::validate::register(r)
+}
+
+/// The samples of `batch` that name a GPU of the node, and how many did not. A well-formed sample
+/// for a GPU the node never reported is dropped, so an agent cannot grow the controller's telemetry
+/// with made-up GPUs.
+pub fn known_gpu_samples(
+    batch: pb::SampleBatch,
+    node_gpus: &HashSet<String>,
+) -> (pb::SampleBatch, usize) {
+    let before = batch.samples.len();
+    let samples: Vec<pb::GpuSample> = batch
+        .samples
+        .into_iter()
+        .filter(|s| node_gpus.contains(&s.gpu_uuid))
+        .collect();
+    let dropped = before - samples.len();
+    (pb::SampleBatch { samples }, dropped)
 }
 
 #[tonic::async_trait]
@@ -99,36 +92,47 @@ impl AgentService for AgentApi {
             let c = controller.clone();
             tokio::spawn(async move { c.reconcile(plan).await });
             while let Some(msg) = inbound.next().await {
-                match msg {
-                    Ok(pb::AgentMessage {
-                        msg: Some(pb::agent_message::Msg::Result(r)),
-                    }) => controller.agents.complete(r),
-                    Ok(pb::AgentMessage {
-                        msg: Some(pb::agent_message::Msg::State(s)),
-                    }) => controller.update_node_gpus(&node, &s.gpus),
-                    Ok(pb::AgentMessage {
-                        msg: Some(pb::agent_message::Msg::Kubelet(k)),
-                    }) => {
-                        if let Err(e) = controller.apply_kubelet_allocations(&node, &k).await {
-                            warn!(%node, error = %e, "kubelet allocations refused");
-                        }
-                    }
-                    Ok(pb::AgentMessage {
-                        msg: Some(pb::agent_message::Msg::Samples(b)),
-                    }) => {
-                        if b.samples.len() > MAX_SAMPLES_PER_BATCH {
-                            warn!(%node, n = b.samples.len(), "sample batch too large; dropped");
-                        } else {
-                            controller.ingest_samples(&node, &b);
-                        }
-                    }
-                    Ok(other) => {
-                        warn!(%node, "unexpected agent message: {:?}", other.msg.map(|_| "register"))
-                    }
+                let msg = match msg {
+                    Ok(m) => m,
                     Err(e) => {
                         warn!(%node, error = %e, "agent stream error");
                         break;
                     }
+                };
+                // A malformed message ends the session with INVALID_ARGUMENT: the node counts as
+                // disconnected and keeps its committed slices, as after any lost connection.
+                if let Err(status) = super::validate::agent_message(&msg) {
+                    warn!(%node, error = %status.message(), "malformed agent message; ending the session");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                match msg.msg {
+                    Some(pb::agent_message::Msg::Result(r)) => controller.agents.complete(r),
+                    Some(pb::agent_message::Msg::State(s)) => {
+                        controller.update_node_gpus(&node, &s.gpus)
+                    }
+                    Some(pb::agent_message::Msg::Kubelet(k)) => {
+                        if let Err(e) = controller.apply_kubelet_allocations(&node, &k).await {
+                            warn!(%node, error = %e, "kubelet allocations refused");
+                        }
+                    }
+                    Some(pb::agent_message::Msg::Samples(b)) => {
+                        let gpus: HashSet<String> = controller.with_state(|st| {
+                            st.nodes
+                                .get(&node)
+                                .map(|n| n.gpus.iter().map(|g| g.uuid.clone()).collect())
+                                .unwrap_or_default()
+                        });
+                        let (b, dropped) = known_gpu_samples(b, &gpus);
+                        if dropped > 0 {
+                            warn!(%node, dropped, "samples for GPUs the node never reported; dropped");
+                        }
+                        controller.ingest_samples(&node, &b);
+                    }
+                    // Checked above: only the first message may register.
+                    Some(pb::agent_message::Msg::Register(_)) => break,
+                    // A newer agent's message this controller does not know.
+                    None => warn!(%node, "agent message with no known content; ignored"),
                 }
             }
             if controller.agents.disconnect(&node, session) {

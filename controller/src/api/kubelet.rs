@@ -23,10 +23,10 @@ use crate::slice::{MigAssignment, SliceRecord};
 
 /// `slice_class` of slices that stand for kubelet allocations.
 pub const KUBELET_SLICE_CLASS: &str = "kubelet";
-/// Most allocations one report may carry.
-pub const MAX_KUBELET_ALLOCATIONS: usize = 4096;
 /// Most candidate GPUs in one ChooseDevices request.
-pub const MAX_CANDIDATES: usize = 64;
+pub use greenslice_core::limits::MAX_CANDIDATES;
+/// Most allocations one report may carry.
+pub use greenslice_core::limits::MAX_KUBELET_ALLOCATIONS;
 
 /// The kubelet API.
 pub struct KubeletApi {
@@ -139,7 +139,7 @@ impl KubeletService for KubeletApi {
         req: Request<pb::ChooseDevicesRequest>,
     ) -> Result<Response<pb::ChooseDevicesResponse>, Status> {
         let req = req.into_inner();
-        check_id("node", &req.node)?;
+        super::validate::choose_devices(&req)?;
         let (_, view, _) = self.controller.snapshot();
         let node = view
             .nodes

@@ -5,6 +5,7 @@ pub mod kubelet;
 pub mod ops;
 pub mod tenant;
 pub mod usage;
+pub mod validate;
 
 /// Longest accepted id in a request (slice ids, node names).
 pub const MAX_ID_LEN: usize = 253;

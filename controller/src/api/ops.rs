@@ -1,4 +1,4 @@
-//! OpsService: inventory and, later, reports.
+//! OpsService: inventory, drains, usage and energy reports.
 
 use std::sync::Arc;
 
@@ -65,6 +65,7 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
                 gpus: n.gpus.iter().map(gpu_to_pb).collect(),
                 connected: n.connected,
                 backend: n.backend.clone(),
+                drained: n.drained,
             })
             .collect(),
         capacity,
@@ -116,13 +117,83 @@ pub fn energy_report(
     Ok(report)
 }
 
+/// The node record, or NOT_FOUND.
+fn node_record(controller: &Controller, node: &str) -> Result<crate::state::NodeRecord, Status> {
+    controller
+        .with_state(|st| st.nodes.get(node).cloned())
+        .ok_or_else(|| Status::not_found(format!("node {node} is not known")))
+}
+
+/// Drains a node and says what it did to the node's slices (see `OpsService.DrainNode`).
+pub async fn drain_node(
+    controller: &Controller,
+    node: &str,
+) -> Result<pb::DrainNodeResponse, Status> {
+    super::validate::node(node)?;
+    let before = node_record(controller, node)?;
+    let mut lost = controller.drain_node(node).await?;
+    lost.sort();
+    let kept: Vec<String> = {
+        let mut ids: Vec<String> = controller
+            .list("", node, false)
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    Ok(pb::DrainNodeResponse {
+        node: node.to_string(),
+        connected: before.connected,
+        was_drained: before.drained,
+        lost_slice_ids: lost,
+        kept_slice_ids: kept,
+    })
+}
+
+/// Makes a drained node schedulable again (see `OpsService.UndrainNode`).
+pub fn undrain_node(
+    controller: &Controller,
+    node: &str,
+) -> Result<pb::UndrainNodeResponse, Status> {
+    super::validate::node(node)?;
+    let before = node_record(controller, node)?;
+    controller.undrain_node(node)?;
+    Ok(pb::UndrainNodeResponse {
+        node: node.to_string(),
+        was_drained: before.drained,
+        connected: before.connected,
+    })
+}
+
 #[tonic::async_trait]
 impl OpsService for OpsApi {
+    async fn drain_node(
+        &self,
+        req: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let r = req.into_inner();
+        // Run to completion even if the caller goes away: marking slices lost is several commits.
+        let c = self.controller.clone();
+        tokio::spawn(async move { drain_node(&c, &r.node).await })
+            .await
+            .map_err(|e| Status::internal(format!("drain task failed: {e}")))?
+            .map(Response::new)
+    }
+
+    async fn undrain_node(
+        &self,
+        req: Request<pb::UndrainNodeRequest>,
+    ) -> Result<Response<pb::UndrainNodeResponse>, Status> {
+        undrain_node(&self.controller, &req.into_inner().node).map(Response::new)
+    }
+
     async fn energy_report(
         &self,
         req: Request<pb::EnergyReportRequest>,
     ) -> Result<Response<pb::EnergyReportResponse>, Status> {
         let r = req.into_inner();
+        super::validate::energy_report(&r)?;
         let report = energy_report(&self.controller, r.from_unix_ms, r.to_unix_ms, &r.tenant)?;
         let report_json =
             serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;

@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
-use super::check_id;
+use super::validate;
 use crate::auth::{Principal, principal};
 use crate::controller::Controller;
 use crate::slice::SliceRecord;
@@ -28,7 +28,7 @@ pub struct TenantApi {
 impl TenantApi {
     /// The slice `id`, if the caller may see it.
     fn owned(&self, p: &Principal, id: &str) -> Result<SliceRecord, Status> {
-        check_id("slice_id", id)?;
+        validate::slice_id(id)?;
         let s = self.controller.get(id)?;
         p.may_access(&s.tenant, id)?;
         Ok(s)
@@ -44,6 +44,7 @@ impl TenantService for TenantApi {
         let p = principal(&req)?;
         let mut r = req.into_inner();
         r.tenant = p.act_as(&r.tenant)?;
+        validate::request_slice(&r)?;
         // Run to completion even if the caller goes away: a request half done (committed PENDING,
         // the agent asked) must reach ACTIVE or FAILED, not stay pending until a restart.
         let c = self.controller.clone();
@@ -77,6 +78,7 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::ListSlicesResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
+        validate::list_slices(&r)?;
         let tenant = p.act_as(&r.tenant)?;
         let slices = self
             .controller
@@ -109,6 +111,7 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::KeepSliceResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
+        validate::keep_slice(&r)?;
         self.owned(&p, &r.slice_id)?;
         let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms)?;
@@ -125,7 +128,9 @@ impl TenantService for TenantApi {
         req: Request<pb::WatchSlicesRequest>,
     ) -> Result<Response<Self::WatchSlicesStream>, Status> {
         let p = principal(&req)?;
-        let tenant = p.act_as(&req.into_inner().tenant)?;
+        let r = req.into_inner();
+        validate::watch_slices(&r)?;
+        let tenant = p.act_as(&r.tenant)?;
         let rx = self.controller.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |ev| match ev {
             Ok(ev) => {

@@ -34,6 +34,7 @@ type SliceWithCapacity = (crate::slice::SliceRecord, f64);
 
 /// Answers a usage query.
 pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, Status> {
+    super::validate::usage(r)?;
     let selectors = [&r.slice_id, &r.tenant, &r.node]
         .iter()
         .filter(|s| !s.is_empty())

@@ -199,6 +199,10 @@ async fn main() -> ExitCode {
     if let Some(v) = args.mig_gpus {
         cfg.sim.mig_gpus = v;
     }
+    if let Err(e) = cfg.check() {
+        eprintln!("error: invalid configuration (--node or `node` in the config file): {e}");
+        return ExitCode::from(2);
+    }
     let sim_clock = args.dump.then(|| {
         let now = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
         ManualClock::new(now)

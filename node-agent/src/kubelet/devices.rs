@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use greenslice_core::inventory::Gpu;
+use greenslice_core::limits;
 use greenslice_proto::deviceplugin::v1beta1 as dp;
 use greenslice_proto::v1 as pb;
 use thiserror::Error;
@@ -33,7 +34,7 @@ pub const MIG_RESOURCE_PREFIX: &str = "greenslice.io/mig-";
 /// Share units per GPU: one unit is 1% of the GPU's compute and memory.
 pub const SHARE_UNITS_PER_GPU: u32 = 100;
 /// Longest device id the kubelet accepts, characters.
-pub const MAX_DEVICE_ID_LEN: usize = 63;
+pub const MAX_DEVICE_ID_LEN: usize = limits::MAX_DEVICE_ID_LEN;
 /// CDI kind of NVIDIA GPUs (nvidia-ctk `cdi generate --device-name-strategy=uuid` names devices
 /// `nvidia.com/gpu=<UUID>`, for GPUs and MIG instances alike).
 pub const CDI_KIND: &str = "nvidia.com/gpu";
@@ -292,6 +293,8 @@ pub fn share_unit_id(gpu_uuid: &str, unit: u32) -> String {
 pub enum DeviceError {
     #[error("the request names no containers")]
     NoContainers,
+    #[error("{0}")]
+    Limit(#[from] greenslice_core::limits::LimitError),
     #[error("a container asks for no devices")]
     EmptyRequest,
     #[error("allocation size {0} is not a positive device count")]
@@ -341,6 +344,17 @@ fn check_known(resource: &str, devs: &ResourceDevices, ids: &[String]) -> Result
     }
 }
 
+/// Checks a list of device ids from the kubelet against the limits: at most
+/// [`limits::MAX_DEVICES_PER_REQUEST`] ids of at most [`MAX_DEVICE_ID_LEN`] printable characters.
+/// Runs before anything is looked up or copied.
+pub fn check_ids(field: &str, ids: &[String]) -> Result<(), DeviceError> {
+    limits::check_count(field, ids.len(), 0, limits::MAX_DEVICES_PER_REQUEST)?;
+    limits::check_each(field, ids, |f, id| {
+        limits::check_str(f, id, 1, MAX_DEVICE_ID_LEN, limits::Alphabet::Graphic)
+    })?;
+    Ok(())
+}
+
 fn check_unique(ids: &[String]) -> Result<(), DeviceError> {
     let mut seen = BTreeSet::new();
     match ids.iter().find(|id| !seen.insert(id.as_str())) {
@@ -361,6 +375,8 @@ pub fn check_preferred(
         return Err(DeviceError::BadSize(i64::from(size)));
     }
     let size = size as usize;
+    check_ids("available_device_ids", available)?;
+    check_ids("must_include_device_ids", must)?;
     check_unique(available)?;
     check_unique(must)?;
     check_known(resource, devs, available)?;
@@ -662,6 +678,7 @@ pub fn allocate(
     if ids.is_empty() {
         return Err(DeviceError::EmptyRequest);
     }
+    check_ids("devices_ids", ids)?;
     if ids.len() > devs.devices.len() {
         return Err(DeviceError::TooMany {
             resource: resource.to_string(),
@@ -988,6 +1005,21 @@ mod tests {
             allocate(GPU_RESOURCE, g, &[], &opts),
             Err(DeviceError::EmptyRequest)
         );
+        // Ids past the limits are refused before any lookup, naming the field and the limit.
+        let e = allocate(GPU_RESOURCE, g, &ids(&[&"x".repeat(300)]), &opts).unwrap_err();
+        assert!(matches!(e, DeviceError::Limit(_)), "{e}");
+        assert!(e.to_string().contains("devices_ids[0]") && e.to_string().contains("63"));
+        let many: Vec<String> = (0..=limits::MAX_DEVICES_PER_REQUEST)
+            .map(|i| i.to_string())
+            .collect();
+        assert!(matches!(
+            allocate(GPU_RESOURCE, g, &many, &opts),
+            Err(DeviceError::Limit(_))
+        ));
+        assert!(matches!(
+            check_preferred(GPU_RESOURCE, g, &many, &[], 1),
+            Err(DeviceError::Limit(_))
+        ));
         assert!(matches!(
             allocate(GPU_RESOURCE, g, &ids(&["GPU-x"]), &opts),
             Err(DeviceError::UnknownDevice { .. })
@@ -1014,5 +1046,49 @@ mod tests {
             allocate(SHARE_RESOURCE, s, &split, &opts),
             Err(DeviceError::SpansGpus(2))
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever device ids the kubelet sends (real ones, repeats, garbage, control characters,
+        /// ids past the length limit, any size), every resource's checks answer Ok or an error,
+        /// never a panic, and an Ok answer names only the resource's own devices.
+        #[test]
+        fn kubelet_device_requests_never_panic(
+            picks in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Strategy::prop_map(0usize..512, Ok),
+                    proptest::strategy::Strategy::prop_map(".{0,80}", Err),
+                ],
+                0..12,
+            ),
+            size in proptest::prelude::any::<i32>(),
+            must_n in 0usize..3,
+        ) {
+            use proptest::prop_assert;
+            let (t, _) = DeviceTable::build(&node(), &[3, 4]);
+            let opts = AllocateOptions { mps_pipe_dir: Some("/tmp/mps".into()) };
+            for r in t.resources().map(str::to_string).collect::<Vec<_>>() {
+                let devs = t.resource(&r).unwrap();
+                let ids: Vec<String> = picks
+                    .iter()
+                    .map(|p| match p {
+                        Ok(i) => devs.devices()[i % devs.devices().len()].id.clone(),
+                        Err(s) => s.clone(),
+                    })
+                    .collect();
+                let must = &ids[..must_n.min(ids.len())];
+                if let Ok(req) = check_preferred(&r, devs, &ids, must, size) {
+                    prop_assert!(req.candidates.iter().all(|id| devs.get(id).is_some()));
+                    if let Ok(chosen) = choose_local(devs, &req) {
+                        prop_assert!(chosen.iter().all(|id| devs.get(id).is_some()));
+                    }
+                }
+                if allocate(&r, devs, &ids, &opts).is_ok() {
+                    prop_assert!(ids.iter().all(|id| devs.get(id).is_some()));
+                }
+            }
+        }
     }
 }

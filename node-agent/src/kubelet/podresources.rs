@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenslice_core::limits;
 use greenslice_core::slice::validate_tenant;
 use greenslice_proto::podresources::v1 as pr;
 use greenslice_proto::v1 as pb;
@@ -74,11 +75,31 @@ pub fn allocations(
 ) -> (Vec<pb::KubeletAllocation>, Vec<String>) {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
+    // Names the controller would refuse (and end the session for) are left out here.
+    let name_ok = |field: &str, v: &str| {
+        limits::check_str(
+            field,
+            v,
+            1,
+            limits::MAX_K8S_NAME_LEN,
+            limits::Alphabet::Graphic,
+        )
+    };
     for pod in &resp.pod_resources {
         let tenant = pod.namespace.clone();
         for c in &pod.containers {
             for cd in &c.devices {
                 if !cd.resource_name.starts_with(RESOURCE_PREFIX) {
+                    continue;
+                }
+                if let Err(e) = name_ok("pod", &pod.name)
+                    .and_then(|()| name_ok("container", &c.name))
+                    .and_then(|()| name_ok("resource", &cd.resource_name))
+                {
+                    warnings.push(format!(
+                        "a pod of namespace {:?}: {e}",
+                        tenant.chars().take(63).collect::<String>()
+                    ));
                     continue;
                 }
                 if let Err(e) = validate_tenant(&tenant) {
@@ -268,5 +289,45 @@ mod tests {
         assert_eq!(a, slice_id("n", "ns", "p", "c", "r"));
         assert_ne!(a, slice_id("n", "ns", "pc", "", "r"));
         assert_eq!(a.len(), 18);
+    }
+
+    #[test]
+    fn pods_with_names_past_the_limits_are_left_out_with_a_warning() {
+        let gpu = greenslice_core::inventory::Gpu {
+            uuid: "GPU-1".into(),
+            index: 0,
+            model: greenslice_core::gpu::GpuModel::H100Sxm5_80Gb,
+            memory_bytes: 80 << 30,
+            mig_capable: true,
+            mig_enabled: false,
+            pci_bus_id: String::new(),
+            power_limit_mw: 0,
+            healthy: true,
+            mig_instances: Vec::new(),
+            shares: Vec::new(),
+            whole_slice_id: None,
+        };
+        let (table, _) = DeviceTable::build(&[gpu], &[]);
+        let pod = |name: String| pr::PodResources {
+            name,
+            namespace: "team-a".into(),
+            containers: vec![pr::ContainerResources {
+                name: "main".into(),
+                devices: vec![pr::ContainerDevices {
+                    resource_name: devices::GPU_RESOURCE.into(),
+                    device_ids: vec!["GPU-1".into()],
+                    topology: None,
+                }],
+                ..Default::default()
+            }],
+        };
+        let resp = pr::ListPodResourcesResponse {
+            pod_resources: vec![pod("p".repeat(300)), pod("ok".into())],
+        };
+        let (out, warnings) = allocations("n1", &resp, &table);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].pod, "ok");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("pod must be 1-253"), "{warnings:?}");
     }
 }
