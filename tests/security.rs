@@ -71,6 +71,16 @@ fn share(tenant: &str, f: f64) -> pb::RequestSliceRequest {
     }
 }
 
+/// Requests a slice that must be granted; returns it.
+async fn granted(c: &mut TenantServiceClient<Authed>, r: pb::RequestSliceRequest) -> pb::Slice {
+    c.request_slice(r)
+        .await
+        .expect("request granted")
+        .into_inner()
+        .slice
+        .expect("a slice")
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
     r.expect_err("expected an error").code()
 }
@@ -82,25 +92,13 @@ async fn a_tenant_sees_and_changes_only_its_own_slices() {
     let mut b = env.tenant(Some(&env.bob)).await;
 
     // An empty tenant means the token's own; naming another tenant is refused.
-    let sa = a
-        .request_slice(share("", 0.25))
-        .await
-        .unwrap()
-        .into_inner()
-        .slice
-        .unwrap();
+    let sa = granted(&mut a, share("", 0.25)).await;
     assert_eq!(sa.tenant, "team-a");
     assert_eq!(
         code(a.request_slice(share("team-b", 0.25)).await),
         Code::PermissionDenied
     );
-    let sb = b
-        .request_slice(share("team-b", 0.25))
-        .await
-        .unwrap()
-        .into_inner()
-        .slice
-        .unwrap();
+    let sb = granted(&mut b, share("team-b", 0.25)).await;
 
     // Bob cannot get, keep or release Alice's slice...
     let get = b
@@ -192,13 +190,7 @@ async fn a_tenant_watch_carries_only_its_own_events() {
         .into_inner();
     let mut a = env.tenant(Some(&env.alice)).await;
     a.request_slice(share("", 0.25)).await.unwrap();
-    let mine = b
-        .request_slice(share("", 0.25))
-        .await
-        .unwrap()
-        .into_inner()
-        .slice
-        .unwrap();
+    let mine = granted(&mut b, share("", 0.25)).await;
     // Bob's first event is about his own slice, although Alice's came first.
     let ev = tokio::time::timeout(Duration::from_secs(5), events.message())
         .await
@@ -338,13 +330,7 @@ async fn quotas_refuse_requests_over_the_limit_with_resource_exhausted() {
     })
     .await;
     let mut a = env.tenant(Some(&env.alice)).await;
-    let first = a
-        .request_slice(share("", 0.25))
-        .await
-        .unwrap()
-        .into_inner()
-        .slice
-        .unwrap();
+    let first = granted(&mut a, share("", 0.25)).await;
     a.request_slice(share("", 0.25)).await.unwrap();
     let over = a
         .request_slice(share("", 0.25))
