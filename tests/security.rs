@@ -24,6 +24,10 @@ struct Env {
 }
 
 async fn start(core: CoreConfig) -> Env {
+    start_with(core, |_| {}).await
+}
+
+async fn start_with(core: CoreConfig, tune: impl FnOnce(&mut ClusterSpec)) -> Env {
     let (alice, ea) = tokens::mint("alice", TokenRole::Tenant, Some("team-a")).unwrap();
     let (bob, eb) = tokens::mint("bob", TokenRole::Tenant, Some("team-b")).unwrap();
     let (ops, eo) = tokens::mint("ops", TokenRole::Ops, None).unwrap();
@@ -32,6 +36,7 @@ async fn start(core: CoreConfig) -> Env {
     let secure = Secure::for_nodes(&nodes, store).unwrap();
     let mut spec = ClusterSpec::new(nodes);
     spec.security = Some(secure.clone());
+    tune(&mut spec);
     let cluster = harness::start_with(spec, core).await.unwrap();
     Env {
         cluster,
@@ -362,5 +367,106 @@ async fn quotas_refuse_requests_over_the_limit_with_resource_exhausted() {
         .await
         .unwrap();
     a.request_slice(share("", 0.25)).await.unwrap();
+    env.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_reads_its_own_usage_and_energy_but_no_other_ops_data() {
+    // Simulated time runs 600x so energy intervals (60 s) close within the test.
+    let speedup = 600.0;
+    let env = start_with(CoreConfig::default(), |spec| {
+        spec.clock = std::sync::Arc::new(greenslice_core::clock::ScaledClock::new(
+            1_800_000_000_000,
+            speedup,
+        ));
+        spec.sample_interval = Duration::from_secs_f64(5.0 / speedup);
+        spec.batch_interval = Duration::from_secs_f64(30.0 / speedup);
+    })
+    .await;
+    let mut a = env.tenant(Some(&env.alice)).await;
+    let mut b = env.tenant(Some(&env.bob)).await;
+    let sa = granted(&mut a, share("", 0.25)).await;
+    let sb = granted(&mut b, share("", 0.25)).await;
+    let mut ops_a = env.conn(Some(&env.alice)).ops().await.unwrap();
+    let usage = |slice: &str, tenant: &str, node: &str| pb::UsageRequest {
+        slice_id: slice.into(),
+        tenant: tenant.into(),
+        node: node.into(),
+        ..Default::default()
+    };
+    // Ops sees per-GPU rows once intervals have closed.
+    let mut ops = env.conn(Some(&env.ops)).ops().await.unwrap();
+    let mut full = serde_json::Value::Null;
+    for _ in 0..200 {
+        let doc = ops
+            .energy_report(pb::EnergyReportRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .report_json;
+        full = serde_json::from_str(&doc).unwrap();
+        if full["gpus"].as_array().is_some_and(|g| !g.is_empty())
+            && full["tenants"].as_array().is_some_and(|t| t.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !full["gpus"].as_array().unwrap().is_empty(),
+        "no GPU rows: {full}"
+    );
+    ops_a.usage(usage(&sa.id, "", "")).await.unwrap();
+    ops_a.usage(usage("", "team-a", "")).await.unwrap();
+    for (req, what) in [
+        (usage(&sb.id, "", ""), "bob's slice"),
+        (usage("", "team-b", ""), "bob's tenant"),
+        (usage("", "", &sa.node), "a node"),
+    ] {
+        assert_eq!(
+            code(ops_a.usage(req).await),
+            Code::PermissionDenied,
+            "{what}"
+        );
+    }
+    // Her energy report holds her rows only, and no per-GPU detail.
+    let doc = ops_a
+        .energy_report(pb::EnergyReportRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .report_json;
+    let report: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(report["tenant_filter"], "team-a");
+    assert_eq!(report["gpus"], serde_json::json!([]));
+    let rows = report["tenants"].as_array().unwrap();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|t| t["tenant"] == "team-a"),
+        "{rows:?}"
+    );
+    let other = ops_a
+        .energy_report(pb::EnergyReportRequest {
+            tenant: "team-b".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(other), Code::PermissionDenied);
+    // Every other ops method stays closed to tenants.
+    assert_eq!(
+        code(ops_a.inventory(pb::InventoryRequest {}).await),
+        Code::PermissionDenied
+    );
+    let drain = ops_a
+        .drain_node(pb::DrainNodeRequest {
+            node: sa.node.clone(),
+        })
+        .await;
+    assert_eq!(code(drain), Code::PermissionDenied);
+    let undrain = ops_a
+        .undrain_node(pb::UndrainNodeRequest { node: sa.node })
+        .await;
+    assert_eq!(code(undrain), Code::PermissionDenied);
+    // Ops still reads every GPU.
+    assert_eq!(full["gpus"].as_array().unwrap().len(), 16);
     env.cluster.shutdown().await;
 }

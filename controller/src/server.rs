@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::TenantApi};
-use crate::auth::{Authenticator, Gate, Surface};
+use crate::auth::{Authenticator, Gate, Surface, WithPath};
 use crate::controller::Controller;
 
 /// Largest gRPC message accepted by any service, bytes (the agent stream's; the others take less,
@@ -101,12 +101,13 @@ pub async fn serve_with(
         .max_encoding_message_size(limits::KUBELET_MAX_RESPONSE_BYTES),
         gate(Surface::Agent),
     );
-    let ops = InterceptedService::new(
+    // The ops gate decides per method (tenants may read their own usage and energy).
+    let ops = WithPath(InterceptedService::new(
         pb::ops_service_server::OpsServiceServer::new(OpsApi { controller })
             .max_decoding_message_size(limits::OPS_MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::OPS_MAX_RESPONSE_BYTES),
         gate(Surface::Ops),
-    );
+    ));
     // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent
     // stream; the builder's tcp_nodelay does not reach a listener we pass in, so set it here.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -192,9 +192,18 @@ impl OpsService for OpsApi {
         &self,
         req: Request<pb::EnergyReportRequest>,
     ) -> Result<Response<pb::EnergyReportResponse>, Status> {
+        let p = crate::auth::principal(&req)?;
         let r = req.into_inner();
         super::validate::energy_report(&r)?;
-        let report = energy_report(&self.controller, r.from_unix_ms, r.to_unix_ms, &r.tenant)?;
+        let tenant = p.act_as(&r.tenant)?;
+        let mut report = energy_report(&self.controller, r.from_unix_ms, r.to_unix_ms, &tenant)?;
+        if p.confined_to().is_some() {
+            // A tenant sees its own rows and the cluster totals, not other tenants' GPUs.
+            report.gpus.clear();
+            report.series.gpu_util_pct.clear();
+            report.series.tenant_kwh.retain(|t, _| *t == tenant);
+            report.gpu_hours_reclaimed = 0.0;
+        }
         let report_json =
             serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::EnergyReportResponse { report_json }))
@@ -211,6 +220,24 @@ impl OpsService for OpsApi {
         &self,
         req: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
-        super::usage::usage(&self.controller, &req.into_inner()).map(Response::new)
+        let p = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        if p.confined_to().is_some() {
+            super::validate::usage(&r)?;
+            if !r.node.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "{} may query its own slices or its tenant, not a node's GPUs",
+                    p.describe()
+                )));
+            }
+            if !r.tenant.is_empty() {
+                p.act_as(&r.tenant)?;
+            }
+            if !r.slice_id.is_empty() {
+                let s = self.controller.get(&r.slice_id)?;
+                p.may_access(&s.tenant, &r.slice_id)?;
+            }
+        }
+        super::usage::usage(&self.controller, &r).map(Response::new)
     }
 }

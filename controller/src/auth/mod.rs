@@ -135,6 +135,50 @@ pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
         .ok_or_else(|| Status::unauthenticated("request did not pass authentication"))
 }
 
+/// OpsService methods a tenant token may call, answered for its own tenant only (its slices'
+/// utilization, its energy and CO2e). Every other ops method needs an ops token: a new method is
+/// closed to tenants until it is listed here.
+pub const TENANT_OPS_METHODS: [&str; 2] = [
+    "/greenslice.v1.OpsService/Usage",
+    "/greenslice.v1.OpsService/EnergyReport",
+];
+
+/// The gRPC method a request is for (`/package.Service/Method`), put into the request by
+/// [`WithPath`] so the gate can decide per method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcPath(pub String);
+
+/// Wraps a service so its requests carry their [`RpcPath`] (tonic's interceptors do not see the
+/// URI).
+#[derive(Debug, Clone)]
+pub struct WithPath<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithPath<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for WithPath<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let path = RpcPath(req.uri().path().to_string());
+        req.extensions_mut().insert(path);
+        self.0.call(req)
+    }
+}
+
 /// Which group of services a gate guards, and so which callers it admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -252,10 +296,15 @@ impl Authenticator {
             }
         };
         if surface == Surface::Ops && !matches!(p, Principal::Ops { .. }) {
-            return Err(Status::permission_denied(format!(
-                "{} may not use the ops service: it needs an ops token",
-                p.describe()
-            )));
+            let path = req.extensions().get::<RpcPath>().map(|p| p.0.as_str());
+            let tenant_readable = path.is_some_and(|m| TENANT_OPS_METHODS.contains(&m));
+            if !tenant_readable {
+                return Err(Status::permission_denied(format!(
+                    "{} may not call {}: it needs an ops token",
+                    p.describe(),
+                    path.unwrap_or("this ops method")
+                )));
+            }
         }
         Ok(p)
     }
@@ -415,6 +464,30 @@ mod tests {
             .admit(&req(Some(&format!("Bearer {to}"))), Surface::Agent)
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
+    }
+
+    #[test]
+    fn tenants_may_call_only_the_listed_ops_methods() {
+        let (s, ta, _) = store();
+        let auth = Authenticator::with_tokens(s);
+        let at = |path: Option<&str>| {
+            let mut r = req(Some(&format!("Bearer {ta}")));
+            if let Some(p) = path {
+                r.extensions_mut().insert(RpcPath(p.to_string()));
+            }
+            auth.admit(&r, Surface::Ops)
+        };
+        for m in TENANT_OPS_METHODS {
+            assert!(at(Some(m)).is_ok(), "{m}");
+        }
+        for m in [
+            Some("/greenslice.v1.OpsService/Inventory"),
+            Some("/greenslice.v1.OpsService/DrainNode"),
+            Some("/greenslice.v1.OpsService/SomethingNew"),
+            None,
+        ] {
+            assert_eq!(at(m).unwrap_err().code(), Code::PermissionDenied, "{m:?}");
+        }
     }
 
     #[test]
