@@ -202,6 +202,10 @@ async fn committer(
         let ops = merge(&jobs);
         let count = ops.len() as u64;
         let result = store.write_batch(ops).await;
+        if let Err(e) = &result {
+            // Callers that wait get the error; this covers the commits nobody waits for.
+            tracing::warn!(error = %e, commits = jobs.len(), "ledger batch failed");
+        }
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(count, Ordering::Relaxed);
         stats
