@@ -125,6 +125,12 @@ impl ClusterState {
 
     /// The placement view of one GPU: reported hardware plus what live slices hold.
     pub fn gpu_view(&self, node: &NodeRecord, g: &Gpu) -> GpuView {
+        let on_node: Vec<&SliceRecord> = self.live_on_node(&node.name).collect();
+        Self::gpu_view_of(g, &on_node)
+    }
+
+    /// [`ClusterState::gpu_view`] given the node's live slices (found once per node).
+    fn gpu_view_of(g: &Gpu, on_node: &[&SliceRecord]) -> GpuView {
         let mut v = GpuView {
             uuid: g.uuid.clone(),
             model: g.model.clone(),
@@ -136,8 +142,9 @@ impl ClusterState {
             exclusive: false,
             mig_layout: Vec::new(),
         };
-        let live: Vec<&SliceRecord> = self
-            .live_on_node(&node.name)
+        let live: Vec<&SliceRecord> = on_node
+            .iter()
+            .copied()
             .filter(|s| s.gpus.contains(&g.uuid))
             .collect();
         for s in &live {
@@ -202,7 +209,13 @@ impl ClusterState {
             cpu_used_milli: 0,
             memory_bytes: n.memory_bytes,
             memory_used_bytes: 0,
-            gpus: n.gpus.iter().map(|g| self.gpu_view(n, g)).collect(),
+            gpus: {
+                let on_node: Vec<&SliceRecord> = self.live_on_node(&n.name).collect();
+                n.gpus
+                    .iter()
+                    .map(|g| Self::gpu_view_of(g, &on_node))
+                    .collect()
+            },
         }
     }
 

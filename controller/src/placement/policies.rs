@@ -696,6 +696,35 @@ mod tests {
     }
 
     proptest! {
+        /// `place_versioned` gives `place`'s answer, whether the memo is cold, warm for the same
+        /// versions, or warm for a view in which some nodes changed (new versions).
+        #[test]
+        fn versioned_placement_matches_place(
+            a in arb_view(),
+            b in arb_view(),
+            r in arb_req(),
+            changed in proptest::collection::vec(any::<bool>(), 5),
+        ) {
+            for k in PolicyKind::ALL.into_iter().filter(|k| *k != PolicyKind::Random) {
+                let pol = ScoredPolicy::new(k);
+                let va: Vec<u64> = (1..=a.nodes.len() as u64).collect();
+                for _ in 0..2 {
+                    prop_assert_eq!(pol.place_versioned(&a, &va, &r), pol.place(&a, &r));
+                }
+                // Nodes of `b` take `a`'s place where not changed (same content, same version);
+                // changed ones get their own content and a new version.
+                let mut view = a.clone();
+                let mut vs = va.clone();
+                for (i, n) in view.nodes.iter_mut().enumerate() {
+                    if changed[i % changed.len()] && let Some(bn) = b.nodes.get(i) {
+                        *n = NodeView { name: n.name.clone(), ..bn.clone() };
+                        vs[i] += 100;
+                    }
+                }
+                prop_assert_eq!(pol.place_versioned(&view, &vs, &r), pol.place(&view, &r));
+            }
+        }
+
         /// No policy ever oversubscribes a GPU's compute, memory or MIG slices, a node's CPU, or
         /// places on an unschedulable node; every MIG placement passes NVML's checks.
         #[test]
