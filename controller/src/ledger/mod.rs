@@ -184,6 +184,9 @@ async fn committer(
                 None => return,
             },
         };
+        // Let the tasks that are ready to run queue their commits first (a yield costs
+        // microseconds, a transaction a disk flush): fewer, fuller transactions for the same work.
+        tokio::task::yield_now().await;
         let mut n = first.ops.len();
         let mut jobs = vec![first];
         while n < max_ops {
