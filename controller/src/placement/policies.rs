@@ -222,12 +222,15 @@ pub struct ScoredPolicy {
 /// request does not fit.
 type NodeChoice = Option<(i64, Vec<usize>)>;
 
+/// Per node (by index in the view): the version a choice was computed on, and the choice.
+type NodeChoices = Vec<Option<(u64, NodeChoice)>>;
+
 /// Per-node choices for the last few distinct requests, each tagged with the node version it was
 /// computed on (see [`Policy::place_versioned`]). A node's choice depends only on the node's view,
 /// the request and the policy's fixed workload, so a choice of the same version is the same.
 #[derive(Debug, Default)]
 struct NodeMemo {
-    requests: Vec<(Request, Vec<Option<(u64, NodeChoice)>>)>,
+    requests: Vec<(Request, NodeChoices)>,
 }
 
 impl NodeMemo {
@@ -235,7 +238,7 @@ impl NodeMemo {
     const REQUESTS: usize = 16;
 
     /// The choices remembered for `req`, sized for `nodes` nodes (made empty when new).
-    fn slot(&mut self, req: &Request, nodes: usize) -> &mut Vec<Option<(u64, NodeChoice)>> {
+    fn slot(&mut self, req: &Request, nodes: usize) -> &mut NodeChoices {
         let i = match self.requests.iter().position(|(r, _)| r == req) {
             Some(i) => i,
             None => {
