@@ -8,6 +8,12 @@ mod report_cmd;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the control plane allocates and frees many small buffers per
+/// call (HTTP/2 frames, protobuf messages, records), and glibc's malloc and free took 15 to 20% of
+/// the control-plane benchmark's CPU (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// greenslice: fractional GPU slices (MIG or time-sliced shares), idle reclaim, per-tenant energy.

@@ -325,31 +325,74 @@ impl Controller {
         expected: Option<SliceState>,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<Option<SliceRecord>, ControllerError> {
-        let now = self.clock.now_ms();
-        let (updated, commit) = {
-            let mut st = self.lock();
-            let r = st
-                .slices
-                .get_mut(id)
-                .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
-            if expected.is_some_and(|e| e != r.state) {
-                return Ok(None);
-            }
-            f(r);
-            r.updated_ms = now;
-            let updated = r.clone();
-            st.reindex(id);
-            st.recovering.remove(id);
-            let commit = self.submit(&updated);
-            (updated, commit)
+        let Some((updated, commit)) = self.transition_queued(id, expected, f)? else {
+            return Ok(None);
         };
         Self::durable(commit).await?;
+        self.announce(&updated);
+        Ok(Some(updated))
+    }
+
+    /// Changes a slice in memory and queues the change for the ledger (ordered by the state lock,
+    /// see [`Controller::submit`]) without waiting for it to be durable. None when the slice is
+    /// not in `expected` (if given).
+    fn transition_queued(
+        &self,
+        id: &str,
+        expected: Option<SliceState>,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<Option<(SliceRecord, Commit)>, ControllerError> {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        let r = st
+            .slices
+            .get_mut(id)
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        if expected.is_some_and(|e| e != r.state) {
+            return Ok(None);
+        }
+        f(r);
+        r.updated_ms = now;
+        let updated = r.clone();
+        st.reindex(id);
+        st.recovering.remove(id);
+        let commit = self.submit(&updated);
+        Ok(Some((updated, commit)))
+    }
+
+    /// A transition whose durability nobody waits for: the change is queued (so it is written in
+    /// order, after everything queued before it and before everything queued after it) and the
+    /// caller goes on at once. Only for transitions that recovery redoes by itself when a crash
+    /// loses them: PENDING -> ACTIVE (a crash-left PENDING slice whose hardware is on its node is
+    /// confirmed ACTIVE when the node registers) and RELEASING -> RELEASED (a crash-left RELEASING
+    /// slice is torn down again, which the agent answers as already done, and marked RELEASED).
+    /// See docs/DURABILITY.md, "Acknowledged before the last commit". A failed write is logged by
+    /// the committer; the next commit of the slice writes its whole record again.
+    fn transition_in_background(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<SliceRecord, ControllerError> {
+        let (updated, commit) = self
+            .transition_queued(id, None, f)?
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        // Dropping the future does not withdraw the change: `Ledger::submit` queued it already.
+        drop(commit);
+        self.announce(&updated);
+        Ok(updated)
+    }
+
+    /// Tells watchers a slice changed state.
+    fn announce(&self, updated: &SliceRecord) {
+        if self.events.receiver_count() == 0 {
+            // Nobody listens: skip building the event (a protobuf copy of the slice and a message).
+            return;
+        }
         self.emit(
             pb::SliceEventKind::StateChanged,
-            &updated,
-            format!("slice {} is {}", id, updated.state.as_str()),
+            updated,
+            format!("slice {} is {}", updated.id, updated.state.as_str()),
         );
-        Ok(Some(updated))
     }
 
     /// Places, commits and applies a slice. Answers once the agent confirmed.
@@ -383,13 +426,13 @@ impl Controller {
                 self.config.quotas.check(tenant, held, &spec)?;
             }
             check_model_profile(&st, &spec)?;
-            let view = st.view_cached();
             let req = Request {
                 spec: spec.clone(),
                 cpu_milli: 0,
                 memory_bytes: 0,
             };
-            let p = self.policy.place(view, &req)?;
+            let (view, versions) = st.view_versioned();
+            let p = self.policy.place_versioned(view, versions, &req)?;
             let node = &view.nodes[p.node];
             let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
             let mig = match (&spec.kind, p.mig_start) {
@@ -444,16 +487,18 @@ impl Controller {
                 if let Some(i) = &inst {
                     self.lock().mirror_mig_created(&node, &gpu0, i.clone());
                 }
-                let slice = self
-                    .transition(&record.id, |r| {
-                        r.state = SliceState::Active;
-                        r.env = env;
-                        if let (Some(m), Some(i)) = (&mut r.mig, inst) {
-                            m.gpu_instance_id = Some(i.gpu_instance_id);
-                            m.mig_uuid = Some(i.mig_uuid);
-                        }
-                    })
-                    .await?;
+                // PENDING is durable and the agent confirmed: the allocation is safe to
+                // acknowledge. ACTIVE goes to the ledger behind it without being waited for; a
+                // crash before it is durable leaves PENDING, which recovery confirms ACTIVE from
+                // the hardware (see `transition_in_background`).
+                let slice = self.transition_in_background(&record.id, |r| {
+                    r.state = SliceState::Active;
+                    r.env = env;
+                    if let (Some(m), Some(i)) = (&mut r.mig, inst) {
+                        m.gpu_instance_id = Some(i.gpu_instance_id);
+                        m.mig_uuid = Some(i.mig_uuid);
+                    }
+                })?;
                 info!(slice = %slice.id, tenant, node = %slice.node, spec = %slice.spec.describe(), "slice active");
                 Ok(Requested {
                     slice,
@@ -696,9 +741,11 @@ impl Controller {
         .await;
         match result {
             Ok(()) => {
-                let s = self
-                    .transition(id, |r| r.state = SliceState::Released)
-                    .await?;
+                // RELEASING is durable and the agent tore the slice down: the release is safe to
+                // acknowledge. RELEASED goes to the ledger behind it without being waited for; a
+                // crash before it is durable leaves RELEASING, which recovery finishes when the
+                // node registers (see `transition_in_background`).
+                let s = self.transition_in_background(id, |r| r.state = SliceState::Released)?;
                 info!(slice = %id, "slice released");
                 Ok(s)
             }

@@ -48,6 +48,16 @@ pub struct ClusterState {
     dirty: HashSet<String>,
     /// Rebuild the whole cached view (nodes were added or replaced).
     rebuild: bool,
+    /// Version of each node of the cached view (see [`crate::placement::Policy::place_versioned`]).
+    versions: Vec<u64>,
+}
+
+/// Node view versions, unique in the process: a version never names two different node views,
+/// even across controllers (tests run several in one process).
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn new_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl ClusterState {
@@ -115,6 +125,12 @@ impl ClusterState {
 
     /// The placement view of one GPU: reported hardware plus what live slices hold.
     pub fn gpu_view(&self, node: &NodeRecord, g: &Gpu) -> GpuView {
+        let on_node: Vec<&SliceRecord> = self.live_on_node(&node.name).collect();
+        Self::gpu_view_of(g, &on_node)
+    }
+
+    /// [`ClusterState::gpu_view`] given the node's live slices (found once per node).
+    fn gpu_view_of(g: &Gpu, on_node: &[&SliceRecord]) -> GpuView {
         let mut v = GpuView {
             uuid: g.uuid.clone(),
             model: g.model.clone(),
@@ -126,8 +142,9 @@ impl ClusterState {
             exclusive: false,
             mig_layout: Vec::new(),
         };
-        let live: Vec<&SliceRecord> = self
-            .live_on_node(&node.name)
+        let live: Vec<&SliceRecord> = on_node
+            .iter()
+            .copied()
             .filter(|s| s.gpus.contains(&g.uuid))
             .collect();
         for s in &live {
@@ -192,7 +209,13 @@ impl ClusterState {
             cpu_used_milli: 0,
             memory_bytes: n.memory_bytes,
             memory_used_bytes: 0,
-            gpus: n.gpus.iter().map(|g| self.gpu_view(n, g)).collect(),
+            gpus: {
+                let on_node: Vec<&SliceRecord> = self.live_on_node(&n.name).collect();
+                n.gpus
+                    .iter()
+                    .map(|g| Self::gpu_view_of(g, &on_node))
+                    .collect()
+            },
         }
     }
 
@@ -207,13 +230,27 @@ impl ClusterState {
     /// last call are rebuilt (a request changes one node, so placing does not cost a walk over
     /// every GPU of a large cluster).
     pub fn view_cached(&mut self) -> &ClusterView {
+        self.refresh_view();
+        self.cached.get_or_insert_with(ClusterView::default)
+    }
+
+    /// The cached view with the version of each node: a node's version changes whenever its view
+    /// is rebuilt, so a placement policy may reuse what it computed for an unchanged node.
+    pub fn view_versioned(&mut self) -> (&ClusterView, &[u64]) {
+        self.refresh_view();
+        let view = self.cached.get_or_insert_with(ClusterView::default);
+        (view, &self.versions)
+    }
+
+    /// Brings the cached view (and its versions) in step with the nodes and slices.
+    fn refresh_view(&mut self) {
         let usable = !self.rebuild
             && self
                 .cached
                 .as_ref()
                 .is_some_and(|v| v.nodes.len() == self.nodes.len());
         if !usable {
-            self.cached = Some(self.view());
+            self.rebuild_view();
         } else if !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);
             let fresh: Vec<NodeView> = dirty
@@ -225,18 +262,28 @@ impl ClusterState {
                 for nv in fresh {
                     // The view is in node-name order, like `nodes`.
                     match v.nodes.binary_search_by(|x| x.name.cmp(&nv.name)) {
-                        Ok(i) => v.nodes[i] = nv,
+                        Ok(i) => {
+                            v.nodes[i] = nv;
+                            if let Some(ver) = self.versions.get_mut(i) {
+                                *ver = new_version();
+                            }
+                        }
                         Err(_) => self.rebuild = true,
                     }
                 }
             }
             if self.rebuild {
-                self.cached = Some(self.view());
+                self.rebuild_view();
             }
         }
         self.rebuild = false;
         self.dirty.clear();
-        self.cached.get_or_insert_with(ClusterView::default)
+    }
+
+    fn rebuild_view(&mut self) {
+        let view = self.view();
+        self.versions = view.nodes.iter().map(|_| new_version()).collect();
+        self.cached = Some(view);
     }
 
     /// Updates the mirror of a node's hardware after a confirmed MIG creation.

@@ -4,8 +4,9 @@
 //!
 //! Everything runs in this process on one tokio runtime (clients, controller, agents), so the
 //! numbers are what one machine's cores give all three together. Each round trip is: RequestSlice
-//! (commit PENDING, agent applies, commit ACTIVE) then ReleaseSlice (commit RELEASING, agent tears
-//! down, commit RELEASED): two unary RPCs, two agent commands and four durable commits.
+//! (commit PENDING and wait for it, agent applies, queue ACTIVE) then ReleaseSlice (commit
+//! RELEASING and wait for it, agent tears down, queue RELEASED): two unary RPCs, two agent
+//! commands, four commits of which two are waited for (see docs/DURABILITY.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,8 +117,11 @@ pub struct ControlPlaneReport {
     pub seconds: f64,
     /// Request+release round trips completed in the measured window.
     pub round_trips: u64,
-    /// Round trips per second (each is one allocation made and released).
+    /// Round trips per second (each is one allocation made and released): allocations/s.
     pub round_trips_per_s: f64,
+    /// Round trips actually in flight on average (Little's law: the measured round trips' total
+    /// latency over the window). Below `concurrency` when the clients themselves wait for CPU.
+    pub achieved_in_flight: f64,
     /// Round trips that failed (any error).
     pub errors: u64,
     /// The first error seen, if any.
@@ -169,7 +173,7 @@ impl ControlPlaneReport {
         };
         format!(
             "control plane: {} nodes, {} GPUs, ledger {:?}, {:?} slices, {} in flight, {:.1} s\n\
-             round trips (request+release): {} ({:.0}/s), errors {}{}\n\
+             round trips (request+release): {} ({:.0}/s = allocations/s), {:.1} in flight on average, errors {}{}\n\
              round trip: {}\n\
              request:    {}\n\
              release:    {}\n\
@@ -183,6 +187,7 @@ impl ControlPlaneReport {
             self.seconds,
             self.round_trips,
             self.round_trips_per_s,
+            self.achieved_in_flight,
             self.errors,
             self.first_error
                 .as_ref()
@@ -391,6 +396,7 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
     let cpu = (cpu_end.await? - cpu_before.await?).max(0.0);
     cluster.shutdown().await;
     let n = all.round_trip.len() as u64;
+    let busy_s = all.round_trip.iter().sum::<u64>() as f64 / 1e6;
     Ok(ControlPlaneReport {
         nodes: a.nodes,
         gpus: a.nodes * a.gpus_per_node,
@@ -400,6 +406,7 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
         seconds: a.duration,
         round_trips: n,
         round_trips_per_s: n as f64 / a.duration,
+        achieved_in_flight: busy_s / a.duration,
         errors: all.errors,
         first_error: all.first_error,
         round_trip: Latency::of(all.round_trip),

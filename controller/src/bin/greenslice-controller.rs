@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the controller allocates and frees many small buffers per
+/// call; glibc's malloc and free took 15 to 20% of the control-plane benchmark's CPU (see
+/// docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()

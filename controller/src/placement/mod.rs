@@ -138,6 +138,20 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
     /// Chooses where `req` goes, or says why it cannot.
     fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable>;
+    /// Like [`Policy::place`], for a view whose nodes carry versions: `versions[i]` names the
+    /// content of `view.nodes[i]`, and one version is never given to different content. A policy
+    /// may reuse work it did for the same request on a node of the same version (a request changes
+    /// one node, so most of a large cluster is as it was). The answer is the one `place` gives.
+    /// The default ignores the versions.
+    fn place_versioned(
+        &self,
+        view: &ClusterView,
+        versions: &[u64],
+        req: &Request,
+    ) -> Result<Placement, Unplaceable> {
+        let _ = versions;
+        self.place(view, req)
+    }
 }
 
 /// Candidate GPUs of a node for a request, in index order, with the MIG start where relevant.

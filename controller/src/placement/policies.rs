@@ -214,6 +214,45 @@ pub struct ScoredPolicy {
     kind: PolicyKind,
     workload: Workload,
     rng: Mutex<ChaCha8Rng>,
+    /// Per-node choices of recent requests, for [`Policy::place_versioned`].
+    memo: Mutex<NodeMemo>,
+}
+
+/// What a node offers a request: its score and the GPUs the policy takes there; None when the
+/// request does not fit.
+type NodeChoice = Option<(i64, Vec<usize>)>;
+
+/// Per node (by index in the view): the version a choice was computed on, and the choice.
+type NodeChoices = Vec<Option<(u64, NodeChoice)>>;
+
+/// Per-node choices for the last few distinct requests, each tagged with the node version it was
+/// computed on (see [`Policy::place_versioned`]). A node's choice depends only on the node's view,
+/// the request and the policy's fixed workload, so a choice of the same version is the same.
+#[derive(Debug, Default)]
+struct NodeMemo {
+    requests: Vec<(Request, NodeChoices)>,
+}
+
+impl NodeMemo {
+    /// Distinct requests remembered (live clusters see a handful of shapes).
+    const REQUESTS: usize = 16;
+
+    /// The choices remembered for `req`, sized for `nodes` nodes (made empty when new).
+    fn slot(&mut self, req: &Request, nodes: usize) -> &mut NodeChoices {
+        let i = match self.requests.iter().position(|(r, _)| r == req) {
+            Some(i) => i,
+            None => {
+                if self.requests.len() >= Self::REQUESTS {
+                    self.requests.remove(0);
+                }
+                self.requests.push((req.clone(), Vec::new()));
+                self.requests.len() - 1
+            }
+        };
+        let slot = &mut self.requests[i].1;
+        slot.resize(nodes, None);
+        slot
+    }
 }
 
 impl ScoredPolicy {
@@ -228,6 +267,7 @@ impl ScoredPolicy {
             kind,
             workload,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(42)),
+            memo: Mutex::default(),
         }
     }
 
@@ -288,9 +328,85 @@ impl ScoredPolicy {
     }
 }
 
+/// The mask of GPUs of `node` that may take `req` (which needs `need` GPUs); None when the node
+/// cannot host it.
+fn node_fit(node: &NodeView, req: &Request, need: usize) -> Option<u32> {
+    let cands = feasible_on_node(node, req);
+    if cands.len() < need || (need == 0 && !node.schedulable) {
+        return None;
+    }
+    Some(
+        cands
+            .iter()
+            .filter(|c| c.0 < MAX_GPUS)
+            .fold(0u32, |m, c| m | 1 << c.0),
+    )
+}
+
+impl ScoredPolicy {
+    /// What `node` offers a non-MIG request (demand `d`, `need` GPUs) under a scored policy other
+    /// than Random: a pure function of the node's view and the request.
+    fn node_choice(&self, node: &NodeView, req: &Request, d: &Demand, need: usize) -> NodeChoice {
+        let fit = node_fit(node, req, need)?;
+        let free: Vec<u16> = node.gpus.iter().map(live_free).collect();
+        let cpu_free = if node.cpu_milli > 0 {
+            node.cpu_milli.saturating_sub(node.cpu_used_milli)
+        } else {
+            req.cpu_milli
+        };
+        let nref = NodeRef {
+            cpu_free: u32::try_from(cpu_free).unwrap_or(u32::MAX),
+            gpu_free: &free[..free.len().min(MAX_GPUS)],
+            model: 0,
+            tags: live_tags(node),
+        };
+        self.kind
+            .score(&self.workload, &nref, d, fit)
+            .filter(|(_, gpus)| gpus.len() == need)
+    }
+}
+
 impl Policy for ScoredPolicy {
     fn name(&self) -> &'static str {
         self.kind.name()
+    }
+
+    fn place_versioned(
+        &self,
+        view: &ClusterView,
+        versions: &[u64],
+        req: &Request,
+    ) -> Result<Placement, Unplaceable> {
+        let d = match live_demand(req) {
+            Some(d) if self.kind != PolicyKind::Random && versions.len() == view.nodes.len() => d,
+            // MIG requests, Random's draws and unversioned views: nothing to reuse.
+            _ => return self.place(view, req),
+        };
+        let need = gpus_needed(&req.spec);
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = memo.slot(req, view.nodes.len());
+        // The same scan as `place`: the highest score wins, the first node seen wins ties.
+        let mut best: Option<(i64, usize)> = None;
+        for (ni, (node, &version)) in view.nodes.iter().zip(versions).enumerate() {
+            let cached = &mut slot[ni];
+            if cached.as_ref().is_none_or(|(v, _)| *v != version) {
+                *cached = Some((version, self.node_choice(node, req, &d, need)));
+            }
+            if let Some((_, Some((s, _)))) = cached
+                && best.is_none_or(|b| *s > b.0)
+            {
+                best = Some((*s, ni));
+            }
+        }
+        best.and_then(|(_, ni)| match &slot[ni] {
+            Some((_, Some((_, gpus)))) => Some(Placement {
+                node: ni,
+                gpus: gpus.clone(),
+                mig_start: None,
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| unplaceable(view, req))
     }
 
     fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable> {
@@ -304,32 +420,13 @@ impl Policy for ScoredPolicy {
         let mut best: Option<(i64, usize, Vec<usize>)> = None;
         let mut feasible: Vec<(usize, u32)> = Vec::new();
         for (ni, node) in view.nodes.iter().enumerate() {
-            let cands = feasible_on_node(node, req);
-            if cands.len() < need || (need == 0 && !node.schedulable) {
-                continue;
-            }
-            let fit = cands
-                .iter()
-                .filter(|c| c.0 < MAX_GPUS)
-                .fold(0u32, |m, c| m | 1 << c.0);
             if self.kind == PolicyKind::Random {
-                feasible.push((ni, fit));
+                if let Some(fit) = node_fit(node, req, need) {
+                    feasible.push((ni, fit));
+                }
                 continue;
             }
-            let free: Vec<u16> = node.gpus.iter().map(live_free).collect();
-            let cpu_free = if node.cpu_milli > 0 {
-                node.cpu_milli.saturating_sub(node.cpu_used_milli)
-            } else {
-                req.cpu_milli
-            };
-            let nref = NodeRef {
-                cpu_free: u32::try_from(cpu_free).unwrap_or(u32::MAX),
-                gpu_free: &free[..free.len().min(MAX_GPUS)],
-                model: 0,
-                tags: live_tags(node),
-            };
-            if let Some((s, gpus)) = self.kind.score(&self.workload, &nref, &d, fit)
-                && gpus.len() == need
+            if let Some((s, gpus)) = self.node_choice(node, req, &d, need)
                 && best.as_ref().is_none_or(|b| s > b.0)
             {
                 best = Some((s, ni, gpus));
@@ -602,6 +699,35 @@ mod tests {
     }
 
     proptest! {
+        /// `place_versioned` gives `place`'s answer, whether the memo is cold, warm for the same
+        /// versions, or warm for a view in which some nodes changed (new versions).
+        #[test]
+        fn versioned_placement_matches_place(
+            a in arb_view(),
+            b in arb_view(),
+            r in arb_req(),
+            changed in proptest::collection::vec(any::<bool>(), 5),
+        ) {
+            for k in PolicyKind::ALL.into_iter().filter(|k| *k != PolicyKind::Random) {
+                let pol = ScoredPolicy::new(k);
+                let va: Vec<u64> = (1..=a.nodes.len() as u64).collect();
+                for _ in 0..2 {
+                    prop_assert_eq!(pol.place_versioned(&a, &va, &r), pol.place(&a, &r));
+                }
+                // Nodes of `b` take `a`'s place where not changed (same content, same version);
+                // changed ones get their own content and a new version.
+                let mut view = a.clone();
+                let mut vs = va.clone();
+                for (i, n) in view.nodes.iter_mut().enumerate() {
+                    if changed[i % changed.len()] && let Some(bn) = b.nodes.get(i) {
+                        *n = NodeView { name: n.name.clone(), ..bn.clone() };
+                        vs[i] += 100;
+                    }
+                }
+                prop_assert_eq!(pol.place_versioned(&view, &vs, &r), pol.place(&view, &r));
+            }
+        }
+
         /// No policy ever oversubscribes a GPU's compute, memory or MIG slices, a node's CPU, or
         /// places on an unschedulable node; every MIG placement passes NVML's checks.
         #[test]
