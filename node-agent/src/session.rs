@@ -220,7 +220,12 @@ async fn sampler(
     let mut tick = tokio::time::interval(cfg.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch: Vec<pb::GpuSample> = Vec::new();
-    let mut last_sent = tokio::time::Instant::now();
+    // Start each agent's batch clock at a random point of the interval, so agents that connect
+    // together (every agent after a controller restart) do not all send their batches at once.
+    let now = tokio::time::Instant::now();
+    let mut last_sent = now
+        .checked_sub(cfg.batch_interval.mul_f64(rand::random::<f64>()))
+        .unwrap_or(now);
     loop {
         let scheduled = tick.tick().await;
         let started = tokio::time::Instant::now();
