@@ -16,10 +16,10 @@ use greenslice_agent::backend::sim::Machine;
 use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
 use greenslice_controller::ledger::redb::RedbLedger;
 use greenslice_controller::ledger::{GroupCommit, Ledger, MemoryLedger};
+use greenslice_proto::client::{Authed, Conn};
 use greenslice_proto::v1 as pb;
 use pb::tenant_service_client::TenantServiceClient;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::harness::{self, ClusterSpec};
 
@@ -72,6 +72,10 @@ pub struct ControlPlaneArgs {
     /// Directory for the redb file (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// Serve as a real deployment does: TLS on every connection, an ops bearer token on every
+    /// tenant call, agents with client certificates (default: insecure, plaintext).
+    #[arg(long)]
+    pub secure: bool,
     /// etcd client URLs, comma-separated (for --ledger etcd).
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: Vec<String>,
@@ -113,6 +117,8 @@ pub struct ControlPlaneReport {
     pub ledger: BenchLedger,
     pub kind: BenchKind,
     pub concurrency: u32,
+    /// TLS, tokens and agent certificates (as deployed), or plaintext.
+    pub secure: bool,
     /// Measured seconds.
     pub seconds: f64,
     /// Request+release round trips completed in the measured window.
@@ -172,7 +178,7 @@ impl ControlPlaneReport {
             )
         };
         format!(
-            "control plane: {} nodes, {} GPUs, ledger {:?}, {:?} slices, {} in flight, {:.1} s\n\
+            "control plane: {} nodes, {} GPUs, ledger {:?}, {:?} slices, {} in flight, {}, {:.1} s\n\
              round trips (request+release): {} ({:.0}/s = allocations/s), {:.1} in flight on average, errors {}{}\n\
              round trip: {}\n\
              request:    {}\n\
@@ -184,6 +190,11 @@ impl ControlPlaneReport {
             self.ledger,
             self.kind,
             self.concurrency,
+            if self.secure {
+                "TLS + tokens"
+            } else {
+                "plaintext"
+            },
             self.seconds,
             self.round_trips,
             self.round_trips_per_s,
@@ -230,7 +241,7 @@ fn spec(kind: BenchKind) -> pb::SliceSpec {
 
 /// One client task: request then release, until `stop`; measures only after `measure_from`.
 async fn client(
-    mut c: TenantServiceClient<Channel>,
+    mut c: TenantServiceClient<Authed>,
     kind: BenchKind,
     tenant: String,
     measure_from: Instant,
@@ -329,18 +340,26 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
     for n in &mut nodes {
         n.gpus = a.gpus_per_node;
     }
-    let mut spec_ = ClusterSpec::new(nodes);
+    let mut spec_ = ClusterSpec::new(nodes.clone());
     spec_.ledger = ledger;
+    let mut token = None;
+    if a.secure {
+        use greenslice_controller::auth::tokens::{self, TokenRole, TokenStore};
+        let (t, entry) = tokens::mint("bench", TokenRole::Ops, None).map_err(anyhow::Error::msg)?;
+        let store = TokenStore::parse(&tokens::to_toml(&[entry]), "bench")?;
+        spec_.security = Some(harness::Secure::for_nodes(&nodes, store)?);
+        token = Some(t);
+    }
     let cluster = harness::start(spec_).await?;
 
     let mut channels = Vec::new();
     for _ in 0..a.connections {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(cluster.url.clone())?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        let conn = Conn {
+            url: cluster.url.clone(),
+            tls: cluster.tls.clone(),
+            token: token.clone(),
+        };
+        channels.push(conn.channel().await?);
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(a.warmup);
@@ -403,6 +422,7 @@ pub async fn run(a: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> {
         ledger: a.ledger,
         kind: a.kind,
         concurrency: a.concurrency,
+        secure: a.secure,
         seconds: a.duration,
         round_trips: n,
         round_trips_per_s: n as f64 / a.duration,
