@@ -422,6 +422,8 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
     };
     controller.configure_energy(crate::energy::accounting::AccountingConfig {
         site: site_carbon,
+        // One idle threshold: what the report calls idle GPU-hours is what reclaim calls idle.
+        idle_threshold_pct: cfg.idle.threshold_pct,
         ..Default::default()
     });
     if let Err(e) = controller.reclaim.set_policy(cfg.idle.clone()) {

@@ -249,3 +249,40 @@ fn the_secure_controller_starts_with_files_from_the_tools() {
     ]);
     assert!(!err.contains("INSECURE"), "{err}");
 }
+
+#[tokio::test]
+async fn the_energy_report_uses_the_idle_policy_threshold() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "[idle]\nthreshold_pct = 42.0\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+        .arg("--config")
+        .arg(&p)
+        .args(["--ledger", "memory", "--listen", "127.0.0.1:0", "--insecure"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let report = async {
+        let mut c = greenslice_proto::v1::ops_service_client::OpsServiceClient::connect(format!(
+            "http://{addr}"
+        ))
+        .await?;
+        let r = c
+            .energy_report(greenslice_proto::v1::EnergyReportRequest::default())
+            .await?
+            .into_inner();
+        anyhow::Ok(r.report_json)
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let doc: serde_json::Value = serde_json::from_str(&report.unwrap()).unwrap();
+    assert_eq!(doc["idle_threshold_pct"], 42.0);
+}
