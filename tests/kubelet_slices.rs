@@ -65,6 +65,19 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
         .slices;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].gpu_uuids, vec![gpu.clone()]);
+    // Ops see it in /metrics by node, tenant and resource.
+    let kubelet_gauge = |c: &greenslice_controller::controller::Controller| {
+        greenslice_controller::metrics::refresh(c);
+        c.metrics
+            .kubelet_allocations
+            .get_or_create(&greenslice_controller::metrics::KubeletLabels {
+                node: "node-00".into(),
+                tenant: "ml-team".into(),
+                resource: "greenslice.io/gpu".into(),
+            })
+            .get()
+    };
+    assert_eq!(kubelet_gauge(&cluster.controller), 1);
     // The pod's GPU is not offered to tenants: 7 whole GPUs fit, not 8.
     let err = c
         .request_slice(pb::RequestSliceRequest {
@@ -100,6 +113,7 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     );
     let s = cluster.controller.get("k-0001").unwrap();
     assert_eq!(s.state.as_str(), "released");
+    assert_eq!(kubelet_gauge(&cluster.controller), 0);
     // Bad reports are refused and change nothing.
     let mut bad = report.clone();
     bad.allocations[0].slice_id = "not-k".into();

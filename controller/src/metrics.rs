@@ -47,6 +47,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A kubelet allocation's node, tenant (the pod's namespace) and extended resource.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeletLabels {
+    pub node: String,
+    pub tenant: String,
+    pub resource: String,
+}
+
 /// A refused call: which service group, and the gRPC code it got.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
@@ -94,6 +102,8 @@ pub struct Metrics {
     pub gpu_unallocated_idle_energy: Family<GpuLabels, FCounter>,
     /// Dynamic energy no slice's activity accounts for, J.
     pub gpu_unattributed_energy: Family<GpuLabels, FCounter>,
+    /// Live slices the kubelet made for pods, by node, tenant and resource.
+    pub kubelet_allocations: Family<KubeletLabels, Gauge>,
     /// Calls refused by authentication or authorization.
     pub auth_refusals: Family<RefusalLabels, Counter>,
     /// 1 when the controller serves without TLS or authentication.
@@ -121,9 +131,15 @@ impl Default for Metrics {
             gpu_energy: Family::default(),
             gpu_unallocated_idle_energy: Family::default(),
             gpu_unattributed_energy: Family::default(),
+            kubelet_allocations: Family::default(),
             auth_refusals: Family::default(),
             insecure: Gauge::default(),
         };
+        m.register(
+            "greenslice_kubelet_allocations",
+            "Live allocations the kubelet made for pods (from the agents' pod-resources reports)",
+            m.kubelet_allocations.clone(),
+        );
         m.register(
             "greenslice_auth_refusals",
             "Calls refused for a missing or bad token or certificate, or a role not allowed",
@@ -329,7 +345,17 @@ pub fn refresh(c: &Controller) {
     m.slice_utilization.clear();
     m.idle_allocated.clear();
     m.allocated.clear();
+    m.kubelet_allocations.clear();
     for (r, gpus) in &live {
+        if crate::api::kubelet::is_kubelet_slice(r) {
+            m.kubelet_allocations
+                .get_or_create(&KubeletLabels {
+                    node: r.node.clone(),
+                    tenant: r.tenant.clone(),
+                    resource: crate::api::kubelet::resource_of(&r.spec),
+                })
+                .inc();
+        }
         let t = TenantLabels {
             tenant: r.tenant.clone(),
         };

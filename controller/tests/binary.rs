@@ -259,7 +259,13 @@ async fn the_energy_report_uses_the_idle_policy_threshold() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
         .arg("--config")
         .arg(&p)
-        .args(["--ledger", "memory", "--listen", "127.0.0.1:0", "--insecure"])
+        .args([
+            "--ledger",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -268,7 +274,11 @@ async fn the_energy_report_uses_the_idle_policy_threshold() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
     let report = async {
         let mut c = greenslice_proto::v1::ops_service_client::OpsServiceClient::connect(format!(
             "http://{addr}"

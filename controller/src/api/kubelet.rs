@@ -48,6 +48,16 @@ pub fn is_kubelet_slice(s: &SliceRecord) -> bool {
     s.spec.slice_class.as_deref() == Some(KUBELET_SLICE_CLASS)
 }
 
+/// The extended resource a kubelet slice was allocated as (see docs/KUBERNETES.md).
+pub fn resource_of(spec: &greenslice_core::slice::SliceSpec) -> String {
+    use greenslice_core::slice::SliceKind;
+    match &spec.kind {
+        SliceKind::Whole { .. } => "greenslice.io/gpu".into(),
+        SliceKind::Mig { profile } => format!("greenslice.io/mig-{profile}"),
+        SliceKind::Share { .. } => "greenslice.io/gpu-share".into(),
+    }
+}
+
 /// The GPUs `policy` chooses on `node` for a ChooseDevices request. GPUs the kubelet offers
 /// (candidates) take the free compute the kubelet reports; every other GPU of the node counts as
 /// taken, so the policy sees the node's real fragmentation but can only pick candidates.
