@@ -121,17 +121,139 @@ async fn storm_worker(url: String, w: usize, acks: Arc<Mutex<Acks>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
-    let Some(etcd_bin) = etcd_binary() else {
+/// The etcd binary, or None (loudly) when there is none and CI did not require it.
+fn etcd_or_skip(test: &str) -> Option<PathBuf> {
+    let bin = etcd_binary();
+    if bin.is_none() {
         if std::env::var_os("GREENSLICE_REQUIRE_ETCD").is_some() {
             panic!(
                 "GREENSLICE_REQUIRE_ETCD is set but no etcd binary is on PATH (apt-get install etcd-server)"
             );
         }
         eprintln!(
-            "\n******** SKIPPED etcd HA test: no etcd binary on PATH (apt-get install etcd-server; set GREENSLICE_REQUIRE_ETCD=1 to make this a failure) ********\n"
+            "\n******** SKIPPED {test}: no etcd binary on PATH (apt-get install etcd-server; set GREENSLICE_REQUIRE_ETCD=1 to make this a failure) ********\n"
         );
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_reaches_etcd_over_mutual_tls_and_only_with_its_certificate() {
+    let Some(etcd_bin) = etcd_or_skip("etcd TLS test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // etcd's server certificate for 127.0.0.1, and a client certificate for the controller, from
+    // one CA (greenslice's own PKI tool would serve a site that has no other).
+    let pki = greenslice_controller::auth::pki::generate(
+        &["127.0.0.1".into()],
+        &["greenslice-controller".into()],
+    )
+    .unwrap();
+    pki.write_to(dir.path()).unwrap();
+    let f = |name: &str| dir.path().join(name).display().to_string();
+    let (client_port, peer_port, metrics_port) = (free_port(), free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut etcd = Command::new(&etcd_bin)
+        .args(["--name", "gs-tls"])
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("gs-tls={peer_url}")])
+        .args([
+            "--cert-file",
+            &f("controller.crt"),
+            "--key-file",
+            &f("controller.key"),
+        ])
+        .args(["--client-cert-auth", "--trusted-ca-file", &f("ca.crt")])
+        // /health in plaintext on its own port, for the readiness poll below.
+        .args([
+            "--listen-metrics-urls",
+            &format!("http://127.0.0.1:{metrics_port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start etcd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !etcd_healthy(metrics_port).await {
+        assert!(Instant::now() < deadline, "etcd not healthy within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = |with_cert: bool| {
+        let mut c = format!(
+            "ledger = \"etcd\"\n[etcd]\nendpoints = [\"{client_url}\"]\nca_cert = {:?}\n",
+            f("ca.crt")
+        );
+        if with_cert {
+            c += &format!(
+                "cert = {:?}\nkey = {:?}\n",
+                f("agent-greenslice-controller.crt"),
+                f("agent-greenslice-controller.key")
+            );
+        }
+        let p = dir.path().join(format!("controller-{with_cert}.toml"));
+        std::fs::write(&p, c).unwrap();
+        p.display().to_string()
+    };
+
+    // With its client certificate the controller leads and serves.
+    let with = config(true);
+    let mut ctl =
+        start_controller(free_port(), &["--config", &with], &dir.path().join("a.log")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(ch) = channel(&ctl.url).await
+            && TenantServiceClient::new(ch)
+                .list_slices(pb::ListSlicesRequest::default())
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller did not lead over TLS: {}",
+            std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ctl.kill().await;
+
+    // Without one, etcd refuses it and the controller exits with an error instead of serving.
+    let without = config(false);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_greenslice"))
+            .args([
+                "controller",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                &without,
+            ])
+            .output(),
+    )
+    .await
+    .expect("a controller etcd refuses must exit")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // It is etcd's refusal that stopped it (not, say, a config error).
+    assert!(err.contains("etcd"), "{err}");
+    let _ = etcd.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
+    let Some(etcd_bin) = etcd_or_skip("etcd HA test") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -357,7 +357,16 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
             }
         },
         LedgerKind::Etcd => {
+            let tls = match greenslice_proto::client::ClientTls::from_files(
+                cfg.etcd.ca_cert.as_deref(),
+                cfg.etcd.cert.as_deref(),
+                cfg.etcd.key.as_deref(),
+            ) {
+                Ok(t) => t,
+                Err(e) => return fail(2, format!("[etcd] TLS: {e}")),
+            };
             let ecfg = EtcdConfig {
+                tls,
                 endpoints: cfg.etcd.endpoints.clone(),
                 prefix: cfg.etcd.prefix.clone(),
                 lease_ttl_s: i64::try_from(cfg.etcd.lease_ttl_s.max(1)).unwrap_or(5),

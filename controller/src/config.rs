@@ -139,6 +139,12 @@ pub struct EtcdSection {
     pub lease_ttl_s: u64,
     /// Seconds between compactions of old revisions.
     pub compact_interval_s: u64,
+    /// PEM CA of etcd's server certificate (for `https://` endpoints).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate the controller presents to etcd (etcd `--client-cert-auth`).
+    pub cert: Option<PathBuf>,
+    /// PEM key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for EtcdSection {
@@ -148,6 +154,9 @@ impl Default for EtcdSection {
             prefix: "/greenslice/".into(),
             lease_ttl_s: 5,
             compact_interval_s: 60,
+            ca_cert: None,
+            cert: None,
+            key: None,
         }
     }
 }

@@ -86,8 +86,9 @@ pub fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, ConnectError> {
     if url.starts_with("https://") {
         let Some(ca) = &tls.ca_pem else {
             return Err(ConnectError::Config(format!(
-                "{url} is https: give the CA that signed the controller's certificate \
-                 (--ca-cert or GREENSLICE_CA_CERT)"
+                "{url} is https: give the CA that signed its certificate (CLI: --ca-cert or \
+                 GREENSLICE_CA_CERT; agent: --ca-cert or [tls] ca_cert; controller to etcd: \
+                 [etcd] ca_cert)"
             )));
         };
         let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use std::future::Future;
@@ -71,6 +71,9 @@ pub struct EtcdConfig {
     pub poll_interval: Duration,
     /// Timeout of each etcd request.
     pub request_timeout: Duration,
+    /// TLS to etcd (`https://` endpoints): the CA of etcd's certificate and the controller's
+    /// client certificate when etcd asks for one (`--client-cert-auth`).
+    pub tls: greenslice_proto::client::ClientTls,
 }
 
 impl Default for EtcdConfig {
@@ -82,6 +85,7 @@ impl Default for EtcdConfig {
             compact_interval: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
             request_timeout: Duration::from_secs(5),
+            tls: Default::default(),
         }
     }
 }
@@ -130,7 +134,7 @@ impl Etcd {
         }
         let mut eps = Vec::new();
         for e in &config.endpoints {
-            let ep = Endpoint::from_shared(e.clone())
+            let ep = greenslice_proto::client::endpoint(e, &config.tls)
                 .map_err(|err| LedgerError::Config(format!("etcd endpoint {e:?}: {err}")))?
                 .connect_timeout(config.request_timeout)
                 .timeout(config.request_timeout)
