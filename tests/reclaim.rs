@@ -577,3 +577,60 @@ async fn metrics_are_served_and_pass_promtool() {
     agent.abort();
     e.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_is_committed_and_survives_a_controller_restart() {
+    use greenslice_controller::controller::{Controller, CoreConfig};
+    use greenslice_controller::ledger::{Ledger, MemoryLedger};
+    // One ledger outlives the first controller, as the redb file or etcd does.
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::default());
+    let clock = ManualClock::new(T0);
+    let mut spec = ClusterSpec::new(harness::nodes(1, &[Machine::DgxH100], 0));
+    spec.clock = Arc::new(clock.clone());
+    spec.ledger = ledger.clone();
+    let cluster = harness::start(spec).await.unwrap();
+    let mut c = TenantServiceClient::connect(cluster.url.clone())
+        .await
+        .unwrap();
+    let s = c
+        .request_slice(pb::RequestSliceRequest {
+            tenant: "team-a".into(),
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
+                ..Default::default()
+            }),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .slice
+        .unwrap();
+    let kept = c
+        .keep_slice(pb::KeepSliceRequest {
+            slice_id: s.id.clone(),
+            tenant: String::new(),
+            duration_s: 2 * 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.kept_until_unix_ms, T0 + 2 * 3600 * 1000);
+    cluster.shutdown().await;
+
+    // A new controller on the same ledger knows the keep without being told again.
+    let restarted = Controller::new(
+        ledger,
+        greenslice_controller::placement::default_policy(),
+        Arc::new(clock.clone()),
+        CoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let marks = restarted.reclaim.marks_snapshot();
+    assert_eq!(marks.kept.get(&s.id), Some(&(T0 + 2 * 3600 * 1000)));
+    assert_eq!(
+        restarted.get(&s.id).unwrap().kept_until_ms,
+        Some(T0 + 2 * 3600 * 1000)
+    );
+}

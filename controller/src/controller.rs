@@ -221,6 +221,14 @@ impl Controller {
             )),
             orphans: Mutex::new(HashMap::new()),
         });
+        let kept: Vec<(String, i64)> = c.with_state(|st| {
+            st.slices
+                .values()
+                .filter(|s| s.is_live())
+                .filter_map(|s| s.kept_until_ms.map(|u| (s.id.clone(), u)))
+                .collect()
+        });
+        c.reclaim.restore_keeps(kept);
         tokio::spawn(housekeeping(Arc::downgrade(&c), sweep));
         Ok(c)
     }
@@ -382,6 +390,26 @@ impl Controller {
         Ok(updated)
     }
 
+    /// Commits a tenant's keep of an active slice (see [`crate::reclaim::keep`]); no state event,
+    /// the state does not change.
+    pub async fn record_keep(
+        &self,
+        id: &str,
+        until_ms: i64,
+    ) -> Result<SliceRecord, ControllerError> {
+        let (updated, commit) = self
+            .transition_queued(id, Some(SliceState::Active), |r| {
+                r.kept_until_ms = Some(until_ms);
+            })?
+            .ok_or_else(|| ControllerError::WrongState {
+                id: id.to_string(),
+                state: "not active",
+                what: "only an active slice can be kept".into(),
+            })?;
+        Self::durable(commit).await?;
+        Ok(updated)
+    }
+
     /// Tells watchers a slice changed state.
     fn announce(&self, updated: &SliceRecord) {
         if self.events.receiver_count() == 0 {
@@ -468,6 +496,7 @@ impl Controller {
                 idempotency_key: key.clone(),
                 created_ms: now,
                 updated_ms: now,
+                kept_until_ms: None,
             };
             st.put(r.clone());
             let commit = self.submit(&r);

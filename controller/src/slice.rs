@@ -40,6 +40,10 @@ pub struct SliceRecord {
     /// ms since the Unix epoch.
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Kept from idle reclaim until then (ms since the Unix epoch), by the tenant's `keep`.
+    /// Committed like any change, so a controller restart keeps the promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_until_ms: Option<i64>,
 }
 
 impl SliceRecord {

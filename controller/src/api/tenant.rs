@@ -114,7 +114,7 @@ impl TenantService for TenantApi {
         validate::keep_slice(&r)?;
         self.owned(&p, &r.slice_id)?;
         let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms)?;
+        let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms).await?;
         Ok(Response::new(pb::KeepSliceResponse {
             slice: Some(s.to_pb()),
             kept_until_unix_ms: until,

@@ -302,6 +302,7 @@ mod tests {
             idempotency_key: None,
             created_ms: 1,
             updated_ms: 1,
+            kept_until_ms: None,
         }
     }
 

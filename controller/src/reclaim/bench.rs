@@ -440,6 +440,7 @@ pub fn replay(
                         idempotency_key: None,
                         created_ms: t,
                         updated_ms: t,
+                        kept_until_ms: None,
                     },
                 },
             );

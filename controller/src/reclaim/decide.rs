@@ -256,6 +256,7 @@ mod tests {
             idempotency_key: None,
             created_ms: 0,
             updated_ms: 0,
+            kept_until_ms: None,
         }
     }
 

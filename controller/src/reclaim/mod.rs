@@ -61,6 +61,14 @@ impl Reclaimer {
         Ok(())
     }
 
+    /// Restores keeps committed before a restart (slice id, kept until ms).
+    pub fn restore_keeps(&self, kept: impl IntoIterator<Item = (String, i64)>) {
+        let mut m = self.marks();
+        for (id, until) in kept {
+            m.kept.insert(id, until);
+        }
+    }
+
     fn marks(&self) -> MutexGuard<'_, Marks> {
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -261,7 +269,7 @@ async fn apply(c: &Controller, a: &Action, now: i64, would: &mut Vec<Action>) {
 
 /// Keeps a slice from idle reclaim for `for_ms` (at most the policy's `max_keep_s` for it). When
 /// `tenant` is not empty it must own the slice. Returns the slice and the keep's end, ms.
-pub fn keep(
+pub async fn keep(
     c: &Controller,
     id: &str,
     tenant: &str,
@@ -292,6 +300,8 @@ pub fn keep(
         )));
     }
     let until = c.now_ms() + for_ms;
+    // Durable first: an acknowledged keep survives a controller restart.
+    let r = c.record_keep(id, until).await?;
     let mut m = c.reclaim.marks();
     m.kept.insert(id.to_string(), until);
     m.warned.remove(id);
