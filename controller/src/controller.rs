@@ -1327,9 +1327,8 @@ fn holders_of(
         .find(|g| g.uuid == gpu)
         .map(|g| g.model.clone());
     let mut out: Vec<Holder> = st
-        .slices
-        .values()
-        .filter(|s| s.state != SliceState::Failed && s.gpus.iter().any(|g| g == gpu))
+        .slices_on_gpu(gpu)
+        .filter(|s| s.state != SliceState::Failed)
         .filter_map(|s| {
             let from = u64::try_from(s.created_ms).ok()?;
             let to = if s.state.is_terminal() {

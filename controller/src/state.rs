@@ -43,6 +43,9 @@ pub struct ClusterState {
     pub recovering: HashSet<String>,
     /// Live slice ids by node.
     live: HashMap<String, BTreeSet<String>>,
+    /// Ids of every slice kept in memory (live or finished) by GPU UUID: energy attribution asks
+    /// which slices held a GPU in an interval, and finished slices far outnumber any GPU's.
+    by_gpu: HashMap<String, BTreeSet<String>>,
     /// The placement view, kept between requests; nodes in `dirty` are rebuilt before use.
     cached: Option<ClusterView>,
     dirty: HashSet<String>,
@@ -68,7 +71,21 @@ impl ClusterState {
                 .insert((r.tenant.clone(), k.clone()), r.id.clone());
         }
         let id = r.id.clone();
-        self.slices.insert(id.clone(), r);
+        for g in &r.gpus {
+            self.by_gpu.entry(g.clone()).or_default().insert(id.clone());
+        }
+        if let Some(old) = self.slices.insert(id.clone(), r) {
+            // A replaced record that named other GPUs (a kubelet slice re-reported) leaves them.
+            for g in old
+                .gpus
+                .iter()
+                .filter(|g| !self.slices.get(&id).is_some_and(|n| n.gpus.contains(g)))
+            {
+                if let Some(set) = self.by_gpu.get_mut(g) {
+                    set.remove(&id);
+                }
+            }
+        }
         self.reindex(&id);
     }
 
@@ -98,6 +115,14 @@ impl ClusterState {
         if let Some(set) = self.live.get_mut(&r.node) {
             set.remove(id);
         }
+        for g in &r.gpus {
+            if let Some(set) = self.by_gpu.get_mut(g) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.by_gpu.remove(g);
+                }
+            }
+        }
         self.recovering.remove(id);
         self.dirty.insert(r.node.clone());
         Some(r)
@@ -111,6 +136,15 @@ impl ClusterState {
     /// Marks the set of nodes changed: the whole cached view is rebuilt before use.
     pub fn touch_all(&mut self) {
         self.rebuild = true;
+    }
+
+    /// Every slice in memory (live or finished) that names GPU `uuid`.
+    pub fn slices_on_gpu<'a>(&'a self, uuid: &str) -> impl Iterator<Item = &'a SliceRecord> + 'a {
+        self.by_gpu
+            .get(uuid)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.slices.get(id))
     }
 
     /// Live slices on a node.
@@ -324,5 +358,40 @@ impl ClusterState {
             .gpus
             .iter_mut()
             .find(|g| g.uuid == gpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use greenslice_core::slice::SliceState;
+
+    use super::*;
+
+    fn rec(id: &str, gpus: &[&str], state: SliceState) -> SliceRecord {
+        let mut r = crate::ledger::tests::record(id, state);
+        r.gpus = gpus.iter().map(|g| g.to_string()).collect();
+        r
+    }
+
+    fn on(st: &ClusterState, gpu: &str) -> Vec<String> {
+        let mut v: Vec<String> = st.slices_on_gpu(gpu).map(|s| s.id.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_gpu_index_follows_puts_replacements_and_removals() {
+        let mut st = ClusterState::default();
+        st.put(rec("a", &["G1", "G2"], SliceState::Active));
+        st.put(rec("b", &["G1"], SliceState::Released));
+        assert_eq!(on(&st, "G1"), ["a", "b"], "finished slices stay indexed");
+        assert_eq!(on(&st, "G2"), ["a"]);
+        // Re-put with other GPUs (a kubelet slice re-reported): it leaves the GPU it no longer names.
+        st.put(rec("a", &["G2", "G3"], SliceState::Active));
+        assert_eq!(on(&st, "G1"), ["b"]);
+        assert_eq!(on(&st, "G3"), ["a"]);
+        st.remove_slice("b");
+        assert!(on(&st, "G1").is_empty());
+        assert!(on(&st, "nope").is_empty());
     }
 }

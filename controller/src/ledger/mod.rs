@@ -238,7 +238,7 @@ fn merge(jobs: &[Job]) -> Vec<Op> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex;
     use std::time::Duration;
