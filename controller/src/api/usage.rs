@@ -70,8 +70,7 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
                 || (!r.node.is_empty() && s.node == r.node)
         };
         let slices = st
-            .slices
-            .values()
+            .all()
             .filter(|s| sel(s))
             .map(|s| (s.clone(), crate::reclaim::allocated_gpus(s, st)))
             .collect();

@@ -139,7 +139,7 @@ pub fn record_usage(c: &Controller, node: &str, accepted: &[pb::GpuSample]) {
             .iter()
             .flat_map(|s| &s.slices)
             .filter_map(|a| {
-                let r = st.slices.get(&a.slice_id).filter(|r| r.is_live())?;
+                let r = st.slice(&a.slice_id).filter(|r| r.is_live())?;
                 let gpus = allocated_gpus(r, st);
                 let rule = policy.resolve(&r.tenant, r.spec.slice_class.as_deref());
                 Some((
@@ -168,8 +168,7 @@ pub async fn tick(c: &Controller) -> Vec<Action> {
     let policy = c.reclaim.policy();
     let marks = c.reclaim.marks_snapshot();
     let (records, gpus): (Vec<SliceRecord>, Vec<f64>) = c.with_state(|st| {
-        st.slices
-            .values()
+        st.all()
             .filter(|r| r.is_live())
             .map(|r| (r.clone(), allocated_gpus(r, st)))
             .unzip()
@@ -190,8 +189,7 @@ pub async fn tick(c: &Controller) -> Vec<Action> {
     *c.reclaim.would.lock().unwrap_or_else(|p| p.into_inner()) = would;
     // Forget histories of slices released long ago (bounded memory).
     let keep: std::collections::HashSet<String> = c.with_state(|st| {
-        st.slices
-            .values()
+        st.all()
             .filter(|r| r.is_live() || now - r.updated_ms < KEEP_RELEASED_HISTORY_MS)
             .map(|r| r.id.clone())
             .collect()
@@ -327,8 +325,7 @@ pub fn spawn(c: Arc<Controller>) -> tokio::task::JoinHandle<()> {
 pub fn waste(c: &Controller, from_ms: i64, to_ms: i64) -> crate::telemetry::WasteReport {
     use crate::telemetry::accounting::{Allocation, RECLAIM_REASON_PREFIX};
     let allocs: Vec<Allocation> = c.with_state(|st| {
-        st.slices
-            .values()
+        st.all()
             .filter(|r| !matches!(r.state, SliceState::Pending | SliceState::Failed))
             .map(|r| Allocation {
                 tenant: r.tenant.clone(),
