@@ -449,7 +449,7 @@ impl Controller {
                 });
             }
             if !self.config.quotas.is_empty() {
-                let held = crate::quota::Usage::of(tenant, st.all());
+                let held = crate::quota::Usage::of(tenant, st.live_slices());
                 self.config.quotas.check(tenant, held, &spec)?;
             }
             check_model_profile(&st, &spec)?;
@@ -1052,8 +1052,7 @@ impl Controller {
         {
             let st = self.lock();
             let live: HashSet<(&str, &str)> = st
-                .all()
-                .filter(|s| s.is_live())
+                .live_slices()
                 .map(|s| (s.node.as_str(), s.id.as_str()))
                 .collect();
             let mut found = Vec::new();

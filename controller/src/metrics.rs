@@ -336,8 +336,7 @@ pub fn refresh(c: &Controller) {
         }
     }
     let live: Vec<(crate::slice::SliceRecord, f64)> = c.with_state(|st| {
-        st.all()
-            .filter(|r| r.is_live())
+        st.live_slices()
             .map(|r| (r.clone(), crate::reclaim::allocated_gpus(r, st)))
             .collect()
     });

@@ -168,8 +168,7 @@ pub async fn tick(c: &Controller) -> Vec<Action> {
     let policy = c.reclaim.policy();
     let marks = c.reclaim.marks_snapshot();
     let (records, gpus): (Vec<SliceRecord>, Vec<f64>) = c.with_state(|st| {
-        st.all()
-            .filter(|r| r.is_live())
+        st.live_slices()
             .map(|r| (r.clone(), allocated_gpus(r, st)))
             .unzip()
     });
