@@ -102,6 +102,9 @@ pub struct TokenArgs {
     /// Append the entry to this tokens file (created if missing) instead of printing it.
     #[arg(long)]
     pub append: Option<PathBuf>,
+    /// Days until the token stops working (default: it does not expire).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub valid_for_days: Option<u32>,
 }
 
 /// `pki` arguments.
@@ -122,10 +125,16 @@ fn run_tool(tool: Tool) -> ExitCode {
     use crate::auth::{pki, tokens};
     match tool {
         Tool::Token(a) => {
-            let (token, entry) = match tokens::mint(&a.name, a.role, a.tenant.as_deref()) {
+            let (token, mut entry) = match tokens::mint(&a.name, a.role, a.tenant.as_deref()) {
                 Ok(t) => t,
                 Err(e) => return fail(2, e),
             };
+            if let Some(days) = a.valid_for_days {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                entry.expires_unix_s = i64::try_from(now + u64::from(days) * 86_400).ok();
+            }
             let text = tokens::to_toml(&[entry]);
             match &a.append {
                 Some(path) => {

@@ -233,6 +233,35 @@ fn the_secure_controller_starts_with_files_from_the_tools() {
         "--append",
         &d("tokens.toml"),
     ]);
+    ok(&[
+        "token",
+        "--name",
+        "ci",
+        "--role",
+        "tenant",
+        "--tenant",
+        "team-a",
+        "--valid-for-days",
+        "30",
+        "--append",
+        &d("tokens.toml"),
+    ]);
+    let file = std::fs::read_to_string(d("tokens.toml")).unwrap();
+    let expires: i64 = file
+        .lines()
+        .find_map(|l| l.strip_prefix("expires_unix_s = "))
+        .expect("the 30-day token has an expiry")
+        .trim()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (expires - now - 30 * 86_400).abs() < 120,
+        "{expires} vs {now}"
+    );
     let err = start_and_stop(&[
         "--ledger",
         "memory",

@@ -283,6 +283,15 @@ impl Authenticator {
         let holder = store
             .lookup(token)
             .ok_or_else(|| Status::unauthenticated("invalid token (unknown or revoked)"))?;
+        let now_s = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if holder.expired(now_s) {
+            return Err(Status::unauthenticated(format!(
+                "token {:?} has expired; ask your operator for a new one",
+                holder.name
+            )));
+        }
         let p = match (holder.role, &holder.tenant) {
             (TokenRole::Ops, _) => Principal::Ops {
                 name: holder.name.clone(),
@@ -488,6 +497,25 @@ mod tests {
         ] {
             assert_eq!(at(m).unwrap_err().code(), Code::PermissionDenied, "{m:?}");
         }
+    }
+
+    #[test]
+    fn an_expired_token_is_unauthenticated_and_says_so() {
+        let (old, mut eo) = tokens::mint("old", TokenRole::Ops, None).unwrap();
+        let (fresh, mut ef) = tokens::mint("fresh", TokenRole::Ops, None).unwrap();
+        eo.expires_unix_s = Some(1_000); // 1970
+        ef.expires_unix_s = Some(32_503_680_000); // year 3000
+        let store = TokenStore::parse(&tokens::to_toml(&[eo, ef]), "t").unwrap();
+        let auth = Authenticator::with_tokens(store);
+        let e = auth
+            .admit(&req(Some(&format!("Bearer {old}"))), Surface::Tenant)
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(e.message().contains("expired"), "{}", e.message());
+        assert!(
+            auth.admit(&req(Some(&format!("Bearer {fresh}"))), Surface::Tenant)
+                .is_ok()
+        );
     }
 
     #[test]

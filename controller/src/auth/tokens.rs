@@ -38,6 +38,9 @@ pub struct TokenEntry {
     pub tenant: Option<String>,
     /// Lowercase hex SHA-256 of the token.
     pub sha256: String,
+    /// When the token stops working, seconds since the Unix epoch (absent: it does not expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_s: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,15 @@ pub struct TokenHolder {
     pub role: TokenRole,
     /// Its tenant (tenant tokens).
     pub tenant: Option<String>,
+    /// When it stops working, seconds since the Unix epoch.
+    pub expires_unix_s: Option<i64>,
+}
+
+impl TokenHolder {
+    /// True when the token has expired at `now_unix_s`.
+    pub fn expired(&self, now_unix_s: i64) -> bool {
+        self.expires_unix_s.is_some_and(|e| now_unix_s >= e)
+    }
 }
 
 /// The loaded tokens, keyed by hash.
@@ -111,6 +123,7 @@ pub fn mint(
         role,
         tenant: tenant.map(str::to_string),
         sha256: to_hex(&hash_token(&token)),
+        expires_unix_s: None,
     };
     check_entry(&entry)?;
     Ok((token, entry))
@@ -172,6 +185,7 @@ impl TokenStore {
                 name: e.name,
                 role: e.role,
                 tenant: e.tenant,
+                expires_unix_s: e.expires_unix_s,
             };
             if by_hash.insert(hash, holder).is_some() {
                 return Err(invalid("two entries have the same sha256".into()));
