@@ -47,30 +47,25 @@ fn bad_carbon_settings_exit_2_naming_the_file() {
 
 #[test]
 fn serves_prometheus_metrics_when_asked() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
-        .args([
+    let metrics = format!("127.0.0.1:{port}");
+    let running = spawn(
+        &[
             "--ledger",
             "memory",
             "--listen",
             "127.0.0.1:0",
             "--insecure",
-        ])
-        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
+            "--metrics-listen",
+            &metrics,
+        ],
+        false,
+    );
     let mut body = String::new();
     for _ in 0..100 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -81,8 +76,7 @@ fn serves_prometheus_metrics_when_asked() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     assert!(body.contains("200 OK"), "{body}");
     assert!(
         body.contains("# TYPE greenslice_idle_warned_slices gauge"),
@@ -90,25 +84,55 @@ fn serves_prometheus_metrics_when_asked() {
     );
 }
 
-/// Starts the controller with `args`, waits for its address line, stops it, and returns what it
-/// wrote on stderr.
-fn start_and_stop(args: &[&str]) -> String {
-    use std::io::{BufRead, BufReader, Read};
+/// A controller process started by [`spawn`]; killed when dropped.
+struct Running {
+    child: std::process::Child,
+    /// The address it printed (`listening on ADDR`).
+    addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the controller with `args` and waits for its address line. Its stderr is kept for the
+/// caller when `capture_stderr` (read it only after stopping the process), dropped otherwise.
+fn spawn(args: &[&str], capture_stderr: bool) -> Running {
+    use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
         .args(args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(if capture_stderr {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
-    let _ = child.kill();
-    let _ = child.wait();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected controller output {line:?}"))
+        .to_string();
+    Running { child, addr }
+}
+
+/// Starts the controller with `args`, waits for its address line, stops it, and returns what it
+/// wrote on stderr.
+fn start_and_stop(args: &[&str]) -> String {
+    use std::io::Read;
+    let mut r = spawn(args, true);
+    let _ = r.child.kill();
+    let _ = r.child.wait();
     let mut err = String::new();
-    child
+    r.child
         .stderr
         .take()
         .unwrap()
@@ -281,33 +305,23 @@ fn the_secure_controller_starts_with_files_from_the_tools() {
 
 #[tokio::test]
 async fn the_energy_report_uses_the_idle_policy_threshold() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
     std::fs::write(&p, "[idle]\nthreshold_pct = 42.0\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
-        .arg("--config")
-        .arg(&p)
-        .args([
+    let config = p.display().to_string();
+    let running = spawn(
+        &[
+            "--config",
+            &config,
             "--ledger",
             "memory",
             "--listen",
             "127.0.0.1:0",
             "--insecure",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+        ],
+        false,
+    );
+    let addr = running.addr.clone();
     let report = async {
         let mut c = greenslice_proto::v1::ops_service_client::OpsServiceClient::connect(format!(
             "http://{addr}"
@@ -320,8 +334,7 @@ async fn the_energy_report_uses_the_idle_policy_threshold() {
         anyhow::Ok(r.report_json)
     }
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     let doc: serde_json::Value = serde_json::from_str(&report.unwrap()).unwrap();
     assert_eq!(doc["idle_threshold_pct"], 42.0);
 }
