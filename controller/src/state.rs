@@ -76,9 +76,9 @@ impl ClusterState {
         for g in &r.gpus {
             self.by_gpu.entry(g.clone()).or_default().insert(id.clone());
         }
-        let new_gpus = r.gpus.clone();
         if let Some(old) = self.slices.insert(id.clone(), Box::new(r)) {
             // A replaced record that named other GPUs (a kubelet slice re-reported) leaves them.
+            let new_gpus = &self.slices[&id].gpus;
             for g in old.gpus.iter().filter(|g| !new_gpus.contains(g)) {
                 if let Some(set) = self.by_gpu.get_mut(g) {
                     set.remove(&id);
