@@ -130,10 +130,8 @@ fn run_tool(tool: Tool) -> ExitCode {
                 Err(e) => return fail(2, e),
             };
             if let Some(days) = a.valid_for_days {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                entry.expires_unix_s = i64::try_from(now + u64::from(days) * 86_400).ok();
+                let now_s = greenslice_core::clock::Clock::now_ms(&SystemClock) / 1000;
+                entry.expires_unix_s = Some(now_s + i64::from(days) * 86_400);
             }
             let text = tokens::to_toml(&[entry]);
             match &a.append {

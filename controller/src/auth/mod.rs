@@ -283,9 +283,8 @@ impl Authenticator {
         let holder = store
             .lookup(token)
             .ok_or_else(|| Status::unauthenticated("invalid token (unknown or revoked)"))?;
-        let now_s = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now_s =
+            greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock) / 1000;
         if holder.expired(now_s) {
             return Err(Status::unauthenticated(format!(
                 "token {:?} has expired; ask your operator for a new one",

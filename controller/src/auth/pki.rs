@@ -44,9 +44,7 @@ pub struct ClusterPki {
 }
 
 fn current_year() -> i32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock) / 1000;
     1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
 }
 
