@@ -139,11 +139,14 @@ pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<C
     let (url, tls) = match &spec.security {
         None => (format!("http://{addr}"), ClientTls::default()),
         Some(s) => {
-            options.tls = Some(greenslice_controller::auth::tls::server_config(
-                &s.pki.controller.cert,
-                &s.pki.controller.key,
-                &s.pki.ca.cert,
-            ));
+            options.tls = Some(greenslice_controller::auth::tls::ServerTls::from_pem(
+                greenslice_controller::auth::tls::TlsPem {
+                    cert: s.pki.controller.cert.clone().into_bytes(),
+                    key: s.pki.controller.key.clone().into_bytes(),
+                    agent_ca: s.pki.ca.cert.clone().into_bytes(),
+                    agent_crl: Vec::new(),
+                },
+            )?);
             options.auth = Arc::new(Authenticator::with_tokens(s.tokens.clone()));
             (format!("https://{addr}"), s.client_tls())
         }

@@ -204,6 +204,18 @@ fn cli_exit_codes_follow_the_grpc_status() {
     assert_eq!(out.status.code(), Some(5));
 }
 
+/// The agent's TLS flags for `node`, with the files `pki --out <pki>` wrote.
+fn agent_tls_args(pki: &str, node: &str) -> Vec<String> {
+    vec![
+        "--ca-cert".to_string(),
+        format!("{pki}/ca.crt"),
+        "--cert".to_string(),
+        format!("{pki}/agent-{node}.crt"),
+        "--key".to_string(),
+        format!("{pki}/agent-{node}.key"),
+    ]
+}
+
 /// Runs `greenslice-controller ARGS` (a setup tool) and returns its output.
 fn controller_tool(args: &[&str]) -> std::process::Output {
     std::process::Command::new(bin("greenslice-controller"))
@@ -267,17 +279,7 @@ fn a_secure_cluster_set_up_with_the_tools_serves_tenants_with_tokens_over_tls() 
         &d("tokens.toml"),
     ]);
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let agent_tls = |node: &str| {
-        vec![
-            "--ca-cert".to_string(),
-            d("pki/ca.crt"),
-            "--cert".to_string(),
-            d(&format!("pki/agent-{node}.crt")),
-            "--key".to_string(),
-            d(&format!("pki/agent-{node}.key")),
-        ]
-    };
-    let a_args = agent_tls("gpu-a");
+    let a_args = agent_tls_args(&d("pki"), "gpu-a");
     let _a = start_agent_with(
         &url,
         "gpu-a",
@@ -361,4 +363,141 @@ fn a_secure_cluster_set_up_with_the_tools_serves_tenants_with_tokens_over_tls() 
     // A tenant token cannot use ops commands.
     let out = run(with(&as_alice, &["inventory"]));
     assert_eq!(out.status.code(), Some(6));
+}
+
+/// The names of the nodes whose agents are connected, as ops see them (None if the call fails).
+fn connected_nodes(url: &str, auth: &[&str]) -> Option<Vec<String>> {
+    let mut args = auth.to_vec();
+    args.extend_from_slice(&["-o", "json", "inventory"]);
+    let out = cli(url, &args);
+    let inv: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut names: Vec<String> = inv["nodes"]
+        .as_array()?
+        .iter()
+        .filter(|n| n["connected"] == true)
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+#[test]
+fn an_agent_is_revoked_and_the_server_certificate_rotated_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(controller_tool(&[
+        "pki",
+        "--out",
+        &d("pki"),
+        "--agents",
+        "gpu-a,gpu-b",
+    ]));
+    // A second CA and server certificate to rotate to.
+    ok(controller_tool(&["pki", "--out", &d("next")]));
+    let ops = String::from_utf8(
+        ok(controller_tool(&[
+            "token",
+            "--name",
+            "ops",
+            "--role",
+            "ops",
+            "--append",
+            &d("tokens.toml"),
+        ]))
+        .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // The controller reads its certificate from files an operator (or cert-manager) replaces.
+    std::fs::create_dir(d("live")).unwrap();
+    std::fs::copy(d("pki/controller.crt"), d("live/tls.crt")).unwrap();
+    std::fs::copy(d("pki/controller.key"), d("live/tls.key")).unwrap();
+    std::fs::write(d("pki/agent-ca.crl"), "").unwrap();
+    let (_ctl, url) = start_secure_controller(&[
+        "--tls-cert",
+        &d("live/tls.crt"),
+        "--tls-key",
+        &d("live/tls.key"),
+        "--agent-ca",
+        &d("pki/ca.crt"),
+        "--agent-crl",
+        &d("pki/agent-ca.crl"),
+        "--tokens",
+        &d("tokens.toml"),
+    ]);
+    let agent = |node: &str| {
+        let args = agent_tls_args(&d("pki"), node);
+        start_agent_with(
+            &url,
+            node,
+            "dgx-h100",
+            0,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let _a = agent("gpu-a");
+    let _b = agent("gpu-b");
+    let (old_ca, new_ca) = (d("pki/ca.crt"), d("next/ca.crt"));
+    let as_ops = |ca: &str| {
+        vec![
+            "--ca-cert".to_string(),
+            ca.to_string(),
+            "--token".into(),
+            ops.clone(),
+        ]
+    };
+    let nodes = |ca: &str| {
+        let a = as_ops(ca);
+        connected_nodes(&url, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let both = Some(vec!["gpu-a".to_string(), "gpu-b".to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(20), || nodes(&old_ca) == both),
+        "agents never registered: {:?}",
+        nodes(&old_ca)
+    );
+
+    // Revoking gpu-b's certificate ends its open session; it cannot come back; gpu-a stays.
+    ok(controller_tool(&[
+        "revoke",
+        "--pki",
+        &d("pki"),
+        "--cert",
+        &d("pki/agent-gpu-b.crt"),
+    ]));
+    let only_a = Some(vec!["gpu-a".to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(15), || nodes(&old_ca) == only_a),
+        "the revoked agent is still connected: {:?}",
+        nodes(&old_ca)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(nodes(&old_ca), only_a, "the revoked agent reconnected");
+
+    // Rotating the server certificate: new connections get the new one, the open agent session
+    // is untouched. A half-done rotation (new certificate, old key) is refused meanwhile.
+    assert_eq!(nodes(&new_ca), None, "the next CA is not trusted yet");
+    std::fs::copy(d("next/controller.crt"), d("live/tls.crt")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        nodes(&old_ca),
+        only_a,
+        "a certificate without its key was applied"
+    );
+    std::fs::copy(d("next/controller.key"), d("live/tls.key")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes(&new_ca) == only_a),
+        "the rotated certificate is not served: {:?}",
+        nodes(&new_ca)
+    );
+    assert_eq!(nodes(&old_ca), None, "the old certificate is still served");
 }

@@ -69,6 +69,9 @@ pub struct ControllerArgs {
     /// PEM CA that signs node agents' client certificates [config: security.agent_ca].
     #[arg(long)]
     pub agent_ca: Option<PathBuf>,
+    /// PEM revocation lists of the agent CA; re-read on change [config: security.agent_crl].
+    #[arg(long)]
+    pub agent_crl: Option<PathBuf>,
     /// Tokens file (hashed bearer tokens; re-read on change) [config: security.tokens].
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -85,6 +88,24 @@ pub enum Tool {
     /// Make a private CA, the controller's server certificate and node agents' client
     /// certificates (PEM files), for sites without their own PKI.
     Pki(PkiArgs),
+    /// Revoke node agents' certificates of the `pki` CA: writes the CA's revocation list (keeping
+    /// what it already revoked) for `[security] agent_crl`. The controller re-reads it within
+    /// seconds, refuses those agents and ends their open sessions.
+    Revoke(RevokeArgs),
+}
+
+/// `revoke` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RevokeArgs {
+    /// The directory `pki` wrote (its ca.crt and ca.key sign the list).
+    #[arg(long)]
+    pub pki: PathBuf,
+    /// PEM certificates to revoke (e.g. <pki>/agent-gpu-01.crt).
+    #[arg(long, required = true, num_args = 1..)]
+    pub cert: Vec<PathBuf>,
+    /// The revocation list to update (default: <pki>/agent-ca.crl).
+    #[arg(long)]
+    pub crl: Option<PathBuf>,
 }
 
 /// `token` arguments.
@@ -162,6 +183,47 @@ fn run_tool(tool: Tool) -> ExitCode {
             }
             eprintln!("# the token (shown only now; give it to its holder as GREENSLICE_TOKEN):");
             println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Tool::Revoke(a) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            let crl = a.crl.clone().unwrap_or_else(|| a.pki.join("agent-ca.crl"));
+            let (ca_cert, ca_key) = match (read(&a.pki.join("ca.crt")), read(&a.pki.join("ca.key")))
+            {
+                (Ok(c), Ok(k)) => (c, k),
+                (Err(e), _) | (_, Err(e)) => return fail(2, e),
+            };
+            let mut certs = Vec::new();
+            for c in &a.cert {
+                match read(c) {
+                    Ok(t) => certs.push(t),
+                    Err(e) => return fail(2, e),
+                }
+            }
+            let previous = if crl.exists() {
+                match read(&crl) {
+                    Ok(t) => t,
+                    Err(e) => return fail(2, e),
+                }
+            } else {
+                String::new()
+            };
+            let ca = pki::Pem {
+                cert: ca_cert,
+                key: ca_key,
+            };
+            let text = match pki::revocation_list(&ca, &certs, &previous) {
+                Ok(t) => t,
+                Err(e) => return fail(2, e),
+            };
+            // Write beside and rename, so the controller never reads half a list.
+            let tmp = crl.with_extension("crl.tmp");
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &crl)) {
+                return fail(1, format!("cannot write {}: {e}", crl.display()));
+            }
+            println!("{}", crl.display());
             ExitCode::SUCCESS
         }
         Tool::Pki(a) => {
@@ -251,6 +313,9 @@ fn resolve(args: &ControllerArgs) -> Result<ControllerConfig, String> {
     if let Some(v) = a.agent_ca {
         cfg.security.agent_ca = Some(v);
     }
+    if let Some(v) = a.agent_crl {
+        cfg.security.agent_crl = Some(v);
+    }
     if let Some(v) = a.tokens {
         cfg.security.tokens = Some(v);
     }
@@ -331,6 +396,9 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         eprintln!("{INSECURE_BANNER}");
     }
     auth.spawn_reload(Duration::from_secs(2));
+    if let Some(t) = &tls {
+        t.spawn_reload(Duration::from_secs(2));
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let options = ServeOptions {
         agent_lease: Duration::from_secs(cfg.agent_lease_s.max(1)),

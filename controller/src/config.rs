@@ -69,6 +69,9 @@ pub struct SecuritySection {
     pub tls_key: Option<PathBuf>,
     /// PEM CA that signs node agents' client certificates.
     pub agent_ca: Option<PathBuf>,
+    /// PEM revocation lists of the agent CA (optional): agents whose certificates they list are
+    /// refused, and their open sessions ended (`greenslice-controller revoke` makes one).
+    pub agent_crl: Option<PathBuf>,
     /// Tokens file: `[[token]]` entries with name, role (tenant|ops), tenant and sha256 (see
     /// `greenslice-controller token`). Re-read when it changes.
     pub tokens: Option<PathBuf>,
@@ -77,13 +80,14 @@ pub struct SecuritySection {
 /// What the controller serves with: the authenticator and the listener's TLS settings.
 pub type ServingSecurity = (
     std::sync::Arc<crate::auth::Authenticator>,
-    Option<tonic::transport::ServerTlsConfig>,
+    Option<std::sync::Arc<crate::auth::tls::ServerTls>>,
 );
 
 impl SecuritySection {
     /// Checks the settings against the listen address and loads certificates and tokens.
     pub fn resolve(&self, listen: std::net::SocketAddr) -> Result<ServingSecurity, String> {
-        use crate::auth::{Authenticator, tls::TlsFiles};
+        use crate::auth::Authenticator;
+        use crate::auth::tls::{ServerTls, TlsFiles};
         if self.insecure {
             if !listen.ip().is_loopback() {
                 return Err(format!(
@@ -109,18 +113,18 @@ impl SecuritySection {
         else {
             return Err(format!(
                 "security is not configured: set [security] {} in the config (or the matching \
-                 --tls-cert/--tls-key/--agent-ca/--tokens flags; `greenslice-controller pki init` \
+                 --tls-cert/--tls-key/--agent-ca/--tokens flags; `greenslice-controller pki` \
                  and `greenslice-controller token` make them), or pass --insecure for a local, \
                  unauthenticated run on loopback",
                 missing.join(", ")
             ));
         };
-        let tls = TlsFiles {
+        let tls = ServerTls::load(TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
             agent_ca: ca.clone(),
-        }
-        .server_config()
+            agent_crl: self.agent_crl.clone(),
+        })
         .map_err(|e| e.to_string())?;
         let auth = Authenticator::from_file(tokens.clone()).map_err(|e| e.to_string())?;
         Ok((std::sync::Arc::new(auth), Some(tls)))

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::TenantApi};
+use crate::auth::tls::ServerTls;
 use crate::auth::{Authenticator, Gate, Surface, WithPath};
 use crate::controller::Controller;
 
@@ -29,8 +30,9 @@ pub struct ServeOptions {
     /// demos on loopback.
     pub auth: Arc<Authenticator>,
     /// TLS on the listener (required with enforced authentication: tokens must not travel in the
-    /// clear, and agents are identified by their client certificates).
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// clear, and agents are identified by their client certificates). Changes applied to it
+    /// (see [`ServerTls::spawn_reload`]) reach new connections and open agent sessions.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for ServeOptions {
@@ -68,8 +70,30 @@ pub async fn serve_with(
         .metrics
         .insecure
         .set(i64::from(options.auth.is_insecure()));
+    if let Some(tls) = &options.tls {
+        let m = &controller.metrics;
+        m.register(
+            "greenslice_tls_certificate_expiry_timestamp_seconds",
+            "When the controller's server certificate in force expires (Unix time)",
+            tls.metrics.cert_expiry.clone(),
+        );
+        m.register(
+            "greenslice_tls_reloads",
+            "Changes of the TLS files (certificate, key, agent CA, revocation lists) applied",
+            tls.metrics.reloads.clone(),
+        );
+        m.register(
+            "greenslice_tls_files_invalid",
+            "1 while the TLS files differ from the settings in force and do not load",
+            tls.metrics.files_invalid.clone(),
+        );
+    }
     let refusals = controller.metrics.auth_refusals.clone();
-    let gate = |surface| Gate::new(options.auth.clone(), surface).counting(refusals.clone());
+    let gate = |surface| {
+        Gate::new(options.auth.clone(), surface)
+            .counting(refusals.clone())
+            .trusting(options.tls.clone())
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -87,6 +111,7 @@ pub async fn serve_with(
     let agent = InterceptedService::new(
         pb::agent_service_server::AgentServiceServer::new(AgentApi {
             controller: controller.clone(),
+            tls: options.tls.clone(),
         })
         .max_decoding_message_size(limits::AGENT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::CONTROLLER_MAX_MESSAGE_BYTES),
@@ -108,23 +133,44 @@ pub async fn serve_with(
             .max_encoding_message_size(limits::OPS_MAX_RESPONSE_BYTES),
         gate(Surface::Ops),
     ));
-    // Nagle's algorithm with delayed ACKs adds ~40 ms to every command round trip on the agent
-    // stream; the builder's tcp_nodelay does not reach a listener we pass in, so set it here.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let lease = options.agent_lease.max(Duration::from_millis(300));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(lease / 3))
         .http2_keepalive_timeout(Some(lease * 2 / 3))
         .add_service(reflection)
         .add_service(tenant)
         .add_service(agent)
         .add_service(ops)
-        .add_service(kubelet)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(kubelet);
+    serve_router(router, listener, options.tls, shutdown).await?;
     Ok(())
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves: over TLS with the settings in force at
+/// each accept, or in plaintext (insecure mode).
+pub async fn serve_router(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::auth::tls::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(plain_incoming(listener), shutdown)
+                .await
+        }
+    }
+}
+
+/// Plaintext connections (insecure mode). Nagle's algorithm with delayed ACKs adds ~40 ms to every
+/// command round trip on the agent stream; the builder's tcp_nodelay does not reach a listener we
+/// pass in, so set it here.
+fn plain_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

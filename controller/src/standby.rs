@@ -68,19 +68,13 @@ refusing!(Ops, pb::ops_service_server::SERVICE_NAME);
 pub async fn serve(
     listener: TcpListener,
     leader: watch::Receiver<Option<LeaderInfo>>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<std::sync::Arc<crate::auth::tls::ServerTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    let router = tonic::transport::Server::builder()
         .add_service(Tenant(leader.clone()))
         .add_service(Agent(leader.clone()))
-        .add_service(Ops(leader))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(Ops(leader));
+    crate::server::serve_router(router, listener, tls, shutdown).await?;
     Ok(())
 }

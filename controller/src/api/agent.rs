@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use greenslice_proto::v1 as pb;
@@ -13,6 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::auth::Principal;
+use crate::auth::tls::ServerTls;
 use crate::controller::Controller;
 
 /// Most samples accepted in one batch (see [`greenslice_core::limits`]).
@@ -25,6 +28,36 @@ pub use greenslice_core::limits::MAX_GPUS_PER_NODE;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pub controller: Arc<Controller>,
+    /// The TLS settings in force (None in insecure mode): an open session whose certificate they
+    /// no longer trust is ended.
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+/// How often an open session's certificate is checked again even without a change of the TLS
+/// settings (it may expire while the session is open).
+pub const CERT_RECHECK: Duration = Duration::from_secs(60);
+
+/// Resolves with the reason once the agent's certificate is no longer trusted by `tls` (its CA
+/// replaced, the certificate revoked or expired); never in insecure mode.
+async fn distrusted(tls: Option<Arc<ServerTls>>, who: Principal) -> String {
+    let chain = who.agent_chain();
+    let (Some(tls), false) = (tls, chain.is_empty()) else {
+        return std::future::pending().await;
+    };
+    let mut changes = tls.changes();
+    loop {
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+            () = tokio::time::sleep(CERT_RECHECK) => {}
+        }
+        if let Err(e) = tls.verify_agent(&chain) {
+            return e;
+        }
+    }
 }
 
 /// Checks a registration from an agent (see [`super::validate::register`]).
@@ -86,12 +119,27 @@ impl AgentService for AgentApi {
             .await;
 
         let controller = self.controller.clone();
+        let distrust = distrusted(self.tls.clone(), who);
         tokio::spawn(async move {
+            tokio::pin!(distrust);
             // Reconcile the ledger with what the agent reported (releases waiting for it, slices a
             // crash left pending, slices whose hardware is gone), while serving its answers below.
             let c = controller.clone();
             tokio::spawn(async move { c.reconcile(plan).await });
-            while let Some(msg) = inbound.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    reason = &mut distrust => {
+                        warn!(%node, %reason, "agent certificate no longer trusted; ending the session");
+                        let _ = tx
+                            .send(Err(Status::unauthenticated(format!(
+                                "agent certificate no longer trusted: {reason}"
+                            ))))
+                            .await;
+                        break;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {

@@ -56,6 +56,9 @@ pub enum Principal {
     Agent {
         /// The leaf certificate it presented (already verified against the agent CA by TLS).
         cert: CertificateDer<'static>,
+        /// The intermediate certificates it presented after the leaf, if any (to verify the
+        /// chain again when the agent CA or its revocation lists change).
+        intermediates: Vec<CertificateDer<'static>>,
     },
 }
 
@@ -66,7 +69,7 @@ impl Principal {
             Principal::Anyone => "anyone (insecure mode)".into(),
             Principal::Tenant { name, tenant } => format!("token {name:?} (tenant {tenant})"),
             Principal::Ops { name } => format!("token {name:?} (ops)"),
-            Principal::Agent { cert } => match tls::dns_names(cert) {
+            Principal::Agent { cert, .. } => match tls::dns_names(cert) {
                 Ok(names) => format!("agent certificate for {}", names.join(",")),
                 Err(_) => "agent certificate".into(),
             },
@@ -108,11 +111,25 @@ impl Principal {
         }
     }
 
+    /// The certificate chain (leaf first) of an agent; empty for every other caller.
+    pub fn agent_chain(&self) -> Vec<CertificateDer<'static>> {
+        match self {
+            Principal::Agent {
+                cert,
+                intermediates,
+            } => std::iter::once(cert)
+                .chain(intermediates)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Checks an agent may register as `node`.
     pub fn may_register(&self, node: &str) -> Result<(), Status> {
         match self {
             Principal::Anyone => Ok(()),
-            Principal::Agent { cert } if tls::certifies_node(cert, node) => Ok(()),
+            Principal::Agent { cert, .. } if tls::certifies_node(cert, node) => Ok(()),
             Principal::Agent { .. } => Err(Status::permission_denied(format!(
                 "{} may not register as node {node}: the certificate must name the node as a DNS \
                  subject alternative name",
@@ -269,13 +286,17 @@ impl Authenticator {
         }
         if surface == Surface::Agent {
             let certs = req.peer_certs().unwrap_or_default();
-            let leaf = certs.first().ok_or_else(|| {
+            let (leaf, intermediates) = certs.split_first().ok_or_else(|| {
                 Status::unauthenticated(
                     "node agent services need a client certificate signed by the agent CA",
                 )
             })?;
             return Ok(Principal::Agent {
                 cert: leaf.clone().into_owned(),
+                intermediates: intermediates
+                    .iter()
+                    .map(|c| c.clone().into_owned())
+                    .collect(),
             });
         }
         let token = bearer(req)?;
@@ -377,6 +398,9 @@ pub struct Gate {
     auth: Arc<Authenticator>,
     surface: Surface,
     refusals: Option<Family<RefusalLabels, Counter>>,
+    /// The TLS settings in force: an agent's certificate, verified at its handshake, is checked
+    /// again at each call against the agent CA and revocation lists in force now.
+    agent_trust: Option<Arc<tls::ServerTls>>,
 }
 
 impl Gate {
@@ -386,7 +410,25 @@ impl Gate {
             auth,
             surface,
             refusals: None,
+            agent_trust: None,
         }
+    }
+
+    /// Checks agents' certificates against `tls`'s settings in force at each call (they may have
+    /// been revoked since the connection's handshake).
+    pub fn trusting(mut self, tls: Option<Arc<tls::ServerTls>>) -> Gate {
+        self.agent_trust = tls;
+        self
+    }
+
+    fn admit<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let p = self.auth.admit(req, self.surface)?;
+        if let (Principal::Agent { .. }, Some(t)) = (&p, &self.agent_trust) {
+            t.verify_agent(&p.agent_chain()).map_err(|e| {
+                Status::unauthenticated(format!("agent certificate no longer trusted: {e}"))
+            })?;
+        }
+        Ok(p)
     }
 
     /// Counts refusals in `family` (by surface and code).
@@ -398,7 +440,7 @@ impl Gate {
 
 impl Interceptor for Gate {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        match self.auth.admit(&req, self.surface) {
+        match self.admit(&req) {
             Ok(p) => {
                 req.extensions_mut().insert(p);
                 Ok(req)

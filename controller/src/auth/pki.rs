@@ -1,6 +1,6 @@
 //! A small private PKI for a greenslice cluster: one CA, the controller's server certificate and
 //! one client certificate per node agent (its node name as DNS SAN, so the controller can check
-//! an agent registers only as its own node). `greenslice-controller pki init` writes them; tests
+//! an agent registers only as its own node). `greenslice-controller pki` writes them; tests
 //! use the same code. Sites with their own CA or cert-manager use those instead: the controller
 //! only needs PEM files.
 
@@ -32,7 +32,7 @@ pub struct Pem {
     pub key: String,
 }
 
-/// Everything `pki init` makes.
+/// Everything `pki` makes.
 #[derive(Debug, Clone)]
 pub struct ClusterPki {
     /// The CA (signs the controller's and the agents' certificates).
@@ -43,17 +43,20 @@ pub struct ClusterPki {
     pub agents: Vec<(String, Pem)>,
 }
 
-fn current_year() -> i32 {
-    let secs = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock) / 1000;
-    1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
+/// Valid from a day ago (a skewed clock does not make fresh certificates invalid) for `days`.
+/// (Until 2026-11 this rounded to calendar years: a "one-year" certificate made in November
+/// expired on the first of January.)
+fn validity(p: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(days);
 }
 
-fn validity(p: &mut CertificateParams, years: i32) {
-    let y = current_year();
-    // From the start of last year, so a skewed clock does not make fresh certificates invalid.
-    p.not_before = rcgen::date_time_ymd(y - 1, 1, 1);
-    p.not_after = rcgen::date_time_ymd(y + years, 1, 1);
-}
+/// Days a controller or agent certificate made by [`generate`] is valid.
+pub const LEAF_VALIDITY_DAYS: i64 = 365;
+
+/// Days the CA made by [`generate`] is valid.
+pub const CA_VALIDITY_DAYS: i64 = 10 * 365;
 
 fn leaf(
     names: &[String],
@@ -65,13 +68,86 @@ fn leaf(
     p.distinguished_name.push(DnType::CommonName, common_name);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![usage];
-    validity(&mut p, 1);
+    validity(&mut p, LEAF_VALIDITY_DAYS);
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, issuer)?;
     Ok(Pem {
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+/// The CA's name and uses: one home, because a revocation list must name its issuer exactly as
+/// the CA certificate does (see [`revocation_list`]).
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name
+        .push(DnType::CommonName, "greenslice cluster CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(p)
+}
+
+/// A revocation list of the `pki` CA `ca` (its certificate and key) naming the certificates
+/// `revoke` (PEM) and the serial numbers already listed in `previous` (a PEM list of this CA, or
+/// empty): give it to the controller as `[security] agent_crl`. Valid for a year; the controller
+/// does not refuse a list past its next update (an old list still revokes what it names).
+pub fn revocation_list(ca: &Pem, revoke: &[String], previous: &str) -> Result<String, PkiError> {
+    use rcgen::{CertificateRevocationListParams, RevokedCertParams, SerialNumber};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+
+    let key = KeyPair::from_pem(&ca.key)?;
+    let issuer = rcgen::Issuer::new(ca_params()?, key);
+    let now = time::OffsetDateTime::now_utc();
+    let mut revoked: Vec<RevokedCertParams> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for crl in CertificateRevocationListDer::pem_slice_iter(previous.as_bytes()) {
+        let crl = crl.map_err(|e| PkiError::Invalid(format!("previous revocation list: {e}")))?;
+        let list = webpki::BorrowedCertRevocationList::from_der(crl.as_ref())
+            .map_err(|e| PkiError::Invalid(format!("previous revocation list: {e}")))?;
+        for r in &list {
+            let r = r.map_err(|e| PkiError::Invalid(format!("previous revocation list: {e}")))?;
+            let at = time::OffsetDateTime::from_unix_timestamp(r.revocation_date.as_secs() as i64)
+                .unwrap_or(now);
+            if seen.insert(r.serial_number.to_vec()) {
+                revoked.push(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(r.serial_number),
+                    revocation_time: at,
+                    reason_code: None,
+                    invalidity_date: None,
+                });
+            }
+        }
+    }
+    for pem in revoke {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| PkiError::Invalid(format!("certificate to revoke: {e}")))?;
+        let facts = super::tls::cert_facts(&der)
+            .ok_or_else(|| PkiError::Invalid("certificate to revoke: not X.509".into()))?;
+        if seen.insert(facts.serial.clone()) {
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&facts.serial),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+    }
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(365),
+        // Increases with time, so a newer list always has the larger number.
+        crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(&issuer)?.pem()?)
 }
 
 /// Makes a CA, a server certificate for `controller_names` (DNS names or IP addresses) and a client
@@ -93,16 +169,8 @@ pub fn generate(controller_names: &[String], agents: &[String]) -> Result<Cluste
             )));
         }
     }
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.distinguished_name
-        .push(DnType::CommonName, "greenslice cluster CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut p, 10);
+    let mut p = ca_params()?;
+    validity(&mut p, CA_VALIDITY_DAYS);
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(p, ca_key)?;
