@@ -2,6 +2,8 @@
 //! kept apart, tokens are required, agents need a client certificate naming their node, and
 //! quotas refuse requests with RESOURCE_EXHAUSTED.
 
+mod common;
+
 use std::time::Duration;
 
 use greenslice::harness::{self, Cluster, ClusterSpec, Secure};
@@ -251,6 +253,30 @@ async fn missing_or_bad_tokens_are_unauthenticated_and_tenants_cannot_use_ops() 
     assert_eq!(refused("tenant", "unauthenticated"), 6);
     assert_eq!(refused("ops", "permission_denied"), 1);
     assert_eq!(env.cluster.controller.metrics.insecure.get(), 0);
+    // The TLS settings' metrics are served, valid for Prometheus: the server certificate's expiry
+    // (a year from now for the harness's `pki` certificates), no rotation failing.
+    let text = env.cluster.controller.metrics.encode();
+    common::promtool_check(
+        "controller /metrics with TLS",
+        // What /metrics serves a scraper that does not ask for OpenMetrics.
+        &greenslice_core::expfmt::openmetrics_to_prometheus_text(&text),
+    );
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let expiry = value("greenslice_tls_certificate_expiry_timestamp_seconds");
+    assert!(
+        expiry > now_s + 300.0 * 86_400.0 && expiry < now_s + 400.0 * 86_400.0,
+        "{expiry}"
+    );
+    assert_eq!(value("greenslice_tls_files_invalid"), 0.0);
+    assert_eq!(value("greenslice_tls_reloads_total"), 0.0);
     // Plaintext to the TLS port fails.
     let plain = Conn::insecure(env.cluster.url.replace("https://", "http://"));
     let r = match plain.tenant().await {
