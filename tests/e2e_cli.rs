@@ -382,7 +382,7 @@ fn connected_nodes(url: &str, auth: &[&str]) -> Option<Vec<String>> {
 }
 
 #[test]
-fn an_agent_is_revoked_and_the_server_certificate_rotated_without_a_restart() {
+fn an_agent_is_revoked_reissued_and_the_server_certificate_rotated_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = |f: &str| dir.path().join(f).display().to_string();
     let ok = |out: std::process::Output| {
@@ -483,19 +483,34 @@ fn an_agent_is_revoked_and_the_server_certificate_rotated_without_a_restart() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(nodes(&old_ca), only_a, "the revoked agent reconnected");
 
-    // Rotating the server certificate: new connections get the new one, the open agent session
-    // is untouched. A half-done rotation (new certificate, old key) is refused meanwhile.
+    // A new certificate for gpu-b from the same CA: the running agent reads its files again
+    // before each connection attempt and is back without a restart.
+    ok(controller_tool(&[
+        "pki",
+        "--out",
+        &d("pki"),
+        "--agents",
+        "gpu-b",
+    ]));
+    assert!(
+        wait_until(Duration::from_secs(20), || nodes(&old_ca) == both),
+        "the agent did not come back with its new certificate: {:?}",
+        nodes(&old_ca)
+    );
+
+    // Rotating the server certificate: new connections get the new one, the open agent sessions
+    // are untouched. A half-done rotation (new certificate, old key) is refused meanwhile.
     assert_eq!(nodes(&new_ca), None, "the next CA is not trusted yet");
     std::fs::copy(d("next/controller.crt"), d("live/tls.crt")).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         nodes(&old_ca),
-        only_a,
+        both,
         "a certificate without its key was applied"
     );
     std::fs::copy(d("next/controller.key"), d("live/tls.key")).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || nodes(&new_ca) == only_a),
+        wait_until(Duration::from_secs(10), || nodes(&new_ca) == both),
         "the rotated certificate is not served: {:?}",
         nodes(&new_ca)
     );

@@ -140,6 +140,10 @@ pub struct PkiArgs {
     /// Node names to make agent client certificates for, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub agents: Vec<String>,
+    /// When --out already holds a CA (ca.crt, ca.key): also renew the controller's certificate
+    /// (for --names). Without it only the --agents certificates are issued with that CA.
+    #[arg(long)]
+    pub server: bool,
 }
 
 fn run_tool(tool: Tool) -> ExitCode {
@@ -227,11 +231,38 @@ fn run_tool(tool: Tool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Tool::Pki(a) => {
-            let made = match pki::generate(&a.names, &a.agents) {
-                Ok(p) => p,
-                Err(e) => return fail(2, e),
+            let (ca_cert, ca_key) = (a.out.join("ca.crt"), a.out.join("ca.key"));
+            let written = if ca_cert.exists() && ca_key.exists() {
+                // The CA exists: issue with it (new nodes, renewals) instead of replacing it.
+                let ca = match (
+                    std::fs::read_to_string(&ca_cert),
+                    std::fs::read_to_string(&ca_key),
+                ) {
+                    (Ok(cert), Ok(key)) => pki::Pem { cert, key },
+                    (Err(e), _) | (_, Err(e)) => {
+                        return fail(2, format!("cannot read the CA in {}: {e}", a.out.display()));
+                    }
+                };
+                if !a.server && a.agents.is_empty() {
+                    return fail(
+                        2,
+                        format!(
+                            "{} already holds a CA: name --agents to issue certificates with it,                              or --server to renew the controller's",
+                            a.out.display()
+                        ),
+                    );
+                }
+                match pki::issue(&ca, a.server.then_some(&a.names[..]), &a.agents) {
+                    Ok(issued) => issued.write_to(&a.out),
+                    Err(e) => return fail(2, e),
+                }
+            } else {
+                match pki::generate(&a.names, &a.agents) {
+                    Ok(p) => p.write_to(&a.out),
+                    Err(e) => return fail(2, e),
+                }
             };
-            match made.write_to(&a.out) {
+            match written {
                 Ok(files) => {
                     for f in files {
                         println!("{}", f.display());

@@ -230,6 +230,39 @@ fn the_pki_tool_writes_a_ca_and_certificates_with_private_keys_owner_only() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Run again on the same folder, it keeps the CA: it issues the certificates asked for with it
+    // and touches nothing else; asked for nothing, it says how to ask (exit 2).
+    let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    let (ca, server, n1) = (read("ca.crt"), read("controller.crt"), read("agent-n1.crt"));
+    let pki = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+            .args(["pki", "--out"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = pki(&["--agents", "n3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read("ca.crt"), ca);
+    assert_eq!(read("controller.crt"), server);
+    assert_eq!(read("agent-n1.crt"), n1);
+    assert!(dir.path().join("agent-n3.key").exists());
+    let out = pki(&["--server", "--names", "ctl.example"]);
+    assert!(out.status.success());
+    assert_ne!(read("controller.crt"), server, "--server renews it");
+    assert_eq!(read("ca.crt"), ca);
+    let out = pki(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds a CA"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

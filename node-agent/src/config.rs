@@ -53,11 +53,16 @@ impl AgentConfig {
     pub fn client_tls(
         &self,
     ) -> Result<greenslice_proto::client::ClientTls, greenslice_proto::client::ConnectError> {
-        greenslice_proto::client::ClientTls::from_files(
-            self.tls.ca_cert.as_deref(),
-            self.tls.cert.as_deref(),
-            self.tls.key.as_deref(),
-        )
+        self.client_tls_files().read()
+    }
+
+    /// Where the TLS files for connecting to the controller are.
+    pub fn client_tls_files(&self) -> greenslice_proto::client::ClientTlsFiles {
+        greenslice_proto::client::ClientTlsFiles {
+            ca: self.tls.ca_cert.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        }
     }
 }
 

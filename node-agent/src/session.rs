@@ -154,6 +154,10 @@ pub struct SessionConfig {
     pub kubelet: Option<KubeletReports>,
     /// TLS to the controller (CA and this agent's client certificate) for `https://` URLs.
     pub tls: greenslice_proto::client::ClientTls,
+    /// Files to read `tls` from again before every connection, so a rotated certificate is used
+    /// from the next session on (the controller ends a session whose certificate expired or was
+    /// revoked). Files that cannot be read leave `tls` as it was.
+    pub tls_files: Option<greenslice_proto::client::ClientTlsFiles>,
 }
 
 /// Latest kubelet allocations to report; `None` inside until pod-resources was read once.
@@ -191,6 +195,7 @@ impl SessionConfig {
             metrics: None,
             kubelet: None,
             tls: Default::default(),
+            tls_files: None,
         }
     }
 }
@@ -327,6 +332,25 @@ async fn session_once(
     Ok(())
 }
 
+/// Reads the TLS files again (see [`SessionConfig::tls_files`]); returns true when they changed.
+fn refresh_tls(cfg: &mut SessionConfig) -> bool {
+    let Some(files) = &cfg.tls_files else {
+        return false;
+    };
+    match files.read() {
+        Ok(tls) if tls != cfg.tls => {
+            info!("TLS files changed; connecting with the new certificate");
+            cfg.tls = tls;
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            warn!(error = %e, "cannot read the TLS files; connecting with the ones read before");
+            false
+        }
+    }
+}
+
 /// Keeps a session with the controller alive forever, reconnecting with backoff (default sampling).
 pub async fn run(controller: String, node: String, backend: SharedBackend) {
     run_with(SessionConfig::new(&controller, &node), backend).await
@@ -341,7 +365,7 @@ pub async fn run_any(controllers: Vec<String>, node: String, backend: SharedBack
 /// controller replicas (comma-separated in `cfg.controller`), after a failed or ended session the
 /// next URL is tried (a standby refuses the session, naming the leader). The backoff starts over
 /// after every successful registration, so a controller restart is followed by a prompt reconnect.
-pub async fn run_with(cfg: SessionConfig, backend: SharedBackend) {
+pub async fn run_with(mut cfg: SessionConfig, backend: SharedBackend) {
     let controllers: Vec<String> = cfg
         .controller
         .split(',')
@@ -356,6 +380,7 @@ pub async fn run_with(cfg: SessionConfig, backend: SharedBackend) {
     let mut i = 0usize;
     loop {
         let controller = &controllers[i % controllers.len()];
+        refresh_tls(&mut cfg);
         let started = tokio::time::Instant::now();
         let mut registered = false;
         match session_once(&cfg, controller, &backend, &mut registered).await {
@@ -380,6 +405,42 @@ pub async fn run_with(cfg: SessionConfig, backend: SharedBackend) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_are_read_again_and_a_failed_read_keeps_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = |n: &str| dir.path().join(n);
+        std::fs::write(f("ca.crt"), "ca-1").unwrap();
+        std::fs::write(f("agent.crt"), "cert-1").unwrap();
+        std::fs::write(f("agent.key"), "key-1").unwrap();
+        let mut cfg = SessionConfig::new("https://c:1", "n1");
+        assert!(!refresh_tls(&mut cfg), "no files: nothing to read");
+        cfg.tls_files = Some(greenslice_proto::client::ClientTlsFiles {
+            ca: Some(f("ca.crt")),
+            cert: Some(f("agent.crt")),
+            key: Some(f("agent.key")),
+        });
+        assert!(refresh_tls(&mut cfg));
+        assert_eq!(
+            cfg.tls.identity,
+            Some((b"cert-1".to_vec(), b"key-1".to_vec()))
+        );
+        assert!(!refresh_tls(&mut cfg), "unchanged files");
+        std::fs::write(f("agent.crt"), "cert-2").unwrap();
+        std::fs::write(f("agent.key"), "key-2").unwrap();
+        assert!(refresh_tls(&mut cfg));
+        assert_eq!(
+            cfg.tls.identity,
+            Some((b"cert-2".to_vec(), b"key-2".to_vec()))
+        );
+        std::fs::remove_file(f("agent.key")).unwrap();
+        assert!(!refresh_tls(&mut cfg));
+        assert_eq!(
+            cfg.tls.identity,
+            Some((b"cert-2".to_vec(), b"key-2".to_vec())),
+            "a missing file keeps what was read before"
+        );
+    }
 
     fn cmd(action: Action) -> pb::Command {
         pb::Command {

@@ -32,7 +32,7 @@ pub enum ConnectError {
 }
 
 /// How a client secures its connection to the controller.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientTls {
     /// PEM of the CA that signed the controller's certificate. `None` with an `https://` URL: the
     /// URL is refused (greenslice does not trust the system roots for its own controller).
@@ -65,6 +65,29 @@ impl ClientTls {
             identity,
             server_name: None,
         })
+    }
+}
+
+/// Where a client's TLS files are, for clients that connect again and again (node agents): read
+/// before every connection, so rotated files take effect at the next one without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// PEM CA that signed the controller's certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ClientTlsFiles {
+    /// Reads the files (see [`ClientTls::from_files`]).
+    pub fn read(&self) -> Result<ClientTls, ConnectError> {
+        ClientTls::from_files(
+            self.ca.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )
     }
 }
 

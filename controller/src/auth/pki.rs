@@ -62,7 +62,7 @@ fn leaf(
     names: &[String],
     common_name: &str,
     usage: ExtendedKeyUsagePurpose,
-    issuer: &CertifiedIssuer<'_, KeyPair>,
+    issuer: &rcgen::Issuer<'_, KeyPair>,
 ) -> Result<Pem, PkiError> {
     let mut p = CertificateParams::new(names.to_vec())?;
     p.distinguished_name.push(DnType::CommonName, common_name);
@@ -150,14 +150,8 @@ pub fn revocation_list(ca: &Pem, revoke: &[String], previous: &str) -> Result<St
     Ok(params.signed_by(&issuer)?.pem()?)
 }
 
-/// Makes a CA, a server certificate for `controller_names` (DNS names or IP addresses) and a client
-/// certificate for each node in `agents`.
-pub fn generate(controller_names: &[String], agents: &[String]) -> Result<ClusterPki, PkiError> {
-    if controller_names.is_empty() {
-        return Err(PkiError::Invalid(
-            "give at least one name the controller is reached by".into(),
-        ));
-    }
+/// Checks every name can go into a certificate as a DNS name or IP address.
+fn check_names(controller_names: &[String], agents: &[String]) -> Result<(), PkiError> {
     for (what, name) in controller_names
         .iter()
         .map(|n| ("controller name", n))
@@ -169,34 +163,84 @@ pub fn generate(controller_names: &[String], agents: &[String]) -> Result<Cluste
             )));
         }
     }
+    Ok(())
+}
+
+fn controller_leaf(names: &[String], ca: &rcgen::Issuer<'_, KeyPair>) -> Result<Pem, PkiError> {
+    if names.is_empty() {
+        return Err(PkiError::Invalid(
+            "give at least one name the controller is reached by".into(),
+        ));
+    }
+    leaf(
+        names,
+        "greenslice-controller",
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ca,
+    )
+}
+
+fn agent_leaves(
+    agents: &[String],
+    ca: &rcgen::Issuer<'_, KeyPair>,
+) -> Result<Vec<(String, Pem)>, PkiError> {
+    agents
+        .iter()
+        .map(|node| {
+            let pem = leaf(
+                std::slice::from_ref(node),
+                &format!("greenslice-agent {node}"),
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ca,
+            )?;
+            Ok((node.clone(), pem))
+        })
+        .collect()
+}
+
+/// Makes a CA, a server certificate for `controller_names` (DNS names or IP addresses) and a client
+/// certificate for each node in `agents`.
+pub fn generate(controller_names: &[String], agents: &[String]) -> Result<ClusterPki, PkiError> {
+    check_names(controller_names, agents)?;
     let mut p = ca_params()?;
     validity(&mut p, CA_VALIDITY_DAYS);
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(p, ca_key)?;
-    let controller = leaf(
-        controller_names,
-        "greenslice-controller",
-        ExtendedKeyUsagePurpose::ServerAuth,
-        &ca,
-    )?;
-    let mut out = Vec::new();
-    for node in agents {
-        let pem = leaf(
-            std::slice::from_ref(node),
-            &format!("greenslice-agent {node}"),
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &ca,
-        )?;
-        out.push((node.clone(), pem));
-    }
     Ok(ClusterPki {
+        controller: controller_leaf(controller_names, &ca)?,
+        agents: agent_leaves(agents, &ca)?,
         ca: Pem {
             cert: ca.pem(),
             key: ca_key_pem,
         },
-        controller,
-        agents: out,
+    })
+}
+
+/// Certificates issued by an existing CA (see [`issue`]).
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// A new server certificate, when asked for.
+    pub controller: Option<Pem>,
+    /// New client certificates, by node name.
+    pub agents: Vec<(String, Pem)>,
+}
+
+/// Issues certificates with the `pki` CA `ca` (its certificate and key): a server certificate for
+/// `controller_names` when given (renewal before expiry), and a client certificate for each node in
+/// `agents` (a new node, or a renewed or replaced certificate: revoke the old one).
+pub fn issue(
+    ca: &Pem,
+    controller_names: Option<&[String]>,
+    agents: &[String],
+) -> Result<Issued, PkiError> {
+    check_names(controller_names.unwrap_or_default(), agents)?;
+    let ca = rcgen::Issuer::new(ca_params()?, KeyPair::from_pem(&ca.key)?);
+    Ok(Issued {
+        controller: controller_names
+            .map(|names| controller_leaf(names, &ca))
+            .transpose()?,
+        agents: agent_leaves(agents, &ca)?,
     })
 }
 
@@ -216,31 +260,57 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// Writes `(name, PEM, secret)` files into `dir` (created if missing; secrets readable by the owner
+/// only). Returns the paths written.
+fn write_all(dir: &Path, files: Vec<(String, &str, bool)>) -> Result<Vec<PathBuf>, PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut written = Vec::new();
+    for (name, text, secret) in files {
+        let p = dir.join(name);
+        write(&p, text, secret)?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// The file names and texts of a server certificate and agent certificates.
+fn leaf_files<'a>(
+    controller: Option<&'a Pem>,
+    agents: &'a [(String, Pem)],
+) -> Vec<(String, &'a str, bool)> {
+    let mut files = Vec::new();
+    if let Some(c) = controller {
+        files.push(("controller.crt".to_string(), c.cert.as_str(), false));
+        files.push(("controller.key".to_string(), c.key.as_str(), true));
+    }
+    for (node, pem) in agents {
+        files.push((format!("agent-{node}.crt"), pem.cert.as_str(), false));
+        files.push((format!("agent-{node}.key"), pem.key.as_str(), true));
+    }
+    files
+}
+
 impl ClusterPki {
     /// Writes `ca.crt`, `ca.key`, `controller.crt`, `controller.key`, and `agent-<node>.crt` /
     /// `.key` into `dir` (keys readable by the owner only). Returns the paths written.
     pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
         let mut files = vec![
-            ("ca.crt".to_string(), &self.ca.cert, false),
-            ("ca.key".to_string(), &self.ca.key, true),
-            ("controller.crt".to_string(), &self.controller.cert, false),
-            ("controller.key".to_string(), &self.controller.key, true),
+            ("ca.crt".to_string(), self.ca.cert.as_str(), false),
+            ("ca.key".to_string(), self.ca.key.as_str(), true),
         ];
-        for (node, pem) in &self.agents {
-            files.push((format!("agent-{node}.crt"), &pem.cert, false));
-            files.push((format!("agent-{node}.key"), &pem.key, true));
-        }
-        let mut written = Vec::new();
-        for (name, text, secret) in files {
-            let p = dir.join(name);
-            write(&p, text, secret)?;
-            written.push(p);
-        }
-        Ok(written)
+        files.extend(leaf_files(Some(&self.controller), &self.agents));
+        write_all(dir, files)
+    }
+}
+
+impl Issued {
+    /// Writes `controller.crt`/`.key` (if issued) and `agent-<node>.crt`/`.key` into `dir`,
+    /// replacing those there. Returns the paths written.
+    pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+        write_all(dir, leaf_files(self.controller.as_ref(), &self.agents))
     }
 }
 
@@ -263,6 +333,38 @@ mod tests {
         assert_eq!(names, vec!["node-0".to_string()]);
         assert!(pki.ca.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(pki.controller.key.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn certificates_issued_later_chain_to_the_same_ca() {
+        use rustls_pki_types::pem::PemObject;
+        let pki = generate(&["localhost".into()], &["n1".into()]).unwrap();
+        let more = issue(&pki.ca, Some(&["localhost".into()]), &["n2".into()]).unwrap();
+        let tls = super::super::tls::ServerTls::from_pem(super::super::tls::TlsPem {
+            cert: more.controller.unwrap().cert.into_bytes(),
+            key: pki.controller.key.clone().into_bytes(),
+            agent_ca: pki.ca.cert.clone().into_bytes(),
+            agent_crl: Vec::new(),
+        });
+        assert!(tls.is_err(), "a renewed certificate has a new key");
+        let tls = super::super::tls::ServerTls::from_pem(super::super::tls::TlsPem {
+            cert: pki.controller.cert.clone().into_bytes(),
+            key: pki.controller.key.clone().into_bytes(),
+            agent_ca: pki.ca.cert.clone().into_bytes(),
+            agent_crl: Vec::new(),
+        })
+        .unwrap();
+        let n2 = rustls_pki_types::CertificateDer::from_pem_slice(more.agents[0].1.cert.as_bytes())
+            .unwrap();
+        tls.verify_agent(&[n2]).unwrap();
+        let other = generate(&["localhost".into()], &[]).unwrap();
+        let foreign = issue(&other.ca, None, &["n3".into()]).unwrap();
+        let n3 =
+            rustls_pki_types::CertificateDer::from_pem_slice(foreign.agents[0].1.cert.as_bytes())
+                .unwrap();
+        assert!(tls.verify_agent(&[n3]).is_err());
+        assert!(issue(&pki.ca, None, &["not a name".into()]).is_err());
+        assert!(issue(&pki.ca, Some(&[]), &[]).is_err());
     }
 
     #[test]

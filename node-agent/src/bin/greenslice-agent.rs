@@ -263,6 +263,7 @@ async fn main() -> ExitCode {
     };
     let mut session = greenslice_agent::session::SessionConfig::new(&cfg.controller, &cfg.node);
     session.tls = tls;
+    session.tls_files = Some(cfg.client_tls_files());
     session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     if let Some(addr) = &args.metrics_listen {
         let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
