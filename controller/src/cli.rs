@@ -418,6 +418,28 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(1, format!("listener: {e}")),
     };
+    // The metrics endpoint answers from the start, standby or not: a standby says so on /readyz
+    // (503) and in greenslice_leading (0), so Kubernetes routes calls to the leader only.
+    let leading = Arc::new(crate::metrics::Leading::default());
+    if !cfg.metrics_listen.is_empty() {
+        let ml = match TcpListener::bind(&cfg.metrics_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(
+                    1,
+                    format!("cannot listen on {} for metrics: {e}", cfg.metrics_listen),
+                );
+            }
+        };
+        if let Ok(a) = ml.local_addr() {
+            info!(addr = %a, "metrics at /metrics, readiness at /readyz");
+        }
+        tokio::spawn(crate::metrics::serve_controller_endpoint(
+            leading.clone(),
+            ml,
+            std::future::pending(),
+        ));
+    }
     let (auth, tls) = match cfg.security.resolve(addr) {
         Ok(s) => s,
         Err(e) => return fail(2, e),
@@ -545,25 +567,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         return fail(2, e);
     }
     let _reclaimer = crate::reclaim::spawn(controller.clone());
-    if !cfg.metrics_listen.is_empty() {
-        let ml = match TcpListener::bind(&cfg.metrics_listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                return fail(
-                    1,
-                    format!("cannot listen on {} for metrics: {e}", cfg.metrics_listen),
-                );
-            }
-        };
-        if let Ok(a) = ml.local_addr() {
-            info!(addr = %a, "metrics at /metrics");
-        }
-        tokio::spawn(crate::metrics::serve_controller(
-            controller.clone(),
-            ml,
-            std::future::pending(),
-        ));
-    }
+    leading.set(controller.clone());
     let listener = match TcpListener::from_std(std_listener) {
         Ok(l) => l,
         Err(e) => return fail(1, format!("listener: {e}")),

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub auth_refusals: Family<RefusalLabels, Counter>,
     /// 1 when the controller serves without TLS or authentication.
     pub insecure: Gauge,
+    /// 1: this replica leads (a controller that has metrics leads; see [`serve_controller_endpoint`]).
+    pub leading: Gauge,
 }
 
 impl Default for Metrics {
@@ -134,7 +136,10 @@ impl Default for Metrics {
             kubelet_allocations: Family::default(),
             auth_refusals: Family::default(),
             insecure: Gauge::default(),
+            leading: Gauge::default(),
         };
+        m.leading.set(1);
+        m.register("greenslice_leading", LEADING_HELP, m.leading.clone());
         m.register(
             "greenslice_kubelet_allocations",
             "Live allocations the kubelet made for pods (from the agents' pod-resources reports)",
@@ -390,24 +395,6 @@ pub fn refresh(c: &Controller) {
         .set(c.telemetry.tracked_slices().len() as i64);
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves; `render` produces the body.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move |headers: axum::http::HeaderMap| {
-            let r = render.clone();
-            async move { exposition(&headers, &r()) }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// The body in the format the scraper asked for: OpenMetrics, or the classic text format.
 pub fn exposition(
     headers: &axum::http::HeaderMap,
@@ -420,19 +407,90 @@ pub fn exposition(
     ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
-/// Serves the controller's metrics (refreshed on every scrape).
+/// The controller a process serves once it leads (set once; empty while it is a standby). The
+/// HTTP endpoint answers from the moment the process starts, standby or not.
+#[derive(Debug, Default)]
+pub struct Leading(std::sync::OnceLock<std::sync::Arc<Controller>>);
+
+impl Leading {
+    /// Marks the process as leading with `c` (later calls are ignored).
+    pub fn set(&self, c: std::sync::Arc<Controller>) {
+        let _ = self.0.set(c);
+    }
+
+    fn get(&self) -> Option<&std::sync::Arc<Controller>> {
+        self.0.get()
+    }
+}
+
+/// The exposition of a standby: only `greenslice_leading 0` (the leader's says 1), so every replica
+/// is a healthy scrape target and a dashboard can tell which one leads.
+fn standby_exposition() -> String {
+    let mut r = Registry::default();
+    let g: Gauge = Gauge::default();
+    r.register("greenslice_leading", LEADING_HELP, g);
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+    out
+}
+
+const LEADING_HELP: &str = "1 when this replica leads and serves the API, 0 on a standby";
+
+/// Serves, until `shutdown` resolves:
+/// - `/metrics`: the controller's metrics (refreshed on every scrape); a standby's says only
+///   `greenslice_leading 0`;
+/// - `/readyz`: 200 while this process leads and serves, 503 on a standby. A Kubernetes readiness
+///   probe on it sends the Service's traffic to the leader only (standbys refuse every call).
+pub async fn serve_controller_endpoint(
+    leading: std::sync::Arc<Leading>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (l1, l2) = (leading.clone(), leading);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let l = l1.clone();
+                async move {
+                    let body = match l.get() {
+                        Some(c) => {
+                            refresh(c);
+                            c.metrics.encode()
+                        }
+                        None => standby_exposition(),
+                    };
+                    exposition(&headers, &body)
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let l = l2.clone();
+                async move {
+                    match l.get() {
+                        Some(_) => (axum::http::StatusCode::OK, "leading\n"),
+                        None => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "standby: not leading\n",
+                        ),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves the metrics of a controller that leads (see [`serve_controller_endpoint`]).
 pub async fn serve_controller(
     c: std::sync::Arc<Controller>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve(
-        listener,
-        std::sync::Arc::new(move || {
-            refresh(&c);
-            c.metrics.encode()
-        }),
-        shutdown,
-    )
-    .await
+    let leading = std::sync::Arc::new(Leading::default());
+    leading.set(c);
+    serve_controller_endpoint(leading, listener, shutdown).await
 }

@@ -45,9 +45,19 @@ fn bad_carbon_settings_exit_2_naming_the_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("grid.csv"));
 }
 
-#[test]
-fn serves_prometheus_metrics_when_asked() {
+/// `GET path` over HTTP/1.0 on loopback `port`: the whole response, or None if nothing listens.
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn serves_prometheus_metrics_and_readiness_when_asked() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -66,22 +76,28 @@ fn serves_prometheus_metrics_when_asked() {
         ],
         false,
     );
-    let mut body = String::new();
+    // Ready once it leads (at once with a local ledger; a standby of an etcd ledger is not).
+    let mut ready = None;
     for _ in 0..100 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .unwrap();
-            s.read_to_string(&mut body).unwrap();
+        ready = http_get(port, "/readyz");
+        if ready.as_deref().is_some_and(|r| r.contains("200 OK")) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let body = http_get(port, "/metrics").unwrap_or_default();
     drop(running);
+    let ready = ready.unwrap_or_default();
+    assert!(
+        ready.contains("200 OK") && ready.contains("leading"),
+        "{ready}"
+    );
     assert!(body.contains("200 OK"), "{body}");
     assert!(
         body.contains("# TYPE greenslice_idle_warned_slices gauge"),
         "{body}"
     );
+    assert!(body.contains("\ngreenslice_leading 1\n"), "{body}");
 }
 
 /// A controller process started by [`spawn`]; killed when dropped.

@@ -65,6 +65,17 @@ fn base_deployment_matches_the_controller_binary() {
     let ports = c["ports"].as_array().unwrap();
     let grpc = ports.iter().find(|p| p["name"] == "grpc").unwrap();
     assert_eq!(grpc["containerPort"].as_i64(), Some(port));
+    // Ready only while leading: the probe asks /readyz on the port --metrics-listen serves.
+    let metrics_port: i64 = flag_value(&args, "--metrics-listen")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let probe = &c["readinessProbe"]["httpGet"];
+    assert_eq!(probe["path"], "/readyz");
+    let probe_port = ports.iter().find(|p| p["name"] == probe["port"]).unwrap();
+    assert_eq!(probe_port["containerPort"].as_i64(), Some(metrics_port));
     let svc = &docs("base/controller-service.yaml")[0];
     assert!(
         svc["spec"]["ports"]
@@ -120,10 +131,6 @@ fn base_deployment_matches_the_controller_binary() {
     }
 }
 
-/// Flags the etcd-ha overlay uses that the controller binary does not have yet (the ledger work
-/// adds them). Once `--help` lists `--ledger`, the overlay's full argument list must be accepted.
-const PLANNED: [&str; 3] = ["--ledger", "--etcd-endpoints", "--advertise-url"];
-
 #[test]
 fn etcd_overlay_matches_the_controller_binary() {
     let k = &docs("overlays/etcd-ha/kustomization.yaml")[0];
@@ -152,21 +159,14 @@ fn etcd_overlay_matches_the_controller_binary() {
         assert_eq!(e, format!("http://{name}-{i}.{name}:2379"));
     }
 
-    let help = String::from_utf8(controller(&[]).stdout).unwrap();
-    if help.contains("--ledger") {
-        accepted(&args);
-    } else {
-        // Not merged yet: everything but the planned flags must be accepted today.
-        let mut rest = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if PLANNED.contains(&a.as_str()) {
-                it.next();
-            } else {
-                rest.push(a.clone());
-            }
-        }
-        accepted(&rest);
-        eprintln!("note: controller has no --ledger yet; overlay flags {PLANNED:?} unchecked");
-    }
+    accepted(&args);
+    // The overlay replaces the argument list: it must keep the endpoint the readiness probe asks,
+    // or no replica would ever be ready.
+    let base = strings(
+        &docs("base/controller-deployment.yaml")[0]["spec"]["template"]["spec"]["containers"][0]["args"],
+    );
+    assert_eq!(
+        flag_value(&args, "--metrics-listen"),
+        flag_value(&base, "--metrics-listen")
+    );
 }
