@@ -52,6 +52,20 @@ impl SliceRecord {
         !self.state.is_terminal()
     }
 
+    /// When the slice held its GPUs, ms since the Unix epoch: from creation until it was released
+    /// (`i64::MAX` while it is live). None for a failed slice, which never held any. Energy
+    /// attribution charges a slice for exactly this span, and retention keeps a finished slice
+    /// while an interval not yet attributed overlaps it.
+    pub fn held_ms(&self) -> Option<(i64, i64)> {
+        match self.state {
+            SliceState::Failed => None,
+            SliceState::Released => Some((self.created_ms, self.updated_ms)),
+            SliceState::Pending | SliceState::Active | SliceState::Releasing => {
+                Some((self.created_ms, i64::MAX))
+            }
+        }
+    }
+
     pub fn to_pb(&self) -> pb::Slice {
         pb::Slice {
             id: self.id.clone(),
