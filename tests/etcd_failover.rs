@@ -494,24 +494,19 @@ async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes
     // in one transaction.
     let now = 1_800_000_000_000;
     let records: Vec<SliceRecord> = (0..300)
-        .map(|i| SliceRecord {
-            id: format!("s-{i:03}"),
-            tenant: "t".into(),
-            spec: SliceSpec {
+        .map(|i| {
+            let spec = SliceSpec {
                 kind: SliceKind::Whole { count: 1 },
                 gpu_model: None,
                 slice_class: None,
-            },
-            state: SliceState::Released,
-            node: "n".into(),
-            gpus: vec!["GPU-1".into()],
-            mig: None,
-            env: Default::default(),
-            reason: String::new(),
-            idempotency_key: None,
-            created_ms: now - 20_000 + i,
-            updated_ms: now - 10_000 + i,
-            kept_until_ms: None,
+            };
+            let (id, gpus) = (format!("s-{i:03}"), vec!["GPU-1".into()]);
+            SliceRecord {
+                state: SliceState::Released,
+                created_ms: now - 20_000 + i,
+                updated_ms: now - 10_000 + i,
+                ..SliceRecord::placed(id, "t", spec, "n".into(), gpus, now)
+            }
         })
         .collect();
     for chunk in records.chunks(100) {

@@ -496,19 +496,9 @@ impl Controller {
                 id = new_slice_id(now);
             }
             let r = SliceRecord {
-                id,
-                tenant: tenant.to_string(),
-                spec: spec.clone(),
-                state: SliceState::Pending,
-                node: node_name,
-                gpus,
                 mig,
-                env: BTreeMap::new(),
-                reason: String::new(),
                 idempotency_key: key.clone(),
-                created_ms: now,
-                updated_ms: now,
-                kept_until_ms: None,
+                ..SliceRecord::placed(id, tenant, spec.clone(), node_name, gpus, now)
             };
             st.put(r.clone());
             let commit = self.submit(&r);

@@ -47,6 +47,33 @@ pub struct SliceRecord {
 }
 
 impl SliceRecord {
+    /// A slice just placed: PENDING on `node`'s `gpus`, created and updated at `now_ms`, with
+    /// nothing applied yet (no MIG assignment, environment, reason, idempotency key or keep).
+    pub fn placed(
+        id: String,
+        tenant: &str,
+        spec: SliceSpec,
+        node: String,
+        gpus: Vec<String>,
+        now_ms: i64,
+    ) -> SliceRecord {
+        SliceRecord {
+            id,
+            tenant: tenant.to_string(),
+            spec,
+            state: SliceState::Pending,
+            node,
+            gpus,
+            mig: None,
+            env: BTreeMap::new(),
+            reason: String::new(),
+            idempotency_key: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            kept_until_ms: None,
+        }
+    }
+
     /// Whether the slice holds capacity (not released or failed).
     pub fn is_live(&self) -> bool {
         !self.state.is_terminal()

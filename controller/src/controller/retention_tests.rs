@@ -79,6 +79,20 @@ fn fake_node(c: &Arc<Controller>, gpus: usize) {
     });
 }
 
+/// A controller on an in-memory ledger keeping finished slices `keep` long and at most `max`,
+/// with node `n1` of `gpus` GPUs, at T0 on a manual clock.
+async fn started(
+    keep: Duration,
+    max: usize,
+    gpus: usize,
+) -> (Arc<MemoryLedger>, ManualClock, Arc<Controller>) {
+    let ledger = Arc::new(MemoryLedger::default());
+    let clock = ManualClock::new(T0);
+    let c = controller(ledger.clone(), &clock, retention(keep, max)).await;
+    fake_node(&c, gpus);
+    (ledger, clock, c)
+}
+
 fn share(fraction: f64) -> pb::SliceSpec {
     pb::SliceSpec {
         kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
@@ -131,15 +145,7 @@ fn metric(c: &Controller, line_start: &str) -> String {
 
 #[tokio::test]
 async fn over_the_cap_the_oldest_finished_slices_are_forgotten_in_memory_and_the_ledger() {
-    let ledger = Arc::new(MemoryLedger::default());
-    let clock = ManualClock::new(T0);
-    let c = controller(
-        ledger.clone(),
-        &clock,
-        retention(Duration::from_secs(600), 3),
-    )
-    .await;
-    fake_node(&c, 2);
+    let (ledger, clock, c) = started(Duration::from_secs(600), 3, 2).await;
     let live = request(&c, "live", "").await.slice.id;
     let mut done = Vec::new();
     for i in 0..5 {
@@ -165,15 +171,7 @@ async fn over_the_cap_the_oldest_finished_slices_are_forgotten_in_memory_and_the
 
 #[tokio::test]
 async fn finished_slices_older_than_the_retention_are_forgotten_whatever_the_cap() {
-    let ledger = Arc::new(MemoryLedger::default());
-    let clock = ManualClock::new(T0);
-    let c = controller(
-        ledger.clone(),
-        &clock,
-        retention(Duration::from_secs(600), 1000),
-    )
-    .await;
-    fake_node(&c, 1);
+    let (ledger, clock, c) = started(Duration::from_secs(600), 1000, 1).await;
     let old = finished(&c, &clock, "a", "").await;
     clock.advance(300_000);
     let recent = finished(&c, &clock, "b", "").await;
@@ -191,10 +189,7 @@ async fn finished_slices_older_than_the_retention_are_forgotten_whatever_the_cap
 
 #[tokio::test]
 async fn an_idempotent_retry_gets_the_same_slice_while_it_is_kept_and_a_new_one_after() {
-    let ledger = Arc::new(MemoryLedger::default());
-    let clock = ManualClock::new(T0);
-    let c = controller(ledger, &clock, retention(Duration::from_secs(600), 2)).await;
-    fake_node(&c, 1);
+    let (_, clock, c) = started(Duration::from_secs(600), 2, 1).await;
     let first = finished(&c, &clock, "a", "k1").await;
     let second = finished(&c, &clock, "a", "k2").await;
     let third = finished(&c, &clock, "a", "k3").await;
@@ -296,11 +291,9 @@ struct Attributed {
 /// Five minutes of slices coming and going on two GPUs, sampled every second, with pruning after
 /// every second; returns what was attributed, the most slices ever held for energy and how many
 /// were forgotten.
-async fn churn(config: CoreConfig) -> (Attributed, usize, usize) {
+async fn churn(keep: Duration, max: usize) -> (Attributed, usize, usize) {
     const GPUS: usize = 2;
-    let clock = ManualClock::new(T0);
-    let c = controller(Arc::new(MemoryLedger::default()), &clock, config).await;
-    fake_node(&c, GPUS);
+    let (_, clock, c) = started(keep, max, GPUS).await;
     let mut live: Vec<(String, i64)> = Vec::new();
     let (mut most_held, mut forgotten) = (0, 0);
     for step in 1..=300i64 {
@@ -343,10 +336,10 @@ async fn churn(config: CoreConfig) -> (Attributed, usize, usize) {
 
 #[tokio::test]
 async fn forgetting_finished_slices_as_fast_as_possible_attributes_the_same_energy() {
-    let (kept_all, held, forgotten) = churn(retention(Duration::from_secs(3600), 100_000)).await;
+    let (kept_all, held, forgotten) = churn(Duration::from_secs(3600), 100_000).await;
     assert_eq!((held, forgotten), (0, 0), "nothing pruned within an hour");
     // Keep nothing: every finished slice is forgotten as soon as energy attribution lets it.
-    let (pruned, held, forgotten) = churn(retention(Duration::ZERO, 0)).await;
+    let (pruned, held, forgotten) = churn(Duration::ZERO, 0).await;
     assert!(forgotten >= 40, "only {forgotten} forgotten");
     assert!(held > 0, "the cap never had to wait for energy attribution");
     assert!(kept_all.tenants.len() >= 60 && kept_all.tenants_total > 0);
@@ -382,14 +375,7 @@ async fn forgetting_finished_slices_as_fast_as_possible_attributes_the_same_ener
 
 #[tokio::test]
 async fn a_released_slice_is_kept_past_the_cap_until_its_energy_interval_is_attributed() {
-    let clock = ManualClock::new(T0);
-    let c = controller(
-        Arc::new(MemoryLedger::default()),
-        &clock,
-        retention(Duration::ZERO, 0),
-    )
-    .await;
-    fake_node(&c, 1);
+    let (_, clock, c) = started(Duration::ZERO, 0, 1).await;
     // The GPU's open energy interval starts at T0 + 1 s.
     clock.advance(1_000);
     c.ingest_samples(NODE, &samples(&c, T0 + 1_000, 1));

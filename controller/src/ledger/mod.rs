@@ -333,24 +333,14 @@ pub(crate) mod tests {
 
     pub(crate) fn record(id: &str, state: greenslice_core::slice::SliceState) -> SliceRecord {
         use greenslice_core::slice::{SliceKind, SliceSpec};
+        let spec = SliceSpec {
+            kind: SliceKind::Whole { count: 1 },
+            gpu_model: None,
+            slice_class: None,
+        };
         SliceRecord {
-            id: id.to_string(),
-            tenant: "t".into(),
-            spec: SliceSpec {
-                kind: SliceKind::Whole { count: 1 },
-                gpu_model: None,
-                slice_class: None,
-            },
             state,
-            node: "n".into(),
-            gpus: vec!["GPU-1".into()],
-            mig: None,
-            env: Default::default(),
-            reason: String::new(),
-            idempotency_key: None,
-            created_ms: 1,
-            updated_ms: 1,
-            kept_until_ms: None,
+            ..SliceRecord::placed(id.into(), "t", spec, "n".into(), vec!["GPU-1".into()], 1)
         }
     }
 
