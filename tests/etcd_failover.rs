@@ -121,6 +121,43 @@ async fn storm_worker(url: String, w: usize, acks: Arc<Mutex<Acks>>) {
     }
 }
 
+/// Starts a one-member etcd (plaintext, loopback) with its data and log in `dir`; returns it and its
+/// client URL once it is healthy. Killed when dropped.
+async fn start_etcd(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let etcd_log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let etcd = Command::new(bin)
+        .args(["--name", "gs-test"])
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("gs-test={peer_url}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(etcd_log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start etcd");
+    // Generous: on a loaded 2-core machine etcd's first fsyncs can take many seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !etcd_healthy(client_port).await {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+            panic!("etcd not healthy within 60 s; its log ends (newest first):\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (etcd, client_url)
+}
+
 /// The etcd binary, or None (loudly) when there is none and CI did not require it.
 fn etcd_or_skip(test: &str) -> Option<PathBuf> {
     let bin = etcd_binary();
@@ -257,30 +294,7 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (client_port, peer_port) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let etcd_log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-    let mut etcd = Command::new(&etcd_bin)
-        .args(["--name", "gs-test"])
-        .arg("--data-dir")
-        .arg(dir.path().join("etcd"))
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("gs-test={peer_url}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(etcd_log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start etcd");
-    // Generous: on a loaded 2-core machine etcd's first fsyncs can take many seconds.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !etcd_healthy(client_port).await {
-        assert!(Instant::now() < deadline, "etcd not healthy within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
 
     let config = dir.path().join("controller.toml");
     std::fs::write(
@@ -449,4 +463,82 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
     b.kill().await;
     let _ = etcd.start_kill();
     let _ = etcd.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes_them_all() {
+    use greenslice_controller::controller::{Controller, CoreConfig};
+    use greenslice_controller::ledger::Ledger;
+    use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
+    use greenslice_controller::slice::SliceRecord;
+    use greenslice_core::slice::{SliceKind, SliceSpec, SliceState};
+    let Some(etcd_bin) = etcd_or_skip("etcd retention test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
+    let etcd = Etcd::connect(EtcdConfig {
+        endpoints: vec![client_url],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    let (seen, _) = tokio::sync::watch::channel(None);
+    let me = LeaderInfo {
+        id: "retention-test".into(),
+        url: "http://127.0.0.1:1".into(),
+    };
+    let leadership = etcd.campaign(&me, &seen).await.unwrap();
+    let ledger: Arc<dyn Ledger> = Arc::new(EtcdLedger::new(etcd, &leadership));
+    // 300 released slices (written 100 to a transaction): more than the 128 operations etcd takes
+    // in one transaction.
+    let now = 1_800_000_000_000;
+    let records: Vec<SliceRecord> = (0..300)
+        .map(|i| {
+            let spec = SliceSpec {
+                kind: SliceKind::Whole { count: 1 },
+                gpu_model: None,
+                slice_class: None,
+            };
+            let (id, gpus) = (format!("s-{i:03}"), vec!["GPU-1".into()]);
+            SliceRecord {
+                state: SliceState::Released,
+                created_ms: now - 20_000 + i,
+                updated_ms: now - 10_000 + i,
+                ..SliceRecord::placed(id, "t", spec, "n".into(), gpus, now)
+            }
+        })
+        .collect();
+    for chunk in records.chunks(100) {
+        ledger.commit(chunk).await.unwrap();
+    }
+    // A controller that keeps 10 forgets 290 as it starts.
+    let _c = Controller::new(
+        ledger.clone(),
+        greenslice_controller::placement::default_policy(),
+        Arc::new(greenslice_core::clock::ManualClock::new(now)),
+        CoreConfig {
+            terminal_retention_max: 10,
+            ..CoreConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let left = loop {
+        let mut left: Vec<String> = ledger
+            .load()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        left.sort();
+        if left.len() <= 10 || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let want: Vec<String> = (290..300).map(|i| format!("s-{i:03}")).collect();
+    assert_eq!(left, want, "etcd keeps the newest 10");
 }

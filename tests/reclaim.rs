@@ -535,6 +535,8 @@ async fn metrics_are_served_and_pass_promtool() {
         "greenslice_reclaims_total{reason=\"idle\"} 1",
         "greenslice_agent_sample_lag_seconds{node=\"n1\"}",
         "greenslice_telemetry_history_bytes",
+        "greenslice_finished_slices 1",
+        "greenslice_finished_slices_held_for_energy 0",
     ] {
         assert!(body.contains(want), "missing {want} in\n{body}");
     }

@@ -403,6 +403,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         command_timeout: Duration::from_secs(cfg.command_timeout_s.max(1)),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_s),
         terminal_retention: Duration::from_secs(cfg.terminal_retention_s),
+        terminal_retention_max: cfg.terminal_retention_max,
         quotas: cfg.quotas.clone(),
         ..CoreConfig::default()
     };

@@ -38,6 +38,9 @@ pub struct ControllerConfig {
     pub orphan_grace_s: u64,
     /// Seconds finished (released, failed) slices are kept before they are forgotten.
     pub terminal_retention_s: u64,
+    /// Most finished slices kept; beyond it the oldest are forgotten first (see
+    /// docs/DURABILITY.md, "Retention of finished slices").
+    pub terminal_retention_max: usize,
     /// URL clients reach this controller at, which standbys name when refusing calls (default:
     /// `http://` + the listen address).
     pub advertise_url: Option<String>,
@@ -176,6 +179,7 @@ impl Default for ControllerConfig {
             agent_lease_s: 15,
             orphan_grace_s: 60,
             terminal_retention_s: 600,
+            terminal_retention_max: 100_000,
             advertise_url: None,
             etcd: EtcdSection::default(),
             metrics_listen: String::new(),

@@ -20,7 +20,7 @@ use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
 use crate::placement::{self, Policy, Request};
 use crate::slice::{MigAssignment, SliceRecord};
-use crate::state::{ClusterState, NodeRecord};
+use crate::state::{ClusterState, Expiry, NodeRecord};
 
 /// Settings of the controller core.
 #[derive(Debug, Clone)]
@@ -33,6 +33,10 @@ pub struct CoreConfig {
     /// How long RELEASED and FAILED slices are kept (for get, list and idempotent retries) before
     /// they are forgotten, in memory and in the ledger.
     pub terminal_retention: Duration,
+    /// How many RELEASED and FAILED slices are kept at most; beyond it the oldest are forgotten
+    /// first, in memory and in the ledger. Slices that energy attribution still needs are kept
+    /// past both limits (see [`Controller::prune_terminal`]).
+    pub terminal_retention_max: usize,
     /// How often orphans and expired slices are looked for.
     pub sweep_interval: Duration,
     /// Per-tenant quotas, checked at request time.
@@ -45,6 +49,7 @@ impl Default for CoreConfig {
             command_timeout: Duration::from_secs(10),
             orphan_grace: Duration::from_secs(60),
             terminal_retention: Duration::from_secs(600),
+            terminal_retention_max: 100_000,
             sweep_interval: Duration::from_secs(1),
             quotas: Default::default(),
         }
@@ -155,6 +160,9 @@ pub struct Controller {
     energy: Mutex<crate::energy::accounting::Accountant>,
     /// Orphans seen, with when each was first seen (ms since the Unix epoch).
     orphans: Mutex<HashMap<OrphanKey, i64>>,
+    /// When the controller last logged that energy attribution keeps finished slices past their
+    /// retention (ms since the Unix epoch), so the warning comes once a minute, not every sweep.
+    held_warned_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Controller {
@@ -199,7 +207,8 @@ impl Controller {
         info!(
             ledger = ledger.name(),
             policy = policy.name(),
-            slices = state.slices.len(),
+            slices = state.slice_count(),
+            finished = state.finished_count(),
             live = state.all().filter(|s| s.is_live()).count(),
             pending_to_resolve = state.recovering.len(),
             "controller state loaded"
@@ -220,6 +229,7 @@ impl Controller {
                 Default::default(),
             )),
             orphans: Mutex::new(HashMap::new()),
+            held_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         let kept: Vec<(String, i64)> = c.with_state(|st| {
             st.all()
@@ -351,17 +361,20 @@ impl Controller {
     ) -> Result<Option<(SliceRecord, Commit)>, ControllerError> {
         let now = self.clock.now_ms();
         let mut st = self.lock();
-        let r = st
-            .slices
-            .get_mut(id)
-            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
-        if expected.is_some_and(|e| e != r.state) {
+        let state = st
+            .slice(id)
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?
+            .state;
+        if expected.is_some_and(|e| e != state) {
             return Ok(None);
         }
-        f(r);
-        r.updated_ms = now;
-        let updated: SliceRecord = (**r).clone();
-        st.reindex(id);
+        let updated: SliceRecord = st
+            .update(id, |r| {
+                f(r);
+                r.updated_ms = now;
+            })
+            .cloned()
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
         st.recovering.remove(id);
         let commit = self.submit(&updated);
         Ok(Some((updated, commit)))
@@ -479,23 +492,13 @@ impl Controller {
             };
             let node_name = node.name.clone();
             let mut id = new_slice_id(now);
-            while st.slices.contains_key(&id) {
+            while st.contains(&id) {
                 id = new_slice_id(now);
             }
             let r = SliceRecord {
-                id,
-                tenant: tenant.to_string(),
-                spec: spec.clone(),
-                state: SliceState::Pending,
-                node: node_name,
-                gpus,
                 mig,
-                env: BTreeMap::new(),
-                reason: String::new(),
                 idempotency_key: key.clone(),
-                created_ms: now,
-                updated_ms: now,
-                kept_until_ms: None,
+                ..SliceRecord::placed(id, tenant, spec.clone(), node_name, gpus, now)
             };
             st.put(r.clone());
             let commit = self.submit(&r);
@@ -1140,28 +1143,85 @@ impl Controller {
         cleaned
     }
 
-    /// Forgets RELEASED and FAILED slices older than the retention, in memory and in the ledger.
+    /// Forgets finished (RELEASED, FAILED) slices past their retention, oldest first, in memory
+    /// and in the ledger: those older than `terminal_retention`, and the oldest beyond
+    /// `terminal_retention_max`. Returns how many were forgotten.
+    ///
+    /// Never loses energy: a released slice that held a GPU after the start of that GPU's open
+    /// energy interval is a holder of that interval, so it is kept (past either limit, counted in
+    /// `greenslice_finished_slices_held_for_energy` and logged) until the interval is attributed.
+    /// A GPU that has sent no samples yet has no open interval; the accountant is told what was
+    /// forgotten on it, so its first interval cannot start before those slices ended.
+    ///
+    /// Works in steps of [`PRUNE_STEP`] slices under the state lock, each followed by its ledger
+    /// deletes, so a large backlog (a restart after a long outage, a lowered cap) neither stalls
+    /// requests nor queues one huge ledger transaction ahead of theirs.
     pub async fn prune_terminal(&self) -> Result<usize, ControllerError> {
-        let keep = i64::try_from(self.config.terminal_retention.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = self.clock.now_ms().saturating_sub(keep);
-        let (ids, commit) = {
-            let mut st = self.lock();
-            let ids: Vec<String> = st
-                .all()
-                .filter(|s| !s.is_live() && s.updated_ms < cutoff)
-                .map(|s| s.id.clone())
-                .collect();
-            if ids.is_empty() {
-                return Ok(0);
+        let keep_ms = i64::try_from(self.config.terminal_retention.as_millis()).unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            let limits = crate::state::PruneLimits {
+                older_than_ms: self.clock.now_ms().saturating_sub(keep_ms),
+                keep_at_most: self.config.terminal_retention_max,
+                examine_at_most: PRUNE_STEP,
+            };
+            let (pruned, commit) = {
+                let mut st = self.lock();
+                let mut energy = self.energy_lock();
+                let open_since = |gpu: &str| {
+                    energy
+                        .unattributed_since(gpu)
+                        .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
+                };
+                let pruned = st.prune_finished(&limits, &open_since);
+                for (r, _) in &pruned.forgotten {
+                    if let Some((_, until)) = r.held_ms() {
+                        for g in &r.gpus {
+                            energy.holder_forgotten(g, u64::try_from(until).unwrap_or(0));
+                        }
+                    }
+                }
+                drop(energy);
+                let ids: Vec<String> = pruned.forgotten.iter().map(|(r, _)| r.id.clone()).collect();
+                // Queued under the state lock: after the slices' last records, as memory saw them.
+                let commit = self.ledger.remove(&ids);
+                (pruned, commit)
+            };
+            for why in [Expiry::Age, Expiry::Count] {
+                let n = pruned.forgotten.iter().filter(|(_, w)| *w == why).count();
+                self.metrics.finished_forgotten(why.as_str(), n);
             }
-            for id in &ids {
-                st.remove_slice(id);
+            total += pruned.forgotten.len();
+            Self::durable(commit).await?;
+            if pruned.examined < PRUNE_STEP {
+                break;
             }
-            let commit = self.ledger.remove(&ids);
-            (ids, commit)
-        };
-        Self::durable(commit).await?;
-        Ok(ids.len())
+            tokio::task::yield_now().await;
+        }
+        self.warn_held_for_energy();
+        Ok(total)
+    }
+
+    /// Logs, at most once a minute, that finished slices are kept past their retention because
+    /// energy attribution still needs them.
+    fn warn_held_for_energy(&self) {
+        use std::sync::atomic::Ordering;
+        let (held, finished) =
+            self.with_state(|st| (st.held_for_energy_count(), st.finished_count()));
+        let now = self.clock.now_ms();
+        let last = self.held_warned_ms.load(Ordering::Relaxed);
+        if held == 0 || now.saturating_sub(last) < 60_000 {
+            return;
+        }
+        self.held_warned_ms.store(now, Ordering::Relaxed);
+        warn!(
+            held,
+            finished,
+            max = self.config.terminal_retention_max,
+            retention_s = self.config.terminal_retention.as_secs(),
+            "finished slices kept past terminal_retention_s / terminal_retention_max: the energy of \
+             GPUs they held is not attributed yet"
+        );
     }
 
     /// Replaces a node's reported GPUs (health changes, external changes).
@@ -1301,8 +1361,8 @@ impl Controller {
     }
 }
 
-/// The slices that held `gpu` during `iv`, with the capacity they held and for how long.
-/// A slice holds its capacity from its creation until it is released (failed slices never held any).
+/// The slices that held `gpu` during `iv`, with the capacity they held and for how long
+/// ([`SliceRecord::held_ms`]).
 fn holders_of(
     st: &ClusterState,
     gpu: &str,
@@ -1317,14 +1377,9 @@ fn holders_of(
         .map(|g| g.model.clone());
     let mut out: Vec<Holder> = st
         .slices_on_gpu(gpu)
-        .filter(|s| s.state != SliceState::Failed)
         .filter_map(|s| {
-            let from = u64::try_from(s.created_ms).ok()?;
-            let to = if s.state.is_terminal() {
-                u64::try_from(s.updated_ms).ok()?
-            } else {
-                u64::MAX
-            };
+            let (from, to) = s.held_ms()?;
+            let (from, to) = (u64::try_from(from).ok()?, u64::try_from(to).ok()?);
             let held_ms = to.min(iv.end_ms).saturating_sub(from.max(iv.start_ms));
             if held_ms == 0 {
                 return None;
@@ -1352,6 +1407,9 @@ fn holders_of(
     out.sort_by(|a, b| a.slice_id.cmp(&b.slice_id));
     out
 }
+
+/// Finished slices one pruning step looks at under the state lock: about a millisecond of work.
+pub const PRUNE_STEP: usize = 1024;
 
 /// Looks for orphans and expired slices every `every`, until the controller is dropped.
 async fn housekeeping(controller: Weak<Controller>, every: Duration) {
@@ -1410,3 +1468,6 @@ fn check_model_profile(st: &ClusterState, spec: &SliceSpec) -> Result<(), Contro
 }
 
 pub use placement::FirstFit;
+
+#[cfg(test)]
+mod retention_tests;

@@ -110,6 +110,12 @@ pub struct Metrics {
     pub insecure: Gauge,
     /// 1: this replica leads (a controller that has metrics leads; see [`serve_controller_endpoint`]).
     pub leading: Gauge,
+    /// Finished (released, failed) slices kept, in memory and in the ledger.
+    pub finished_slices: Gauge,
+    /// Of them, those kept past their retention because energy attribution still needs them.
+    pub finished_held_for_energy: Gauge,
+    /// Finished slices forgotten, by why (`age`, `count`).
+    pub finished_forgotten: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -137,9 +143,28 @@ impl Default for Metrics {
             auth_refusals: Family::default(),
             insecure: Gauge::default(),
             leading: Gauge::default(),
+            finished_slices: Gauge::default(),
+            finished_held_for_energy: Gauge::default(),
+            finished_forgotten: Family::default(),
         };
         m.leading.set(1);
         m.register("greenslice_leading", LEADING_HELP, m.leading.clone());
+        m.register(
+            "greenslice_finished_slices",
+            "Finished (released, failed) slices kept for get, list and idempotent retries",
+            m.finished_slices.clone(),
+        );
+        m.register(
+            "greenslice_finished_slices_held_for_energy",
+            "Finished slices kept past terminal_retention_s or terminal_retention_max because \
+             energy attribution still needs them",
+            m.finished_held_for_energy.clone(),
+        );
+        m.register(
+            "greenslice_finished_slices_forgotten",
+            "Finished slices forgotten, in memory and in the ledger, by reason (age, count)",
+            m.finished_forgotten.clone(),
+        );
         m.register(
             "greenslice_kubelet_allocations",
             "Live allocations the kubelet made for pods (from the agents' pod-resources reports)",
@@ -309,6 +334,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `n` finished slices forgotten for `reason`.
+    pub fn finished_forgotten(&self, reason: &str, n: usize) {
+        if n > 0 {
+            self.finished_forgotten
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
     pub fn relayout(&self) {
         self.mig_relayouts.inc();
     }
@@ -340,11 +376,18 @@ pub fn refresh(c: &Controller) {
                 .set(f64::from(p.sm_pct) / 100.0);
         }
     }
-    let live: Vec<(crate::slice::SliceRecord, f64)> = c.with_state(|st| {
-        st.live_slices()
-            .map(|r| (r.clone(), crate::reclaim::allocated_gpus(r, st)))
-            .collect()
-    });
+    let (live, finished, held): (Vec<(crate::slice::SliceRecord, f64)>, usize, usize) = c
+        .with_state(|st| {
+            let live = st
+                .live_slices()
+                .map(|r| (r.clone(), crate::reclaim::allocated_gpus(r, st)))
+                .collect();
+            (live, st.finished_count(), st.held_for_energy_count())
+        });
+    m.finished_slices
+        .set(i64::try_from(finished).unwrap_or(i64::MAX));
+    m.finished_held_for_energy
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
     m.slice_utilization.clear();
     m.idle_allocated.clear();
     m.allocated.clear();

@@ -47,9 +47,50 @@ pub struct SliceRecord {
 }
 
 impl SliceRecord {
+    /// A slice just placed: PENDING on `node`'s `gpus`, created and updated at `now_ms`, with
+    /// nothing applied yet (no MIG assignment, environment, reason, idempotency key or keep).
+    pub fn placed(
+        id: String,
+        tenant: &str,
+        spec: SliceSpec,
+        node: String,
+        gpus: Vec<String>,
+        now_ms: i64,
+    ) -> SliceRecord {
+        SliceRecord {
+            id,
+            tenant: tenant.to_string(),
+            spec,
+            state: SliceState::Pending,
+            node,
+            gpus,
+            mig: None,
+            env: BTreeMap::new(),
+            reason: String::new(),
+            idempotency_key: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            kept_until_ms: None,
+        }
+    }
+
     /// Whether the slice holds capacity (not released or failed).
     pub fn is_live(&self) -> bool {
         !self.state.is_terminal()
+    }
+
+    /// When the slice held its GPUs, ms since the Unix epoch: from creation until it was released
+    /// (`i64::MAX` while it is live). None for a failed slice, which never held any. Energy
+    /// attribution charges a slice for exactly this span, and retention keeps a finished slice
+    /// while an interval not yet attributed overlaps it.
+    pub fn held_ms(&self) -> Option<(i64, i64)> {
+        match self.state {
+            SliceState::Failed => None,
+            SliceState::Released => Some((self.created_ms, self.updated_ms)),
+            SliceState::Pending | SliceState::Active | SliceState::Releasing => {
+                Some((self.created_ms, i64::MAX))
+            }
+        }
     }
 
     pub fn to_pb(&self) -> pb::Slice {

@@ -29,15 +29,16 @@ pub struct NodeRecord {
 
 /// Nodes and slices.
 ///
-/// Code that changes a node or a slice directly (through the public maps) must call
-/// [`ClusterState::touch`] for that node (or [`ClusterState::reindex`] for a slice), so the cached
-/// placement view and the per-node index stay true.
+/// Slices change only through [`ClusterState::put`], [`ClusterState::update`] and
+/// [`ClusterState::remove_slice`], which keep every slice index in step. Code that changes a node
+/// directly (through the public map) must call [`ClusterState::touch`] for it, so the cached
+/// placement view stays true.
 #[derive(Debug, Default)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
     /// Boxed so growing the map moves pointers, not 344-byte records: with tens of thousands of
     /// finished slices kept, a resize of unboxed records stalled every request for 60-240 ms.
-    pub slices: HashMap<String, Box<SliceRecord>>,
+    slices: HashMap<String, Box<SliceRecord>>,
     /// (tenant, idempotency key) -> slice id.
     pub idempotency: HashMap<(String, String), String>,
     /// PENDING slices loaded from the ledger at startup (the previous controller crashed between
@@ -48,6 +49,8 @@ pub struct ClusterState {
     /// Ids of every slice kept in memory (live or finished) by GPU UUID: energy attribution asks
     /// which slices held a GPU in an interval, and finished slices far outnumber any GPU's.
     by_gpu: HashMap<String, BTreeSet<String>>,
+    /// Finished slices in the order retention forgets them.
+    finished: Finished,
     /// The placement view, kept between requests; nodes in `dirty` are rebuilt before use.
     cached: Option<ClusterView>,
     dirty: HashSet<String>,
@@ -65,6 +68,124 @@ fn new_version() -> u64 {
     NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A finished slice's place in the retention order: when it finished (its last update, ms since
+/// the Unix epoch), then its id.
+type FinishedKey = (i64, String);
+
+/// Finished (RELEASED, FAILED) slices, so pruning finds the oldest without scanning every slice.
+/// Each finished slice is in `queue` or in `held`, never both.
+#[derive(Debug, Default)]
+struct Finished {
+    /// Oldest first: what pruning walks.
+    queue: BTreeSet<FinishedKey>,
+    /// Slices pruning would have forgotten but an energy interval not yet attributed needs, by the
+    /// GPU of that interval. Kept out of `queue` so later passes do not walk them again; they go
+    /// back when that GPU's interval has moved past them.
+    held: HashMap<String, BTreeSet<FinishedKey>>,
+    held_count: usize,
+}
+
+impl Finished {
+    fn key(r: &SliceRecord) -> FinishedKey {
+        (r.updated_ms, r.id.clone())
+    }
+
+    fn insert(&mut self, r: &SliceRecord) {
+        if !r.is_live() {
+            self.queue.insert(Self::key(r));
+        }
+    }
+
+    fn remove(&mut self, r: &SliceRecord) {
+        if r.is_live() {
+            return;
+        }
+        let key = Self::key(r);
+        if self.queue.remove(&key) {
+            return;
+        }
+        // Held under one of its GPUs.
+        for g in &r.gpus {
+            if let Some(set) = self.held.get_mut(g)
+                && set.remove(&key)
+            {
+                self.held_count -= 1;
+                if set.is_empty() {
+                    self.held.remove(g);
+                }
+                return;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len() + self.held_count
+    }
+
+    /// Moves held slices whose GPU's open energy interval now starts at or after their end back
+    /// into the queue (all of a GPU's when it has no open interval).
+    fn release_held(&mut self, open_since: &dyn Fn(&str) -> Option<i64>) {
+        let gpus: Vec<String> = self.held.keys().cloned().collect();
+        for g in gpus {
+            let Some(set) = self.held.get_mut(&g) else {
+                continue;
+            };
+            let done = match open_since(&g) {
+                None => std::mem::take(set),
+                Some(since) => {
+                    let needed = set.split_off(&(since.saturating_add(1), String::new()));
+                    std::mem::replace(set, needed)
+                }
+            };
+            if set.is_empty() {
+                self.held.remove(&g);
+            }
+            self.held_count -= done.len();
+            self.queue.extend(done);
+        }
+    }
+}
+
+/// How far one pruning pass goes (see [`ClusterState::prune_finished`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PruneLimits {
+    /// Forget finished slices whose last update is older than this (ms since the Unix epoch).
+    pub older_than_ms: i64,
+    /// Forget the oldest finished slices beyond this many.
+    pub keep_at_most: usize,
+    /// Look at no more finished slices than this in one pass (bounds the time the state is held).
+    pub examine_at_most: usize,
+}
+
+/// Why a finished slice was forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Older than the retention time.
+    Age,
+    /// Beyond the retention count.
+    Count,
+}
+
+impl Expiry {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expiry::Age => "age",
+            Expiry::Count => "count",
+        }
+    }
+}
+
+/// What one pruning pass did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Slices forgotten, oldest first, and why.
+    pub forgotten: Vec<(SliceRecord, Expiry)>,
+    /// Finished slices looked at (forgotten or held for energy): a pass that reached
+    /// [`PruneLimits::examine_at_most`] may have left work for the next.
+    pub examined: usize,
+}
+
 impl ClusterState {
     /// Adds or replaces a slice record, keeping the idempotency and node indexes in step.
     pub fn put(&mut self, r: SliceRecord) {
@@ -77,6 +198,7 @@ impl ClusterState {
             self.by_gpu.entry(g.clone()).or_default().insert(id.clone());
         }
         if let Some(old) = self.slices.insert(id.clone(), Box::new(r)) {
+            self.finished.remove(&old);
             // A replaced record that named other GPUs (a kubelet slice re-reported) leaves them.
             let new_gpus = &self.slices[&id].gpus;
             for g in old.gpus.iter().filter(|g| !new_gpus.contains(g)) {
@@ -88,12 +210,24 @@ impl ClusterState {
         self.reindex(&id);
     }
 
-    /// Brings the node index and the cached view in step with slice `id` after it changed.
-    pub fn reindex(&mut self, id: &str) {
-        let Some(r) = self.slice(id) else {
+    /// Changes slice `id` in place, keeping the indexes in step; None when there is no such slice.
+    /// `f` must not change the slice's id or GPUs (replace the record with [`Self::put`] for that).
+    pub fn update(&mut self, id: &str, f: impl FnOnce(&mut SliceRecord)) -> Option<&SliceRecord> {
+        let r = self.slices.get_mut(id)?;
+        self.finished.remove(r);
+        f(r);
+        self.reindex(id);
+        self.slice(id)
+    }
+
+    /// Brings the node and finished indexes and the cached view in step with slice `id` after it
+    /// changed (its old entry in the finished index already removed).
+    fn reindex(&mut self, id: &str) {
+        let Some(r) = self.slices.get(id) else {
             return;
         };
         let (node, live) = (r.node.clone(), r.is_live());
+        self.finished.insert(r);
         let set = self.live.entry(node.clone()).or_default();
         if live {
             set.insert(id.to_string());
@@ -114,6 +248,7 @@ impl ClusterState {
         if let Some(set) = self.live.get_mut(&r.node) {
             set.remove(id);
         }
+        self.finished.remove(&r);
         for g in &r.gpus {
             if let Some(set) = self.by_gpu.get_mut(g) {
                 set.remove(id);
@@ -140,6 +275,84 @@ impl ClusterState {
     /// Every slice record in memory.
     pub fn all(&self) -> impl Iterator<Item = &SliceRecord> + '_ {
         self.slices.values().map(|b| b.as_ref())
+    }
+
+    /// How many slice records are in memory (live and finished).
+    pub fn slice_count(&self) -> usize {
+        self.slices.len()
+    }
+
+    /// Whether a slice with this id is in memory.
+    pub fn contains(&self, id: &str) -> bool {
+        self.slices.contains_key(id)
+    }
+
+    /// How many finished (RELEASED, FAILED) slices are kept.
+    pub fn finished_count(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// How many finished slices are kept past their retention only because an energy interval not
+    /// yet attributed needs them.
+    pub fn held_for_energy_count(&self) -> usize {
+        self.finished.held_count
+    }
+
+    /// Forgets finished slices, oldest first, while the oldest is older than
+    /// `limits.older_than_ms` or more than `limits.keep_at_most` are kept, looking at no more than
+    /// `limits.examine_at_most`. Work is in proportion to the slices looked at, not to the slices
+    /// kept.
+    ///
+    /// A slice that held a GPU after the start of that GPU's open energy interval
+    /// (`open_since(gpu)`, ms; None when the GPU has none) is needed to attribute it, so it is not
+    /// forgotten: it is held aside, and only goes back in line once the interval has moved past
+    /// its end. Failed slices never held anything and are never needed.
+    pub fn prune_finished(
+        &mut self,
+        limits: &PruneLimits,
+        open_since: &dyn Fn(&str) -> Option<i64>,
+    ) -> Pruned {
+        self.finished.release_held(open_since);
+        let mut out = Pruned::default();
+        while out.examined < limits.examine_at_most {
+            let Some((ended, _)) = self.finished.queue.first() else {
+                break;
+            };
+            let expiry = if *ended < limits.older_than_ms {
+                Expiry::Age
+            } else if self.finished.len() > limits.keep_at_most {
+                Expiry::Count
+            } else {
+                break;
+            };
+            let Some((ended, id)) = self.finished.queue.pop_first() else {
+                break;
+            };
+            out.examined += 1;
+            let needed_by = self.slices.get(&id).and_then(|r| {
+                let (_, until) = r.held_ms()?;
+                r.gpus
+                    .iter()
+                    .find(|g| open_since(g).is_some_and(|since| until > since))
+                    .cloned()
+            });
+            match needed_by {
+                Some(gpu) => {
+                    self.finished
+                        .held
+                        .entry(gpu)
+                        .or_default()
+                        .insert((ended, id));
+                    self.finished.held_count += 1;
+                }
+                None => {
+                    if let Some(r) = self.remove_slice(&id) {
+                        out.forgotten.push((r, expiry));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Every live slice (PENDING, ACTIVE, RELEASING), through the live index: cheaper than
@@ -412,6 +625,202 @@ mod tests {
         st.remove_slice("b");
         assert!(on(&st, "G1").is_empty());
         assert!(on(&st, "nope").is_empty());
+    }
+
+    /// A slice on `gpu` that finished (`state`) at `ended_ms`, created 1 s before.
+    fn ended(id: &str, gpu: &str, state: SliceState, ended_ms: i64) -> SliceRecord {
+        let mut r = rec(id, &[gpu], state);
+        r.created_ms = ended_ms - 1000;
+        r.updated_ms = ended_ms;
+        r
+    }
+
+    fn limits(older_than_ms: i64, keep_at_most: usize) -> PruneLimits {
+        PruneLimits {
+            older_than_ms,
+            keep_at_most,
+            examine_at_most: usize::MAX,
+        }
+    }
+
+    /// No GPU has an open energy interval: energy needs nothing.
+    fn no_energy(_: &str) -> Option<i64> {
+        None
+    }
+
+    fn forgotten(p: &Pruned) -> Vec<(&str, Expiry)> {
+        p.forgotten
+            .iter()
+            .map(|(r, e)| (r.id.as_str(), *e))
+            .collect()
+    }
+
+    fn ids(st: &ClusterState) -> Vec<String> {
+        let mut v: Vec<String> = st.all().map(|s| s.id.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_finished_count_follows_puts_updates_and_removals() {
+        let mut st = ClusterState::default();
+        st.put(rec("a", &["G1"], SliceState::Active));
+        st.put(ended("b", "G1", SliceState::Released, 5_000));
+        assert_eq!(st.finished_count(), 1);
+        st.update("a", |r| {
+            r.state = SliceState::Released;
+            r.updated_ms = 6_000;
+        });
+        assert_eq!(st.finished_count(), 2);
+        // Re-put as live (a kubelet allocation reported again) and finished at another time.
+        st.put(rec("b", &["G1"], SliceState::Active));
+        assert_eq!(st.finished_count(), 1);
+        st.put(ended("b", "G1", SliceState::Failed, 7_000));
+        st.update("b", |r| r.updated_ms = 8_000);
+        assert_eq!(st.finished_count(), 2);
+        st.remove_slice("a");
+        assert_eq!(st.finished_count(), 1);
+        // Nothing stale is left behind: pruning everything forgets exactly what is there.
+        let p = st.prune_finished(&limits(i64::MAX, 0), &no_energy);
+        assert_eq!(forgotten(&p), [("b", Expiry::Age)]);
+        assert_eq!(st.finished_count(), 0);
+        assert!(st.all().next().is_none());
+    }
+
+    #[test]
+    fn over_the_count_the_oldest_finished_slices_go_first_and_live_ones_stay() {
+        let mut st = ClusterState::default();
+        // Put in an order other than their end times.
+        for (id, at) in [
+            ("c", 3_000),
+            ("a", 1_000),
+            ("e", 5_000),
+            ("b", 2_000),
+            ("d", 4_000),
+        ] {
+            st.put(ended(id, "G1", SliceState::Released, at));
+        }
+        st.put(rec("live", &["G1"], SliceState::Active));
+        let p = st.prune_finished(&limits(0, 2), &no_energy);
+        assert_eq!(
+            forgotten(&p),
+            [
+                ("a", Expiry::Count),
+                ("b", Expiry::Count),
+                ("c", Expiry::Count)
+            ]
+        );
+        assert_eq!(ids(&st), ["d", "e", "live"]);
+        assert_eq!(st.finished_count(), 2);
+        assert_eq!(
+            on(&st, "G1"),
+            ["d", "e", "live"],
+            "the GPU index forgets them too"
+        );
+        // At the count: nothing more.
+        let p = st.prune_finished(&limits(0, 2), &no_energy);
+        assert!(p.forgotten.is_empty() && p.examined == 0);
+    }
+
+    #[test]
+    fn slices_older_than_the_age_limit_go_whatever_the_count() {
+        let mut st = ClusterState::default();
+        st.put(ended("old", "G1", SliceState::Failed, 1_000));
+        st.put(ended("older", "G1", SliceState::Released, 500));
+        st.put(ended("new", "G1", SliceState::Released, 9_000));
+        let p = st.prune_finished(&limits(1_001, 100), &no_energy);
+        assert_eq!(
+            forgotten(&p),
+            [("older", Expiry::Age), ("old", Expiry::Age)]
+        );
+        assert_eq!(ids(&st), ["new"]);
+    }
+
+    #[test]
+    fn a_released_slice_an_open_energy_interval_needs_is_held_until_the_interval_passes_it() {
+        let mut st = ClusterState::default();
+        // G1's open energy interval started at 2_500: "b" (released at 3_000) held G1 in it.
+        st.put(ended("a", "G1", SliceState::Released, 2_000));
+        st.put(ended("b", "G1", SliceState::Released, 3_000));
+        st.put(ended("f", "G1", SliceState::Failed, 3_500));
+        st.put(ended("c", "G2", SliceState::Released, 4_000));
+        let mut since = 2_500;
+        let open = |g: &str| (g == "G1").then_some(since);
+        let p = st.prune_finished(&limits(0, 0), &open);
+        assert_eq!(
+            forgotten(&p),
+            [
+                ("a", Expiry::Count),
+                ("f", Expiry::Count),
+                ("c", Expiry::Count)
+            ],
+            "a ended before the interval, a failed slice never held anything, G2 has no interval"
+        );
+        assert_eq!(ids(&st), ["b"]);
+        assert_eq!((st.finished_count(), st.held_for_energy_count()), (1, 1));
+        // Held aside: the next pass does not walk it again.
+        let p = st.prune_finished(&limits(0, 0), &open);
+        assert_eq!((p.examined, p.forgotten.len()), (0, 0));
+        // The interval closed at 3_000 (held_ms of "b" in the next one would be 0): it may go.
+        since = 3_000;
+        let open = |g: &str| (g == "G1").then_some(since);
+        let p = st.prune_finished(&limits(0, 0), &open);
+        assert_eq!(forgotten(&p), [("b", Expiry::Count)]);
+        assert_eq!((st.finished_count(), st.held_for_energy_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_multi_gpu_slice_is_kept_until_every_gpu_it_held_is_attributed_past_it() {
+        let mut st = ClusterState::default();
+        let mut r = rec("w", &["G1", "G2"], SliceState::Released);
+        (r.created_ms, r.updated_ms) = (1_000, 5_000);
+        st.put(r);
+        let open = |at: [i64; 2]| move |g: &str| Some(if g == "G1" { at[0] } else { at[1] });
+        assert!(
+            st.prune_finished(&limits(0, 0), &open([4_000, 4_000]))
+                .forgotten
+                .is_empty()
+        );
+        // G1 moved past it, G2 not yet.
+        assert!(
+            st.prune_finished(&limits(0, 0), &open([6_000, 4_000]))
+                .forgotten
+                .is_empty()
+        );
+        assert_eq!(st.held_for_energy_count(), 1);
+        let p = st.prune_finished(&limits(0, 0), &open([6_000, 5_000]));
+        assert_eq!(forgotten(&p), [("w", Expiry::Count)]);
+    }
+
+    #[test]
+    fn one_pass_looks_at_no_more_than_its_limit() {
+        let mut st = ClusterState::default();
+        for i in 0..10 {
+            st.put(ended(
+                &format!("s{i}"),
+                "G1",
+                SliceState::Released,
+                1_000 + i,
+            ));
+        }
+        let l = PruneLimits {
+            examine_at_most: 4,
+            ..limits(0, 0)
+        };
+        let p = st.prune_finished(&l, &no_energy);
+        assert_eq!((p.examined, p.forgotten.len()), (4, 4));
+        assert_eq!(st.finished_count(), 6);
+        assert_eq!(p.forgotten[0].0.id, "s0");
+    }
+
+    #[test]
+    fn a_forgotten_slice_frees_its_idempotency_key() {
+        let mut st = ClusterState::default();
+        let mut r = ended("a", "G1", SliceState::Released, 1_000);
+        r.idempotency_key = Some("k".into());
+        st.put(r);
+        st.prune_finished(&limits(i64::MAX, 0), &no_energy);
+        assert!(st.idempotency.is_empty());
     }
 
     #[test]

@@ -136,6 +136,10 @@ pub struct Accountant {
     /// Intervals that could not be accounted, with the last reason.
     pub skipped: u64,
     pub last_error: Option<String>,
+    /// For GPUs with no open interval: the latest end (ms) of a slice that held the GPU and was
+    /// forgotten since (see [`Accountant::holder_forgotten`]). The GPU's first interval does not
+    /// start before it.
+    forgotten_until: BTreeMap<String, u64>,
 }
 
 impl Accountant {
@@ -147,11 +151,31 @@ impl Accountant {
             records: VecDeque::new(),
             skipped: 0,
             last_error: None,
+            forgotten_until: BTreeMap::new(),
         }
     }
 
     pub fn config(&self) -> &AccountingConfig {
         &self.config
+    }
+
+    /// Start of `gpu`'s open interval (ms): its energy is attributed up to here, and every
+    /// interval still to come starts here or later, so a slice that stopped holding the GPU at or
+    /// before it is no longer needed. None while the GPU has sent no samples.
+    pub fn unattributed_since(&self, gpu: &str) -> Option<u64> {
+        self.gpus.get(gpu).and_then(|a| a.start_ms)
+    }
+
+    /// Tells the accountant that a slice which held `gpu` until `until_ms` is forgotten, so it can
+    /// no longer be named as a holder. A GPU with an open interval never needs it again (the
+    /// controller keeps slices that interval needs); for one with none yet, its first interval is
+    /// made to start no earlier than `until_ms`, and samples before that are not accounted.
+    pub fn holder_forgotten(&mut self, gpu: &str, until_ms: u64) {
+        if self.unattributed_since(gpu).is_some() {
+            return;
+        }
+        let at = self.forgotten_until.entry(gpu.to_string()).or_default();
+        *at = (*at).max(until_ms);
     }
 
     /// Takes samples of one node (any GPUs, time-ordered per GPU). `holders(gpu, interval)` names
@@ -192,6 +216,15 @@ impl Accountant {
                 power_mw: u64::from(p),
             });
             let Some(start) = acc.start_ms else {
+                if self
+                    .forgotten_until
+                    .get(&s.gpu_uuid)
+                    .is_some_and(|until| at < *until)
+                {
+                    // Slices that held the GPU then are forgotten: start no interval before them.
+                    continue;
+                }
+                self.forgotten_until.remove(&s.gpu_uuid);
                 acc.start_ms = Some(at);
                 acc.last_ms = at;
                 acc.readings = vec![reading];
@@ -422,6 +455,28 @@ mod tests {
         }
         assert_eq!(acc.records(0, u64::MAX).len(), 3);
         assert_eq!(acc.totals.cluster.measured_mj, 6_000_000);
+    }
+
+    #[test]
+    fn a_first_interval_never_starts_before_a_forgotten_holder_ended() {
+        let mut acc = Accountant::new(AccountingConfig {
+            window_ms: 5_000,
+            ..Default::default()
+        });
+        assert_eq!(acc.unattributed_since("GPU-1"), None);
+        // A slice that held GPU-1 until 3 s was forgotten before the GPU sent any sample.
+        acc.holder_forgotten("GPU-1", 3_000);
+        let samples: Vec<_> = (0..=10)
+            .map(|i| sample(i * 1000, i as u64 * 100_000, 100_000, &[]))
+            .collect();
+        let closed = acc.ingest("n", &|_| "x".into(), &samples, &|_, _| Vec::new());
+        assert_eq!(closed[0].interval.start_ms, 3_000, "{closed:?}");
+        assert_eq!(acc.unattributed_since("GPU-1"), Some(8_000));
+        // Once the GPU has an open interval, forgetting slices that ended before it changes nothing.
+        acc.holder_forgotten("GPU-1", 7_000);
+        let more = [sample(13_000, 1_300_000, 100_000, &[])];
+        let closed = acc.ingest("n", &|_| "x".into(), &more, &|_, _| Vec::new());
+        assert_eq!(closed[0].interval.start_ms, 8_000);
     }
 
     #[test]

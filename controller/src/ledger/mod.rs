@@ -69,10 +69,27 @@ pub trait Ledger: Send + Sync {
         self.submit(records.iter().cloned().map(Op::Put).collect())
     }
     /// Forgets slice records (finished slices past their retention). Unknown ids are ignored.
+    /// Not atomic as a whole: the ids go in submissions of at most [`REMOVE_BATCH`] (each atomic,
+    /// all queued now, in order), since a single submission is written as one transaction however
+    /// large, and etcd refuses one of more than 128 operations. Group commit merges consecutive
+    /// submissions up to each ledger's own limit (redb: 4,096 ops).
     fn remove(&self, ids: &[String]) -> Commit {
-        self.submit(ids.iter().cloned().map(Op::Delete).collect())
+        let commits: Vec<Commit> = ids
+            .chunks(REMOVE_BATCH)
+            .map(|c| self.submit(c.iter().cloned().map(Op::Delete).collect()))
+            .collect();
+        Box::pin(async move {
+            for c in commits {
+                c.await?;
+            }
+            Ok(())
+        })
     }
 }
+
+/// Most deletes in one submission of [`Ledger::remove`]: etcd's default `--max-txn-ops`, the
+/// smallest transaction limit of the ledgers.
+pub const REMOVE_BATCH: usize = etcd::MAX_TXN_OPS;
 
 /// One change in a batch.
 // Ops are built once and moved into a batch; boxing the record would add an allocation per change.
@@ -283,26 +300,47 @@ pub(crate) mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_large_remove_is_written_in_transactions_etcd_accepts() {
+        struct Group(GroupCommit);
+        impl Ledger for Group {
+            fn submit(&self, ops: Vec<Op>) -> Commit {
+                self.0.submit(ops)
+            }
+            fn load(
+                &self,
+            ) -> Pin<Box<dyn Future<Output = Result<Vec<SliceRecord>, LedgerError>> + Send + '_>>
+            {
+                Box::pin(async { Ok(Vec::new()) })
+            }
+            fn name(&self) -> &'static str {
+                "test"
+            }
+        }
+        let store = Arc::new(Slow::default());
+        let ledger = Group(GroupCommit::spawn(store.clone(), etcd::MAX_TXN_OPS));
+        let ids: Vec<String> = (0..1000).map(|i| format!("s-{i}")).collect();
+        ledger.remove(&ids).await.unwrap();
+        let batches = store.batches.lock().unwrap();
+        assert!(
+            batches.iter().all(|b| b.len() <= etcd::MAX_TXN_OPS),
+            "{:?}",
+            batches.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let written: Vec<&str> = batches.iter().flatten().map(Op::id).collect();
+        assert_eq!(written, ids, "every id, in order");
+    }
+
     pub(crate) fn record(id: &str, state: greenslice_core::slice::SliceState) -> SliceRecord {
         use greenslice_core::slice::{SliceKind, SliceSpec};
+        let spec = SliceSpec {
+            kind: SliceKind::Whole { count: 1 },
+            gpu_model: None,
+            slice_class: None,
+        };
         SliceRecord {
-            id: id.to_string(),
-            tenant: "t".into(),
-            spec: SliceSpec {
-                kind: SliceKind::Whole { count: 1 },
-                gpu_model: None,
-                slice_class: None,
-            },
             state,
-            node: "n".into(),
-            gpus: vec!["GPU-1".into()],
-            mig: None,
-            env: Default::default(),
-            reason: String::new(),
-            idempotency_key: None,
-            created_ms: 1,
-            updated_ms: 1,
-            kept_until_ms: None,
+            ..SliceRecord::placed(id.into(), "t", spec, "n".into(), vec!["GPU-1".into()], 1)
         }
     }
 
