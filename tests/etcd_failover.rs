@@ -159,6 +159,20 @@ async fn start_etcd(
 }
 
 /// The etcd binary, or None (loudly) when there is none and CI did not require it.
+/// `GET path` on loopback `port` (HTTP/1.0): the whole response, empty if nothing answers.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
 fn etcd_or_skip(test: &str) -> Option<PathBuf> {
     let bin = etcd_binary();
     if bin.is_none() {
@@ -304,11 +318,20 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         ),
     )
     .unwrap();
-    let args = ["--config", config.to_str().unwrap()];
     let (port_a, port_b) = (free_port(), free_port());
+    let (metrics_a, metrics_b) = (free_port(), free_port());
+    let args = |metrics: u16| {
+        [
+            "--config".to_string(),
+            config.display().to_string(),
+            "--metrics-listen".to_string(),
+            format!("127.0.0.1:{metrics}"),
+        ]
+    };
+    let (args_a, args_b) = (args(metrics_a), args(metrics_b));
     let log_a = dir.path().join("a.log");
     let log_b = dir.path().join("b.log");
-    let mut a = start_controller(port_a, &args, &log_a).await;
+    let mut a = start_controller(port_a, &args_a.each_ref().map(String::as_str), &log_a).await;
     // A leads before B starts.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -323,7 +346,7 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         assert!(Instant::now() < deadline, "controller A did not lead");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut b = start_controller(port_b, &args, &log_b).await;
+    let mut b = start_controller(port_b, &args_b.each_ref().map(String::as_str), &log_b).await;
 
     let nodes: Vec<NodeSpec> = (0..NODES)
         .map(|i| NodeSpec {
@@ -359,6 +382,27 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Only the leader is ready (a Kubernetes Service then routes to it alone); the standby's
+    // metrics endpoint answers, saying it does not lead.
+    assert!(http_get(metrics_a, "/readyz").await.contains(" 200 OK"));
+    assert!(
+        http_get(metrics_b, "/readyz")
+            .await
+            .contains(" 503 Service Unavailable"),
+        "a standby must not be ready"
+    );
+    let standby_metrics = http_get(metrics_b, "/metrics").await;
+    assert!(
+        standby_metrics.contains("\ngreenslice_leading 0\n"),
+        "{standby_metrics}"
+    );
+    common::promtool_check(
+        "a standby's /metrics",
+        standby_metrics
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b),
+    );
+
     // A keeps its lease alive: it still leads after several lease times.
     tokio::time::sleep(Duration::from_secs(LEASE_TTL_S * 2 + 1)).await;
     TenantServiceClient::new(channel(&a.url).await.expect("A reachable"))
@@ -393,6 +437,10 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took_over = took_over.expect("standby never took over");
+    assert!(
+        http_get(metrics_b, "/readyz").await.contains(" 200 OK"),
+        "the new leader must be ready"
+    );
     eprintln!(
         "etcd test: standby serving {:.2} s after the leader was killed (lease {LEASE_TTL_S} s)",
         took_over.as_secs_f64()
