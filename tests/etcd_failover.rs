@@ -590,3 +590,87 @@ async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes
     let want: Vec<String> = (290..300).map(|i| format!("s-{i:03}")).collect();
     assert_eq!(left, want, "etcd keeps the newest 10");
 }
+
+/// A restarted agent reports every pod on its node at once; on etcd (at most 128 operations a
+/// transaction) a report of more slices than that must still be recorded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
+    use greenslice_controller::controller::{Controller, CoreConfig};
+    use greenslice_controller::ledger::Ledger;
+    use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
+    let Some(etcd_bin) = etcd_or_skip("etcd kubelet report test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
+    let etcd = Etcd::connect(EtcdConfig {
+        endpoints: vec![client_url],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    let (seen, _) = tokio::sync::watch::channel(None);
+    let me = LeaderInfo {
+        id: "kubelet-test".into(),
+        url: "http://127.0.0.1:1".into(),
+    };
+    let leadership = etcd.campaign(&me, &seen).await.unwrap();
+    let ledger: Arc<dyn Ledger> = Arc::new(EtcdLedger::new(etcd, &leadership));
+    let c = Controller::new(
+        ledger.clone(),
+        greenslice_controller::placement::default_policy(),
+        Arc::new(greenslice_core::clock::SystemClock),
+        CoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    // 8 GPUs shared by 25 pods each: 200 allocations.
+    let allocations: Vec<pb::KubeletAllocation> = (0..200)
+        .map(|i| pb::KubeletAllocation {
+            slice_id: format!("k-{i:016x}"),
+            tenant: "team-a".into(),
+            namespace: "team-a".into(),
+            pod: format!("p-{i}"),
+            container: "c".into(),
+            resource: "greenslice.io/gpu".into(),
+            device_ids: vec![format!("GPU-{}::{}", i % 8, i / 8)],
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
+                gpu_model: String::new(),
+                slice_class: "kubelet".into(),
+            }),
+            gpu_uuids: vec![format!("GPU-{}", i % 8)],
+            mig: None,
+        })
+        .collect();
+    let report = pb::KubeletAllocations {
+        allocations,
+        eviction_allowed: false,
+        observed_unix_ms: 0,
+    };
+    let n = c
+        .apply_kubelet_allocations("node-0", &report)
+        .await
+        .expect("a 200-allocation report is recorded");
+    assert_eq!(n, 200);
+    let stored = ledger.load().await.unwrap();
+    assert_eq!(stored.len(), 200, "etcd holds every kubelet slice");
+    // The pods end: the next (empty) report releases all 200, again in transactions etcd takes.
+    let released = c
+        .apply_kubelet_allocations(
+            "node-0",
+            &pb::KubeletAllocations {
+                allocations: Vec::new(),
+                eviction_allowed: false,
+                observed_unix_ms: 0,
+            },
+        )
+        .await
+        .expect("releasing 200 kubelet slices is recorded");
+    assert_eq!(released, 200);
+    let stored = ledger.load().await.unwrap();
+    assert!(
+        stored.iter().all(|r| !r.is_live()),
+        "every kubelet slice released in etcd"
+    );
+}

@@ -1260,13 +1260,16 @@ impl Controller {
         if all.is_empty() {
             return Ok(0);
         }
-        self.ledger
-            .commit(&all)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        {
+        // A report may change more slices than etcd takes in one transaction (a restarted agent
+        // reports every pod at once). Each part is durable before memory shows it; should a later
+        // part fail, the report is level-triggered and the next one redoes what is missing.
+        for part in all.chunks(crate::ledger::SUBMISSION_MAX_OPS) {
+            self.ledger
+                .commit(part)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut st = self.lock();
-            for r in &all {
+            for r in part {
                 st.put(r.clone());
             }
         }

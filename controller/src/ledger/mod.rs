@@ -69,13 +69,13 @@ pub trait Ledger: Send + Sync {
         self.submit(records.iter().cloned().map(Op::Put).collect())
     }
     /// Forgets slice records (finished slices past their retention). Unknown ids are ignored.
-    /// Not atomic as a whole: the ids go in submissions of at most [`REMOVE_BATCH`] (each atomic,
+    /// Not atomic as a whole: the ids go in submissions of at most [`SUBMISSION_MAX_OPS`] (each atomic,
     /// all queued now, in order), since a single submission is written as one transaction however
     /// large, and etcd refuses one of more than 128 operations. Group commit merges consecutive
     /// submissions up to each ledger's own limit (redb: 4,096 ops).
     fn remove(&self, ids: &[String]) -> Commit {
         let commits: Vec<Commit> = ids
-            .chunks(REMOVE_BATCH)
+            .chunks(SUBMISSION_MAX_OPS)
             .map(|c| self.submit(c.iter().cloned().map(Op::Delete).collect()))
             .collect();
         Box::pin(async move {
@@ -87,9 +87,11 @@ pub trait Ledger: Send + Sync {
     }
 }
 
-/// Most deletes in one submission of [`Ledger::remove`]: etcd's default `--max-txn-ops`, the
-/// smallest transaction limit of the ledgers.
-pub const REMOVE_BATCH: usize = etcd::MAX_TXN_OPS;
+/// Most ops in one submission that every ledger writes as one transaction: etcd's default
+/// `--max-txn-ops`, the smallest transaction limit of the ledgers. A larger submission is refused by
+/// etcd; changes that need not be atomic as a whole go in parts of at most this many
+/// ([`Ledger::remove`], kubelet reports).
+pub const SUBMISSION_MAX_OPS: usize = etcd::MAX_TXN_OPS;
 
 /// One change in a batch.
 // Ops are built once and moved into a batch; boxing the record would add an allocation per change.
