@@ -158,7 +158,6 @@ async fn start_etcd(
     (etcd, client_url)
 }
 
-/// The etcd binary, or None (loudly) when there is none and CI did not require it.
 /// `GET path` on loopback `port` (HTTP/1.0): the whole response, empty if nothing answers.
 async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -173,6 +172,10 @@ async fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// Held by each test for its whole run (the tests of this file each start an etcd).
+static ONE_ETCD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The etcd binary, or None (loudly) when there is none and CI did not require it.
 fn etcd_or_skip(test: &str) -> Option<PathBuf> {
     let bin = etcd_binary();
     if bin.is_none() {
@@ -190,6 +193,9 @@ fn etcd_or_skip(test: &str) -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_reaches_etcd_over_mutual_tls_and_only_with_its_certificate() {
+    // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
+    // start deadline.
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
     let Some(etcd_bin) = etcd_or_skip("etcd TLS test") else {
         return;
     };
@@ -304,6 +310,9 @@ async fn the_controller_reaches_etcd_over_mutual_tls_and_only_with_its_certifica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
+    // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
+    // start deadline.
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
     let Some(etcd_bin) = etcd_or_skip("etcd HA test") else {
         return;
     };
@@ -520,6 +529,9 @@ async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes
     use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
     use greenslice_controller::slice::SliceRecord;
     use greenslice_core::slice::{SliceKind, SliceSpec, SliceState};
+    // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
+    // start deadline.
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
     let Some(etcd_bin) = etcd_or_skip("etcd retention test") else {
         return;
     };
@@ -598,6 +610,9 @@ async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
     use greenslice_controller::controller::{Controller, CoreConfig};
     use greenslice_controller::ledger::Ledger;
     use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
+    // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
+    // start deadline.
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
     let Some(etcd_bin) = etcd_or_skip("etcd kubelet report test") else {
         return;
     };
