@@ -310,7 +310,22 @@ async fn session_once(
         .kubelet
         .clone()
         .map(|k| AbortOnDrop(tokio::spawn(forward_kubelet(k, tx.clone()))));
-    while let Some(msg) = inbound.next().await {
+    let mut tls_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + TLS_FILES_CHECK,
+        TLS_FILES_CHECK,
+    );
+    loop {
+        let msg = tokio::select! {
+            m = inbound.next() => m,
+            _ = tls_check.tick() => {
+                if tls_files_changed(cfg) {
+                    info!("TLS files changed; reconnecting to use the new certificate");
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         match msg?.msg {
             Some(pb::controller_message::Msg::Registered(r)) => {
                 *registered = true;
@@ -330,6 +345,19 @@ async fn session_once(
         }
     }
     Ok(())
+}
+
+/// How often an open session looks at its TLS files: a renewed certificate is put to use by
+/// reconnecting (the controller keeps the node's slices across the short gap), well before the old
+/// one expires.
+const TLS_FILES_CHECK: Duration = Duration::from_secs(30);
+
+/// True when the TLS files read (and differ from the settings in use).
+fn tls_files_changed(cfg: &SessionConfig) -> bool {
+    cfg.tls_files
+        .as_ref()
+        .and_then(|f| f.read().ok())
+        .is_some_and(|tls| tls != cfg.tls)
 }
 
 /// Reads the TLS files again (see [`SessionConfig::tls_files`]); returns true when they changed.
@@ -426,8 +454,10 @@ mod tests {
             Some((b"cert-1".to_vec(), b"key-1".to_vec()))
         );
         assert!(!refresh_tls(&mut cfg), "unchanged files");
+        assert!(!tls_files_changed(&cfg));
         std::fs::write(f("agent.crt"), "cert-2").unwrap();
         std::fs::write(f("agent.key"), "key-2").unwrap();
+        assert!(tls_files_changed(&cfg), "an open session would reconnect");
         assert!(refresh_tls(&mut cfg));
         assert_eq!(
             cfg.tls.identity,

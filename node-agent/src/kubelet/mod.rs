@@ -107,7 +107,8 @@ impl KubeletOptions {
                 &tls,
                 ms(k.placement_timeout_ms, "placement_timeout_ms")?,
             )
-            .map_err(|e| KubeletError::Config(e.to_string()))?;
+            .map_err(|e| KubeletError::Config(e.to_string()))?
+            .following(cfg.client_tls_files());
             Some(Arc::new(c))
         } else {
             None
