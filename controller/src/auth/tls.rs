@@ -49,18 +49,45 @@ pub struct TlsFiles {
     pub agent_crl: Option<PathBuf>,
 }
 
+/// The parts of the TLS settings, each from its own file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Cert,
+    Key,
+    AgentCa,
+    AgentCrl,
+}
+
+impl Part {
+    /// How errors name it.
+    pub fn what(self) -> &'static str {
+        match self {
+            Part::Cert => "TLS certificate",
+            Part::Key => "TLS key",
+            Part::AgentCa => "agent CA certificate",
+            Part::AgentCrl => "agent CA revocation list",
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what())
+    }
+}
+
 /// Why TLS could not be set up (or a change of its files was refused).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {source}")]
     Read {
-        what: &'static str,
+        what: Part,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{what} ({origin}): {reason}")]
     Invalid {
-        what: &'static str,
+        what: Part,
         origin: String,
         reason: String,
     },
@@ -76,7 +103,7 @@ pub struct TlsPem {
     pub agent_crl: Vec<u8>,
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read(what: Part, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
         path: path.to_path_buf(),
@@ -89,25 +116,22 @@ impl TlsFiles {
     /// also catches a Kubernetes Secret's symlink swap).
     pub fn read(&self) -> Result<TlsPem, TlsError> {
         Ok(TlsPem {
-            cert: read("TLS certificate", &self.cert)?,
-            key: read("TLS key", &self.key)?,
-            agent_ca: read("agent CA certificate", &self.agent_ca)?,
+            cert: read(Part::Cert, &self.cert)?,
+            key: read(Part::Key, &self.key)?,
+            agent_ca: read(Part::AgentCa, &self.agent_ca)?,
             agent_crl: match &self.agent_crl {
-                Some(p) => read("agent CA revocation list", p)?,
+                Some(p) => read(Part::AgentCrl, p)?,
                 None => Vec::new(),
             },
         })
     }
 
-    fn origin(&self, what: &'static str) -> String {
-        let p = match what {
-            "TLS key" => &self.key,
-            "agent CA certificate" => &self.agent_ca,
-            "agent CA revocation list" => match &self.agent_crl {
-                Some(p) => p,
-                None => &self.cert,
-            },
-            _ => &self.cert,
+    fn origin(&self, part: Part) -> String {
+        let p = match part {
+            Part::Cert => &self.cert,
+            Part::Key => &self.key,
+            Part::AgentCa => &self.agent_ca,
+            Part::AgentCrl => self.agent_crl.as_ref().unwrap_or(&self.cert),
         };
         p.display().to_string()
     }
@@ -132,52 +156,46 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// the TLS layer because tenants and ops authenticate with bearer tokens on the same port; the
 /// agent services refuse a caller without one (see [`super::Gate`]). `origin` names where each
 /// part came from, for errors.
-fn build(pem: TlsPem, origin: &dyn Fn(&'static str) -> String) -> Result<Loaded, TlsError> {
-    let invalid = |what: &'static str, reason: String| TlsError::Invalid {
+fn build(pem: TlsPem, origin: &dyn Fn(Part) -> String) -> Result<Loaded, TlsError> {
+    let invalid = |what: Part, reason: String| TlsError::Invalid {
         what,
         origin: origin(what),
         reason,
     };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem.cert)
         .collect::<Result<_, _>>()
-        .map_err(|e| invalid("TLS certificate", format!("not PEM certificates: {e}")))?;
+        .map_err(|e| invalid(Part::Cert, format!("not PEM certificates: {e}")))?;
     let Some(leaf) = chain.first() else {
-        return Err(invalid(
-            "TLS certificate",
-            "no certificate in the file".into(),
-        ));
+        return Err(invalid(Part::Cert, "no certificate in the file".into()));
     };
     let not_after_unix_s = cert_facts(leaf).map(|f| f.not_after_unix_s);
     let key = PrivateKeyDer::from_pem_slice(&pem.key)
-        .map_err(|e| invalid("TLS key", format!("no PEM private key: {e}")))?;
+        .map_err(|e| invalid(Part::Key, format!("no PEM private key: {e}")))?;
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&pem.agent_ca) {
-        let c = c.map_err(|e| invalid("agent CA certificate", format!("not PEM: {e}")))?;
+        let c = c.map_err(|e| invalid(Part::AgentCa, format!("not PEM: {e}")))?;
         roots
             .add(c)
-            .map_err(|e| invalid("agent CA certificate", e.to_string()))?;
+            .map_err(|e| invalid(Part::AgentCa, e.to_string()))?;
     }
     if roots.is_empty() {
-        return Err(invalid(
-            "agent CA certificate",
-            "no certificate in the file".into(),
-        ));
+        return Err(invalid(Part::AgentCa, "no certificate in the file".into()));
     }
     let crls: Vec<CertificateRevocationListDer<'static>> =
         CertificateRevocationListDer::pem_slice_iter(&pem.agent_crl)
             .collect::<Result<_, _>>()
-            .map_err(|e| invalid("agent CA revocation list", format!("not PEM: {e}")))?;
+            .map_err(|e| invalid(Part::AgentCrl, format!("not PEM: {e}")))?;
     // A list from another CA would make every agent's revocation status unknown, and so refused
     // (or fail its signature check at every handshake): refuse the list instead, keeping the
     // settings in force. Two `pki` CAs share their name, so the signature decides.
     let mut revoked = 0;
     for crl in &crls {
         let list = webpki::BorrowedCertRevocationList::from_der(crl.as_ref())
-            .map_err(|e| invalid("agent CA revocation list", e.to_string()))?;
+            .map_err(|e| invalid(Part::AgentCrl, e.to_string()))?;
         revoked += (&list).into_iter().filter(Result::is_ok).count();
         if !roots.roots.iter().any(|ca| signed_by(crl.as_ref(), ca)) {
             return Err(invalid(
-                "agent CA revocation list",
+                Part::AgentCrl,
                 "a list is not signed by the agent CA".into(),
             ));
         }
@@ -188,13 +206,13 @@ fn build(pem: TlsPem, origin: &dyn Fn(&'static str) -> String) -> Result<Loaded,
         .only_check_end_entity_revocation()
         .allow_unauthenticated()
         .build()
-        .map_err(|e| invalid("agent CA revocation list", e.to_string()))?;
+        .map_err(|e| invalid(Part::AgentCrl, e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("TLS certificate", e.to_string()))?
+        .map_err(|e| invalid(Part::Cert, e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
-        .map_err(|e| invalid("TLS key", format!("does not fit the certificate: {e}")))?;
+        .map_err(|e| invalid(Part::Key, format!("does not fit the certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
         pem,
@@ -302,7 +320,7 @@ impl ServerTls {
     /// Loads the files (see [`Self::spawn_reload`] to follow their changes).
     pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
         let pem = files.read()?;
-        let loaded = build(pem, &|what| files.origin(what))?;
+        let loaded = build(pem, &|part| files.origin(part))?;
         Ok(Self::new(Some(files), loaded))
     }
 
@@ -355,7 +373,7 @@ impl ServerTls {
             return Ok(Reload::Unchanged);
         }
         let built = match &self.files {
-            Some(f) => build(pem, &|what| f.origin(what)),
+            Some(f) => build(pem, &|part| f.origin(part)),
             None => build(pem, &|_| "in memory".to_string()),
         };
         self.metrics.files_invalid.set(i64::from(built.is_err()));
