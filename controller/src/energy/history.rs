@@ -442,4 +442,4 @@ impl Rollups {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

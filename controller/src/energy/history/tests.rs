@@ -5,7 +5,29 @@ use crate::energy::accounting::SliceInterval;
 use crate::energy::carbon::Factor;
 use crate::energy::measure::{EstimateReason, Quality};
 
-const T0: u64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
+pub(crate) const T0: u64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
+
+/// The rollup of one interval in which `tenants` tenants held `gpu` and drew `mj` mJ each.
+pub(crate) fn one_interval_hour(start_ms: u64, gpu: &str, tenants: usize, mj: u64) -> HourRollup {
+    let names: Vec<String> = (0..tenants).map(|i| format!("tenant-{i:05}")).collect();
+    let slices = names
+        .iter()
+        .map(|n| {
+            (
+                n.as_str(),
+                1.0 / tenants as f64,
+                60_000,
+                500.0,
+                mj / 2,
+                mj - mj / 2,
+            )
+        })
+        .collect();
+    fold_all(
+        hour_of(start_ms),
+        &[record(gpu, start_ms, slices, 1, 2, false, false)],
+    )
+}
 
 /// A record whose rows add up to its measured energy, as attribution makes them.
 #[allow(clippy::too_many_arguments)]
