@@ -74,7 +74,7 @@ async fn live_report_conserves_energy_and_html_matches_json() {
     }
     // About 30 simulated minutes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = energy_report(&cluster.controller, 0, 0, "").unwrap();
+    let r = energy_report(&cluster.controller, 0, 0, "").await.unwrap();
     assert!(
         r.intervals >= 16 * 10,
         "expected many intervals, got {}",
@@ -199,10 +199,16 @@ async fn live_report_conserves_energy_and_html_matches_json() {
     assert!(text.contains("greenslice_gpu_unallocated_idle_energy_joules_total{"));
 
     // A tenant filter keeps only that tenant's rows.
-    let only = energy_report(&cluster.controller, 0, 0, "beta").unwrap();
+    let only = energy_report(&cluster.controller, 0, 0, "beta")
+        .await
+        .unwrap();
     assert_eq!(only.tenants.len(), 1);
     // Bad periods are refused.
-    assert!(energy_report(&cluster.controller, 10, 5, "").is_err());
-    assert!(energy_report(&cluster.controller, 0, 0, "Not A Tenant").is_err());
+    assert!(energy_report(&cluster.controller, 10, 5, "").await.is_err());
+    assert!(
+        energy_report(&cluster.controller, 0, 0, "Not A Tenant")
+            .await
+            .is_err()
+    );
     cluster.shutdown().await;
 }
