@@ -355,3 +355,26 @@ fn an_hour_changed_during_its_flush_stays_dirty() {
     r.flushed(&out, 0);
     assert_eq!(r.to_flush()[0].cluster.energy.measured_mj, 15);
 }
+
+#[test]
+fn an_hour_rollup_takes_about_260_bytes_per_tenant() {
+    // Measured: `cargo test -p greenslice-controller --lib an_hour_rollup -- --nocapture`.
+    let bytes = |tenants| {
+        serde_json::to_vec(&one_interval_hour(T0, "g", tenants, 1_000_000))
+            .unwrap()
+            .len()
+    };
+    let (one, hundred, thousand) = (bytes(1), bytes(100), bytes(1000));
+    let per_tenant = (thousand - hundred) / 900;
+    eprintln!(
+        "hour rollup JSON: 1 tenant {one} B, 100 tenants {hundred} B, 1000 tenants {thousand} B, {per_tenant} B per tenant"
+    );
+    assert!(
+        (200..=400).contains(&per_tenant),
+        "{per_tenant} B per tenant: update docs/ENERGY.md"
+    );
+    assert!(
+        bytes(5_000) < MAX_HOUR_BYTES,
+        "docs/DURABILITY.md promises about 5,000 tenants fit"
+    );
+}
