@@ -168,56 +168,65 @@ impl RedbLedger {
 }
 
 impl RedbLedger {
-    /// Reads every record.
-    pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
+    /// Runs `read` in a read transaction on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let tx = store.db.begin_read().map_err(|e| unavailable("begin", e))?;
-            let t = tx
-                .open_table(SLICES)
-                .map_err(|e| unavailable("open table", e))?;
-            let mut out = Vec::new();
-            for row in t.iter().map_err(|e| unavailable("iterate", e))? {
-                let (k, v) = row.map_err(|e| unavailable("read", e))?;
-                let r: SliceRecord = serde_json::from_slice(v.value())
-                    .map_err(|e| LedgerError::Corrupt(format!("slice {}: {e}", k.value())))?;
-                out.push(r);
-            }
-            Ok(out)
+            read(&tx)
         })
         .await
         .map_err(|e| unavailable("reader task", e))?
     }
-}
 
-impl RedbLedger {
+    /// Reads every record.
+    pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
+        self.read(|tx| {
+            let t = tx
+                .open_table(SLICES)
+                .map_err(|e| unavailable("open table", e))?;
+            let rows = t.iter().map_err(|e| unavailable("iterate", e))?;
+            rows.map(|row| {
+                let (k, v) = row.map_err(|e| unavailable("read", e))?;
+                decode(format_args!("slice {}", k.value()), v.value())
+            })
+            .collect()
+        })
+        .await
+    }
+
     /// Reads the hour rollups starting in `[from_ms, to_ms)`.
     pub async fn load_hours_in(
         &self,
         from_ms: u64,
         to_ms: u64,
     ) -> Result<Vec<HourRollup>, LedgerError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = store.db.begin_read().map_err(|e| unavailable("begin", e))?;
+        self.read(move |tx| {
             let t = tx
                 .open_table(HOURS)
                 .map_err(|e| unavailable("open table", e))?;
-            let mut out = Vec::new();
             let rows = t
                 .range(from_ms..to_ms.max(from_ms))
                 .map_err(|e| unavailable("iterate", e))?;
-            for row in rows {
+            rows.map(|row| {
                 let (k, v) = row.map_err(|e| unavailable("read", e))?;
-                let h: HourRollup = serde_json::from_slice(v.value())
-                    .map_err(|e| LedgerError::Corrupt(format!("hour {}: {e}", k.value())))?;
-                out.push(h);
-            }
-            Ok(out)
+                decode(format_args!("hour {}", k.value()), v.value())
+            })
+            .collect()
         })
         .await
-        .map_err(|e| unavailable("reader task", e))?
     }
+}
+
+/// A stored JSON value; `what` names it in the error.
+fn decode<T: serde::de::DeserializeOwned>(
+    what: std::fmt::Arguments<'_>,
+    json: &[u8],
+) -> Result<T, LedgerError> {
+    serde_json::from_slice(json).map_err(|e| LedgerError::Corrupt(format!("{what}: {e}")))
 }
 
 impl Ledger for RedbLedger {
