@@ -1448,8 +1448,9 @@ impl Controller {
             .map_err(|e| ControllerError::Ledger(e.to_string()))?;
         let e = self.energy_lock();
         let hours = self.history_lock().overlay(stored, first, last);
+        // Records of the whole hours, so that an hour's count compares with its rollup's.
         Ok(crate::report::Sources::split(
-            e.records(from_ms, to_ms),
+            e.records(first, last),
             hours,
             from_ms,
             to_ms,

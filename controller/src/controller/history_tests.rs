@@ -173,6 +173,23 @@ async fn a_report_counts_every_interval_once_across_stored_hours_and_records() {
     assert_eq!(r.gpus.iter().map(|g| g.measured_mj).sum::<u64>(), in_memory);
     assert!(in_memory > 0);
 
+    // A period ending inside the last hour: that hour's records in memory serve it (its rollup
+    // would count intervals after the end).
+    let to = H0 + 3 * HOUR_MS + 10 * 60_000;
+    let part = energy_report(&c, 0, to as i64, "").await.unwrap();
+    assert_eq!(part.hourly.unwrap().to_ms, H0 + 3 * HOUR_MS);
+    let until_to: u64 = c
+        .energy_records(0, u64::MAX)
+        .0
+        .iter()
+        .filter(|x| x.interval.start_ms >= H0 + 3 * HOUR_MS && x.interval.start_ms < to)
+        .map(|x| x.measured_mj)
+        .sum();
+    assert_eq!(
+        part.gpus.iter().map(|g| g.measured_mj).sum::<u64>(),
+        until_to
+    );
+
     // A report of the last hour alone needs no history.
     let last = energy_report(&c, (H0 + 3 * HOUR_MS) as i64, 0, "")
         .await

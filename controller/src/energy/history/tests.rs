@@ -31,7 +31,7 @@ pub(crate) fn one_interval_hour(start_ms: u64, gpu: &str, tenants: usize, mj: u6
 
 /// A record whose rows add up to its measured energy, as attribution makes them.
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(crate) fn record(
     gpu: &str,
     start_ms: u64,
     slices: Vec<(&str, f64, u64, f64, u64, u64)>,
@@ -95,7 +95,7 @@ fn record(
     }
 }
 
-fn fold_all(hour: u64, records: &[IntervalRecord]) -> HourRollup {
+pub(crate) fn fold_all(hour: u64, records: &[IntervalRecord]) -> HourRollup {
     let mut h = HourRollup::new(hour, StaticPolicy::ByCapacity, 5.0);
     for r in records {
         h.fold(r);
