@@ -615,6 +615,14 @@ pub fn to_csv(r: &Report) -> String {
     out
 }
 
+/// One line saying which part of the period came from the hourly history.
+pub fn hourly_line(h: &HourlyPart) -> String {
+    format!(
+        "Hours {} .. {} (Unix ms): {} hours, {} intervals from the stored hourly history; per-GPU rows and series cover only the records from {} on.",
+        h.from_ms, h.to_ms, h.hours, h.intervals, h.to_ms
+    )
+}
+
 /// The report as terminal tables.
 pub fn to_table(r: &Report) -> String {
     let mut out = format!(
@@ -669,6 +677,10 @@ pub fn to_table(r: &Report) -> String {
         r.intervals,
         r.estimated_intervals
     ));
+    if let Some(h) = &r.hourly {
+        out.push_str(&hourly_line(h));
+        out.push('\n');
+    }
     out.push_str(&format!(
         "Sharing vs dedicated whole GPUs for the same work: {:.4} kWh vs {:.4} kWh, saved {:.4} kWh ({:.1}%), {:.3} kg CO2e\n",
         kwh(r.comparison.shared_mj),
