@@ -103,20 +103,41 @@ pub(crate) fn fold_all(hour: u64, records: &[IntervalRecord]) -> HourRollup {
     h
 }
 
-/// Equal up to the rounding of f64 sums (CO2e) taken in another order.
+/// Equal up to the rounding of f64 sums (CO2e) taken in another order; everything else exactly.
 fn assert_same(a: &HourRollup, b: &HourRollup) {
-    let strip = |h: &HourRollup| {
+    fn close(x: f64, y: f64) -> bool {
+        (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+    }
+    fn same_co2e(x: &crate::energy::Co2e, y: &crate::energy::Co2e) -> bool {
+        close(x.location_g, y.location_g)
+            && match (x.market_g, y.market_g) {
+                (Some(p), Some(q)) => close(p, q),
+                (p, q) => p == q,
+            }
+    }
+    fn without_co2e(h: &HourRollup) -> HourRollup {
         let mut h = h.clone();
-        for t in h.tenants.values_mut() {
-            t.energy.co2e.location_g = (t.energy.co2e.location_g * 1e6).round();
-            t.energy.co2e.market_g = t.energy.co2e.market_g.map(|g| (g * 1e6).round());
-        }
-        let c = &mut h.cluster.energy.co2e;
-        c.location_g = (c.location_g * 1e6).round();
-        c.market_g = c.market_g.map(|g| (g * 1e6).round());
+        let zero = |c: &mut crate::energy::Co2e| {
+            c.location_g = 0.0;
+            c.market_g = c.market_g.map(|_| 0.0);
+        };
+        h.tenants
+            .values_mut()
+            .for_each(|t| zero(&mut t.energy.co2e));
+        zero(&mut h.cluster.energy.co2e);
         h
-    };
-    assert_eq!(strip(a), strip(b));
+    }
+    assert_eq!(without_co2e(a), without_co2e(b));
+    assert!(
+        same_co2e(&a.cluster.energy.co2e, &b.cluster.energy.co2e),
+        "{a:?} {b:?}"
+    );
+    for (name, t) in &a.tenants {
+        assert!(
+            same_co2e(&t.energy.co2e, &b.tenants[name].energy.co2e),
+            "{name}"
+        );
+    }
 }
 
 fn arb_record() -> impl Strategy<Value = IntervalRecord> {
