@@ -229,12 +229,18 @@ impl Controller {
         let recent_from = u64::try_from(clock.now_ms())
             .unwrap_or(0)
             .saturating_sub(RECENT_HOURS_MS);
-        let stored = ledger
+        match ledger
             .load_hours(crate::energy::history::hour_of(recent_from), u64::MAX)
             .await
-            .map_err(|e| ControllerError::Ledger(e.to_string()))?;
-        info!(hours = stored.len(), "energy history: recent hours loaded");
-        history.load(stored);
+        {
+            Ok(stored) => {
+                info!(hours = stored.len(), "energy history: recent hours loaded");
+                history.load(stored);
+            }
+            // Allocation does not depend on the history: serve anyway. The hours stay unloaded,
+            // so each is read again (and merged) before its first flush, never overwritten.
+            Err(e) => warn!(error = %e, "energy history: could not load the recent hours"),
+        }
         let sweep = config.sweep_interval;
         let flush = config.energy_flush_interval;
         let c = Arc::new(Controller {
@@ -1395,21 +1401,6 @@ impl Controller {
             .saturating_sub(RECENT_HOURS_MS);
         self.history_lock().flushed(&stored, keep_from);
         Ok(stored.len())
-    }
-
-    /// Stored hour rollups starting in `[from_ms, to_ms)`, with the hours not yet stored laid over
-    /// them.
-    pub async fn energy_hours(
-        &self,
-        from_ms: u64,
-        to_ms: u64,
-    ) -> Result<Vec<crate::energy::history::HourRollup>, ControllerError> {
-        let stored = self
-            .ledger
-            .load_hours(from_ms, to_ms)
-            .await
-            .map_err(|e| ControllerError::Ledger(e.to_string()))?;
-        Ok(self.history_lock().overlay(stored, from_ms, to_ms))
     }
 
     /// The activity threshold (percent of capacity) under which held capacity counts as idle.
