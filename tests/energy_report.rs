@@ -33,9 +33,6 @@ async fn live_report_conserves_energy_and_html_matches_json() {
     spec.sample_interval = Duration::from_secs_f64(5.0 / speedup);
     spec.batch_interval = Duration::from_secs_f64(30.0 / speedup);
     let cluster = harness::start(spec).await.unwrap();
-    let mut c = TenantServiceClient::connect(cluster.url.clone())
-        .await
-        .unwrap();
     let specs = [
         (
             "alpha",
@@ -59,20 +56,7 @@ async fn live_report_conserves_energy_and_html_matches_json() {
         ),
     ];
     for (tenant, kind, w) in specs {
-        let s = c
-            .request_slice(pb::RequestSliceRequest {
-                tenant: tenant.into(),
-                spec: Some(pb::SliceSpec {
-                    kind: Some(kind),
-                    ..Default::default()
-                }),
-                idempotency_key: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .slice
-            .unwrap();
+        let s = common::request_slice(&cluster.url, tenant, kind).await;
         cluster
             .with_sim(&s.node, |sim| sim.set_workload(&s.id, w).unwrap())
             .unwrap();
@@ -218,6 +202,18 @@ async fn live_report_conserves_energy_and_html_matches_json() {
     cluster.shutdown().await;
 }
 
+/// Requests a whole GPU for `tenant` and sets its simulated job to work at `util`.
+async fn busy_whole_gpu(cluster: &harness::Cluster, tenant: &str, util: f64) -> pb::Slice {
+    let kind = pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 });
+    let s = common::request_slice(&cluster.url, tenant, kind).await;
+    cluster
+        .with_sim(&s.node, |sim| {
+            sim.set_workload(&s.id, Workload::Busy { util }).unwrap()
+        })
+        .unwrap();
+    s
+}
+
 /// A controller restarted on the same redb file still reports the energy attributed before the
 /// restart: simulated agents, real gRPC, the energy history flushed by the housekeeping task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +221,7 @@ async fn energy_attributed_before_a_controller_restart_is_still_reported() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     use greenslice_controller::controller::CoreConfig;
     use greenslice_controller::ledger::redb::RedbLedger;
-    const START: i64 = 1_800_000_000_000 - 1_800_000_000_000 % 3_600_000; // an hour start
+    const START: i64 = 1_799_996_400_000; // an hour start
     let speedup = 600.0;
     let dir = tempfile::tempdir().unwrap();
     let spec = |clock_at: i64, ledger: RedbLedger| {
@@ -251,38 +247,11 @@ async fn energy_attributed_before_a_controller_restart_is_still_reported() {
         }
         panic!("ledger still in use");
     };
-    let whole = || pb::SliceSpec {
-        kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
-        ..Default::default()
-    };
-    let request = |url: String, tenant: &'static str| {
-        let spec = whole();
-        async move {
-            let mut c = TenantServiceClient::connect(url).await.unwrap();
-            c.request_slice(pb::RequestSliceRequest {
-                tenant: tenant.into(),
-                spec: Some(spec),
-                idempotency_key: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .slice
-            .unwrap()
-        }
-    };
-
     let (alpha_mj, stopped_at) = {
         let cluster = harness::start_with(spec(START, open().await), core())
             .await
             .unwrap();
-        let s = request(cluster.url.clone(), "alpha").await;
-        cluster
-            .with_sim(&s.node, |sim| {
-                sim.set_workload(&s.id, Workload::Busy { util: 0.9 })
-                    .unwrap()
-            })
-            .unwrap();
+        let s = busy_whole_gpu(&cluster, "alpha", 0.9).await;
         tokio::time::sleep(Duration::from_secs(1)).await; // about 10 simulated minutes
         let mut c = TenantServiceClient::connect(cluster.url.clone())
             .await
@@ -306,13 +275,7 @@ async fn energy_attributed_before_a_controller_restart_is_still_reported() {
     let cluster = harness::start_with(spec(stopped_at + 60_000, open().await), core())
         .await
         .unwrap();
-    let s = request(cluster.url.clone(), "beta").await;
-    cluster
-        .with_sim(&s.node, |sim| {
-            sim.set_workload(&s.id, Workload::Busy { util: 0.5 })
-                .unwrap()
-        })
-        .unwrap();
+    busy_whole_gpu(&cluster, "beta", 0.5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = energy_report(&cluster.controller, START, 0, "")
         .await
