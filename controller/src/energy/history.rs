@@ -420,7 +420,7 @@ impl Rollups {
     pub fn overlay(&self, stored: Vec<HourRollup>, from_ms: u64, to_ms: u64) -> Vec<HourRollup> {
         let mut out: BTreeMap<u64, HourRollup> =
             stored.into_iter().map(|r| (r.hour_start_ms, r)).collect();
-        for (start, h) in self.hours.range(from_ms..to_ms) {
+        for (start, h) in self.hours.range(from_ms..to_ms.max(from_ms)) {
             match out.get_mut(start) {
                 Some(s) if !h.based => s.merge(&h.rollup),
                 _ => {
