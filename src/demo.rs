@@ -362,6 +362,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     // The run's energy report, from the samples the agents streamed.
     tokio::time::sleep(batch_interval * 2).await;
     let report = greenslice_controller::api::ops::energy_report(&cluster.controller, 0, 0, "")
+        .await
         .map_err(|s| anyhow::anyhow!("energy report: {}", s.message()))?;
     write_report(&report, &a.out)?;
 

@@ -20,17 +20,19 @@ fn attr(tag: &str, name: &str) -> Option<String> {
     Some(tag[i..].split('"').next()?.to_string())
 }
 
+/// Held by each test for its whole run: two clusters at 600x speed on a 2-core machine delay each
+/// other's RPCs past several samples (a new slice works at 80% until its workload is set).
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_report_conserves_energy_and_html_matches_json() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let speedup = 600.0;
     let mut spec = ClusterSpec::new(harness::nodes(2, &[Machine::DgxH100], 2));
     spec.clock = Arc::new(ScaledClock::new(1_800_000_000_000, speedup));
     spec.sample_interval = Duration::from_secs_f64(5.0 / speedup);
     spec.batch_interval = Duration::from_secs_f64(30.0 / speedup);
     let cluster = harness::start(spec).await.unwrap();
-    let mut c = TenantServiceClient::connect(cluster.url.clone())
-        .await
-        .unwrap();
     let specs = [
         (
             "alpha",
@@ -54,27 +56,14 @@ async fn live_report_conserves_energy_and_html_matches_json() {
         ),
     ];
     for (tenant, kind, w) in specs {
-        let s = c
-            .request_slice(pb::RequestSliceRequest {
-                tenant: tenant.into(),
-                spec: Some(pb::SliceSpec {
-                    kind: Some(kind),
-                    ..Default::default()
-                }),
-                idempotency_key: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .slice
-            .unwrap();
+        let s = common::request_slice(&cluster.url, tenant, kind).await;
         cluster
             .with_sim(&s.node, |sim| sim.set_workload(&s.id, w).unwrap())
             .unwrap();
     }
     // About 30 simulated minutes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = energy_report(&cluster.controller, 0, 0, "").unwrap();
+    let r = energy_report(&cluster.controller, 0, 0, "").await.unwrap();
     assert!(
         r.intervals >= 16 * 10,
         "expected many intervals, got {}",
@@ -199,10 +188,119 @@ async fn live_report_conserves_energy_and_html_matches_json() {
     assert!(text.contains("greenslice_gpu_unallocated_idle_energy_joules_total{"));
 
     // A tenant filter keeps only that tenant's rows.
-    let only = energy_report(&cluster.controller, 0, 0, "beta").unwrap();
+    let only = energy_report(&cluster.controller, 0, 0, "beta")
+        .await
+        .unwrap();
     assert_eq!(only.tenants.len(), 1);
     // Bad periods are refused.
-    assert!(energy_report(&cluster.controller, 10, 5, "").is_err());
-    assert!(energy_report(&cluster.controller, 0, 0, "Not A Tenant").is_err());
+    assert!(energy_report(&cluster.controller, 10, 5, "").await.is_err());
+    assert!(
+        energy_report(&cluster.controller, 0, 0, "Not A Tenant")
+            .await
+            .is_err()
+    );
+    cluster.shutdown().await;
+}
+
+/// Requests a whole GPU for `tenant` and sets its simulated job to work at `util`.
+async fn busy_whole_gpu(cluster: &harness::Cluster, tenant: &str, util: f64) -> pb::Slice {
+    let kind = pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 });
+    let s = common::request_slice(&cluster.url, tenant, kind).await;
+    cluster
+        .with_sim(&s.node, |sim| {
+            sim.set_workload(&s.id, Workload::Busy { util }).unwrap()
+        })
+        .unwrap();
+    s
+}
+
+/// A controller restarted on the same redb file still reports the energy attributed before the
+/// restart: simulated agents, real gRPC, the energy history flushed by the housekeeping task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energy_attributed_before_a_controller_restart_is_still_reported() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    use greenslice_controller::controller::CoreConfig;
+    use greenslice_controller::ledger::redb::RedbLedger;
+    const START: i64 = 1_799_996_400_000; // an hour start
+    let speedup = 600.0;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |clock_at: i64, ledger: RedbLedger| {
+        let mut spec = ClusterSpec::new(harness::nodes(1, &[Machine::DgxH100], 0));
+        spec.clock = Arc::new(ScaledClock::new(clock_at, speedup));
+        spec.sample_interval = Duration::from_secs_f64(5.0 / speedup);
+        spec.batch_interval = Duration::from_secs_f64(30.0 / speedup);
+        spec.ledger = Arc::new(ledger);
+        spec
+    };
+    // Flush every 0.2 s of real time (2 simulated minutes).
+    let core = || CoreConfig {
+        energy_flush_interval: Duration::from_millis(200),
+        ..CoreConfig::default()
+    };
+    let open = || async {
+        // The stopped controller's ledger may hold the file for a moment.
+        for _ in 0..500 {
+            if let Ok(l) = RedbLedger::open(dir.path()) {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("ledger still in use");
+    };
+    let (alpha_mj, stopped_at) = {
+        let cluster = harness::start_with(spec(START, open().await), core())
+            .await
+            .unwrap();
+        let s = busy_whole_gpu(&cluster, "alpha", 0.9).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // about 10 simulated minutes
+        let mut c = TenantServiceClient::connect(cluster.url.clone())
+            .await
+            .unwrap();
+        c.release_slice(pb::ReleaseSliceRequest { slice_id: s.id })
+            .await
+            .unwrap();
+        // Past alpha's last interval and the next flushes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = energy_report(&cluster.controller, START, 0, "alpha")
+            .await
+            .unwrap();
+        let alpha = r.tenants.iter().find(|t| t.tenant == "alpha").unwrap();
+        assert!(alpha.energy_mj > 0);
+        let stopped_at = cluster.controller.now_ms();
+        cluster.shutdown().await;
+        (alpha.energy_mj, stopped_at)
+    };
+
+    // Restarted later on the same file; beta works now.
+    let cluster = harness::start_with(spec(stopped_at + 60_000, open().await), core())
+        .await
+        .unwrap();
+    busy_whole_gpu(&cluster, "beta", 0.5).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = energy_report(&cluster.controller, START, 0, "")
+        .await
+        .unwrap();
+    let mj = |t: &str| {
+        r.tenants
+            .iter()
+            .find(|x| x.tenant == t)
+            .map(|x| x.energy_mj)
+    };
+    assert_eq!(
+        mj("alpha"),
+        Some(alpha_mj),
+        "alpha's energy survived the restart"
+    );
+    assert!(mj("beta").unwrap_or(0) > 0);
+    let c = &r.cluster;
+    assert_eq!(
+        c.tenants_mj + c.unattributed_mj + c.unallocated_idle_mj,
+        c.measured_mj
+    );
+    assert!(
+        r.hourly.is_some(),
+        "the hour of the restart comes from the history: {:?}",
+        r.hourly
+    );
     cluster.shutdown().await;
 }

@@ -172,6 +172,33 @@ async fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// Starts etcd in `dir` and makes a controller named `id` its leader; returns etcd (killed when
+/// dropped) and the leader's ledger.
+async fn leader_ledger(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    id: &str,
+) -> (
+    tokio::process::Child,
+    greenslice_controller::ledger::etcd::EtcdLedger,
+) {
+    use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
+    let (child, client_url) = start_etcd(bin, dir).await;
+    let etcd = Etcd::connect(EtcdConfig {
+        endpoints: vec![client_url],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    let (seen, _) = tokio::sync::watch::channel(None);
+    let me = LeaderInfo {
+        id: id.into(),
+        url: "http://127.0.0.1:1".into(),
+    };
+    let leadership = etcd.campaign(&me, &seen).await.unwrap();
+    (child, EtcdLedger::new(etcd, &leadership))
+}
+
 /// Held by each test for its whole run (the tests of this file each start an etcd).
 static ONE_ETCD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -526,7 +553,6 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
 async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes_them_all() {
     use greenslice_controller::controller::{Controller, CoreConfig};
     use greenslice_controller::ledger::Ledger;
-    use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
     use greenslice_controller::slice::SliceRecord;
     use greenslice_core::slice::{SliceKind, SliceSpec, SliceState};
     // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
@@ -536,20 +562,8 @@ async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
-    let etcd = Etcd::connect(EtcdConfig {
-        endpoints: vec![client_url],
-        ..EtcdConfig::default()
-    })
-    .await
-    .unwrap();
-    let (seen, _) = tokio::sync::watch::channel(None);
-    let me = LeaderInfo {
-        id: "retention-test".into(),
-        url: "http://127.0.0.1:1".into(),
-    };
-    let leadership = etcd.campaign(&me, &seen).await.unwrap();
-    let ledger: Arc<dyn Ledger> = Arc::new(EtcdLedger::new(etcd, &leadership));
+    let (_etcd, ledger) = leader_ledger(&etcd_bin, dir.path(), "retention-test").await;
+    let ledger: Arc<dyn Ledger> = Arc::new(ledger);
     // 300 released slices (written 100 to a transaction): more than the 128 operations etcd takes
     // in one transaction.
     let now = 1_800_000_000_000;
@@ -609,7 +623,6 @@ async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes
 async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
     use greenslice_controller::controller::{Controller, CoreConfig};
     use greenslice_controller::ledger::Ledger;
-    use greenslice_controller::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
     // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
     // start deadline.
     let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
@@ -617,20 +630,8 @@ async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
-    let etcd = Etcd::connect(EtcdConfig {
-        endpoints: vec![client_url],
-        ..EtcdConfig::default()
-    })
-    .await
-    .unwrap();
-    let (seen, _) = tokio::sync::watch::channel(None);
-    let me = LeaderInfo {
-        id: "kubelet-test".into(),
-        url: "http://127.0.0.1:1".into(),
-    };
-    let leadership = etcd.campaign(&me, &seen).await.unwrap();
-    let ledger: Arc<dyn Ledger> = Arc::new(EtcdLedger::new(etcd, &leadership));
+    let (_etcd, ledger) = leader_ledger(&etcd_bin, dir.path(), "kubelet-test").await;
+    let ledger: Arc<dyn Ledger> = Arc::new(ledger);
     let c = Controller::new(
         ledger.clone(),
         greenslice_controller::placement::default_policy(),
@@ -687,5 +688,60 @@ async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
     assert!(
         stored.iter().all(|r| !r.is_live()),
         "every kubelet slice released in etcd"
+    );
+}
+
+/// Energy history on etcd: hours are upserted whole under their own prefix and read back by time
+/// range, including an hour of 5,000 tenants (1.1 MB, near etcd's 1.5 MiB request limit)
+/// read in pages under the gRPC message limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energy_hours_are_stored_and_read_by_time_range_on_etcd() {
+    use greenslice_controller::energy::StaticPolicy;
+    use greenslice_controller::energy::history::{HOUR_MS, HourRollup, MAX_HOUR_BYTES, TenantHour};
+    use greenslice_controller::ledger::{Ledger, Op};
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
+    let Some(etcd_bin) = etcd_or_skip("etcd energy history test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, ledger) = leader_ledger(&etcd_bin, dir.path(), "history-test").await;
+    let h0 = 1_735_689_600_000u64;
+    let hour = |i: u64, tenants: usize| {
+        let mut h = HourRollup::new(h0 + i * HOUR_MS, StaticPolicy::ByCapacity, 5.0);
+        for t in 0..tenants {
+            let mut row = TenantHour::default();
+            row.energy.static_mj = 1_000 + t as u64;
+            row.energy.slice_intervals = 60;
+            row.allocated_gpu_us = 3_600_000_000;
+            h.tenants.insert(format!("tenant-{t:05}"), row);
+        }
+        h.cluster.energy.measured_mj = i + 1;
+        h
+    };
+    let big = hour(1, 5_000);
+    let big_bytes = serde_json::to_vec(&big).unwrap().len();
+    assert!(big_bytes < MAX_HOUR_BYTES, "{big_bytes}");
+    eprintln!("5,000-tenant hour: {big_bytes} bytes of JSON");
+    for h in [hour(0, 3), big.clone(), hour(2, 3), hour(3, 3)] {
+        ledger.submit(vec![Op::PutHour(Box::new(h))]).await.unwrap();
+    }
+    // Upserted whole.
+    ledger
+        .submit(vec![Op::PutHour(Box::new(hour(2, 1)))])
+        .await
+        .unwrap();
+    let got = ledger
+        .load_hours(h0 + HOUR_MS, h0 + 3 * HOUR_MS)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "the range is half-open");
+    assert_eq!(got[0], big);
+    assert_eq!(got[1], hour(2, 1));
+    let all = ledger.load_hours(0, u64::MAX).await.unwrap();
+    let starts: Vec<u64> = all.iter().map(|h| h.hour_start_ms - h0).collect();
+    assert_eq!(starts, vec![0, HOUR_MS, 2 * HOUR_MS, 3 * HOUR_MS]);
+    assert!(
+        ledger.load().await.unwrap().is_empty(),
+        "hours are not slices"
     );
 }

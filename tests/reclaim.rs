@@ -210,6 +210,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
         e.clock.now() + 1,
         "team-a",
     )
+    .await
     .unwrap();
     let row = report
         .tenants

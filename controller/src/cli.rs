@@ -593,9 +593,13 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
             }
         }
     };
-    let served = crate::server::serve_with(controller, listener, options, shutdown).await;
+    let served = crate::server::serve_with(controller.clone(), listener, options, shutdown).await;
     if lost_rx.try_recv().is_ok() {
         return ExitCode::from(1);
+    }
+    // A clean stop loses no energy history: store the hours changed since the last flush.
+    if let Err(e) = controller.flush_energy_history().await {
+        warn!(error = %e, "could not store the energy history at shutdown");
     }
     if let (Some(etcd), Some(l)) = (etcd_handle, leadership) {
         // Hand over at once instead of making standbys wait for the lease to expire.

@@ -41,6 +41,9 @@ pub struct CoreConfig {
     pub sweep_interval: Duration,
     /// Per-tenant quotas, checked at request time.
     pub quotas: crate::quota::Quotas,
+    /// How often the energy history's changed hours are stored in the ledger: at most this much
+    /// attribution is lost in a crash (see `docs/ENERGY.md`, "History").
+    pub energy_flush_interval: Duration,
 }
 
 impl Default for CoreConfig {
@@ -52,6 +55,7 @@ impl Default for CoreConfig {
             terminal_retention_max: 100_000,
             sweep_interval: Duration::from_secs(1),
             quotas: Default::default(),
+            energy_flush_interval: Duration::from_secs(60),
         }
     }
 }
@@ -158,6 +162,9 @@ pub struct Controller {
     pub metrics: crate::metrics::Metrics,
     /// Energy attribution of the samples.
     energy: Mutex<crate::energy::accounting::Accountant>,
+    /// Hourly rollups of the attributed intervals, stored in the ledger by
+    /// [`Controller::flush_energy_history`]. Locked after `energy` when both are held.
+    history: Mutex<crate::energy::history::Rollups>,
     /// Orphans seen, with when each was first seen (ms since the Unix epoch).
     orphans: Mutex<HashMap<OrphanKey, i64>>,
     /// When the controller last logged that energy attribution keeps finished slices past their
@@ -213,7 +220,29 @@ impl Controller {
             pending_to_resolve = state.recovering.len(),
             "controller state loaded"
         );
+        // The recent hours the controller will fold into: stored ones continue, so a flush writes
+        // them whole and never with less than was stored. Older hours are read before their
+        // first flush (see `Rollups`).
+        let accounting = crate::energy::accounting::AccountingConfig::default();
+        let mut history =
+            crate::energy::history::Rollups::new(accounting.policy, accounting.idle_threshold_pct);
+        let recent_from = u64::try_from(clock.now_ms())
+            .unwrap_or(0)
+            .saturating_sub(RECENT_HOURS_MS);
+        match ledger
+            .load_hours(crate::energy::history::hour_of(recent_from), u64::MAX)
+            .await
+        {
+            Ok(stored) => {
+                info!(hours = stored.len(), "energy history: recent hours loaded");
+                history.load(stored);
+            }
+            // Allocation does not depend on the history: serve anyway. The hours stay unloaded,
+            // so each is read again (and merged) before its first flush, never overwritten.
+            Err(e) => warn!(error = %e, "energy history: could not load the recent hours"),
+        }
         let sweep = config.sweep_interval;
+        let flush = config.energy_flush_interval;
         let c = Arc::new(Controller {
             state: Mutex::new(state),
             agents: Agents::default(),
@@ -225,9 +254,8 @@ impl Controller {
             telemetry: Default::default(),
             reclaim: Default::default(),
             metrics: Default::default(),
-            energy: Mutex::new(crate::energy::accounting::Accountant::new(
-                Default::default(),
-            )),
+            energy: Mutex::new(crate::energy::accounting::Accountant::new(accounting)),
+            history: Mutex::new(history),
             orphans: Mutex::new(HashMap::new()),
             held_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
@@ -238,7 +266,7 @@ impl Controller {
                 .collect()
         });
         c.reclaim.restore_keeps(kept);
-        tokio::spawn(housekeeping(Arc::downgrade(&c), sweep));
+        tokio::spawn(housekeeping(Arc::downgrade(&c), sweep, flush));
         Ok(c)
     }
 
@@ -1300,9 +1328,12 @@ impl Controller {
                 .unwrap_or_default()
         };
         let holders = |gpu: &str, iv: crate::energy::Interval| holders_of(&st, gpu, iv);
-        let closed = self
-            .energy_lock()
-            .ingest(node, &model_of, &accepted, &holders);
+        let mut energy = self.energy_lock();
+        let closed = energy.ingest(node, &model_of, &accepted, &holders);
+        // Folded under the energy lock, so the records and the hours always hold the same
+        // intervals (a report compares them).
+        self.history_lock().fold(&closed);
+        drop(energy);
         self.metrics.record_energy(&closed);
     }
 
@@ -1310,10 +1341,66 @@ impl Controller {
         self.energy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn history_lock(&self) -> MutexGuard<'_, crate::energy::history::Rollups> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Replaces the energy accounting settings (site carbon factors, window, policy). Intervals
-    /// already accounted are dropped: call this before samples arrive.
+    /// already accounted are dropped: call this before samples arrive. The stored history stays.
     pub fn configure_energy(&self, config: crate::energy::accounting::AccountingConfig) {
-        *self.energy_lock() = crate::energy::accounting::Accountant::new(config);
+        let mut energy = self.energy_lock();
+        self.history_lock()
+            .configure(config.policy, config.idle_threshold_pct);
+        *energy = crate::energy::accounting::Accountant::new(config);
+    }
+
+    /// Stores the hours of energy history that changed since the last flush, each whole, one
+    /// submission each (a rollup of many tenants is large; see `docs/DURABILITY.md`). Returns the
+    /// hours stored. Called by the housekeeping task every `energy_flush_interval`.
+    pub async fn flush_energy_history(&self) -> Result<usize, ControllerError> {
+        use crate::energy::history::{HOUR_MS, MAX_HOUR_BYTES};
+        let ledger_err = |e: crate::ledger::LedgerError| ControllerError::Ledger(e.to_string());
+        // Hours folded into but not loaded at start: merge in what is stored before storing them.
+        let unbased = self.history_lock().unbased_dirty();
+        for hour in unbased {
+            let stored = self
+                .ledger
+                .load_hours(hour, hour + HOUR_MS)
+                .await
+                .map_err(ledger_err)?;
+            let mut h = self.history_lock();
+            match stored.into_iter().next() {
+                Some(s) => h.rebase(s),
+                None => h.mark_based(hour),
+            }
+        }
+        let dirty = self.history_lock().to_flush();
+        let mut stored = Vec::with_capacity(dirty.len());
+        for hour in dirty {
+            let bytes = serde_json::to_vec(&hour).map_or(0, |v| v.len());
+            if bytes > MAX_HOUR_BYTES {
+                // etcd refuses values over 1.5 MiB, and a refused transaction would fail the
+                // slice commits batched with it.
+                warn!(
+                    hour = hour.hour_start_ms,
+                    bytes,
+                    tenants = hour.tenants.len(),
+                    "energy history: hour rollup too large to store; it stays in memory only"
+                );
+                continue;
+            }
+            Self::durable(
+                self.ledger
+                    .submit(vec![Op::PutHour(Box::new(hour.clone()))]),
+            )
+            .await?;
+            stored.push(hour);
+        }
+        let keep_from = u64::try_from(self.clock.now_ms())
+            .unwrap_or(0)
+            .saturating_sub(RECENT_HOURS_MS);
+        self.history_lock().flushed(&stored, keep_from);
+        Ok(stored.len())
     }
 
     /// The activity threshold (percent of capacity) under which held capacity counts as idle.
@@ -1333,6 +1420,34 @@ impl Controller {
     ) {
         let e = self.energy_lock();
         (e.records(from_ms, to_ms), e.config().policy, e.skipped)
+    }
+
+    /// For a report over `[from_ms, to_ms)`: the interval records in memory and the hour rollups
+    /// (stored, with those not yet stored laid over them), read together so they hold the same
+    /// intervals, and the accounting settings.
+    pub async fn energy_sources(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<crate::report::Sources, ControllerError> {
+        use crate::energy::history::{hour_at_or_after, hour_of};
+        let (first, last) = (hour_of(from_ms), hour_at_or_after(to_ms));
+        let stored = self
+            .ledger
+            .load_hours(first, last)
+            .await
+            .map_err(|e| ControllerError::Ledger(e.to_string()))?;
+        let e = self.energy_lock();
+        let hours = self.history_lock().overlay(stored, first, last);
+        // Records of the whole hours, so that an hour's count compares with its rollup's.
+        Ok(crate::report::Sources::split(
+            e.records(first, last),
+            hours,
+            from_ms,
+            to_ms,
+            e.config().policy,
+            e.skipped,
+        ))
     }
 
     /// Marks a node unreachable (its agent's session ended or missed its keep-alive lease):
@@ -1414,10 +1529,16 @@ fn holders_of(
 /// Finished slices one pruning step looks at under the state lock: about a millisecond of work.
 pub const PRUNE_STEP: usize = 1024;
 
-/// Looks for orphans and expired slices every `every`, until the controller is dropped.
-async fn housekeeping(controller: Weak<Controller>, every: Duration) {
+/// How far back the energy history's hours are kept in memory (and loaded at start): the current
+/// and the previous hour, since an interval that starts in one hour may close in the next.
+const RECENT_HOURS_MS: u64 = 2 * crate::energy::history::HOUR_MS;
+
+/// Looks for orphans and expired slices every `every`, and stores the energy history's changed
+/// hours every `flush_every`, until the controller is dropped.
+async fn housekeeping(controller: Weak<Controller>, every: Duration, flush_every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(c) = controller.upgrade() else {
@@ -1426,6 +1547,12 @@ async fn housekeeping(controller: Weak<Controller>, every: Duration) {
         c.sweep_orphans().await;
         if let Err(e) = c.prune_terminal().await {
             warn!(error = %e, "could not forget expired slices");
+        }
+        if last_flush.elapsed() >= flush_every {
+            last_flush = tokio::time::Instant::now();
+            if let Err(e) = c.flush_energy_history().await {
+                warn!(error = %e, "could not store the energy history; retrying next time");
+            }
         }
     }
 }
@@ -1474,3 +1601,6 @@ pub use placement::FirstFit;
 
 #[cfg(test)]
 mod retention_tests;
+
+#[cfg(test)]
+mod history_tests;

@@ -24,6 +24,24 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
+/// Requests a slice of `kind` for `tenant` from the controller at `url`; panics on refusal.
+pub async fn request_slice(url: &str, tenant: &str, kind: pb::slice_spec::Kind) -> pb::Slice {
+    let mut c = TenantServiceClient::connect(url.to_string()).await.unwrap();
+    c.request_slice(pb::RequestSliceRequest {
+        tenant: tenant.into(),
+        spec: Some(pb::SliceSpec {
+            kind: Some(kind),
+            ..Default::default()
+        }),
+        idempotency_key: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .slice
+    .unwrap()
+}
+
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -74,8 +74,9 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
     }
 }
 
-/// Builds the energy report for a period from the controller's attributed intervals.
-pub fn energy_report(
+/// Builds the energy report for a period from the controller's attributed intervals and, for whole
+/// hours before them, the stored hourly energy history.
+pub async fn energy_report(
     controller: &Controller,
     from_ms: i64,
     to_ms: i64,
@@ -97,15 +98,16 @@ pub fn energy_report(
         )));
     }
     let (from, to) = (from_ms as u64, to as u64);
-    let (records, policy, skipped) = controller.energy_records(from, to);
-    let mut report = crate::report::build(
-        &records,
+    let sources = controller
+        .energy_sources(from, to)
+        .await
+        .map_err(Status::from)?;
+    let mut report = crate::report::build_from(
+        &sources,
         from,
         to,
         (!tenant.is_empty()).then_some(tenant),
-        policy,
         controller.idle_threshold_pct(),
-        skipped,
     );
     let waste = crate::reclaim::waste(controller, from_ms, to as i64);
     let reclaimed: Vec<(String, f64, u32)> = waste
@@ -196,7 +198,8 @@ impl OpsService for OpsApi {
         let r = req.into_inner();
         super::validate::energy_report(&r)?;
         let tenant = p.act_as(&r.tenant)?;
-        let mut report = energy_report(&self.controller, r.from_unix_ms, r.to_unix_ms, &tenant)?;
+        let mut report =
+            energy_report(&self.controller, r.from_unix_ms, r.to_unix_ms, &tenant).await?;
         if p.confined_to().is_some() {
             // A tenant sees its own rows and the cluster totals, not other tenants' GPUs.
             report.gpus.clear();

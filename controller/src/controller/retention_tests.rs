@@ -13,15 +13,15 @@ use crate::ledger::{Ledger, MemoryLedger};
 use crate::slice::SliceRecord;
 
 /// 2025-01-01T00:00:00Z.
-const T0: i64 = 1_735_689_600_000;
-const NODE: &str = "n1";
+pub(super) const T0: i64 = 1_735_689_600_000;
+pub(super) const NODE: &str = "n1";
 
 fn gpu(i: usize) -> String {
     format!("GPU-{NODE}-{i}")
 }
 
 /// Retention settings; housekeeping runs once at start, then only when a test prunes.
-fn retention(keep: Duration, max: usize) -> CoreConfig {
+pub(super) fn retention(keep: Duration, max: usize) -> CoreConfig {
     CoreConfig {
         terminal_retention: keep,
         terminal_retention_max: max,
@@ -30,7 +30,7 @@ fn retention(keep: Duration, max: usize) -> CoreConfig {
     }
 }
 
-async fn controller(
+pub(super) async fn controller(
     ledger: Arc<dyn Ledger>,
     clock: &ManualClock,
     config: CoreConfig,
@@ -47,7 +47,7 @@ async fn controller(
 
 /// Registers node `n1` with `gpus` H100s and answers every command for it as done: the
 /// controller's side of an agent session, without the network.
-fn fake_node(c: &Arc<Controller>, gpus: usize) {
+pub(super) fn fake_node(c: &Arc<Controller>, gpus: usize) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     c.agents.connect(NODE, tx);
     c.register_node(&pb::Register {
@@ -103,7 +103,7 @@ fn share(fraction: f64) -> pb::SliceSpec {
     }
 }
 
-async fn request(c: &Controller, tenant: &str, key: &str) -> super::Requested {
+pub(super) async fn request(c: &Controller, tenant: &str, key: &str) -> super::Requested {
     c.request(tenant, Some(&share(0.2)), key).await.unwrap()
 }
 
@@ -249,7 +249,7 @@ async fn a_restarted_controller_forgets_what_the_ledger_holds_beyond_the_cap() {
 }
 
 /// `gpus` GPUs at 300 W, each sampled every second: activity 20% for each live slice on it.
-fn samples(c: &Controller, at: i64, gpus: usize) -> pb::SampleBatch {
+pub(super) fn samples(c: &Controller, at: i64, gpus: usize) -> pb::SampleBatch {
     let on = |g: &str| -> Vec<pb::SliceActivity> {
         c.with_state(|st| {
             st.slices_on_gpu(g)

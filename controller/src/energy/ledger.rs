@@ -213,7 +213,7 @@ fn add(a: u64, b: u64, what: &'static str) -> Result<u64, LedgerError> {
 }
 
 /// Sums CO2e; the market-based figure stays only if every part has one.
-fn add_co2e(total: Co2e, first: bool, part: Co2e) -> Co2e {
+pub(crate) fn add_co2e(total: Co2e, first: bool, part: Co2e) -> Co2e {
     if first {
         return part;
     }

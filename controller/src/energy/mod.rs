@@ -19,6 +19,7 @@ pub mod accounting;
 mod apportion;
 pub mod attribution;
 pub mod carbon;
+pub mod history;
 pub mod ledger;
 pub mod measure;
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! - `<prefix>leader`: [`LeaderInfo`] as JSON (the leader's id and the URL it serves on), attached to
 //!   the leader's etcd lease. It disappears when the lease expires.
 //! - `<prefix>slices/<slice id>`: the [`SliceRecord`] as JSON.
+//! - `<prefix>energy/hours/<hour start>`: the [`HourRollup`] of one hour of energy history as JSON;
+//!   the hour start is Unix ms, zero-padded to 16 digits so keys sort by time.
 //!
 //! ## Election and fencing
 //! A controller campaigns by granting itself a lease of `lease_ttl_s` seconds and creating the leader
@@ -38,7 +40,8 @@ use tracing::{info, warn};
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, Op};
+use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadHours, Op};
+use crate::energy::history::HourRollup;
 use crate::slice::SliceRecord;
 
 /// The generated client for the subset of etcd's v3 API in `controller/proto/etcd/rpc.proto`.
@@ -53,8 +56,11 @@ use pb::lease_client::LeaseClient;
 
 /// Most operations etcd accepts in one transaction by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
-/// Records read per range request when loading.
+/// Records read per range request when loading slices (about 630 bytes each).
 const PAGE: i64 = 1000;
+/// Hour rollups read per range request: at most [`crate::energy::history::MAX_HOUR_BYTES`] each, so
+/// a page stays under tonic's default 4 MiB message limit.
+const HOURS_PAGE: i64 = 3;
 
 /// How to reach etcd and how to lead.
 #[derive(Debug, Clone)]
@@ -161,6 +167,10 @@ impl Etcd {
 
     fn slices_prefix(&self) -> Vec<u8> {
         self.key("slices/")
+    }
+
+    fn hours_prefix(&self) -> Vec<u8> {
+        self.key("energy/hours/")
     }
 
     /// The current leader, if any.
@@ -350,6 +360,7 @@ struct Writer {
     leader_key: Vec<u8>,
     leader_revision: i64,
     slices_prefix: Vec<u8>,
+    hours_prefix: Vec<u8>,
     /// Highest store revision seen, for compaction.
     revision: Arc<AtomicI64>,
 }
@@ -359,21 +370,30 @@ impl BatchStore for Writer {
     async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
         let mut success = Vec::with_capacity(ops.len());
         for op in ops {
-            let mut key = self.slices_prefix.clone();
-            key.extend_from_slice(op.id().as_bytes());
+            let slice_key = |id: &str| [self.slices_prefix.as_slice(), id.as_bytes()].concat();
             let request = match op {
                 Op::Put(r) => {
                     let value = serde_json::to_vec(&r)
                         .map_err(|e| LedgerError::Corrupt(format!("encode {}: {e}", r.id)))?;
                     pb::request_op::Request::RequestPut(pb::PutRequest {
-                        key,
+                        key: slice_key(&r.id),
                         value,
                         ..Default::default()
                     })
                 }
-                Op::Delete(_) => {
+                Op::Delete(id) => {
                     pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
-                        key,
+                        key: slice_key(&id),
+                        ..Default::default()
+                    })
+                }
+                Op::PutHour(h) => {
+                    let value = serde_json::to_vec(&h).map_err(|e| {
+                        LedgerError::Corrupt(format!("encode hour {}: {e}", h.hour_start_ms))
+                    })?;
+                    pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key: hour_key(&self.hours_prefix, h.hour_start_ms),
+                        value,
                         ..Default::default()
                     })
                 }
@@ -437,6 +457,7 @@ impl EtcdLedger {
             leader_key: etcd.leader_key(),
             leader_revision: leadership.revision,
             slices_prefix: etcd.slices_prefix(),
+            hours_prefix: etcd.hours_prefix(),
             revision: revision.clone(),
         };
         let group = GroupCommit::spawn(Arc::new(writer), MAX_TXN_OPS);
@@ -480,12 +501,40 @@ async fn compactor(etcd: Etcd, revision: Arc<AtomicI64>, leadership: Leadership)
     }
 }
 
+/// The key of the hour starting at `hour_start_ms`: zero-padded so keys sort by time.
+fn hour_key(prefix: &[u8], hour_start_ms: u64) -> Vec<u8> {
+    [prefix, format!("{hour_start_ms:016}").as_bytes()].concat()
+}
+
 impl EtcdLedger {
     /// Reads every record.
     pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
         let prefix = self.etcd.slices_prefix();
         let end = prefix_end(&prefix);
-        let mut from = prefix.clone();
+        self.range_json(prefix, end, PAGE).await
+    }
+
+    /// Reads the hour rollups starting in `[from_ms, to_ms)`.
+    pub async fn load_hours_in(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<HourRollup>, LedgerError> {
+        let prefix = self.etcd.hours_prefix();
+        let (from, to) = (
+            hour_key(&prefix, from_ms),
+            hour_key(&prefix, to_ms.max(from_ms)),
+        );
+        self.range_json(from, to, HOURS_PAGE).await
+    }
+
+    /// Every value in `[from, end)`, decoded from JSON, in key order.
+    async fn range_json<T: serde::de::DeserializeOwned>(
+        &self,
+        mut from: Vec<u8>,
+        end: Vec<u8>,
+        page: i64,
+    ) -> Result<Vec<T>, LedgerError> {
         let mut out = Vec::new();
         // Every page at the revision of the first, so the load is one consistent snapshot.
         let mut at_revision = 0;
@@ -497,7 +546,7 @@ impl EtcdLedger {
                 .range(pb::RangeRequest {
                     key: from.clone(),
                     range_end: end.clone(),
-                    limit: PAGE,
+                    limit: page,
                     revision: at_revision,
                     ..Default::default()
                 })
@@ -508,10 +557,10 @@ impl EtcdLedger {
                 at_revision = r.header.as_ref().map_or(0, |h| h.revision);
             }
             for kv in &r.kvs {
-                let rec: SliceRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+                let v: T = serde_json::from_slice(&kv.value).map_err(|e| {
                     LedgerError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&kv.key)))
                 })?;
-                out.push(rec);
+                out.push(v);
             }
             match (r.more, r.kvs.last()) {
                 (true, Some(last)) => {
@@ -537,6 +586,10 @@ impl Ledger for EtcdLedger {
 
     fn name(&self) -> &'static str {
         "etcd"
+    }
+
+    fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_> {
+        Box::pin(self.load_hours_in(from_ms, to_ms))
     }
 }
 

@@ -1,18 +1,21 @@
 //! A ledger in memory: nothing survives the process (tests, the demo).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{Commit, Ledger, LedgerError, Op};
+use super::{Commit, Ledger, LedgerError, LoadHours, Op};
+use crate::energy::history::HourRollup;
 use crate::slice::SliceRecord;
 
 /// Keeps records in a map; `commit` is immediate and nothing is durable.
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     records: Mutex<HashMap<String, SliceRecord>>,
+    /// Energy rollups by hour start (Unix ms).
+    hours: Mutex<BTreeMap<u64, HourRollup>>,
 }
 
 impl MemoryLedger {
@@ -25,6 +28,7 @@ impl MemoryLedger {
 impl Ledger for MemoryLedger {
     fn submit(&self, ops: Vec<Op>) -> Commit {
         let mut m = self.map();
+        let mut hours = self.hours.lock().unwrap_or_else(|p| p.into_inner());
         for op in ops {
             match op {
                 Op::Put(r) => {
@@ -32,6 +36,9 @@ impl Ledger for MemoryLedger {
                 }
                 Op::Delete(id) => {
                     m.remove(&id);
+                }
+                Op::PutHour(h) => {
+                    hours.insert(h.hour_start_ms, *h);
                 }
             }
         }
@@ -47,5 +54,14 @@ impl Ledger for MemoryLedger {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_> {
+        let hours = self.hours.lock().unwrap_or_else(|p| p.into_inner());
+        let found = hours
+            .range(from_ms..to_ms.max(from_ms))
+            .map(|(_, h)| h.clone())
+            .collect();
+        Box::pin(async move { Ok(found) })
     }
 }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::energy::history::HourRollup;
 use crate::slice::SliceRecord;
 
 pub use memory::MemoryLedger;
@@ -63,6 +64,9 @@ pub trait Ledger: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<SliceRecord>, LedgerError>> + Send + '_>>;
     /// Short name for logs ("memory", "redb", "etcd").
     fn name(&self) -> &'static str;
+    /// Stored energy rollups of the hours starting in `[from_ms, to_ms)`, oldest first. They are
+    /// written with [`Op::PutHour`], in their own keyspace.
+    fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_>;
 
     /// Stores (upserts) slice records atomically and waits until they are durable.
     fn commit(&self, records: &[SliceRecord]) -> Commit {
@@ -93,6 +97,10 @@ pub trait Ledger: Send + Sync {
 /// ([`Ledger::remove`], kubelet reports).
 pub const SUBMISSION_MAX_OPS: usize = etcd::MAX_TXN_OPS;
 
+/// Stored hour rollups, as [`Ledger::load_hours`] reads them.
+pub type LoadHours<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<HourRollup>, LedgerError>> + Send + 'a>>;
+
 /// One change in a batch.
 // Ops are built once and moved into a batch; boxing the record would add an allocation per change.
 #[allow(clippy::large_enum_variant)]
@@ -100,14 +108,24 @@ pub const SUBMISSION_MAX_OPS: usize = etcd::MAX_TXN_OPS;
 pub enum Op {
     Put(SliceRecord),
     Delete(String),
+    /// Upserts the energy rollup of one hour, whole (a keyspace of its own, keyed by hour start).
+    PutHour(Box<HourRollup>),
+}
+
+/// What a change is about: a slice (by id) or an hour of energy history (by start, Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKey<'a> {
+    Slice(&'a str),
+    Hour(u64),
 }
 
 impl Op {
-    /// The slice id the change is about.
-    pub fn id(&self) -> &str {
+    /// What the change is about; two changes with one key in a batch are merged.
+    pub fn key(&self) -> OpKey<'_> {
         match self {
-            Op::Put(r) => &r.id,
-            Op::Delete(id) => id,
+            Op::Put(r) => OpKey::Slice(&r.id),
+            Op::Delete(id) => OpKey::Slice(id),
+            Op::PutHour(h) => OpKey::Hour(h.hour_start_ms),
         }
     }
 }
@@ -243,12 +261,12 @@ async fn committer(
 /// of its first appearance, so the batch stays in a stable order).
 fn merge(jobs: &[Job]) -> Vec<Op> {
     let mut out: Vec<Op> = Vec::with_capacity(jobs.iter().map(|j| j.ops.len()).sum());
-    let mut at: HashMap<&str, usize> = HashMap::new();
+    let mut at: HashMap<OpKey<'_>, usize> = HashMap::new();
     for op in jobs.iter().flat_map(|j| &j.ops) {
-        match at.get(op.id()) {
+        match at.get(&op.key()) {
             Some(&i) => out[i] = op.clone(),
             None => {
-                at.insert(op.id(), out.len());
+                at.insert(op.key(), out.len());
                 out.push(op.clone());
             }
         }
@@ -318,6 +336,9 @@ pub(crate) mod tests {
             fn name(&self) -> &'static str {
                 "test"
             }
+            fn load_hours(&self, _: u64, _: u64) -> LoadHours<'_> {
+                Box::pin(async { Ok(Vec::new()) })
+            }
         }
         let store = Arc::new(Slow::default());
         let ledger = Group(GroupCommit::spawn(store.clone(), etcd::MAX_TXN_OPS));
@@ -329,8 +350,46 @@ pub(crate) mod tests {
             "{:?}",
             batches.iter().map(Vec::len).collect::<Vec<_>>()
         );
-        let written: Vec<&str> = batches.iter().flatten().map(Op::id).collect();
-        assert_eq!(written, ids, "every id, in order");
+        let written: Vec<OpKey<'_>> = batches.iter().flatten().map(Op::key).collect();
+        let expected: Vec<OpKey<'_>> = ids.iter().map(|id| OpKey::Slice(id)).collect();
+        assert_eq!(written, expected, "every id, in order");
+    }
+
+    /// Hours are upserted whole, read back by range in time order, and kept apart from slices.
+    pub(crate) async fn hours_round_trip(l: &dyn Ledger) {
+        use crate::energy::history::HOUR_MS;
+        use crate::energy::history::tests::{T0, one_interval_hour};
+        let hour = |i: u64, mj: u64| {
+            Op::PutHour(Box::new(one_interval_hour(T0 + i * HOUR_MS, "g", 1, mj)))
+        };
+        l.submit(vec![hour(0, 10), hour(1, 20), hour(2, 30)])
+            .await
+            .unwrap();
+        l.submit(vec![hour(1, 25)]).await.unwrap();
+        let mj = |hours: Vec<HourRollup>| -> Vec<(u64, u64)> {
+            hours
+                .into_iter()
+                .map(|h| (h.hour_start_ms, h.cluster.energy.tenants_mj))
+                .collect()
+        };
+        assert_eq!(
+            mj(l.load_hours(T0 + HOUR_MS, T0 + 3 * HOUR_MS).await.unwrap()),
+            vec![(T0 + HOUR_MS, 25), (T0 + 2 * HOUR_MS, 30)],
+            "the upsert replaced the hour whole; the range is half-open"
+        );
+        assert_eq!(mj(l.load_hours(0, T0 + 1).await.unwrap()), vec![(T0, 10)]);
+        assert!(
+            l.load_hours(T0 + 3 * HOUR_MS, u64::MAX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(l.load().await.unwrap().is_empty(), "hours are not slices");
+    }
+
+    #[tokio::test]
+    async fn the_memory_ledger_stores_hours() {
+        hours_round_trip(&MemoryLedger::default()).await;
     }
 
     pub(crate) fn record(id: &str, state: greenslice_core::slice::SliceState) -> SliceRecord {

@@ -3,6 +3,8 @@
 //! Layout (redb file `<data dir>/ledger.redb`):
 //! - table `slices`: slice id -> the [`SliceRecord`] as JSON.
 //! - table `meta`: `"schema"` -> [`SCHEMA_VERSION`].
+//! - table `energy_hours`: hour start (Unix ms) -> the [`HourRollup`] of that hour as JSON
+//!   (energy history; added without a schema change: a file without it gets it on open).
 //!
 //! Every batch is one write transaction committed with `Durability::Immediate` (redb's two-phase
 //! commit with fsync): when `commit` returns, the records survive a crash or power loss. Batches
@@ -17,10 +19,12 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, Op};
+use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadHours, Op};
+use crate::energy::history::HourRollup;
 use crate::slice::SliceRecord;
 
 const SLICES: TableDefinition<&str, &[u8]> = TableDefinition::new("slices");
+const HOURS: TableDefinition<u64, &[u8]> = TableDefinition::new("energy_hours");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Version of the layout above; a file with another version is refused.
@@ -47,6 +51,9 @@ impl Store {
             let mut t = tx
                 .open_table(SLICES)
                 .map_err(|e| unavailable("open table", e))?;
+            let mut hours = tx
+                .open_table(HOURS)
+                .map_err(|e| unavailable("open table", e))?;
             for op in ops {
                 match op {
                     Op::Put(r) => {
@@ -58,6 +65,14 @@ impl Store {
                     Op::Delete(id) => {
                         t.remove(id.as_str())
                             .map_err(|e| unavailable("remove", e))?;
+                    }
+                    Op::PutHour(h) => {
+                        let v = serde_json::to_vec(h).map_err(|e| {
+                            LedgerError::Corrupt(format!("encode hour {}: {e}", h.hour_start_ms))
+                        })?;
+                        hours
+                            .insert(h.hour_start_ms, v.as_slice())
+                            .map_err(|e| unavailable("insert", e))?;
                     }
                 }
             }
@@ -132,6 +147,8 @@ impl RedbLedger {
             }
             tx.open_table(SLICES)
                 .map_err(|e| unavailable("open table", e))?;
+            tx.open_table(HOURS)
+                .map_err(|e| unavailable("open table", e))?;
         }
         tx.commit().map_err(|e| unavailable("commit", e))?;
         let store = Arc::new(Store { db });
@@ -151,26 +168,65 @@ impl RedbLedger {
 }
 
 impl RedbLedger {
-    /// Reads every record.
-    pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
+    /// Runs `read` in a read transaction on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let tx = store.db.begin_read().map_err(|e| unavailable("begin", e))?;
-            let t = tx
-                .open_table(SLICES)
-                .map_err(|e| unavailable("open table", e))?;
-            let mut out = Vec::new();
-            for row in t.iter().map_err(|e| unavailable("iterate", e))? {
-                let (k, v) = row.map_err(|e| unavailable("read", e))?;
-                let r: SliceRecord = serde_json::from_slice(v.value())
-                    .map_err(|e| LedgerError::Corrupt(format!("slice {}: {e}", k.value())))?;
-                out.push(r);
-            }
-            Ok(out)
+            read(&tx)
         })
         .await
         .map_err(|e| unavailable("reader task", e))?
     }
+
+    /// Reads every record.
+    pub async fn load_all(&self) -> Result<Vec<SliceRecord>, LedgerError> {
+        self.read(|tx| {
+            let t = tx
+                .open_table(SLICES)
+                .map_err(|e| unavailable("open table", e))?;
+            let rows = t.iter().map_err(|e| unavailable("iterate", e))?;
+            rows.map(|row| {
+                let (k, v) = row.map_err(|e| unavailable("read", e))?;
+                decode(format_args!("slice {}", k.value()), v.value())
+            })
+            .collect()
+        })
+        .await
+    }
+
+    /// Reads the hour rollups starting in `[from_ms, to_ms)`.
+    pub async fn load_hours_in(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<HourRollup>, LedgerError> {
+        self.read(move |tx| {
+            let t = tx
+                .open_table(HOURS)
+                .map_err(|e| unavailable("open table", e))?;
+            let rows = t
+                .range(from_ms..to_ms.max(from_ms))
+                .map_err(|e| unavailable("iterate", e))?;
+            rows.map(|row| {
+                let (k, v) = row.map_err(|e| unavailable("read", e))?;
+                decode(format_args!("hour {}", k.value()), v.value())
+            })
+            .collect()
+        })
+        .await
+    }
+}
+
+/// A stored JSON value; `what` names it in the error.
+fn decode<T: serde::de::DeserializeOwned>(
+    what: std::fmt::Arguments<'_>,
+    json: &[u8],
+) -> Result<T, LedgerError> {
+    serde_json::from_slice(json).map_err(|e| LedgerError::Corrupt(format!("{what}: {e}")))
 }
 
 impl Ledger for RedbLedger {
@@ -187,6 +243,10 @@ impl Ledger for RedbLedger {
     fn name(&self) -> &'static str {
         "redb"
     }
+
+    fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_> {
+        Box::pin(self.load_hours_in(from_ms, to_ms))
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +254,20 @@ mod tests {
     use super::*;
     use crate::ledger::tests::record;
     use greenslice_core::slice::SliceState;
+
+    /// Opens the ledger in `dir` again once the dropped one let go of it.
+    async fn reopen(dir: &Path) -> RedbLedger {
+        // The committer task may still hold the database for a moment after the ledger is dropped.
+        loop {
+            match RedbLedger::open(dir) {
+                Ok(l) => return l,
+                Err(LedgerError::Config(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 
     #[tokio::test]
     async fn committed_records_survive_reopening_and_removals_stick() {
@@ -209,18 +283,24 @@ mod tests {
             l.commit(&[record("a", SliceState::Active)]).await.unwrap();
             l.remove(&["b".to_string()]).await.unwrap();
         }
-        // The committer task may still hold the database for a moment after the ledger is dropped.
-        let l = loop {
-            match RedbLedger::open(dir.path()) {
-                Ok(l) => break l,
-                Err(LedgerError::Config(_)) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let l = reopen(dir.path()).await;
         let all = l.load().await.unwrap();
         assert_eq!(all, vec![record("a", SliceState::Active)]);
+    }
+
+    #[tokio::test]
+    async fn hours_are_stored_by_range_and_survive_reopening() {
+        use crate::energy::history::HOUR_MS;
+        use crate::energy::history::tests::T0;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = RedbLedger::open(dir.path()).unwrap();
+            crate::ledger::tests::hours_round_trip(&l).await;
+        }
+        let l = reopen(dir.path()).await;
+        let hours = l.load_hours(0, u64::MAX).await.unwrap();
+        let starts: Vec<u64> = hours.iter().map(|h| h.hour_start_ms).collect();
+        assert_eq!(starts, vec![T0, T0 + HOUR_MS, T0 + 2 * HOUR_MS]);
     }
 
     #[tokio::test]

@@ -242,7 +242,7 @@ svg{{width:100%;height:auto;background:#fafafa}} .note{{color:#555;font-size:13p
 </style></head><body>
 <h1>greenslice energy and carbon report</h1>
 <p class="note">Period {from} .. {to} (Unix ms){tf}. Static energy policy: <b>{policy}</b>. {intervals} GPU intervals, {est} estimated from power samples, {skipped} skipped.</p>
-{estimate_banner}
+{estimate_banner}{hourly}
 <h2>Per tenant</h2>
 <table id="tenants"><tr><th>tenant</th><th>GPU-h allocated</th><th>GPU-h used</th><th>GPU-h idle-allocated</th><th>GPU-h reclaimed</th><th>energy kWh</th><th>static kWh</th><th>dynamic kWh</th><th>CO2e kg</th><th>estimated kWh</th></tr>{tenants}</table>
 <h2>Energy by tenant over time</h2>{tchart}
@@ -273,6 +273,18 @@ svg{{width:100%;height:auto;background:#fafafa}} .note{{color:#555;font-size:13p
         } else {
             ""
         },
+        hourly = r
+            .hourly
+            .as_ref()
+            .map(|h| {
+                format!(
+                    r#"<p class="note" id="hourly" data-from-ms="{}" data-to-ms="{}">{}</p>"#,
+                    h.from_ms,
+                    h.to_ms,
+                    esc(&super::hourly_line(h))
+                )
+            })
+            .unwrap_or_default(),
         tchart = tenant_chart(r),
         heat = heat_map(r),
         waste = waste_chart(r),

@@ -12,13 +12,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::energy::StaticPolicy;
 use crate::energy::accounting::IntervalRecord;
-use crate::energy::{FactorSource, StaticPolicy};
+use crate::energy::history::{
+    FactorRange, HOUR_MS, HourRollup, fold_factors, hour_at_or_after, hour_of, merge_factors,
+};
 
 /// mJ in a kWh.
 pub const MJ_PER_KWH: f64 = 3.6e9;
 /// ms in an hour.
 pub const MS_PER_HOUR: f64 = 3.6e6;
+/// GPU-µs in a GPU-hour.
+const GPU_US_PER_HOUR: f64 = 3.6e9;
 /// Buckets in the report's time series.
 pub const SERIES_BUCKETS: usize = 48;
 
@@ -140,6 +145,107 @@ pub struct Report {
     /// GPU-hours given back by idle reclaim in the period, all tenants.
     #[serde(default)]
     pub gpu_hours_reclaimed: f64,
+    /// The part of the period taken from the stored hourly energy history (absent when the
+    /// interval records in memory cover the whole period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<HourlyPart>,
+}
+
+/// The part of a report taken from hourly rollups (the energy history) instead of interval records.
+///
+/// Tenant rows, cluster totals, `intervals`, the comparison and the factors cover the whole period;
+/// per-GPU rows (`gpus`), the time series and per-GPU utilization cover only the interval records,
+/// those starting in `[to_ms, report end)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HourlyPart {
+    /// The hours starting in `[from_ms, to_ms)` (Unix ms, whole UTC hours) come from rollups. An
+    /// hour belongs to the report when it starts inside the report's period, so give hour-aligned
+    /// bounds for exact coverage.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Hours that had energy.
+    pub hours: u64,
+    /// Intervals in them.
+    pub intervals: u64,
+    /// Where this part comes from.
+    pub note: String,
+}
+
+/// What a report is built from: interval records (in memory, the last few hours) and hour
+/// rollups (stored), split at a whole hour so that no interval is counted twice.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Interval records from the cut on.
+    pub records: Vec<IntervalRecord>,
+    /// Rollups of the hours before the cut.
+    pub hours: Vec<HourRollup>,
+    pub hourly: Option<HourlyPart>,
+    pub policy: StaticPolicy,
+    /// Intervals the controller could not account, over its lifetime.
+    pub skipped_intervals: u64,
+}
+
+impl Sources {
+    /// Splits a report over `[from_ms, to_ms)` between `records` (the interval records in memory
+    /// overlapping the whole hours around the period) and `hours` (every rollup of those hours,
+    /// each holding every interval of its hour that was attributed, by this controller or an
+    /// earlier one). An hour's records in memory are complete when there are as many as its
+    /// rollup has intervals (the rollup holds every record in memory). The cut is the end of the
+    /// latest hour where they are not: rollups before it, records from it on.
+    pub fn split(
+        records: Vec<IntervalRecord>,
+        hours: Vec<HourRollup>,
+        from_ms: u64,
+        to_ms: u64,
+        policy: StaticPolicy,
+        skipped_intervals: u64,
+    ) -> Sources {
+        let mut in_memory: BTreeMap<u64, u64> = BTreeMap::new();
+        for r in &records {
+            *in_memory.entry(hour_of(r.interval.start_ms)).or_default() += 1;
+        }
+        let cut = hours
+            .iter()
+            .filter(|h| {
+                h.cluster.energy.intervals != in_memory.get(&h.hour_start_ms).copied().unwrap_or(0)
+            })
+            .map(|h| h.hour_start_ms + HOUR_MS)
+            .max()
+            .unwrap_or(0);
+        let first = hour_at_or_after(from_ms);
+        if cut <= first {
+            return Sources {
+                records,
+                policy,
+                skipped_intervals,
+                ..Default::default()
+            };
+        }
+        let hours: Vec<HourRollup> = hours
+            .into_iter()
+            .filter(|h| h.hour_start_ms >= first && h.hour_start_ms < cut.min(to_ms))
+            .collect();
+        let hourly = HourlyPart {
+            from_ms: first,
+            to_ms: cut.min(hour_at_or_after(to_ms)),
+            hours: hours.len() as u64,
+            intervals: hours.iter().map(|h| h.cluster.energy.intervals).sum(),
+            note: "tenant rows and cluster totals include these hours from the stored hourly \
+                   energy history; per-GPU rows and series cover only the interval records after \
+                   them"
+                .to_string(),
+        };
+        Sources {
+            records: records
+                .into_iter()
+                .filter(|r| r.interval.start_ms >= cut)
+                .collect(),
+            hours,
+            hourly: Some(hourly),
+            policy,
+            skipped_intervals,
+        }
+    }
 }
 
 /// Adds idle-reclaim figures (per tenant: GPU-hours reclaimed, slices reclaimed) to a report.
@@ -178,13 +284,6 @@ fn co2e_kg(r: &IntervalRecord, mj: u64) -> (f64, Option<f64>) {
     (c.location_g / 1000.0, c.market_g.map(|g| g / 1000.0))
 }
 
-fn source_name(s: &FactorSource) -> String {
-    match s {
-        FactorSource::Configured { note } => format!("configured: {note}"),
-        FactorSource::DefaultEstimate { source } => format!("default estimate: {source}"),
-    }
-}
-
 /// Builds the report from interval records.
 pub fn build(
     records: &[IntervalRecord],
@@ -195,7 +294,26 @@ pub fn build(
     idle_threshold_pct: f64,
     skipped_intervals: u64,
 ) -> Report {
-    let recs: Vec<&IntervalRecord> = records
+    let sources = Sources {
+        records: records.to_vec(),
+        policy,
+        skipped_intervals,
+        ..Default::default()
+    };
+    build_from(&sources, from_ms, to_ms, tenant, idle_threshold_pct)
+}
+
+/// Builds the report from interval records and hour rollups ([`Sources::split`]).
+pub fn build_from(
+    sources: &Sources,
+    from_ms: u64,
+    to_ms: u64,
+    tenant: Option<&str>,
+    idle_threshold_pct: f64,
+) -> Report {
+    let (policy, skipped_intervals) = (sources.policy, sources.skipped_intervals);
+    let recs: Vec<&IntervalRecord> = sources
+        .records
         .iter()
         .filter(|r| r.interval.start_ms >= from_ms && r.interval.start_ms < to_ms)
         .collect();
@@ -208,10 +326,7 @@ pub fn build(
     };
     let mut cluster_util = (0.0, 0u64);
     let mut comparison = Comparison::default();
-    let mut factor_ranges: BTreeMap<
-        &'static str,
-        (f64, f64, std::collections::BTreeSet<String>, bool),
-    > = BTreeMap::new();
+    let mut factor_ranges: BTreeMap<String, FactorRange> = BTreeMap::new();
     let (first, last) = recs.iter().fold((u64::MAX, 0), |(a, b), r| {
         (a.min(r.interval.start_ms), b.max(r.interval.end_ms))
     });
@@ -238,29 +353,7 @@ pub fn build(
         } else {
             (((r.interval.start_ms - span_from) / bucket_ms) as usize).min(nb - 1)
         };
-        // Factors used.
-        for (name, f) in [
-            ("pue", &r.factors.pue),
-            ("location_g_per_kwh", &r.factors.location_g_per_kwh),
-        ]
-        .into_iter()
-        .chain(
-            r.factors
-                .market_g_per_kwh
-                .as_ref()
-                .map(|f| ("market_g_per_kwh", f)),
-        ) {
-            let e = factor_ranges.entry(name).or_insert((
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-                Default::default(),
-                false,
-            ));
-            e.0 = e.0.min(f.value);
-            e.1 = e.1.max(f.value);
-            e.2.insert(source_name(&f.source));
-            e.3 |= f.is_estimate();
-        }
+        fold_factors(&mut factor_ranges, &r.factors);
         // Tenants.
         for s in &r.slices {
             if tenant.is_some_and(|t| t != s.tenant) {
@@ -353,6 +446,50 @@ pub fn build(
             u[b].1 += len;
         }
     }
+    // Whole hours before the records, from the stored history: tenants and cluster totals.
+    let mut hourly_intervals = 0;
+    for h in &sources.hours {
+        for (name, th) in &h.tenants {
+            if tenant.is_some_and(|t| t != name) {
+                continue;
+            }
+            let t = tenants.entry(name.clone()).or_insert_with(|| TenantRow {
+                tenant: name.clone(),
+                ..Default::default()
+            });
+            let e = &th.energy;
+            t.gpu_hours_allocated += th.allocated_gpu_us as f64 / GPU_US_PER_HOUR;
+            t.gpu_hours_used += th.used_gpu_us as f64 / GPU_US_PER_HOUR;
+            t.gpu_hours_idle_allocated += th.idle_allocated_gpu_us as f64 / GPU_US_PER_HOUR;
+            t.energy_mj += e.total_mj();
+            t.static_mj += e.static_mj;
+            t.dynamic_mj += e.dynamic_mj;
+            t.estimated_mj += e.estimated_mj;
+            t.co2e_kg += e.co2e.location_g / 1000.0;
+            let complete = market_complete.entry(name.clone()).or_insert(true);
+            match e.co2e.market_g {
+                Some(m) if *complete => *t.co2e_market_kg.get_or_insert(0.0) += m / 1000.0,
+                _ => *complete = false,
+            }
+            t.whole_gpu_mj += th.whole_gpu_mj;
+        }
+        let c = &h.cluster;
+        let e = &c.energy;
+        cluster.measured_mj += e.measured_mj;
+        cluster.tenants_mj += e.tenants_mj;
+        cluster.unattributed_mj += e.unattributed_mj;
+        cluster.unallocated_idle_mj += e.unallocated_idle_mj;
+        cluster.co2e_kg += e.co2e.location_g / 1000.0;
+        cluster.intervals += e.intervals;
+        cluster.estimated_intervals += e.estimated_intervals;
+        cluster_util.0 += c.activity_pct_ms as f64;
+        cluster_util.1 += c.interval_ms;
+        comparison.shared_mj += e.measured_mj - e.unallocated_idle_mj;
+        comparison.whole_gpus_mj += c.whole_gpus_mj;
+        merge_factors(&mut factor_ranges, &h.factors);
+        estimated_intervals += e.estimated_intervals;
+        hourly_intervals += e.intervals;
+    }
     for t in tenants.values_mut() {
         t.energy_kwh = kwh(t.energy_mj);
     }
@@ -398,13 +535,13 @@ pub fn build(
     };
     let factors: Vec<FactorUsed> = factor_ranges
         .into_iter()
-        .map(|(name, (min, max, sources, estimate))| FactorUsed {
-            name: name.to_string(),
-            min,
-            max,
+        .map(|(name, f)| FactorUsed {
             unit: if name == "pue" { "ratio" } else { "gCO2e/kWh" }.to_string(),
-            sources: sources.into_iter().collect(),
-            estimate,
+            name,
+            min: f.min,
+            max: f.max,
+            sources: f.sources.into_iter().collect(),
+            estimate: f.estimate,
         })
         .collect();
     Report {
@@ -424,10 +561,11 @@ pub fn build(
         factors,
         comparison,
         series,
-        intervals: recs.len() as u64,
+        intervals: recs.len() as u64 + hourly_intervals,
         estimated_intervals,
         skipped_intervals,
         gpu_hours_reclaimed: 0.0,
+        hourly: sources.hourly.clone(),
     }
 }
 
@@ -475,6 +613,14 @@ pub fn to_csv(r: &Report) -> String {
         ));
     }
     out
+}
+
+/// One line saying which part of the period came from the hourly history.
+pub fn hourly_line(h: &HourlyPart) -> String {
+    format!(
+        "Hours {} .. {} (Unix ms): {} hours, {} intervals from the stored hourly history; per-GPU rows and series cover only the records from {} on.",
+        h.from_ms, h.to_ms, h.hours, h.intervals, h.to_ms
+    )
 }
 
 /// The report as terminal tables.
@@ -531,6 +677,10 @@ pub fn to_table(r: &Report) -> String {
         r.intervals,
         r.estimated_intervals
     ));
+    if let Some(h) = &r.hourly {
+        out.push_str(&hourly_line(h));
+        out.push('\n');
+    }
     out.push_str(&format!(
         "Sharing vs dedicated whole GPUs for the same work: {:.4} kWh vs {:.4} kWh, saved {:.4} kWh ({:.1}%), {:.3} kg CO2e\n",
         kwh(r.comparison.shared_mj),
@@ -597,6 +747,71 @@ mod tests {
         );
         assert_eq!(r.tenants[1].energy_mj, 7);
         assert_eq!(r.gpu_hours_reclaimed, 2.0);
+    }
+
+    mod history {
+        use super::super::*;
+        use crate::energy::history::tests::{T0, fold_all, record};
+
+        /// One record of `mj` mJ for alice starting `min` minutes after T0.
+        fn at(min: u64, mj: u64) -> IntervalRecord {
+            let slices = vec![("alice", 1.0, 60_000, 0.0, mj, 0)];
+            record("g0", T0 + min * 60_000, slices, 0, 0, false, false)
+        }
+
+        fn report(
+            records: Vec<IntervalRecord>,
+            hours: Vec<HourRollup>,
+            from: u64,
+            to: u64,
+        ) -> Report {
+            let s = Sources::split(records, hours, from, to, StaticPolicy::ByCapacity, 0);
+            build_from(&s, from, to, None, 5.0)
+        }
+
+        #[test]
+        fn records_in_memory_serve_an_hour_they_cover_even_for_part_of_it() {
+            let recs: Vec<_> = (0..4).map(|i| at(i * 15, 1 << i)).collect();
+            let hour = fold_all(T0, &recs);
+            // To 20 minutes in: the records of 0 and 15 minutes, with per-GPU rows.
+            let r = report(recs, vec![hour], T0, T0 + 20 * 60_000);
+            assert_eq!(r.hourly, None);
+            assert_eq!(r.cluster.measured_mj, 1 + 2);
+            assert_eq!(r.gpus.len(), 1);
+        }
+
+        #[test]
+        fn an_hour_memory_does_not_fully_hold_comes_from_its_rollup_once() {
+            // The interval at 0 minutes was attributed before a restart: only in the rollup.
+            let before = at(0, 1);
+            let after: Vec<_> = (1..4).map(|i| at(i * 15, 1 << i)).collect();
+            let next = at(60, 100);
+            let mut all = vec![before];
+            all.extend(after.iter().cloned());
+            let hours = vec![
+                fold_all(T0, &all),
+                fold_all(T0 + HOUR_MS, std::slice::from_ref(&next)),
+            ];
+            let mut memory = after;
+            memory.push(next);
+            let r = report(memory, hours, T0, T0 + 2 * HOUR_MS);
+            let hourly = r.hourly.clone().unwrap();
+            assert_eq!(
+                (hourly.from_ms, hourly.to_ms, hourly.intervals),
+                (T0, T0 + HOUR_MS, 4)
+            );
+            assert_eq!(
+                r.cluster.measured_mj,
+                1 + 2 + 4 + 8 + 100,
+                "each interval once"
+            );
+            assert_eq!(r.intervals, 5);
+            assert_eq!(r.tenants[0].energy_mj, 115);
+            assert_eq!(
+                r.gpus[0].measured_mj, 100,
+                "per-GPU rows: records after the cut only"
+            );
+        }
     }
 
     #[test]
