@@ -29,7 +29,8 @@ async fn live_report_conserves_energy_and_html_matches_json() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let speedup = 600.0;
     let mut spec = ClusterSpec::new(harness::nodes(2, &[Machine::DgxH100], 2));
-    spec.clock = Arc::new(ScaledClock::new(1_800_000_000_000, speedup));
+    let clock = Arc::new(ScaledClock::new(1_800_000_000_000, speedup));
+    spec.clock = clock.clone();
     spec.sample_interval = Duration::from_secs_f64(5.0 / speedup);
     spec.batch_interval = Duration::from_secs_f64(30.0 / speedup);
     let cluster = harness::start(spec).await.unwrap();
@@ -61,9 +62,15 @@ async fn live_report_conserves_energy_and_html_matches_json() {
             .with_sim(&s.node, |sim| sim.set_workload(&s.id, w).unwrap())
             .unwrap();
     }
+    // A new simulated slice runs its default workload until set above: the report starts after
+    // the workloads are set, so every interval in it saw only them (under CPU load the gap between
+    // a request and its set_workload spans several simulated samples).
+    let from = greenslice_core::clock::Clock::now_ms(clock.as_ref());
     // About 30 simulated minutes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = energy_report(&cluster.controller, 0, 0, "").await.unwrap();
+    let r = energy_report(&cluster.controller, from, 0, "")
+        .await
+        .unwrap();
     assert!(
         r.intervals >= 16 * 10,
         "expected many intervals, got {}",
