@@ -744,4 +744,14 @@ async fn energy_hours_are_stored_and_read_by_time_range_on_etcd() {
         ledger.load().await.unwrap().is_empty(),
         "hours are not slices"
     );
+    // Retention: one range delete removes the hours before the cut, whatever their number.
+    ledger
+        .submit(vec![greenslice_controller::ledger::Op::DeleteHoursBefore(
+            h0 + 2 * HOUR_MS,
+        )])
+        .await
+        .unwrap();
+    let left = ledger.load_hours(0, u64::MAX).await.unwrap();
+    let starts: Vec<u64> = left.iter().map(|h| h.hour_start_ms - h0).collect();
+    assert_eq!(starts, vec![2 * HOUR_MS, 3 * HOUR_MS]);
 }

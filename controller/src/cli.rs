@@ -404,6 +404,8 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         orphan_grace: Duration::from_secs(cfg.orphan_grace_s),
         terminal_retention: Duration::from_secs(cfg.terminal_retention_s),
         terminal_retention_max: cfg.terminal_retention_max,
+        energy_history_retention: (cfg.energy_history_days > 0)
+            .then(|| Duration::from_secs(cfg.energy_history_days.saturating_mul(86_400))),
         quotas: cfg.quotas.clone(),
         ..CoreConfig::default()
     };

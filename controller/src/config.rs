@@ -41,6 +41,9 @@ pub struct ControllerConfig {
     /// Most finished slices kept; beyond it the oldest are forgotten first (see
     /// docs/DURABILITY.md, "Retention of finished slices").
     pub terminal_retention_max: usize,
+    /// Days of hourly energy history kept in the ledger (docs/ENERGY.md, "History"); older hours
+    /// are deleted. 0: kept forever.
+    pub energy_history_days: u64,
     /// URL clients reach this controller at, which standbys name when refusing calls (default:
     /// `http://` + the listen address).
     pub advertise_url: Option<String>,
@@ -180,6 +183,7 @@ impl Default for ControllerConfig {
             orphan_grace_s: 60,
             terminal_retention_s: 600,
             terminal_retention_max: 100_000,
+            energy_history_days: 400,
             advertise_url: None,
             etcd: EtcdSection::default(),
             metrics_listen: String::new(),

@@ -44,6 +44,8 @@ pub struct CoreConfig {
     /// How often the energy history's changed hours are stored in the ledger: at most this much
     /// attribution is lost in a crash (see `docs/ENERGY.md`, "History").
     pub energy_flush_interval: Duration,
+    /// How long stored energy history is kept (None: forever). Checked at most once an hour.
+    pub energy_history_retention: Option<Duration>,
 }
 
 impl Default for CoreConfig {
@@ -56,6 +58,8 @@ impl Default for CoreConfig {
             sweep_interval: Duration::from_secs(1),
             quotas: Default::default(),
             energy_flush_interval: Duration::from_secs(60),
+            // 13 months and a bit: a year-on-year report of the last full month still has both.
+            energy_history_retention: Some(Duration::from_secs(400 * 86_400)),
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct Controller {
     /// When the controller last logged that energy attribution keeps finished slices past their
     /// retention (ms since the Unix epoch), so the warning comes once a minute, not every sweep.
     held_warned_ms: std::sync::atomic::AtomicI64,
+    /// When stored energy history was last pruned (ms since the Unix epoch).
+    history_pruned_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Controller {
@@ -258,6 +264,7 @@ impl Controller {
             history: Mutex::new(history),
             orphans: Mutex::new(HashMap::new()),
             held_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            history_pruned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         let kept: Vec<(String, i64)> = c.with_state(|st| {
             st.all()
@@ -1360,6 +1367,7 @@ impl Controller {
     pub async fn flush_energy_history(&self) -> Result<usize, ControllerError> {
         use crate::energy::history::{HOUR_MS, MAX_HOUR_BYTES};
         let ledger_err = |e: crate::ledger::LedgerError| ControllerError::Ledger(e.to_string());
+        self.prune_energy_history().await?;
         // Hours folded into but not loaded at start: merge in what is stored before storing them.
         let unbased = self.history_lock().unbased_dirty();
         for hour in unbased {
@@ -1401,6 +1409,33 @@ impl Controller {
             .saturating_sub(RECENT_HOURS_MS);
         self.history_lock().flushed(&stored, keep_from);
         Ok(stored.len())
+    }
+
+    /// Deletes stored hours older than `energy_history_retention`, at most once an hour (from
+    /// [`Self::flush_energy_history`]). Without it the history grows forever: about 2 GB a year at
+    /// 1,000 tenants, etcd's whole default quota, after which every write fails.
+    async fn prune_energy_history(&self) -> Result<(), ControllerError> {
+        use std::sync::atomic::Ordering;
+        let Some(keep) = self.config.energy_history_retention else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms();
+        if now.saturating_sub(self.history_pruned_ms.load(Ordering::Relaxed))
+            < crate::energy::history::HOUR_MS as i64
+        {
+            return Ok(());
+        }
+        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        let before = crate::energy::history::hour_of(
+            u64::try_from(now.saturating_sub(keep_ms)).unwrap_or(0),
+        );
+        Self::durable(
+            self.ledger
+                .submit(vec![crate::ledger::Op::DeleteHoursBefore(before)]),
+        )
+        .await?;
+        self.history_pruned_ms.store(now, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The activity threshold (percent of capacity) under which held capacity counts as idle.

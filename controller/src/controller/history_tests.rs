@@ -197,3 +197,53 @@ async fn a_report_counts_every_interval_once_across_stored_hours_and_records() {
     assert_eq!(last.hourly, None);
     assert_eq!(last.cluster.measured_mj, in_memory);
 }
+
+#[tokio::test]
+async fn stored_hours_older_than_the_retention_are_deleted_at_most_once_an_hour() {
+    use crate::energy::history::tests::one_interval_hour;
+    use crate::ledger::Op;
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::default());
+    // Hours stored 3, 2 and 1 days before T0.
+    let day = 24 * HOUR_MS;
+    let stored: Vec<u64> = vec![H0 - 3 * day, H0 - 2 * day, H0 - day];
+    for &h in &stored {
+        ledger
+            .submit(vec![Op::PutHour(Box::new(one_interval_hour(h, "g", 1, 5)))])
+            .await
+            .unwrap();
+    }
+    let clock = ManualClock::new(T0);
+    let config = super::CoreConfig {
+        energy_history_retention: Some(Duration::from_millis(2 * day + HOUR_MS)),
+        ..retention(Duration::from_secs(600), 100_000)
+    };
+    let c = controller(ledger.clone(), &clock, config).await;
+    let starts = |hours: Vec<crate::energy::history::HourRollup>| -> Vec<u64> {
+        hours.iter().map(|h| h.hour_start_ms).collect()
+    };
+    c.flush_energy_history().await.unwrap();
+    assert_eq!(
+        starts(ledger.load_hours(0, u64::MAX).await.unwrap()),
+        vec![H0 - 2 * day, H0 - day],
+        "the hour older than 2 days and 1 hour is gone"
+    );
+    // Half an hour later the next day's hour is past the retention too, but pruning waits an hour.
+    clock.set(T0 + day as i64);
+    c.flush_energy_history().await.unwrap();
+    clock.set(T0 + day as i64 + HOUR_MS as i64 / 2);
+    ledger
+        .submit(vec![Op::PutHour(Box::new(one_interval_hour(
+            H0 - 3 * day,
+            "g",
+            1,
+            5,
+        )))])
+        .await
+        .unwrap();
+    c.flush_energy_history().await.unwrap();
+    assert_eq!(
+        starts(ledger.load_hours(0, u64::MAX).await.unwrap()),
+        vec![H0 - 3 * day, H0 - day],
+        "pruned once at T0 + 1 day, not again half an hour later"
+    );
+}

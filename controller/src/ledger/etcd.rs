@@ -397,6 +397,14 @@ impl BatchStore for Writer {
                         ..Default::default()
                     })
                 }
+                // Hour keys are zero-padded, so key order is time order: one range delete.
+                Op::DeleteHoursBefore(t) => {
+                    pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                        key: hour_key(&self.hours_prefix, 0),
+                        range_end: hour_key(&self.hours_prefix, t),
+                        ..Default::default()
+                    })
+                }
             };
             success.push(pb::RequestOp {
                 request: Some(request),

@@ -40,6 +40,9 @@ impl Ledger for MemoryLedger {
                 Op::PutHour(h) => {
                     hours.insert(h.hour_start_ms, *h);
                 }
+                Op::DeleteHoursBefore(t) => {
+                    hours.retain(|start, _| *start >= t);
+                }
             }
         }
         Box::pin(async { Ok(()) })

@@ -110,6 +110,8 @@ pub enum Op {
     Delete(String),
     /// Upserts the energy rollup of one hour, whole (a keyspace of its own, keyed by hour start).
     PutHour(Box<HourRollup>),
+    /// Deletes the stored hours that start before this time (Unix ms): the history's retention.
+    DeleteHoursBefore(u64),
 }
 
 /// What a change is about: a slice (by id) or an hour of energy history (by start, Unix ms).
@@ -117,6 +119,7 @@ pub enum Op {
 pub enum OpKey<'a> {
     Slice(&'a str),
     Hour(u64),
+    HoursBefore(u64),
 }
 
 impl Op {
@@ -126,6 +129,7 @@ impl Op {
             Op::Put(r) => OpKey::Slice(&r.id),
             Op::Delete(id) => OpKey::Slice(id),
             Op::PutHour(h) => OpKey::Hour(h.hour_start_ms),
+            Op::DeleteHoursBefore(t) => OpKey::HoursBefore(*t),
         }
     }
 }
@@ -385,6 +389,14 @@ pub(crate) mod tests {
                 .is_empty()
         );
         assert!(l.load().await.unwrap().is_empty(), "hours are not slices");
+        // Retention: the hours that start before the cut go, the rest stay.
+        l.submit(vec![Op::DeleteHoursBefore(T0 + 2 * HOUR_MS)])
+            .await
+            .unwrap();
+        assert_eq!(
+            mj(l.load_hours(0, u64::MAX).await.unwrap()),
+            vec![(T0 + 2 * HOUR_MS, 30)]
+        );
     }
 
     #[tokio::test]
