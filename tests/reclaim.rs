@@ -538,6 +538,9 @@ async fn metrics_are_served_and_pass_promtool() {
         "greenslice_telemetry_history_bytes",
         "greenslice_finished_slices 1",
         "greenslice_finished_slices_held_for_energy 0",
+        "greenslice_energy_history_flush_failures_total 0",
+        "greenslice_energy_history_rollups_unstored 0",
+        "greenslice_leading 1",
     ] {
         assert!(body.contains(want), "missing {want} in\n{body}");
     }

@@ -1384,6 +1384,7 @@ impl Controller {
         }
         let dirty = self.history_lock().to_flush();
         let mut stored = Vec::with_capacity(dirty.len());
+        let mut unstored = 0;
         for hour in dirty {
             let bytes = serde_json::to_vec(&hour).map_or(0, |v| v.len());
             if bytes > MAX_HOUR_BYTES {
@@ -1395,6 +1396,7 @@ impl Controller {
                     tenants = hour.tenants.len(),
                     "energy history: hour rollup too large to store; it stays in memory only"
                 );
+                unstored += 1;
                 continue;
             }
             Self::durable(
@@ -1402,8 +1404,10 @@ impl Controller {
                     .submit(vec![Op::PutHour(Box::new(hour.clone()))]),
             )
             .await?;
+            self.metrics.history_hours_stored.inc();
             stored.push(hour);
         }
+        self.metrics.history_hours_unstored.set(unstored);
         let keep_from = u64::try_from(self.clock.now_ms())
             .unwrap_or(0)
             .saturating_sub(RECENT_HOURS_MS);
@@ -1586,6 +1590,7 @@ async fn housekeeping(controller: Weak<Controller>, every: Duration, flush_every
         if last_flush.elapsed() >= flush_every {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = c.flush_energy_history().await {
+                c.metrics.history_flush_failures.inc();
                 warn!(error = %e, "could not store the energy history; retrying next time");
             }
         }

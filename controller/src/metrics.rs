@@ -116,6 +116,12 @@ pub struct Metrics {
     pub finished_held_for_energy: Gauge,
     /// Finished slices forgotten, by why (`age`, `count`).
     pub finished_forgotten: Family<ReasonLabels, Counter>,
+    /// Hours of energy history stored in the ledger (each flush of a changed hour counts).
+    pub history_hours_stored: Counter,
+    /// Flushes of the energy history that failed (the ledger refused or was unreachable).
+    pub history_flush_failures: Counter,
+    /// Hours of energy history too large to store, kept in memory only (at the last flush).
+    pub history_hours_unstored: Gauge,
 }
 
 impl Default for Metrics {
@@ -146,7 +152,25 @@ impl Default for Metrics {
             finished_slices: Gauge::default(),
             finished_held_for_energy: Gauge::default(),
             finished_forgotten: Family::default(),
+            history_hours_stored: Counter::default(),
+            history_flush_failures: Counter::default(),
+            history_hours_unstored: Gauge::default(),
         };
+        m.register(
+            "greenslice_energy_history_rollups_stored",
+            "Hour rollups of energy history written to the ledger (one per changed hour per flush)",
+            m.history_hours_stored.clone(),
+        );
+        m.register(
+            "greenslice_energy_history_flush_failures",
+            "Flushes of the energy history that failed; the hours stay changed and are retried",
+            m.history_flush_failures.clone(),
+        );
+        m.register(
+            "greenslice_energy_history_rollups_unstored",
+            "Hours of energy history too large to store (over 1.4 MB), kept in memory only",
+            m.history_hours_unstored.clone(),
+        );
         m.leading.set(1);
         m.register("greenslice_leading", LEADING_HELP, m.leading.clone());
         m.register(

@@ -57,6 +57,8 @@ async fn energy_attributed_before_a_restart_is_in_the_report_after_it() {
             1,
             "one hour changed"
         );
+        assert_eq!(c.metrics.history_hours_stored.get(), 1);
+        assert_eq!(c.metrics.history_hours_unstored.get(), 0);
         let flushed = energy_report(&c, T0, T0 + HOUR_MS as i64, "alice")
             .await
             .unwrap();
