@@ -2,6 +2,8 @@
 //! status code, and a message naming the field and the limit. A malformed message on an agent's
 //! stream ends that session without losing the node's slices.
 
+mod common;
+
 use std::time::Duration;
 
 use greenslice::harness::{self, ClusterSpec, NodeSpec};
@@ -28,21 +30,12 @@ async fn tenant(url: &str) -> TenantServiceClient<tonic::transport::Channel> {
 }
 
 async fn whole(url: &str) -> pb::Slice {
-    tenant(url)
-        .await
-        .request_slice(pb::RequestSliceRequest {
-            tenant: "team-a".into(),
-            spec: Some(pb::SliceSpec {
-                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
-                ..Default::default()
-            }),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .slice
-        .unwrap()
+    common::request_slice(
+        url,
+        "team-a",
+        pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 }),
+    )
+    .await
 }
 
 /// Opens an agent session sending `msgs`; returns how the controller ended it.
