@@ -282,6 +282,84 @@ fn the_pki_tool_writes_a_ca_and_certificates_with_private_keys_owner_only() {
 }
 
 #[test]
+fn revoke_and_agent_crl_refuse_bad_input_with_exit_2_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_greenslice-controller"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["pki", "--out", &d("pki"), "--agents", "n1"]);
+    assert!(out.status.success());
+    let out = run(&[
+        "revoke",
+        "--pki",
+        &d("pki"),
+        "--cert",
+        &d("pki/agent-n1.crt"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crl = std::fs::read(d("pki/agent-ca.crl")).unwrap();
+    std::fs::write(d("not-a-cert.pem"), "hello").unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "revoke",
+                "--pki",
+                &d("nowhere"),
+                "--cert",
+                &d("pki/agent-n1.crt"),
+            ],
+            "ca.crt",
+        ),
+        (
+            vec!["revoke", "--pki", &d("pki"), "--cert", &d("not-a-cert.pem")],
+            "certificate to revoke",
+        ),
+        (
+            vec!["revoke", "--pki", &d("pki"), "--cert", &d("missing.crt")],
+            "missing.crt",
+        ),
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read(d("pki/agent-ca.crl")).unwrap(),
+        crl,
+        "a refused revoke leaves the list as it was"
+    );
+    // A configured revocation list that does not exist stops the start, naming it.
+    let out = run(&[
+        "--ledger",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &d("pki/controller.crt"),
+        "--tls-key",
+        &d("pki/controller.key"),
+        "--agent-ca",
+        &d("pki/ca.crt"),
+        "--agent-crl",
+        &d("pki/none.crl"),
+        "--tokens",
+        &d("tokens.toml"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("none.crl"), "{err}");
+}
+
+#[test]
 fn the_secure_controller_starts_with_files_from_the_tools() {
     let dir = tempfile::tempdir().unwrap();
     let d = |f: &str| dir.path().join(f).display().to_string();
