@@ -2,6 +2,8 @@
 //! from the harness): lost slices, orphans, unreachable nodes and drains. Crash-left PENDING slices
 //! are covered by `crash_recovery.rs`, which kills a real controller process.
 
+mod common;
+
 use std::time::Duration;
 
 use greenslice::harness::{self, ClusterSpec, NodeSpec};
@@ -30,25 +32,15 @@ fn fast() -> CoreConfig {
 }
 
 async fn share(cluster: &harness::Cluster) -> pb::Slice {
-    TenantServiceClient::connect(cluster.url.clone())
-        .await
-        .unwrap()
-        .request_slice(pb::RequestSliceRequest {
-            tenant: "team-a".into(),
-            spec: Some(pb::SliceSpec {
-                kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
-                    compute_fraction: 0.5,
-                    memory_bytes: 1 << 30,
-                })),
-                ..Default::default()
-            }),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .slice
-        .unwrap()
+    common::request_slice(
+        &cluster.url,
+        "team-a",
+        pb::slice_spec::Kind::Share(pb::ShareSlice {
+            compute_fraction: 0.5,
+            memory_bytes: 1 << 30,
+        }),
+    )
+    .await
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {

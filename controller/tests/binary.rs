@@ -281,6 +281,27 @@ fn the_pki_tool_writes_a_ca_and_certificates_with_private_keys_owner_only() {
     );
 }
 
+/// Flags for a secure controller on an ephemeral loopback port with a memory ledger, using the
+/// files `pki --out <pki>` wrote and the tokens file `tokens`.
+fn secure_flags(pki: &str, tokens: &str) -> Vec<String> {
+    [
+        "--ledger",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &format!("{pki}/controller.crt"),
+        "--tls-key",
+        &format!("{pki}/controller.key"),
+        "--agent-ca",
+        &format!("{pki}/ca.crt"),
+        "--tokens",
+        tokens,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 #[test]
 fn revoke_and_agent_crl_refuse_bad_input_with_exit_2_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -338,22 +359,9 @@ fn revoke_and_agent_crl_refuse_bad_input_with_exit_2_and_change_nothing() {
         "a refused revoke leaves the list as it was"
     );
     // A configured revocation list that does not exist stops the start, naming it.
-    let out = run(&[
-        "--ledger",
-        "memory",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &d("pki/controller.crt"),
-        "--tls-key",
-        &d("pki/controller.key"),
-        "--agent-ca",
-        &d("pki/ca.crt"),
-        "--agent-crl",
-        &d("pki/none.crl"),
-        "--tokens",
-        &d("tokens.toml"),
-    ]);
+    let mut args = secure_flags(&d("pki"), &d("tokens.toml"));
+    args.extend(["--agent-crl".to_string(), d("pki/none.crl")]);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("none.crl"), "{err}");
@@ -413,20 +421,8 @@ fn the_secure_controller_starts_with_files_from_the_tools() {
         (expires - now - 30 * 86_400).abs() < 120,
         "{expires} vs {now}"
     );
-    let err = start_and_stop(&[
-        "--ledger",
-        "memory",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &d("pki/controller.crt"),
-        "--tls-key",
-        &d("pki/controller.key"),
-        "--agent-ca",
-        &d("pki/ca.crt"),
-        "--tokens",
-        &d("tokens.toml"),
-    ]);
+    let args = secure_flags(&d("pki"), &d("tokens.toml"));
+    let err = start_and_stop(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!err.contains("INSECURE"), "{err}");
 }
 
