@@ -69,8 +69,8 @@ impl GpuView {
     pub fn free_milli(&self) -> u32 {
         if self.mig_enabled {
             let used = u32::from(mig::used_compute(&self.model, &self.mig_layout));
-            (u32::from(mig::COMPUTE_SLICES).saturating_sub(used)) * 1000
-                / u32::from(mig::COMPUTE_SLICES)
+            let all = u32::from(mig::compute_slices(&self.model));
+            all.saturating_sub(used) * 1000 / all
         } else if self.exclusive {
             0
         } else {

@@ -246,7 +246,9 @@ impl NvmlBackend {
 
     fn facts(&mut self, i: u32, d: &Device<'static>, uuid: String) -> DeviceFacts {
         let name = d.name().ok();
-        let model = GpuModel::from_name(name.as_deref().unwrap_or(""));
+        let pci = d.pci_info().ok();
+        let pci_device_id = pci.as_ref().map(|p| p.pci_device_id);
+        let model = convert::model(pci_device_id, name.as_deref());
         let mig_mode = d.mig_mode().ok().map(|m| (m.current, m.pending));
         let memory_total_bytes = match d.memory_info() {
             Ok(m) => Some(m.total),
@@ -266,7 +268,8 @@ impl NvmlBackend {
             name,
             memory_total_bytes,
             mig_mode,
-            pci_bus_id: d.pci_info().ok().map(|p| p.bus_id),
+            pci_bus_id: pci.map(|p| p.bus_id),
+            pci_device_id,
             power_limit_mw: d.enforced_power_limit().ok(),
             healthy: self.health.is_healthy(&uuid, now),
             mig_instances,
@@ -443,7 +446,7 @@ impl GpuBackend for NvmlBackend {
 
     fn mig_profiles(&mut self, gpu: &str) -> Result<Vec<ProfilePlacements>, BackendError> {
         let d = self.device(gpu)?;
-        let model = GpuModel::from_name(&d.name().map_err(nvml_err("name"))?);
+        let model = device_model(&d)?;
         let mut out = Vec::new();
         for info in mig_raw::gi_profiles(self.nvml, &d) {
             let Some(p) = convert::profile_by_id(&model, info.id) else {
@@ -482,7 +485,7 @@ impl GpuBackend for NvmlBackend {
         if !d.mig_mode().is_ok_and(|m| m.current == 1) {
             return Err(BackendError::NotMigMode { gpu: gpu.into() });
         }
-        let model = GpuModel::from_name(&d.name().map_err(nvml_err("name"))?);
+        let model = device_model(&d)?;
         let existing = self.mig_instances(&d, gpu, &model);
         let layout: Vec<mig::Placed> = existing
             .iter()
@@ -588,6 +591,16 @@ impl GpuBackend for NvmlBackend {
         self.whole.retain(|(g, _)| g != gpu);
         Ok(())
     }
+}
+
+/// The model of a device, by PCI device id, else by name (see [`convert::model`]).
+fn device_model(d: &Device<'static>) -> Result<GpuModel, BackendError> {
+    let pci_device_id = d.pci_info().ok().map(|p| p.pci_device_id);
+    if let Some(m) = pci_device_id.and_then(GpuModel::from_pci_device_id) {
+        return Ok(m);
+    }
+    let name = d.name().map_err(nvml_err("name"))?;
+    Ok(convert::model(pci_device_id, Some(&name)))
 }
 
 /// Host memory from /proc/meminfo, bytes.
