@@ -150,6 +150,28 @@ fn model_cell(model: &str) -> String {
     }
 }
 
+/// What a node may do, for tables: "mig-create" or "mig-lend-only" (no new instances, existing
+/// free ones are lent), then "mps" or "no-mps (share limits advisory)"; "unknown" for an agent
+/// that predates capability reporting (treated as before: may create, MPS assumed).
+pub fn capabilities_cell(c: Option<&pb::NodeCapabilities>) -> String {
+    match c {
+        None => "unknown".to_string(),
+        Some(c) => format!(
+            "{},{}",
+            if c.mig_manage {
+                "mig-create"
+            } else {
+                "mig-lend-only"
+            },
+            if c.mps {
+                "mps"
+            } else {
+                "no-mps(shares advisory)"
+            }
+        ),
+    }
+}
+
 /// The inventory as tables.
 pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
     let nodes: Vec<Vec<String>> = inv
@@ -166,6 +188,7 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
                 }
                 .to_string(),
                 n.backend.clone(),
+                capabilities_cell(n.capabilities.as_ref()),
                 n.gpus.len().to_string(),
                 n.gpus
                     .first()
@@ -203,7 +226,7 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
     format!(
         "{}\n\n{}\n\n{} GPUs, {:.2} GPUs allocated ({:.1}%), {} live slices{note}",
         table(
-            &["NODE", "STATE", "BACKEND", "GPUS", "MODEL", "MIG"],
+            &["NODE", "STATE", "BACKEND", "MAY", "GPUS", "MODEL", "MIG"],
             &nodes
         ),
         table(
@@ -238,6 +261,9 @@ pub fn inventory_json(inv: &pb::InventoryResponse) -> Value {
         "allocated_milli": inv.allocated_milli,
         "nodes": inv.nodes.iter().map(|n| json!({
             "name": n.name, "connected": n.connected, "drained": n.drained, "backend": n.backend,
+            "capabilities": n.capabilities.as_ref().map(|c| json!({
+                "mig_manage": c.mig_manage, "mps": c.mps, "share_limits": if c.mps { "enforced" } else { "advisory" },
+            })),
             "cpu_milli": n.cpu_milli, "memory_bytes": n.memory_bytes,
             "gpus": n.gpus.iter().map(|g| json!({
                 "uuid": g.uuid, "index": g.index, "model": g.model, "memory_bytes": g.memory_bytes,

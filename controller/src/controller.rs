@@ -485,7 +485,7 @@ impl Controller {
         // A MIG request that fits nowhere may fit once free instances are re-partitioned.
         crate::reclaim::relayout::make_room(self, &spec).await;
 
-        let (record, commit) = {
+        let (record, commit, advisory_share) = {
             let mut st = self.lock();
             if let Some(k) = &key
                 && let Some(id) = st.idempotency.get(&(tenant.to_string(), k.clone()))
@@ -510,22 +510,50 @@ impl Controller {
             let p = self.policy.place_versioned(view, versions, &req)?;
             let node = &view.nodes[p.node];
             let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
+            let model = node.gpus[p.gpus[0]].model.clone();
+            let mig_create = node.mig_create;
+            let node_name = node.name.clone();
             let mig = match (&spec.kind, p.mig_start) {
                 (SliceKind::Mig { profile }, Some(start)) => {
-                    let model = &node.gpus[p.gpus[0]].model;
                     let size =
-                        greenslice_core::mig::profile(model, profile).map_or(0, |pp| pp.size);
+                        greenslice_core::mig::profile(&model, profile).map_or(0, |pp| pp.size);
+                    // A node that may not create instances gets the slice only on a free existing
+                    // instance (placement chose its start): lend that one.
+                    let lent = (!mig_create)
+                        .then(|| {
+                            st.nodes
+                                .get(&node_name)?
+                                .gpus
+                                .iter()
+                                .find(|g| g.uuid == gpus[0])?
+                                .mig_instances
+                                .iter()
+                                .find(|i| {
+                                    i.start == start
+                                        && i.profile == *profile
+                                        && i.slice_id.is_none()
+                                })
+                                .cloned()
+                        })
+                        .flatten();
+                    if !mig_create && lent.is_none() {
+                        return Err(ControllerError::BadRequest(format!(
+                            "placement chose a free {profile} at slice {start} on {node_name} that is not there"
+                        )));
+                    }
                     Some(MigAssignment {
                         profile: profile.clone(),
                         start,
                         size,
-                        gpu_instance_id: None,
-                        mig_uuid: None,
+                        gpu_instance_id: lent.as_ref().map(|i| i.gpu_instance_id),
+                        mig_uuid: lent.as_ref().map(|i| i.mig_uuid.clone()),
+                        lent: lent.is_some(),
                     })
                 }
                 _ => None,
             };
-            let node_name = node.name.clone();
+            let advisory_share = matches!(spec.kind, SliceKind::Share { .. })
+                && st.nodes.get(&node_name).is_some_and(|n| !n.mps());
             let mut id = new_slice_id(now);
             while st.contains(&id) {
                 id = new_slice_id(now);
@@ -537,7 +565,7 @@ impl Controller {
             };
             st.put(r.clone());
             let commit = self.submit(&r);
-            (r, commit)
+            (r, commit, advisory_share)
         };
         if let Err(e) = Self::durable(commit).await {
             // Never acknowledged: forget it entirely.
@@ -548,6 +576,13 @@ impl Controller {
             Ok((mut env, inst)) => {
                 // Lets the agent map the slice's processes back to it (see node-agent usage.rs).
                 env.insert("GREENSLICE_SLICE_ID".to_string(), record.id.clone());
+                if advisory_share {
+                    // No MPS on the node: the limits in the environment are not enforced.
+                    env.insert(
+                        "GREENSLICE_SHARE_LIMITS".to_string(),
+                        "advisory".to_string(),
+                    );
+                }
                 let node = record.node.clone();
                 let gpu0 = record.gpus.first().cloned().unwrap_or_default();
                 if let Some(i) = &inst {
@@ -656,17 +691,21 @@ impl Controller {
                 let m = r.mig.as_ref().ok_or_else(|| {
                     ControllerError::BadRequest("MIG slice without placement".into())
                 })?;
-                let res = self
-                    .call(
-                        &r.node,
-                        Action::CreateMig(pb::CreateMigInstance {
-                            gpu_uuid: r.gpus.first().cloned().unwrap_or_default(),
-                            profile: profile.clone(),
-                            start: u32::from(m.start),
-                            slice_id: r.id.clone(),
-                        }),
-                    )
-                    .await?;
+                let gpu_uuid = r.gpus.first().cloned().unwrap_or_default();
+                let action = match (m.lent, m.gpu_instance_id) {
+                    (true, Some(gi)) => Action::ClaimMig(pb::ClaimMigInstance {
+                        gpu_uuid,
+                        gpu_instance_id: gi,
+                        slice_id: r.id.clone(),
+                    }),
+                    _ => Action::CreateMig(pb::CreateMigInstance {
+                        gpu_uuid,
+                        profile: profile.clone(),
+                        start: u32::from(m.start),
+                        slice_id: r.id.clone(),
+                    }),
+                };
+                let res = self.call(&r.node, action).await?;
                 let inst = res.mig.as_ref().and_then(mig_from_pb).ok_or_else(|| {
                     ControllerError::AgentRefused {
                         node: r.node.clone(),
@@ -785,18 +824,28 @@ impl Controller {
                 }
                 SliceKind::Mig { .. } => {
                     let g = r.gpus.first().cloned().unwrap_or_default();
+                    let lent = r.mig.as_ref().is_some_and(|m| m.lent);
                     if let Some(gi) = r.mig.as_ref().and_then(|m| m.gpu_instance_id) {
-                        self.teardown(
-                            &r,
-                            &g,
-                            Action::DestroyMig(pb::DestroyMigInstance {
-                                gpu_uuid: g.clone(),
+                        let (gpu_uuid, slice_id) = (g.clone(), r.id.clone());
+                        let action = if lent {
+                            Action::ReleaseMig(pb::ReleaseMigInstance {
+                                gpu_uuid,
                                 gpu_instance_id: gi,
-                                slice_id: r.id.clone(),
-                            }),
-                        )
-                        .await?;
-                        self.lock().mirror_mig_destroyed(&r.node, &g, gi);
+                                slice_id,
+                            })
+                        } else {
+                            Action::DestroyMig(pb::DestroyMigInstance {
+                                gpu_uuid,
+                                gpu_instance_id: gi,
+                                slice_id,
+                            })
+                        };
+                        self.teardown(&r, &g, action).await?;
+                        if lent {
+                            self.lock().mirror_mig_returned(&r.node, &g, gi);
+                        } else {
+                            self.lock().mirror_mig_destroyed(&r.node, &g, gi);
+                        }
                     }
                 }
             }
@@ -876,6 +925,9 @@ impl Controller {
                 connected: true,
                 unreachable_since_ms: None,
                 drained,
+                capabilities: greenslice_core::convert::capabilities_from_pb(
+                    reg.capabilities.as_ref(),
+                ),
             },
         );
         plan
@@ -1140,7 +1192,15 @@ impl Controller {
         }
         let mut cleaned = 0;
         for k in due {
+            let read_only =
+                self.with_state(|st| st.nodes.get(&k.node).is_some_and(|n| !n.may_create_mig()));
             let action = match (k.gpu_instance_id, k.whole) {
+                // A node that may not destroy instances only lent it: give it back.
+                (Some(gi), _) if read_only => Action::ReleaseMig(pb::ReleaseMigInstance {
+                    gpu_uuid: k.gpu.clone(),
+                    gpu_instance_id: gi,
+                    slice_id: k.slice.clone(),
+                }),
                 (Some(gi), _) => Action::DestroyMig(pb::DestroyMigInstance {
                     gpu_uuid: k.gpu.clone(),
                     gpu_instance_id: gi,
@@ -1159,6 +1219,7 @@ impl Controller {
                 Ok(_) => {
                     let mut st = self.lock();
                     match k.gpu_instance_id {
+                        Some(gi) if read_only => st.mirror_mig_returned(&k.node, &k.gpu, gi),
                         Some(gi) => st.mirror_mig_destroyed(&k.node, &k.gpu, gi),
                         None => st.mirror_cleared(&k.node, &k.gpu, &k.slice),
                     }

@@ -39,14 +39,10 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
                 } else {
                     g.memory_bytes.saturating_sub(g.used_memory_bytes)
                 },
-                placeable_profiles: if g.mig_enabled && g.healthy {
-                    mig::placeable_profiles(&g.model, &g.mig_layout)
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                } else {
-                    Vec::new()
-                },
+                placeable_profiles: crate::placement::placeable_mig(g, n.mig_create)
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 slices: held,
                 healthy: g.healthy,
             });
@@ -66,6 +62,10 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
                 connected: n.connected,
                 backend: n.backend.clone(),
                 drained: n.drained,
+                capabilities: n
+                    .capabilities
+                    .as_ref()
+                    .map(greenslice_core::convert::capabilities_to_pb),
             })
             .collect(),
         capacity,

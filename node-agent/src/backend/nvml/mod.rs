@@ -79,6 +79,8 @@ pub struct NvmlBackend {
     /// Whether MIG changes are allowed (`mig.manage` in the agent config; default false).
     manage_mig: bool,
     mps_pipe_dir: String,
+    /// Whether MPS is available (see [`NvmlBackend::with_mps`]).
+    mps: bool,
     shares: Vec<(String, Share)>,
     whole: Vec<(String, String)>,
     /// Slices owning the MIG instances greenslice made: (GPU UUID, GPU instance id) to slice id.
@@ -142,6 +144,7 @@ impl NvmlBackend {
             events,
             manage_mig,
             mps_pipe_dir: mps_pipe_dir.to_string(),
+            mps: false,
             shares: Vec::new(),
             whole: Vec::new(),
             mig_owners: BTreeMap::new(),
@@ -150,6 +153,12 @@ impl NvmlBackend {
             health: HealthTracker::new(HealthPolicy::default()),
             clock: SystemClock,
         })
+    }
+
+    /// Says whether MPS is available on this node (the agent looks for the control daemon).
+    pub fn with_mps(mut self, available: bool) -> Self {
+        self.mps = available;
+        self
     }
 
     /// Drains pending NVML events into the health tracker.
@@ -398,6 +407,14 @@ impl NvmlBackend {
 impl GpuBackend for NvmlBackend {
     fn kind(&self) -> &'static str {
         "nvml"
+    }
+
+    fn may_manage_mig(&self) -> bool {
+        self.manage_mig
+    }
+
+    fn mps_available(&self) -> bool {
+        self.mps
     }
 
     fn host(&self) -> HostInfo {
