@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::agents::{AgentError, Agents};
 use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
-use crate::placement::{self, Policy, Request};
+use crate::placement::{self, Policy, Request, Unplaceable};
 use crate::slice::{MigAssignment, SliceRecord};
 use crate::state::{ClusterState, Expiry, NodeRecord};
 
@@ -537,9 +537,13 @@ impl Controller {
                         })
                         .flatten();
                     if !mig_create && lent.is_none() {
-                        return Err(ControllerError::BadRequest(format!(
-                            "placement chose a free {profile} at slice {start} on {node_name} that is not there"
-                        )));
+                        // The view and the node record disagree: refuse rather than create.
+                        return Err(ControllerError::Unplaceable(Unplaceable::NoRoom {
+                            wanted: spec.describe(),
+                            free: format!(
+                                "no free {profile} at slice {start} on {node_name} to lend"
+                            ),
+                        }));
                     }
                     Some(MigAssignment {
                         profile: profile.clone(),
@@ -1705,3 +1709,6 @@ mod retention_tests;
 
 #[cfg(test)]
 mod history_tests;
+
+#[cfg(test)]
+mod capability_tests;

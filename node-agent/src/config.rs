@@ -267,6 +267,8 @@ gpus = 4
 mig_gpus = 2
 [mig]
 manage = true
+[mps]
+available = false
 "#,
         )
         .unwrap();
@@ -274,6 +276,7 @@ manage = true
         assert_eq!(c.backend, BackendKind::Sim);
         assert_eq!(c.sim.gpus, 4);
         assert_eq!(c.mig.manage, Some(true));
+        assert_eq!(c.mps.available, Some(false));
         assert_eq!(c.mps.pipe_dir, "/tmp/nvidia-mps");
     }
 

@@ -530,8 +530,57 @@ mod tests {
                 command_id: 1,
                 action: None,
             },
+            cmd(Action::ClaimMig(pb::ClaimMigInstance {
+                gpu_uuid: String::new(),
+                gpu_instance_id: 1,
+                slice_id: "s-1".into(),
+            })),
+            cmd(Action::ReleaseMig(pb::ReleaseMigInstance {
+                gpu_uuid: "GPU-1".into(),
+                gpu_instance_id: 1,
+                slice_id: "s 1".into(),
+            })),
         ] {
             assert!(validate_command(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn sim() -> Box<dyn GpuBackend> {
+        let mut c =
+            crate::backend::sim::SimConfig::new("n1", crate::backend::sim::Machine::DgxH100);
+        c.gpus = 1;
+        c.mig_gpus = 1;
+        Box::new(crate::backend::sim::SimBackend::new(c).unwrap())
+    }
+
+    fn capabilities(b: Box<dyn GpuBackend>) -> pb::NodeCapabilities {
+        let shared: SharedBackend = Arc::new(Mutex::new(b));
+        match register_message("n1", &shared).unwrap().msg {
+            Some(pb::agent_message::Msg::Register(r)) => r.capabilities.unwrap(),
+            other => panic!("not a Register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn register_says_what_the_node_may_do() {
+        let c = capabilities(sim());
+        assert!(
+            c.mig_manage && c.mps,
+            "the simulator manages MIG and simulates MPS"
+        );
+        let c = capabilities(Box::new(crate::backend::readonly::ReadOnlyMig::new(sim())));
+        assert!(!c.mig_manage && c.mps);
+    }
+
+    #[test]
+    fn claims_go_to_the_backend_and_a_managing_one_refuses_them() {
+        let shared: SharedBackend = Arc::new(Mutex::new(sim()));
+        let claim = cmd(Action::ClaimMig(pb::ClaimMigInstance {
+            gpu_uuid: "GPU-1".into(),
+            gpu_instance_id: 1,
+            slice_id: "s-1".into(),
+        }));
+        let r = apply(&shared, &claim);
+        assert!(!r.ok && r.error.contains("lends none"), "{}", r.error);
     }
 }

@@ -242,3 +242,23 @@ pub const MPS_CONTROL: &str = "nvidia-cuda-mps-control";
 pub fn device_env(uuid: &str) -> SliceEnv {
     SliceEnv::from([("NVIDIA_VISIBLE_DEVICES".to_string(), uuid.to_string())])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mps_control_daemon_is_found_only_as_an_executable_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let path = std::env::join_paths([a.path(), b.path()]).unwrap();
+        assert!(!on_path(MPS_CONTROL, &path));
+        let exe = b.path().join(MPS_CONTROL);
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        assert!(!on_path(MPS_CONTROL, &path), "not executable");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(on_path(MPS_CONTROL, &path));
+        assert!(!on_path(MPS_CONTROL, std::ffi::OsStr::new("")));
+    }
+}
