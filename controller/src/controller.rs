@@ -78,6 +78,9 @@ pub struct Reconcile {
     pub abandon: Vec<String>,
     /// ACTIVE slices whose hardware is gone: mark lost.
     pub lost: Vec<String>,
+    /// Slices holding a lent MIG instance the agent no longer names (it restarted, and lendings
+    /// live in its memory): lend it to them again, so their usage is attributed.
+    pub relend: Vec<String>,
 }
 
 /// How much of a slice the hardware holds.
@@ -916,6 +919,15 @@ impl Controller {
                 }
                 _ => {}
             }
+            let unnamed = s.mig.as_ref().is_some_and(|m| m.lent)
+                && s.gpus
+                    .first()
+                    .and_then(|u| gpus.iter().find(|g| g.uuid == *u))
+                    .and_then(|g| mig_instance_of(s, g))
+                    .is_some_and(|i| i.slice_id.is_none());
+            if unnamed && (s.state == SliceState::Active || plan.confirm.contains(&s.id)) {
+                plan.relend.push(s.id.clone());
+            }
         }
         st.touch_all();
         st.nodes.insert(
@@ -955,6 +967,7 @@ impl Controller {
                 confirm = plan.confirm.len(),
                 abandon = plan.abandon.len(),
                 lost = plan.lost.len(),
+                relend = plan.relend.len(),
                 "reconciling node with the ledger"
             );
         }
@@ -968,6 +981,11 @@ impl Controller {
                 warn!(slice = %id, error = %e, "could not resolve a recovered slice");
             }
         }
+        for id in &plan.relend {
+            if let Err(e) = self.relend(id).await {
+                warn!(slice = %id, error = %e, "could not lend a MIG instance to its slice again");
+            }
+        }
         for id in &plan.lost {
             let why = format!("lost: node {node} no longer has it");
             if let Err(e) = self.mark_lost(id, SliceState::Active, &why).await {
@@ -979,6 +997,32 @@ impl Controller {
                 warn!(slice = %id, error = %e, "queued release failed");
             }
         }
+    }
+
+    /// Lends a slice's MIG instance to it again (see [`Reconcile::relend`]).
+    async fn relend(&self, id: &str) -> Result<(), ControllerError> {
+        let r = self.get(id)?;
+        let (Some(m), Some(gpu)) = (&r.mig, r.gpus.first()) else {
+            return Ok(());
+        };
+        let Some(gi) = m.gpu_instance_id.filter(|_| m.lent && r.is_live()) else {
+            return Ok(());
+        };
+        let res = self
+            .call(
+                &r.node,
+                Action::ClaimMig(pb::ClaimMigInstance {
+                    gpu_uuid: gpu.clone(),
+                    gpu_instance_id: gi,
+                    slice_id: r.id.clone(),
+                }),
+            )
+            .await?;
+        if let Some(inst) = res.mig.as_ref().and_then(mig_from_pb) {
+            self.lock().mirror_mig_created(&r.node, gpu, inst);
+        }
+        info!(slice = %id, gi, "MIG instance lent again after the agent restarted");
+        Ok(())
     }
 
     /// A crash-left PENDING slice that the hardware fully holds becomes ACTIVE.

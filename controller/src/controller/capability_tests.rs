@@ -17,9 +17,19 @@ type Seen = Arc<Mutex<Vec<&'static str>>>;
 /// Registers node `n1` (one H100, in MIG mode when `mig`) with `caps`, answering every command as
 /// an agent would (a created instance is described), and recording what it was asked.
 fn node(c: &Arc<Controller>, mig: bool, caps: Option<pb::NodeCapabilities>) -> Seen {
+    node_with(c, mig, caps, Vec::new()).1
+}
+
+/// [`node`] whose GPU holds `instances`; also returns the reconcile plan of the registration.
+fn node_with(
+    c: &Arc<Controller>,
+    mig: bool,
+    caps: Option<pb::NodeCapabilities>,
+    instances: Vec<pb::MigInstance>,
+) -> (super::Reconcile, Seen) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     c.agents.connect("n1", tx);
-    c.register_node(&pb::Register {
+    let plan = c.register_node(&pb::Register {
         node: "n1".into(),
         gpus: vec![pb::GpuInfo {
             uuid: "GPU-n1-0".into(),
@@ -28,6 +38,7 @@ fn node(c: &Arc<Controller>, mig: bool, caps: Option<pb::NodeCapabilities>) -> S
             mig_capable: true,
             mig_enabled: mig,
             healthy: true,
+            mig_instances: instances,
             ..Default::default()
         }],
         capabilities: caps,
@@ -59,7 +70,19 @@ fn node(c: &Arc<Controller>, mig: bool, caps: Option<pb::NodeCapabilities>) -> S
                     });
                     "create_mig"
                 }
-                Some(Action::ClaimMig(_)) => "claim_mig",
+                Some(Action::ClaimMig(x)) => {
+                    result.mig = Some(pb::MigInstance {
+                        gpu_instance_id: x.gpu_instance_id,
+                        profile: "3g.40gb".into(),
+                        start: 4,
+                        size: 4,
+                        mig_uuid: "MIG-free".into(),
+                        slice_id: x.slice_id.clone(),
+                    });
+                    "claim_mig"
+                }
+                Some(Action::ReleaseMig(_)) => "release_mig",
+                Some(Action::DestroyMig(_)) => "destroy_mig",
                 Some(Action::SetShare(_)) => "set_share",
                 _ => "other",
             };
@@ -67,7 +90,7 @@ fn node(c: &Arc<Controller>, mig: bool, caps: Option<pb::NodeCapabilities>) -> S
             c.agents.complete(result);
         }
     });
-    seen
+    (plan, seen)
 }
 
 async fn started() -> Arc<Controller> {
@@ -175,4 +198,54 @@ async fn shares_on_a_node_without_mps_say_their_limits_are_advisory() {
     );
     let s = c.request("team-a", Some(&share()), "").await.unwrap().slice;
     assert_eq!(s.env.get("GREENSLICE_SHARE_LIMITS"), None);
+}
+
+/// A free 3g.40gb at slice 4, GPU instance 3, as a read-only node reports it.
+fn free_3g() -> pb::MigInstance {
+    pb::MigInstance {
+        gpu_instance_id: 3,
+        profile: "3g.40gb".into(),
+        start: 4,
+        size: 4,
+        mig_uuid: "MIG-free".into(),
+        slice_id: String::new(),
+    }
+}
+
+const READ_ONLY: Option<pb::NodeCapabilities> = Some(pb::NodeCapabilities {
+    mig_manage: false,
+    mps: true,
+});
+
+#[tokio::test]
+async fn a_lent_instance_is_lent_again_after_the_agent_forgot_it_and_given_back_on_release() {
+    let c = started().await;
+    let (_, seen) = node_with(&c, true, READ_ONLY, vec![free_3g()]);
+    let s = c
+        .request("team-a", Some(&mig("3g.40gb")), "")
+        .await
+        .unwrap()
+        .slice;
+    let m = s.mig.clone().unwrap();
+    assert!(m.lent);
+    assert_eq!(m.gpu_instance_id, Some(3));
+    assert_eq!(*seen.lock().unwrap(), vec!["claim_mig"]);
+
+    // The agent restarts: lendings live in its memory, so it reports the instance unowned.
+    let (plan, seen) = node_with(&c, true, READ_ONLY, vec![free_3g()]);
+    assert_eq!(plan.relend, vec![s.id.clone()]);
+    assert!(plan.lost.is_empty(), "the slice still has its instance");
+    c.reconcile(plan).await;
+    assert_eq!(*seen.lock().unwrap(), vec!["claim_mig"]);
+
+    // Released: given back, never destroyed.
+    c.release(&s.id, "done").await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec!["claim_mig", "release_mig"]);
+    // The mirror shows it free again, so the next request is lent it.
+    let again = c
+        .request("team-a", Some(&mig("3g.40gb")), "")
+        .await
+        .unwrap()
+        .slice;
+    assert_eq!(again.mig.unwrap().gpu_instance_id, Some(3));
 }
