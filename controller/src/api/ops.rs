@@ -33,7 +33,11 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
                 free_milli: g.free_milli(),
                 free_memory_bytes: if g.mig_enabled {
                     let used = u64::from(mig::used_mask(&g.model, &g.mig_layout).count_ones());
-                    g.memory_bytes / 8 * (8 - used)
+                    // 8 memory slices, 4 on an A30.
+                    let all = u64::from(
+                        mig::table(&g.model).map_or(mig::MEMORY_SLICES, |t| t.memory_slices),
+                    );
+                    g.memory_bytes / all * all.saturating_sub(used)
                 } else if g.exclusive {
                     0
                 } else {
