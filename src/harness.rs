@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use greenslice_agent::backend::GpuBackend;
+use greenslice_agent::backend::readonly::ReadOnlyMig;
 use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
 use greenslice_agent::session::{self, SharedBackend};
 use greenslice_controller::auth::Authenticator;
@@ -39,6 +40,12 @@ pub struct ClusterSpec {
     pub batch_interval: Duration,
     /// TLS and tokens; `None`: insecure (plaintext, everyone may do everything).
     pub security: Option<Secure>,
+    /// Nodes whose agents run with `mig.manage = false`: they lend existing free MIG instances and
+    /// create none.
+    pub read_only_mig: Vec<String>,
+    /// MIG instances made outside greenslice before the agents start: (node, GPU index, profile,
+    /// first memory slice). No slice owns them.
+    pub premade_mig: Vec<(String, usize, String, u8)>,
 }
 
 /// What a secure in-process cluster serves with: a PKI whose agent certificates cover the nodes
@@ -95,6 +102,8 @@ impl ClusterSpec {
             sample_interval: Duration::from_secs(1),
             batch_interval: Duration::from_secs(5),
             security: None,
+            read_only_mig: Vec::new(),
+            premade_mig: Vec::new(),
         }
     }
 }
@@ -167,8 +176,22 @@ pub async fn start_with(spec: ClusterSpec, core: CoreConfig) -> anyhow::Result<C
         let mut c = SimConfig::new(&n.name, n.machine).with_clock(spec.clock.clone());
         c.gpus = n.gpus;
         c.mig_gpus = n.mig_gpus;
-        let b: Box<dyn GpuBackend> =
-            Box::new(SimBackend::new(c).with_context(|| format!("node {}", n.name))?);
+        let mut sim = SimBackend::new(c).with_context(|| format!("node {}", n.name))?;
+        for (_, gpu, profile, start) in spec.premade_mig.iter().filter(|m| m.0 == n.name) {
+            let uuid = sim
+                .inventory()?
+                .get(*gpu)
+                .map(|g| g.uuid.clone())
+                .with_context(|| format!("node {} has no GPU {gpu}", n.name))?;
+            // An empty owner: the wire and the controller read it as "no slice".
+            sim.create_mig(&uuid, profile, *start, "")
+                .with_context(|| format!("premade {profile} on {} GPU {gpu}", n.name))?;
+        }
+        let b: Box<dyn GpuBackend> = if spec.read_only_mig.contains(&n.name) {
+            Box::new(ReadOnlyMig::new(Box::new(sim)))
+        } else {
+            Box::new(sim)
+        };
         let shared: SharedBackend = Arc::new(Mutex::new(b));
         backends.push((n.name.clone(), shared.clone()));
         let mut sc = session::SessionConfig::new(&url, &n.name);

@@ -130,6 +130,48 @@ pub fn slice_detail(s: &pb::Slice) -> String {
     out
 }
 
+/// Whether a model's MIG table is confirmed by NVIDIA's documentation: "confirmed",
+/// "unconfirmed", or None for a model without a MIG table (see `greenslice_core::mig::MigTable`).
+pub fn mig_table_status(model: &str) -> Option<&'static str> {
+    greenslice_core::mig::table(&greenslice_core::gpu::GpuModel::from_name(model)).map(|t| {
+        if t.confirmed {
+            "confirmed"
+        } else {
+            "unconfirmed"
+        }
+    })
+}
+
+/// A model for tables: marked `*` when its MIG table is unconfirmed.
+fn model_cell(model: &str) -> String {
+    match mig_table_status(model) {
+        Some("unconfirmed") => format!("{model}*"),
+        _ => model.to_string(),
+    }
+}
+
+/// What a node may do, for tables: "mig-create" or "mig-lend-only" (no new instances, existing
+/// free ones are lent), then "mps" or "no-mps (share limits advisory)"; "unknown" for an agent
+/// that predates capability reporting (treated as before: may create, MPS assumed).
+pub fn capabilities_cell(c: Option<&pb::NodeCapabilities>) -> String {
+    match c {
+        None => "unknown".to_string(),
+        Some(c) => format!(
+            "{},{}",
+            if c.mig_manage {
+                "mig-create"
+            } else {
+                "mig-lend-only"
+            },
+            if c.mps {
+                "mps"
+            } else {
+                "no-mps(shares advisory)"
+            }
+        ),
+    }
+}
+
 /// The inventory as tables.
 pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
     let nodes: Vec<Vec<String>> = inv
@@ -146,8 +188,11 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
                 }
                 .to_string(),
                 n.backend.clone(),
+                capabilities_cell(n.capabilities.as_ref()),
                 n.gpus.len().to_string(),
-                n.gpus.first().map_or(String::new(), |g| g.model.clone()),
+                n.gpus
+                    .first()
+                    .map_or(String::new(), |g| model_cell(&g.model)),
                 n.gpus.iter().filter(|g| g.mig_enabled).count().to_string(),
             ]
         })
@@ -159,7 +204,7 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
             vec![
                 c.node.clone(),
                 short(&c.gpu_uuid),
-                c.model.clone(),
+                model_cell(&c.model),
                 if c.mig_enabled { "mig" } else { "shared" }.to_string(),
                 format!("{:.2}", f64::from(c.free_milli) / 1000.0),
                 format!("{:.1}", c.free_memory_bytes as f64 / (1u64 << 30) as f64),
@@ -169,10 +214,19 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
             ]
         })
         .collect();
+    let unconfirmed = inv
+        .capacity
+        .iter()
+        .any(|c| mig_table_status(&c.model) == Some("unconfirmed"));
+    let note = if unconfirmed {
+        "\n* MIG profile table not confirmed by a published NVIDIA document (check on the hardware)"
+    } else {
+        ""
+    };
     format!(
-        "{}\n\n{}\n\n{} GPUs, {:.2} GPUs allocated ({:.1}%), {} live slices",
+        "{}\n\n{}\n\n{} GPUs, {:.2} GPUs allocated ({:.1}%), {} live slices{note}",
         table(
-            &["NODE", "STATE", "BACKEND", "GPUS", "MODEL", "MIG"],
+            &["NODE", "STATE", "BACKEND", "MAY", "GPUS", "MODEL", "MIG"],
             &nodes
         ),
         table(
@@ -207,15 +261,19 @@ pub fn inventory_json(inv: &pb::InventoryResponse) -> Value {
         "allocated_milli": inv.allocated_milli,
         "nodes": inv.nodes.iter().map(|n| json!({
             "name": n.name, "connected": n.connected, "drained": n.drained, "backend": n.backend,
+            "capabilities": n.capabilities.as_ref().map(|c| json!({
+                "mig_manage": c.mig_manage, "mps": c.mps, "share_limits": if c.mps { "enforced" } else { "advisory" },
+            })),
             "cpu_milli": n.cpu_milli, "memory_bytes": n.memory_bytes,
             "gpus": n.gpus.iter().map(|g| json!({
                 "uuid": g.uuid, "index": g.index, "model": g.model, "memory_bytes": g.memory_bytes,
                 "mig_capable": g.mig_capable, "mig_enabled": g.mig_enabled, "healthy": g.healthy,
-                "pci_bus_id": g.pci_bus_id,
+                "pci_bus_id": g.pci_bus_id, "mig_table": mig_table_status(&g.model),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "capacity": inv.capacity.iter().map(|c| json!({
             "node": c.node, "gpu_uuid": c.gpu_uuid, "model": c.model, "mig_enabled": c.mig_enabled,
+            "mig_table": mig_table_status(&c.model),
             "free_milli": c.free_milli, "free_memory_bytes": c.free_memory_bytes,
             "placeable_profiles": c.placeable_profiles, "slices": c.slices, "healthy": c.healthy,
         })).collect::<Vec<_>>(),
@@ -276,6 +334,37 @@ mod tests {
             t.contains("n1 drained") && t.contains("1 slice(s) marked lost") && t.contains("s-1"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn unconfirmed_mig_tables_are_marked_in_the_inventory() {
+        assert_eq!(mig_table_status("H100-SXM5-80GB"), Some("confirmed"));
+        assert_eq!(mig_table_status("B200-180GB"), Some("unconfirmed"));
+        assert_eq!(mig_table_status("Tesla T4"), None);
+        let cap = |model: &str| pb::GpuCapacity {
+            node: "n".into(),
+            gpu_uuid: "GPU-1".into(),
+            model: model.into(),
+            ..Default::default()
+        };
+        let inv = pb::InventoryResponse {
+            capacity: vec![cap("GH200-96GB")],
+            ..Default::default()
+        };
+        let t = inventory_tables(&inv);
+        assert!(
+            t.contains("GH200-96GB*") && t.contains("not confirmed"),
+            "{t}"
+        );
+        assert_eq!(
+            inventory_json(&inv)["capacity"][0]["mig_table"],
+            "unconfirmed"
+        );
+        let inv = pb::InventoryResponse {
+            capacity: vec![cap("A100-SXM4-40GB")],
+            ..Default::default()
+        };
+        assert!(!inventory_tables(&inv).contains("not confirmed"));
     }
 
     #[test]

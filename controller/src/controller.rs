@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::agents::{AgentError, Agents};
 use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
-use crate::placement::{self, Policy, Request};
+use crate::placement::{self, Policy, Request, Unplaceable};
 use crate::slice::{MigAssignment, SliceRecord};
 use crate::state::{ClusterState, Expiry, NodeRecord};
 
@@ -78,6 +78,9 @@ pub struct Reconcile {
     pub abandon: Vec<String>,
     /// ACTIVE slices whose hardware is gone: mark lost.
     pub lost: Vec<String>,
+    /// Slices holding a lent MIG instance the agent no longer names (it restarted, and lendings
+    /// live in its memory): lend it to them again, so their usage is attributed.
+    pub relend: Vec<String>,
 }
 
 /// How much of a slice the hardware holds.
@@ -485,7 +488,7 @@ impl Controller {
         // A MIG request that fits nowhere may fit once free instances are re-partitioned.
         crate::reclaim::relayout::make_room(self, &spec).await;
 
-        let (record, commit) = {
+        let (record, commit, advisory_share) = {
             let mut st = self.lock();
             if let Some(k) = &key
                 && let Some(id) = st.idempotency.get(&(tenant.to_string(), k.clone()))
@@ -510,22 +513,54 @@ impl Controller {
             let p = self.policy.place_versioned(view, versions, &req)?;
             let node = &view.nodes[p.node];
             let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
+            let model = node.gpus[p.gpus[0]].model.clone();
+            let mig_create = node.mig_create;
+            let node_name = node.name.clone();
             let mig = match (&spec.kind, p.mig_start) {
                 (SliceKind::Mig { profile }, Some(start)) => {
-                    let model = &node.gpus[p.gpus[0]].model;
                     let size =
-                        greenslice_core::mig::profile(model, profile).map_or(0, |pp| pp.size);
+                        greenslice_core::mig::profile(&model, profile).map_or(0, |pp| pp.size);
+                    // A node that may not create instances gets the slice only on a free existing
+                    // instance (placement chose its start): lend that one.
+                    let lent = (!mig_create)
+                        .then(|| {
+                            st.nodes
+                                .get(&node_name)?
+                                .gpus
+                                .iter()
+                                .find(|g| g.uuid == gpus[0])?
+                                .mig_instances
+                                .iter()
+                                .find(|i| {
+                                    i.start == start
+                                        && i.profile == *profile
+                                        && i.slice_id.is_none()
+                                })
+                                .cloned()
+                        })
+                        .flatten();
+                    if !mig_create && lent.is_none() {
+                        // The view and the node record disagree: refuse rather than create.
+                        return Err(ControllerError::Unplaceable(Unplaceable::NoRoom {
+                            wanted: spec.describe(),
+                            free: format!(
+                                "no free {profile} at slice {start} on {node_name} to lend"
+                            ),
+                        }));
+                    }
                     Some(MigAssignment {
                         profile: profile.clone(),
                         start,
                         size,
-                        gpu_instance_id: None,
-                        mig_uuid: None,
+                        gpu_instance_id: lent.as_ref().map(|i| i.gpu_instance_id),
+                        mig_uuid: lent.as_ref().map(|i| i.mig_uuid.clone()),
+                        lent: lent.is_some(),
                     })
                 }
                 _ => None,
             };
-            let node_name = node.name.clone();
+            let advisory_share = matches!(spec.kind, SliceKind::Share { .. })
+                && st.nodes.get(&node_name).is_some_and(|n| !n.mps());
             let mut id = new_slice_id(now);
             while st.contains(&id) {
                 id = new_slice_id(now);
@@ -537,7 +572,7 @@ impl Controller {
             };
             st.put(r.clone());
             let commit = self.submit(&r);
-            (r, commit)
+            (r, commit, advisory_share)
         };
         if let Err(e) = Self::durable(commit).await {
             // Never acknowledged: forget it entirely.
@@ -548,6 +583,13 @@ impl Controller {
             Ok((mut env, inst)) => {
                 // Lets the agent map the slice's processes back to it (see node-agent usage.rs).
                 env.insert("GREENSLICE_SLICE_ID".to_string(), record.id.clone());
+                if advisory_share {
+                    // No MPS on the node: the limits in the environment are not enforced.
+                    env.insert(
+                        "GREENSLICE_SHARE_LIMITS".to_string(),
+                        "advisory".to_string(),
+                    );
+                }
                 let node = record.node.clone();
                 let gpu0 = record.gpus.first().cloned().unwrap_or_default();
                 if let Some(i) = &inst {
@@ -656,17 +698,21 @@ impl Controller {
                 let m = r.mig.as_ref().ok_or_else(|| {
                     ControllerError::BadRequest("MIG slice without placement".into())
                 })?;
-                let res = self
-                    .call(
-                        &r.node,
-                        Action::CreateMig(pb::CreateMigInstance {
-                            gpu_uuid: r.gpus.first().cloned().unwrap_or_default(),
-                            profile: profile.clone(),
-                            start: u32::from(m.start),
-                            slice_id: r.id.clone(),
-                        }),
-                    )
-                    .await?;
+                let gpu_uuid = r.gpus.first().cloned().unwrap_or_default();
+                let action = match (m.lent, m.gpu_instance_id) {
+                    (true, Some(gi)) => Action::ClaimMig(pb::ClaimMigInstance {
+                        gpu_uuid,
+                        gpu_instance_id: gi,
+                        slice_id: r.id.clone(),
+                    }),
+                    _ => Action::CreateMig(pb::CreateMigInstance {
+                        gpu_uuid,
+                        profile: profile.clone(),
+                        start: u32::from(m.start),
+                        slice_id: r.id.clone(),
+                    }),
+                };
+                let res = self.call(&r.node, action).await?;
                 let inst = res.mig.as_ref().and_then(mig_from_pb).ok_or_else(|| {
                     ControllerError::AgentRefused {
                         node: r.node.clone(),
@@ -785,18 +831,28 @@ impl Controller {
                 }
                 SliceKind::Mig { .. } => {
                     let g = r.gpus.first().cloned().unwrap_or_default();
+                    let lent = r.mig.as_ref().is_some_and(|m| m.lent);
                     if let Some(gi) = r.mig.as_ref().and_then(|m| m.gpu_instance_id) {
-                        self.teardown(
-                            &r,
-                            &g,
-                            Action::DestroyMig(pb::DestroyMigInstance {
-                                gpu_uuid: g.clone(),
+                        let (gpu_uuid, slice_id) = (g.clone(), r.id.clone());
+                        let action = if lent {
+                            Action::ReleaseMig(pb::ReleaseMigInstance {
+                                gpu_uuid,
                                 gpu_instance_id: gi,
-                                slice_id: r.id.clone(),
-                            }),
-                        )
-                        .await?;
-                        self.lock().mirror_mig_destroyed(&r.node, &g, gi);
+                                slice_id,
+                            })
+                        } else {
+                            Action::DestroyMig(pb::DestroyMigInstance {
+                                gpu_uuid,
+                                gpu_instance_id: gi,
+                                slice_id,
+                            })
+                        };
+                        self.teardown(&r, &g, action).await?;
+                        if lent {
+                            self.lock().mirror_mig_returned(&r.node, &g, gi);
+                        } else {
+                            self.lock().mirror_mig_destroyed(&r.node, &g, gi);
+                        }
                     }
                 }
             }
@@ -863,6 +919,15 @@ impl Controller {
                 }
                 _ => {}
             }
+            let unnamed = s.mig.as_ref().is_some_and(|m| m.lent)
+                && s.gpus
+                    .first()
+                    .and_then(|u| gpus.iter().find(|g| g.uuid == *u))
+                    .and_then(|g| mig_instance_of(s, g))
+                    .is_some_and(|i| i.slice_id.is_none());
+            if unnamed && (s.state == SliceState::Active || plan.confirm.contains(&s.id)) {
+                plan.relend.push(s.id.clone());
+            }
         }
         st.touch_all();
         st.nodes.insert(
@@ -876,6 +941,9 @@ impl Controller {
                 connected: true,
                 unreachable_since_ms: None,
                 drained,
+                capabilities: greenslice_core::convert::capabilities_from_pb(
+                    reg.capabilities.as_ref(),
+                ),
             },
         );
         plan
@@ -899,6 +967,7 @@ impl Controller {
                 confirm = plan.confirm.len(),
                 abandon = plan.abandon.len(),
                 lost = plan.lost.len(),
+                relend = plan.relend.len(),
                 "reconciling node with the ledger"
             );
         }
@@ -912,6 +981,11 @@ impl Controller {
                 warn!(slice = %id, error = %e, "could not resolve a recovered slice");
             }
         }
+        for id in &plan.relend {
+            if let Err(e) = self.relend(id).await {
+                warn!(slice = %id, error = %e, "could not lend a MIG instance to its slice again");
+            }
+        }
         for id in &plan.lost {
             let why = format!("lost: node {node} no longer has it");
             if let Err(e) = self.mark_lost(id, SliceState::Active, &why).await {
@@ -923,6 +997,32 @@ impl Controller {
                 warn!(slice = %id, error = %e, "queued release failed");
             }
         }
+    }
+
+    /// Lends a slice's MIG instance to it again (see [`Reconcile::relend`]).
+    async fn relend(&self, id: &str) -> Result<(), ControllerError> {
+        let r = self.get(id)?;
+        let (Some(m), Some(gpu)) = (&r.mig, r.gpus.first()) else {
+            return Ok(());
+        };
+        let Some(gi) = m.gpu_instance_id.filter(|_| m.lent && r.is_live()) else {
+            return Ok(());
+        };
+        let res = self
+            .call(
+                &r.node,
+                Action::ClaimMig(pb::ClaimMigInstance {
+                    gpu_uuid: gpu.clone(),
+                    gpu_instance_id: gi,
+                    slice_id: r.id.clone(),
+                }),
+            )
+            .await?;
+        if let Some(inst) = res.mig.as_ref().and_then(mig_from_pb) {
+            self.lock().mirror_mig_created(&r.node, gpu, inst);
+        }
+        info!(slice = %id, gi, "MIG instance lent again after the agent restarted");
+        Ok(())
     }
 
     /// A crash-left PENDING slice that the hardware fully holds becomes ACTIVE.
@@ -1140,7 +1240,15 @@ impl Controller {
         }
         let mut cleaned = 0;
         for k in due {
+            let read_only =
+                self.with_state(|st| st.nodes.get(&k.node).is_some_and(|n| !n.may_create_mig()));
             let action = match (k.gpu_instance_id, k.whole) {
+                // A node that may not destroy instances only lent it: give it back.
+                (Some(gi), _) if read_only => Action::ReleaseMig(pb::ReleaseMigInstance {
+                    gpu_uuid: k.gpu.clone(),
+                    gpu_instance_id: gi,
+                    slice_id: k.slice.clone(),
+                }),
                 (Some(gi), _) => Action::DestroyMig(pb::DestroyMigInstance {
                     gpu_uuid: k.gpu.clone(),
                     gpu_instance_id: gi,
@@ -1159,6 +1267,7 @@ impl Controller {
                 Ok(_) => {
                     let mut st = self.lock();
                     match k.gpu_instance_id {
+                        Some(gi) if read_only => st.mirror_mig_returned(&k.node, &k.gpu, gi),
                         Some(gi) => st.mirror_mig_destroyed(&k.node, &k.gpu, gi),
                         None => st.mirror_cleared(&k.node, &k.gpu, &k.slice),
                     }
@@ -1644,3 +1753,6 @@ mod retention_tests;
 
 #[cfg(test)]
 mod history_tests;
+
+#[cfg(test)]
+mod capability_tests;

@@ -42,7 +42,10 @@ impl From<ControllerError> for Status {
             ControllerError::NotFound(_) => Code::NotFound,
             ControllerError::Unplaceable(Unplaceable::NoNodes) => Code::Unavailable,
             ControllerError::Unplaceable(Unplaceable::NoSuchModel(_)) => Code::FailedPrecondition,
-            ControllerError::Unplaceable(Unplaceable::NoRoom { .. }) => Code::ResourceExhausted,
+            ControllerError::Unplaceable(Unplaceable::NoRoom { .. })
+            | ControllerError::Unplaceable(Unplaceable::ReadOnlyMig { .. }) => {
+                Code::ResourceExhausted
+            }
             ControllerError::AgentUnavailable { .. } => Code::Unavailable,
             ControllerError::AgentRefused { .. } => Code::Aborted,
             ControllerError::Ledger(_) => Code::Unavailable,

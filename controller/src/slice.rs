@@ -19,6 +19,10 @@ pub struct MigAssignment {
     pub gpu_instance_id: Option<u32>,
     /// MIG device UUID, once created.
     pub mig_uuid: Option<String>,
+    /// The instance existed before the slice and was lent to it by a node that may not create
+    /// instances: its release gives the instance back instead of destroying it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lent: bool,
 }
 
 /// A slice as the controller (and its ledger) keeps it.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use greenslice_core::inventory::Gpu;
+use greenslice_core::inventory::{Gpu, NodeCapabilities};
 use greenslice_core::mig;
 use greenslice_core::slice::{SliceKind, share_milli};
 
@@ -25,6 +25,23 @@ pub struct NodeRecord {
     pub unreachable_since_ms: Option<i64>,
     /// Drained by an operator: nothing new is placed there even when its agent is connected.
     pub drained: bool,
+    /// What the node may do, as its agent reported; None from an agent older than capability
+    /// reporting (see [`NodeRecord::may_create_mig`] and [`NodeRecord::mps`]).
+    pub capabilities: Option<NodeCapabilities>,
+}
+
+impl NodeRecord {
+    /// Whether new MIG instances may be created there. An agent that reports nothing is treated
+    /// as before capabilities existed: it may (and fails with ReadOnly if it may not), since it
+    /// could not lend an existing instance either.
+    pub fn may_create_mig(&self) -> bool {
+        self.capabilities.is_none_or(|c| c.mig_manage)
+    }
+
+    /// Whether share limits are enforced there (MPS available; assumed for older agents).
+    pub fn mps(&self) -> bool {
+        self.capabilities.is_none_or(|c| c.mps)
+    }
 }
 
 /// Nodes and slices.
@@ -407,6 +424,7 @@ impl ClusterState {
             used_memory_bytes: 0,
             exclusive: false,
             mig_layout: Vec::new(),
+            free_instances: Vec::new(),
         };
         let live: Vec<&SliceRecord> = on_node
             .iter()
@@ -446,10 +464,16 @@ impl ClusterState {
                 })
             });
             if !owned {
-                v.mig_layout.push(mig::Placed {
+                let placed = mig::Placed {
                     profile: inst.profile.clone(),
                     start: inst.start,
-                });
+                };
+                // One no slice names on the hardware either may be lent (made outside greenslice,
+                // or left free); one naming a finished slice waits for the orphan sweep.
+                if inst.slice_id.is_none() {
+                    v.free_instances.push(placed.clone());
+                }
+                v.mig_layout.push(placed);
             }
         }
         // Shares or whole assignments on the hardware that no live slice accounts for.
@@ -471,6 +495,7 @@ impl ClusterState {
         NodeView {
             name: n.name.clone(),
             schedulable: n.connected && !n.drained,
+            mig_create: n.may_create_mig(),
             cpu_milli: n.cpu_milli,
             cpu_used_milli: 0,
             memory_bytes: n.memory_bytes,
@@ -570,6 +595,19 @@ impl ClusterState {
     pub fn mirror_mig_destroyed(&mut self, node: &str, gpu: &str, gi: u32) {
         if let Some(g) = self.gpu_mut(node, gpu) {
             g.mig_instances.retain(|i| i.gpu_instance_id != gi);
+        }
+    }
+
+    /// Updates the mirror after a lent MIG instance was given back: it stays, owned by no slice.
+    pub fn mirror_mig_returned(&mut self, node: &str, gpu: &str, gi: u32) {
+        if let Some(g) = self.gpu_mut(node, gpu) {
+            for i in g
+                .mig_instances
+                .iter_mut()
+                .filter(|i| i.gpu_instance_id == gi)
+            {
+                i.slice_id = None;
+            }
         }
     }
 

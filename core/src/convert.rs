@@ -3,7 +3,7 @@
 use greenslice_proto::v1 as pb;
 
 use crate::gpu::GpuModel;
-use crate::inventory::{Gpu, MigInstance, Share};
+use crate::inventory::{Gpu, MigInstance, NodeCapabilities, Share};
 use crate::slice::{self, SliceKind, SliceSpec, SliceState, ValidationError};
 
 /// Validates a wire spec into a domain spec.
@@ -149,6 +149,22 @@ pub fn gpu_from_pb(g: &pb::GpuInfo) -> Gpu {
             .collect(),
         whole_slice_id: (!g.whole_slice_id.is_empty()).then(|| g.whole_slice_id.clone()),
     }
+}
+
+/// Capabilities as the wire message.
+pub fn capabilities_to_pb(c: &NodeCapabilities) -> pb::NodeCapabilities {
+    pb::NodeCapabilities {
+        mig_manage: c.mig_manage,
+        mps: c.mps,
+    }
+}
+
+/// Wire capabilities as the domain type (`None` when an older agent sent none).
+pub fn capabilities_from_pb(c: Option<&pb::NodeCapabilities>) -> Option<NodeCapabilities> {
+    c.map(|c| NodeCapabilities {
+        mig_manage: c.mig_manage,
+        mps: c.mps,
+    })
 }
 
 #[cfg(test)]

@@ -64,3 +64,12 @@ impl Gpu {
             .collect()
     }
 }
+
+/// What a node's agent may do (reported in Register).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCapabilities {
+    /// May create and destroy MIG instances (the agent's `mig.manage`).
+    pub mig_manage: bool,
+    /// MPS is available, so share limits are enforced; without it they are advisory.
+    pub mps: bool,
+}

@@ -82,8 +82,16 @@ pub struct SimSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MigSection {
-    /// Allow creating and destroying MIG instances (default false: read-only).
-    pub manage: bool,
+    /// Allow creating and destroying MIG instances. Default: false (read-only) on real GPUs, true on
+    /// the simulator. A read-only agent lends existing free instances to slices instead.
+    pub manage: Option<bool>,
+}
+
+impl MigSection {
+    /// Whether MIG instances may be created and destroyed with `backend`.
+    pub fn manage_for(&self, backend: BackendKind) -> bool {
+        self.manage.unwrap_or(backend == BackendKind::Sim)
+    }
 }
 
 /// `[mps]`: MPS settings given to share slices.
@@ -92,6 +100,10 @@ pub struct MigSection {
 pub struct MpsSection {
     /// CUDA_MPS_PIPE_DIRECTORY for shares.
     pub pipe_dir: String,
+    /// Whether an MPS control daemon serves this node's GPUs. Default: whether
+    /// `nvidia-cuda-mps-control` is on PATH (the simulator: true). Without MPS, shares are still
+    /// placed but their limits are advisory.
+    pub available: Option<bool>,
 }
 
 /// What the agent does about idle pods (reclaim for kubelet allocations).
@@ -170,6 +182,7 @@ impl Default for MpsSection {
     fn default() -> Self {
         MpsSection {
             pipe_dir: "/tmp/nvidia-mps".into(),
+            available: None,
         }
     }
 }
@@ -254,13 +267,16 @@ gpus = 4
 mig_gpus = 2
 [mig]
 manage = true
+[mps]
+available = false
 "#,
         )
         .unwrap();
         assert_eq!(c.node, "gpu-7");
         assert_eq!(c.backend, BackendKind::Sim);
         assert_eq!(c.sim.gpus, 4);
-        assert!(c.mig.manage);
+        assert_eq!(c.mig.manage, Some(true));
+        assert_eq!(c.mps.available, Some(false));
         assert_eq!(c.mps.pipe_dir, "/tmp/nvidia-mps");
     }
 
@@ -301,6 +317,18 @@ pod_reclaim = "evict"
 
     #[test]
     fn defaults_are_read_only_mig() {
-        assert!(!AgentConfig::default().mig.manage);
+        let d = AgentConfig::default();
+        assert!(!d.mig.manage_for(BackendKind::Nvml));
+        assert!(!d.mig.manage_for(BackendKind::Auto));
+        assert!(
+            d.mig.manage_for(BackendKind::Sim),
+            "the simulator changes its own layout"
+        );
+        let mut m = d.mig.clone();
+        m.manage = Some(false);
+        assert!(
+            !m.manage_for(BackendKind::Sim),
+            "an explicit false makes the simulator read-only"
+        );
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use greenslice_core::convert::{gpu_to_pb, mig_to_pb};
+use greenslice_core::convert::{capabilities_to_pb, gpu_to_pb, mig_to_pb};
+use greenslice_core::inventory::NodeCapabilities;
 use greenslice_core::limits;
 use greenslice_proto::v1 as pb;
 use pb::agent_service_client::AgentServiceClient;
@@ -43,6 +44,10 @@ pub fn register_message(
             backend: b.kind().to_string(),
             gpus: gpus.iter().map(gpu_to_pb).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            capabilities: Some(capabilities_to_pb(&NodeCapabilities {
+                mig_manage: b.may_manage_mig(),
+                mps: b.mps_available(),
+            })),
         })),
     })
 }
@@ -68,6 +73,15 @@ pub fn validate_command(cmd: &pb::Command) -> Result<(), limits::LimitError> {
         Some(Action::DestroyMig(c)) => {
             gpu(&c.gpu_uuid)?;
             limits::check_opt_slice_id("slice_id", &c.slice_id)
+        }
+        Some(Action::ClaimMig(pb::ClaimMigInstance {
+            gpu_uuid, slice_id, ..
+        }))
+        | Some(Action::ReleaseMig(pb::ReleaseMigInstance {
+            gpu_uuid, slice_id, ..
+        })) => {
+            gpu(gpu_uuid)?;
+            slice(slice_id)
         }
         Some(Action::SetShare(c)) => {
             gpu(&c.gpu_uuid)?;
@@ -118,6 +132,13 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
             ))),
         },
         Some(Action::DestroyMig(c)) => b.destroy_mig(&c.gpu_uuid, c.gpu_instance_id),
+        Some(Action::ClaimMig(c)) => b
+            .claim_mig(&c.gpu_uuid, c.gpu_instance_id, &c.slice_id)
+            .map(|(inst, env)| {
+                result.mig = Some(mig_to_pb(&inst));
+                result.env = env.into_iter().collect();
+            }),
+        Some(Action::ReleaseMig(c)) => b.release_mig(&c.gpu_uuid, c.gpu_instance_id, &c.slice_id),
         Some(Action::SetShare(c)) => b
             .set_share(&c.gpu_uuid, &c.slice_id, c.compute_fraction, c.memory_bytes)
             .map(|env| result.env = env.into_iter().collect()),
@@ -509,8 +530,57 @@ mod tests {
                 command_id: 1,
                 action: None,
             },
+            cmd(Action::ClaimMig(pb::ClaimMigInstance {
+                gpu_uuid: String::new(),
+                gpu_instance_id: 1,
+                slice_id: "s-1".into(),
+            })),
+            cmd(Action::ReleaseMig(pb::ReleaseMigInstance {
+                gpu_uuid: "GPU-1".into(),
+                gpu_instance_id: 1,
+                slice_id: "s 1".into(),
+            })),
         ] {
             assert!(validate_command(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn sim() -> Box<dyn GpuBackend> {
+        let mut c =
+            crate::backend::sim::SimConfig::new("n1", crate::backend::sim::Machine::DgxH100);
+        c.gpus = 1;
+        c.mig_gpus = 1;
+        Box::new(crate::backend::sim::SimBackend::new(c).unwrap())
+    }
+
+    fn capabilities(b: Box<dyn GpuBackend>) -> pb::NodeCapabilities {
+        let shared: SharedBackend = Arc::new(Mutex::new(b));
+        match register_message("n1", &shared).unwrap().msg {
+            Some(pb::agent_message::Msg::Register(r)) => r.capabilities.unwrap(),
+            other => panic!("not a Register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn register_says_what_the_node_may_do() {
+        let c = capabilities(sim());
+        assert!(
+            c.mig_manage && c.mps,
+            "the simulator manages MIG and simulates MPS"
+        );
+        let c = capabilities(Box::new(crate::backend::readonly::ReadOnlyMig::new(sim())));
+        assert!(!c.mig_manage && c.mps);
+    }
+
+    #[test]
+    fn claims_go_to_the_backend_and_a_managing_one_refuses_them() {
+        let shared: SharedBackend = Arc::new(Mutex::new(sim()));
+        let claim = cmd(Action::ClaimMig(pb::ClaimMigInstance {
+            gpu_uuid: "GPU-1".into(),
+            gpu_instance_id: 1,
+            slice_id: "s-1".into(),
+        }));
+        let r = apply(&shared, &claim);
+        assert!(!r.ok && r.error.contains("lends none"), "{}", r.error);
     }
 }

@@ -39,9 +39,8 @@ pub fn map_sample(
     let procs = s.processes.as_deref().unwrap_or(&[]);
     if gpu.mig_enabled {
         for inst in &gpu.mig_instances {
-            let size = mig::profile(&gpu.model, &inst.profile).map_or(0.0, |p| {
-                f64::from(p.compute_slices) / f64::from(mig::COMPUTE_SLICES)
-            });
+            let size =
+                mig::profile(&gpu.model, &inst.profile).map_or(0.0, |p| p.compute_fraction());
             let act = s
                 .mig
                 .iter()

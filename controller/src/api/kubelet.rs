@@ -230,6 +230,7 @@ pub fn kubelet_slice_changes(
             size: u8::try_from(m.size).unwrap_or(u8::MAX),
             gpu_instance_id: Some(m.gpu_instance_id),
             mig_uuid: (!m.mig_uuid.is_empty()).then(|| m.mig_uuid.clone()),
+            lent: false,
         });
         let prior = by_id.get(a.slice_id.as_str());
         let record = SliceRecord {
@@ -290,6 +291,7 @@ mod tests {
             used_memory_bytes: 0,
             exclusive: false,
             mig_layout: Vec::new(),
+            free_instances: Vec::new(),
         }
     }
 
@@ -297,6 +299,7 @@ mod tests {
         NodeView {
             name: "n1".into(),
             schedulable: true,
+            mig_create: true,
             cpu_milli: 0,
             cpu_used_milli: 0,
             memory_bytes: 0,

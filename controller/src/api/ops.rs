@@ -33,20 +33,20 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
                 free_milli: g.free_milli(),
                 free_memory_bytes: if g.mig_enabled {
                     let used = u64::from(mig::used_mask(&g.model, &g.mig_layout).count_ones());
-                    g.memory_bytes / 8 * (8 - used)
+                    // 8 memory slices, 4 on an A30.
+                    let all = u64::from(
+                        mig::table(&g.model).map_or(mig::MEMORY_SLICES, |t| t.memory_slices),
+                    );
+                    g.memory_bytes / all * all.saturating_sub(used)
                 } else if g.exclusive {
                     0
                 } else {
                     g.memory_bytes.saturating_sub(g.used_memory_bytes)
                 },
-                placeable_profiles: if g.mig_enabled && g.healthy {
-                    mig::placeable_profiles(&g.model, &g.mig_layout)
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                } else {
-                    Vec::new()
-                },
+                placeable_profiles: crate::placement::placeable_mig(g, n.mig_create)
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 slices: held,
                 healthy: g.healthy,
             });
@@ -66,6 +66,10 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
                 connected: n.connected,
                 backend: n.backend.clone(),
                 drained: n.drained,
+                capabilities: n
+                    .capabilities
+                    .as_ref()
+                    .map(greenslice_core::convert::capabilities_to_pb),
             })
             .collect(),
         capacity,

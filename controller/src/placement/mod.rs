@@ -36,6 +36,9 @@ pub struct GpuView {
     pub exclusive: bool,
     /// MIG instances that exist (held or not).
     pub mig_layout: Vec<mig::Placed>,
+    /// Instances of `mig_layout` that nothing holds: a node that may not create instances lends
+    /// these to MIG slices of their profile.
+    pub free_instances: Vec<mig::Placed>,
 }
 
 impl GpuView {
@@ -57,7 +60,7 @@ impl GpuView {
             && self.used_memory_bytes == 0
     }
 
-    /// Legal starts for a MIG profile now (empty if none or not a MIG GPU).
+    /// Legal starts for a new instance of a MIG profile now (empty if none or not a MIG GPU).
     pub fn mig_starts(&self, profile: &str) -> Vec<u8> {
         if !self.healthy || !self.mig_enabled {
             return Vec::new();
@@ -65,12 +68,47 @@ impl GpuView {
         mig::free_starts(&self.model, &self.mig_layout, profile)
     }
 
+    /// Starts of the free existing instances of a MIG profile, ascending (see `free_instances`).
+    pub fn free_instance_starts(&self, profile: &str) -> Vec<u8> {
+        if !self.healthy || !self.mig_enabled {
+            return Vec::new();
+        }
+        let mut v: Vec<u8> = self
+            .free_instances
+            .iter()
+            .filter(|p| p.profile == profile)
+            .map(|p| p.start)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Where a MIG slice of `profile` could go on this GPU: new instances where they may be
+    /// created (`create`), else the free existing instances of the profile.
+    pub fn mig_candidates(&self, profile: &str, create: bool) -> Vec<u8> {
+        if create {
+            self.mig_starts(profile)
+        } else {
+            self.free_instance_starts(profile)
+        }
+    }
+
+    /// The layout without the instance at `start`: what a lent instance's score is computed on,
+    /// as if it were created there.
+    pub fn layout_without(&self, start: u8) -> Vec<mig::Placed> {
+        self.mig_layout
+            .iter()
+            .filter(|p| p.start != start)
+            .cloned()
+            .collect()
+    }
+
     /// Free compute in milli-GPU (for MIG GPUs: free compute slices x 1000 / 7).
     pub fn free_milli(&self) -> u32 {
         if self.mig_enabled {
             let used = u32::from(mig::used_compute(&self.model, &self.mig_layout));
-            (u32::from(mig::COMPUTE_SLICES).saturating_sub(used)) * 1000
-                / u32::from(mig::COMPUTE_SLICES)
+            let all = u32::from(mig::compute_slices(&self.model));
+            all.saturating_sub(used) * 1000 / all
         } else if self.exclusive {
             0
         } else {
@@ -85,6 +123,9 @@ pub struct NodeView {
     pub name: String,
     /// False when the node's agent is gone or it is drained: nothing new goes there.
     pub schedulable: bool,
+    /// Whether new MIG instances may be created there; when not, MIG slices go only to its free
+    /// existing instances (the agent's `mig.manage = false`).
+    pub mig_create: bool,
     /// CPU capacity and use in milli-cores (capacity 0 = unknown, not checked).
     pub cpu_milli: u64,
     pub cpu_used_milli: u64,
@@ -130,6 +171,14 @@ pub enum Unplaceable {
     NoSuchModel(String),
     #[error("no room for {wanted}; free now: {free}")]
     NoRoom { wanted: String, free: String },
+    #[error(
+        "no room for {wanted}: it needs a new MIG instance, and the nodes with room for one ({nodes}) may not create MIG instances (their agents run with mig.manage = false; only their existing free instances are used); free now: {free}"
+    )]
+    ReadOnlyMig {
+        wanted: String,
+        nodes: String,
+        free: String,
+    },
 }
 
 /// A placement policy.
@@ -174,7 +223,11 @@ pub fn feasible_on_node(node: &NodeView, req: &Request) -> Vec<(usize, Option<u8
             .map(|(i, _)| (i, None))
             .collect(),
         SliceKind::Mig { profile } => gpus
-            .filter_map(|(i, g)| g.mig_starts(profile).first().map(|s| (i, Some(*s))))
+            .filter_map(|(i, g)| {
+                g.mig_candidates(profile, node.mig_create)
+                    .first()
+                    .map(|s| (i, Some(*s)))
+            })
             .collect(),
         SliceKind::Share {
             compute_fraction,
@@ -210,6 +263,28 @@ pub fn unplaceable(view: &ClusterView, req: &Request) -> Unplaceable {
     {
         return Unplaceable::NoSuchModel(m.name().to_string());
     }
+    if let SliceKind::Mig { profile } = &req.spec.kind {
+        // Would a read-only node have had room for a new instance? Then say that is why.
+        let model_ok = |g: &GpuView| req.spec.gpu_model.as_ref().is_none_or(|m| *m == g.model);
+        let read_only: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|n| n.schedulable && !n.mig_create)
+            .filter(|n| {
+                n.gpus
+                    .iter()
+                    .any(|g| model_ok(g) && !g.mig_starts(profile).is_empty())
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        if !read_only.is_empty() {
+            return Unplaceable::ReadOnlyMig {
+                wanted: req.spec.describe(),
+                nodes: read_only.join(", "),
+                free: free_summary(view),
+            };
+        }
+    }
     Unplaceable::NoRoom {
         wanted: req.spec.describe(),
         free: free_summary(view),
@@ -218,18 +293,18 @@ pub fn unplaceable(view: &ClusterView, req: &Request) -> Unplaceable {
 
 /// "3 whole GPUs, 2 share GPUs with >= 500 milli free, MIG: 3g.40gb x2, 1g.10gb x5" style summary.
 pub fn free_summary(view: &ClusterView) -> String {
+    let mut whole = 0;
+    let mut best_share = 0u32;
+    let mut profiles: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let gpus = view
         .nodes
         .iter()
         .filter(|n| n.schedulable)
-        .flat_map(|n| &n.gpus)
-        .filter(|g| g.healthy);
-    let mut whole = 0;
-    let mut best_share = 0u32;
-    let mut profiles: std::collections::BTreeMap<&'static str, usize> = Default::default();
-    for g in gpus {
+        .flat_map(|n| n.gpus.iter().map(move |g| (n.mig_create, g)))
+        .filter(|(_, g)| g.healthy);
+    for (create, g) in gpus {
         if g.mig_enabled {
-            for p in mig::placeable_profiles(&g.model, &g.mig_layout) {
+            for p in placeable_mig(g, create) {
                 *profiles.entry(p).or_default() += 1;
             }
         } else if g.fits_whole() {
@@ -251,6 +326,22 @@ pub fn free_summary(view: &ClusterView) -> String {
             mig.join(", ")
         }
     )
+}
+
+/// MIG profiles a slice could get on `g` now: new instances where they may be created (`create`),
+/// else the profiles of its free existing instances.
+pub fn placeable_mig(g: &GpuView, create: bool) -> Vec<&'static str> {
+    if !g.healthy || !g.mig_enabled {
+        return Vec::new();
+    }
+    if create {
+        return mig::placeable_profiles(&g.model, &g.mig_layout);
+    }
+    mig::profiles(&g.model)
+        .iter()
+        .filter(|p| g.free_instances.iter().any(|f| f.profile == p.name))
+        .map(|p| p.name)
+        .collect()
 }
 
 /// The simplest policy: first node, first GPUs that fit. Kept as a baseline.

@@ -304,9 +304,15 @@ impl ScoredPolicy {
                     continue;
                 };
                 let profiles = mig::profiles(&g.model);
-                let mask = mig::used_mask(&g.model, &g.mig_layout);
-                let used = mig::used_compute(&g.model, &g.mig_layout);
-                for s in g.mig_starts(profile) {
+                for s in g.mig_candidates(profile, node.mig_create) {
+                    // A lent instance is scored as if it were created where it is.
+                    let layout = if node.mig_create {
+                        std::borrow::Cow::Borrowed(&g.mig_layout)
+                    } else {
+                        std::borrow::Cow::Owned(g.layout_without(s))
+                    };
+                    let mask = mig::used_mask(&g.model, &layout);
+                    let used = mig::used_compute(&g.model, &layout);
                     cands.push((score::mig_score(profiles, mask, used, p, s), ni, gi, s));
                 }
             }
@@ -474,6 +480,7 @@ mod tests {
             used_memory_bytes: used_gib * GIB,
             exclusive: false,
             mig_layout: Vec::new(),
+            free_instances: Vec::new(),
         }
     }
 
@@ -495,6 +502,7 @@ mod tests {
         NodeView {
             name: name.into(),
             schedulable: true,
+            mig_create: true,
             cpu_milli: 0,
             cpu_used_milli: 0,
             memory_bytes: 0,
@@ -520,6 +528,111 @@ mod tests {
             compute_fraction: f,
             memory_bytes: gib * GIB,
         })
+    }
+
+    fn mig(profile: &str) -> Request {
+        req(SliceKind::Mig {
+            profile: profile.into(),
+        })
+    }
+
+    /// A node that may not create MIG instances, whose one MIG GPU holds `free` (free instances).
+    fn read_only(name: &str, free: &[(&str, u8)]) -> NodeView {
+        let mut g = mig_gpu(free);
+        g.free_instances = g.mig_layout.clone();
+        NodeView {
+            mig_create: false,
+            ..node(name, vec![g])
+        }
+    }
+
+    fn every_policy() -> Vec<Box<dyn Policy>> {
+        policy_names()
+            .into_iter()
+            .map(|n| policy_by_name(n).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_read_only_node_lends_its_free_instance_of_the_profile() {
+        let view = ClusterView {
+            nodes: vec![read_only("ro", &[("1g.10gb", 0), ("3g.40gb", 4)])],
+        };
+        for p in every_policy() {
+            let got = p.place(&view, &mig("3g.40gb")).unwrap();
+            assert_eq!((got.node, got.mig_start), (0, Some(4)), "{}", p.name());
+            let got = p.place(&view, &mig("1g.10gb")).unwrap();
+            assert_eq!(got.mig_start, Some(0), "{}", p.name());
+        }
+    }
+
+    #[test]
+    fn a_new_instance_is_never_placed_on_a_read_only_node() {
+        // The read-only node has room for a 2g.20gb but no free one: only the managing node fits.
+        let view = ClusterView {
+            nodes: vec![
+                read_only("a-ro", &[("3g.40gb", 4)]),
+                node("b-managed", vec![mig_gpu(&[("4g.40gb", 0)])]),
+            ],
+        };
+        for p in every_policy() {
+            let got = p.place(&view, &mig("2g.20gb")).unwrap();
+            assert_eq!(got.node, 1, "{}", p.name());
+        }
+        // Without the managing node it is refused, and the message says why.
+        let view = ClusterView {
+            nodes: vec![read_only("a-ro", &[("3g.40gb", 4)])],
+        };
+        for p in every_policy() {
+            let e = p.place(&view, &mig("2g.20gb")).unwrap_err();
+            assert!(
+                matches!(e, Unplaceable::ReadOnlyMig { .. }),
+                "{}: {e}",
+                p.name()
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("a-ro") && msg.contains("mig.manage = false"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("3g.40gb on 1 GPUs"),
+                "free shows what may be lent: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_instance_held_by_a_slice_is_not_lent() {
+        // In the layout but not free: a live slice holds it.
+        let mut g = mig_gpu(&[("3g.40gb", 0), ("3g.40gb", 4)]);
+        g.free_instances = vec![mig::Placed {
+            profile: "3g.40gb".into(),
+            start: 4,
+        }];
+        let view = ClusterView {
+            nodes: vec![NodeView {
+                mig_create: false,
+                ..node("ro", vec![g])
+            }],
+        };
+        for p in every_policy() {
+            assert_eq!(
+                p.place(&view, &mig("3g.40gb")).unwrap().mig_start,
+                Some(4),
+                "{}",
+                p.name()
+            );
+        }
+        let mut g = mig_gpu(&[("3g.40gb", 0)]);
+        g.free_instances.clear();
+        let view = ClusterView {
+            nodes: vec![NodeView {
+                mig_create: false,
+                ..node("ro", vec![g])
+            }],
+        };
+        assert!(FirstFit.place(&view, &mig("3g.40gb")).is_err());
     }
 
     #[test]

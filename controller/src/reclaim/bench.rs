@@ -474,6 +474,7 @@ pub fn cluster(nodes: &[crate::placement::openb::TraceNode], stride: usize) -> C
             .map(|n| NodeView {
                 name: n.name.clone(),
                 schedulable: true,
+                mig_create: true,
                 cpu_milli: u64::from(n.cpu_milli),
                 cpu_used_milli: 0,
                 memory_bytes: 0,
@@ -489,6 +490,7 @@ pub fn cluster(nodes: &[crate::placement::openb::TraceNode], stride: usize) -> C
                         used_memory_bytes: 0,
                         exclusive: false,
                         mig_layout: Vec::new(),
+                        free_instances: Vec::new(),
                     })
                     .collect(),
             })

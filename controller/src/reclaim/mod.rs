@@ -118,9 +118,7 @@ pub fn allocated_gpus(r: &SliceRecord, st: &ClusterState) -> f64 {
                 .as_ref()
                 .and_then(|m| greenslice_core::mig::profile(m, profile))
             {
-                Some(p) => {
-                    f64::from(p.compute_slices) / f64::from(greenslice_core::mig::COMPUTE_SLICES)
-                }
+                Some(p) => p.compute_fraction(),
                 // Unknown model: memory slices of 8 as the best estimate.
                 None => r.mig.as_ref().map_or(1.0, |m| f64::from(m.size) / 8.0),
             }

@@ -114,7 +114,8 @@ pub fn mig_gpus(
     now_ms: i64,
 ) -> Vec<MigGpu> {
     let mut out = Vec::new();
-    for n in st.nodes.values() {
+    // A node that may not destroy instances is never re-laid out.
+    for n in st.nodes.values().filter(|n| n.may_create_mig()) {
         for g in n.gpus.iter().filter(|g| g.mig_enabled) {
             let live: Vec<_> = st
                 .live_on_node(&n.name)

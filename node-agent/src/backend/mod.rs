@@ -4,6 +4,7 @@
 //! else, and in tests). The agent talks only to this trait.
 
 pub mod nvml;
+pub mod readonly;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,12 @@ pub enum BackendError {
     NoSuchSlice { gpu: String, slice: String },
     #[error("MIG changes are disabled (set mig.manage = true in the agent config to allow them)")]
     ReadOnly,
+    #[error("MIG instance {gi} on GPU {gpu} is owned by {owner}")]
+    InstanceOwned { gpu: String, gi: u32, owner: String },
+    #[error(
+        "this agent creates its own MIG instances and lends none (claims need mig.manage = false)"
+    )]
+    ClaimUnsupported,
     #[error("NVML call {call} failed: {msg}")]
     Nvml { call: &'static str, msg: String },
     #[error("invalid backend configuration: {0}")]
@@ -120,6 +127,38 @@ pub trait GpuBackend: Send {
             .ok_or_else(|| BackendError::UnknownGpu(gpu.to_string()))?;
         Ok(table_placements(&g.model))
     }
+    /// Whether the backend may create and destroy MIG instances. By default yes: the simulator's
+    /// hardware is simulated. The NVML backend answers its `mig.manage`, [`readonly::ReadOnlyMig`]
+    /// no. Reported to the controller, which then places new instances only where they may be made.
+    fn may_manage_mig(&self) -> bool {
+        true
+    }
+    /// Whether MPS is available, so share limits are enforced. By default yes (the simulator
+    /// simulates MPS); the NVML backend answers what the agent found or was configured with.
+    fn mps_available(&self) -> bool {
+        true
+    }
+    /// Lends the existing GPU instance `gpu_instance_id`, which no slice owns, to `slice_id`, without
+    /// changing the layout. Only backends that may not manage MIG lend ([`readonly::ReadOnlyMig`]).
+    fn claim_mig(
+        &mut self,
+        gpu: &str,
+        gpu_instance_id: u32,
+        slice_id: &str,
+    ) -> Result<(MigInstance, SliceEnv), BackendError> {
+        let _ = (gpu, gpu_instance_id, slice_id);
+        Err(BackendError::ClaimUnsupported)
+    }
+    /// Gives a claimed instance back: it stays, owned by no slice.
+    fn release_mig(
+        &mut self,
+        gpu: &str,
+        gpu_instance_id: u32,
+        slice_id: &str,
+    ) -> Result<(), BackendError> {
+        let _ = (gpu, gpu_instance_id, slice_id);
+        Err(BackendError::ClaimUnsupported)
+    }
     /// Creates a GPU instance (and its full compute instance) of `profile` at `start` for `slice_id`.
     fn create_mig(
         &mut self,
@@ -186,7 +225,40 @@ pub fn slice_id_from_environ(environ: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether an executable `name` is in one of the folders of `path` (a PATH value).
+pub fn on_path(name: &str, path: &std::ffi::OsStr) -> bool {
+    std::env::split_paths(path).any(|dir| {
+        std::fs::metadata(dir.join(name)).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        })
+    })
+}
+
+/// The MPS control daemon's executable, looked for on PATH.
+pub const MPS_CONTROL: &str = "nvidia-cuda-mps-control";
+
 /// Environment for a device (a GPU or MIG UUID).
 pub fn device_env(uuid: &str) -> SliceEnv {
     SliceEnv::from([("NVIDIA_VISIBLE_DEVICES".to_string(), uuid.to_string())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mps_control_daemon_is_found_only_as_an_executable_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let path = std::env::join_paths([a.path(), b.path()]).unwrap();
+        assert!(!on_path(MPS_CONTROL, &path));
+        let exe = b.path().join(MPS_CONTROL);
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        assert!(!on_path(MPS_CONTROL, &path), "not executable");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(on_path(MPS_CONTROL, &path));
+        assert!(!on_path(MPS_CONTROL, std::ffi::OsStr::new("")));
+    }
 }

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use greenslice_agent::backend::nvml::NvmlBackend;
+use greenslice_agent::backend::readonly::ReadOnlyMig;
 use greenslice_agent::backend::sim::{SimBackend, SimConfig};
-use greenslice_agent::backend::{BackendError, GpuBackend};
+use greenslice_agent::backend::{BackendError, GpuBackend, MPS_CONTROL, on_path};
 use greenslice_agent::config::{AgentConfig, BackendKind};
 use greenslice_core::clock::ManualClock;
 use tracing::{info, warn};
@@ -32,6 +33,10 @@ struct Args {
     /// Simulated GPUs in MIG mode (the first N) [config: sim.mig_gpus; default 4].
     #[arg(long)]
     mig_gpus: Option<u32>,
+    /// Allow creating and destroying MIG instances [config: mig.manage; default false on NVML,
+    /// true on the simulator]. When false, existing free instances are lent to slices instead.
+    #[arg(long)]
+    mig_manage: Option<bool>,
     /// Address for the agent's own endpoints (metrics, device plugin health) [unused for now].
     #[arg(long)]
     listen: Option<String>,
@@ -73,6 +78,30 @@ fn build_backend(
     cfg: &AgentConfig,
     sim_clock: Option<ManualClock>,
 ) -> Result<Box<dyn GpuBackend>, BackendError> {
+    let manage = cfg.mig.manage_for(cfg.backend);
+    let mps = cfg.mps.available.unwrap_or_else(|| {
+        cfg.backend == BackendKind::Sim
+            || std::env::var_os("PATH").is_some_and(|p| on_path(MPS_CONTROL, &p))
+    });
+    let nvml = || -> Result<Box<dyn GpuBackend>, BackendError> {
+        Ok(Box::new(
+            NvmlBackend::new(manage, &cfg.mps.pipe_dir)?.with_mps(mps),
+        ))
+    };
+    let backend = build_inner(cfg, sim_clock, &nvml)?;
+    Ok(if manage {
+        backend
+    } else {
+        Box::new(ReadOnlyMig::new(backend))
+    })
+}
+
+/// The backend itself, before `mig.manage` is applied.
+fn build_inner(
+    cfg: &AgentConfig,
+    sim_clock: Option<ManualClock>,
+    nvml: &dyn Fn() -> Result<Box<dyn GpuBackend>, BackendError>,
+) -> Result<Box<dyn GpuBackend>, BackendError> {
     let sim = || -> Result<Box<dyn GpuBackend>, BackendError> {
         let mut c = SimConfig::new(&cfg.node, cfg.sim.machine.parse()?);
         c.gpus = cfg.sim.gpus;
@@ -85,14 +114,11 @@ fn build_backend(
     };
     match cfg.backend {
         BackendKind::Sim => sim(),
-        BackendKind::Nvml => Ok(Box::new(NvmlBackend::new(
-            cfg.mig.manage,
-            &cfg.mps.pipe_dir,
-        )?)),
-        BackendKind::Auto => match NvmlBackend::new(cfg.mig.manage, &cfg.mps.pipe_dir) {
+        BackendKind::Nvml => nvml(),
+        BackendKind::Auto => match nvml() {
             Ok(b) => {
                 info!("backend auto: NVML loaded, using real GPUs");
-                Ok(Box::new(b))
+                Ok(b)
             }
             Err(e) => {
                 warn!("backend auto: NVML did not load; not falling back to the simulator");
@@ -198,6 +224,9 @@ async fn main() -> ExitCode {
     }
     if let Some(v) = args.mig_gpus {
         cfg.sim.mig_gpus = v;
+    }
+    if let Some(v) = args.mig_manage {
+        cfg.mig.manage = Some(v);
     }
     if let Err(e) = cfg.check() {
         eprintln!("error: invalid configuration (--node or `node` in the config file): {e}");

@@ -85,6 +85,8 @@ pub struct DeviceFacts {
     /// (current, pending) MIG mode, `None` when the GPU does not support MIG.
     pub mig_mode: Option<(u32, u32)>,
     pub pci_bus_id: Option<String>,
+    /// NVML's `pciDeviceId`: PCI device id (upper 16 bits) and vendor id (lower 16 bits).
+    pub pci_device_id: Option<u32>,
     /// Enforced power limit, mW.
     pub power_limit_mw: Option<u32>,
     pub healthy: bool,
@@ -93,13 +95,20 @@ pub struct DeviceFacts {
     pub whole_slice_id: Option<String>,
 }
 
-/// Discovery facts as a [`Gpu`]. Missing memory falls back to the model's nominal figure; a
-/// missing power limit is 0 ("unknown").
+/// The model of a device: by PCI device id, by name when the id is unknown or missing.
+pub fn model(pci_device_id: Option<u32>, name: Option<&str>) -> GpuModel {
+    match (pci_device_id.and_then(GpuModel::from_pci_device_id), name) {
+        (Some(m), _) => m,
+        (None, Some(n)) => GpuModel::from_name(n),
+        (None, None) => GpuModel::Other("unknown".into()),
+    }
+}
+
+/// Discovery facts as a [`Gpu`]. The model comes from the PCI device id, the name only as a
+/// fallback ([`model`]). Missing memory falls back to the model's nominal figure; a missing power
+/// limit is 0 ("unknown").
 pub fn gpu(f: DeviceFacts) -> Gpu {
-    let model = f
-        .name
-        .as_deref()
-        .map_or_else(|| GpuModel::Other("unknown".into()), GpuModel::from_name);
+    let model = model(f.pci_device_id, f.name.as_deref());
     Gpu {
         memory_bytes: f.memory_total_bytes.unwrap_or_else(|| model.memory_bytes()),
         mig_capable: f.mig_mode.is_some() && model.mig_capable(),
@@ -291,6 +300,7 @@ mod tests {
             memory_total_bytes: Some(85_520_809_984),
             mig_mode: Some((1, 1)),
             pci_bus_id: Some("00000000:4E:00.0".into()),
+            pci_device_id: Some(0x2330_10DE),
             power_limit_mw: Some(700_000),
             healthy: true,
             mig_instances: Vec::new(),
@@ -310,6 +320,7 @@ mod tests {
 
         let mut f = facts();
         f.name = Some("Tesla T4".into());
+        f.pci_device_id = Some(0x1EB8_10DE);
         f.mig_mode = None;
         f.memory_total_bytes = None;
         f.power_limit_mw = None;
@@ -323,6 +334,37 @@ mod tests {
         let mut f = facts();
         f.mig_mode = Some((0, 1));
         assert!(!gpu(f).mig_enabled);
+    }
+
+    #[test]
+    fn the_model_comes_from_the_pci_device_id_then_the_name() {
+        // NVML names a GH200 "NVIDIA GH200 480GB": its id says GH200, whatever the name.
+        let mut f = facts();
+        f.name = Some("NVIDIA GH200 480GB".into());
+        f.pci_device_id = Some(0x2342_10DE);
+        let g = gpu(f);
+        assert_eq!(g.model, GpuModel::Gh200_96Gb);
+        assert!(g.mig_capable);
+        // An H100 PCIe board reporting an SXM-like name is the PCIe model by its id.
+        assert_eq!(
+            model(Some(0x2331_10DE), Some("NVIDIA H100 80GB HBM3")),
+            GpuModel::H100Pcie80Gb
+        );
+        // Unknown id: the name decides; neither known: Other, and no MIG.
+        assert_eq!(
+            model(Some(0xFFFF_10DE), Some("NVIDIA A30")),
+            GpuModel::A30_24Gb
+        );
+        assert_eq!(model(None, None), GpuModel::Other("unknown".into()));
+        let mut f = facts();
+        f.name = Some("NVIDIA L4".into());
+        f.pci_device_id = Some(0x27B8_10DE);
+        let g = gpu(f);
+        assert_eq!(g.model, GpuModel::Other("NVIDIA L4".into()));
+        assert!(
+            !g.mig_capable,
+            "a model without a table is not placed on as MIG"
+        );
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct NvmlBackend {
     /// Whether MIG changes are allowed (`mig.manage` in the agent config; default false).
     manage_mig: bool,
     mps_pipe_dir: String,
+    /// Whether MPS is available (see [`NvmlBackend::with_mps`]).
+    mps: bool,
     shares: Vec<(String, Share)>,
     whole: Vec<(String, String)>,
     /// Slices owning the MIG instances greenslice made: (GPU UUID, GPU instance id) to slice id.
@@ -142,6 +144,7 @@ impl NvmlBackend {
             events,
             manage_mig,
             mps_pipe_dir: mps_pipe_dir.to_string(),
+            mps: false,
             shares: Vec::new(),
             whole: Vec::new(),
             mig_owners: BTreeMap::new(),
@@ -150,6 +153,12 @@ impl NvmlBackend {
             health: HealthTracker::new(HealthPolicy::default()),
             clock: SystemClock,
         })
+    }
+
+    /// Says whether MPS is available on this node (the agent looks for the control daemon).
+    pub fn with_mps(mut self, available: bool) -> Self {
+        self.mps = available;
+        self
     }
 
     /// Drains pending NVML events into the health tracker.
@@ -246,7 +255,9 @@ impl NvmlBackend {
 
     fn facts(&mut self, i: u32, d: &Device<'static>, uuid: String) -> DeviceFacts {
         let name = d.name().ok();
-        let model = GpuModel::from_name(name.as_deref().unwrap_or(""));
+        let pci = d.pci_info().ok();
+        let pci_device_id = pci.as_ref().map(|p| p.pci_device_id);
+        let model = convert::model(pci_device_id, name.as_deref());
         let mig_mode = d.mig_mode().ok().map(|m| (m.current, m.pending));
         let memory_total_bytes = match d.memory_info() {
             Ok(m) => Some(m.total),
@@ -266,7 +277,8 @@ impl NvmlBackend {
             name,
             memory_total_bytes,
             mig_mode,
-            pci_bus_id: d.pci_info().ok().map(|p| p.bus_id),
+            pci_bus_id: pci.map(|p| p.bus_id),
+            pci_device_id,
             power_limit_mw: d.enforced_power_limit().ok(),
             healthy: self.health.is_healthy(&uuid, now),
             mig_instances,
@@ -397,6 +409,14 @@ impl GpuBackend for NvmlBackend {
         "nvml"
     }
 
+    fn may_manage_mig(&self) -> bool {
+        self.manage_mig
+    }
+
+    fn mps_available(&self) -> bool {
+        self.mps
+    }
+
     fn host(&self) -> HostInfo {
         HostInfo {
             cpu_milli: std::thread::available_parallelism().map_or(0, |n| n.get() as u64 * 1000),
@@ -443,7 +463,7 @@ impl GpuBackend for NvmlBackend {
 
     fn mig_profiles(&mut self, gpu: &str) -> Result<Vec<ProfilePlacements>, BackendError> {
         let d = self.device(gpu)?;
-        let model = GpuModel::from_name(&d.name().map_err(nvml_err("name"))?);
+        let model = device_model(&d)?;
         let mut out = Vec::new();
         for info in mig_raw::gi_profiles(self.nvml, &d) {
             let Some(p) = convert::profile_by_id(&model, info.id) else {
@@ -482,7 +502,7 @@ impl GpuBackend for NvmlBackend {
         if !d.mig_mode().is_ok_and(|m| m.current == 1) {
             return Err(BackendError::NotMigMode { gpu: gpu.into() });
         }
-        let model = GpuModel::from_name(&d.name().map_err(nvml_err("name"))?);
+        let model = device_model(&d)?;
         let existing = self.mig_instances(&d, gpu, &model);
         let layout: Vec<mig::Placed> = existing
             .iter()
@@ -588,6 +608,16 @@ impl GpuBackend for NvmlBackend {
         self.whole.retain(|(g, _)| g != gpu);
         Ok(())
     }
+}
+
+/// The model of a device, by PCI device id, else by name (see [`convert::model`]).
+fn device_model(d: &Device<'static>) -> Result<GpuModel, BackendError> {
+    let pci_device_id = d.pci_info().ok().map(|p| p.pci_device_id);
+    if let Some(m) = pci_device_id.and_then(GpuModel::from_pci_device_id) {
+        return Ok(m);
+    }
+    let name = d.name().map_err(nvml_err("name"))?;
+    Ok(convert::model(pci_device_id, Some(&name)))
 }
 
 /// Host memory from /proc/meminfo, bytes.
