@@ -29,8 +29,19 @@ pub struct AgentConfig {
     pub sim: SimSection,
     pub mig: MigSection,
     pub mps: MpsSection,
+    pub nvml: NvmlSection,
     pub kubelet: KubeletSection,
     pub tls: TlsSection,
+}
+
+/// `[nvml]`: where the NVML library comes from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NvmlSection {
+    /// Path of the NVML library to load. Default: the driver's `libnvidia-ml.so`, then
+    /// `libnvidia-ml.so.1`. Point it at `libgreenslice_nvml_sim.so` to run the NVML path on the
+    /// simulated machine.
+    pub library: Option<std::path::PathBuf>,
 }
 
 /// `[tls]`: how the agent proves who it is to the controller (mutual TLS) and checks the
@@ -196,6 +207,7 @@ impl Default for AgentConfig {
             sim: SimSection::default(),
             mig: MigSection::default(),
             mps: MpsSection::default(),
+            nvml: NvmlSection::default(),
             kubelet: KubeletSection::default(),
             tls: TlsSection::default(),
         }

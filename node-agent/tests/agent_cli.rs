@@ -9,7 +9,7 @@ fn agent() -> Command {
 }
 
 fn driver_present() -> bool {
-    greenslice_agent::backend::nvml::NvmlBackend::new(false, "/tmp").is_ok()
+    greenslice_agent::backend::nvml::NvmlBackend::new(false, "/tmp", None).is_ok()
 }
 
 fn dump(machine: &str, mig_gpus: u32, samples: u32) -> Vec<serde_json::Value> {

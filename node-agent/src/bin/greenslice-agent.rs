@@ -27,6 +27,10 @@ struct Args {
     /// GPU backend [config: backend; default auto: NVML if the driver loads].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// NVML library to load with the nvml backend [config: nvml.library; default: the driver's
+    /// libnvidia-ml.so]. The simulated machine's library is libgreenslice_nvml_sim.so.
+    #[arg(long)]
+    nvml_library: Option<PathBuf>,
     /// Simulated machine: dgx-a100-40, dgx-a100-80, dgx-h100, dgx-h200 [config: sim.machine].
     #[arg(long)]
     machine: Option<String>,
@@ -85,7 +89,7 @@ fn build_backend(
     });
     let nvml = || -> Result<Box<dyn GpuBackend>, BackendError> {
         Ok(Box::new(
-            NvmlBackend::new(manage, &cfg.mps.pipe_dir)?.with_mps(mps),
+            NvmlBackend::new(manage, &cfg.mps.pipe_dir, cfg.nvml.library.as_deref())?.with_mps(mps),
         ))
     };
     let backend = build_inner(cfg, sim_clock, &nvml)?;
@@ -224,6 +228,9 @@ async fn main() -> ExitCode {
     }
     if let Some(v) = args.mig_gpus {
         cfg.sim.mig_gpus = v;
+    }
+    if let Some(v) = args.nvml_library.clone() {
+        cfg.nvml.library = Some(v);
     }
     if let Some(v) = args.mig_manage {
         cfg.mig.manage = Some(v);

@@ -20,6 +20,7 @@ pub mod mig_raw;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use greenslice_core::clock::{Clock, SystemClock};
@@ -53,17 +54,23 @@ fn nvml_err(call: &'static str) -> impl Fn(NvmlError) -> BackendError {
     }
 }
 
-/// Loads NVML, trying each of [`NVML_LIBRARIES`]; [`BackendError::NoDriver`] when none loads.
-pub fn load_nvml() -> Result<Nvml, BackendError> {
+/// Loads NVML from `library`, or else tries each of [`NVML_LIBRARIES`]; [`BackendError::NoDriver`]
+/// when none loads.
+pub fn load_nvml(library: Option<&Path>) -> Result<Nvml, BackendError> {
     let mut last = String::new();
-    for lib in NVML_LIBRARIES {
-        match Nvml::builder().lib_path(OsStr::new(lib)).init() {
+    let candidates: Vec<&OsStr> = match library {
+        Some(p) => vec![p.as_os_str()],
+        None => NVML_LIBRARIES.iter().map(OsStr::new).collect(),
+    };
+    for lib in candidates {
+        let shown = lib.to_string_lossy();
+        match Nvml::builder().lib_path(lib).init() {
             Ok(n) => {
-                debug!(library = lib, "NVML loaded");
+                debug!(library = %shown, "NVML loaded");
                 return Ok(n);
             }
             Err(NvmlError::LibloadingError(e)) => last = e.to_string(),
-            Err(e) if convert::is_no_driver(&e) => last = format!("{lib}: {e}"),
+            Err(e) if convert::is_no_driver(&e) => last = format!("{shown}: {e}"),
             Err(e) => return Err(nvml_err("nvmlInit_v2")(e)),
         }
     }
@@ -136,8 +143,12 @@ fn register_events(nvml: &'static Nvml) -> Option<EventSet<'static>> {
 
 impl NvmlBackend {
     /// Loads NVML. Fails with [`BackendError::NoDriver`] when the library cannot be loaded.
-    pub fn new(manage_mig: bool, mps_pipe_dir: &str) -> Result<Self, BackendError> {
-        let nvml: &'static Nvml = Box::leak(Box::new(load_nvml()?));
+    pub fn new(
+        manage_mig: bool,
+        mps_pipe_dir: &str,
+        library: Option<&Path>,
+    ) -> Result<Self, BackendError> {
+        let nvml: &'static Nvml = Box::leak(Box::new(load_nvml(library)?));
         let events = register_events(nvml);
         Ok(NvmlBackend {
             nvml,
@@ -639,7 +650,7 @@ mod tests {
     /// This machine has no NVIDIA driver; on one that has, the test checks nothing.
     #[test]
     fn without_a_driver_new_fails_with_no_driver_naming_the_library() {
-        match NvmlBackend::new(false, "/tmp/nvidia-mps") {
+        match NvmlBackend::new(false, "/tmp/nvidia-mps", None) {
             Err(BackendError::NoDriver(msg)) => {
                 assert!(msg.contains("libnvidia-ml.so.1"), "{msg}");
                 let shown = BackendError::NoDriver(msg).to_string();
