@@ -4,6 +4,7 @@
 //! - [`mig`]: MIG profile tables and the layout rules NVML enforces.
 //! - [`slice`]: what a tenant asks for, its validation, and a slice's lifecycle.
 //! - [`inventory`]: the actual state of a node's GPUs.
+//! - [`kubelet`]: the Kubernetes resource names and the slice class of kubelet allocations.
 //! - [`limits`]: how long, how many and how large any received field may be, and the checks.
 //! - [`sample`]: utilization, power and energy samples a node agent takes.
 //! - [`clock`]: injected time.
@@ -14,6 +15,7 @@ pub mod convert;
 pub mod expfmt;
 pub mod gpu;
 pub mod inventory;
+pub mod kubelet;
 pub mod limits;
 pub mod mig;
 pub mod sample;
