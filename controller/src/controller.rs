@@ -1474,7 +1474,8 @@ impl Controller {
     /// submission each (a rollup of many tenants is large; see `docs/DURABILITY.md`). Returns the
     /// hours stored. Called by the housekeeping task every `energy_flush_interval`.
     pub async fn flush_energy_history(&self) -> Result<usize, ControllerError> {
-        use crate::energy::history::{HOUR_MS, MAX_HOUR_BYTES};
+        use crate::energy::history::MAX_HOUR_BYTES;
+        use greenslice_core::time::HOUR_MS;
         let ledger_err = |e: crate::ledger::LedgerError| ControllerError::Ledger(e.to_string());
         self.prune_energy_history().await?;
         // Hours folded into but not loaded at start: merge in what is stored before storing them.
@@ -1534,7 +1535,7 @@ impl Controller {
         };
         let now = self.clock.now_ms();
         if now.saturating_sub(self.history_pruned_ms.load(Ordering::Relaxed))
-            < crate::energy::history::HOUR_MS as i64
+            < greenslice_core::time::HOUR_MS_I64
         {
             return Ok(());
         }
@@ -1679,7 +1680,7 @@ pub const PRUNE_STEP: usize = 1024;
 
 /// How far back the energy history's hours are kept in memory (and loaded at start): the current
 /// and the previous hour, since an interval that starts in one hour may close in the next.
-const RECENT_HOURS_MS: u64 = 2 * crate::energy::history::HOUR_MS;
+const RECENT_HOURS_MS: u64 = 2 * greenslice_core::time::HOUR_MS;
 
 /// Looks for orphans and expired slices every `every`, and stores the energy history's changed
 /// hours every `flush_every`, until the controller is dropped.

@@ -8,6 +8,7 @@
 //! - [`limits`]: how long, how many and how large any received field may be, and the checks.
 //! - [`sample`]: utilization, power and energy samples a node agent takes.
 //! - [`clock`]: injected time.
+//! - [`time`]: units of time (the hour in ms).
 //! - [`convert`]: conversions between these types and the wire messages.
 
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod mig;
 pub mod sample;
 pub mod slice;
+pub mod time;
 
 /// Bytes in a GiB.
 pub const GIB: u64 = 1 << 30;

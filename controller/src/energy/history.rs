@@ -14,13 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use greenslice_core::time::HOUR_MS;
+
 use super::accounting::IntervalRecord;
 use super::carbon::{CarbonFactors, FactorSource};
 use super::ledger::{GpuTotals, TenantTotals, add_co2e};
 use super::{Interval, StaticPolicy};
-
-/// ms in an hour.
-pub const HOUR_MS: u64 = 3_600_000;
 
 /// Largest hour rollup stored, JSON bytes: under etcd's 1.5 MiB request limit with room for the
 /// slice records a group commit may batch with it (at most 127 of about 630 bytes).
