@@ -34,7 +34,7 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, ArgError> {
         let unit = match ch {
             's' => 1_000,
             'm' => 60_000,
-            'h' => 3_600_000,
+            'h' => greenslice_core::time::HOUR_MS_I64,
             'd' => 86_400_000,
             _ => return Err(bad()),
         };

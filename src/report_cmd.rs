@@ -66,7 +66,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, ArgError> {
         let ms = match unit {
             "s" => 1_000,
             "m" => 60_000,
-            "h" => 3_600_000,
+            "h" => greenslice_core::time::HOUR_MS_I64,
             "d" => 86_400_000,
             _ => return Err(bad()),
         };

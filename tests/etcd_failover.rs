@@ -697,8 +697,9 @@ async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn energy_hours_are_stored_and_read_by_time_range_on_etcd() {
     use greenslice_controller::energy::StaticPolicy;
-    use greenslice_controller::energy::history::{HOUR_MS, HourRollup, MAX_HOUR_BYTES, TenantHour};
+    use greenslice_controller::energy::history::{HourRollup, MAX_HOUR_BYTES, TenantHour};
     use greenslice_controller::ledger::{Ledger, Op};
+    use greenslice_core::time::HOUR_MS;
     let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
     let Some(etcd_bin) = etcd_or_skip("etcd energy history test") else {
         return;

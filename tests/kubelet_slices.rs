@@ -127,3 +127,91 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     assert_eq!(cluster.controller.list("ml-team", "", false).len(), 0);
     cluster.shutdown().await;
 }
+
+/// The agent advertises a `+me` MIG profile under a name with `.` for `+`; a pod holding it becomes a
+/// kubelet slice whose `/metrics` resource label is that same name, so a dashboard's resource is the
+/// one a pod asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_label_a_me_profile_with_the_resource_the_agent_advertises() {
+    use greenslice_agent::kubelet::{devices::DeviceTable, podresources};
+    use greenslice_core::inventory::{Gpu, MigInstance};
+    use greenslice_proto::podresources::v1 as pr;
+
+    let cluster = harness::start(ClusterSpec::new(harness::nodes(1, &[Machine::DgxH100], 0)))
+        .await
+        .unwrap();
+    // The agent's side: a MIG GPU with one free 1g.10gb+me instance, offered to the kubelet.
+    let gpu = Gpu {
+        uuid: "GPU-me".into(),
+        index: 0,
+        model: greenslice_core::gpu::GpuModel::H100Sxm5_80Gb,
+        memory_bytes: 80 << 30,
+        mig_capable: true,
+        mig_enabled: true,
+        pci_bus_id: String::new(),
+        power_limit_mw: 0,
+        healthy: true,
+        mig_instances: vec![MigInstance {
+            gpu_instance_id: 9,
+            profile: "1g.10gb+me".into(),
+            start: 0,
+            size: 1,
+            mig_uuid: "MIG-me".into(),
+            slice_id: None,
+        }],
+        shares: Vec::new(),
+        whole_slice_id: None,
+    };
+    let (table, warnings) = DeviceTable::build(&[gpu], &[]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let advertised: Vec<String> = table.resources().map(str::to_string).collect();
+    assert_eq!(advertised, ["greenslice.io/mig-1g.10gb.me"]);
+    assert!(greenslice_core::kubelet::is_extended_resource_name(
+        &advertised[0]
+    ));
+    let held = pr::ListPodResourcesResponse {
+        pod_resources: vec![pr::PodResources {
+            name: "infer-0".into(),
+            namespace: "ml-team".into(),
+            containers: vec![pr::ContainerResources {
+                name: "main".into(),
+                devices: vec![pr::ContainerDevices {
+                    resource_name: advertised[0].clone(),
+                    device_ids: vec!["MIG-me".into()],
+                    topology: None,
+                }],
+                ..Default::default()
+            }],
+        }],
+    };
+    let (allocations, warnings) = podresources::allocations("node-00", &held, &table);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(allocations.len(), 1);
+    let report = pb::KubeletAllocations {
+        allocations,
+        eviction_allowed: false,
+        observed_unix_ms: 0,
+    };
+    // The controller's side: the slice it makes is labelled with the advertised name.
+    assert_eq!(
+        cluster
+            .controller
+            .apply_kubelet_allocations("node-00", &report)
+            .await
+            .unwrap(),
+        1
+    );
+    greenslice_controller::metrics::refresh(&cluster.controller);
+    let gauge = cluster
+        .controller
+        .metrics
+        .kubelet_allocations
+        .get_or_create(&greenslice_controller::metrics::KubeletLabels {
+            node: "node-00".into(),
+            tenant: "ml-team".into(),
+            resource: advertised[0].clone(),
+        })
+        .get();
+    assert_eq!(gauge, 1);
+    cluster.shutdown().await;
+}

@@ -84,7 +84,12 @@ async fn fields_past_their_limits_are_refused_naming_the_field_and_the_limit() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().starts_with("tenant "), "{}", e.message());
+    // The field is named once ("tenant must be ...", not "tenant tenant must be ...").
+    assert!(
+        e.message().starts_with("tenant must be 1-63 characters"),
+        "{}",
+        e.message()
+    );
     // A keep of u64::MAX seconds.
     let e = t
         .keep_slice(pb::KeepSliceRequest {

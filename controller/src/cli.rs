@@ -560,13 +560,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(1, e),
     };
-    controller.configure_energy(crate::energy::accounting::AccountingConfig {
-        site: site_carbon,
-        // One idle threshold: what the report calls idle GPU-hours is what reclaim calls idle.
-        idle_threshold_pct: cfg.idle.threshold_pct,
-        ..Default::default()
-    });
-    if let Err(e) = controller.reclaim.set_policy(cfg.idle.clone()) {
+    if let Err(e) = configure(&controller, &cfg, site_carbon) {
         return fail(2, e);
     }
     let _reclaimer = crate::reclaim::spawn(controller.clone());
@@ -611,6 +605,22 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, e),
     }
+}
+
+/// Applies the configuration's policies to a started controller: the site's carbon factors to
+/// energy accounting, and the idle policy to reclaim. The idle policy's `threshold_pct` is also
+/// what energy accounting counts idle-allocated GPU time with (`Controller::idle_threshold_pct`).
+pub fn configure(
+    controller: &Controller,
+    cfg: &ControllerConfig,
+    site_carbon: crate::energy::SiteCarbon,
+) -> Result<(), crate::reclaim::policy::PolicyError> {
+    controller.reclaim.set_policy(cfg.idle.clone())?;
+    controller.configure_energy(crate::energy::accounting::AccountingConfig {
+        site: site_carbon,
+        ..Default::default()
+    });
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -233,8 +233,7 @@ impl Controller {
         // them whole and never with less than was stored. Older hours are read before their
         // first flush (see `Rollups`).
         let accounting = crate::energy::accounting::AccountingConfig::default();
-        let mut history =
-            crate::energy::history::Rollups::new(accounting.policy, accounting.idle_threshold_pct);
+        let mut history = crate::energy::history::Rollups::new(accounting.policy);
         let recent_from = u64::try_from(clock.now_ms())
             .unwrap_or(0)
             .saturating_sub(RECENT_HOURS_MS);
@@ -1435,6 +1434,7 @@ impl Controller {
         if accepted.is_empty() {
             return;
         }
+        let idle_threshold_pct = self.reclaim.threshold_pct();
         let st = self.lock();
         let model_of = |gpu: &str| {
             st.nodes
@@ -1448,7 +1448,7 @@ impl Controller {
         let closed = energy.ingest(node, &model_of, &accepted, &holders);
         // Folded under the energy lock, so the records and the hours always hold the same
         // intervals (a report compares them).
-        self.history_lock().fold(&closed);
+        self.history_lock().fold(&closed, idle_threshold_pct);
         drop(energy);
         self.metrics.record_energy(&closed);
     }
@@ -1465,8 +1465,7 @@ impl Controller {
     /// already accounted are dropped: call this before samples arrive. The stored history stays.
     pub fn configure_energy(&self, config: crate::energy::accounting::AccountingConfig) {
         let mut energy = self.energy_lock();
-        self.history_lock()
-            .configure(config.policy, config.idle_threshold_pct);
+        self.history_lock().configure(config.policy);
         *energy = crate::energy::accounting::Accountant::new(config);
     }
 
@@ -1474,7 +1473,8 @@ impl Controller {
     /// submission each (a rollup of many tenants is large; see `docs/DURABILITY.md`). Returns the
     /// hours stored. Called by the housekeeping task every `energy_flush_interval`.
     pub async fn flush_energy_history(&self) -> Result<usize, ControllerError> {
-        use crate::energy::history::{HOUR_MS, MAX_HOUR_BYTES};
+        use crate::energy::history::MAX_HOUR_BYTES;
+        use greenslice_core::time::HOUR_MS;
         let ledger_err = |e: crate::ledger::LedgerError| ControllerError::Ledger(e.to_string());
         self.prune_energy_history().await?;
         // Hours folded into but not loaded at start: merge in what is stored before storing them.
@@ -1534,7 +1534,7 @@ impl Controller {
         };
         let now = self.clock.now_ms();
         if now.saturating_sub(self.history_pruned_ms.load(Ordering::Relaxed))
-            < crate::energy::history::HOUR_MS as i64
+            < greenslice_core::time::HOUR_MS_I64
         {
             return Ok(());
         }
@@ -1551,9 +1551,11 @@ impl Controller {
         Ok(())
     }
 
-    /// The activity threshold (percent of capacity) under which held capacity counts as idle.
+    /// The activity threshold (percent of capacity) under which held capacity counts as idle in
+    /// energy accounting and reports: the idle policy's own (`[idle] threshold_pct`), so what a
+    /// report calls idle GPU-hours is what reclaim calls idle.
     pub fn idle_threshold_pct(&self) -> f64 {
-        self.energy_lock().config().idle_threshold_pct
+        self.reclaim.threshold_pct()
     }
 
     /// Attributed energy intervals overlapping `[from_ms, to_ms)`, and the accounting settings.
@@ -1679,7 +1681,7 @@ pub const PRUNE_STEP: usize = 1024;
 
 /// How far back the energy history's hours are kept in memory (and loaded at start): the current
 /// and the previous hour, since an interval that starts in one hour may close in the next.
-const RECENT_HOURS_MS: u64 = 2 * crate::energy::history::HOUR_MS;
+const RECENT_HOURS_MS: u64 = 2 * greenslice_core::time::HOUR_MS;
 
 /// Looks for orphans and expired slices every `every`, and stores the energy history's changed
 /// hours every `flush_every`, until the controller is dropped.
@@ -1756,3 +1758,6 @@ mod history_tests;
 
 #[cfg(test)]
 mod capability_tests;
+
+#[cfg(test)]
+mod idle_config_tests;

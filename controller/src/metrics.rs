@@ -422,7 +422,8 @@ pub fn refresh(c: &Controller) {
                 .get_or_create(&KubeletLabels {
                     node: r.node.clone(),
                     tenant: r.tenant.clone(),
-                    resource: crate::api::kubelet::resource_of(&r.spec),
+                    resource: crate::api::kubelet::resource_of(&r.spec)
+                        .unwrap_or_else(|| "invalid".into()),
                 })
                 .inc();
         }

@@ -94,9 +94,14 @@ pub async fn serve_with(
             .counting(refusals.clone())
             .trusting(options.tls.clone())
     };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpc.reflection.v1, and v1alpha for the clients that speak only
+    // it (grpcio-reflection, older grpcurl and grpcui).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     // Each service takes what its largest legitimate request needs (tonic refuses more with
     // OUT_OF_RANGE before decoding) and answers at most what its clients read; the proto files
     // document the figures. The gate in front of each authenticates the caller (see crate::auth).
@@ -137,7 +142,8 @@ pub async fn serve_with(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(lease / 3))
         .http2_keepalive_timeout(Some(lease * 2 / 3))
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(tenant)
         .add_service(agent)
         .add_service(ops)

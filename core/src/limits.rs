@@ -219,9 +219,12 @@ pub fn check_uuid(field: &str, v: &str) -> Checked {
     check_str(field, v, 1, MAX_UUID_LEN, Alphabet::Graphic)
 }
 
-/// A tenant name (see [`crate::slice::validate_tenant`]).
+/// A tenant name (the rule of [`crate::slice::validate_tenant`]), named as `field`.
 pub fn check_tenant(field: &str, v: &str) -> Checked {
-    crate::slice::validate_tenant(v).map_err(|e| LimitError::new(field, e.to_string()))
+    match crate::slice::tenant_problem(v) {
+        None => Ok(()),
+        Some(problem) => Err(LimitError::new(field, problem)),
+    }
 }
 
 /// A tenant name or nothing (filters where empty means all).

@@ -140,7 +140,8 @@ pub enum ValidationError {
     ShareZeroMemory,
     #[error("share memory {requested} bytes exceeds the largest GPU memory ({max} bytes)")]
     ShareMemoryTooLarge { requested: u64, max: u64 },
-    #[error("tenant must be 1-{MAX_TENANT_LEN} characters of [a-z0-9-_.], got {0:?}")]
+    /// A tenant name that breaks the rule: what is wrong with it (see [`tenant_problem`]).
+    #[error("tenant {0}")]
     Tenant(String),
     #[error("idempotency key must be at most {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters")]
     IdempotencyKey,
@@ -148,16 +149,26 @@ pub enum ValidationError {
     Name { field: &'static str },
 }
 
-/// Checks a tenant name.
-pub fn validate_tenant(t: &str) -> Result<(), ValidationError> {
+/// What is wrong with tenant name `t`, worded to follow the name of the field that holds it
+/// (`must be ...`), or `None` when it is valid.
+pub fn tenant_problem(t: &str) -> Option<String> {
     let ok = !t.is_empty()
         && t.len() <= MAX_TENANT_LEN
         && t.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::Tenant(t.chars().take(80).collect()))
+    (!ok).then(|| {
+        format!(
+            "must be 1-{MAX_TENANT_LEN} characters of [a-z0-9-_.], got {:?}",
+            t.chars().take(80).collect::<String>()
+        )
+    })
+}
+
+/// Checks a tenant name.
+pub fn validate_tenant(t: &str) -> Result<(), ValidationError> {
+    match tenant_problem(t) {
+        None => Ok(()),
+        Some(p) => Err(ValidationError::Tenant(p)),
     }
 }
 
@@ -333,6 +344,10 @@ mod tests {
         assert!(validate_tenant("").is_err());
         assert!(validate_tenant("Team A").is_err());
         assert!(validate_tenant(&"a".repeat(64)).is_err());
+        assert_eq!(
+            validate_tenant("Team A").unwrap_err().to_string(),
+            "tenant must be 1-63 characters of [a-z0-9-_.], got \"Team A\""
+        );
     }
 
     #[test]

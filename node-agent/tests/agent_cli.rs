@@ -164,3 +164,82 @@ fn a_bad_node_name_is_refused_at_startup_with_exit_code_2() {
         "{err}"
     );
 }
+
+/// Kills the agent when the test ends, passing or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` from `addr`: the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn metrics_listen_serves_the_agents_metrics_and_listen_is_no_flag() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = agent()
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .args(["--backend", "sim", "--node", "t1"])
+        // Nothing listens there: the agent retries while its metrics endpoint answers.
+        .args(["--controller", "http://127.0.0.1:1"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _running = Running(child);
+    let mut addr = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if line.contains("metrics at /metrics") {
+            let at = line.find("127.0.0.1:").unwrap();
+            let port: String = line[at + 10..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            addr = Some(format!("127.0.0.1:{port}"));
+            break;
+        }
+    }
+    let addr = addr.expect("the agent says where its metrics are");
+    let (status, body) = http_get(&addr, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body.contains("greenslice_agent_samples"), "{body}");
+    let (status, _) = http_get(&addr, "/nothing");
+    assert!(status.contains(" 404 "), "{status}");
+
+    // The old --listen, which served nothing, is gone: a usage error, exit code 2.
+    let out = agent()
+        .args(["--backend", "sim", "--listen", "127.0.0.1:0", "--dump"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--listen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

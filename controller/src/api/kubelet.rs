@@ -22,7 +22,7 @@ use crate::placement::{ClusterView, NodeView, Policy, Request as PlaceRequest};
 use crate::slice::{MigAssignment, SliceRecord};
 
 /// `slice_class` of slices that stand for kubelet allocations.
-pub const KUBELET_SLICE_CLASS: &str = "kubelet";
+pub use greenslice_core::kubelet::SLICE_CLASS as KUBELET_SLICE_CLASS;
 /// Most candidate GPUs in one ChooseDevices request.
 pub use greenslice_core::limits::MAX_CANDIDATES;
 /// Most allocations one report may carry.
@@ -48,16 +48,12 @@ pub fn is_kubelet_slice(s: &SliceRecord) -> bool {
     s.spec.slice_class.as_deref() == Some(KUBELET_SLICE_CLASS)
 }
 
-/// The extended resource a kubelet slice was allocated as (see docs/KUBERNETES.md).
-pub fn resource_of(spec: &greenslice_core::slice::SliceSpec) -> String {
-    use greenslice_core::slice::SliceKind;
-    match &spec.kind {
-        SliceKind::Whole { .. } => "greenslice.io/gpu".into(),
-        SliceKind::Mig { profile } => format!("greenslice.io/mig-{profile}"),
-        SliceKind::Share { .. } => "greenslice.io/gpu-share".into(),
-    }
+/// The extended resource a kubelet slice was allocated as (see docs/KUBERNETES.md): the name the
+/// agent advertised, from `greenslice_core::kubelet`. `None` for a MIG profile that cannot make a
+/// resource name, which no agent advertises.
+pub fn resource_of(spec: &SliceSpec) -> Option<String> {
+    greenslice_core::kubelet::resource_of(&spec.kind)
 }
-
 /// The GPUs `policy` chooses on `node` for a ChooseDevices request. GPUs the kubelet offers
 /// (candidates) take the free compute the kubelet reports; every other GPU of the node counts as
 /// taken, so the policy sees the node's real fragmentation but can only pick candidates.
@@ -328,6 +324,20 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn kubelet_resource_of_a_me_profile_is_the_name_the_agent_advertises() {
+        let spec = SliceSpec {
+            kind: SliceKind::Mig {
+                profile: "1g.10gb+me".into(),
+            },
+            gpu_model: None,
+            slice_class: Some(KUBELET_SLICE_CLASS.into()),
+        };
+        let r = resource_of(&spec).unwrap();
+        assert_eq!(r, "greenslice.io/mig-1g.10gb.me");
+        assert!(greenslice_core::kubelet::is_extended_resource_name(&r));
     }
 
     #[test]

@@ -5,11 +5,13 @@ use tonic::Status;
 
 use super::check_id;
 use crate::controller::Controller;
+use greenslice_core::time::HOUR_MS_I64;
+
 use crate::reclaim::{Action, UsageView};
 use crate::telemetry::history::{Resolution, Rollup, SeriesHistory};
 
 /// Longest range one query may ask for, ms (what the hour rollups hold).
-pub const MAX_RANGE_MS: i64 = 7 * 24 * 3_600_000;
+pub const MAX_RANGE_MS: i64 = 7 * 24 * HOUR_MS_I64;
 
 fn points(h: &SeriesHistory, from: i64, to: i64) -> (i64, Vec<pb::UsagePoint>) {
     let (res, rows): (Resolution, Vec<Rollup>) = h.range(from, to);
@@ -50,7 +52,7 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
         r.to_unix_ms
     };
     let from = if r.from_unix_ms == 0 {
-        to - 3_600_000
+        to - HOUR_MS_I64
     } else {
         r.from_unix_ms
     };

@@ -30,7 +30,7 @@ fn status(c: Checked) -> Result<(), Status> {
 pub fn request_slice(r: &pb::RequestSliceRequest) -> Result<(), Status> {
     status(lim::check_tenant("tenant", &r.tenant))?;
     validate_idempotency_key(&r.idempotency_key)
-        .map_err(|e| Status::invalid_argument(format!("idempotency_key: {e}")))?;
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     spec_from_pb(r.spec.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(())
 }
@@ -386,6 +386,31 @@ mod tests {
             gpus,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn errors_name_the_field_once() {
+        let req = |tenant: &str, key: &str| pb::RequestSliceRequest {
+            tenant: tenant.into(),
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
+                ..Default::default()
+            }),
+            idempotency_key: key.into(),
+        };
+        let e = request_slice(&req("Team A", "")).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "tenant must be 1-63 characters of [a-z0-9-_.], got \"Team A\""
+        );
+        let e = request_slice(&req("team-a", &"k".repeat(300))).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("idempotency key must be at most"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@ use greenslice_core::clock::ManualClock;
 
 use super::retention_tests::{NODE, T0, controller, fake_node, request, retention, samples};
 use crate::api::ops::energy_report;
-use crate::energy::history::HOUR_MS;
 use crate::ledger::redb::RedbLedger;
 use crate::ledger::{Ledger, LedgerError, MemoryLedger};
+use greenslice_core::time::{HOUR_MS, HOUR_MS_I64};
 
 const H0: u64 = T0 as u64;
 
@@ -59,14 +59,14 @@ async fn energy_attributed_before_a_restart_is_in_the_report_after_it() {
         );
         assert_eq!(c.metrics.history_hours_stored.get(), 1);
         assert_eq!(c.metrics.history_hours_unstored.get(), 0);
-        let flushed = energy_report(&c, T0, T0 + HOUR_MS as i64, "alice")
+        let flushed = energy_report(&c, T0, T0 + HOUR_MS_I64, "alice")
             .await
             .unwrap();
         let alice_mj = tenant_mj(&flushed, "alice");
         assert!(alice_mj > 0);
         // Two more minutes, not flushed before the "crash": the loss window.
         sample(&c, &clock, 601, 720, 1);
-        let all = energy_report(&c, T0, T0 + HOUR_MS as i64, "alice")
+        let all = energy_report(&c, T0, T0 + HOUR_MS_I64, "alice")
             .await
             .unwrap();
         // Alice leaves (durably) before the crash.
@@ -81,7 +81,7 @@ async fn energy_attributed_before_a_restart_is_in_the_report_after_it() {
     fake_node(&c, 1);
     request(&c, "bob", "").await;
     sample(&c, &clock, 900, 1500, 1);
-    let r = energy_report(&c, T0, T0 + 2 * HOUR_MS as i64, "")
+    let r = energy_report(&c, T0, T0 + 2 * HOUR_MS_I64, "")
         .await
         .unwrap();
     assert_eq!(
@@ -105,7 +105,7 @@ async fn energy_attributed_before_a_restart_is_in_the_report_after_it() {
         r.cluster.tenants_mj + r.cluster.unattributed_mj + r.cluster.unallocated_idle_mj
     );
     // A tenant sees its own row with the history too.
-    let only = energy_report(&c, T0, T0 + 2 * HOUR_MS as i64, "alice")
+    let only = energy_report(&c, T0, T0 + 2 * HOUR_MS_I64, "alice")
         .await
         .unwrap();
     assert_eq!(
@@ -232,7 +232,7 @@ async fn stored_hours_older_than_the_retention_are_deleted_at_most_once_an_hour(
     // Half an hour later the next day's hour is past the retention too, but pruning waits an hour.
     clock.set(T0 + day as i64);
     c.flush_energy_history().await.unwrap();
-    clock.set(T0 + day as i64 + HOUR_MS as i64 / 2);
+    clock.set(T0 + day as i64 + HOUR_MS_I64 / 2);
     ledger
         .submit(vec![Op::PutHour(Box::new(one_interval_hour(
             H0 - 3 * day,

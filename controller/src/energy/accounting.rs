@@ -29,8 +29,6 @@ pub struct AccountingConfig {
     pub site: SiteCarbon,
     /// Idle power used until a GPU has calibration samples, by model name, mW.
     pub default_idle_power_mw: BTreeMap<String, u64>,
-    /// Activity below this percentage of a slice's capacity makes its interval "idle-allocated".
-    pub idle_threshold_pct: f64,
     /// Interval records kept (oldest dropped first).
     pub max_records: usize,
 }
@@ -47,7 +45,6 @@ impl Default for AccountingConfig {
             measure: MeasureConfig::default(),
             site: SiteCarbon::unconfigured("default"),
             default_idle_power_mw,
-            idle_threshold_pct: 5.0,
             max_records: 200_000,
         }
     }

@@ -14,13 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use greenslice_core::time::HOUR_MS;
+
 use super::accounting::IntervalRecord;
 use super::carbon::{CarbonFactors, FactorSource};
 use super::ledger::{GpuTotals, TenantTotals, add_co2e};
 use super::{Interval, StaticPolicy};
-
-/// ms in an hour.
-pub const HOUR_MS: u64 = 3_600_000;
 
 /// Largest hour rollup stored, JSON bytes: under etcd's 1.5 MiB request limit with room for the
 /// slice records a group commit may batch with it (at most 127 of about 630 bytes).
@@ -303,7 +302,6 @@ fn merge_co2e(a: super::Co2e, na: u64, b: super::Co2e, nb: u64) -> super::Co2e {
 #[derive(Debug, Clone)]
 pub struct Rollups {
     policy: StaticPolicy,
-    idle_threshold_pct: f64,
     hours: BTreeMap<u64, Held>,
 }
 
@@ -315,18 +313,16 @@ struct Held {
 }
 
 impl Rollups {
-    pub fn new(policy: StaticPolicy, idle_threshold_pct: f64) -> Self {
+    pub fn new(policy: StaticPolicy) -> Self {
         Rollups {
             policy,
-            idle_threshold_pct,
             hours: BTreeMap::new(),
         }
     }
 
-    /// Changes the settings new hours are folded with.
-    pub fn configure(&mut self, policy: StaticPolicy, idle_threshold_pct: f64) {
+    /// Changes the static-power policy new hours are folded with.
+    pub fn configure(&mut self, policy: StaticPolicy) {
         self.policy = policy;
-        self.idle_threshold_pct = idle_threshold_pct;
     }
 
     /// Takes stored rollups as the base of their hours (at start). An hour already folded into is
@@ -361,12 +357,14 @@ impl Rollups {
         }
     }
 
-    /// Folds closed interval records into their hours, which become dirty.
-    pub fn fold(&mut self, records: &[IntervalRecord]) {
+    /// Folds closed interval records into their hours, which become dirty. An hour begun here
+    /// judges idle-allocated time with `idle_threshold_pct` (the idle policy's threshold, percent
+    /// of a slice's capacity); an hour already held keeps the threshold it began with.
+    pub fn fold(&mut self, records: &[IntervalRecord], idle_threshold_pct: f64) {
         for r in records {
             let hour = hour_of(r.interval.start_ms);
             let h = self.hours.entry(hour).or_insert_with(|| Held {
-                rollup: HourRollup::new(hour, self.policy, self.idle_threshold_pct),
+                rollup: HourRollup::new(hour, self.policy, idle_threshold_pct),
                 based: false,
                 dirty: false,
             });

@@ -361,8 +361,8 @@ pub(crate) mod tests {
 
     /// Hours are upserted whole, read back by range in time order, and kept apart from slices.
     pub(crate) async fn hours_round_trip(l: &dyn Ledger) {
-        use crate::energy::history::HOUR_MS;
         use crate::energy::history::tests::{T0, one_interval_hour};
+        use greenslice_core::time::HOUR_MS;
         let hour = |i: u64, mj: u64| {
             Op::PutHour(Box::new(one_interval_hour(T0 + i * HOUR_MS, "g", 1, mj)))
         };

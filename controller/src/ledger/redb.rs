@@ -295,8 +295,8 @@ mod tests {
 
     #[tokio::test]
     async fn hours_are_stored_by_range_and_survive_reopening() {
-        use crate::energy::history::HOUR_MS;
         use crate::energy::history::tests::T0;
+        use greenslice_core::time::HOUR_MS;
         let dir = tempfile::tempdir().unwrap();
         {
             let l = RedbLedger::open(dir.path()).unwrap();

@@ -54,6 +54,16 @@ impl Reclaimer {
             .clone()
     }
 
+    /// The default rule's compute threshold, percent of a slice's capacity: the one energy
+    /// accounting counts idle-allocated time with (per-tenant and per-class overrides decide
+    /// reclaim only).
+    pub fn threshold_pct(&self) -> f64 {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .threshold_pct
+    }
+
     /// Replaces the policy (checked first).
     pub fn set_policy(&self, p: IdlePolicy) -> Result<(), policy::PolicyError> {
         p.validate()?;

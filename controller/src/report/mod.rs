@@ -12,10 +12,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use greenslice_core::time::HOUR_MS;
+
 use crate::energy::StaticPolicy;
 use crate::energy::accounting::IntervalRecord;
 use crate::energy::history::{
-    FactorRange, HOUR_MS, HourRollup, fold_factors, hour_at_or_after, hour_of, merge_factors,
+    FactorRange, HourRollup, fold_factors, hour_at_or_after, hour_of, merge_factors,
 };
 
 /// mJ in a kWh.

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::TenantHour;
-use super::history::HOUR_MS;
+use greenslice_core::time::HOUR_MS_I64;
 
 /// Reasons of reclaimed slices start with this.
 pub const RECLAIM_REASON_PREFIX: &str = "reclaimed";
@@ -63,7 +63,7 @@ fn overlap(a0: i64, a1: i64, b0: i64, b1: i64) -> i64 {
     (a1.min(b1) - a0.max(b0)).max(0)
 }
 
-const MS_PER_H: f64 = 3_600_000.0;
+const MS_PER_H: f64 = HOUR_MS_I64 as f64;
 
 /// Waste over `[from_ms, to_ms)`. `hours` gives each tenant's hourly usage accounts.
 pub fn accounting(
@@ -93,8 +93,8 @@ pub fn accounting(
     for name in tenants {
         let Some(t) = by.get_mut(&name) else { continue };
         for h in hours(&name) {
-            let f =
-                overlap(h.start_ms, h.start_ms + HOUR_MS, from_ms, to_ms) as f64 / HOUR_MS as f64;
+            let f = overlap(h.start_ms, h.start_ms + HOUR_MS_I64, from_ms, to_ms) as f64
+                / HOUR_MS_I64 as f64;
             t.used_gpu_h += h.used_gpu_s * f / 3600.0;
             t.idle_allocated_gpu_h += h.idle_gpu_s * f / 3600.0;
         }
@@ -126,13 +126,13 @@ mod tests {
                 tenant: "a".into(),
                 gpus: 1.0,
                 from_ms: 0,
-                to_ms: Some(2 * HOUR_MS),
+                to_ms: Some(2 * HOUR_MS_I64),
                 reclaimed: true,
             },
             Allocation {
                 tenant: "b".into(),
                 gpus: 3.0 / 7.0,
-                from_ms: HOUR_MS,
+                from_ms: HOUR_MS_I64,
                 to_ms: None,
                 reclaimed: false,
             },
@@ -147,7 +147,7 @@ mod tests {
                         observed_gpu_s: 3600.0,
                     },
                     TenantHour {
-                        start_ms: HOUR_MS,
+                        start_ms: HOUR_MS_I64,
                         used_gpu_s: 0.0,
                         idle_gpu_s: 3600.0,
                         observed_gpu_s: 3600.0,
@@ -157,7 +157,7 @@ mod tests {
                 Vec::new()
             }
         };
-        let r = accounting(&allocs, &hours, 0, 4 * HOUR_MS);
+        let r = accounting(&allocs, &hours, 0, 4 * HOUR_MS_I64);
         let a = &r.tenants[0];
         assert_eq!(a.allocated_gpu_h, 2.0);
         assert_eq!(a.used_gpu_h, 0.5);
@@ -166,7 +166,7 @@ mod tests {
         assert!((r.tenants[1].allocated_gpu_h - 3.0 * 3.0 / 7.0).abs() < 1e-9);
         assert!((r.cluster.allocated_gpu_h - (2.0 + 9.0 / 7.0)).abs() < 1e-9);
         // Half of the second hour only.
-        let r = accounting(&allocs, &hours, HOUR_MS, HOUR_MS + HOUR_MS / 2);
+        let r = accounting(&allocs, &hours, HOUR_MS_I64, HOUR_MS_I64 + HOUR_MS_I64 / 2);
         assert_eq!(r.tenants[0].idle_allocated_gpu_h, 0.5);
     }
 }

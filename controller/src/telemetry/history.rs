@@ -8,6 +8,8 @@
 
 use std::collections::VecDeque;
 
+use greenslice_core::time::HOUR_MS_I64;
+
 /// Raw points kept per series (at 1 Hz: the last 5 minutes).
 pub const RAW_POINTS: usize = 300;
 /// 1-minute rollups kept per series (the last 3 hours).
@@ -17,8 +19,6 @@ pub const HOUR_ROLLUPS: usize = 168;
 
 /// One minute, ms.
 pub const MINUTE_MS: i64 = 60_000;
-/// One hour, ms.
-pub const HOUR_MS: i64 = 3_600_000;
 
 /// One raw observation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,7 +126,7 @@ impl Resolution {
         match self {
             Resolution::Raw => 0,
             Resolution::Minute => MINUTE_MS,
-            Resolution::Hour => HOUR_MS,
+            Resolution::Hour => HOUR_MS_I64,
         }
     }
 }
@@ -181,7 +181,7 @@ impl SeriesHistory {
 
     fn close_minute(&mut self, m: Rollup) {
         self.minutes.push(m);
-        let h_start = m.start_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let h_start = m.start_ms.div_euclid(HOUR_MS_I64) * HOUR_MS_I64;
         match &mut self.cur_hour {
             Some(h) if h.start_ms == h_start => h.fold(&m),
             cur => {
@@ -239,7 +239,7 @@ impl SeriesHistory {
             (
                 Resolution::Hour,
                 self.hours()
-                    .filter(|r| r.end_ms(HOUR_MS) > from_ms && r.start_ms < to_ms)
+                    .filter(|r| r.end_ms(HOUR_MS_I64) > from_ms && r.start_ms < to_ms)
                     .copied()
                     .collect(),
             )
@@ -275,7 +275,7 @@ impl SeriesHistory {
             if r.start_ms >= oldest_minute {
                 continue;
             }
-            if !idle(r) || next_start.is_some_and(|n| n - r.end_ms(HOUR_MS) > max_gap_ms) {
+            if !idle(r) || next_start.is_some_and(|n| n - r.end_ms(HOUR_MS_I64) > max_gap_ms) {
                 return since;
             }
             since = Some(r.start_ms);
@@ -345,10 +345,10 @@ mod tests {
         for s in 0..(4 * 3600) {
             h.push(p(s * 1000, 50.0));
         }
-        let now = 4 * HOUR_MS;
+        let now = 4 * HOUR_MS_I64;
         assert_eq!(h.range(now - 60_000, now).0, Resolution::Raw);
         assert_eq!(h.range(now - 60_000, now).1.len(), 60);
-        let (r, rows) = h.range(now - 2 * HOUR_MS, now);
+        let (r, rows) = h.range(now - 2 * HOUR_MS_I64, now);
         assert_eq!(r, Resolution::Minute);
         assert_eq!(rows.len(), 120);
         assert_eq!(h.range(0, now).0, Resolution::Hour);

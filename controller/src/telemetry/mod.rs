@@ -16,7 +16,8 @@ use dashmap::DashMap;
 use greenslice_proto::v1 as pb;
 
 pub use accounting::{TenantWaste, WasteReport, accounting};
-use history::{HOUR_MS, Point, Rollup, SeriesHistory};
+use greenslice_core::time::HOUR_MS_I64;
+use history::{Point, Rollup, SeriesHistory};
 
 /// Hours of per-tenant usage accounts kept (35 days).
 pub const ACCOUNT_HOURS: usize = 35 * 24;
@@ -236,7 +237,7 @@ impl Telemetry {
             // The point stands for the time since the previous one (bounded), or 1 s for the first.
             let span_ms = prev.map_or(1_000, |t| (p.at_ms - t).clamp(0, MAX_POINT_SPAN_MS));
             let span_s = span_ms as f64 / 1000.0;
-            let hour = p.at_ms.div_euclid(HOUR_MS) * HOUR_MS;
+            let hour = p.at_ms.div_euclid(HOUR_MS_I64) * HOUR_MS_I64;
             let mut acc = self.accounts.entry(si.tenant.clone()).or_default();
             if acc.back().is_none_or(|h| h.start_ms < hour) {
                 if acc.len() == ACCOUNT_HOURS {
@@ -290,7 +291,7 @@ impl Telemetry {
             .get(tenant)
             .map(|a| {
                 a.iter()
-                    .filter(|h| h.start_ms + HOUR_MS > from_ms && h.start_ms < to_ms)
+                    .filter(|h| h.start_ms + HOUR_MS_I64 > from_ms && h.start_ms < to_ms)
                     .copied()
                     .collect()
             })

@@ -41,9 +41,6 @@ struct Args {
     /// true on the simulator]. When false, existing free instances are lent to slices instead.
     #[arg(long)]
     mig_manage: Option<bool>,
-    /// Address for the agent's own endpoints (metrics, device plugin health) [unused for now].
-    #[arg(long)]
-    listen: Option<String>,
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -56,7 +53,8 @@ struct Args {
     /// PEM private key of --cert [config: tls.key].
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Address to serve Prometheus metrics on, at /metrics (default: off).
+    /// Address to serve Prometheus metrics on, at /metrics (default: off). The agent's only HTTP
+    /// endpoint; the device plugin talks to the kubelet over unix sockets.
     #[arg(long)]
     metrics_listen: Option<String>,
     /// Serve the kubelet as its device plugin and report pod allocations [config: kubelet.enabled].

@@ -6,7 +6,8 @@
 //! - `greenslice.io/gpu`: one device per whole non-MIG GPU, id = the GPU UUID (`GPU-...`).
 //! - `greenslice.io/mig-<profile>`: one device per MIG instance that exists and no greenslice slice
 //!   owns, id = the MIG UUID (`MIG-...`). `+` in a profile name becomes `.` (`1g.10gb+me` is
-//!   `mig-1g.10gb.me`): resource names allow only `[A-Za-z0-9-_.]`.
+//!   `mig-1g.10gb.me`): resource names allow only `[A-Za-z0-9-_.]`. The names and that rule live in
+//!   `greenslice_core::kubelet`, which the controller's metrics use too.
 //! - `greenslice.io/gpu-share`: [`SHARE_UNITS_PER_GPU`] devices per GPU listed in `kubelet.share_gpus`,
 //!   id = `<GPU UUID>::<unit>`. One unit is 1% of the GPU's compute and 1% of its memory; a container
 //!   asking for `greenslice.io/gpu-share: 25` gets a quarter of one GPU. All units of a container must
@@ -23,14 +24,11 @@ use greenslice_proto::deviceplugin::v1beta1 as dp;
 use greenslice_proto::v1 as pb;
 use thiserror::Error;
 
-/// Prefix of every greenslice resource.
-pub const RESOURCE_PREFIX: &str = "greenslice.io/";
-/// Whole GPUs.
-pub const GPU_RESOURCE: &str = "greenslice.io/gpu";
-/// Sized shares, in units of 1% of one GPU.
-pub const SHARE_RESOURCE: &str = "greenslice.io/gpu-share";
-/// MIG instances: this prefix and the profile name.
-pub const MIG_RESOURCE_PREFIX: &str = "greenslice.io/mig-";
+pub use greenslice_core::kubelet::{
+    GPU_RESOURCE, MIG_RESOURCE_PREFIX, RESOURCE_PREFIX, SHARE_RESOURCE,
+    SLICE_CLASS as KUBELET_SLICE_CLASS, mig_resource,
+};
+
 /// Share units per GPU: one unit is 1% of the GPU's compute and memory.
 pub const SHARE_UNITS_PER_GPU: u32 = 100;
 /// Longest device id the kubelet accepts, characters.
@@ -38,8 +36,6 @@ pub const MAX_DEVICE_ID_LEN: usize = limits::MAX_DEVICE_ID_LEN;
 /// CDI kind of NVIDIA GPUs (nvidia-ctk `cdi generate --device-name-strategy=uuid` names devices
 /// `nvidia.com/gpu=<UUID>`, for GPUs and MIG instances alike).
 pub const CDI_KIND: &str = "nvidia.com/gpu";
-/// `slice_class` of the slices that stand for kubelet allocations.
-pub const KUBELET_SLICE_CLASS: &str = "kubelet";
 
 /// The three kinds of resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,19 +46,6 @@ pub enum ResourceKind {
     Mig { profile: String },
     /// `greenslice.io/gpu-share`.
     Share,
-}
-
-/// The resource name of MIG instances of `profile`, or `None` when the profile cannot make a valid
-/// resource name.
-pub fn mig_resource(profile: &str) -> Option<String> {
-    let name = profile.replace('+', ".");
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    ok.then(|| format!("{MIG_RESOURCE_PREFIX}{name}"))
 }
 
 /// What one device stands for.

@@ -205,7 +205,7 @@ proptest! {
 
 #[test]
 fn records_fold_into_the_utc_hour_they_start_in() {
-    let mut r = Rollups::new(StaticPolicy::ByCapacity, 5.0);
+    let mut r = Rollups::new(StaticPolicy::ByCapacity);
     let a = record(
         "g0",
         T0 + HOUR_MS - 30_000,
@@ -224,7 +224,7 @@ fn records_fold_into_the_utc_hour_they_start_in() {
         false,
         false,
     );
-    r.fold(&[a, b]);
+    r.fold(&[a, b], 5.0);
     let hours = r.overlay(Vec::new(), 0, u64::MAX);
     assert_eq!(
         hours
@@ -336,17 +336,17 @@ fn a_flush_never_replaces_a_stored_hour_with_less() {
     );
 
     // Loaded at start: folding continues from it.
-    let mut r = Rollups::new(StaticPolicy::ByCapacity, 5.0);
+    let mut r = Rollups::new(StaticPolicy::ByCapacity);
     r.load(vec![stored.clone()]);
     assert!(r.to_flush().is_empty(), "nothing new to store");
-    r.fold(std::slice::from_ref(&later));
+    r.fold(std::slice::from_ref(&later), 5.0);
     let out = r.to_flush();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].tenants["alice"].energy.total_mj(), 15);
 
     // Not loaded (an older hour): it must be rebased before it is stored.
-    let mut r = Rollups::new(StaticPolicy::ByCapacity, 5.0);
-    r.fold(std::slice::from_ref(&later));
+    let mut r = Rollups::new(StaticPolicy::ByCapacity);
+    r.fold(std::slice::from_ref(&later), 5.0);
     assert!(r.to_flush().is_empty());
     assert_eq!(r.unbased_dirty(), vec![T0]);
     assert_eq!(
@@ -367,12 +367,12 @@ fn a_flush_never_replaces_a_stored_hour_with_less() {
 
 #[test]
 fn an_hour_changed_during_its_flush_stays_dirty() {
-    let mut r = Rollups::new(StaticPolicy::ByCapacity, 5.0);
+    let mut r = Rollups::new(StaticPolicy::ByCapacity);
     r.load(Vec::new());
-    r.fold(&[record("g0", T0, vec![], 7, 0, false, false)]);
+    r.fold(&[record("g0", T0, vec![], 7, 0, false, false)], 5.0);
     r.mark_based(T0);
     let out = r.to_flush();
-    r.fold(&[record("g1", T0, vec![], 8, 0, false, false)]);
+    r.fold(&[record("g1", T0, vec![], 8, 0, false, false)], 5.0);
     r.flushed(&out, 0);
     assert_eq!(r.to_flush()[0].cluster.energy.measured_mj, 15);
 }
