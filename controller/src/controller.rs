@@ -872,8 +872,42 @@ impl Controller {
                 warn!(slice = %id, %node, %why, "release queued until the agent returns");
                 self.get(id)
             }
+            Err(ControllerError::AgentRefused { node, error }) => {
+                // The hardware said no (a MIG instance with processes still on it answers IN_USE):
+                // the slice stays RELEASING, says why, and housekeeping tries again until the
+                // hardware lets it go (`retry_refused_releases`).
+                warn!(slice = %id, %node, %error, "teardown refused; retrying");
+                let why = format!("{RELEASE_BLOCKED}node {node} refused the teardown: {error}");
+                if r.reason == why {
+                    return Ok(r);
+                }
+                self.transition_in_background(id, |r| r.reason = why)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// Tries again every RELEASING slice whose teardown its (connected) node refused. Returns how
+    /// many were released now.
+    pub async fn retry_refused_releases(&self) -> usize {
+        let blocked: Vec<String> = self.with_state(|st| {
+            st.live_slices()
+                .filter(|s| {
+                    s.state == SliceState::Releasing && s.reason.starts_with(RELEASE_BLOCKED)
+                })
+                .filter(|s| self.agents.is_connected(&s.node))
+                .map(|s| s.id.clone())
+                .collect()
+        });
+        let mut done = 0;
+        for id in blocked {
+            if let Ok(r) = self.drive_release(&id).await
+                && r.state == SliceState::Released
+            {
+                done += 1;
+            }
+        }
+        done
     }
 
     /// Sends one teardown command. An agent that no longer holds the thing counts as done.
@@ -1679,6 +1713,9 @@ fn holders_of(
 /// Finished slices one pruning step looks at under the state lock: about a millisecond of work.
 pub const PRUNE_STEP: usize = 1024;
 
+/// How the reason of a RELEASING slice whose teardown the hardware refused begins.
+pub const RELEASE_BLOCKED: &str = "teardown blocked, retrying: ";
+
 /// How far back the energy history's hours are kept in memory (and loaded at start): the current
 /// and the previous hour, since an interval that starts in one hour may close in the next.
 const RECENT_HOURS_MS: u64 = 2 * greenslice_core::time::HOUR_MS;
@@ -1695,6 +1732,7 @@ async fn housekeeping(controller: Weak<Controller>, every: Duration, flush_every
             return;
         };
         c.sweep_orphans().await;
+        c.retry_refused_releases().await;
         if let Err(e) = c.prune_terminal().await {
             warn!(error = %e, "could not forget expired slices");
         }

@@ -212,7 +212,8 @@ fn metrics_listen_serves_the_agents_metrics_and_listen_is_no_flag() {
     let stderr = child.stderr.take().unwrap();
     let _running = Running(child);
     let mut addr = None;
-    for line in BufReader::new(stderr).lines() {
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if line.contains("metrics at /metrics") {
             let at = line.find("127.0.0.1:").unwrap();
@@ -224,6 +225,8 @@ fn metrics_listen_serves_the_agents_metrics_and_listen_is_no_flag() {
             break;
         }
     }
+    // Keep reading its log: a closed pipe would fail the agent's next write to stderr.
+    std::thread::spawn(move || lines.for_each(drop));
     let addr = addr.expect("the agent says where its metrics are");
     let (status, body) = http_get(&addr, "/metrics");
     assert!(status.contains(" 200 "), "{status}");
