@@ -428,8 +428,10 @@ fn write_report(
         }
     );
     println!(
-        "Sharing saved {:.2} kWh ({:.1}%) against dedicated whole GPUs for the same work",
-        r.comparison.saved_kwh, r.comparison.saved_pct
+        "Sharing saved {:.2} kWh ({:.1}%) against dedicated whole GPUs for the same work ({})",
+        r.comparison.saved_kwh,
+        r.comparison.saved_pct,
+        greenslice_controller::report::SAVINGS_BASIS
     );
     println!("Report: {}", dir.join("report.html").display());
     Ok(())

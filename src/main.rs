@@ -5,6 +5,7 @@ mod demo;
 mod output;
 mod reclaim_cli;
 mod report_cmd;
+mod timearg;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,12 @@ use clap::{Parser, Subcommand};
 
 /// greenslice: fractional GPU slices (MIG or time-sliced shares), idle reclaim, per-tenant energy.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "A tenant needs two environment variables:\n  GREENSLICE_CONTROLLER  the controller URL (e.g. http://127.0.0.1:7070)\n  GREENSLICE_TENANT      your tenant (team) name\n(and GREENSLICE_TOKEN when the controller checks tokens).\n\nExample: greenslice request --profile 3g.40gb"
+)]
 struct Cli {
     /// Controller URL.
     #[arg(
@@ -44,48 +50,65 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Ask for a GPU slice: whole GPUs, a MIG profile, or a time-sliced share.
+    #[command(after_help = "Example: greenslice request --share 0.25 --memory 10GiB")]
     Request(cli::RequestArgs),
     /// Show one slice.
+    #[command(after_help = "Example: greenslice get s-0123456789ab")]
     Get {
         /// Slice id.
         slice: String,
     },
     /// List slices.
+    #[command(after_help = "Example: greenslice list --all -o json")]
     List(cli::ListArgs),
     /// Release a slice.
+    #[command(after_help = "Example: greenslice release s-0123456789ab")]
     Release {
         /// Slice id.
         slice: String,
     },
     /// Stream slice events.
+    #[command(after_help = "Example: greenslice watch --tenant team-a")]
     Watch {
         /// Only this tenant's slices.
         #[arg(long, env = "GREENSLICE_TENANT")]
         tenant: Option<String>,
     },
     /// Nodes, GPUs, slices and free capacity.
+    #[command(after_help = "Example: greenslice inventory -o json")]
     Inventory,
     /// Drain a node: nothing new is placed there. A connected node keeps its slices until they are
     /// released; an unreachable node's slices are marked lost.
+    #[command(after_help = "Example: greenslice drain node-a")]
     Drain {
         /// Node name.
         node: String,
     },
     /// Make a drained node schedulable again.
+    #[command(after_help = "Example: greenslice undrain node-a")]
     Undrain {
         /// Node name.
         node: String,
     },
     /// Utilization history of a slice, a tenant's slices or a node's GPUs, and idle state.
+    #[command(after_help = "Example: greenslice usage --tenant team-a --from 2h")]
     Usage(reclaim_cli::UsageArgs),
     /// Keep a slice from idle reclaim for a while.
+    #[command(after_help = "Example: greenslice keep s-0123456789ab --for 2h")]
     Keep(reclaim_cli::KeepArgs),
     /// Per-tenant energy and CO2e report (table, JSON, CSV or self-contained HTML).
+    #[command(
+        after_help = "Example: greenslice report --from 2026-11-01 --format html --out report.html"
+    )]
     Report(report_cmd::ReportArgs),
     /// Run the whole system in one process on simulated nodes with a synthetic multi-tenant workload.
+    #[command(after_help = "Example: greenslice demo --nodes 6 --requests 400")]
     Demo(demo::DemoArgs),
     /// Benchmarks.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example: greenslice bench control-plane --nodes 128"
+    )]
     Bench(greenslice::bench::BenchCommand),
     /// Run the controller (the same as the greenslice-controller binary).
     #[command(hide = true)]
@@ -147,6 +170,104 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timearg::TimeArg;
+
+    /// Every time flag of every command, with the arguments the command needs besides it.
+    const TIME_FLAGS: [(&[&str], &str); 4] = [
+        (&["usage", "s-1"], "--from"),
+        (&["usage", "s-1"], "--to"),
+        (&["report"], "--from"),
+        (&["report"], "--to"),
+    ];
+
+    fn parsed(cmd: &[&str], flag: &str, value: &str) -> Result<TimeArg, clap::Error> {
+        let mut argv = vec!["greenslice"];
+        argv.extend_from_slice(cmd);
+        argv.extend_from_slice(&[flag, value]);
+        let cli = Cli::try_parse_from(argv)?;
+        Ok(match (cli.command, flag) {
+            (Command::Usage(a), "--from") => a.from.expect("set"),
+            (Command::Usage(a), _) => a.to.expect("set"),
+            (Command::Report(a), "--from") => a.from,
+            (Command::Report(a), _) => a.to,
+            (c, _) => panic!("unexpected command {c:?}"),
+        })
+    }
+
+    #[test]
+    fn every_time_flag_of_every_command_accepts_the_same_forms() {
+        let forms = [
+            ("now", TimeArg::Now),
+            ("10m", TimeArg::Ago(600_000)),
+            ("-10m", TimeArg::Ago(600_000)),
+            ("2h", TimeArg::Ago(7_200_000)),
+            ("2026-11-01", TimeArg::At(1_793_491_200_000)),
+            ("2026-11-01T00:00:00Z", TimeArg::At(1_793_491_200_000)),
+            ("1793491200000", TimeArg::At(1_793_491_200_000)),
+        ];
+        for (cmd, flag) in TIME_FLAGS {
+            for (value, want) in forms {
+                let got = parsed(cmd, flag, value)
+                    .unwrap_or_else(|e| panic!("{cmd:?} {flag} {value}: {e}"));
+                assert_eq!(got, want, "{cmd:?} {flag} {value}");
+            }
+            for bad in ["yesterday", "10x", "2026-13-01"] {
+                let e = parsed(cmd, flag, bad).expect_err(bad);
+                assert_eq!(e.exit_code(), 2, "{cmd:?} {flag} {bad}");
+                assert!(
+                    e.to_string().contains("10m or -10m"),
+                    "{cmd:?} {flag} {bad}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_visible_command_shows_an_example() {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        assert!(
+            cmd.is_arg_required_else_help_set(),
+            "no arguments print the help"
+        );
+        let top = cmd
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(top.contains("GREENSLICE_CONTROLLER") && top.contains("GREENSLICE_TENANT"));
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains(&format!("Example: greenslice {}", sub.get_name())),
+                "{} has no example: {help:?}",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_time_flag_has_the_same_help_about_its_forms() {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        for (path, flag) in TIME_FLAGS {
+            let sub = cmd.find_subcommand_mut(path[0]).expect("command");
+            let arg = sub
+                .get_arguments()
+                .find(|a| a.get_long() == flag.strip_prefix("--"))
+                .expect("flag");
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                help.ends_with(timearg::time_forms!()),
+                "{path:?} {flag}: {help}"
+            );
         }
     }
 }

@@ -73,19 +73,24 @@ pub fn slice_json(s: &pb::Slice) -> Value {
 
 /// Slices as a table.
 pub fn slices_table(slices: &[pb::Slice]) -> String {
+    let n = unique_prefix_len(
+        slices
+            .iter()
+            .flat_map(|s| s.gpu_uuids.iter().map(String::as_str)),
+    );
     let rows: Vec<Vec<String>> = slices
         .iter()
         .map(|s| {
             let place = match &s.mig {
                 Some(m) => format!(
                     "{}@{}",
-                    short(s.gpu_uuids.first().map_or("", |g| g)),
+                    cut(s.gpu_uuids.first().map_or("", |g| g), n),
                     m.start
                 ),
                 None => s
                     .gpu_uuids
                     .iter()
-                    .map(|g| short(g))
+                    .map(|g| cut(g, n))
                     .collect::<Vec<_>>()
                     .join(","),
             };
@@ -102,9 +107,30 @@ pub fn slices_table(slices: &[pb::Slice]) -> String {
     table(&["SLICE", "TENANT", "STATE", "SPEC", "NODE", "GPUS"], &rows)
 }
 
-/// First 12 characters of a UUID, for tables.
-pub fn short(uuid: &str) -> String {
-    uuid.chars().take(12).collect()
+/// The shortest prefix length, 12 characters at least, that tells every one of `uuids` apart (the
+/// whole length where two differ only at the end), as a table shows them.
+pub fn unique_prefix_len<'a>(uuids: impl IntoIterator<Item = &'a str> + Clone) -> usize {
+    let longest = uuids
+        .clone()
+        .into_iter()
+        .map(|u| u.chars().count())
+        .max()
+        .unwrap_or(0);
+    let distinct: std::collections::BTreeSet<&str> = uuids.clone().into_iter().collect();
+    (12..longest)
+        .find(|&n| {
+            let cut: std::collections::BTreeSet<String> = distinct
+                .iter()
+                .map(|u| u.chars().take(n).collect())
+                .collect();
+            cut.len() == distinct.len()
+        })
+        .unwrap_or(longest.max(12))
+}
+
+/// A UUID cut to `n` characters.
+fn cut(uuid: &str, n: usize) -> String {
+    uuid.chars().take(n).collect()
 }
 
 /// One slice in detail.
@@ -197,13 +223,23 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
             ]
         })
         .collect();
+    let n = unique_prefix_len(inv.capacity.iter().map(|c| c.gpu_uuid.as_str()));
+    let index_of = |node: &str, uuid: &str| {
+        inv.nodes
+            .iter()
+            .filter(|x| x.name == node)
+            .flat_map(|x| &x.gpus)
+            .find(|g| g.uuid == uuid)
+            .map_or("?".to_string(), |g| g.index.to_string())
+    };
     let gpus: Vec<Vec<String>> = inv
         .capacity
         .iter()
         .map(|c| {
             vec![
                 c.node.clone(),
-                short(&c.gpu_uuid),
+                index_of(&c.node, &c.gpu_uuid),
+                cut(&c.gpu_uuid, n),
                 model_cell(&c.model),
                 if c.mig_enabled { "mig" } else { "shared" }.to_string(),
                 format!("{:.2}", f64::from(c.free_milli) / 1000.0),
@@ -232,6 +268,7 @@ pub fn inventory_tables(inv: &pb::InventoryResponse) -> String {
         table(
             &[
                 "NODE",
+                "IDX",
                 "GPU",
                 "MODEL",
                 "MODE",

@@ -5,57 +5,8 @@ use greenslice_proto::client::Conn;
 use greenslice_proto::v1 as pb;
 use serde_json::json;
 
-use crate::cli::ArgError;
 use crate::output::{Format, table};
-
-/// Parses a duration: "90s", "30m", "2h", "1h30m", "1d" (a bare number is seconds). Returns ms.
-pub fn parse_duration_ms(s: &str) -> Result<i64, ArgError> {
-    let bad = || {
-        ArgError(format!(
-            "invalid duration {s:?}: use e.g. 90s, 30m, 2h or 1h30m"
-        ))
-    };
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(n) = t.parse::<i64>() {
-        return n.checked_mul(1000).filter(|v| *v >= 0).ok_or_else(bad);
-    }
-    let mut total: i64 = 0;
-    let mut num = String::new();
-    for ch in t.chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match ch {
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => greenslice_core::time::HOUR_MS_I64,
-            'd' => 86_400_000,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(total)
-}
-
-/// A time: ms since the Unix epoch, or a duration meaning that long before now ("2h").
-fn parse_time(s: &str, now_ms: i64) -> Result<i64, ArgError> {
-    match s.parse::<i64>() {
-        Ok(ms) if ms > 1_000_000_000_000 => Ok(ms),
-        _ => Ok(now_ms - parse_duration_ms(s)?),
-    }
-}
+use crate::timearg::{TimeArg, parse_duration_ms, time_forms};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["slice", "tenant", "node"])))]
@@ -68,12 +19,10 @@ pub struct UsageArgs {
     /// Every GPU of this node, and the slices on it.
     #[arg(long)]
     pub node: Option<String>,
-    /// Range start: ms since the Unix epoch, or a duration before now (e.g. 2h). Default: 1h.
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Range end: ms since the Unix epoch, or a duration before now. Default: now.
-    #[arg(long)]
-    pub to: Option<String>,
+    #[arg(long, value_parser = TimeArg::parse, allow_hyphen_values = true, help = concat!("Range start [default: 1h ago]: ", time_forms!()))]
+    pub from: Option<TimeArg>,
+    #[arg(long, value_parser = TimeArg::parse, allow_hyphen_values = true, help = concat!("Range end [default: now]: ", time_forms!()))]
+    pub to: Option<TimeArg>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,8 +51,8 @@ fn ms_or_dash(ms: i64) -> String {
 /// `greenslice usage`.
 pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs) -> anyhow::Result<()> {
     let now = now_ms();
-    let from = a.from.as_deref().map(|s| parse_time(s, now)).transpose()?;
-    let to = a.to.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let from = a.from.map(|t| t.resolve(now));
+    let to = a.to.map(|t| t.resolve(now));
     let mut c = crate::cli::ops_client(conn).await?;
     let r = c
         .usage(pb::UsageRequest {
@@ -234,19 +183,4 @@ pub async fn keep(conn: &Conn, fmt: Format, a: KeepArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration_ms("2h").unwrap(), 7_200_000);
-        assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
-        assert_eq!(parse_duration_ms("90").unwrap(), 90_000);
-        assert!(parse_duration_ms("2x").is_err());
-        assert!(parse_duration_ms("h").is_err());
-        assert!(parse_duration_ms("5m3").is_err());
-    }
 }

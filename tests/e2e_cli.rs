@@ -516,3 +516,45 @@ fn an_agent_is_revoked_reissued_and_the_server_certificate_rotated_without_a_res
     );
     assert_eq!(nodes(&old_ca), None, "the old certificate is still served");
 }
+
+#[test]
+fn the_inventory_table_tells_every_gpu_of_a_node_apart() {
+    let (_ctl, url) = start_controller(&[]);
+    let _a = start_agent(&url, "h100-t", "dgx-h100", 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["gpus_total"] == 8
+        }),
+        "agent did not register"
+    );
+    let out = cli(&url, &["inventory"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The GPU table's rows of this node: NODE IDX GPU MODEL ...
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|c| c.len() > 3 && c[0] == "h100-t" && c[2].starts_with("GPU-"))
+        .collect();
+    assert_eq!(rows.len(), 8, "{text}");
+    let idx: std::collections::BTreeSet<String> = rows.iter().map(|r| r[1].to_string()).collect();
+    let uuids: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[2]).collect();
+    let want: std::collections::BTreeSet<String> = (0..8).map(|i| i.to_string()).collect();
+    assert_eq!(idx, want, "{text}");
+    assert_eq!(
+        uuids.len(),
+        8,
+        "every GPU shows a distinct UUID prefix: {text}"
+    );
+    let inv = cli_json(&url, &["inventory"]);
+    for u in &uuids {
+        let full: Vec<&str> = inv["capacity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["gpu_uuid"].as_str())
+            .filter(|g| g.starts_with(u))
+            .collect();
+        assert_eq!(full.len(), 1, "{u} names exactly one GPU");
+    }
+}

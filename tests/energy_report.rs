@@ -109,6 +109,18 @@ async fn live_report_conserves_energy_and_html_matches_json() {
 
     // HTML: self-contained, and its numbers equal the JSON.
     let page = html::render(&r);
+    // The savings are a model, and every output says so beside them.
+    assert!(page.contains("Savings are modelled, not measured"), "HTML");
+    assert!(
+        report::to_table(&r).contains(report::SAVINGS_BASIS),
+        "table"
+    );
+    let as_json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        as_json["comparison"]["basis"],
+        report::SAVINGS_BASIS,
+        "JSON"
+    );
     for forbidden in [
         "<script src",
         "<link",

@@ -252,6 +252,7 @@ svg{{width:100%;height:auto;background:#fafafa}} .note{{color:#555;font-size:13p
 <table id="gpus"><tr><th>GPU</th><th>node</th><th>model</th><th>measured kWh</th><th>tenants kWh</th><th>unattributed kWh</th><th>unallocated idle kWh</th><th>mean util %</th><th>estimated intervals</th></tr>{gpus}</table>
 <h2>Sharing against dedicated GPUs</h2>
 <p id="comparison" data-shared-mj="{sm}" data-whole-mj="{wm}">The same work on dedicated whole GPUs would have drawn {wk:.4} kWh; with sharing it drew {sk:.4} kWh: {sv:.4} kWh ({sp:.1}%) and {sc:.3} kg CO2e saved.</p>
+<p class="basis" id="comparison-basis">Savings are {basis}.</p>
 <h2>Factors and sources</h2><ul>{factors}</ul>
 <p class="note">Method: {method}</p>
 <script type="application/json" id="report-data">{json}</script>
@@ -295,6 +296,7 @@ svg{{width:100%;height:auto;background:#fafafa}} .note{{color:#555;font-size:13p
         sv = c.saved_kwh,
         sp = c.saved_pct,
         sc = c.saved_co2e_kg,
+        basis = esc(super::SAVINGS_BASIS),
         method = esc(&r.method),
     )
 }

@@ -94,9 +94,15 @@ pub struct FactorUsed {
     pub estimate: bool,
 }
 
+/// What the sharing comparison is: a model, not a measurement. Shown wherever the savings are.
+pub const SAVINGS_BASIS: &str = "modelled, not measured: the same work with each slice on its own whole GPU, drawing that GPU's idle power while held plus the slice's own measured dynamic energy";
+
 /// Sharing against dedicated whole GPUs for the same work.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
+    /// How the comparison is made ([`SAVINGS_BASIS`]).
+    #[serde(default)]
+    pub basis: String,
     /// Energy of held capacity and its work with sharing, mJ (measured minus unallocated idle).
     pub shared_mj: u64,
     /// The same work with each slice on its own whole GPU (that GPU's idle power while held, plus
@@ -523,6 +529,7 @@ pub fn build_from(
     let saved_mj = comparison
         .whole_gpus_mj
         .saturating_sub(comparison.shared_mj);
+    comparison.basis = SAVINGS_BASIS.to_string();
     comparison.saved_kwh = kwh(saved_mj);
     comparison.saved_pct = if comparison.whole_gpus_mj > 0 {
         100.0 * saved_mj as f64 / comparison.whole_gpus_mj as f64
@@ -684,7 +691,7 @@ pub fn to_table(r: &Report) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "Sharing vs dedicated whole GPUs for the same work: {:.4} kWh vs {:.4} kWh, saved {:.4} kWh ({:.1}%), {:.3} kg CO2e\n",
+        "Sharing vs dedicated whole GPUs for the same work: {:.4} kWh vs {:.4} kWh, saved {:.4} kWh ({:.1}%), {:.3} kg CO2e ({SAVINGS_BASIS})\n",
         kwh(r.comparison.shared_mj),
         kwh(r.comparison.whole_gpus_mj),
         r.comparison.saved_kwh,
