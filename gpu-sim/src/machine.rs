@@ -1,0 +1,759 @@
+//! The simulated machine: its devices and everything on them, and the operations NVML and the
+//! workload perform. Pure: time is passed in (`now_ms`), nothing here does I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{DeviceKind, MachineKind};
+use crate::profiles::{self, GiProfile, Occupant, PlacementError};
+
+/// Compute mode (`nvmlComputeMode_t` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeMode {
+    Default = 0,
+    Prohibited = 2,
+    ExclusiveProcess = 3,
+}
+
+/// A compute instance inside a GPU instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeInstance {
+    pub id: u32,
+    /// `NVML_COMPUTE_INSTANCE_PROFILE_*` index.
+    pub profile_index: u32,
+    pub start: u32,
+    pub size: u32,
+}
+
+/// A GPU instance (MIG).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInstance {
+    pub id: u32,
+    /// The profile id (`nvmlGpuInstanceProfileInfo_t::id`).
+    pub profile_id: u32,
+    pub profile: String,
+    pub start: u32,
+    pub size: u32,
+    pub compute_instances: Vec<ComputeInstance>,
+    /// The MIG device UUID (`MIG-...`), stable for this instance's life.
+    pub mig_uuid: String,
+}
+
+/// A process using a GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// GPU instance it runs on (MIG), or none for the whole GPU.
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
+    pub used_memory_bytes: u64,
+    /// SM utilization of its GPU or instance, %.
+    pub sm_util_pct: u32,
+    /// Memory (controller) utilization, %.
+    pub mem_util_pct: u32,
+    pub env: BTreeMap<String, String>,
+    pub started_ms: i64,
+}
+
+/// An XID event waiting to be read through an event set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XidEvent {
+    pub xid: u64,
+    pub at_ms: i64,
+    /// Sequence number; event sets read each once.
+    pub seq: u64,
+}
+
+/// One simulated GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub index: u32,
+    pub kind: DeviceKind,
+    pub uuid: String,
+    pub pci_bus_id: String,
+    pub serial: String,
+    pub mig_enabled: bool,
+    /// MIG mode after the next GPU reset (pending change).
+    pub mig_pending: bool,
+    pub compute_mode: ComputeMode,
+    pub power_limit_mw: u32,
+    /// Energy since the driver was loaded, mJ.
+    pub energy_mj: u64,
+    /// Sub-mJ remainder of the energy integration, µJ.
+    pub energy_rem_uj: u64,
+    pub gpu_instances: Vec<GpuInstance>,
+    pub processes: Vec<Process>,
+    pub xids: Vec<XidEvent>,
+}
+
+/// How simulated time moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    /// With the wall clock.
+    Wall,
+    /// Only when driven (`advance`): tests.
+    Manual,
+}
+
+/// The whole machine: what outlives any process that uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub kind: MachineKind,
+    pub devices: Vec<Device>,
+    pub time_mode: TimeMode,
+    /// Simulated time the state was last advanced to, ms since the Unix epoch.
+    pub now_ms: i64,
+    /// When the driver was last loaded (energy counters start there), ms.
+    pub driver_loaded_ms: i64,
+    pub next_xid_seq: u64,
+    /// Bumped on every change; readers cache by it.
+    pub generation: u64,
+}
+
+/// What the machine refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("no GPU {0}")]
+    NoDevice(u32),
+    #[error("GPU {0} has no MIG")]
+    NoMig(u32),
+    #[error("GPU {0} is not in MIG mode")]
+    NotMigMode(u32),
+    #[error("GPU {gpu} has no MIG profile index {index}")]
+    NoProfile { gpu: u32, index: u32 },
+    #[error("GPU {gpu}: {err}")]
+    Placement { gpu: u32, err: PlacementError },
+    #[error("GPU {gpu} has no GPU instance {gi}")]
+    NoGpuInstance { gpu: u32, gi: u32 },
+    #[error("GPU instance {gi} of GPU {gpu} has no compute instance {ci}")]
+    NoComputeInstance { gpu: u32, gi: u32, ci: u32 },
+    #[error("GPU instance {gi} of GPU {gpu} has no room for that compute instance")]
+    NoComputeRoom { gpu: u32, gi: u32 },
+    #[error("{what} on GPU {gpu} is in use by processes {pids:?}")]
+    InUse {
+        gpu: u32,
+        what: String,
+        pids: Vec<u32>,
+    },
+    #[error("GPU {gpu} has GPU instances; destroy them before changing MIG mode")]
+    InstancesExist { gpu: u32 },
+    #[error("pid {0} is already running on a GPU")]
+    PidTaken(u32),
+    #[error("no process {0}")]
+    NoProcess(u32),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A UUID-shaped string stable for `seed`.
+fn uuid_from(prefix: &str, seed: &str) -> String {
+    let a = fnv1a(seed);
+    let b = fnv1a(&format!("{seed}/2"));
+    format!(
+        "{prefix}-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+impl Machine {
+    /// A freshly booted machine: `gpus` devices of `kind`, the first `mig_gpus` MIG-capable ones
+    /// in MIG mode (no instances), `seed` naming it (UUIDs derive from it, so two machines differ).
+    pub fn new(kind: MachineKind, gpus: u32, mig_gpus: u32, seed: &str, now_ms: i64) -> Machine {
+        let mut mig_left = mig_gpus;
+        let devices = kind
+            .devices(gpus)
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let i = i as u32;
+                let mig = !k.mig_profiles().is_empty() && mig_left > 0;
+                if mig {
+                    mig_left -= 1;
+                }
+                Device {
+                    index: i,
+                    kind: k,
+                    uuid: uuid_from("GPU", &format!("{seed}/{i}")),
+                    pci_bus_id: format!("00000000:{:02X}:00.0", 0x18 + i * 0x10),
+                    serial: format!(
+                        "{:013}",
+                        fnv1a(&format!("{seed}/{i}/sn")) % 10_000_000_000_000
+                    ),
+                    mig_enabled: mig,
+                    mig_pending: mig,
+                    compute_mode: ComputeMode::Default,
+                    power_limit_mw: k.power_mw().1,
+                    energy_mj: 0,
+                    energy_rem_uj: 0,
+                    gpu_instances: Vec::new(),
+                    processes: Vec::new(),
+                    xids: Vec::new(),
+                }
+            })
+            .collect();
+        Machine {
+            kind,
+            devices,
+            time_mode: TimeMode::Wall,
+            now_ms,
+            driver_loaded_ms: now_ms,
+            next_xid_seq: 1,
+            generation: 1,
+        }
+    }
+
+    pub fn device(&self, gpu: u32) -> Result<&Device, SimError> {
+        self.devices
+            .get(gpu as usize)
+            .ok_or(SimError::NoDevice(gpu))
+    }
+
+    fn device_mut(&mut self, gpu: u32) -> Result<&mut Device, SimError> {
+        self.devices
+            .get_mut(gpu as usize)
+            .ok_or(SimError::NoDevice(gpu))
+    }
+
+    fn changed(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Moves simulated time to `now_ms` (never backwards), integrating every board's energy.
+    pub fn advance_to(&mut self, now_ms: i64) {
+        if now_ms <= self.now_ms {
+            return;
+        }
+        let dt_ms = (now_ms - self.now_ms) as u64;
+        for d in &mut self.devices {
+            // mW × ms = µJ.
+            let uj = u64::from(d.power_mw()) * dt_ms + d.energy_rem_uj;
+            d.energy_mj += uj / 1000;
+            d.energy_rem_uj = uj % 1000;
+        }
+        self.now_ms = now_ms;
+        self.changed();
+    }
+
+    /// A driver reload: energy counters restart at 0, MIG instances are gone (they do not survive
+    /// it), processes were killed, a pending MIG mode takes effect.
+    pub fn reload_driver(&mut self) {
+        for d in &mut self.devices {
+            d.energy_mj = 0;
+            d.energy_rem_uj = 0;
+            d.gpu_instances.clear();
+            d.processes.clear();
+            d.xids.clear();
+            d.mig_enabled = d.mig_pending;
+        }
+        self.driver_loaded_ms = self.now_ms;
+        self.changed();
+    }
+
+    /// Sets the MIG mode; it applies at once when the GPU is idle (as after the reset `nvidia-smi
+    /// -mig` does), else it stays pending. Returns the (current, pending) mode.
+    pub fn set_mig_mode(&mut self, gpu: u32, on: bool) -> Result<(bool, bool), SimError> {
+        let d = self.device_mut(gpu)?;
+        if d.kind.mig_profiles().is_empty() {
+            return Err(SimError::NoMig(gpu));
+        }
+        if !d.gpu_instances.is_empty() {
+            return Err(SimError::InstancesExist { gpu });
+        }
+        d.mig_pending = on;
+        if d.processes.is_empty() {
+            d.mig_enabled = on;
+        }
+        let r = (d.mig_enabled, d.mig_pending);
+        self.changed();
+        Ok(r)
+    }
+
+    pub fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), SimError> {
+        self.device_mut(gpu)?.compute_mode = mode;
+        self.changed();
+        Ok(())
+    }
+
+    pub fn set_power_limit(&mut self, gpu: u32, mw: u32) -> Result<(), SimError> {
+        let d = self.device_mut(gpu)?;
+        let (idle, max) = d.kind.power_mw();
+        if mw < idle * 2 || mw > max {
+            return Err(SimError::Invalid(format!(
+                "power limit {mw} mW is outside {}..={max} mW",
+                idle * 2
+            )));
+        }
+        d.power_limit_mw = mw;
+        self.changed();
+        Ok(())
+    }
+
+    /// Creates a GPU instance of the profile with NVML index `index`. `placement`: `Some((start,
+    /// size))` as `nvmlDeviceCreateGpuInstanceWithPlacement`, or `None` to take the first free start
+    /// as `nvmlDeviceCreateGpuInstance` does. The id is the lowest free one, as the driver reuses ids.
+    pub fn create_gpu_instance(
+        &mut self,
+        gpu: u32,
+        index: u32,
+        placement: Option<(u32, u32)>,
+    ) -> Result<u32, SimError> {
+        let d = self.device_mut(gpu)?;
+        let p = d.mig_check(gpu, index)?;
+        let occupants = d.occupants();
+        let (start, size) = match placement {
+            Some(pl) => pl,
+            None => {
+                let s = profiles::free_starts(p, &occupants)
+                    .first()
+                    .copied()
+                    .ok_or(SimError::Placement {
+                        gpu,
+                        err: PlacementError::Occupied { start: 0, end: 8 },
+                    })?;
+                (s, p.size)
+            }
+        };
+        profiles::check_placement(p, start, size, &occupants)
+            .map_err(|err| SimError::Placement { gpu, err })?;
+        let id = lowest_free(d.gpu_instances.iter().map(|g| g.id), 1);
+        let mig_uuid = uuid_from("MIG", &format!("{}/{id}/{start}/{}", d.uuid, d.energy_mj));
+        d.gpu_instances.push(GpuInstance {
+            id,
+            profile_id: p.id,
+            profile: p.name.to_string(),
+            start,
+            size,
+            compute_instances: Vec::new(),
+            mig_uuid,
+        });
+        d.gpu_instances.sort_by_key(|g| g.id);
+        self.changed();
+        Ok(id)
+    }
+
+    /// Destroys a GPU instance; IN_USE while it has compute instances or processes.
+    pub fn destroy_gpu_instance(&mut self, gpu: u32, gi: u32) -> Result<(), SimError> {
+        let d = self.device_mut(gpu)?;
+        let pos = d
+            .gpu_instances
+            .iter()
+            .position(|g| g.id == gi)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let pids = d.pids_on(gi);
+        if !pids.is_empty() {
+            return Err(SimError::InUse {
+                gpu,
+                what: format!("GPU instance {gi}"),
+                pids,
+            });
+        }
+        if !d.gpu_instances[pos].compute_instances.is_empty() {
+            return Err(SimError::InUse {
+                gpu,
+                what: format!("GPU instance {gi} (it has compute instances)"),
+                pids,
+            });
+        }
+        d.gpu_instances.remove(pos);
+        self.changed();
+        Ok(())
+    }
+
+    /// Creates a compute instance of CI profile index `ci_index` in GPU instance `gi`.
+    pub fn create_compute_instance(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+        ci_index: u32,
+    ) -> Result<u32, SimError> {
+        let d = self.device_mut(gpu)?;
+        let kind = d.kind;
+        let g = d
+            .gpu_instances
+            .iter_mut()
+            .find(|g| g.id == gi)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let gp = kind
+            .profile_by_id(g.profile_id)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let slices = ci_slices(ci_index, gp).ok_or(SimError::Invalid(format!(
+            "compute instance profile {ci_index} does not fit a {}",
+            gp.name
+        )))?;
+        let used: u32 = g.compute_instances.iter().map(|c| c.size).sum();
+        if used + slices > gp.compute_slices {
+            return Err(SimError::NoComputeRoom { gpu, gi });
+        }
+        let id = lowest_free(g.compute_instances.iter().map(|c| c.id), 0);
+        g.compute_instances.push(ComputeInstance {
+            id,
+            profile_index: ci_index,
+            start: used,
+            size: slices,
+        });
+        g.compute_instances.sort_by_key(|c| c.id);
+        self.changed();
+        Ok(id)
+    }
+
+    /// Destroys a compute instance; IN_USE while processes run on it.
+    pub fn destroy_compute_instance(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), SimError> {
+        let d = self.device_mut(gpu)?;
+        let pids: Vec<u32> = d
+            .processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi) && p.compute_instance_id == Some(ci))
+            .map(|p| p.pid)
+            .collect();
+        let g = d
+            .gpu_instances
+            .iter_mut()
+            .find(|g| g.id == gi)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let pos = g
+            .compute_instances
+            .iter()
+            .position(|c| c.id == ci)
+            .ok_or(SimError::NoComputeInstance { gpu, gi, ci })?;
+        if !pids.is_empty() {
+            return Err(SimError::InUse {
+                gpu,
+                what: format!("compute instance {ci} of GPU instance {gi}"),
+                pids,
+            });
+        }
+        g.compute_instances.remove(pos);
+        self.changed();
+        Ok(())
+    }
+
+    /// Starts a process on a GPU (`gi` None) or on GPU instance `gi` (its first compute instance).
+    pub fn start_process(
+        &mut self,
+        gpu: u32,
+        gi: Option<u32>,
+        mut p: Process,
+    ) -> Result<(), SimError> {
+        if self
+            .devices
+            .iter()
+            .any(|d| d.processes.iter().any(|q| q.pid == p.pid))
+        {
+            return Err(SimError::PidTaken(p.pid));
+        }
+        if p.sm_util_pct > 100 || p.mem_util_pct > 100 {
+            return Err(SimError::Invalid("utilization must be 0-100 %".into()));
+        }
+        let now = self.now_ms;
+        let d = self.device_mut(gpu)?;
+        match gi {
+            Some(gi) => {
+                if !d.mig_enabled {
+                    return Err(SimError::NotMigMode(gpu));
+                }
+                let g = d
+                    .gpu_instances
+                    .iter()
+                    .find(|g| g.id == gi)
+                    .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+                let ci = g
+                    .compute_instances
+                    .first()
+                    .ok_or(SimError::NoComputeInstance { gpu, gi, ci: 0 })?;
+                p.gpu_instance_id = Some(gi);
+                p.compute_instance_id = Some(ci.id);
+            }
+            None => {
+                if d.mig_enabled {
+                    return Err(SimError::Invalid(format!(
+                        "GPU {gpu} is in MIG mode: a process runs on a GPU instance (--gi)"
+                    )));
+                }
+                p.gpu_instance_id = None;
+                p.compute_instance_id = None;
+            }
+        }
+        let total = d.kind.memory_mib() * 1024 * 1024;
+        if d.memory_used_bytes() + p.used_memory_bytes > total {
+            return Err(SimError::Invalid(format!(
+                "GPU {gpu} has only {} bytes free",
+                total - d.memory_used_bytes()
+            )));
+        }
+        p.started_ms = now;
+        d.processes.push(p);
+        self.changed();
+        Ok(())
+    }
+
+    /// Ends process `pid` wherever it runs.
+    pub fn stop_process(&mut self, pid: u32) -> Result<(), SimError> {
+        for d in &mut self.devices {
+            if let Some(pos) = d.processes.iter().position(|p| p.pid == pid) {
+                d.processes.remove(pos);
+                self.generation += 1;
+                return Ok(());
+            }
+        }
+        Err(SimError::NoProcess(pid))
+    }
+
+    /// Raises XID `xid` on `gpu`.
+    pub fn inject_xid(&mut self, gpu: u32, xid: u64) -> Result<(), SimError> {
+        let seq = self.next_xid_seq;
+        let now = self.now_ms;
+        let d = self.device_mut(gpu)?;
+        d.xids.push(XidEvent {
+            xid,
+            at_ms: now,
+            seq,
+        });
+        // Keep the queue bounded: a reader that never reads must not grow the file forever.
+        if d.xids.len() > 64 {
+            d.xids.remove(0);
+        }
+        self.next_xid_seq += 1;
+        self.changed();
+        Ok(())
+    }
+}
+
+/// Compute slices of CI profile `index` in a GPU instance of `gp`, if it fits at all.
+fn ci_slices(index: u32, gp: &GiProfile) -> Option<u32> {
+    let s = *profiles::CI_PROFILE_SLICES.get(index as usize)?;
+    (s <= gp.compute_slices).then_some(s)
+}
+
+fn lowest_free(used: impl Iterator<Item = u32>, from: u32) -> u32 {
+    let used: Vec<u32> = used.collect();
+    (from..).find(|i| !used.contains(i)).unwrap_or(from)
+}
+
+impl Device {
+    fn mig_check(&self, gpu: u32, index: u32) -> Result<&'static GiProfile, SimError> {
+        if self.kind.mig_profiles().is_empty() {
+            return Err(SimError::NoMig(gpu));
+        }
+        if !self.mig_enabled {
+            return Err(SimError::NotMigMode(gpu));
+        }
+        self.kind
+            .profile_by_index(index)
+            .ok_or(SimError::NoProfile { gpu, index })
+    }
+
+    /// The GPU instances as placement sees them.
+    pub fn occupants(&self) -> Vec<Occupant> {
+        self.gpu_instances
+            .iter()
+            .filter_map(|g| {
+                Some(Occupant {
+                    profile: self.kind.profile_by_id(g.profile_id)?,
+                    start: g.start,
+                })
+            })
+            .collect()
+    }
+
+    pub fn pids_on(&self, gi: u32) -> Vec<u32> {
+        self.processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    pub fn gpu_instance(&self, gi: u32) -> Option<&GpuInstance> {
+        self.gpu_instances.iter().find(|g| g.id == gi)
+    }
+
+    pub fn memory_total_bytes(&self) -> u64 {
+        self.kind.memory_mib() * 1024 * 1024
+    }
+
+    pub fn memory_used_bytes(&self) -> u64 {
+        self.processes.iter().map(|p| p.used_memory_bytes).sum()
+    }
+
+    /// Memory of GPU instance `g`, bytes.
+    pub fn gi_memory_bytes(&self, g: &GpuInstance) -> u64 {
+        self.kind
+            .profile_by_id(g.profile_id)
+            .map_or(0, |p| self.kind.profile_memory_mib(p) * 1024 * 1024)
+    }
+
+    /// SM activity of the whole board, % (each instance's processes weighted by its share of the
+    /// GPU's compute slices; on a GPU without MIG the busiest process, capped at 100).
+    pub fn sm_util_pct(&self) -> u32 {
+        if self.mig_enabled {
+            let total: u32 = self
+                .gpu_instances
+                .iter()
+                .map(|g| {
+                    let busy = self.gi_sm_util_pct(g.id);
+                    let cs = self
+                        .kind
+                        .profile_by_id(g.profile_id)
+                        .map_or(0, |p| p.compute_slices);
+                    busy * cs
+                })
+                .sum();
+            total / profiles::COMPUTE_SLICES
+        } else {
+            self.processes
+                .iter()
+                .map(|p| p.sm_util_pct)
+                .sum::<u32>()
+                .min(100)
+        }
+    }
+
+    /// SM activity of one GPU instance, % of the instance.
+    pub fn gi_sm_util_pct(&self, gi: u32) -> u32 {
+        self.processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.sm_util_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
+    pub fn mem_util_pct(&self) -> u32 {
+        self.processes
+            .iter()
+            .map(|p| p.mem_util_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
+    /// Board power now, mW: idle plus a dynamic part linear in SM activity, capped at the limit.
+    pub fn power_mw(&self) -> u32 {
+        let (idle, max) = self.kind.power_mw();
+        let dynamic = u64::from(max - idle) * u64::from(self.sm_util_pct()) / 100;
+        (u64::from(idle) + dynamic).min(u64::from(self.power_limit_mw)) as u32
+    }
+
+    /// SM clock now, MHz: full speed unless the power limit holds the board back.
+    pub fn sm_clock_mhz(&self) -> u32 {
+        let max = self.kind.max_sm_clock_mhz();
+        let (idle, full) = self.kind.power_mw();
+        let demand = idle + (full - idle) * self.sm_util_pct() / 100;
+        if demand > self.power_limit_mw && demand > 0 {
+            (u64::from(max) * u64::from(self.power_limit_mw) / u64::from(demand)) as u32
+        } else {
+            max
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100() -> Machine {
+        Machine::new(MachineKind::DgxH100, 8, 4, "t", 1_000)
+    }
+
+    fn proc(pid: u32, sm: u32) -> Process {
+        Process {
+            pid,
+            gpu_instance_id: None,
+            compute_instance_id: None,
+            used_memory_bytes: 1 << 30,
+            sm_util_pct: sm,
+            mem_util_pct: 0,
+            env: BTreeMap::new(),
+            started_ms: 0,
+        }
+    }
+
+    #[test]
+    fn gpu_instance_ids_are_reused_lowest_first() {
+        let mut m = h100();
+        let a = m.create_gpu_instance(0, 0, Some((0, 1))).unwrap();
+        let b = m.create_gpu_instance(0, 0, Some((1, 1))).unwrap();
+        assert_eq!((a, b), (1, 2));
+        m.destroy_gpu_instance(0, a).unwrap();
+        assert_eq!(m.create_gpu_instance(0, 0, Some((2, 1))).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_instance_with_a_process_is_in_use_until_it_exits() {
+        let mut m = h100();
+        let gi = m.create_gpu_instance(0, 2, Some((4, 4))).unwrap();
+        m.create_compute_instance(0, gi, 2).unwrap();
+        m.start_process(0, Some(gi), proc(42, 50)).unwrap();
+        assert!(matches!(
+            m.destroy_compute_instance(0, gi, 0),
+            Err(SimError::InUse { .. })
+        ));
+        assert!(matches!(
+            m.destroy_gpu_instance(0, gi),
+            Err(SimError::InUse { .. })
+        ));
+        m.stop_process(42).unwrap();
+        m.destroy_compute_instance(0, gi, 0).unwrap();
+        m.destroy_gpu_instance(0, gi).unwrap();
+    }
+
+    #[test]
+    fn occupied_placement_and_non_mig_gpus_are_refused() {
+        let mut m = h100();
+        m.create_gpu_instance(0, 2, Some((0, 4))).unwrap();
+        assert!(matches!(
+            m.create_gpu_instance(0, 0, Some((2, 1))),
+            Err(SimError::Placement {
+                err: PlacementError::Occupied { .. },
+                ..
+            })
+        ));
+        assert_eq!(
+            m.create_gpu_instance(5, 0, None),
+            Err(SimError::NotMigMode(5))
+        );
+        let mut mixed = Machine::new(MachineKind::Mixed, 8, 8, "t", 0);
+        assert_eq!(
+            mixed.create_gpu_instance(6, 0, None),
+            Err(SimError::NoMig(6))
+        );
+    }
+
+    #[test]
+    fn energy_integrates_power_and_a_driver_reload_resets_it() {
+        let mut m = h100();
+        m.start_process(5, None, proc(7, 100)).unwrap();
+        m.advance_to(11_000);
+        // 700 W for 10 s on GPU 5; 70 W idle on GPU 6.
+        assert_eq!(m.devices[5].energy_mj, 7_000_000);
+        assert_eq!(m.devices[6].energy_mj, 700_000);
+        m.reload_driver();
+        assert_eq!(m.devices[5].energy_mj, 0);
+        assert!(m.devices[5].processes.is_empty());
+    }
+
+    #[test]
+    fn power_limit_caps_power_and_lowers_clocks() {
+        let mut m = h100();
+        m.start_process(5, None, proc(7, 100)).unwrap();
+        m.set_power_limit(5, 350_000).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 350_000);
+        assert!(m.devices[5].sm_clock_mhz() < 1980);
+        assert!(m.set_power_limit(5, 1).is_err());
+    }
+}
