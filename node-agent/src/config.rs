@@ -29,8 +29,18 @@ pub struct AgentConfig {
     pub sim: SimSection,
     pub mig: MigSection,
     pub mps: MpsSection,
+    pub nvml: NvmlSection,
     pub kubelet: KubeletSection,
     pub tls: TlsSection,
+}
+
+/// `[nvml]`: which NVML library the `nvml` backend loads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NvmlSection {
+    /// Path of the library (default: the driver's `libnvidia-ml.so`/`.so.1`); e.g. the simulated
+    /// machine's `libgreenslice_nvml_sim.so` (`docs/SIMULATOR.md`).
+    pub library: Option<std::path::PathBuf>,
 }
 
 /// `[tls]`: how the agent proves who it is to the controller (mutual TLS) and checks the
@@ -183,6 +193,7 @@ impl Default for AgentConfig {
             sim: SimSection::default(),
             mig: MigSection::default(),
             mps: MpsSection::default(),
+            nvml: NvmlSection::default(),
             kubelet: KubeletSection::default(),
             tls: TlsSection::default(),
         }

@@ -26,6 +26,10 @@ struct Args {
     /// GPU backend [config: backend; default auto: NVML if the driver loads].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// NVML library the nvml backend loads, e.g. the simulated machine's libgreenslice_nvml_sim.so
+    /// [config: nvml.library; default: the driver's libnvidia-ml].
+    #[arg(long)]
+    nvml_library: Option<PathBuf>,
     /// Simulated machine: dgx-a100-40, dgx-a100-80, dgx-h100, dgx-h200 [config: sim.machine].
     #[arg(long)]
     machine: Option<String>,
@@ -85,11 +89,16 @@ fn build_backend(
     };
     match cfg.backend {
         BackendKind::Sim => sim(),
-        BackendKind::Nvml => Ok(Box::new(NvmlBackend::new(
+        BackendKind::Nvml => Ok(Box::new(NvmlBackend::with_library(
+            cfg.nvml.library.as_deref(),
             cfg.mig.manage,
             &cfg.mps.pipe_dir,
         )?)),
-        BackendKind::Auto => match NvmlBackend::new(cfg.mig.manage, &cfg.mps.pipe_dir) {
+        BackendKind::Auto => match NvmlBackend::with_library(
+            cfg.nvml.library.as_deref(),
+            cfg.mig.manage,
+            &cfg.mps.pipe_dir,
+        ) {
             Ok(b) => {
                 info!("backend auto: NVML loaded, using real GPUs");
                 Ok(Box::new(b))
@@ -192,6 +201,9 @@ async fn main() -> ExitCode {
     }
     if let Some(v) = args.backend {
         cfg.backend = v;
+    }
+    if let Some(v) = args.nvml_library {
+        cfg.nvml.library = Some(v);
     }
     if let Some(v) = args.machine {
         cfg.sim.machine = v;

@@ -20,6 +20,7 @@ pub mod mig_raw;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use greenslice_core::clock::{Clock, SystemClock};
@@ -53,17 +54,25 @@ fn nvml_err(call: &'static str) -> impl Fn(NvmlError) -> BackendError {
     }
 }
 
-/// Loads NVML, trying each of [`NVML_LIBRARIES`]; [`BackendError::NoDriver`] when none loads.
-pub fn load_nvml() -> Result<Nvml, BackendError> {
+/// Loads NVML: the library at `path` when given (e.g. the simulated machine's
+/// `libgreenslice_nvml_sim.so`), else each of [`NVML_LIBRARIES`] in turn; [`BackendError::NoDriver`]
+/// when none loads.
+pub fn load_nvml(path: Option<&Path>) -> Result<Nvml, BackendError> {
     let mut last = String::new();
-    for lib in NVML_LIBRARIES {
-        match Nvml::builder().lib_path(OsStr::new(lib)).init() {
+    let given = path.map(|p| p.as_os_str().to_owned());
+    let names: Vec<&OsStr> = match &given {
+        Some(p) => vec![p.as_os_str()],
+        None => NVML_LIBRARIES.iter().map(OsStr::new).collect(),
+    };
+    for lib in names {
+        let shown = lib.to_string_lossy();
+        match Nvml::builder().lib_path(lib).init() {
             Ok(n) => {
-                debug!(library = lib, "NVML loaded");
+                debug!(library = %shown, "NVML loaded");
                 return Ok(n);
             }
-            Err(NvmlError::LibloadingError(e)) => last = e.to_string(),
-            Err(e) if convert::is_no_driver(&e) => last = format!("{lib}: {e}"),
+            Err(NvmlError::LibloadingError(e)) => last = format!("{shown}: {e}"),
+            Err(e) if convert::is_no_driver(&e) => last = format!("{shown}: {e}"),
             Err(e) => return Err(nvml_err("nvmlInit_v2")(e)),
         }
     }
@@ -133,9 +142,19 @@ fn register_events(nvml: &'static Nvml) -> Option<EventSet<'static>> {
 }
 
 impl NvmlBackend {
-    /// Loads NVML. Fails with [`BackendError::NoDriver`] when the library cannot be loaded.
+    /// Loads NVML from the driver. Fails with [`BackendError::NoDriver`] when it cannot be loaded.
     pub fn new(manage_mig: bool, mps_pipe_dir: &str) -> Result<Self, BackendError> {
-        let nvml: &'static Nvml = Box::leak(Box::new(load_nvml()?));
+        Self::with_library(None, manage_mig, mps_pipe_dir)
+    }
+
+    /// Loads NVML from `library` (`--nvml-library`, `[nvml] library`), or from the driver when
+    /// `None`.
+    pub fn with_library(
+        library: Option<&Path>,
+        manage_mig: bool,
+        mps_pipe_dir: &str,
+    ) -> Result<Self, BackendError> {
+        let nvml: &'static Nvml = Box::leak(Box::new(load_nvml(library)?));
         let events = register_events(nvml);
         Ok(NvmlBackend {
             nvml,
