@@ -184,3 +184,88 @@ fn nvml_backend_on_the_simulated_library_places_whole_mig_and_share_slices_and_r
     let after = cli_json(&url, &["inventory"]);
     assert_eq!(after["allocated_milli"], 0, "{after}");
 }
+
+/// The index of GPU `uuid` on the simulated machine.
+fn gpu_index(m: &Value, uuid: &str) -> u64 {
+    m["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["uuid"] == uuid))
+        .and_then(|d| d["index"].as_u64())
+        .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"))
+}
+
+#[test]
+fn a_mig_instance_still_in_use_is_released_once_its_process_exits() {
+    let (lib, sim_cli) = sim_artifacts();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "2", "state"]);
+    let (_ctl, url) = start_controller(&[]);
+    let _agent = start_nvml_agent(&url, "h100-nvml", &lib, &state, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["connected"] == true))
+        }),
+        "the NVML agent did not register"
+    );
+    let s = cli_json(
+        &url,
+        &["request", "--tenant", "team-b", "--profile", "1g.10gb"],
+    );
+    let id = s["id"].as_str().expect("slice id").to_string();
+    let gpu = s["gpu_uuids"][0].as_str().expect("GPU").to_string();
+    let gi = s["mig"]["gpu_instance_id"]
+        .as_u64()
+        .expect("GPU instance id");
+    let index = gpu_index(&machine(&sim_cli, &state), &gpu);
+    // The tenant's job runs on the instance.
+    gpu_sim(
+        &sim_cli,
+        &state,
+        &[
+            "start",
+            "--pid",
+            "4242",
+            "--gpu",
+            &index.to_string(),
+            "--gi",
+            &gi.to_string(),
+            "--memory-mib",
+            "512",
+            "--sm",
+            "30",
+            "--env",
+            &format!("GREENSLICE_SLICE_ID={id}"),
+        ],
+    );
+
+    // The release is refused by the hardware (IN_USE) and says so; the slice stays RELEASING with
+    // a reason naming the node and the refusal, not silently.
+    let out = cli(&url, &["-o", "json", "release", &id]);
+    assert!(
+        !out.status.success(),
+        "release of an in-use instance succeeded"
+    );
+    let got = cli_json(&url, &["get", &id]);
+    assert_eq!(got["state"], "releasing", "{got}");
+    let reason = got["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("teardown refused by node h100-nvml"),
+        "{reason}"
+    );
+    assert_eq!(instances(&machine(&sim_cli, &state), &gpu).len(), 1);
+
+    // Once the process exits, the retried teardown completes.
+    gpu_sim(&sim_cli, &state, &["stop", "--pid", "4242"]);
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || cli_json(&url, &["get", &id])["state"] == "released"
+        ),
+        "slice not released after its process exited: {}",
+        cli_json(&url, &["get", &id])
+    );
+    assert_eq!(instances(&machine(&sim_cli, &state), &gpu), vec![]);
+}

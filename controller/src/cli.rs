@@ -570,6 +570,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         return fail(2, e);
     }
     let _reclaimer = crate::reclaim::spawn(controller.clone());
+    let _release_retry = crate::controller::spawn_release_retry(controller.clone());
     leading.set(controller.clone());
     let listener = match TcpListener::from_std(std_listener) {
         Ok(l) => l,

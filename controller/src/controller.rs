@@ -150,6 +150,32 @@ pub struct Requested {
 }
 
 /// The controller core, shared by the gRPC services.
+/// Reason prefix of a RELEASING slice whose node refused its teardown.
+pub const TEARDOWN_REFUSED: &str = "teardown refused by node ";
+/// How often refused teardowns are tried again.
+pub const RELEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tries again, every [`RELEASE_RETRY`], the releases whose node refused the teardown, until the
+/// returned task is aborted.
+pub fn spawn_release_retry(c: Arc<Controller>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RELEASE_RETRY).await;
+            let ids: Vec<String> = c.with_state(|st| {
+                st.all()
+                    .filter(|r| {
+                        r.state == SliceState::Releasing && r.reason.starts_with(TEARDOWN_REFUSED)
+                    })
+                    .map(|r| r.id.clone())
+                    .collect()
+            });
+            for id in ids {
+                let _ = c.drive_release(&id).await;
+            }
+        }
+    })
+}
+
 pub struct Controller {
     state: Mutex<ClusterState>,
     pub agents: Agents,
@@ -809,13 +835,32 @@ impl Controller {
                 // acknowledge. RELEASED goes to the ledger behind it without being waited for; a
                 // crash before it is durable leaves RELEASING, which recovery finishes when the
                 // node registers (see `transition_in_background`).
-                let s = self.transition_in_background(id, |r| r.state = SliceState::Released)?;
+                let s = self.transition_in_background(id, |r| {
+                    r.state = SliceState::Released;
+                    if r.reason.starts_with(TEARDOWN_REFUSED) {
+                        r.reason = "released once its node could tear it down".into();
+                    }
+                })?;
                 info!(slice = %id, "slice released");
                 Ok(s)
             }
             Err(ControllerError::AgentUnavailable { node, why }) => {
                 warn!(slice = %id, %node, %why, "release queued until the agent returns");
                 self.get(id)
+            }
+            Err(ControllerError::AgentRefused { node, error }) => {
+                // The node refused the teardown (e.g. a MIG instance still has processes): say so
+                // on the slice, durably, so an operator sees why it is still RELEASING;
+                // [`spawn_release_retry`] tries again until the node agrees.
+                let reason = format!(
+                    "{TEARDOWN_REFUSED}{node}: {error}; retried every {} s",
+                    RELEASE_RETRY.as_secs()
+                );
+                if r.reason != reason {
+                    self.transition(id, |s| s.reason = reason).await?;
+                }
+                warn!(slice = %id, %node, %error, "teardown refused; will retry");
+                Err(ControllerError::AgentRefused { node, error })
             }
             Err(e) => Err(e),
         }
