@@ -15,32 +15,42 @@ use serde_json::Value;
 
 static BUILD: Once = Once::new();
 
-/// The simulated library and CLI, built beside this test's binaries. `cargo test --workspace`
-/// builds both (their packages have tests); when only this test was asked for, it builds them.
+/// The simulated library and CLI. `cargo test --workspace` builds both beside this test's binaries
+/// (their packages have tests). When only this test was asked for, they are built here, into a
+/// target folder of their own: the running `cargo test` holds the lock on the main one.
 fn sim_artifacts() -> (PathBuf, PathBuf) {
     let dir = bin("greenslice")
         .parent()
         .expect("profile dir")
         .to_path_buf();
-    let lib = dir.join("libgreenslice_nvml_sim.so");
-    let cli = dir.join("greenslice-gpu-sim");
+    let beside = (
+        dir.join("libgreenslice_nvml_sim.so"),
+        dir.join("greenslice-gpu-sim"),
+    );
+    if beside.0.exists() && beside.1.exists() {
+        return beside;
+    }
+    let target = dir.parent().expect("target dir").join("nvml-sim-for-tests");
     BUILD.call_once(|| {
-        if lib.exists() && cli.exists() {
-            return;
-        }
-        let target = dir.parent().expect("target dir");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "nvml-sim", "-p", "gpu-sim"])
-            .env("CARGO_TARGET_DIR", target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build");
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "nvml-sim", "-p", "gpu-sim"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
         assert!(st.success(), "cargo build -p nvml-sim -p gpu-sim failed");
     });
-    assert!(lib.exists(), "{} missing", lib.display());
-    (lib, cli)
+    let built = target.join("debug");
+    let found = (
+        built.join("libgreenslice_nvml_sim.so"),
+        built.join("greenslice-gpu-sim"),
+    );
+    assert!(
+        found.0.exists() && found.1.exists(),
+        "{} missing",
+        found.0.display()
+    );
+    found
 }
 
 /// Runs the simulator's CLI on `state` and returns its stdout.
