@@ -271,13 +271,7 @@ pub fn check_placement(
             expected: profile.size,
         });
     }
-    let end = start + size;
-    if existing
-        .iter()
-        .any(|o| o.start < end && start < o.start + o.profile.size)
-    {
-        return Err(PlacementError::Occupied { start, end });
-    }
+    // The profile's instance count first (through NVML both answer INSUFFICIENT_RESOURCES).
     let same = existing
         .iter()
         .filter(|o| o.profile.id == profile.id)
@@ -287,6 +281,13 @@ pub fn check_placement(
             profile: profile.name,
             max: profile.max_instances,
         });
+    }
+    let end = start + size;
+    if existing
+        .iter()
+        .any(|o| o.start < end && start < o.start + o.profile.size)
+    {
+        return Err(PlacementError::Occupied { start, end });
     }
     if profile.media_extension() && existing.iter().any(|o| o.profile.media_extension()) {
         return Err(PlacementError::MediaEngines);
