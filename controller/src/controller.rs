@@ -864,7 +864,12 @@ impl Controller {
                 // acknowledge. RELEASED goes to the ledger behind it without being waited for; a
                 // crash before it is durable leaves RELEASING, which recovery finishes when the
                 // node registers (see `transition_in_background`).
-                let s = self.transition_in_background(id, |r| r.state = SliceState::Released)?;
+                let s = self.transition_in_background(id, |r| {
+                    r.state = SliceState::Released;
+                    if r.reason.starts_with(RELEASE_BLOCKED) {
+                        r.reason = "released once its node could tear it down".into();
+                    }
+                })?;
                 info!(slice = %id, "slice released");
                 Ok(s)
             }
@@ -877,7 +882,8 @@ impl Controller {
                 // the slice stays RELEASING, says why, and housekeeping tries again until the
                 // hardware lets it go (`retry_refused_releases`).
                 warn!(slice = %id, %node, %error, "teardown refused; retrying");
-                let why = format!("{RELEASE_BLOCKED}node {node} refused the teardown: {error}");
+                let why =
+                    format!("{RELEASE_BLOCKED}{node}: {error}; retried until the node agrees");
                 if r.reason == why {
                     return Ok(r);
                 }
@@ -1714,7 +1720,7 @@ fn holders_of(
 pub const PRUNE_STEP: usize = 1024;
 
 /// How the reason of a RELEASING slice whose teardown the hardware refused begins.
-pub const RELEASE_BLOCKED: &str = "teardown blocked, retrying: ";
+pub const RELEASE_BLOCKED: &str = "teardown refused by node ";
 
 /// How far back the energy history's hours are kept in memory (and loaded at start): the current
 /// and the previous hour, since an interval that starts in one hour may close in the next.

@@ -1,49 +1,28 @@
-//! The machine's state and every change the hardware allows, as pure functions over [`Machine`].
-//!
-//! Time is passed in (`now_ms`): the store reads it from the machine's [`Clock`]. Power is constant
-//! between two changes, so the energy counter is the energy settled at the last change plus the
-//! present power times the time since ([`Gpu::energy_mj`]); reading it writes nothing.
+//! The simulated machine: its devices and everything on them, and the operations NVML and the
+//! workload perform. Pure: time is passed in (`now_ms`), nothing here does I/O.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::devices::{DeviceKind, DeviceSpec, GiProfile, MachineKind};
+use crate::device::{DeviceKind, MachineKind};
+use crate::profiles::{self, GiProfile, Occupant, PlacementError};
 
-/// What the hardware refuses, named as NVML names it.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum SimError {
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("in use: {0}")]
-    InUse(String),
-    #[error("insufficient resources: {0}")]
-    InsufficientResources(String),
-    #[error("not supported: {0}")]
-    NotSupported(String),
-    #[error("no permission: {0}")]
-    NoPermission(String),
-}
-
-/// Where simulated time comes from.
+/// Compute mode (`nvmlComputeMode_t` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "mode")]
-pub enum Clock {
-    /// The wall clock (Unix ms).
-    Wall,
-    /// Driven by hand (tests): stays at `now_ms` until moved.
-    Manual { now_ms: u64 },
+#[serde(rename_all = "snake_case")]
+pub enum ComputeMode {
+    Default = 0,
+    Prohibited = 2,
+    ExclusiveProcess = 3,
 }
 
 /// A compute instance inside a GPU instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeInstance {
     pub id: u32,
-    /// `NVML_COMPUTE_INSTANCE_PROFILE_*` index, which is also its profile id.
-    pub profile: u32,
+    /// `NVML_COMPUTE_INSTANCE_PROFILE_*` index.
+    pub profile_index: u32,
     pub start: u32,
     pub size: u32,
 }
@@ -52,680 +31,729 @@ pub struct ComputeInstance {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInstance {
     pub id: u32,
+    /// The profile id (`nvmlGpuInstanceProfileInfo_t::id`).
     pub profile_id: u32,
     pub profile: String,
     pub start: u32,
     pub size: u32,
-    /// The MIG device UUID (`MIG-...`), new for every instance created.
-    pub uuid: String,
     pub compute_instances: Vec<ComputeInstance>,
+    /// The MIG device UUID (`MIG-...`), stable for this instance's life.
+    pub mig_uuid: String,
 }
 
-/// A process using a GPU, started by the workload (the simulator's CLI).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A process using a GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
-    /// GPU instance id when it runs on a MIG instance.
-    pub gpu_instance: Option<u32>,
-    pub compute_instance: Option<u32>,
-    pub used_memory_mib: u64,
-    /// SM utilization of the device (or of its MIG instance) it causes, 0..=100.
-    pub sm_util: u32,
-    /// Memory-controller utilization, 0..=100.
-    pub mem_util: u32,
-    /// The environment it was started with (e.g. GREENSLICE_SLICE_ID).
-    #[serde(default)]
+    /// GPU instance it runs on (MIG), or none for the whole GPU.
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
+    pub used_memory_bytes: u64,
+    /// SM utilization of its GPU or instance, %.
+    pub sm_util_pct: u32,
+    /// Memory (controller) utilization, %.
+    pub mem_util_pct: u32,
     pub env: BTreeMap<String, String>,
-    pub started_ms: u64,
+    pub started_ms: i64,
 }
 
-/// One GPU board.
+/// An XID event waiting to be read through an event set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XidEvent {
+    pub xid: u64,
+    pub at_ms: i64,
+    /// Sequence number; event sets read each once.
+    pub seq: u64,
+}
+
+/// One simulated GPU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gpu {
+pub struct Device {
     pub index: u32,
     pub kind: DeviceKind,
     pub uuid: String,
-    /// PCI bus id as NVML prints it, `00000000:18:00.0`.
     pub pci_bus_id: String,
+    pub serial: String,
     pub mig_enabled: bool,
-    /// NVML_COMPUTEMODE_*: 0 default, 2 exclusive process, 3 prohibited.
-    pub compute_mode: u32,
+    /// MIG mode after the next GPU reset (pending change).
+    pub mig_pending: bool,
+    pub compute_mode: ComputeMode,
     pub power_limit_mw: u32,
+    /// Energy since the driver was loaded, mJ.
+    pub energy_mj: u64,
+    /// Sub-mJ remainder of the energy integration, µJ.
+    pub energy_rem_uj: u64,
     pub gpu_instances: Vec<GpuInstance>,
     pub processes: Vec<Process>,
-    /// Energy since driver load up to `settled_ms`, mJ.
-    pub energy_settled_mj: f64,
-    pub settled_ms: u64,
+    pub xids: Vec<XidEvent>,
 }
 
-/// An XID event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct XidEvent {
-    pub seq: u64,
-    pub gpu: u32,
-    pub xid: u64,
-    pub at_ms: u64,
+/// How simulated time moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    /// With the wall clock.
+    Wall,
+    /// Only when driven (`advance`): tests.
+    Manual,
 }
 
-/// The whole machine, as the state file holds it.
+/// The whole machine: what outlives any process that uses it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
-    pub machine: MachineKind,
-    pub driver_version: String,
-    /// CUDA driver version as NVML encodes it (1000 * major + 10 * minor).
-    pub cuda_driver_version: i32,
-    pub driver_loaded_ms: u64,
-    /// How many times the driver was (re)loaded.
-    pub driver_loads: u64,
-    pub clock: Clock,
-    pub gpus: Vec<Gpu>,
-    pub events: Vec<XidEvent>,
-    pub next_event_seq: u64,
-    pub next_pid: u32,
-    /// Counter mixed into MIG UUIDs, so a re-created instance gets a new UUID.
-    pub instances_created: u64,
-    pub seed: u64,
+    pub kind: MachineKind,
+    pub devices: Vec<Device>,
+    pub time_mode: TimeMode,
+    /// Simulated time the state was last advanced to, ms since the Unix epoch.
+    pub now_ms: i64,
+    /// When the driver was last loaded (energy counters start there), ms.
+    pub driver_loaded_ms: i64,
+    pub next_xid_seq: u64,
+    /// Bumped on every change; readers cache by it.
+    pub generation: u64,
 }
 
-/// How many events the machine keeps (older ones are dropped).
-const EVENTS_KEPT: usize = 256;
-
-/// splitmix64: a fixed, seeded source for UUIDs that look random.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// What the machine refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("no GPU {0}")]
+    NoDevice(u32),
+    #[error("GPU {0} has no MIG")]
+    NoMig(u32),
+    #[error("GPU {0} is not in MIG mode")]
+    NotMigMode(u32),
+    #[error("GPU {gpu} has no MIG profile index {index}")]
+    NoProfile { gpu: u32, index: u32 },
+    #[error("GPU {gpu}: {err}")]
+    Placement { gpu: u32, err: PlacementError },
+    #[error("GPU {gpu} has no GPU instance {gi}")]
+    NoGpuInstance { gpu: u32, gi: u32 },
+    #[error("GPU instance {gi} of GPU {gpu} has no compute instance {ci}")]
+    NoComputeInstance { gpu: u32, gi: u32, ci: u32 },
+    #[error("GPU instance {gi} of GPU {gpu} has no room for that compute instance")]
+    NoComputeRoom { gpu: u32, gi: u32 },
+    #[error("{what} on GPU {gpu} is in use by processes {pids:?}")]
+    InUse {
+        gpu: u32,
+        what: String,
+        pids: Vec<u32>,
+    },
+    #[error("GPU {gpu} has GPU instances; destroy them before changing MIG mode")]
+    InstancesExist { gpu: u32 },
+    #[error("pid {0} is already running on a GPU")]
+    PidTaken(u32),
+    #[error("no process {0}")]
+    NoProcess(u32),
+    #[error("{0}")]
+    Invalid(String),
 }
 
-fn uuid_from(a: u64, b: u64) -> String {
-    let (x, y) = (mix(a ^ mix(b)), mix(mix(a) ^ b ^ 0x5555_5555));
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A UUID-shaped string stable for `seed`.
+fn uuid_from(prefix: &str, seed: &str) -> String {
+    let a = fnv1a(seed);
+    let b = fnv1a(&format!("{seed}/2"));
     format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        x >> 32,
-        (x >> 16) & 0xFFFF,
-        x & 0xFFFF,
-        y >> 48,
-        y & 0xFFFF_FFFF_FFFF
+        "{prefix}-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
     )
 }
 
-/// PCI buses of the boards, in the order of a DGX H100's.
-const BUSES: [u8; 8] = [0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB];
-
 impl Machine {
-    /// A freshly booted machine of `kind`, its first `mig_gpus` MIG-capable GPUs in MIG mode.
-    pub fn new(kind: MachineKind, mig_gpus: u32, seed: u64, clock: Clock, now_ms: u64) -> Machine {
-        let gpus = kind
-            .devices()
+    /// A freshly booted machine: `gpus` devices of `kind`, the first `mig_gpus` MIG-capable ones
+    /// in MIG mode (no instances), `seed` naming it (UUIDs derive from it, so two machines differ).
+    pub fn new(kind: MachineKind, gpus: u32, mig_gpus: u32, seed: &str, now_ms: i64) -> Machine {
+        let mut mig_left = mig_gpus;
+        let devices = kind
+            .devices(gpus)
             .into_iter()
             .enumerate()
-            .map(|(i, dk)| {
-                let spec = dk.spec();
+            .map(|(i, k)| {
                 let i = i as u32;
-                Gpu {
+                let mig = !k.mig_profiles().is_empty() && mig_left > 0;
+                if mig {
+                    mig_left -= 1;
+                }
+                Device {
                     index: i,
-                    kind: dk,
-                    uuid: format!("GPU-{}", uuid_from(seed, u64::from(i))),
-                    pci_bus_id: format!("00000000:{:02X}:00.0", BUSES[i as usize % BUSES.len()]),
-                    mig_enabled: spec.mig.is_some() && i < mig_gpus,
-                    compute_mode: 0,
-                    power_limit_mw: spec.power_limit_mw,
+                    kind: k,
+                    uuid: uuid_from("GPU", &format!("{seed}/{i}")),
+                    pci_bus_id: format!("00000000:{:02X}:00.0", 0x18 + i * 0x10),
+                    serial: format!(
+                        "{:013}",
+                        fnv1a(&format!("{seed}/{i}/sn")) % 10_000_000_000_000
+                    ),
+                    mig_enabled: mig,
+                    mig_pending: mig,
+                    compute_mode: ComputeMode::Default,
+                    power_limit_mw: k.power_mw().1,
+                    energy_mj: 0,
+                    energy_rem_uj: 0,
                     gpu_instances: Vec::new(),
                     processes: Vec::new(),
-                    energy_settled_mj: 0.0,
-                    settled_ms: now_ms,
+                    xids: Vec::new(),
                 }
             })
             .collect();
         Machine {
-            machine: kind,
-            driver_version: "570.133.20".to_string(),
-            cuda_driver_version: 12080,
+            kind,
+            devices,
+            time_mode: TimeMode::Wall,
+            now_ms,
             driver_loaded_ms: now_ms,
-            driver_loads: 1,
-            clock,
-            gpus,
-            events: Vec::new(),
-            next_event_seq: 1,
-            next_pid: 40_000,
-            instances_created: 0,
-            seed,
+            next_xid_seq: 1,
+            generation: 1,
         }
     }
 
-    /// Simulated time now, given the wall clock's Unix ms.
-    pub fn now_ms(&self, wall_ms: u64) -> u64 {
-        match self.clock {
-            Clock::Wall => wall_ms,
-            Clock::Manual { now_ms } => now_ms,
-        }
+    pub fn device(&self, gpu: u32) -> Result<&Device, SimError> {
+        self.devices
+            .get(gpu as usize)
+            .ok_or(SimError::NoDevice(gpu))
     }
 
-    pub fn gpu(&self, index: u32) -> Result<&Gpu, SimError> {
-        self.gpus
-            .get(index as usize)
-            .ok_or_else(|| SimError::InvalidArgument(format!("no GPU {index}")))
+    fn device_mut(&mut self, gpu: u32) -> Result<&mut Device, SimError> {
+        self.devices
+            .get_mut(gpu as usize)
+            .ok_or(SimError::NoDevice(gpu))
     }
 
-    fn gpu_mut(&mut self, index: u32) -> Result<&mut Gpu, SimError> {
-        self.gpus
-            .get_mut(index as usize)
-            .ok_or_else(|| SimError::InvalidArgument(format!("no GPU {index}")))
+    fn changed(&mut self) {
+        self.generation += 1;
     }
 
-    /// Folds every GPU's energy up to `now_ms`: called before any change of what draws power.
-    pub fn settle(&mut self, now_ms: u64) {
-        for g in &mut self.gpus {
-            g.energy_settled_mj = g.energy_mj(now_ms);
-            g.settled_ms = now_ms.max(g.settled_ms);
+    /// Moves simulated time to `now_ms` (never backwards), integrating every board's energy.
+    pub fn advance_to(&mut self, now_ms: i64) {
+        if now_ms <= self.now_ms {
+            return;
         }
+        let dt_ms = (now_ms - self.now_ms) as u64;
+        for d in &mut self.devices {
+            // mW × ms = µJ.
+            let uj = u64::from(d.power_mw()) * dt_ms + d.energy_rem_uj;
+            d.energy_mj += uj / 1000;
+            d.energy_rem_uj = uj % 1000;
+        }
+        self.now_ms = now_ms;
+        self.changed();
     }
 
-    /// Moves a manual clock forward (a wall clock cannot be moved).
-    pub fn advance(&mut self, by_ms: u64) -> Result<(), SimError> {
-        match &mut self.clock {
-            Clock::Manual { now_ms } => {
-                *now_ms = now_ms.saturating_add(by_ms);
-                Ok(())
-            }
-            Clock::Wall => Err(SimError::InvalidArgument(
-                "the machine follows the wall clock; set a manual clock first".into(),
-            )),
+    /// A driver reload: energy counters restart at 0, MIG instances are gone (they do not survive
+    /// it), processes were killed, a pending MIG mode takes effect.
+    pub fn reload_driver(&mut self) {
+        for d in &mut self.devices {
+            d.energy_mj = 0;
+            d.energy_rem_uj = 0;
+            d.gpu_instances.clear();
+            d.processes.clear();
+            d.xids.clear();
+            d.mig_enabled = d.mig_pending;
         }
+        self.driver_loaded_ms = self.now_ms;
+        self.changed();
     }
 
-    /// Creates a GPU instance of profile id `profile_id` at `start` (None: the first legal start)
-    /// on GPU `gpu`; returns its id, the lowest free one (a real driver reuses ids too).
-    pub fn create_gpu_instance(
-        &mut self,
-        gpu: u32,
-        profile_id: u32,
-        start: Option<u32>,
-    ) -> Result<u32, SimError> {
-        let seed = self.seed;
-        let serial = self.instances_created;
-        let g = self.gpu_mut(gpu)?;
-        let spec = g.spec();
-        let mig = spec
-            .mig
-            .ok_or_else(|| SimError::NotSupported(format!("{} has no MIG", spec.product_name)))?;
-        if !g.mig_enabled {
-            return Err(SimError::NotSupported(format!(
-                "GPU {gpu} is not in MIG mode"
-            )));
+    /// Sets the MIG mode; it applies at once when the GPU is idle (as after the reset `nvidia-smi
+    /// -mig` does), else it stays pending. Returns the (current, pending) mode.
+    pub fn set_mig_mode(&mut self, gpu: u32, on: bool) -> Result<(bool, bool), SimError> {
+        let d = self.device_mut(gpu)?;
+        if d.kind.mig_profiles().is_empty() {
+            return Err(SimError::NoMig(gpu));
         }
-        let p = spec.profile_by_id(profile_id).ok_or_else(|| {
-            SimError::InvalidArgument(format!(
-                "no GPU instance profile id {profile_id} on {}",
-                spec.product_name
-            ))
-        })?;
-        if !g.processes.iter().all(|pr| pr.gpu_instance.is_some()) {
-            return Err(SimError::InUse(format!(
-                "GPU {gpu} has processes outside MIG instances"
-            )));
+        if !d.gpu_instances.is_empty() {
+            return Err(SimError::InstancesExist { gpu });
         }
-        let start = match start {
-            Some(s) => {
-                if !p.starts.contains(&s) {
-                    return Err(SimError::InvalidArgument(format!(
-                        "{} cannot start at memory slice {s} (legal: {:?})",
-                        p.name, p.starts
-                    )));
-                }
-                g.check_placement(p, s, mig.compute_slices)?;
-                s
-            }
-            None => p
-                .starts
-                .iter()
-                .copied()
-                .find(|&s| g.check_placement(p, s, mig.compute_slices).is_ok())
-                .ok_or_else(|| {
-                    SimError::InsufficientResources(format!("no room for {} on GPU {gpu}", p.name))
-                })?,
-        };
-        let id = (1..)
-            .find(|id| g.gpu_instances.iter().all(|gi| gi.id != *id))
-            .unwrap_or(1);
-        g.gpu_instances.push(GpuInstance {
-            id,
-            profile_id,
-            profile: p.name.to_string(),
-            start,
-            size: p.memory_slices,
-            uuid: format!("MIG-{}", uuid_from(seed ^ 0xA11CE, serial)),
-            compute_instances: Vec::new(),
-        });
-        g.gpu_instances.sort_by_key(|gi| gi.id);
-        self.instances_created += 1;
-        Ok(id)
+        d.mig_pending = on;
+        if d.processes.is_empty() {
+            d.mig_enabled = on;
+        }
+        let r = (d.mig_enabled, d.mig_pending);
+        self.changed();
+        Ok(r)
     }
 
-    /// Destroys a GPU instance; refused while it has compute instances (as NVML does).
-    pub fn destroy_gpu_instance(&mut self, gpu: u32, gi: u32) -> Result<(), SimError> {
-        let g = self.gpu_mut(gpu)?;
-        let inst = g.instance(gi)?;
-        if !inst.compute_instances.is_empty() {
-            return Err(SimError::InUse(format!(
-                "GPU instance {gi} still has compute instances"
-            )));
-        }
-        if g.processes.iter().any(|p| p.gpu_instance == Some(gi)) {
-            return Err(SimError::InUse(format!(
-                "GPU instance {gi} has running processes"
-            )));
-        }
-        g.gpu_instances.retain(|x| x.id != gi);
+    pub fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), SimError> {
+        self.device_mut(gpu)?.compute_mode = mode;
+        self.changed();
         Ok(())
     }
 
-    /// Creates a compute instance of CI profile `profile` (its slice count from the index) in a GPU
-    /// instance; returns its id.
+    pub fn set_power_limit(&mut self, gpu: u32, mw: u32) -> Result<(), SimError> {
+        let d = self.device_mut(gpu)?;
+        let (idle, max) = d.kind.power_mw();
+        if mw < idle * 2 || mw > max {
+            return Err(SimError::Invalid(format!(
+                "power limit {mw} mW is outside {}..={max} mW",
+                idle * 2
+            )));
+        }
+        d.power_limit_mw = mw;
+        self.changed();
+        Ok(())
+    }
+
+    /// Creates a GPU instance of the profile with NVML index `index`. `placement`: `Some((start,
+    /// size))` as `nvmlDeviceCreateGpuInstanceWithPlacement`, or `None` to take the first free start
+    /// as `nvmlDeviceCreateGpuInstance` does. The id is the lowest free one, as the driver reuses ids.
+    pub fn create_gpu_instance(
+        &mut self,
+        gpu: u32,
+        index: u32,
+        placement: Option<(u32, u32)>,
+    ) -> Result<u32, SimError> {
+        let d = self.device_mut(gpu)?;
+        let p = d.mig_check(gpu, index)?;
+        let occupants = d.occupants();
+        let (start, size) = match placement {
+            Some(pl) => pl,
+            None => {
+                let s = profiles::free_starts(p, &occupants)
+                    .first()
+                    .copied()
+                    .ok_or(SimError::Placement {
+                        gpu,
+                        err: PlacementError::Occupied { start: 0, end: 8 },
+                    })?;
+                (s, p.size)
+            }
+        };
+        profiles::check_placement(p, start, size, &occupants)
+            .map_err(|err| SimError::Placement { gpu, err })?;
+        let id = lowest_free(d.gpu_instances.iter().map(|g| g.id), 1);
+        let mig_uuid = uuid_from("MIG", &format!("{}/{id}/{start}/{}", d.uuid, d.energy_mj));
+        d.gpu_instances.push(GpuInstance {
+            id,
+            profile_id: p.id,
+            profile: p.name.to_string(),
+            start,
+            size,
+            compute_instances: Vec::new(),
+            mig_uuid,
+        });
+        d.gpu_instances.sort_by_key(|g| g.id);
+        self.changed();
+        Ok(id)
+    }
+
+    /// Destroys a GPU instance; IN_USE while it has compute instances or processes.
+    pub fn destroy_gpu_instance(&mut self, gpu: u32, gi: u32) -> Result<(), SimError> {
+        let d = self.device_mut(gpu)?;
+        let pos = d
+            .gpu_instances
+            .iter()
+            .position(|g| g.id == gi)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let pids = d.pids_on(gi);
+        if !pids.is_empty() {
+            return Err(SimError::InUse {
+                gpu,
+                what: format!("GPU instance {gi}"),
+                pids,
+            });
+        }
+        if !d.gpu_instances[pos].compute_instances.is_empty() {
+            return Err(SimError::InUse {
+                gpu,
+                what: format!("GPU instance {gi} (it has compute instances)"),
+                pids,
+            });
+        }
+        d.gpu_instances.remove(pos);
+        self.changed();
+        Ok(())
+    }
+
+    /// Creates a compute instance of CI profile index `ci_index` in GPU instance `gi`.
     pub fn create_compute_instance(
         &mut self,
         gpu: u32,
         gi: u32,
-        profile: u32,
+        ci_index: u32,
     ) -> Result<u32, SimError> {
-        let g = self.gpu_mut(gpu)?;
-        let spec = g.spec();
-        let inst = g.instance_mut(gi)?;
-        let slices = ci_profile_slices(profile).ok_or_else(|| {
-            SimError::InvalidArgument(format!("no compute instance profile {profile}"))
-        })?;
-        let gi_slices = spec
-            .profile_by_id(inst.profile_id)
-            .map_or(0, |p| p.compute_slices);
-        if slices > gi_slices {
-            return Err(SimError::InvalidArgument(format!(
-                "a {slices}-slice compute instance does not fit a {gi_slices}-slice GPU instance"
-            )));
+        let d = self.device_mut(gpu)?;
+        let kind = d.kind;
+        let g = d
+            .gpu_instances
+            .iter_mut()
+            .find(|g| g.id == gi)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let gp = kind
+            .profile_by_id(g.profile_id)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let slices = ci_slices(ci_index, gp).ok_or(SimError::Invalid(format!(
+            "compute instance profile {ci_index} does not fit a {}",
+            gp.name
+        )))?;
+        let used: u32 = g.compute_instances.iter().map(|c| c.size).sum();
+        if used + slices > gp.compute_slices {
+            return Err(SimError::NoComputeRoom { gpu, gi });
         }
-        let used: u32 = inst.compute_instances.iter().map(|c| c.size).sum();
-        if used + slices > gi_slices {
-            return Err(SimError::InsufficientResources(format!(
-                "GPU instance {gi} has no free compute slices"
-            )));
-        }
-        let id = (0..)
-            .find(|id| inst.compute_instances.iter().all(|c| c.id != *id))
-            .unwrap_or(0);
-        inst.compute_instances.push(ComputeInstance {
+        let id = lowest_free(g.compute_instances.iter().map(|c| c.id), 0);
+        g.compute_instances.push(ComputeInstance {
             id,
-            profile,
+            profile_index: ci_index,
             start: used,
             size: slices,
         });
+        g.compute_instances.sort_by_key(|c| c.id);
+        self.changed();
         Ok(id)
     }
 
-    /// Destroys a compute instance; refused while processes run on it.
+    /// Destroys a compute instance; IN_USE while processes run on it.
     pub fn destroy_compute_instance(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), SimError> {
-        let g = self.gpu_mut(gpu)?;
-        if g.processes
+        let d = self.device_mut(gpu)?;
+        let pids: Vec<u32> = d
+            .processes
             .iter()
-            .any(|p| p.gpu_instance == Some(gi) && p.compute_instance == Some(ci))
-        {
-            return Err(SimError::InUse(format!(
-                "compute instance {ci} of GPU instance {gi} has running processes"
-            )));
+            .filter(|p| p.gpu_instance_id == Some(gi) && p.compute_instance_id == Some(ci))
+            .map(|p| p.pid)
+            .collect();
+        let g = d
+            .gpu_instances
+            .iter_mut()
+            .find(|g| g.id == gi)
+            .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+        let pos = g
+            .compute_instances
+            .iter()
+            .position(|c| c.id == ci)
+            .ok_or(SimError::NoComputeInstance { gpu, gi, ci })?;
+        if !pids.is_empty() {
+            return Err(SimError::InUse {
+                gpu,
+                what: format!("compute instance {ci} of GPU instance {gi}"),
+                pids,
+            });
         }
-        let inst = g.instance_mut(gi)?;
-        let before = inst.compute_instances.len();
-        inst.compute_instances.retain(|c| c.id != ci);
-        if inst.compute_instances.len() == before {
-            return Err(SimError::NotFound(format!(
-                "no compute instance {ci} in GPU instance {gi}"
-            )));
-        }
+        g.compute_instances.remove(pos);
+        self.changed();
         Ok(())
     }
 
-    /// Turns MIG mode on or off; refused while instances or processes exist.
-    pub fn set_mig_mode(&mut self, gpu: u32, on: bool) -> Result<(), SimError> {
-        let g = self.gpu_mut(gpu)?;
-        if g.spec().mig.is_none() {
-            return Err(SimError::NotSupported(format!(
-                "{} has no MIG",
-                g.spec().product_name
-            )));
-        }
-        if !g.gpu_instances.is_empty() || !g.processes.is_empty() {
-            return Err(SimError::InUse(format!(
-                "GPU {gpu} has instances or processes"
-            )));
-        }
-        g.mig_enabled = on;
-        Ok(())
-    }
-
-    pub fn set_compute_mode(&mut self, gpu: u32, mode: u32) -> Result<(), SimError> {
-        if !matches!(mode, 0 | 2 | 3) {
-            return Err(SimError::InvalidArgument(format!("compute mode {mode}")));
-        }
-        let g = self.gpu_mut(gpu)?;
-        if mode == 2 && g.processes.len() > 1 {
-            return Err(SimError::InUse(format!(
-                "GPU {gpu} has more than one process"
-            )));
-        }
-        g.compute_mode = mode;
-        Ok(())
-    }
-
-    /// Starts a process (the workload's side). `mig` is a GPU instance id, or a MIG device UUID
-    /// resolved by the caller. Returns its pid.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a process on a GPU (`gi` None) or on GPU instance `gi` (its first compute instance).
     pub fn start_process(
         &mut self,
         gpu: u32,
-        gpu_instance: Option<u32>,
-        used_memory_mib: u64,
-        sm_util: u32,
-        mem_util: u32,
-        env: BTreeMap<String, String>,
-        now_ms: u64,
-    ) -> Result<u32, SimError> {
-        if sm_util > 100 || mem_util > 100 {
-            return Err(SimError::InvalidArgument(
-                "utilization is a percentage, 0..=100".into(),
-            ));
+        gi: Option<u32>,
+        mut p: Process,
+    ) -> Result<(), SimError> {
+        if self
+            .devices
+            .iter()
+            .any(|d| d.processes.iter().any(|q| q.pid == p.pid))
+        {
+            return Err(SimError::PidTaken(p.pid));
         }
-        self.settle(now_ms);
-        let pid = self.next_pid;
-        let g = self.gpu_mut(gpu)?;
-        let (capacity, ci) = match gpu_instance {
+        if p.sm_util_pct > 100 || p.mem_util_pct > 100 {
+            return Err(SimError::Invalid("utilization must be 0-100 %".into()));
+        }
+        let now = self.now_ms;
+        let d = self.device_mut(gpu)?;
+        match gi {
             Some(gi) => {
-                let inst = g.instance(gi)?;
-                let ci = inst
+                if !d.mig_enabled {
+                    return Err(SimError::NotMigMode(gpu));
+                }
+                let g = d
+                    .gpu_instances
+                    .iter()
+                    .find(|g| g.id == gi)
+                    .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+                let ci = g
                     .compute_instances
                     .first()
-                    .map(|c| c.id)
-                    .ok_or_else(|| {
-                        SimError::InvalidArgument(format!(
-                            "GPU instance {gi} has no compute instance to run on"
-                        ))
-                    })?;
-                let p = g
-                    .spec()
-                    .profile_by_id(inst.profile_id)
-                    .map_or(0, |p| p.memory_mib);
-                (p, Some(ci))
+                    .ok_or(SimError::NoComputeInstance { gpu, gi, ci: 0 })?;
+                p.gpu_instance_id = Some(gi);
+                p.compute_instance_id = Some(ci.id);
             }
-            None if g.mig_enabled => {
-                return Err(SimError::InvalidArgument(format!(
-                    "GPU {gpu} is in MIG mode: a process runs on one of its MIG instances"
-                )));
+            None => {
+                if d.mig_enabled {
+                    return Err(SimError::Invalid(format!(
+                        "GPU {gpu} is in MIG mode: a process runs on a GPU instance (--gi)"
+                    )));
+                }
+                p.gpu_instance_id = None;
+                p.compute_instance_id = None;
             }
-            None => (g.spec().memory_mib, None),
-        };
-        let used: u64 = g
-            .processes
-            .iter()
-            .filter(|p| p.gpu_instance == gpu_instance)
-            .map(|p| p.used_memory_mib)
-            .sum();
-        if used + used_memory_mib > capacity {
-            return Err(SimError::InsufficientResources(format!(
-                "out of memory: {used} of {capacity} MiB in use, {used_memory_mib} MiB asked"
+        }
+        let total = d.kind.memory_mib() * 1024 * 1024;
+        if d.memory_used_bytes() + p.used_memory_bytes > total {
+            return Err(SimError::Invalid(format!(
+                "GPU {gpu} has only {} bytes free",
+                total - d.memory_used_bytes()
             )));
         }
-        if g.compute_mode == 3 {
-            return Err(SimError::NoPermission(format!(
-                "GPU {gpu} is in PROHIBITED compute mode"
-            )));
-        }
-        if g.compute_mode == 2 && g.processes.iter().any(|p| p.gpu_instance == gpu_instance) {
-            return Err(SimError::InUse(format!(
-                "GPU {gpu} is EXCLUSIVE_PROCESS and already has a process"
-            )));
-        }
-        g.processes.push(Process {
-            pid,
-            gpu_instance,
-            compute_instance: ci,
-            used_memory_mib,
-            sm_util,
-            mem_util,
-            env,
-            started_ms: now_ms,
-        });
-        self.next_pid += 1;
-        Ok(pid)
+        p.started_ms = now;
+        d.processes.push(p);
+        self.changed();
+        Ok(())
     }
 
-    /// Ends a process.
-    pub fn stop_process(&mut self, pid: u32, now_ms: u64) -> Result<(), SimError> {
-        self.settle(now_ms);
-        for g in &mut self.gpus {
-            if let Some(i) = g.processes.iter().position(|p| p.pid == pid) {
-                g.processes.remove(i);
+    /// Ends process `pid` wherever it runs.
+    pub fn stop_process(&mut self, pid: u32) -> Result<(), SimError> {
+        for d in &mut self.devices {
+            if let Some(pos) = d.processes.iter().position(|p| p.pid == pid) {
+                d.processes.remove(pos);
+                self.generation += 1;
                 return Ok(());
             }
         }
-        Err(SimError::NotFound(format!("no process {pid}")))
+        Err(SimError::NoProcess(pid))
     }
 
-    /// Changes what a running process does.
-    pub fn set_process_load(
-        &mut self,
-        pid: u32,
-        sm_util: u32,
-        mem_util: u32,
-        now_ms: u64,
-    ) -> Result<(), SimError> {
-        if sm_util > 100 || mem_util > 100 {
-            return Err(SimError::InvalidArgument(
-                "utilization is a percentage, 0..=100".into(),
-            ));
-        }
-        self.settle(now_ms);
-        let p = self
-            .gpus
-            .iter_mut()
-            .flat_map(|g| g.processes.iter_mut())
-            .find(|p| p.pid == pid)
-            .ok_or_else(|| SimError::NotFound(format!("no process {pid}")))?;
-        p.sm_util = sm_util;
-        p.mem_util = mem_util;
-        Ok(())
-    }
-
-    /// Raises an XID event on a GPU.
-    pub fn inject_xid(&mut self, gpu: u32, xid: u64, now_ms: u64) -> Result<u64, SimError> {
-        self.gpu(gpu)?;
-        let seq = self.next_event_seq;
-        self.events.push(XidEvent {
-            seq,
-            gpu,
+    /// Raises XID `xid` on `gpu`.
+    pub fn inject_xid(&mut self, gpu: u32, xid: u64) -> Result<(), SimError> {
+        let seq = self.next_xid_seq;
+        let now = self.now_ms;
+        let d = self.device_mut(gpu)?;
+        d.xids.push(XidEvent {
             xid,
-            at_ms: now_ms,
+            at_ms: now,
+            seq,
         });
-        self.next_event_seq += 1;
-        if self.events.len() > EVENTS_KEPT {
-            let drop = self.events.len() - EVENTS_KEPT;
-            self.events.drain(..drop);
+        // Keep the queue bounded: a reader that never reads must not grow the file forever.
+        if d.xids.len() > 64 {
+            d.xids.remove(0);
         }
-        Ok(seq)
-    }
-
-    /// A driver reload: processes end, MIG instances are gone (MIG mode stays), energy counters
-    /// restart from zero.
-    pub fn reload_driver(&mut self, now_ms: u64) {
-        for g in &mut self.gpus {
-            g.processes.clear();
-            g.gpu_instances.clear();
-            g.compute_mode = 0;
-            g.energy_settled_mj = 0.0;
-            g.settled_ms = now_ms;
-        }
-        self.events.clear();
-        self.driver_loaded_ms = now_ms;
-        self.driver_loads += 1;
-    }
-}
-
-/// Compute slices of CI profile index `i` (NVML_COMPUTE_INSTANCE_PROFILE_{1,2,3,4,7,8,6}_SLICE).
-pub fn ci_profile_slices(i: u32) -> Option<u32> {
-    [1, 2, 3, 4, 7, 8, 6].get(i as usize).copied()
-}
-
-impl Gpu {
-    pub fn spec(&self) -> &'static DeviceSpec {
-        self.kind.spec()
-    }
-
-    pub fn instance(&self, gi: u32) -> Result<&GpuInstance, SimError> {
-        self.gpu_instances
-            .iter()
-            .find(|x| x.id == gi)
-            .ok_or_else(|| {
-                SimError::NotFound(format!("no GPU instance {gi} on GPU {}", self.index))
-            })
-    }
-
-    fn instance_mut(&mut self, gi: u32) -> Result<&mut GpuInstance, SimError> {
-        let index = self.index;
-        self.gpu_instances
-            .iter_mut()
-            .find(|x| x.id == gi)
-            .ok_or_else(|| SimError::NotFound(format!("no GPU instance {gi} on GPU {index}")))
-    }
-
-    /// The GI profile of an instance.
-    pub fn profile_of(&self, inst: &GpuInstance) -> Option<&'static GiProfile> {
-        self.spec().profile_by_id(inst.profile_id)
-    }
-
-    /// Whether a `p` instance may start at memory slice `start` now (the MIG user guide's rules:
-    /// its memory slices free, compute slices left, fewer instances of it than its maximum).
-    pub fn check_placement(
-        &self,
-        p: &GiProfile,
-        start: u32,
-        compute_total: u32,
-    ) -> Result<(), SimError> {
-        let end = start + p.memory_slices;
-        for gi in &self.gpu_instances {
-            if start < gi.start + gi.size && gi.start < end {
-                return Err(SimError::InsufficientResources(format!(
-                    "memory slices {start}..{end} overlap GPU instance {} ({} at {})",
-                    gi.id, gi.profile, gi.start
-                )));
-            }
-        }
-        let used: u32 = self
-            .gpu_instances
-            .iter()
-            .filter_map(|gi| self.profile_of(gi))
-            .map(|q| q.compute_slices)
-            .sum();
-        if used + p.compute_slices > compute_total {
-            return Err(SimError::InsufficientResources(format!(
-                "{used} of {compute_total} compute slices in use, {} asked",
-                p.compute_slices
-            )));
-        }
-        let same = self
-            .gpu_instances
-            .iter()
-            .filter(|gi| gi.profile_id == p.id)
-            .count() as u32;
-        if same >= p.max_instances {
-            return Err(SimError::InsufficientResources(format!(
-                "{} already has its most instances ({})",
-                p.name, p.max_instances
-            )));
-        }
-        if p.media && p.compute_slices < compute_total {
-            let media_taken = self
-                .gpu_instances
-                .iter()
-                .filter_map(|gi| self.profile_of(gi))
-                .any(|q| q.media);
-            if media_taken {
-                return Err(SimError::InsufficientResources(format!(
-                    "the media engines are taken; {} needs them",
-                    p.name
-                )));
-            }
-        }
+        self.next_xid_seq += 1;
+        self.changed();
         Ok(())
     }
+}
 
-    /// Legal placements of `p` now: (start, size).
-    pub fn free_placements(&self, p: &GiProfile) -> Vec<(u32, u32)> {
-        let total = self.spec().mig.map_or(0, |m| m.compute_slices);
-        p.starts
+/// Compute slices of CI profile `index` in a GPU instance of `gp`, if it fits at all.
+fn ci_slices(index: u32, gp: &GiProfile) -> Option<u32> {
+    let s = *profiles::CI_PROFILE_SLICES.get(index as usize)?;
+    (s <= gp.compute_slices).then_some(s)
+}
+
+fn lowest_free(used: impl Iterator<Item = u32>, from: u32) -> u32 {
+    let used: Vec<u32> = used.collect();
+    (from..).find(|i| !used.contains(i)).unwrap_or(from)
+}
+
+impl Device {
+    fn mig_check(&self, gpu: u32, index: u32) -> Result<&'static GiProfile, SimError> {
+        if self.kind.mig_profiles().is_empty() {
+            return Err(SimError::NoMig(gpu));
+        }
+        if !self.mig_enabled {
+            return Err(SimError::NotMigMode(gpu));
+        }
+        self.kind
+            .profile_by_index(index)
+            .ok_or(SimError::NoProfile { gpu, index })
+    }
+
+    /// The GPU instances as placement sees them.
+    pub fn occupants(&self) -> Vec<Occupant> {
+        self.gpu_instances
             .iter()
-            .filter(|&&s| self.check_placement(p, s, total).is_ok())
-            .map(|&s| (s, p.memory_slices))
+            .filter_map(|g| {
+                Some(Occupant {
+                    profile: self.kind.profile_by_id(g.profile_id)?,
+                    start: g.start,
+                })
+            })
             .collect()
     }
 
-    /// The load each process puts on the board, 0..=1: SM% scaled by its MIG instance's share.
-    fn load(&self) -> f64 {
-        let total = f64::from(self.spec().mig.map_or(7, |m| m.compute_slices));
-        let l: f64 = self
-            .processes
+    pub fn pids_on(&self, gi: u32) -> Vec<u32> {
+        self.processes
             .iter()
-            .map(|p| {
-                let share = match p.gpu_instance {
-                    Some(gi) => self
-                        .instance(gi)
-                        .ok()
-                        .and_then(|i| self.profile_of(i))
-                        .map_or(0.0, |q| f64::from(q.compute_slices) / total),
-                    None => 1.0,
-                };
-                f64::from(p.sm_util) / 100.0 * share
-            })
-            .sum();
-        l.min(1.0)
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.pid)
+            .collect()
     }
 
-    /// Board power now, mW: idle plus the load's share of the span to the power limit.
-    pub fn power_mw(&self) -> u32 {
-        let idle = f64::from(self.spec().idle_mw);
-        let limit = f64::from(self.power_limit_mw.max(self.spec().idle_mw));
-        (idle + (limit - idle) * self.load()).round() as u32
+    pub fn gpu_instance(&self, gi: u32) -> Option<&GpuInstance> {
+        self.gpu_instances.iter().find(|g| g.id == gi)
     }
 
-    /// The energy counter at `now_ms`, mJ since driver load.
-    pub fn energy_mj(&self, now_ms: u64) -> f64 {
-        let dt_s = now_ms.saturating_sub(self.settled_ms) as f64 / 1000.0;
-        self.energy_settled_mj + f64::from(self.power_mw()) * dt_s
+    pub fn memory_total_bytes(&self) -> u64 {
+        self.kind.memory_mib() * 1024 * 1024
     }
 
-    /// Board utilization (SM %, memory %): not given in MIG mode.
-    pub fn utilization(&self) -> Option<(u32, u32)> {
+    pub fn memory_used_bytes(&self) -> u64 {
+        self.processes.iter().map(|p| p.used_memory_bytes).sum()
+    }
+
+    /// Memory of GPU instance `g`, bytes.
+    pub fn gi_memory_bytes(&self, g: &GpuInstance) -> u64 {
+        self.kind
+            .profile_by_id(g.profile_id)
+            .map_or(0, |p| self.kind.profile_memory_mib(p) * 1024 * 1024)
+    }
+
+    /// SM activity of the whole board, % (each instance's processes weighted by its share of the
+    /// GPU's compute slices; on a GPU without MIG the busiest process, capped at 100).
+    pub fn sm_util_pct(&self) -> u32 {
         if self.mig_enabled {
-            return None;
-        }
-        let sm: u32 = self.processes.iter().map(|p| p.sm_util).sum();
-        let mem: u32 = self.processes.iter().map(|p| p.mem_util).sum();
-        Some((sm.min(100), mem.min(100)))
-    }
-
-    /// Memory in use, MiB (processes only; the driver's reserve is not modelled).
-    pub fn used_memory_mib(&self) -> u64 {
-        self.processes.iter().map(|p| p.used_memory_mib).sum()
-    }
-
-    /// SM clock now, MHz.
-    pub fn sm_clock_mhz(&self) -> u32 {
-        let s = self.spec();
-        if self.processes.is_empty() {
-            s.idle_sm_mhz
+            let total: u32 = self
+                .gpu_instances
+                .iter()
+                .map(|g| {
+                    let busy = self.gi_sm_util_pct(g.id);
+                    let cs = self
+                        .kind
+                        .profile_by_id(g.profile_id)
+                        .map_or(0, |p| p.compute_slices);
+                    busy * cs
+                })
+                .sum();
+            total / profiles::COMPUTE_SLICES
         } else {
-            s.max_sm_mhz
+            self.processes
+                .iter()
+                .map(|p| p.sm_util_pct)
+                .sum::<u32>()
+                .min(100)
         }
     }
 
-    /// Temperature now, °C.
-    pub fn temperature_c(&self) -> u32 {
-        30 + (self.load() * 45.0).round() as u32
+    /// SM activity of one GPU instance, % of the instance.
+    pub fn gi_sm_util_pct(&self, gi: u32) -> u32 {
+        self.processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.sm_util_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
+    pub fn mem_util_pct(&self) -> u32 {
+        self.processes
+            .iter()
+            .map(|p| p.mem_util_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
+    /// Board power now, mW: idle plus a dynamic part linear in SM activity, capped at the limit.
+    pub fn power_mw(&self) -> u32 {
+        let (idle, max) = self.kind.power_mw();
+        let dynamic = u64::from(max - idle) * u64::from(self.sm_util_pct()) / 100;
+        (u64::from(idle) + dynamic).min(u64::from(self.power_limit_mw)) as u32
+    }
+
+    /// SM clock now, MHz: full speed unless the power limit holds the board back.
+    pub fn sm_clock_mhz(&self) -> u32 {
+        let max = self.kind.max_sm_clock_mhz();
+        let (idle, full) = self.kind.power_mw();
+        let demand = idle + (full - idle) * self.sm_util_pct() / 100;
+        if demand > self.power_limit_mw && demand > 0 {
+            (u64::from(max) * u64::from(self.power_limit_mw) / u64::from(demand)) as u32
+        } else {
+            max
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100() -> Machine {
+        Machine::new(MachineKind::DgxH100, 8, 4, "t", 1_000)
+    }
+
+    fn proc(pid: u32, sm: u32) -> Process {
+        Process {
+            pid,
+            gpu_instance_id: None,
+            compute_instance_id: None,
+            used_memory_bytes: 1 << 30,
+            sm_util_pct: sm,
+            mem_util_pct: 0,
+            env: BTreeMap::new(),
+            started_ms: 0,
+        }
+    }
+
+    #[test]
+    fn gpu_instance_ids_are_reused_lowest_first() {
+        let mut m = h100();
+        let a = m.create_gpu_instance(0, 0, Some((0, 1))).unwrap();
+        let b = m.create_gpu_instance(0, 0, Some((1, 1))).unwrap();
+        assert_eq!((a, b), (1, 2));
+        m.destroy_gpu_instance(0, a).unwrap();
+        assert_eq!(m.create_gpu_instance(0, 0, Some((2, 1))).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_instance_with_a_process_is_in_use_until_it_exits() {
+        let mut m = h100();
+        let gi = m.create_gpu_instance(0, 2, Some((4, 4))).unwrap();
+        m.create_compute_instance(0, gi, 2).unwrap();
+        m.start_process(0, Some(gi), proc(42, 50)).unwrap();
+        assert!(matches!(
+            m.destroy_compute_instance(0, gi, 0),
+            Err(SimError::InUse { .. })
+        ));
+        assert!(matches!(
+            m.destroy_gpu_instance(0, gi),
+            Err(SimError::InUse { .. })
+        ));
+        m.stop_process(42).unwrap();
+        m.destroy_compute_instance(0, gi, 0).unwrap();
+        m.destroy_gpu_instance(0, gi).unwrap();
+    }
+
+    #[test]
+    fn occupied_placement_and_non_mig_gpus_are_refused() {
+        let mut m = h100();
+        m.create_gpu_instance(0, 2, Some((0, 4))).unwrap();
+        assert!(matches!(
+            m.create_gpu_instance(0, 0, Some((2, 1))),
+            Err(SimError::Placement {
+                err: PlacementError::Occupied { .. },
+                ..
+            })
+        ));
+        assert_eq!(
+            m.create_gpu_instance(5, 0, None),
+            Err(SimError::NotMigMode(5))
+        );
+        let mut mixed = Machine::new(MachineKind::Mixed, 8, 8, "t", 0);
+        assert_eq!(
+            mixed.create_gpu_instance(6, 0, None),
+            Err(SimError::NoMig(6))
+        );
+    }
+
+    #[test]
+    fn energy_integrates_power_and_a_driver_reload_resets_it() {
+        let mut m = h100();
+        m.start_process(5, None, proc(7, 100)).unwrap();
+        m.advance_to(11_000);
+        // 700 W for 10 s on GPU 5; 70 W idle on GPU 6.
+        assert_eq!(m.devices[5].energy_mj, 7_000_000);
+        assert_eq!(m.devices[6].energy_mj, 700_000);
+        m.reload_driver();
+        assert_eq!(m.devices[5].energy_mj, 0);
+        assert!(m.devices[5].processes.is_empty());
+    }
+
+    #[test]
+    fn power_limit_caps_power_and_lowers_clocks() {
+        let mut m = h100();
+        m.start_process(5, None, proc(7, 100)).unwrap();
+        m.set_power_limit(5, 350_000).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 350_000);
+        assert!(m.devices[5].sm_clock_mhz() < 1980);
+        assert!(m.set_power_limit(5, 1).is_err());
     }
 }

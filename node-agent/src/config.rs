@@ -328,6 +328,18 @@ pod_reclaim = "evict"
     }
 
     #[test]
+    fn nvml_library_is_read_and_unknown_nvml_keys_are_refused() {
+        let c =
+            AgentConfig::parse("[nvml]\nlibrary = \"/opt/libgreenslice_nvml_sim.so\"\n").unwrap();
+        assert_eq!(
+            c.nvml.library.as_deref(),
+            Some(std::path::Path::new("/opt/libgreenslice_nvml_sim.so"))
+        );
+        assert_eq!(AgentConfig::default().nvml.library, None);
+        assert!(AgentConfig::parse("[nvml]\nlib = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn defaults_are_read_only_mig() {
         let d = AgentConfig::default();
         assert!(!d.mig.manage_for(BackendKind::Nvml));

@@ -221,14 +221,14 @@ async fn main() -> ExitCode {
     if let Some(v) = args.backend {
         cfg.backend = v;
     }
+    if let Some(v) = args.nvml_library {
+        cfg.nvml.library = Some(v);
+    }
     if let Some(v) = args.machine {
         cfg.sim.machine = v;
     }
     if let Some(v) = args.mig_gpus {
         cfg.sim.mig_gpus = v;
-    }
-    if let Some(v) = args.nvml_library.clone() {
-        cfg.nvml.library = Some(v);
     }
     if let Some(v) = args.mig_manage {
         cfg.mig.manage = Some(v);

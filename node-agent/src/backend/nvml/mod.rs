@@ -663,6 +663,21 @@ mod tests {
     }
 
     #[test]
+    fn a_named_library_that_does_not_load_is_no_driver_naming_its_path() {
+        let path = Path::new("/nonexistent/libgreenslice_nvml_sim.so");
+        match NvmlBackend::new(false, "/tmp/nvidia-mps", Some(path)) {
+            Err(BackendError::NoDriver(msg)) => {
+                assert!(
+                    msg.contains("/nonexistent/libgreenslice_nvml_sim.so"),
+                    "{msg}"
+                )
+            }
+            Err(e) => panic!("expected NoDriver, got {e}"),
+            Ok(_) => panic!("a library that does not exist loaded"),
+        }
+    }
+
+    #[test]
     fn meminfo_total_is_read_in_bytes() {
         let t = "MemTotal:       131072 kB\nMemFree:        1024 kB\n";
         assert_eq!(parse_meminfo_total(t), Some(131_072 * 1024));

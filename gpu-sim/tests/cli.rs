@@ -1,0 +1,88 @@
+//! `greenslice-gpu-sim` as a workload uses it: changes persist in the state file across runs, and
+//! bad input exits 2 with a message naming it, leaving the machine as it was.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_greenslice-gpu-sim"))
+        .arg("--state")
+        .arg(state)
+        .args(["--mig-gpus", "1", "--manual-time"])
+        .args(args)
+        .env_remove("GREENSLICE_NVML_SIM_STATE")
+        .output()
+        .expect("run greenslice-gpu-sim")
+}
+
+fn state_json(state: &Path) -> serde_json::Value {
+    let out = run(state, &["state"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn processes_persist_and_bad_input_exits_2_without_changing_the_machine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("m.json");
+    let ok = run(
+        &state,
+        &[
+            "start",
+            "--pid",
+            "7",
+            "--gpu",
+            "3",
+            "--sm",
+            "80",
+            "--env",
+            "GREENSLICE_SLICE_ID=s-1",
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let before = state_json(&state);
+    assert_eq!(
+        before["devices"][3]["processes"][0]["env"]["GREENSLICE_SLICE_ID"],
+        "s-1"
+    );
+
+    for (args, says) in [
+        (vec!["start", "--pid", "7", "--gpu", "4"], "pid 7"),
+        (vec!["start", "--pid", "8", "--gpu", "99"], "no GPU 99"),
+        (vec!["start", "--pid", "8", "--gpu", "0"], "MIG mode"),
+        (
+            vec!["start", "--pid", "8", "--gpu", "1", "--sm", "101"],
+            "101",
+        ),
+        (
+            vec!["start", "--pid", "8", "--gpu", "1", "--env", "NOEQUALS"],
+            "KEY=VALUE",
+        ),
+        (vec!["stop", "--pid", "12345"], "no process 12345"),
+        (
+            vec!["power-limit", "--gpu", "1", "--watts", "5000"],
+            "power limit",
+        ),
+    ] {
+        let out = run(&state, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let mut after = state_json(&state);
+    // Manual time: nothing moved, so the two states are equal field for field.
+    after["generation"] = before["generation"].clone();
+    assert_eq!(after, before);
+
+    // A corrupt state file is an I/O-class error (1), not bad input.
+    std::fs::write(&state, b"{").expect("write");
+    assert_eq!(run(&state, &["state"]).status.code(), Some(1));
+}

@@ -1,0 +1,279 @@
+//! End to end on the NVML path: the real controller binary and the real agent binary with
+//! `--backend nvml --nvml-library libgreenslice_nvml_sim.so` on a simulated DGX H100 whose state
+//! lives in a file; the workload's view comes from the `greenslice-gpu-sim` CLI, which reads the
+//! same machine. Nothing here shares code with the agent's view of the hardware.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use common::procs::*;
+use serde_json::Value;
+
+static BUILD: Once = Once::new();
+
+/// The simulated library and CLI. `cargo test --workspace` builds both beside this test's binaries
+/// (their packages have tests). When only this test was asked for, they are built here, into a
+/// target folder of their own: the running `cargo test` holds the lock on the main one.
+fn sim_artifacts() -> (PathBuf, PathBuf) {
+    let dir = bin("greenslice")
+        .parent()
+        .expect("profile dir")
+        .to_path_buf();
+    let beside = (
+        dir.join("libgreenslice_nvml_sim.so"),
+        dir.join("greenslice-gpu-sim"),
+    );
+    if beside.0.exists() && beside.1.exists() {
+        return beside;
+    }
+    let target = dir.parent().expect("target dir").join("nvml-sim-for-tests");
+    BUILD.call_once(|| {
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "nvml-sim", "-p", "gpu-sim"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build -p nvml-sim -p gpu-sim failed");
+    });
+    let built = target.join("debug");
+    let found = (
+        built.join("libgreenslice_nvml_sim.so"),
+        built.join("greenslice-gpu-sim"),
+    );
+    assert!(
+        found.0.exists() && found.1.exists(),
+        "{} missing",
+        found.0.display()
+    );
+    found
+}
+
+/// Runs the simulator's CLI on `state` and returns its stdout.
+fn gpu_sim(cli: &Path, state: &Path, args: &[&str]) -> String {
+    let out = Command::new(cli)
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run greenslice-gpu-sim");
+    assert!(
+        out.status.success(),
+        "greenslice-gpu-sim {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn machine(cli: &Path, state: &Path) -> Value {
+    serde_json::from_str(&gpu_sim(cli, state, &["state"])).expect("state JSON")
+}
+
+/// The simulated GPU instances of GPU `uuid`: (id, profile, start).
+fn instances(m: &Value, uuid: &str) -> Vec<(u64, String, u64)> {
+    let d = m["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["uuid"] == uuid))
+        .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"));
+    d["gpu_instances"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .map(|g| {
+                    (
+                        g["id"].as_u64().unwrap_or(0),
+                        g["profile"].as_str().unwrap_or("").to_string(),
+                        g["start"].as_u64().unwrap_or(99),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn start_nvml_agent(url: &str, node: &str, lib: &Path, state: &Path, dir: &Path) -> Proc {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, "[mig]\nmanage = true\n").expect("agent config");
+    let child = Command::new(bin("greenslice-agent"))
+        .args(["--controller", url, "--node", node, "--backend", "nvml"])
+        .arg("--nvml-library")
+        .arg(lib)
+        .arg("--config")
+        .arg(&cfg)
+        .env("GREENSLICE_NVML_SIM_STATE", state)
+        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
+        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start greenslice-agent");
+    Proc(child, None)
+}
+
+#[test]
+fn nvml_backend_on_the_simulated_library_places_whole_mig_and_share_slices_and_releases_them() {
+    let (lib, sim_cli) = sim_artifacts();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("machine.json");
+    // The machine exists before the agent, as hardware does.
+    gpu_sim(
+        &sim_cli,
+        &state,
+        &["--machine", "dgx-h100", "--mig-gpus", "2", "state"],
+    );
+    let (_ctl, url) = start_controller(&[]);
+    let _agent = start_nvml_agent(&url, "h100-nvml", &lib, &state, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let inv = cli_json(&url, &["inventory"]);
+            inv["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["connected"] == true))
+        }),
+        "the NVML agent did not register"
+    );
+    let inv = cli_json(&url, &["inventory"]);
+    assert_eq!(inv["gpus_total"], 8, "{inv}");
+
+    let whole = cli_json(&url, &["request", "--tenant", "team-a", "--whole", "1"]);
+    let big = cli_json(
+        &url,
+        &["request", "--tenant", "team-b", "--profile", "3g.40gb"],
+    );
+    let small = cli_json(
+        &url,
+        &["request", "--tenant", "team-b", "--profile", "1g.10gb"],
+    );
+    let share = cli_json(
+        &url,
+        &[
+            "request", "--tenant", "team-c", "--share", "0.25", "--memory", "10GiB",
+        ],
+    );
+    for s in [&whole, &big, &small, &share] {
+        assert_eq!(s["state"], "active", "{s}");
+    }
+
+    // The simulated hardware holds the instances at the placements the controller chose.
+    let m = machine(&sim_cli, &state);
+    for s in [&big, &small] {
+        let gpu = s["gpu_uuids"][0].as_str().expect("MIG slice GPU");
+        let start = s["mig"]["start"].as_u64().expect("start");
+        let profile = s["spec"]["profile"].as_str().map(str::to_string);
+        let held = instances(&m, gpu);
+        assert!(
+            held.iter()
+                .any(|(_, p, st)| *st == start && profile.as_deref().is_none_or(|want| want == p)),
+            "slice {s} not on the simulated GPU: {held:?}"
+        );
+        assert!(
+            s["mig"]["mig_uuid"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("MIG-")
+        );
+    }
+
+    for s in [&whole, &big, &small, &share] {
+        let r = cli_json(&url, &["release", s["id"].as_str().unwrap()]);
+        assert_eq!(r["state"], "released", "{r}");
+    }
+    let m = machine(&sim_cli, &state);
+    for s in [&big, &small] {
+        let gpu = s["gpu_uuids"][0].as_str().unwrap();
+        assert_eq!(
+            instances(&m, gpu),
+            vec![],
+            "released instances remain on {gpu}"
+        );
+    }
+    let after = cli_json(&url, &["inventory"]);
+    assert_eq!(after["allocated_milli"], 0, "{after}");
+}
+
+/// The index of GPU `uuid` on the simulated machine.
+fn gpu_index(m: &Value, uuid: &str) -> u64 {
+    m["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["uuid"] == uuid))
+        .and_then(|d| d["index"].as_u64())
+        .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"))
+}
+
+#[test]
+fn a_mig_instance_still_in_use_is_released_once_its_process_exits() {
+    let (lib, sim_cli) = sim_artifacts();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "2", "state"]);
+    let (_ctl, url) = start_controller(&[]);
+    let _agent = start_nvml_agent(&url, "h100-nvml", &lib, &state, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["connected"] == true))
+        }),
+        "the NVML agent did not register"
+    );
+    let s = cli_json(
+        &url,
+        &["request", "--tenant", "team-b", "--profile", "1g.10gb"],
+    );
+    let id = s["id"].as_str().expect("slice id").to_string();
+    let gpu = s["gpu_uuids"][0].as_str().expect("GPU").to_string();
+    let gi = s["mig"]["gpu_instance_id"]
+        .as_u64()
+        .expect("GPU instance id");
+    let index = gpu_index(&machine(&sim_cli, &state), &gpu);
+    // The tenant's job runs on the instance.
+    gpu_sim(
+        &sim_cli,
+        &state,
+        &[
+            "start",
+            "--pid",
+            "4242",
+            "--gpu",
+            &index.to_string(),
+            "--gi",
+            &gi.to_string(),
+            "--memory-mib",
+            "512",
+            "--sm",
+            "30",
+            "--env",
+            &format!("GREENSLICE_SLICE_ID={id}"),
+        ],
+    );
+
+    // The release is refused by the hardware (IN_USE) and says so; the slice stays RELEASING with
+    // a reason naming the node and the refusal, not silently.
+    // The release itself is accepted (it is durable and will finish): it answers RELEASING.
+    let answered = cli_json(&url, &["release", &id]);
+    assert_eq!(answered["state"], "releasing", "{answered}");
+    let got = cli_json(&url, &["get", &id]);
+    assert_eq!(got["state"], "releasing", "{got}");
+    let reason = got["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("teardown refused by node h100-nvml"),
+        "{reason}"
+    );
+    assert_eq!(instances(&machine(&sim_cli, &state), &gpu).len(), 1);
+
+    // Once the process exits, the retried teardown completes.
+    gpu_sim(&sim_cli, &state, &["stop", "--pid", "4242"]);
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || cli_json(&url, &["get", &id])["state"] == "released"
+        ),
+        "slice not released after its process exited: {}",
+        cli_json(&url, &["get", &id])
+    );
+    assert_eq!(instances(&machine(&sim_cli, &state), &gpu), vec![]);
+}
