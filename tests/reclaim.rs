@@ -476,16 +476,16 @@ async fn relayout_repartitions_free_instances_and_never_touches_one_in_use() {
     assert_eq!(a_now.mig_uuid, a_mig.mig_uuid);
     assert_eq!(pid_of(a_mig.gpu_instance_id), Some(a_pid));
     // The busy leftover survives; only free ones in the way were destroyed.
-    let (_, busy_gi, _) = leftovers.last().unwrap();
-    assert!(
+    // Instances are told apart by their owner, not their GPU-instance id: the driver (and the
+    // simulator) give a destroyed instance's id to the next one made.
+    let held = |slice: &str| {
         inv.mig_instances
             .iter()
-            .any(|i| i.gpu_instance_id == *busy_gi)
-    );
-    let destroyed = leftovers
-        .iter()
-        .filter(|(_, gi, _)| !inv.mig_instances.iter().any(|i| i.gpu_instance_id == *gi))
-        .count();
+            .any(|i| i.slice_id.as_deref() == Some(slice))
+    };
+    let (busy, _, _) = leftovers.last().unwrap();
+    assert!(held(busy));
+    let destroyed = leftovers.iter().filter(|(id, _, _)| !held(id)).count();
     assert_eq!(destroyed, 2, "{:?}", inv.mig_instances);
     assert_eq!(e.state(&a.id), SliceState::Active);
     e.cluster.shutdown().await;
