@@ -131,7 +131,7 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
                 c.start
             ))),
         },
-        Some(Action::DestroyMig(c)) => b.destroy_mig(&c.gpu_uuid, c.gpu_instance_id),
+        Some(Action::DestroyMig(c)) => destroy_owned_mig(b.as_mut(), c),
         Some(Action::ClaimMig(c)) => b
             .claim_mig(&c.gpu_uuid, c.gpu_instance_id, &c.slice_id)
             .map(|(inst, env)| {
@@ -448,6 +448,32 @@ pub async fn run_with(mut cfg: SessionConfig, backend: SharedBackend) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Destroys a MIG instance unless another slice owns it now. GPU-instance ids are reused (the
+/// driver hands a destroyed instance's id to the next one), so a teardown retried after its
+/// instance went must not destroy the instance that took the id: that counts as already gone.
+fn destroy_owned_mig(
+    b: &mut dyn GpuBackend,
+    c: &pb::DestroyMigInstance,
+) -> Result<(), BackendError> {
+    let owner = b
+        .inventory()?
+        .into_iter()
+        .find(|g| g.uuid == c.gpu_uuid)
+        .and_then(|g| {
+            g.mig_instances
+                .into_iter()
+                .find(|m| m.gpu_instance_id == c.gpu_instance_id)
+                .map(|m| m.slice_id)
+        });
+    match owner {
+        Some(Some(other)) if other != c.slice_id => Err(BackendError::NoSuchInstance {
+            gpu: c.gpu_uuid.clone(),
+            gi: c.gpu_instance_id,
+        }),
+        _ => b.destroy_mig(&c.gpu_uuid, c.gpu_instance_id),
     }
 }
 
