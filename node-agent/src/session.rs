@@ -453,7 +453,8 @@ pub async fn run_with(mut cfg: SessionConfig, backend: SharedBackend) {
 
 /// Destroys a MIG instance unless another slice owns it now. GPU-instance ids are reused (the
 /// driver hands a destroyed instance's id to the next one), so a teardown retried after its
-/// instance went must not destroy the instance that took the id: that counts as already gone.
+/// instance went must not destroy the instance that took the id: that counts as already gone. An
+/// empty `slice_id` (re-layout destroying a free instance) destroys whatever holds the id.
 fn destroy_owned_mig(
     b: &mut dyn GpuBackend,
     c: &pb::DestroyMigInstance,
@@ -469,16 +470,44 @@ fn destroy_owned_mig(
                 .map(|m| m.slice_id)
         });
     match owner {
-        Some(Some(other)) if other != c.slice_id => Err(BackendError::NoSuchInstance {
-            gpu: c.gpu_uuid.clone(),
-            gi: c.gpu_instance_id,
-        }),
+        Some(Some(other)) if !c.slice_id.is_empty() && other != c.slice_id => {
+            Err(BackendError::NoSuchInstance {
+                gpu: c.gpu_uuid.clone(),
+                gi: c.gpu_instance_id,
+            })
+        }
         _ => b.destroy_mig(&c.gpu_uuid, c.gpu_instance_id),
     }
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_stale_teardown_leaves_the_instance_that_took_the_id() {
+        use crate::backend::sim::{Machine, SimBackend, SimConfig};
+        let mut c = SimConfig::new("n1", Machine::DgxH100);
+        c.mig_gpus = 1;
+        let mut b = SimBackend::new(c).unwrap();
+        let gpu = b.inventory().unwrap()[0].uuid.clone();
+        let (inst, _) = b.create_mig(&gpu, "1g.10gb", 0, "s-new").unwrap();
+        let stale = pb::DestroyMigInstance {
+            gpu_uuid: gpu.clone(),
+            gpu_instance_id: inst.gpu_instance_id,
+            slice_id: "s-old".into(),
+        };
+        assert!(matches!(
+            destroy_owned_mig(&mut b, &stale),
+            Err(BackendError::NoSuchInstance { .. })
+        ));
+        assert_eq!(b.inventory().unwrap()[0].mig_instances.len(), 1);
+        let own = pb::DestroyMigInstance {
+            slice_id: "s-new".into(),
+            ..stale
+        };
+        destroy_owned_mig(&mut b, &own).unwrap();
+        assert!(b.inventory().unwrap()[0].mig_instances.is_empty());
+    }
     use super::*;
 
     #[test]
