@@ -186,8 +186,6 @@ struct Placement {
 pub struct SimBackend {
     config: SimConfig,
     gpus: Vec<Gpu>,
-    /// Next GPU instance id per GPU (the driver hands out small integers).
-    next_gi: Vec<u32>,
     /// Energy counter per GPU.
     meters: Vec<EnergyMeter>,
     /// Largest per-process sample timestamp already reported, per GPU (µs).
@@ -271,7 +269,6 @@ impl SimBackend {
         let now = config.clock.now_ms();
         let n = config.gpus as usize;
         Ok(SimBackend {
-            next_gi: vec![1; n],
             meters: vec![EnergyMeter::new(now); n],
             last_seen_us: vec![0; n],
             loads: BTreeMap::new(),
@@ -611,14 +608,16 @@ impl GpuBackend for SimBackend {
                 gpu: gpu.to_string(),
             });
         }
-        let p = mig::check_create(&g.model, &g.mig_layout(), profile, start)?;
-        let gi = self.next_gi[i];
-        self.next_gi[i] += 1;
+        let size = hardware_mig_check(gpu, &g.model, &g.mig_instances, profile, start)?;
+        // The driver hands out the lowest free GPU-instance id, reusing destroyed ones.
+        let gi = (1..)
+            .find(|id| g.mig_instances.iter().all(|m| m.gpu_instance_id != *id))
+            .unwrap_or(1);
         let inst = MigInstance {
             gpu_instance_id: gi,
             profile: profile.to_string(),
             start,
-            size: p.size,
+            size,
             mig_uuid: stable_uuid("MIG", &format!("{gpu}/{gi}/{slice_id}")),
             slice_id: Some(slice_id.to_string()),
         };
@@ -742,6 +741,88 @@ impl GpuBackend for SimBackend {
     }
 }
 
+/// The simulated hardware's own answer to "may `profile` be created at `start`?": gpu-sim's MIG
+/// tables and placement rules, written from NVIDIA's guide apart from greenslice-core's (which the
+/// controller places with), so the simulator can disagree with the controller as a driver could.
+/// Errors are given in core's terms, as the NVML backend reports a driver's refusal. Returns the
+/// placement's size in memory slices.
+fn hardware_mig_check(
+    gpu: &str,
+    model: &GpuModel,
+    existing: &[MigInstance],
+    profile: &str,
+    start: u8,
+) -> Result<u8, BackendError> {
+    use gpu_sim::DeviceKind;
+    use gpu_sim::profiles::{Occupant, PlacementError, check_placement};
+    let kind = match model {
+        GpuModel::A100Sxm4_40Gb => DeviceKind::A100Sxm4_40Gb,
+        GpuModel::A100Sxm4_80Gb => DeviceKind::A100Sxm4_80Gb,
+        GpuModel::H100Sxm5_80Gb => DeviceKind::H100Sxm5_80Gb,
+        GpuModel::H100Pcie80Gb => DeviceKind::H100Pcie80Gb,
+        GpuModel::H200Sxm5_141Gb => DeviceKind::H200Sxm5_141Gb,
+        // The simulator has no other MIG-capable product.
+        _ => return Err(BackendError::NotMigMode { gpu: gpu.into() }),
+    };
+    let table = kind.mig_profiles();
+    let named = |name: &str| table.iter().find(|p| p.name == name);
+    let p = named(profile).ok_or_else(|| {
+        let valid: Vec<&str> = table.iter().map(|p| p.name).collect();
+        mig::MigError::UnknownProfile {
+            model: model.name().to_string(),
+            profile: profile.to_string(),
+            valid: valid.join(", "),
+        }
+    })?;
+    let occupants = existing
+        .iter()
+        .map(|m| {
+            let profile =
+                named(&m.profile).ok_or(mig::MigError::CorruptLayout(m.profile.clone()))?;
+            Ok(Occupant {
+                profile,
+                start: u32::from(m.start),
+            })
+        })
+        .collect::<Result<Vec<_>, mig::MigError>>()?;
+    let to_u8 = |v: u32| u8::try_from(v).unwrap_or(u8::MAX);
+    check_placement(p, u32::from(start), p.size, &occupants).map_err(|e| match e {
+        PlacementError::BadStart { .. } | PlacementError::BadSize { .. } => {
+            BackendError::Mig(mig::MigError::InvalidStart {
+                profile: profile.into(),
+                start,
+                legal: p.starts.iter().map(|&s| to_u8(s)).collect(),
+            })
+        }
+        PlacementError::Occupied { .. } => {
+            let other = occupants.iter().find(|o| {
+                o.start < u32::from(start) + p.size && u32::from(start) < o.start + o.profile.size
+            });
+            BackendError::Mig(mig::MigError::Overlap {
+                profile: profile.into(),
+                start,
+                other: other.map_or_else(String::new, |o| o.profile.name.to_string()),
+                other_start: other.map_or(0, |o| to_u8(o.start)),
+            })
+        }
+        PlacementError::TooMany { max, .. } => BackendError::Mig(mig::MigError::MaxInstances {
+            profile: profile.into(),
+            max: to_u8(max),
+        }),
+        PlacementError::MediaEngines => BackendError::Mig(mig::MigError::MediaEnginesTaken {
+            other: occupants
+                .iter()
+                .find(|o| o.profile.media_extension())
+                .map_or_else(String::new, |o| o.profile.name.to_string()),
+        }),
+        e @ PlacementError::Compute { .. } => BackendError::NoRoom {
+            gpu: gpu.into(),
+            why: e.to_string(),
+        },
+    })?;
+    Ok(to_u8(p.size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,6 +842,18 @@ mod tests {
         let mut u: Vec<_> = ia.iter().map(|g| g.uuid.clone()).collect();
         u.dedup();
         assert_eq!(u.len(), 8);
+    }
+
+    #[test]
+    fn gpu_instance_ids_are_reused_as_a_driver_does() {
+        let mut b = h100(1);
+        let g = b.inventory().unwrap()[0].uuid.clone();
+        let (a, _) = b.create_mig(&g, "1g.10gb", 0, "s1").unwrap();
+        let (c, _) = b.create_mig(&g, "1g.10gb", 1, "s2").unwrap();
+        assert_eq!((a.gpu_instance_id, c.gpu_instance_id), (1, 2));
+        b.destroy_mig(&g, 1).unwrap();
+        let (d, _) = b.create_mig(&g, "1g.10gb", 2, "s3").unwrap();
+        assert_eq!(d.gpu_instance_id, 1);
     }
 
     #[test]
