@@ -151,7 +151,9 @@ async fn over_the_cap_the_oldest_finished_slices_are_forgotten_in_memory_and_the
     for i in 0..5 {
         done.push(finished(&c, &clock, &format!("t{i}"), "").await);
     }
-    assert_eq!(c.prune_terminal().await.unwrap(), 2);
+    // Housekeeping's pass at start can run late and prune some of them first (it did under load),
+    // so the count is read from what is left and from the metric, which counts both passes.
+    c.prune_terminal().await.unwrap();
     let mut want = done[2..].to_vec();
     want.push(live.clone());
     let want = sorted(want);

@@ -206,9 +206,17 @@ fn fnv1a(name: &str) -> u128 {
     h
 }
 
-/// A stable pseudo-UUID from a name (FNV-1a, formatted like a UUID).
+/// A stable pseudo-UUID from a name: FNV-1a, then a finalizer so that names differing in their last
+/// character (GPUs 0..7 of one node) differ in every digit, as real UUIDs look.
 fn stable_uuid(prefix: &str, name: &str) -> String {
-    let x = format!("{:032x}", fnv1a(name));
+    let h = fnv1a(name);
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (hi, lo) = ((h >> 64) as u64, h as u64);
+    let x = format!("{:016x}{:016x}", mix(hi ^ lo.rotate_left(17)), mix(lo ^ hi));
     format!(
         "{prefix}-{}-{}-{}-{}-{}",
         &x[0..8],
@@ -842,6 +850,9 @@ mod tests {
         let mut u: Vec<_> = ia.iter().map(|g| g.uuid.clone()).collect();
         u.dedup();
         assert_eq!(u.len(), 8);
+        // Like real UUIDs, they differ from their first digits on (a table can cut them short).
+        let firsts: std::collections::BTreeSet<_> = u.iter().map(|x| x[..12].to_string()).collect();
+        assert_eq!(firsts.len(), 8, "{u:?}");
     }
 
     #[test]
