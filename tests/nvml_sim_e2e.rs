@@ -23,12 +23,18 @@ fn sim_artifacts() -> (PathBuf, PathBuf) {
         .parent()
         .expect("profile dir")
         .to_path_buf();
-    let beside = (
+    // A clean `cargo test` leaves the cdylib only in deps/ (the root package depends on nvml-sim).
+    let lib = [
         dir.join("libgreenslice_nvml_sim.so"),
-        dir.join("greenslice-gpu-sim"),
-    );
-    if beside.0.exists() && beside.1.exists() {
-        return beside;
+        dir.join("deps/libgreenslice_nvml_sim.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists());
+    let cli = dir.join("greenslice-gpu-sim");
+    if let Some(lib) = lib
+        && cli.exists()
+    {
+        return (lib, cli);
     }
     let target = dir.parent().expect("target dir").join("nvml-sim-for-tests");
     BUILD.call_once(|| {

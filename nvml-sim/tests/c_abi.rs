@@ -14,13 +14,20 @@ use nvml_wrapper_sys::bindings::*;
 
 static TURN: Mutex<()> = Mutex::new(());
 
-/// The cdylib beside this test's deps folder (cargo builds it with the crate's rlib).
+/// The cdylib cargo builds with the crate's rlib: in the deps folder beside this test (a clean
+/// `cargo test` leaves it only there), or uplifted into the profile folder above it.
 fn lib_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("libgreenslice_nvml_sim.so");
-    assert!(p.exists(), "{} not built", p.display());
-    p
+    let deps = exe.parent().expect("deps dir");
+    let candidates = [
+        deps.to_path_buf(),
+        deps.parent().expect("profile dir").to_path_buf(),
+    ];
+    candidates
+        .iter()
+        .map(|d| d.join("libgreenslice_nvml_sim.so"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("libgreenslice_nvml_sim.so not built in {candidates:?}"))
 }
 
 struct Sim {
