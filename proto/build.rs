@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let protos: [PathBuf; 5] = [
         root.join("greenslice/v1/types.proto"),
         root.join("greenslice/v1/tenant.proto"),
