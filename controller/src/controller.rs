@@ -1676,7 +1676,7 @@ fn holders_of(
     gpu: &str,
     iv: crate::energy::Interval,
 ) -> Vec<crate::energy::Holder> {
-    use crate::energy::{Capacity, Holder};
+    use crate::energy::Holder;
     let model = st
         .nodes
         .values()
@@ -1692,18 +1692,7 @@ fn holders_of(
             if held_ms == 0 {
                 return None;
             }
-            let capacity = match &s.spec.kind {
-                SliceKind::Whole { .. } => Capacity::WHOLE,
-                SliceKind::Mig { profile } => {
-                    let p = model
-                        .as_ref()
-                        .and_then(|m| greenslice_core::mig::profile(m, profile))?;
-                    Capacity::mig_compute_slices(p.compute_slices).ok()?
-                }
-                SliceKind::Share {
-                    compute_fraction, ..
-                } => Capacity::from_fraction(*compute_fraction).ok()?,
-            };
+            let capacity = greenslice_core::capacity::held_per_gpu(&s.spec.kind, model.as_ref())?;
             Some(Holder {
                 slice_id: s.id.clone(),
                 tenant: s.tenant.clone(),

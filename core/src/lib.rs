@@ -1,6 +1,7 @@
 //! The greenslice domain model, defined once and shared by the controller, the node agent and the CLI.
 //!
 //! - [`gpu`]: GPU models and their nominal figures (memory, power).
+//! - [`capacity`]: the one exact measure of how much of a GPU a slice holds.
 //! - [`mig`]: MIG profile tables and the layout rules NVML enforces.
 //! - [`slice`]: what a tenant asks for, its validation, and a slice's lifecycle.
 //! - [`inventory`]: the actual state of a node's GPUs.
@@ -11,6 +12,7 @@
 //! - [`time`]: units of time (the hour in ms).
 //! - [`convert`]: conversions between these types and the wire messages.
 
+pub mod capacity;
 pub mod clock;
 pub mod convert;
 pub mod expfmt;

@@ -24,84 +24,7 @@ use thiserror::Error;
 
 use super::apportion::largest_remainder;
 
-/// Capacity units in one whole GPU: 7 x 10^6, so MIG compute slices (k/7) and share fractions in
-/// millionths are both exact.
-pub const CAPACITY_UNITS_PER_GPU: u32 = 7_000_000;
-
-/// The share of one GPU's compute a slice holds, in [0, 1], stored exactly in units of
-/// 1 / [`CAPACITY_UNITS_PER_GPU`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
-pub struct Capacity(u32);
-
-impl TryFrom<u32> for Capacity {
-    type Error = AttributionError;
-
-    /// From units of 1 / [`CAPACITY_UNITS_PER_GPU`]; more than one GPU is an error.
-    fn try_from(units: u32) -> Result<Capacity, AttributionError> {
-        if units > CAPACITY_UNITS_PER_GPU {
-            return Err(AttributionError::InvalidCapacity(format!(
-                "{units} units (at most {CAPACITY_UNITS_PER_GPU})"
-            )));
-        }
-        Ok(Capacity(units))
-    }
-}
-
-impl From<Capacity> for u32 {
-    fn from(c: Capacity) -> u32 {
-        c.0
-    }
-}
-
-impl Capacity {
-    /// The whole GPU.
-    pub const WHOLE: Capacity = Capacity(CAPACITY_UNITS_PER_GPU);
-
-    /// A MIG instance of `compute_slices` of the GPU's 7 compute slices.
-    pub fn mig_compute_slices(compute_slices: u8) -> Result<Capacity, AttributionError> {
-        let k = u32::from(compute_slices);
-        if k > 7 {
-            return Err(AttributionError::InvalidCapacity(format!(
-                "{compute_slices} MIG compute slices (at most 7)"
-            )));
-        }
-        Ok(Capacity(k * (CAPACITY_UNITS_PER_GPU / 7)))
-    }
-
-    /// A share of `milli` thousandths of the GPU (as `SliceSpec::compute_milli_per_gpu` gives).
-    pub fn from_milli(milli: u32) -> Result<Capacity, AttributionError> {
-        if milli > 1000 {
-            return Err(AttributionError::InvalidCapacity(format!(
-                "{milli} milli-GPU (at most 1000)"
-            )));
-        }
-        Ok(Capacity(milli * (CAPACITY_UNITS_PER_GPU / 1000)))
-    }
-
-    /// A fraction of the GPU in [0, 1], rounded to the nearest unit.
-    pub fn from_fraction(fraction: f64) -> Result<Capacity, AttributionError> {
-        if !(0.0..=1.0).contains(&fraction) {
-            return Err(AttributionError::InvalidCapacity(format!(
-                "fraction {fraction} (must be in [0, 1])"
-            )));
-        }
-        // In [0, 7e6] after the check, so the cast is exact after rounding.
-        Ok(Capacity(
-            (fraction * f64::from(CAPACITY_UNITS_PER_GPU)).round() as u32,
-        ))
-    }
-
-    /// Units of 1 / [`CAPACITY_UNITS_PER_GPU`] of a GPU.
-    pub fn units(self) -> u32 {
-        self.0
-    }
-
-    /// The fraction of the GPU, for display.
-    pub fn as_fraction(self) -> f64 {
-        f64::from(self.0) / f64::from(CAPACITY_UNITS_PER_GPU)
-    }
-}
+pub use greenslice_core::capacity::{CAPACITY_UNITS_PER_GPU, Capacity};
 
 /// Where static (idle) energy goes.
 #[derive(
@@ -225,8 +148,6 @@ impl Attribution {
 /// Why an interval could not be attributed (invalid input).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AttributionError {
-    #[error("invalid capacity: {0}")]
-    InvalidCapacity(String),
     #[error("interval length must be more than 0 ms")]
     EmptyInterval,
     #[error("interval of {interval_ms} ms is too long to attribute (at most {max_ms} ms)")]
@@ -525,13 +446,13 @@ mod tests {
                 holder(
                     "4g",
                     "ta",
-                    Capacity::mig_compute_slices(4).expect("valid"),
+                    Capacity::mig_compute_slices(4, 7).expect("valid"),
                     10_000,
                 ),
                 holder(
                     "3g",
                     "tb",
-                    Capacity::mig_compute_slices(3).expect("valid"),
+                    Capacity::mig_compute_slices(3, 7).expect("valid"),
                     10_000,
                 ),
             ],
@@ -546,18 +467,7 @@ mod tests {
 
     #[test]
     fn rejects_invalid_input_with_typed_errors() {
-        assert!(matches!(
-            Capacity::from_fraction(1.5),
-            Err(AttributionError::InvalidCapacity(_))
-        ));
-        assert!(Capacity::from_fraction(f64::NAN).is_err());
-        assert!(Capacity::mig_compute_slices(8).is_err());
-        assert!(Capacity::from_milli(1001).is_err());
-        assert!(serde_json::from_str::<Capacity>("7000001").is_err());
-        assert_eq!(
-            serde_json::from_str::<Capacity>("3000000").ok(),
-            Capacity::mig_compute_slices(3).ok()
-        );
+        // Capacity's own bounds are tested in greenslice_core::capacity.
         let mut i = input(1, vec![holder("a", "ta", half(), 20_000)], vec![]);
         assert!(matches!(
             attribute(&i),

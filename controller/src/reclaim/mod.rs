@@ -18,7 +18,7 @@ pub mod relayout;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use greenslice_core::slice::{SliceKind, SliceState};
+use greenslice_core::slice::SliceState;
 use greenslice_proto::v1 as pb;
 use tracing::{info, warn};
 
@@ -109,31 +109,16 @@ impl UsageView for Telemetry {
     }
 }
 
-/// Capacity a slice holds, in GPUs: whole GPUs count 1 each, a share its compute fraction, a MIG
-/// instance its compute slices over 7.
+/// Capacity a slice holds, in GPUs ([`greenslice_core::capacity::held_gpus`] on the model of the
+/// GPU it holds); a profile no model has counts as one whole GPU, so it is never idle by rounding.
 pub fn allocated_gpus(r: &SliceRecord, st: &ClusterState) -> f64 {
-    match &r.spec.kind {
-        SliceKind::Whole { count } => f64::from(*count),
-        SliceKind::Share {
-            compute_fraction, ..
-        } => *compute_fraction,
-        SliceKind::Mig { profile } => {
-            let model = st
-                .nodes
-                .get(&r.node)
-                .and_then(|n| n.gpus.iter().find(|g| r.gpus.first() == Some(&g.uuid)))
-                .map(|g| g.model.clone())
-                .or_else(|| r.spec.gpu_model.clone());
-            match model
-                .as_ref()
-                .and_then(|m| greenslice_core::mig::profile(m, profile))
-            {
-                Some(p) => p.compute_fraction(),
-                // Unknown model: memory slices of 8 as the best estimate.
-                None => r.mig.as_ref().map_or(1.0, |m| f64::from(m.size) / 8.0),
-            }
-        }
-    }
+    let model = st
+        .nodes
+        .get(&r.node)
+        .and_then(|n| n.gpus.iter().find(|g| r.gpus.first() == Some(&g.uuid)))
+        .map(|g| g.model.clone())
+        .or_else(|| r.spec.gpu_model.clone());
+    greenslice_core::capacity::held_gpus(&r.spec.kind, model.as_ref()).unwrap_or(1.0)
 }
 
 /// Folds a node's accepted samples into the slice histories and the tenants' accounts.
