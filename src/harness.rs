@@ -10,7 +10,7 @@ use greenslice_agent::backend::readonly::ReadOnlyMig;
 use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig};
 use greenslice_agent::session::{self, SharedBackend};
 use greenslice_controller::auth::Authenticator;
-use greenslice_controller::controller::{Controller, CoreConfig};
+use greenslice_controller::engine::{Controller, CoreConfig};
 use greenslice_controller::ledger::{Ledger, MemoryLedger};
 use greenslice_controller::placement::{Policy, default_policy};
 use greenslice_controller::server::ServeOptions;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use greenslice::harness::{self, ClusterSpec, NodeSpec};
 use greenslice_agent::backend::sim::Machine;
-use greenslice_controller::controller::CoreConfig;
+use greenslice_controller::engine::CoreConfig;
 use greenslice_core::slice::SliceState;
 use greenslice_proto::v1 as pb;
 use pb::ops_service_client::OpsServiceClient;

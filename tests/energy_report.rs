@@ -238,7 +238,7 @@ async fn busy_whole_gpu(cluster: &harness::Cluster, tenant: &str, util: f64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn energy_attributed_before_a_controller_restart_is_still_reported() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
-    use greenslice_controller::controller::CoreConfig;
+    use greenslice_controller::engine::CoreConfig;
     use greenslice_controller::ledger::redb::RedbLedger;
     const START: i64 = 1_799_996_400_000; // an hour start
     let speedup = 600.0;

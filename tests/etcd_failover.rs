@@ -551,7 +551,7 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes_them_all() {
-    use greenslice_controller::controller::{Controller, CoreConfig};
+    use greenslice_controller::engine::{Controller, CoreConfig};
     use greenslice_controller::ledger::Ledger;
     use greenslice_controller::slice::SliceRecord;
     use greenslice_core::slice::{SliceKind, SliceSpec, SliceState};
@@ -621,7 +621,7 @@ async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes
 /// transaction) a report of more slices than that must still be recorded whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
-    use greenslice_controller::controller::{Controller, CoreConfig};
+    use greenslice_controller::engine::{Controller, CoreConfig};
     use greenslice_controller::ledger::Ledger;
     // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
     // start deadline.

@@ -13,7 +13,7 @@ use greenslice_agent::backend::sim::Machine;
 use greenslice_controller::api::kubelet::KubeletApi;
 use greenslice_controller::api::ops::OpsApi;
 use greenslice_controller::api::tenant::TenantApi;
-use greenslice_controller::controller::Controller;
+use greenslice_controller::engine::Controller;
 use greenslice_proto::v1 as pb;
 use pb::agent_service_client::AgentServiceClient;
 use pb::kubelet_service_server::KubeletService;

@@ -66,7 +66,7 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].gpu_uuids, vec![gpu.clone()]);
     // Ops see it in /metrics by node, tenant and resource.
-    let kubelet_gauge = |c: &greenslice_controller::controller::Controller| {
+    let kubelet_gauge = |c: &greenslice_controller::engine::Controller| {
         greenslice_controller::metrics::refresh(c);
         c.metrics
             .kubelet_allocations

@@ -586,7 +586,7 @@ async fn metrics_are_served_and_pass_promtool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_is_committed_and_survives_a_controller_restart() {
-    use greenslice_controller::controller::{Controller, CoreConfig};
+    use greenslice_controller::engine::{Controller, CoreConfig};
     use greenslice_controller::ledger::{Ledger, MemoryLedger};
     // One ledger outlives the first controller, as the redb file or etcd does.
     let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::default());

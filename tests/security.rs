@@ -9,7 +9,7 @@ use std::time::Duration;
 use greenslice::harness::{self, Cluster, ClusterSpec, Secure};
 use greenslice_agent::backend::sim::Machine;
 use greenslice_controller::auth::tokens::{self, TokenRole, TokenStore};
-use greenslice_controller::controller::CoreConfig;
+use greenslice_controller::engine::CoreConfig;
 use greenslice_proto::client::{Authed, ClientTls, Conn};
 use greenslice_proto::v1 as pb;
 use pb::agent_service_client::AgentServiceClient;

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::{ControllerConfig, LedgerKind};
-use crate::controller::{Controller, CoreConfig};
+use crate::engine::{Controller, CoreConfig};
 use crate::ledger::etcd::{Etcd, EtcdConfig, EtcdLedger, LeaderInfo};
 use crate::ledger::redb::RedbLedger;
 use crate::ledger::{Ledger, MemoryLedger};

@@ -1,6 +1,7 @@
 //! The greenslice controller: the cluster view, placement, the slice lifecycle and the gRPC services.
 //!
-//! - [`controller`]: the core that validates, places, commits and applies slices.
+//! - [`engine`]: the `Controller`, split by operation: it validates, places, commits and applies
+//!   slices, recovers nodes, sweeps, and keeps the energy book.
 //! - [`state`]: nodes and slices in memory; capacity in use is derived from live slices.
 //! - [`placement`]: pure placement policies.
 //! - [`ledger`]: where desired state is committed before it is acknowledged (memory, redb, etcd),
@@ -20,8 +21,8 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod controller;
 pub mod energy;
+pub mod engine;
 pub mod error;
 pub mod ledger;
 pub mod metrics;

@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::controller::Controller;
+use crate::engine::Controller;
 use crate::reclaim::UsageView;
 
 /// A float gauge.

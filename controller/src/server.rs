@@ -13,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::api::{agent::AgentApi, kubelet::KubeletApi, ops::OpsApi, tenant::TenantApi};
 use crate::auth::tls::ServerTls;
 use crate::auth::{Authenticator, Gate, Surface, WithPath};
-use crate::controller::Controller;
+use crate::engine::Controller;
 
 /// Largest gRPC message accepted by any service, bytes (the agent stream's; the others take less,
 /// see [`greenslice_core::limits`]).

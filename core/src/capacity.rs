@@ -57,7 +57,7 @@ impl Capacity {
         gpu_compute_slices: u8,
     ) -> Result<Capacity, CapacityError> {
         let (k, n) = (u32::from(compute_slices), u32::from(gpu_compute_slices));
-        if n == 0 || CAPACITY_UNITS_PER_GPU % n != 0 || k > n {
+        if n == 0 || !CAPACITY_UNITS_PER_GPU.is_multiple_of(n) || k > n {
             return Err(CapacityError(format!(
                 "{compute_slices} of {gpu_compute_slices} MIG compute slices"
             )));

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::auth::Principal;
 use crate::auth::tls::ServerTls;
-use crate::controller::Controller;
+use crate::engine::Controller;
 
 /// Most samples accepted in one batch (see [`greenslice_core::limits`]).
 pub use greenslice_core::limits::MAX_SAMPLES_PER_BATCH;

@@ -17,7 +17,7 @@ use pb::kubelet_service_server::KubeletService;
 use tonic::{Request, Response, Status};
 
 use super::check_id;
-use crate::controller::Controller;
+use crate::engine::Controller;
 use crate::placement::{ClusterView, NodeView, Policy, Request as PlaceRequest};
 use crate::slice::{MigAssignment, SliceRecord};
 

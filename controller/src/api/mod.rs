@@ -1,4 +1,4 @@
-//! gRPC services: thin edges over [`crate::controller::Controller`].
+//! gRPC services: thin edges over [`crate::engine::Controller`].
 
 pub mod agent;
 pub mod kubelet;

@@ -8,7 +8,7 @@ use greenslice_proto::v1 as pb;
 use pb::ops_service_server::OpsService;
 use tonic::{Request, Response, Status};
 
-use crate::controller::Controller;
+use crate::engine::Controller;
 
 /// The ops API.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::validate;
 use crate::auth::{Principal, principal};
-use crate::controller::Controller;
+use crate::engine::Controller;
 use crate::slice::SliceRecord;
 
 /// The tenant API.

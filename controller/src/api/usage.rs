@@ -4,7 +4,7 @@ use greenslice_proto::v1 as pb;
 use tonic::Status;
 
 use super::check_id;
-use crate::controller::Controller;
+use crate::engine::Controller;
 use greenslice_core::time::HOUR_MS_I64;
 
 use crate::reclaim::{Action, UsageView};

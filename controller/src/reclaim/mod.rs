@@ -22,7 +22,7 @@ use greenslice_core::slice::SliceState;
 use greenslice_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::controller::Controller;
+use crate::engine::Controller;
 use crate::error::ControllerError;
 use crate::slice::SliceRecord;
 use crate::state::ClusterState;

@@ -10,7 +10,7 @@ use greenslice_core::slice::{SliceKind, SliceSpec};
 use greenslice_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::controller::Controller;
+use crate::engine::Controller;
 use crate::placement::{Request, feasible_on_node};
 use crate::state::ClusterState;
 

@@ -1,0 +1,59 @@
+//! Slices the kubelet granted through the device plugin, folded into the ledger from the agents'
+//! reports.
+
+use greenslice_proto::v1 as pb;
+
+use super::Controller;
+use crate::slice::SliceRecord;
+
+impl Controller {
+    /// Records the pods' device allocations a node's kubelet made, as slices of the pods' tenants
+    /// (level-triggered: the report is the node's whole truth). Kubelet slices hold no agent-side
+    /// state, so they are never torn down by the controller; their pod's end releases them.
+    pub async fn apply_kubelet_allocations(
+        &self,
+        node: &str,
+        report: &pb::KubeletAllocations,
+    ) -> Result<usize, tonic::Status> {
+        let now = self.clock.now_ms();
+        let changes = {
+            let st = self.lock();
+            let existing: Vec<SliceRecord> = st
+                .live_on_node(node)
+                .filter(|s| crate::api::kubelet::is_kubelet_slice(s))
+                .cloned()
+                .collect();
+            crate::api::kubelet::kubelet_slice_changes(node, &existing, report, now)?
+        };
+        let all: Vec<SliceRecord> = changes
+            .upsert
+            .iter()
+            .chain(&changes.released)
+            .cloned()
+            .collect();
+        if all.is_empty() {
+            return Ok(0);
+        }
+        // A report may change more slices than etcd takes in one transaction (a restarted agent
+        // reports every pod at once). Each part is durable before memory shows it; should a later
+        // part fail, the report is level-triggered and the next one redoes what is missing.
+        for part in all.chunks(crate::ledger::SUBMISSION_MAX_OPS) {
+            self.ledger
+                .commit(part)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut st = self.lock();
+            for r in part {
+                st.put(r.clone());
+            }
+        }
+        for r in &all {
+            self.emit(
+                pb::SliceEventKind::StateChanged,
+                r,
+                format!("kubelet slice {} is {}", r.id, r.state.as_str()),
+            );
+        }
+        Ok(all.len())
+    }
+}

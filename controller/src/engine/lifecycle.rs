@@ -1,0 +1,373 @@
+//! A slice's way in: validate, check quotas, place, commit PENDING, drive the agent, commit ACTIVE;
+//! and the reads of slices (get, list) and keeps.
+
+use std::collections::BTreeMap;
+
+use greenslice_core::convert::mig_from_pb;
+use greenslice_core::slice::{self, SliceKind, SliceSpec, SliceState};
+use greenslice_proto::v1 as pb;
+use pb::command::Action;
+use tracing::{info, warn};
+
+use super::{Controller, Requested, new_slice_id};
+use crate::agents::AgentError;
+use crate::error::ControllerError;
+use crate::placement::{Request, Unplaceable};
+use crate::slice::{MigAssignment, SliceRecord};
+use crate::state::ClusterState;
+
+/// Refuses a MIG profile that no GPU of the (requested) model in the cluster has, listing valid ones.
+fn check_model_profile(st: &ClusterState, spec: &SliceSpec) -> Result<(), ControllerError> {
+    let SliceKind::Mig { profile } = &spec.kind else {
+        return Ok(());
+    };
+    let models: std::collections::BTreeSet<_> = st
+        .nodes
+        .values()
+        .flat_map(|n| &n.gpus)
+        .filter(|g| g.mig_enabled)
+        .filter(|g| spec.gpu_model.as_ref().is_none_or(|m| *m == g.model))
+        .map(|g| g.model.clone())
+        .collect();
+    if models.is_empty()
+        || models
+            .iter()
+            .any(|m| greenslice_core::mig::profile(m, profile).is_some())
+    {
+        return Ok(());
+    }
+    let valid: Vec<String> = models
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {}",
+                m.name(),
+                greenslice_core::mig::profiles(m)
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    Err(ControllerError::BadRequest(format!(
+        "MIG profile {profile} exists on no MIG GPU in the cluster; valid profiles: {}",
+        valid.join("; ")
+    )))
+}
+
+impl Controller {
+    /// Commits a tenant's keep of an active slice (see [`crate::reclaim::keep`]); no state event,
+    /// the state does not change.
+    pub async fn record_keep(
+        &self,
+        id: &str,
+        until_ms: i64,
+    ) -> Result<SliceRecord, ControllerError> {
+        let (updated, commit) = self
+            .transition_queued(id, Some(SliceState::Active), |r| {
+                r.kept_until_ms = Some(until_ms);
+            })?
+            .ok_or_else(|| ControllerError::WrongState {
+                id: id.to_string(),
+                state: "not active",
+                what: "only an active slice can be kept".into(),
+            })?;
+        Self::durable(commit).await?;
+        Ok(updated)
+    }
+
+    /// Places, commits and applies a slice. Answers once the agent confirmed.
+    pub async fn request(
+        &self,
+        tenant: &str,
+        spec: Option<&pb::SliceSpec>,
+        idempotency_key: &str,
+    ) -> Result<Requested, ControllerError> {
+        slice::validate_tenant(tenant)?;
+        slice::validate_idempotency_key(idempotency_key)?;
+        let spec = greenslice_core::convert::spec_from_pb(spec)?;
+        let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
+        let now = self.clock.now_ms();
+        // A MIG request that fits nowhere may fit once free instances are re-partitioned.
+        crate::reclaim::relayout::make_room(self, &spec).await;
+
+        let (record, commit, advisory_share) = {
+            let mut st = self.lock();
+            if let Some(k) = &key
+                && let Some(id) = st.idempotency.get(&(tenant.to_string(), k.clone()))
+                && let Some(existing) = st.slice(id)
+            {
+                return Ok(Requested {
+                    slice: existing.clone(),
+                    replayed: true,
+                });
+            }
+            if !self.config.quotas.is_empty() {
+                let held = crate::quota::Usage::of(tenant, st.live_slices());
+                self.config.quotas.check(tenant, held, &spec)?;
+            }
+            check_model_profile(&st, &spec)?;
+            let req = Request {
+                spec: spec.clone(),
+                cpu_milli: 0,
+                memory_bytes: 0,
+            };
+            let (view, versions) = st.view_versioned();
+            let p = self.policy.place_versioned(view, versions, &req)?;
+            let node = &view.nodes[p.node];
+            let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
+            let model = node.gpus[p.gpus[0]].model.clone();
+            let mig_create = node.mig_create;
+            let node_name = node.name.clone();
+            let mig = match (&spec.kind, p.mig_start) {
+                (SliceKind::Mig { profile }, Some(start)) => {
+                    let size =
+                        greenslice_core::mig::profile(&model, profile).map_or(0, |pp| pp.size);
+                    // A node that may not create instances gets the slice only on a free existing
+                    // instance (placement chose its start): lend that one.
+                    let lent = (!mig_create)
+                        .then(|| {
+                            st.nodes
+                                .get(&node_name)?
+                                .gpus
+                                .iter()
+                                .find(|g| g.uuid == gpus[0])?
+                                .mig_instances
+                                .iter()
+                                .find(|i| {
+                                    i.start == start
+                                        && i.profile == *profile
+                                        && i.slice_id.is_none()
+                                })
+                                .cloned()
+                        })
+                        .flatten();
+                    if !mig_create && lent.is_none() {
+                        // The view and the node record disagree: refuse rather than create.
+                        return Err(ControllerError::Unplaceable(Unplaceable::NoRoom {
+                            wanted: spec.describe(),
+                            free: format!(
+                                "no free {profile} at slice {start} on {node_name} to lend"
+                            ),
+                        }));
+                    }
+                    Some(MigAssignment {
+                        profile: profile.clone(),
+                        start,
+                        size,
+                        gpu_instance_id: lent.as_ref().map(|i| i.gpu_instance_id),
+                        mig_uuid: lent.as_ref().map(|i| i.mig_uuid.clone()),
+                        lent: lent.is_some(),
+                    })
+                }
+                _ => None,
+            };
+            let advisory_share = matches!(spec.kind, SliceKind::Share { .. })
+                && st.nodes.get(&node_name).is_some_and(|n| !n.mps());
+            let mut id = new_slice_id(now);
+            while st.contains(&id) {
+                id = new_slice_id(now);
+            }
+            let r = SliceRecord {
+                mig,
+                idempotency_key: key.clone(),
+                ..SliceRecord::placed(id, tenant, spec.clone(), node_name, gpus, now)
+            };
+            st.put(r.clone());
+            let commit = self.submit(&r);
+            (r, commit, advisory_share)
+        };
+        if let Err(e) = Self::durable(commit).await {
+            // Never acknowledged: forget it entirely.
+            self.lock().remove_slice(&record.id);
+            return Err(e);
+        }
+        match self.apply(&record).await {
+            Ok((mut env, inst)) => {
+                // Lets the agent map the slice's processes back to it (see node-agent usage.rs).
+                env.insert("GREENSLICE_SLICE_ID".to_string(), record.id.clone());
+                if advisory_share {
+                    // No MPS on the node: the limits in the environment are not enforced.
+                    env.insert(
+                        "GREENSLICE_SHARE_LIMITS".to_string(),
+                        "advisory".to_string(),
+                    );
+                }
+                let node = record.node.clone();
+                let gpu0 = record.gpus.first().cloned().unwrap_or_default();
+                if let Some(i) = &inst {
+                    self.lock().mirror_mig_created(&node, &gpu0, i.clone());
+                }
+                // PENDING is durable and the agent confirmed: the allocation is safe to
+                // acknowledge. ACTIVE goes to the ledger behind it without being waited for; a
+                // crash before it is durable leaves PENDING, which recovery confirms ACTIVE from
+                // the hardware (see `transition_in_background`).
+                let slice = self.transition_in_background(&record.id, |r| {
+                    r.state = SliceState::Active;
+                    r.env = env;
+                    if let (Some(m), Some(i)) = (&mut r.mig, inst) {
+                        m.gpu_instance_id = Some(i.gpu_instance_id);
+                        m.mig_uuid = Some(i.mig_uuid);
+                    }
+                })?;
+                info!(slice = %slice.id, tenant, node = %slice.node, spec = %slice.spec.describe(), "slice active");
+                Ok(Requested {
+                    slice,
+                    replayed: false,
+                })
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = self
+                    .transition(&record.id, |r| {
+                        r.state = SliceState::Failed;
+                        r.reason = reason.clone();
+                    })
+                    .await;
+                warn!(slice = %record.id, error = %reason, "slice failed");
+                Err(e)
+            }
+        }
+    }
+
+    fn agent_err(node: &str, e: AgentError) -> ControllerError {
+        ControllerError::AgentUnavailable {
+            node: node.to_string(),
+            why: e.to_string(),
+        }
+    }
+
+    pub(super) async fn call(
+        &self,
+        node: &str,
+        action: Action,
+    ) -> Result<pb::CommandResult, ControllerError> {
+        let r = self
+            .agents
+            .call(node, action, self.config.command_timeout)
+            .await
+            .map_err(|e| Self::agent_err(node, e))?;
+        if r.ok {
+            Ok(r)
+        } else {
+            Err(ControllerError::AgentRefused {
+                node: node.to_string(),
+                error: r.error,
+            })
+        }
+    }
+
+    /// Drives the agent to apply a pending slice; on failure undoes what was applied.
+    async fn apply(
+        &self,
+        r: &SliceRecord,
+    ) -> Result<
+        (
+            BTreeMap<String, String>,
+            Option<greenslice_core::inventory::MigInstance>,
+        ),
+        ControllerError,
+    > {
+        let mut env = BTreeMap::new();
+        match &r.spec.kind {
+            SliceKind::Whole { .. } => {
+                let mut done: Vec<String> = Vec::new();
+                for g in &r.gpus {
+                    let res = self
+                        .call(
+                            &r.node,
+                            Action::AssignGpu(pb::AssignGpu {
+                                gpu_uuid: g.clone(),
+                                slice_id: r.id.clone(),
+                            }),
+                        )
+                        .await;
+                    if let Err(e) = res {
+                        for d in done {
+                            let _ = self
+                                .call(
+                                    &r.node,
+                                    Action::UnassignGpu(pb::UnassignGpu {
+                                        gpu_uuid: d,
+                                        slice_id: r.id.clone(),
+                                    }),
+                                )
+                                .await;
+                        }
+                        return Err(e);
+                    }
+                    done.push(g.clone());
+                }
+                env.insert("NVIDIA_VISIBLE_DEVICES".to_string(), r.gpus.join(","));
+                Ok((env, None))
+            }
+            SliceKind::Mig { profile } => {
+                let m = r.mig.as_ref().ok_or_else(|| {
+                    ControllerError::BadRequest("MIG slice without placement".into())
+                })?;
+                let gpu_uuid = r.gpus.first().cloned().unwrap_or_default();
+                let action = match (m.lent, m.gpu_instance_id) {
+                    (true, Some(gi)) => Action::ClaimMig(pb::ClaimMigInstance {
+                        gpu_uuid,
+                        gpu_instance_id: gi,
+                        slice_id: r.id.clone(),
+                    }),
+                    _ => Action::CreateMig(pb::CreateMigInstance {
+                        gpu_uuid,
+                        profile: profile.clone(),
+                        start: u32::from(m.start),
+                        slice_id: r.id.clone(),
+                    }),
+                };
+                let res = self.call(&r.node, action).await?;
+                let inst = res.mig.as_ref().and_then(mig_from_pb).ok_or_else(|| {
+                    ControllerError::AgentRefused {
+                        node: r.node.clone(),
+                        error: "agent confirmed a MIG instance without describing it".into(),
+                    }
+                })?;
+                Ok((res.env.into_iter().collect(), Some(inst)))
+            }
+            SliceKind::Share {
+                compute_fraction,
+                memory_bytes,
+            } => {
+                let res = self
+                    .call(
+                        &r.node,
+                        Action::SetShare(pb::SetShare {
+                            gpu_uuid: r.gpus.first().cloned().unwrap_or_default(),
+                            slice_id: r.id.clone(),
+                            compute_fraction: *compute_fraction,
+                            memory_bytes: *memory_bytes,
+                        }),
+                    )
+                    .await?;
+                Ok((res.env.into_iter().collect(), None))
+            }
+        }
+    }
+
+    /// Returns one slice.
+    pub fn get(&self, id: &str) -> Result<SliceRecord, ControllerError> {
+        self.lock()
+            .slice(id)
+            .cloned()
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))
+    }
+
+    /// Lists slices, newest first.
+    pub fn list(&self, tenant: &str, node: &str, include_terminal: bool) -> Vec<SliceRecord> {
+        let st = self.lock();
+        let mut v: Vec<SliceRecord> = st
+            .all()
+            .filter(|s| tenant.is_empty() || s.tenant == tenant)
+            .filter(|s| node.is_empty() || s.node == node)
+            .filter(|s| include_terminal || s.is_live())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
+        v
+    }
+}

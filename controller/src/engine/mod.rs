@@ -1,0 +1,429 @@
+//! The engine: the [`Controller`], split by operation. It validates requests, places them, commits
+//! them to the ledger, drives the node agents to apply them, and answers only once the agent
+//! confirmed.
+//!
+//! Rooms (each an `impl Controller` block over the private state declared here):
+//! - [`lifecycle`]: request, get, list, keep. [`release`]: release and refused teardowns.
+//! - [`recovery`]: node registration and reconcile, drain, disconnects.
+//! - [`sweep`]: orphans, free MIG instances, forgetting expired slices.
+//! - [`kubelet`]: slices the kubelet granted. [`energy_book`]: samples, attribution, history.
+//!
+//! May import the lower rooms (model, placement, telemetry, energy, reclaim's pure decisions,
+//! report, ledger, obs); never `api`, `server` or `cli`, which sit above it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use greenslice_core::clock::Clock;
+use greenslice_core::slice::SliceState;
+use greenslice_proto::v1 as pb;
+use rand::Rng;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use self::sweep::OrphanKey;
+use crate::agents::Agents;
+use crate::error::ControllerError;
+use crate::ledger::{Commit, Ledger, Op};
+use crate::placement::{self, Policy};
+use crate::slice::SliceRecord;
+use crate::state::{ClusterState, NodeRecord};
+
+mod energy_book;
+mod kubelet;
+mod lifecycle;
+mod recovery;
+mod release;
+mod sweep;
+
+pub use recovery::Reconcile;
+
+/// Settings of the controller core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// How long to wait for an agent to confirm a command.
+    pub command_timeout: Duration,
+    /// How long something greenslice made (a MIG instance, share or whole-GPU assignment naming a
+    /// slice) may sit on a node with no live slice in the ledger before it is torn down.
+    pub orphan_grace: Duration,
+    /// How long RELEASED and FAILED slices are kept (for get, list and idempotent retries) before
+    /// they are forgotten, in memory and in the ledger.
+    pub terminal_retention: Duration,
+    /// How many RELEASED and FAILED slices are kept at most; beyond it the oldest are forgotten
+    /// first, in memory and in the ledger. Slices that energy attribution still needs are kept
+    /// past both limits (see [`Controller::prune_terminal`]).
+    pub terminal_retention_max: usize,
+    /// How often orphans and expired slices are looked for.
+    pub sweep_interval: Duration,
+    /// Per-tenant quotas, checked at request time.
+    pub quotas: crate::quota::Quotas,
+    /// How often the energy history's changed hours are stored in the ledger: at most this much
+    /// attribution is lost in a crash (see `docs/ENERGY.md`, "History").
+    pub energy_flush_interval: Duration,
+    /// How long stored energy history is kept (None: forever). Checked at most once an hour.
+    pub energy_history_retention: Option<Duration>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            command_timeout: Duration::from_secs(10),
+            orphan_grace: Duration::from_secs(60),
+            terminal_retention: Duration::from_secs(600),
+            terminal_retention_max: 100_000,
+            sweep_interval: Duration::from_secs(1),
+            quotas: Default::default(),
+            energy_flush_interval: Duration::from_secs(60),
+            // 13 months and a bit: a year-on-year report of the last full month still has both.
+            energy_history_retention: Some(Duration::from_secs(400 * 86_400)),
+        }
+    }
+}
+
+/// Outcome of a request.
+#[derive(Debug, Clone)]
+pub struct Requested {
+    pub slice: SliceRecord,
+    /// True when an idempotency key matched an earlier request.
+    pub replayed: bool,
+}
+
+/// The controller core, shared by the gRPC services.
+pub struct Controller {
+    state: Mutex<ClusterState>,
+    pub agents: Agents,
+    ledger: Arc<dyn Ledger>,
+    policy: Arc<dyn Policy>,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<pb::SliceEvent>,
+    config: CoreConfig,
+    /// Samples from the agents.
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Idle reclaim: policy, warnings and keeps (see [`crate::reclaim`]).
+    pub reclaim: crate::reclaim::Reclaimer,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// Energy attribution of the samples.
+    energy: Mutex<crate::energy::accounting::Accountant>,
+    /// Hourly rollups of the attributed intervals, stored in the ledger by
+    /// [`Controller::flush_energy_history`]. Locked after `energy` when both are held.
+    history: Mutex<crate::energy::history::Rollups>,
+    /// Orphans seen, with when each was first seen (ms since the Unix epoch).
+    orphans: Mutex<HashMap<OrphanKey, i64>>,
+    /// When the controller last logged that energy attribution keeps finished slices past their
+    /// retention (ms since the Unix epoch), so the warning comes once a minute, not every sweep.
+    held_warned_ms: std::sync::atomic::AtomicI64,
+    /// When stored energy history was last pruned (ms since the Unix epoch).
+    history_pruned_ms: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("ledger", &self.ledger.name())
+            .field("policy", &self.policy.name())
+            .finish()
+    }
+}
+
+/// A new slice id: `s-` then the creation time (ms, 11 hex digits) and 20 random bits. Ids made
+/// later sort later, so the ledger's B-tree takes new and recently changed records at its right
+/// edge instead of dirtying pages all over it on every commit. The caller checks for a clash.
+pub(super) fn new_slice_id(now_ms: i64) -> String {
+    format!(
+        "s-{:011x}{:05x}",
+        (now_ms.max(0) as u64) & 0xfff_ffff_ffff,
+        rand::rng().random::<u32>() & 0xf_ffff
+    )
+}
+
+impl Controller {
+    /// A controller over `ledger`, loading what it holds.
+    pub async fn new(
+        ledger: Arc<dyn Ledger>,
+        policy: Box<dyn Policy>,
+        clock: Arc<dyn Clock>,
+        config: CoreConfig,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let records = ledger
+            .load()
+            .await
+            .map_err(|e| ControllerError::Ledger(e.to_string()))?;
+        let mut state = ClusterState::default();
+        for r in records {
+            if r.state == SliceState::Pending {
+                state.recovering.insert(r.id.clone());
+            }
+            state.put(r);
+        }
+        info!(
+            ledger = ledger.name(),
+            policy = policy.name(),
+            slices = state.slice_count(),
+            finished = state.finished_count(),
+            live = state.all().filter(|s| s.is_live()).count(),
+            pending_to_resolve = state.recovering.len(),
+            "controller state loaded"
+        );
+        // The recent hours the controller will fold into: stored ones continue, so a flush writes
+        // them whole and never with less than was stored. Older hours are read before their
+        // first flush (see `Rollups`).
+        let accounting = crate::energy::accounting::AccountingConfig::default();
+        let mut history = crate::energy::history::Rollups::new(accounting.policy);
+        let recent_from = u64::try_from(clock.now_ms())
+            .unwrap_or(0)
+            .saturating_sub(RECENT_HOURS_MS);
+        match ledger
+            .load_hours(crate::energy::history::hour_of(recent_from), u64::MAX)
+            .await
+        {
+            Ok(stored) => {
+                info!(hours = stored.len(), "energy history: recent hours loaded");
+                history.load(stored);
+            }
+            // Allocation does not depend on the history: serve anyway. The hours stay unloaded,
+            // so each is read again (and merged) before its first flush, never overwritten.
+            Err(e) => warn!(error = %e, "energy history: could not load the recent hours"),
+        }
+        let sweep = config.sweep_interval;
+        let flush = config.energy_flush_interval;
+        let c = Arc::new(Controller {
+            state: Mutex::new(state),
+            agents: Agents::default(),
+            ledger,
+            policy: Arc::from(policy),
+            clock,
+            events: broadcast::channel(4096).0,
+            config,
+            telemetry: Default::default(),
+            reclaim: Default::default(),
+            metrics: Default::default(),
+            energy: Mutex::new(crate::energy::accounting::Accountant::new(accounting)),
+            history: Mutex::new(history),
+            orphans: Mutex::new(HashMap::new()),
+            held_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            history_pruned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+        });
+        let kept: Vec<(String, i64)> = c.with_state(|st| {
+            st.all()
+                .filter(|s| s.is_live())
+                .filter_map(|s| s.kept_until_ms.map(|u| (s.id.clone(), u)))
+                .collect()
+        });
+        c.reclaim.restore_keeps(kept);
+        tokio::spawn(housekeeping(Arc::downgrade(&c), sweep, flush));
+        Ok(c)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, ClusterState> {
+        // State is plain data updated in short critical sections that do not panic midway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The placement policy.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.policy.clone()
+    }
+
+    /// Subscribes to slice events.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::SliceEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Runs `f` on the cluster state (read-only, under the state lock: keep it short).
+    pub fn with_state<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.lock())
+    }
+
+    /// Sends an event to watchers.
+    pub fn emit_event(&self, ev: pb::SliceEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    pub(super) fn emit(&self, kind: pb::SliceEventKind, slice: &SliceRecord, message: String) {
+        let _ = self.events.send(pb::SliceEvent {
+            kind: kind as i32,
+            slice: Some(slice.to_pb()),
+            message,
+            deadline_unix_ms: 0,
+            at_unix_ms: self.clock.now_ms(),
+        });
+    }
+
+    /// Queues a record for the ledger. Called with the state lock held, so the ledger sees changes
+    /// to one slice in the order memory saw them.
+    pub(super) fn submit(&self, r: &SliceRecord) -> Commit {
+        self.ledger.submit(vec![Op::Put(r.clone())])
+    }
+
+    pub(super) async fn durable(commit: Commit) -> Result<(), ControllerError> {
+        commit
+            .await
+            .map_err(|e| ControllerError::Ledger(e.to_string()))
+    }
+
+    /// Updates a slice in memory and the ledger, and announces it.
+    pub(super) async fn transition(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<SliceRecord, ControllerError> {
+        self.transition_if(id, None, f)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))
+    }
+
+    /// Like `transition`, but only when the slice is in `expected` (if given); None otherwise.
+    pub(super) async fn transition_if(
+        &self,
+        id: &str,
+        expected: Option<SliceState>,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<Option<SliceRecord>, ControllerError> {
+        let Some((updated, commit)) = self.transition_queued(id, expected, f)? else {
+            return Ok(None);
+        };
+        Self::durable(commit).await?;
+        self.announce(&updated);
+        Ok(Some(updated))
+    }
+
+    /// Changes a slice in memory and queues the change for the ledger (ordered by the state lock,
+    /// see [`Controller::submit`]) without waiting for it to be durable. None when the slice is
+    /// not in `expected` (if given).
+    pub(super) fn transition_queued(
+        &self,
+        id: &str,
+        expected: Option<SliceState>,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<Option<(SliceRecord, Commit)>, ControllerError> {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        let state = st
+            .slice(id)
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?
+            .state;
+        if expected.is_some_and(|e| e != state) {
+            return Ok(None);
+        }
+        let updated: SliceRecord = st
+            .update(id, |r| {
+                f(r);
+                r.updated_ms = now;
+            })
+            .cloned()
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        st.recovering.remove(id);
+        let commit = self.submit(&updated);
+        Ok(Some((updated, commit)))
+    }
+
+    /// A transition whose durability nobody waits for: the change is queued (so it is written in
+    /// order, after everything queued before it and before everything queued after it) and the
+    /// caller goes on at once. Only for transitions that recovery redoes by itself when a crash
+    /// loses them: PENDING -> ACTIVE (a crash-left PENDING slice whose hardware is on its node is
+    /// confirmed ACTIVE when the node registers) and RELEASING -> RELEASED (a crash-left RELEASING
+    /// slice is torn down again, which the agent answers as already done, and marked RELEASED).
+    /// See docs/DURABILITY.md, "Acknowledged before the last commit". A failed write is logged by
+    /// the committer; the next commit of the slice writes its whole record again.
+    pub(super) fn transition_in_background(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<SliceRecord, ControllerError> {
+        let (updated, commit) = self
+            .transition_queued(id, None, f)?
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        // Dropping the future does not withdraw the change: `Ledger::submit` queued it already.
+        drop(commit);
+        self.announce(&updated);
+        Ok(updated)
+    }
+
+    /// Tells watchers a slice changed state.
+    fn announce(&self, updated: &SliceRecord) {
+        if self.events.receiver_count() == 0 {
+            // Nobody listens: skip building the event (a protobuf copy of the slice and a message).
+            return;
+        }
+        self.emit(
+            pb::SliceEventKind::StateChanged,
+            updated,
+            format!("slice {} is {}", updated.id, updated.state.as_str()),
+        );
+    }
+
+    /// A snapshot for the ops API.
+    pub fn snapshot(
+        &self,
+    ) -> (
+        Vec<NodeRecord>,
+        crate::placement::ClusterView,
+        Vec<SliceRecord>,
+    ) {
+        let st = self.lock();
+        let nodes = st.nodes.values().cloned().collect();
+        let view = st.view();
+        let slices = st.all().filter(|s| s.is_live()).cloned().collect();
+        (nodes, view, slices)
+    }
+}
+
+/// Finished slices one pruning step looks at under the state lock: about a millisecond of work.
+pub const PRUNE_STEP: usize = 1024;
+
+/// How the reason of a RELEASING slice whose teardown the hardware refused begins.
+pub const RELEASE_BLOCKED: &str = "teardown refused by node ";
+
+/// How far back the energy history's hours are kept in memory (and loaded at start): the current
+/// and the previous hour, since an interval that starts in one hour may close in the next.
+pub(super) const RECENT_HOURS_MS: u64 = 2 * greenslice_core::time::HOUR_MS;
+
+/// Looks for orphans and expired slices every `every`, and stores the energy history's changed
+/// hours every `flush_every`, until the controller is dropped.
+pub(super) async fn housekeeping(
+    controller: Weak<Controller>,
+    every: Duration,
+    flush_every: Duration,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        c.sweep_orphans().await;
+        c.retry_refused_releases().await;
+        if let Err(e) = c.prune_terminal().await {
+            warn!(error = %e, "could not forget expired slices");
+        }
+        if last_flush.elapsed() >= flush_every {
+            last_flush = tokio::time::Instant::now();
+            if let Err(e) = c.flush_energy_history().await {
+                c.metrics.history_flush_failures.inc();
+                warn!(error = %e, "could not store the energy history; retrying next time");
+            }
+        }
+    }
+}
+
+pub use placement::FirstFit;
+
+#[cfg(test)]
+mod retention_tests;
+
+#[cfg(test)]
+mod history_tests;
+
+#[cfg(test)]
+mod capability_tests;
+
+#[cfg(test)]
+mod idle_config_tests;
