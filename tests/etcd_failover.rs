@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use greenslice::harness::{self, NodeSpec};
 use greenslice_agent::backend::sim::Machine;
+use greenslice_controller::api::kubelet::grants_from_pb;
 use greenslice_controller::ledger::etcd::pb as etcdpb;
 use greenslice_proto::v1 as pb;
 use pb::tenant_service_client::TenantServiceClient;
@@ -553,7 +554,7 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
 async fn forgetting_more_finished_slices_than_one_etcd_transaction_takes_deletes_them_all() {
     use greenslice_controller::engine::{Controller, CoreConfig};
     use greenslice_controller::ledger::Ledger;
-    use greenslice_controller::slice::SliceRecord;
+    use greenslice_controller::model::slice::SliceRecord;
     use greenslice_core::slice::{SliceKind, SliceSpec, SliceState};
     // One etcd at a time: several starting at once on a 2-core machine have missed the 60 s
     // start deadline.
@@ -665,7 +666,7 @@ async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
         observed_unix_ms: 0,
     };
     let n = c
-        .apply_kubelet_allocations("node-0", &report)
+        .apply_kubelet_allocations("node-0", &grants_from_pb(&report).unwrap())
         .await
         .expect("a 200-allocation report is recorded");
     assert_eq!(n, 200);
@@ -673,14 +674,7 @@ async fn a_kubelet_report_larger_than_one_etcd_transaction_is_recorded_whole() {
     assert_eq!(stored.len(), 200, "etcd holds every kubelet slice");
     // The pods end: the next (empty) report releases all 200, again in transactions etcd takes.
     let released = c
-        .apply_kubelet_allocations(
-            "node-0",
-            &pb::KubeletAllocations {
-                allocations: Vec::new(),
-                eviction_allowed: false,
-                observed_unix_ms: 0,
-            },
-        )
+        .apply_kubelet_allocations("node-0", &[])
         .await
         .expect("releasing 200 kubelet slices is recorded");
     assert_eq!(released, 200);

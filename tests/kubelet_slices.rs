@@ -3,6 +3,7 @@
 
 use greenslice::harness::{self, ClusterSpec};
 use greenslice_agent::backend::sim::Machine;
+use greenslice_controller::api::kubelet::grants_from_pb;
 use greenslice_proto::v1 as pb;
 use pb::tenant_service_client::TenantServiceClient;
 
@@ -36,7 +37,7 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     assert_eq!(
         cluster
             .controller
-            .apply_kubelet_allocations("node-00", &report)
+            .apply_kubelet_allocations("node-00", &grants_from_pb(&report).unwrap())
             .await
             .unwrap(),
         1
@@ -45,7 +46,7 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     assert_eq!(
         cluster
             .controller
-            .apply_kubelet_allocations("node-00", &report)
+            .apply_kubelet_allocations("node-00", &grants_from_pb(&report).unwrap())
             .await
             .unwrap(),
         0
@@ -67,10 +68,10 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     assert_eq!(listed[0].gpu_uuids, vec![gpu.clone()]);
     // Ops see it in /metrics by node, tenant and resource.
     let kubelet_gauge = |c: &greenslice_controller::engine::Controller| {
-        greenslice_controller::metrics::refresh(c);
+        c.refresh_gauges();
         c.metrics
             .kubelet_allocations
-            .get_or_create(&greenslice_controller::metrics::KubeletLabels {
+            .get_or_create(&greenslice_controller::obs::KubeletLabels {
                 node: "node-00".into(),
                 tenant: "ml-team".into(),
                 resource: "greenslice.io/gpu".into(),
@@ -106,7 +107,7 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     assert_eq!(
         cluster
             .controller
-            .apply_kubelet_allocations("node-00", &empty)
+            .apply_kubelet_allocations("node-00", &grants_from_pb(&empty).unwrap())
             .await
             .unwrap(),
         1
@@ -117,12 +118,9 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
     // Bad reports are refused and change nothing.
     let mut bad = report.clone();
     bad.allocations[0].slice_id = "not-k".into();
-    assert!(
-        cluster
-            .controller
-            .apply_kubelet_allocations("node-00", &bad)
-            .await
-            .is_err()
+    assert_eq!(
+        grants_from_pb(&bad).unwrap_err().code(),
+        tonic::Code::InvalidArgument
     );
     assert_eq!(cluster.controller.list("ml-team", "", false).len(), 0);
     cluster.shutdown().await;
@@ -196,17 +194,17 @@ async fn metrics_label_a_me_profile_with_the_resource_the_agent_advertises() {
     assert_eq!(
         cluster
             .controller
-            .apply_kubelet_allocations("node-00", &report)
+            .apply_kubelet_allocations("node-00", &grants_from_pb(&report).unwrap())
             .await
             .unwrap(),
         1
     );
-    greenslice_controller::metrics::refresh(&cluster.controller);
+    cluster.controller.refresh_gauges();
     let gauge = cluster
         .controller
         .metrics
         .kubelet_allocations
-        .get_or_create(&greenslice_controller::metrics::KubeletLabels {
+        .get_or_create(&greenslice_controller::obs::KubeletLabels {
             node: "node-00".into(),
             tenant: "ml-team".into(),
             resource: advertised[0].clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use greenslice::harness::{self, Cluster, ClusterSpec, NodeSpec};
 use greenslice_agent::backend::sim::{Machine, Workload};
-use greenslice_controller::reclaim::{self, Action, IdlePolicy};
+use greenslice_controller::reclaim::{Action, IdlePolicy};
 use greenslice_core::clock::ManualClock;
 use greenslice_core::slice::SliceState;
 use greenslice_proto::v1 as pb;
@@ -102,7 +102,7 @@ impl Env {
         for _ in 0..steps {
             self.clock.advance(STEP);
             self.sampled(slice).await;
-            let a = reclaim::tick(&self.cluster.controller).await;
+            let a = self.cluster.controller.reclaim_tick().await;
             let reclaimed = a.iter().any(|a| matches!(a, Action::Reclaim { .. }));
             all.extend(a);
             if reclaimed {
@@ -199,7 +199,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
     let again = e.request(whole(8), "").await;
     assert_eq!(again.gpu_uuids.len(), 8);
     // Accounting saw it: idle-allocated hours and one reclaimed slice.
-    let w = reclaim::waste(&e.cluster.controller, T0, e.clock.now() + 1);
+    let w = e.cluster.controller.waste(T0, e.clock.now() + 1);
     let t = w.tenants.iter().find(|t| t.tenant == "team-a").unwrap();
     assert_eq!(t.reclaimed_slices, 1);
     assert!(t.idle_allocated_gpu_h > 0.0 && t.allocated_gpu_h > t.idle_allocated_gpu_h);
@@ -356,7 +356,7 @@ async fn an_interrupted_reclaim_completes_after_reconnect_without_leaking_the_mi
     }
     assert!(!e.cluster.controller.agents.is_connected("n1"));
     e.clock.advance(STEP);
-    let a = reclaim::tick(&e.cluster.controller).await;
+    let a = e.cluster.controller.reclaim_tick().await;
     assert!(
         a.iter().any(|a| matches!(a, Action::Reclaim { .. })),
         "{a:?}"
@@ -522,7 +522,7 @@ async fn metrics_are_served_and_pass_promtool() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(greenslice_controller::metrics::serve_controller(
+    tokio::spawn(greenslice_controller::server::http::serve_controller(
         e.cluster.controller.clone(),
         listener,
         std::future::pending(),

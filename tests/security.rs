@@ -244,7 +244,7 @@ async fn missing_or_bad_tokens_are_unauthenticated_and_tenants_cannot_use_ops() 
             .controller
             .metrics
             .auth_refusals
-            .get_or_create(&greenslice_controller::metrics::RefusalLabels {
+            .get_or_create(&greenslice_controller::obs::RefusalLabels {
                 surface: surface.into(),
                 code: code.into(),
             })

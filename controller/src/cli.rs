@@ -423,7 +423,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
     };
     // The metrics endpoint answers from the start, standby or not: a standby says so on /readyz
     // (503) and in greenslice_leading (0), so Kubernetes routes calls to the leader only.
-    let leading = Arc::new(crate::metrics::Leading::default());
+    let leading = Arc::new(crate::server::http::Leading::default());
     if !cfg.metrics_listen.is_empty() {
         let ml = match TcpListener::bind(&cfg.metrics_listen).await {
             Ok(l) => l,
@@ -437,7 +437,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
         if let Ok(a) = ml.local_addr() {
             info!(addr = %a, "metrics at /metrics, readiness at /readyz");
         }
-        tokio::spawn(crate::metrics::serve_controller_endpoint(
+        tokio::spawn(crate::server::http::serve_controller_endpoint(
             leading.clone(),
             ml,
             std::future::pending(),
@@ -527,7 +527,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
                 Err(e) => return fail(1, format!("listener: {e}")),
             };
             let (stop_standby, standby_stopped) = oneshot::channel::<()>();
-            let standby = tokio::spawn(crate::standby::serve(
+            let standby = tokio::spawn(crate::server::standby::serve(
                 standby_listener,
                 seen_rx,
                 options.tls.clone(),
@@ -563,7 +563,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
     if let Err(e) = configure(&controller, &cfg, site_carbon) {
         return fail(2, e);
     }
-    let _reclaimer = crate::reclaim::spawn(controller.clone());
+    let _reclaimer = crate::engine::Controller::spawn_reclaim(controller.clone());
     leading.set(controller.clone());
     let listener = match TcpListener::from_std(std_listener) {
         Ok(l) => l,

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use greenslice_core::slice::{SliceKind, SliceSpec};
 use serde::Deserialize;
 
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 /// Limits for one tenant; an unset limit is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]

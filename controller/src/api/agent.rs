@@ -160,7 +160,14 @@ impl AgentService for AgentApi {
                         controller.update_node_gpus(&node, &s.gpus)
                     }
                     Some(pb::agent_message::Msg::Kubelet(k)) => {
-                        if let Err(e) = controller.apply_kubelet_allocations(&node, &k).await {
+                        let applied = match super::kubelet::grants_from_pb(&k) {
+                            Ok(grants) => controller
+                                .apply_kubelet_allocations(&node, &grants)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(status) => Err(status.message().to_string()),
+                        };
+                        if let Err(e) = applied {
                             warn!(%node, error = %e, "kubelet allocations refused");
                         }
                     }

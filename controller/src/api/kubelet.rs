@@ -3,26 +3,27 @@
 //! - [`KubeletApi`] serves `KubeletService.ChooseDevices`: the placement policy chooses which GPUs of
 //!   a node a kubelet allocation should use, over the node as the controller sees it with the
 //!   kubelet's free devices laid over it ([`choose_gpus`], pure).
-//! - [`kubelet_slice_changes`] (pure) turns an agent's `KubeletAllocations` report into slice records
-//!   owned by the pods' tenants: new or changed ones to upsert, vanished ones released. The caller
-//!   commits them to the ledger and puts them in the state.
+//! - [`grants_from_pb`] checks an agent's `KubeletAllocations` report and turns it into
+//!   [`KubeletGrant`]s; `crate::model::kubelet::kubelet_slice_changes` (pure) turns those into slice
+//!   records and the engine commits them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use greenslice_core::convert::spec_from_pb;
-use greenslice_core::slice::{SliceKind, SliceSpec, SliceState, validate_tenant};
+use greenslice_core::slice::{SliceKind, SliceSpec, validate_tenant};
 use greenslice_proto::v1 as pb;
 use pb::kubelet_service_server::KubeletService;
 use tonic::{Request, Response, Status};
 
 use super::check_id;
 use crate::engine::Controller;
+use crate::model::kubelet::KubeletGrant;
+use crate::model::slice::MigAssignment;
 use crate::placement::{ClusterView, NodeView, Policy, Request as PlaceRequest};
-use crate::slice::{MigAssignment, SliceRecord};
 
 /// `slice_class` of slices that stand for kubelet allocations.
-pub use greenslice_core::kubelet::SLICE_CLASS as KUBELET_SLICE_CLASS;
+use crate::model::kubelet::KUBELET_SLICE_CLASS;
 /// Most candidate GPUs in one ChooseDevices request.
 pub use greenslice_core::limits::MAX_CANDIDATES;
 /// Most allocations one report may carry.
@@ -41,11 +42,6 @@ impl std::fmt::Debug for KubeletApi {
             .field("policy", &self.policy.name())
             .finish()
     }
-}
-
-/// Whether a slice stands for a kubelet allocation.
-pub fn is_kubelet_slice(s: &SliceRecord) -> bool {
-    s.spec.slice_class.as_deref() == Some(KUBELET_SLICE_CLASS)
 }
 
 /// The extended resource a kubelet slice was allocated as (see docs/KUBERNETES.md): the name the
@@ -156,15 +152,6 @@ impl KubeletService for KubeletApi {
     }
 }
 
-/// What a `KubeletAllocations` report changes.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KubeletSliceChanges {
-    /// New or changed slices (state Active).
-    pub upsert: Vec<SliceRecord>,
-    /// Slices whose pod is gone (state Released).
-    pub released: Vec<SliceRecord>,
-}
-
 fn validate_allocation(a: &pb::KubeletAllocation) -> Result<SliceSpec, Status> {
     let bad =
         |m: String| Status::invalid_argument(format!("kubelet allocation {:?}: {m}", a.slice_id));
@@ -189,29 +176,18 @@ fn validate_allocation(a: &pb::KubeletAllocation) -> Result<SliceSpec, Status> {
     Ok(spec)
 }
 
-/// The slice changes a node's `KubeletAllocations` report makes, given the live kubelet slices the
-/// controller holds for that node (see [`is_kubelet_slice`]). Level-triggered: the report is the
-/// whole truth for the node, so a live kubelet slice missing from it is released (its pod ended).
-/// Refuses the whole report when any allocation in it is invalid.
-pub fn kubelet_slice_changes(
-    node: &str,
-    existing: &[SliceRecord],
-    report: &pb::KubeletAllocations,
-    now_ms: i64,
-) -> Result<KubeletSliceChanges, Status> {
+/// The grants of a node's `KubeletAllocations` report, each checked. Refuses the whole report
+/// (INVALID_ARGUMENT) when any allocation in it is invalid or listed twice, or when it holds more
+/// than [`MAX_KUBELET_ALLOCATIONS`].
+pub fn grants_from_pb(report: &pb::KubeletAllocations) -> Result<Vec<KubeletGrant>, Status> {
     if report.allocations.len() > MAX_KUBELET_ALLOCATIONS {
         return Err(Status::invalid_argument(format!(
             "at most {MAX_KUBELET_ALLOCATIONS} kubelet allocations per report, got {}",
             report.allocations.len()
         )));
     }
-    let by_id: BTreeMap<&str, &SliceRecord> = existing
-        .iter()
-        .filter(|s| s.node == node && s.is_live() && is_kubelet_slice(s))
-        .map(|s| (s.id.as_str(), s))
-        .collect();
     let mut seen = HashSet::new();
-    let mut out = KubeletSliceChanges::default();
+    let mut out = Vec::with_capacity(report.allocations.len());
     for a in &report.allocations {
         let spec = validate_allocation(a)?;
         if !seen.insert(a.slice_id.as_str()) {
@@ -220,52 +196,24 @@ pub fn kubelet_slice_changes(
                 a.slice_id
             )));
         }
-        let mig = a.mig.as_ref().map(|m| MigAssignment {
-            profile: m.profile.clone(),
-            start: u8::try_from(m.start).unwrap_or(u8::MAX),
-            size: u8::try_from(m.size).unwrap_or(u8::MAX),
-            gpu_instance_id: Some(m.gpu_instance_id),
-            mig_uuid: (!m.mig_uuid.is_empty()).then(|| m.mig_uuid.clone()),
-            lent: false,
-        });
-        let prior = by_id.get(a.slice_id.as_str());
-        let record = SliceRecord {
-            id: a.slice_id.clone(),
+        out.push(KubeletGrant {
+            slice_id: a.slice_id.clone(),
             tenant: a.tenant.clone(),
             spec,
-            state: SliceState::Active,
-            node: node.to_string(),
             gpus: a.gpu_uuids.clone(),
-            mig,
-            env: Default::default(),
+            mig: a.mig.as_ref().map(|m| MigAssignment {
+                profile: m.profile.clone(),
+                start: u8::try_from(m.start).unwrap_or(u8::MAX),
+                size: u8::try_from(m.size).unwrap_or(u8::MAX),
+                gpu_instance_id: Some(m.gpu_instance_id),
+                mig_uuid: (!m.mig_uuid.is_empty()).then(|| m.mig_uuid.clone()),
+                lent: false,
+            }),
             reason: format!(
                 "kubelet: pod {}/{} container {} ({})",
                 a.namespace, a.pod, a.container, a.resource
             ),
-            idempotency_key: None,
-            created_ms: prior.map_or(now_ms, |p| p.created_ms),
-            updated_ms: now_ms,
-            kept_until_ms: prior.and_then(|p| p.kept_until_ms),
-        };
-        let unchanged = prior.is_some_and(|p| {
-            p.tenant == record.tenant
-                && p.spec == record.spec
-                && p.gpus == record.gpus
-                && p.mig == record.mig
-                && p.state == SliceState::Active
         });
-        if !unchanged {
-            out.upsert.push(record);
-        }
-    }
-    for (id, s) in by_id {
-        if !seen.contains(id) {
-            let mut r = (*s).clone();
-            r.state = SliceState::Released;
-            r.reason = "pod no longer holds the devices (kubelet pod-resources)".into();
-            r.updated_ms = now_ms;
-            out.released.push(r);
-        }
     }
     Ok(out)
 }
@@ -273,8 +221,10 @@ pub fn kubelet_slice_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kubelet::{is_kubelet_slice, kubelet_slice_changes};
     use crate::placement::{FirstFit, GpuView};
     use greenslice_core::gpu::GpuModel;
+    use greenslice_core::slice::SliceState;
 
     fn gpu(i: u32, used_milli: u32) -> GpuView {
         GpuView {
@@ -402,13 +352,13 @@ mod tests {
         let first = kubelet_slice_changes(
             "n1",
             &[],
-            &report(vec![
+            &grants_from_pb(&report(vec![
                 alloc("k-1", "team-a", "GPU-0"),
                 alloc("k-2", "team-b", "GPU-1"),
-            ]),
+            ]))
+            .unwrap(),
             100,
-        )
-        .unwrap();
+        );
         assert_eq!(first.upsert.len(), 2);
         assert!(first.released.is_empty());
         let a = &first.upsert[0];
@@ -419,10 +369,9 @@ mod tests {
         let again = kubelet_slice_changes(
             "n1",
             &first.upsert,
-            &report(vec![alloc("k-1", "team-a", "GPU-0")]),
+            &grants_from_pb(&report(vec![alloc("k-1", "team-a", "GPU-0")])).unwrap(),
             200,
-        )
-        .unwrap();
+        );
         assert!(again.upsert.is_empty());
         assert_eq!(again.released.len(), 1);
         assert_eq!(again.released[0].id, "k-2");
@@ -442,7 +391,7 @@ mod tests {
             report(vec![no_gpu]),
             report(twice),
         ] {
-            let e = kubelet_slice_changes("n1", &[], &r, 0).unwrap_err();
+            let e = grants_from_pb(&r).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
         }
     }

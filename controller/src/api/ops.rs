@@ -113,7 +113,7 @@ pub async fn energy_report(
         (!tenant.is_empty()).then_some(tenant),
         controller.idle_threshold_pct(),
     );
-    let waste = crate::reclaim::waste(controller, from_ms, to as i64);
+    let waste = controller.waste(from_ms, to as i64);
     let reclaimed: Vec<(String, f64, u32)> = waste
         .tenants
         .iter()
@@ -124,7 +124,10 @@ pub async fn energy_report(
 }
 
 /// The node record, or NOT_FOUND.
-fn node_record(controller: &Controller, node: &str) -> Result<crate::state::NodeRecord, Status> {
+fn node_record(
+    controller: &Controller,
+    node: &str,
+) -> Result<crate::model::state::NodeRecord, Status> {
     controller
         .with_state(|st| st.nodes.get(node).cloned())
         .ok_or_else(|| Status::not_found(format!("node {node} is not known")))

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::validate;
 use crate::auth::{Principal, principal};
 use crate::engine::Controller;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 /// The tenant API.
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ impl TenantService for TenantApi {
         validate::keep_slice(&r)?;
         self.check_owner(&p, &r.slice_id)?;
         let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let (s, until) = crate::reclaim::keep(&self.controller, &r.slice_id, &r.tenant, ms).await?;
+        let (s, until) = self.controller.keep(&r.slice_id, &r.tenant, ms).await?;
         Ok(Response::new(pb::KeepSliceResponse {
             slice: Some(s.to_pb()),
             kept_until_unix_ms: until,

@@ -32,7 +32,7 @@ fn points(h: &SeriesHistory, from: i64, to: i64) -> (i64, Vec<pb::UsagePoint>) {
 }
 
 /// A slice and the capacity it holds, GPUs.
-type SliceWithCapacity = (crate::slice::SliceRecord, f64);
+type SliceWithCapacity = (crate::model::slice::SliceRecord, f64);
 
 /// Answers a usage query.
 pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, Status> {
@@ -66,7 +66,7 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
     let would = c.reclaim.would_reclaim();
     // Slices selected, with their capacity.
     let (slices, gpus): (Vec<SliceWithCapacity>, Vec<(String, String)>) = c.with_state(|st| {
-        let sel = |s: &crate::slice::SliceRecord| {
+        let sel = |s: &crate::model::slice::SliceRecord| {
             (!r.slice_id.is_empty() && s.id == r.slice_id)
                 || (!r.tenant.is_empty() && s.tenant == r.tenant)
                 || (!r.node.is_empty() && s.node == r.node)

@@ -33,7 +33,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokens::{TokenRole, TokenStore};
 
-use crate::metrics::RefusalLabels;
+use crate::obs::RefusalLabels;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

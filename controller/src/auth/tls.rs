@@ -275,7 +275,7 @@ fn der_contents(tlv: &[u8]) -> Option<&[u8]> {
     (rest.len() == len).then_some(rest)
 }
 
-/// What the TLS settings show ops (registered by [`crate::server::serve_with`]).
+/// What the TLS settings show ops (registered by the server's `serve_with`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsMetrics {
     /// `greenslice_tls_certificate_expiry_timestamp_seconds`: the server certificate in force

@@ -9,7 +9,7 @@ use tracing::warn;
 use super::{Controller, RECENT_HOURS_MS};
 use crate::error::ControllerError;
 use crate::ledger::Op;
-use crate::state::ClusterState;
+use crate::model::state::ClusterState;
 
 /// The slices that held `gpu` during `iv`, with the capacity they held and for how long
 /// ([`SliceRecord::held_ms`]).
@@ -52,7 +52,7 @@ impl Controller {
     /// attribution window they close.
     pub fn ingest_samples(&self, node: &str, batch: &pb::SampleBatch) {
         let accepted = self.telemetry.ingest(node, batch);
-        crate::reclaim::record_usage(self, node, &accepted);
+        self.record_usage(node, &accepted);
         if accepted.is_empty() {
             return;
         }
@@ -72,7 +72,23 @@ impl Controller {
         // intervals (a report compares them).
         self.history_lock().fold(&closed, idle_threshold_pct);
         drop(energy);
-        self.metrics.record_energy(&closed);
+        for r in &closed {
+            self.metrics.record_gpu_energy(
+                &r.node,
+                &r.gpu,
+                r.measured_mj as f64 / 1000.0,
+                r.unallocated_idle_mj as f64 / 1000.0,
+                r.unattributed_mj as f64 / 1000.0,
+            );
+            for s in &r.slices {
+                let mj = s.static_mj + s.dynamic_mj;
+                self.metrics.record_tenant_energy(
+                    &s.tenant,
+                    mj as f64 / 1000.0,
+                    r.factors.co2e(mj).location_g,
+                );
+            }
+        }
     }
 
     pub(super) fn energy_lock(&self) -> MutexGuard<'_, crate::energy::accounting::Accountant> {

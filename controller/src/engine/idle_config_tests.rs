@@ -58,7 +58,8 @@ async fn run(toml: &str) -> Seen {
         };
         c.ingest_samples(NODE, &batch);
     }
-    let warned = crate::reclaim::tick(&c)
+    let warned = c
+        .reclaim_tick()
         .await
         .iter()
         .any(|a| matches!(a, Action::Warn { slice, .. } if *slice == id));

@@ -4,26 +4,29 @@
 use greenslice_proto::v1 as pb;
 
 use super::Controller;
-use crate::slice::SliceRecord;
+use crate::error::ControllerError;
+use crate::model::kubelet::{KubeletGrant, is_kubelet_slice, kubelet_slice_changes};
+use crate::model::slice::SliceRecord;
 
 impl Controller {
-    /// Records the pods' device allocations a node's kubelet made, as slices of the pods' tenants
+    /// Records the pods' device allocations a node's kubelet made ([`KubeletGrant`]s, checked by the
+    /// API), as slices of the pods' tenants
     /// (level-triggered: the report is the node's whole truth). Kubelet slices hold no agent-side
     /// state, so they are never torn down by the controller; their pod's end releases them.
     pub async fn apply_kubelet_allocations(
         &self,
         node: &str,
-        report: &pb::KubeletAllocations,
-    ) -> Result<usize, tonic::Status> {
+        grants: &[KubeletGrant],
+    ) -> Result<usize, ControllerError> {
         let now = self.clock.now_ms();
         let changes = {
             let st = self.lock();
             let existing: Vec<SliceRecord> = st
                 .live_on_node(node)
-                .filter(|s| crate::api::kubelet::is_kubelet_slice(s))
+                .filter(|s| is_kubelet_slice(s))
                 .cloned()
                 .collect();
-            crate::api::kubelet::kubelet_slice_changes(node, &existing, report, now)?
+            kubelet_slice_changes(node, &existing, grants, now)
         };
         let all: Vec<SliceRecord> = changes
             .upsert
@@ -41,7 +44,7 @@ impl Controller {
             self.ledger
                 .commit(part)
                 .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                .map_err(|e| ControllerError::Ledger(e.to_string()))?;
             let mut st = self.lock();
             for r in part {
                 st.put(r.clone());

@@ -12,9 +12,9 @@ use tracing::{info, warn};
 use super::{Controller, Requested, new_slice_id};
 use crate::agents::AgentError;
 use crate::error::ControllerError;
+use crate::model::slice::{MigAssignment, SliceRecord};
+use crate::model::state::ClusterState;
 use crate::placement::{Request, Unplaceable};
-use crate::slice::{MigAssignment, SliceRecord};
-use crate::state::ClusterState;
 
 /// Refuses a MIG profile that no GPU of the (requested) model in the cluster has, listing valid ones.
 fn check_model_profile(st: &ClusterState, spec: &SliceSpec) -> Result<(), ControllerError> {
@@ -57,7 +57,7 @@ fn check_model_profile(st: &ClusterState, spec: &SliceSpec) -> Result<(), Contro
 }
 
 impl Controller {
-    /// Commits a tenant's keep of an active slice (see [`crate::reclaim::keep`]); no state event,
+    /// Commits a tenant's keep of an active slice (see [`Controller::keep`]); no state event,
     /// the state does not change.
     pub async fn record_keep(
         &self,
@@ -90,7 +90,7 @@ impl Controller {
         let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
         let now = self.clock.now_ms();
         // A MIG request that fits nowhere may fit once free instances are re-partitioned.
-        crate::reclaim::relayout::make_room(self, &spec).await;
+        self.make_room(&spec).await;
 
         let (record, commit, advisory_share) = {
             let mut st = self.lock();

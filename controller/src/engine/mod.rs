@@ -26,14 +26,17 @@ use self::sweep::OrphanKey;
 use crate::agents::Agents;
 use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
+use crate::model::slice::SliceRecord;
+use crate::model::state::{ClusterState, NodeRecord};
 use crate::placement::{self, Policy};
-use crate::slice::SliceRecord;
-use crate::state::{ClusterState, NodeRecord};
 
 mod energy_book;
+mod gauges;
 mod kubelet;
 mod lifecycle;
+mod reclaim_loop;
 mod recovery;
+mod relayout;
 mod release;
 mod sweep;
 
@@ -103,7 +106,7 @@ pub struct Controller {
     /// Idle reclaim: policy, warnings and keeps (see [`crate::reclaim`]).
     pub reclaim: crate::reclaim::Reclaimer,
     /// Prometheus metrics.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::obs::Metrics,
     /// Energy attribution of the samples.
     energy: Mutex<crate::energy::accounting::Accountant>,
     /// Hourly rollups of the attributed intervals, stored in the ledger by

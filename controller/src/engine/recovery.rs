@@ -12,8 +12,8 @@ use tracing::{info, warn};
 
 use super::Controller;
 use crate::error::ControllerError;
-use crate::slice::SliceRecord;
-use crate::state::NodeRecord;
+use crate::model::slice::SliceRecord;
+use crate::model::state::NodeRecord;
 
 /// What reconciling a (re)registered node needs done. Decided under the state lock together with
 /// the registration, against the inventory the agent reported, so slices that change afterwards

@@ -8,14 +8,14 @@ use tracing::{info, warn};
 
 use super::{Controller, RELEASE_BLOCKED};
 use crate::error::ControllerError;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 impl Controller {
     /// Releases a slice: marks it releasing (committed), then tears it down on the agent. When the
     /// agent is unreachable the slice stays RELEASING and is torn down when the agent returns.
     pub async fn release(&self, id: &str, reason: &str) -> Result<SliceRecord, ControllerError> {
         let current = self.get(id)?;
-        if crate::api::kubelet::is_kubelet_slice(&current) && current.is_live() {
+        if crate::model::kubelet::is_kubelet_slice(&current) && current.is_live() {
             return Err(ControllerError::WrongState {
                 id: id.to_string(),
                 state: current.state.as_str(),

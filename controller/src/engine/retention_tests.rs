@@ -10,7 +10,7 @@ use greenslice_proto::v1 as pb;
 
 use super::{Controller, CoreConfig};
 use crate::ledger::{Ledger, MemoryLedger};
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 /// 2025-01-01T00:00:00Z.
 pub(super) const T0: i64 = 1_735_689_600_000;
@@ -134,7 +134,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 fn metric(c: &Controller, line_start: &str) -> String {
-    crate::metrics::refresh(c);
+    c.refresh_gauges();
     c.metrics
         .encode()
         .lines()

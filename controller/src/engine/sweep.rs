@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::{Controller, PRUNE_STEP};
 use crate::error::ControllerError;
-use crate::state::Expiry;
+use crate::model::state::Expiry;
 
 /// Something greenslice made on a node, as the orphan sweep tracks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -177,7 +177,7 @@ impl Controller {
         let keep_ms = i64::try_from(self.config.terminal_retention.as_millis()).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
-            let limits = crate::state::PruneLimits {
+            let limits = crate::model::state::PruneLimits {
                 older_than_ms: self.clock.now_ms().saturating_sub(keep_ms),
                 keep_at_most: self.config.terminal_retention_max,
                 examine_at_most: PRUNE_STEP,

@@ -42,7 +42,7 @@ use std::pin::Pin;
 
 use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadHours, Op};
 use crate::energy::history::HourRollup;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 /// The generated client for the subset of etcd's v3 API in `controller/proto/etcd/rpc.proto`.
 #[allow(clippy::all, missing_docs)]

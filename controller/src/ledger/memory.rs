@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use super::{Commit, Ledger, LedgerError, LoadHours, Op};
 use crate::energy::history::HourRollup;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 /// Keeps records in a map; `commit` is immediate and nothing is durable.
 #[derive(Debug, Default)]

@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::energy::history::HourRollup;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 pub use memory::MemoryLedger;
 

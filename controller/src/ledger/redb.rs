@@ -21,7 +21,7 @@ use std::pin::Pin;
 
 use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadHours, Op};
 use crate::energy::history::HourRollup;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 
 const SLICES: TableDefinition<&str, &[u8]> = TableDefinition::new("slices");
 const HOURS: TableDefinition<u64, &[u8]> = TableDefinition::new("energy_hours");

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod mig_replay;
 pub mod openb;
 pub mod policies;
+pub mod relayout;
 pub mod replay;
 pub mod score;
 

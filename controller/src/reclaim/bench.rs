@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use super::decide::{self, Action, Candidate, Marks, UsageView, Warning};
 use super::policy::IdlePolicy;
+use crate::model::slice::SliceRecord;
 use crate::placement::{ClusterView, GpuView, NodeView, Policy, Request, policy_by_name};
-use crate::slice::SliceRecord;
 use crate::telemetry::IdleTest;
 
 /// Arguments of `greenslice bench reclaim`.

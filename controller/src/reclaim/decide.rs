@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use greenslice_core::slice::SliceState;
 
 use super::policy::IdlePolicy;
-use crate::slice::SliceRecord;
+use crate::model::slice::SliceRecord;
 use crate::telemetry::IdleTest;
 
 /// Longest gap in a slice's samples that still continues an idle run, ms. Also how fresh the newest

@@ -2,10 +2,11 @@
 //! `--metrics-listen`. Names follow Prometheus conventions: the unit in the name (`_seconds`,
 //! `_bytes`, `_ratio` for 0..1, `_gpus` for capacity in GPUs), counters exposed with `_total`.
 //!
+//! A leaf: it owns the metric families and their `record_*`-style setters, and imports nothing of
+//! the controller. The engine pushes into it (`Controller::refresh_gauges` sets the gauges computed
+//! from its state before every scrape and after every idle check); `server::http` serves it.
 //! Other parts add their own families with [`Metrics::register`] (e.g. energy:
-//! `metrics.register("greenslice_energy_joules", "...", family.clone())`); gauges computed from the
-//! controller's state are set in [`refresh`], which runs before every scrape and after every idle
-//! check.
+//! `metrics.register("greenslice_energy_joules", "...", family.clone())`).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
@@ -16,8 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::engine::Controller;
-use crate::reclaim::UsageView;
+/// Help of `greenslice_leading`, on the leader and on a standby.
+pub const LEADING_HELP: &str = "1 when this replica leads and serves the API, 0 on a standby";
 
 /// A float gauge.
 pub type FGauge = Gauge<f64, AtomicU64>;
@@ -303,35 +304,36 @@ impl Metrics {
         self.registry().register(name, help, metric);
     }
 
-    /// Adds the energy of attributed intervals to the energy counters.
-    pub fn record_energy(&self, records: &[crate::energy::accounting::IntervalRecord]) {
-        for r in records {
-            let gpu = GpuLabels {
-                node: r.node.clone(),
-                gpu: r.gpu.clone(),
-            };
-            self.gpu_energy
-                .get_or_create(&gpu)
-                .inc_by(r.measured_mj as f64 / 1000.0);
-            self.gpu_unallocated_idle_energy
-                .get_or_create(&gpu)
-                .inc_by(r.unallocated_idle_mj as f64 / 1000.0);
-            self.gpu_unattributed_energy
-                .get_or_create(&gpu)
-                .inc_by(r.unattributed_mj as f64 / 1000.0);
-            for s in &r.slices {
-                let mj = s.static_mj + s.dynamic_mj;
-                let t = TenantLabels {
-                    tenant: s.tenant.clone(),
-                };
-                self.tenant_energy
-                    .get_or_create(&t)
-                    .inc_by(mj as f64 / 1000.0);
-                self.tenant_co2e
-                    .get_or_create(&t)
-                    .inc_by(r.factors.co2e(mj).location_g);
-            }
-        }
+    /// Adds one attributed interval's energy on a GPU, joules: measured, unallocated idle and
+    /// unattributed.
+    pub fn record_gpu_energy(
+        &self,
+        node: &str,
+        gpu: &str,
+        measured_j: f64,
+        unallocated_idle_j: f64,
+        unattributed_j: f64,
+    ) {
+        let gpu = GpuLabels {
+            node: node.to_string(),
+            gpu: gpu.to_string(),
+        };
+        self.gpu_energy.get_or_create(&gpu).inc_by(measured_j);
+        self.gpu_unallocated_idle_energy
+            .get_or_create(&gpu)
+            .inc_by(unallocated_idle_j);
+        self.gpu_unattributed_energy
+            .get_or_create(&gpu)
+            .inc_by(unattributed_j);
+    }
+
+    /// Adds energy attributed to a tenant, joules, and its location-based CO2e, grams.
+    pub fn record_tenant_energy(&self, tenant: &str, joules: f64, co2e_location_g: f64) {
+        let t = TenantLabels {
+            tenant: tenant.to_string(),
+        };
+        self.tenant_energy.get_or_create(&t).inc_by(joules);
+        self.tenant_co2e.get_or_create(&t).inc_by(co2e_location_g);
     }
 
     /// The text exposition (OpenMetrics).
@@ -380,185 +382,4 @@ impl Metrics {
             })
             .set(seconds);
     }
-}
-
-/// Sets the gauges computed from the controller's state and telemetry.
-pub fn refresh(c: &Controller) {
-    let m = &c.metrics;
-    let policy = c.reclaim.policy();
-    let now = c.now_ms();
-    m.gpu_utilization.clear();
-    for uuid in c.telemetry.gpus() {
-        if let Some(h) = c.telemetry.gpu_history(&uuid)
-            && let Some(p) = h.history.latest()
-        {
-            m.gpu_utilization
-                .get_or_create(&GpuLabels {
-                    node: h.node.clone(),
-                    gpu: uuid.clone(),
-                })
-                .set(f64::from(p.sm_pct) / 100.0);
-        }
-    }
-    let (live, finished, held): (Vec<(crate::slice::SliceRecord, f64)>, usize, usize) = c
-        .with_state(|st| {
-            let live = st
-                .live_slices()
-                .map(|r| (r.clone(), crate::reclaim::allocated_gpus(r, st)))
-                .collect();
-            (live, st.finished_count(), st.held_for_energy_count())
-        });
-    m.finished_slices
-        .set(i64::try_from(finished).unwrap_or(i64::MAX));
-    m.finished_held_for_energy
-        .set(i64::try_from(held).unwrap_or(i64::MAX));
-    m.slice_utilization.clear();
-    m.idle_allocated.clear();
-    m.allocated.clear();
-    m.kubelet_allocations.clear();
-    for (r, gpus) in &live {
-        if crate::api::kubelet::is_kubelet_slice(r) {
-            m.kubelet_allocations
-                .get_or_create(&KubeletLabels {
-                    node: r.node.clone(),
-                    tenant: r.tenant.clone(),
-                    resource: crate::api::kubelet::resource_of(&r.spec)
-                        .unwrap_or_else(|| "invalid".into()),
-                })
-                .inc();
-        }
-        let t = TenantLabels {
-            tenant: r.tenant.clone(),
-        };
-        m.allocated.get_or_create(&t).inc_by(*gpus);
-        m.idle_allocated.get_or_create(&t).inc_by(0.0);
-        if let Some(p) = c
-            .telemetry
-            .with_slice(&r.id, |s| s.history.latest().copied())
-            .flatten()
-        {
-            m.slice_utilization
-                .get_or_create(&SliceLabels {
-                    slice: r.id.clone(),
-                    tenant: r.tenant.clone(),
-                })
-                .set(f64::from(p.sm_pct) / 100.0 / gpus.max(1e-9));
-        }
-        let rule = policy.resolve(&r.tenant, r.spec.slice_class.as_deref());
-        let fresh = c
-            .telemetry
-            .latest_ms(&r.id)
-            .is_some_and(|t| now - t <= crate::reclaim::decide::MAX_GAP_MS);
-        if fresh && c.telemetry.idle_since(&r.id, &rule.test(*gpus)).is_some() {
-            m.idle_allocated.get_or_create(&t).inc_by(*gpus);
-        }
-    }
-    let marks = c.reclaim.marks_snapshot();
-    m.warned_slices.set(marks.warned.len() as i64);
-    m.dry_run_candidates
-        .set(c.reclaim.would_reclaim().len() as i64);
-    m.history_bytes
-        .set(i64::try_from(c.telemetry.history_bytes()).unwrap_or(i64::MAX));
-    m.tracked_slices
-        .set(c.telemetry.tracked_slices().len() as i64);
-}
-
-/// The body in the format the scraper asked for: OpenMetrics, or the classic text format.
-pub fn exposition(
-    headers: &axum::http::HeaderMap,
-    openmetrics: &str,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let accept = headers
-        .get(axum::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
-    let (content_type, body) = greenslice_core::expfmt::negotiate(accept, openmetrics);
-    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
-}
-
-/// The controller a process serves once it leads (set once; empty while it is a standby). The
-/// HTTP endpoint answers from the moment the process starts, standby or not.
-#[derive(Debug, Default)]
-pub struct Leading(std::sync::OnceLock<std::sync::Arc<Controller>>);
-
-impl Leading {
-    /// Marks the process as leading with `c` (later calls are ignored).
-    pub fn set(&self, c: std::sync::Arc<Controller>) {
-        let _ = self.0.set(c);
-    }
-
-    fn get(&self) -> Option<&std::sync::Arc<Controller>> {
-        self.0.get()
-    }
-}
-
-/// The exposition of a standby: only `greenslice_leading 0` (the leader's says 1), so every replica
-/// is a healthy scrape target and a dashboard can tell which one leads.
-fn standby_exposition() -> String {
-    let mut r = Registry::default();
-    let g: Gauge = Gauge::default();
-    r.register("greenslice_leading", LEADING_HELP, g);
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
-    out
-}
-
-const LEADING_HELP: &str = "1 when this replica leads and serves the API, 0 on a standby";
-
-/// Serves, until `shutdown` resolves:
-/// - `/metrics`: the controller's metrics (refreshed on every scrape); a standby's says only
-///   `greenslice_leading 0`;
-/// - `/readyz`: 200 while this process leads and serves, 503 on a standby. A Kubernetes readiness
-///   probe on it sends the Service's traffic to the leader only (standbys refuse every call).
-pub async fn serve_controller_endpoint(
-    leading: std::sync::Arc<Leading>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (l1, l2) = (leading.clone(), leading);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move |headers: axum::http::HeaderMap| {
-                let l = l1.clone();
-                async move {
-                    let body = match l.get() {
-                        Some(c) => {
-                            refresh(c);
-                            c.metrics.encode()
-                        }
-                        None => standby_exposition(),
-                    };
-                    exposition(&headers, &body)
-                }
-            }),
-        )
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let l = l2.clone();
-                async move {
-                    match l.get() {
-                        Some(_) => (axum::http::StatusCode::OK, "leading\n"),
-                        None => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "standby: not leading\n",
-                        ),
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Serves the metrics of a controller that leads (see [`serve_controller_endpoint`]).
-pub async fn serve_controller(
-    c: std::sync::Arc<Controller>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let leading = std::sync::Arc::new(Leading::default());
-    leading.set(c);
-    serve_controller_endpoint(leading, listener, shutdown).await
 }

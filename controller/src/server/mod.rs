@@ -1,5 +1,8 @@
 //! Serving the controller's gRPC API (with server reflection) on a TCP listener.
 
+pub mod http;
+pub mod standby;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

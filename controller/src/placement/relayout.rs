@@ -3,16 +3,14 @@
 //! exactly those and let placement create the requested profile. An instance in use is never touched:
 //! only instances in the free list are candidates, and the controller checks again, under its state
 //! lock, that no live slice owns an instance before it sends the destroy command.
+//!
+//! This is the pure part (what to destroy); the engine's `make_room` carries it out.
 
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::mig::{self, Placed};
-use greenslice_core::slice::{SliceKind, SliceSpec};
 use greenslice_proto::v1 as pb;
-use tracing::{info, warn};
 
-use crate::engine::Controller;
-use crate::placement::{Request, feasible_on_node};
-use crate::state::ClusterState;
+use crate::model::state::ClusterState;
 
 /// An instance that may be destroyed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,45 +168,6 @@ pub fn mig_gpus(
         }
     }
     out
-}
-
-/// Before placing a MIG request: if it fits nowhere now, destroys the free instances of the best
-/// plan so that it fits. Returns true when instances were destroyed. Failures are logged; the request
-/// then fails with the usual "no room" answer.
-pub async fn make_room(c: &Controller, spec: &SliceSpec) -> bool {
-    let SliceKind::Mig { profile } = &spec.kind else {
-        return false;
-    };
-    let req = Request {
-        spec: spec.clone(),
-        cpu_milli: 0,
-        memory_bytes: 0,
-    };
-    let now = c.now_ms();
-    let plan = c.with_state(|st| {
-        let view = st.view();
-        if view
-            .nodes
-            .iter()
-            .any(|n| !feasible_on_node(n, &req).is_empty())
-        {
-            return None;
-        }
-        let gpus = mig_gpus(st, &|g| c.telemetry.latest(g), now);
-        plan(&gpus, profile, spec.gpu_model.as_ref())
-    });
-    let Some(plan) = plan else {
-        return false;
-    };
-    info!(node = %plan.node, gpu = %plan.gpu, destroy = ?plan.destroy, profile, start = plan.start, "MIG re-layout: destroying free instances");
-    for gi in &plan.destroy {
-        if let Err(e) = c.destroy_free_mig(&plan.node, &plan.gpu, *gi).await {
-            warn!(node = %plan.node, gpu = %plan.gpu, gi, error = %e, "MIG re-layout stopped");
-            return false;
-        }
-    }
-    c.metrics.relayout();
-    true
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use greenslice_core::inventory::{Gpu, NodeCapabilities};
 use greenslice_core::mig;
 use greenslice_core::slice::{SliceKind, share_milli};
 
+use crate::model::slice::SliceRecord;
 use crate::placement::{ClusterView, GpuView, NodeView};
-use crate::slice::SliceRecord;
 
 /// A node as its agent last reported it.
 #[derive(Debug, Clone, PartialEq)]
