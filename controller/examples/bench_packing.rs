@@ -7,9 +7,9 @@ use clap::Parser;
 #[command(about = "Replay the openb trace under the FGD protocol for each placement policy")]
 struct Cli {
     #[command(flatten)]
-    args: greenslice_controller::placement::bench::Args,
+    args: greenslice_controller::bench::packing::Args,
 }
 
 fn main() -> anyhow::Result<()> {
-    greenslice_controller::placement::bench::run(Cli::parse().args)
+    greenslice_controller::bench::packing::run(Cli::parse().args)
 }

@@ -15,10 +15,13 @@
 //! - [`auth`]: who is calling (tokens, agent certificates, insecure mode) and what they may do;
 //!   [`quota`]: per-tenant limits.
 //! - [`api`]: the gRPC services; [`server`] serves them.
+//! - `bench` (feature `bench`): benchmarks and trace replays for `greenslice bench`.
 
 pub mod agents;
 pub mod api;
 pub mod auth;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod energy;

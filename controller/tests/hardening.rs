@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use greenslice_controller::bench::openb;
 use greenslice_controller::config::ControllerConfig;
 use greenslice_controller::energy::HourlySeries;
-use greenslice_controller::placement::openb;
 use greenslice_core::convert::spec_from_pb;
 use greenslice_core::slice::{self, SliceKind};
 use greenslice_proto::v1 as pb;

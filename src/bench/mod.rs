@@ -8,20 +8,20 @@ pub mod control_plane;
 pub enum BenchCommand {
     /// Replay the openb production trace under the FGD artifact's protocol and compare placement
     /// policies (unallocated GPU % at 100% and 130% arrival).
-    Packing(greenslice_controller::placement::bench::Args),
+    Packing(greenslice_controller::bench::packing::Args),
     /// Request+release round trips per second and their latency through the real gRPC API, with
     /// simulated agents confirming every change, on a durable ledger.
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Replay openb arrivals and departures at virtual time with a share of slices going idle, and
     /// compare no reclaim with the idle policy (admitted, queueing delay, idle-allocated GPU-hours).
-    Reclaim(greenslice_controller::reclaim::bench::Args),
+    Reclaim(greenslice_controller::bench::reclaim::Args),
 }
 
 /// Runs a benchmark and prints its report (JSON when `json`, where the benchmark has one).
 pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Packing(a) => {
-            tokio::task::spawn_blocking(move || greenslice_controller::placement::bench::run(a))
+            tokio::task::spawn_blocking(move || greenslice_controller::bench::packing::run(a))
                 .await?
         }
         BenchCommand::ControlPlane(a) => {
@@ -34,7 +34,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Reclaim(a) => {
-            tokio::task::spawn_blocking(move || greenslice_controller::reclaim::bench::run(a, json))
+            tokio::task::spawn_blocking(move || greenslice_controller::bench::reclaim::run(a, json))
                 .await?
         }
     }

@@ -7,12 +7,8 @@ use greenslice_core::mig;
 use greenslice_core::slice::{SliceKind, SliceSpec, share_milli};
 use thiserror::Error;
 
-pub mod bench;
-pub mod mig_replay;
-pub mod openb;
 pub mod policies;
 pub mod relayout;
-pub mod replay;
 pub mod score;
 
 pub use policies::{

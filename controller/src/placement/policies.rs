@@ -69,7 +69,7 @@ impl PolicyKind {
 
     /// Whether the node score depends only on (CPU free, GPU free as a multiset, model), so the
     /// replay may memoise it per node state.
-    pub(crate) fn memoisable(self) -> bool {
+    pub fn memoisable(self) -> bool {
         matches!(self, PolicyKind::Fgd | PolicyKind::FgdBalanced)
     }
 

@@ -7,7 +7,6 @@
 //!
 //! Imports the cluster model, placement's views and telemetry; nothing of the engine, API or server.
 
-pub mod bench;
 pub mod decide;
 pub mod policy;
 

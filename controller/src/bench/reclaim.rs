@@ -1,7 +1,7 @@
 //! `greenslice bench reclaim`: replays a workload with arrivals and departures at virtual time and
 //! compares no reclaim with the idle policy. Runs the pure core directly (placement through
 //! [`crate::placement::Policy::place`] on a [`ClusterView`], and the idle decision through
-//! [`super::decide::decide`]), not the gRPC services: a simulated day takes milliseconds.
+//! [`crate::reclaim::decide::decide`]), not the gRPC services: a simulated day takes milliseconds.
 //!
 //! Workload: the openb trace's GPU tasks with their creation and deletion times (a task's lifetime is
 //! kept; it starts when placed, so queued tasks end later). A stated share of the slices (`--idle-share`,
@@ -23,20 +23,20 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::decide::{self, Action, Candidate, Marks, UsageView, Warning};
-use super::policy::IdlePolicy;
 use crate::model::slice::SliceRecord;
 use crate::placement::{ClusterView, GpuView, NodeView, Policy, Request, policy_by_name};
+use crate::reclaim::decide::{self, Action, Candidate, Marks, UsageView, Warning};
+use crate::reclaim::policy::IdlePolicy;
 use crate::telemetry::IdleTest;
 
 /// Arguments of `greenslice bench reclaim`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Node list CSV (openb format).
-    #[arg(long, default_value = crate::placement::openb::DEFAULT_NODES)]
+    #[arg(long, default_value = crate::bench::openb::DEFAULT_NODES)]
     pub nodes: PathBuf,
     /// Pod list CSV (openb format, with creation_time and deletion_time in seconds).
-    #[arg(long, default_value = crate::placement::openb::DEFAULT_PODS)]
+    #[arg(long, default_value = crate::bench::openb::DEFAULT_PODS)]
     pub pods: PathBuf,
     /// Keep every Nth node only (a smaller cluster for the same workload: more contention).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -465,7 +465,7 @@ pub fn replay(
 }
 
 /// The cluster of the trace's GPU nodes (every `stride`-th), as placement sees it.
-pub fn cluster(nodes: &[crate::placement::openb::TraceNode], stride: usize) -> ClusterView {
+pub fn cluster(nodes: &[crate::bench::openb::TraceNode], stride: usize) -> ClusterView {
     ClusterView {
         nodes: nodes
             .iter()
@@ -597,7 +597,7 @@ pub fn history_replay(slices: usize, days: i64, sample_s: i64, seed: u64) -> His
                     .parse::<usize>()
                     .ok()
                     .and_then(|i| spans.get(i))
-                    .is_some_and(|(_, e)| t - e < super::KEEP_RELEASED_HISTORY_MS)
+                    .is_some_and(|(_, e)| t - e < crate::reclaim::KEEP_RELEASED_HISTORY_MS)
             });
             peak_tracked = peak_tracked.max(tel.tracked_slices().len());
             peak_bytes = peak_bytes.max(tel.history_bytes());
@@ -626,7 +626,7 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&args.idle_share) && (0.0..=1.0).contains(&args.serving_share),
         "--idle-share and --serving-share must be within 0..=1"
     );
-    let nodes = crate::placement::openb::load_nodes(&args.nodes)?;
+    let nodes = crate::bench::openb::load_nodes(&args.nodes)?;
     anyhow::ensure!(args.speedup >= 1.0, "--speedup must be at least 1");
     let mut tasks = load_timed_tasks(&args.pods)?;
     for t in &mut tasks {
@@ -758,7 +758,7 @@ mod tests {
 
     fn one_gpu() -> ClusterView {
         cluster(
-            &[crate::placement::openb::TraceNode {
+            &[crate::bench::openb::TraceNode {
                 name: "n".into(),
                 cpu_milli: 64_000,
                 memory_mib: 0,

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use super::mig_replay::{self, MigMode, MigResult};
 use super::openb;
-use super::policies::{PolicyKind, policy_names};
 use super::replay::{self, ReplayResult};
+use crate::placement::policies::{PolicyKind, policy_names};
 
 /// Arguments of `greenslice bench packing`.
 #[derive(Debug, Clone, clap::Args)]

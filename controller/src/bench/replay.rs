@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::openb::{MAX_NODE_GPUS, TraceNode, TraceTask};
-use super::policies::PolicyKind;
-use super::score::{Demand, FULL, ModelIds, ModelMask, NodeRef, Workload};
+use crate::placement::policies::PolicyKind;
+use crate::placement::score::{Demand, FULL, ModelIds, ModelMask, NodeRef, Workload};
 
 /// Share of the original tasks the FGD target workload covers.
 pub const FGD_COVERAGE: f64 = 0.95;
@@ -488,9 +488,9 @@ fn random_gpus(n: &NodeRef, d: &Demand, fit: u32, rng: &mut ChaCha8Rng) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::bench::mean_sd;
-    use crate::placement::mig_replay::{MigMode, replay_mig};
-    use crate::placement::openb;
+    use crate::bench::mig_replay::{MigMode, replay_mig};
+    use crate::bench::openb;
+    use crate::bench::packing::mean_sd;
     use proptest::prelude::*;
 
     fn tiny() -> (Vec<TraceNode>, Vec<TraceTask>) {

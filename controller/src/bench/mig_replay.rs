@@ -23,7 +23,7 @@ use greenslice_core::mig::{self, MigProfile, Placed};
 
 use super::openb::MAX_NODE_GPUS;
 use super::replay::{Metric, Prepared, arrival_order, median_p99};
-use super::score::{self, FULL};
+use crate::placement::score::{self, FULL};
 
 /// How GPUs are shared in the MIG replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
