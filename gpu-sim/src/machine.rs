@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::device::{DeviceKind, MachineKind};
 use crate::profiles::{self, GiProfile, Occupant, PlacementError};
 
+/// Share of the idle-to-maximum power range, ‰, that a board draws while a process holds a CUDA
+/// context on it but runs no kernels.
+pub const CONTEXT_PERMILLE: u64 = 50;
+
 /// Compute mode (`nvmlComputeMode_t` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,10 +161,18 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
-/// A UUID-shaped string stable for `seed`.
+/// A 64-bit finaliser (splitmix64's): seeds that differ in one character differ in every digit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A UUID-shaped string stable for `seed`; like real UUIDs, those of one machine's GPUs differ from
+/// their first digits (a table that cuts them short still tells them apart).
 fn uuid_from(prefix: &str, seed: &str) -> String {
-    let a = fnv1a(seed);
-    let b = fnv1a(&format!("{seed}/2"));
+    let a = mix(fnv1a(seed));
+    let b = mix(fnv1a(&format!("{seed}/2")));
     format!(
         "{prefix}-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         a >> 32,
@@ -502,6 +514,30 @@ impl Machine {
         Ok(())
     }
 
+    /// Changes a running process's SM and memory utilization (%), as its work changes.
+    pub fn set_process_util(
+        &mut self,
+        pid: u32,
+        sm_pct: u32,
+        mem_pct: u32,
+    ) -> Result<(), SimError> {
+        if sm_pct > 100 || mem_pct > 100 {
+            return Err(SimError::Invalid("utilization must be 0-100 %".into()));
+        }
+        let p = self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.processes.iter_mut())
+            .find(|p| p.pid == pid)
+            .ok_or(SimError::NoProcess(pid))?;
+        if (p.sm_util_pct, p.mem_util_pct) != (sm_pct, mem_pct) {
+            p.sm_util_pct = sm_pct;
+            p.mem_util_pct = mem_pct;
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// Ends process `pid` wherever it runs.
     pub fn stop_process(&mut self, pid: u32) -> Result<(), SimError> {
         for d in &mut self.devices {
@@ -642,18 +678,30 @@ impl Device {
             .min(100)
     }
 
-    /// Board power now, mW: idle plus a dynamic part linear in SM activity, capped at the limit.
-    pub fn power_mw(&self) -> u32 {
+    /// The power the board would draw now without a limit, mW: a floor (idle, or idle plus
+    /// [`CONTEXT_PERMILLE`] of the range while any process holds a context, which keeps the clocks
+    /// up) plus a dynamic part linear in SM activity, up to the model's maximum.
+    pub fn power_demand_mw(&self) -> u32 {
         let (idle, max) = self.kind.power_mw();
-        let dynamic = u64::from(max - idle) * u64::from(self.sm_util_pct()) / 100;
-        (u64::from(idle) + dynamic).min(u64::from(self.power_limit_mw)) as u32
+        let range = u64::from(max - idle);
+        let floor = if self.processes.is_empty() {
+            u64::from(idle)
+        } else {
+            u64::from(idle) + range * CONTEXT_PERMILLE / 1000
+        };
+        let dynamic = (u64::from(max) - floor) * u64::from(self.sm_util_pct()) / 100;
+        (floor + dynamic) as u32
+    }
+
+    /// Board power now, mW: [`Device::power_demand_mw`] capped at the power limit.
+    pub fn power_mw(&self) -> u32 {
+        self.power_demand_mw().min(self.power_limit_mw)
     }
 
     /// SM clock now, MHz: full speed unless the power limit holds the board back.
     pub fn sm_clock_mhz(&self) -> u32 {
         let max = self.kind.max_sm_clock_mhz();
-        let (idle, full) = self.kind.power_mw();
-        let demand = idle + (full - idle) * self.sm_util_pct() / 100;
+        let demand = self.power_demand_mw();
         if demand > self.power_limit_mw && demand > 0 {
             (u64::from(max) * u64::from(self.power_limit_mw) / u64::from(demand)) as u32
         } else {
@@ -745,6 +793,30 @@ mod tests {
         m.reload_driver();
         assert_eq!(m.devices[5].energy_mj, 0);
         assert!(m.devices[5].processes.is_empty());
+    }
+
+    #[test]
+    fn a_context_draws_above_idle_and_work_raises_power_linearly() {
+        let mut m = h100();
+        // H100: 70 W idle, 700 W max; a context alone costs 5% of the range.
+        assert_eq!(m.devices[5].power_mw(), 70_000);
+        m.start_process(5, None, proc(7, 0)).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 101_500);
+        m.set_process_util(7, 50, 30).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 400_750);
+        assert_eq!(m.devices[5].mem_util_pct(), 30);
+        assert!(m.set_process_util(7, 101, 0).is_err());
+        assert_eq!(m.set_process_util(8, 1, 0), Err(SimError::NoProcess(8)));
+        m.stop_process(7).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 70_000);
+    }
+
+    #[test]
+    fn uuids_of_one_machine_differ_from_their_first_digits() {
+        let m = h100();
+        let firsts: std::collections::BTreeSet<&str> =
+            m.devices.iter().map(|d| &d.uuid[..12]).collect();
+        assert_eq!(firsts.len(), 8);
     }
 
     #[test]
