@@ -46,6 +46,9 @@ pub enum BackendError {
     ClaimUnsupported,
     #[error("NVML call {call} failed: {msg}")]
     Nvml { call: &'static str, msg: String },
+    /// The simulated hardware (gpu-sim) refused a change, as a driver would.
+    #[error("simulated GPU {gpu}: {err}")]
+    Sim { gpu: String, err: gpu_sim::SimError },
     #[error("invalid backend configuration: {0}")]
     Config(String),
 }
