@@ -75,7 +75,8 @@ pub struct ProfilePlacements {
     pub max_instances: u32,
     /// Legal first memory slices, ascending.
     pub starts: Vec<u8>,
-    /// "driver" (asked of NVML) or "table" (greenslice's profile table).
+    /// "driver" (asked of the driver: NVML, or the simulated machine's) or "table" (greenslice's
+    /// profile table).
     pub source: &'static str,
 }
 

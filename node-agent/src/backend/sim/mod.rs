@@ -39,7 +39,10 @@ use rand_chacha::ChaCha8Rng;
 
 pub use workload::Workload;
 
-use super::{BackendError, GpuBackend, HostInfo, SLICE_ID_ENV, SliceEnv, device_env, share_env};
+use super::{
+    BackendError, GpuBackend, HostInfo, ProfilePlacements, SLICE_ID_ENV, SliceEnv, device_env,
+    share_env,
+};
 
 /// Integration step while a workload varies, ms.
 pub const STEP_MS: i64 = 100;
@@ -754,6 +757,38 @@ impl GpuBackend for SimBackend {
             .and_then(|p| p.env.get(SLICE_ID_ENV))
             .filter(|s| !s.is_empty())
             .cloned()
+    }
+
+    /// The simulated driver's profiles and possible placements, in NVML profile-index order, as the
+    /// NVML backend asks them of `nvmlDeviceGetGpuInstancePossiblePlacements_v2` (profiles core has
+    /// no table entry for are left out, as there).
+    fn mig_profiles(&mut self, gpu: &str) -> Result<Vec<ProfilePlacements>, BackendError> {
+        let d = &self.hw.devices[self.gpu_index(gpu)?];
+        let model = core_model(d);
+        let mut hw: Vec<&gpu_sim::profiles::GiProfile> = d.kind.mig_profiles().iter().collect();
+        hw.sort_by_key(|p| p.index);
+        Ok(hw
+            .into_iter()
+            .filter_map(|p| {
+                let core = mig::profiles(&model).iter().find(|c| c.smi_id == p.id)?;
+                let mut starts: Vec<u8> = p
+                    .starts
+                    .iter()
+                    .filter(|&&s| p.size > 0 && s + p.size <= gpu_sim::profiles::MEMORY_SLICES)
+                    .filter_map(|&s| u8::try_from(s).ok())
+                    .collect();
+                starts.sort_unstable();
+                starts.dedup();
+                Some(ProfilePlacements {
+                    profile: core.name.to_string(),
+                    profile_id: p.id,
+                    size: core.size,
+                    max_instances: p.max_instances,
+                    starts,
+                    source: "driver",
+                })
+            })
+            .collect())
     }
 
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
