@@ -43,6 +43,64 @@ pub struct GpuInstance {
     pub compute_instances: Vec<ComputeInstance>,
     /// The MIG device UUID (`MIG-...`), stable for this instance's life.
     pub mig_uuid: String,
+    /// GPM's counters: SM and DRAM activity integrated since the instance was made, %·ms.
+    #[serde(default)]
+    pub gpm: GpmCounters,
+}
+
+/// Activity integrated over time, as GPM's hardware counters keep it: two readings give the mean
+/// utilization between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpmCounters {
+    /// SM utilization × time, %·ms.
+    pub sm_pct_ms: u64,
+    /// DRAM bandwidth utilization × time, %·ms.
+    pub dram_pct_ms: u64,
+}
+
+/// One GPM sample (`nvmlGpmSampleGet` / `nvmlGpmMigSampleGet`): what it is of, when, the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpmReading {
+    pub gpu: u32,
+    /// (GPU-instance id, start) of a MIG sample; none for the whole GPU.
+    pub gpu_instance: Option<(u32, u32)>,
+    pub at_ms: i64,
+    pub counters: GpmCounters,
+}
+
+/// Mean utilizations between two GPM readings, %.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpmMetrics {
+    pub sm_util_pct: f64,
+    pub dram_bw_util_pct: f64,
+}
+
+/// GPM samples closer than this cannot be compared (NVML asks for more than 100 ms).
+pub const GPM_MIN_INTERVAL_MS: i64 = 100;
+
+/// The metrics between two readings of the same GPU or GPU instance, `a` the earlier.
+pub fn gpm_metrics(a: &GpmReading, b: &GpmReading) -> Result<GpmMetrics, SimError> {
+    if (a.gpu, a.gpu_instance) != (b.gpu, b.gpu_instance) {
+        return Err(SimError::Invalid(
+            "GPM samples of different GPUs or instances".into(),
+        ));
+    }
+    let dt = b.at_ms - a.at_ms;
+    if dt <= GPM_MIN_INTERVAL_MS {
+        return Err(SimError::Invalid(format!(
+            "GPM samples {dt} ms apart; they must be more than {GPM_MIN_INTERVAL_MS} ms apart, the first one first"
+        )));
+    }
+    let d = |x: u64, y: u64| {
+        y.checked_sub(x).ok_or_else(|| {
+            SimError::Invalid("GPM counters went backwards: the instance was made again".into())
+        })
+    };
+    let dt = dt as f64;
+    Ok(GpmMetrics {
+        sm_util_pct: d(a.counters.sm_pct_ms, b.counters.sm_pct_ms)? as f64 / dt,
+        dram_bw_util_pct: d(a.counters.dram_pct_ms, b.counters.dram_pct_ms)? as f64 / dt,
+    })
 }
 
 /// A process using a GPU.
@@ -90,6 +148,9 @@ pub struct Device {
     pub gpu_instances: Vec<GpuInstance>,
     pub processes: Vec<Process>,
     pub xids: Vec<XidEvent>,
+    /// GPM's counters of the whole GPU since the driver was loaded.
+    #[serde(default)]
+    pub gpm: GpmCounters,
 }
 
 /// How simulated time moves.
@@ -126,6 +187,8 @@ pub enum SimError {
     NoMig(u32),
     #[error("GPU {0} is not in MIG mode")]
     NotMigMode(u32),
+    #[error("GPU {0} has no GPM (Hopper and newer have)")]
+    NoGpm(u32),
     #[error("GPU {gpu} has no MIG profile index {index}")]
     NoProfile { gpu: u32, index: u32 },
     #[error("GPU {gpu}: {err}")]
@@ -216,6 +279,7 @@ impl Machine {
                     gpu_instances: Vec::new(),
                     processes: Vec::new(),
                     xids: Vec::new(),
+                    gpm: GpmCounters::default(),
                 }
             })
             .collect();
@@ -257,6 +321,23 @@ impl Machine {
             let uj = u64::from(d.power_mw()) * dt_ms + d.energy_rem_uj;
             d.energy_mj += uj / 1000;
             d.energy_rem_uj = uj % 1000;
+            let board = (u64::from(d.sm_util_pct()), u64::from(d.mem_util_pct()));
+            d.gpm.sm_pct_ms += board.0 * dt_ms;
+            d.gpm.dram_pct_ms += board.1 * dt_ms;
+            let per_gi: Vec<(u64, u64)> = d
+                .gpu_instances
+                .iter()
+                .map(|g| {
+                    (
+                        u64::from(d.gi_sm_util_pct(g.id)),
+                        u64::from(d.gi_mem_util_pct(g.id)),
+                    )
+                })
+                .collect();
+            for (g, (sm, dram)) in d.gpu_instances.iter_mut().zip(per_gi) {
+                g.gpm.sm_pct_ms += sm * dt_ms;
+                g.gpm.dram_pct_ms += dram * dt_ms;
+            }
         }
         self.now_ms = now_ms;
         self.changed();
@@ -268,6 +349,7 @@ impl Machine {
         for d in &mut self.devices {
             d.energy_mj = 0;
             d.energy_rem_uj = 0;
+            d.gpm = GpmCounters::default();
             d.gpu_instances.clear();
             d.processes.clear();
             d.xids.clear();
@@ -353,6 +435,7 @@ impl Machine {
             size,
             compute_instances: Vec::new(),
             mig_uuid,
+            gpm: GpmCounters::default(),
         });
         d.gpu_instances.sort_by_key(|g| g.id);
         self.changed();
@@ -550,6 +633,32 @@ impl Machine {
         Err(SimError::NoProcess(pid))
     }
 
+    /// A GPM sample of GPU `gpu`, or of its GPU instance `gi`: Hopper and newer only.
+    pub fn gpm_sample(&self, gpu: u32, gi: Option<u32>) -> Result<GpmReading, SimError> {
+        let d = self.device(gpu)?;
+        if !d.kind.has_gpm() {
+            return Err(SimError::NoGpm(gpu));
+        }
+        let (gpu_instance, counters) = match gi {
+            None => (None, d.gpm),
+            Some(gi) => {
+                if !d.mig_enabled {
+                    return Err(SimError::NotMigMode(gpu));
+                }
+                let g = d
+                    .gpu_instance(gi)
+                    .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+                (Some((g.id, g.start)), g.gpm)
+            }
+        };
+        Ok(GpmReading {
+            gpu,
+            gpu_instance,
+            at_ms: self.now_ms,
+            counters,
+        })
+    }
+
     /// Raises XID `xid` on `gpu`.
     pub fn inject_xid(&mut self, gpu: u32, xid: u64) -> Result<(), SimError> {
         let seq = self.next_xid_seq;
@@ -666,6 +775,16 @@ impl Device {
             .iter()
             .filter(|p| p.gpu_instance_id == Some(gi))
             .map(|p| p.sm_util_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
+    /// Memory utilization of GPU instance `gi`'s processes, %.
+    pub fn gi_mem_util_pct(&self, gi: u32) -> u32 {
+        self.processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.mem_util_pct)
             .sum::<u32>()
             .min(100)
     }
@@ -809,6 +928,31 @@ mod tests {
         assert_eq!(m.set_process_util(8, 1, 0), Err(SimError::NoProcess(8)));
         m.stop_process(7).unwrap();
         assert_eq!(m.devices[5].power_mw(), 70_000);
+    }
+
+    #[test]
+    fn gpm_gives_each_instances_mean_utilization_between_two_samples() {
+        let mut m = h100();
+        let gi = m.create_gpu_instance(0, 2, Some((4, 4))).unwrap();
+        m.create_compute_instance(0, gi, 2).unwrap();
+        let mut p = proc(42, 80);
+        p.mem_util_pct = 40;
+        m.start_process(0, Some(gi), p).unwrap();
+        let a = m.gpm_sample(0, Some(gi)).unwrap();
+        m.advance_to(2_000);
+        m.set_process_util(42, 20, 10).unwrap();
+        m.advance_to(3_000);
+        let b = m.gpm_sample(0, Some(gi)).unwrap();
+        // 1 s at 80%, 1 s at 20%.
+        let r = gpm_metrics(&a, &b).unwrap();
+        assert_eq!((r.sm_util_pct, r.dram_bw_util_pct), (50.0, 25.0));
+        // Too close, other instances, the wrong order, no GPM, no MIG: refused.
+        assert!(gpm_metrics(&b, &b).is_err());
+        assert!(gpm_metrics(&b, &a).is_err());
+        assert!(gpm_metrics(&a, &m.gpm_sample(0, None).unwrap()).is_err());
+        assert_eq!(m.gpm_sample(5, Some(1)), Err(SimError::NotMigMode(5)));
+        let a100 = Machine::new(MachineKind::DgxA100_40, 1, 1, "t", 0);
+        assert_eq!(a100.gpm_sample(0, None), Err(SimError::NoGpm(0)));
     }
 
     #[test]

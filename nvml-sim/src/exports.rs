@@ -220,6 +220,7 @@ pub extern "C" fn nvmlShutdown() -> Ret {
         if lib.init_count == 0 {
             lib.store = None;
             lib.event_sets.clear();
+            lib.gpm_samples.clear();
         }
         Ok(())
     })
@@ -1232,12 +1233,126 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
     support: *mut nvmlGpmSupport_t,
 ) -> Ret {
     call(|lib| {
-        gpu(lib.machine()?, device)?;
+        let d = gpu(lib.machine()?, device)?;
         if support.is_null() {
             return Err(INVALID);
         }
         // SAFETY: non-null out-pointer; the caller set `version`, which is kept.
-        unsafe { (*support).isSupportedDevice = 0 };
+        unsafe { (*support).isSupportedDevice = c_uint::from(d.kind.has_gpm()) };
+        Ok(())
+    })
+}
+
+/// Most GPM samples allocated at once (a client that never frees cannot grow the library).
+const MAX_GPM_SAMPLES: usize = 65_536;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmSampleAlloc(sample: *mut nvmlGpmSample_t) -> Ret {
+    call(|lib| {
+        if sample.is_null() {
+            return Err(INVALID);
+        }
+        if lib.gpm_samples.len() >= MAX_GPM_SAMPLES {
+            return Err(nvmlReturn_enum_NVML_ERROR_MEMORY);
+        }
+        let mut n = lib.next_gpm_sample;
+        while lib.gpm_samples.contains_key(&n) {
+            n = (n + 1) & 0xFF_FFFF;
+        }
+        lib.next_gpm_sample = (n + 1) & 0xFF_FFFF;
+        lib.gpm_samples.insert(n, None);
+        // SAFETY: non-null out-pointer by NVML's contract.
+        unsafe { out(sample, Handle::new(Tag::GpmSample, 0, 0, n).encode()) }
+    })
+}
+
+/// The number of an allocated GPM sample.
+fn gpm_sample_no(lib: &Lib, sample: nvmlGpmSample_t) -> Result<u32, Ret> {
+    let n = Handle::decode(sample, Tag::GpmSample).ok_or(INVALID)?.x;
+    lib.gpm_samples.contains_key(&n).then_some(n).ok_or(INVALID)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmSampleFree(sample: nvmlGpmSample_t) -> Ret {
+    call(|lib| {
+        let n = gpm_sample_no(lib, sample)?;
+        lib.gpm_samples.remove(&n);
+        Ok(())
+    })
+}
+
+/// Fills GPM sample `sample` with a reading of `device` (`gi` none) or its GPU instance `gi`.
+fn gpm_fill(device: nvmlDevice_t, gi: Option<c_uint>, sample: nvmlGpmSample_t) -> Ret {
+    call(|lib| {
+        let n = gpm_sample_no(lib, sample)?;
+        let m = lib.machine()?;
+        let i = gpu(m, device)?.index;
+        let r = m.gpm_sample(i, gi).map_err(|e| state::sim_err(&e))?;
+        lib.gpm_samples.insert(n, Some(r));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmSampleGet(device: nvmlDevice_t, sample: nvmlGpmSample_t) -> Ret {
+    gpm_fill(device, None, sample)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmMigSampleGet(
+    device: nvmlDevice_t,
+    gpu_instance_id: c_uint,
+    sample: nvmlGpmSample_t,
+) -> Ret {
+    gpm_fill(device, Some(gpu_instance_id), sample)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmMetricsGet(req: *mut nvmlGpmMetricsGet_t) -> Ret {
+    call(|lib| {
+        if req.is_null() {
+            return Err(INVALID);
+        }
+        // SAFETY: non-null pointer to the caller's request by NVML's contract; no other reference
+        // to it exists during the call.
+        let req = unsafe { &mut *req };
+        if req.version != NVML_GPM_METRICS_GET_VERSION {
+            return Err(nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let count = req.numMetrics as usize;
+        if count > req.metrics.len() {
+            return Err(INVALID);
+        }
+        let reading = |s| {
+            let n = gpm_sample_no(lib, s)?;
+            lib.gpm_samples.get(&n).copied().flatten().ok_or(INVALID)
+        };
+        let (a, b) = (reading(req.sample1)?, reading(req.sample2)?);
+        let r = gpu_sim::machine::gpm_metrics(&a, &b).map_err(|e| state::sim_err(&e))?;
+        for metric in &mut req.metrics[..count] {
+            let (value, name, long, unit) = match metric.metricId {
+                nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL => {
+                    (r.sm_util_pct, c"sm_util", c"SM utilization", c"%")
+                }
+                nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL => (
+                    r.dram_bw_util_pct,
+                    c"dram_bw_util",
+                    c"DRAM bandwidth utilization",
+                    c"%",
+                ),
+                _ => {
+                    metric.nvmlReturn = NOT_SUPPORTED;
+                    metric.value = 0.0;
+                    continue;
+                }
+            };
+            metric.nvmlReturn = SUCCESS;
+            metric.value = value;
+            // The strings are static; the caller only reads them.
+            metric.metricInfo.shortName = name.as_ptr().cast_mut();
+            metric.metricInfo.longName = long.as_ptr().cast_mut();
+            metric.metricInfo.unit = unit.as_ptr().cast_mut();
+        }
         Ok(())
     })
 }
