@@ -16,7 +16,7 @@ use gpu_sim::{MachineKind, TimeMode};
 use greenslice_agent::backend::GpuBackend;
 use greenslice_agent::backend::nvml::NvmlBackend;
 use greenslice_agent::backend::sim::{Machine, SimBackend, SimConfig, Workload};
-use greenslice_core::clock::ManualClock;
+use greenslice_core::clock::{Clock, ManualClock};
 use greenslice_core::inventory::Gpu;
 use greenslice_core::sample::{NodeSample, SampleField};
 
@@ -66,9 +66,7 @@ fn assert_same_inventory(sim: &[Gpu], nvml: &[Gpu]) {
     }
 }
 
-/// Samples agree GPU by GPU, field by field; `at_ms` is each backend's own clock. The one known
-/// difference: the simulated library has no GPM, so on a Hopper GPU in MIG mode the NVML side
-/// reports per-instance activity unsupported where the sim backend reads it off the machine.
+/// Samples agree GPU by GPU, field by field; `at_ms` is each backend's own clock.
 fn assert_same_samples(sim: &NodeSample, nvml: &NodeSample, hw: &gpu_sim::Machine) {
     assert_eq!(sim.gpus.len(), nvml.gpus.len());
     for ((s, n), d) in sim.gpus.iter().zip(&nvml.gpus).zip(&hw.devices) {
@@ -84,20 +82,26 @@ fn assert_same_samples(sim: &NodeSample, nvml: &NodeSample, hw: &gpu_sim::Machin
         );
         assert_eq!(s.processes, n.processes, "{at}: processes");
         assert_eq!(s.process_util, n.process_util, "{at}: process utilization");
-        if d.mig_enabled && d.kind.has_gpm() {
-            assert!(
-                n.is_unsupported(SampleField::MigActivity) && n.mig.is_empty(),
-                "{at}: GPM through the simulated library"
-            );
-            assert_eq!(s.mig.len(), d.gpu_instances.len(), "{at}: MIG activity");
-            let mut n_marks = n.unsupported.clone();
-            n_marks.retain(|f| *f != SampleField::MigActivity);
-            assert_eq!(s.unsupported, n_marks, "{at}: unsupported");
-        } else {
-            assert_eq!(s.mig, n.mig, "{at}: MIG activity");
-            assert_eq!(s.unsupported, n.unsupported, "{at}: unsupported");
-        }
+        assert_eq!(s.mig, n.mig, "{at}: MIG activity (GPM)");
+        assert_eq!(s.unsupported, n.unsupported, "{at}: unsupported");
+        assert_eq!(s, n, "{at}");
     }
+}
+
+/// Moves time on both machines; GPM samples are compared only when more than
+/// `GPM_MIN_INTERVAL_MS` apart, which the NVML backend measures in real time.
+fn advance(clock: &ManualClock, store: &mut Store, ms: i64) {
+    clock.advance(ms);
+    let to = clock.now_ms();
+    store
+        .update(|m| {
+            m.advance_to(to);
+            Ok(())
+        })
+        .expect("advance");
+    std::thread::sleep(std::time::Duration::from_millis(
+        greenslice_agent::backend::GPM_MIN_INTERVAL_MS + 50,
+    ));
 }
 
 /// Starts on the state file every process the sim backend's machine runs that the file lacks, as
@@ -230,13 +234,7 @@ fn sim_and_nvml_backends_on_one_machine_report_the_same_inventory_placements_and
     mirror_processes(&mut sim, &mut store);
 
     // Time passes alike on both machines.
-    clock.advance(90_000);
-    store
-        .update(|m| {
-            m.advance_to(T0 + 90_000);
-            Ok(())
-        })
-        .expect("advance");
+    advance(&clock, &mut store, 90_000);
 
     let inv = sim.inventory().expect("inventory");
     assert_same_inventory(&inv, &nvml.inventory().expect("inventory"));
@@ -303,13 +301,7 @@ fn sim_and_nvml_backends_on_one_machine_report_the_same_inventory_placements_and
     assert_eq!(a, b);
     assert_eq!(a.0.gpu_instance_id, gi_b);
     mirror_processes(&mut sim, &mut store);
-    clock.advance(5_000);
-    store
-        .update(|m| {
-            m.advance_to(T0 + 95_000);
-            Ok(())
-        })
-        .expect("advance");
+    advance(&clock, &mut store, 5_000);
     let inv = sim.inventory().expect("inventory");
     assert_same_inventory(&inv, &nvml.inventory().expect("inventory"));
     let (a, b) = (
@@ -317,6 +309,22 @@ fn sim_and_nvml_backends_on_one_machine_report_the_same_inventory_placements_and
         nvml.sample().expect("sample"),
     );
     assert_same_samples(&a, &b, &sim.machine().clone());
+    // GPM: the H100 whose layout stayed reports its instance's mean over the 5 s (the default
+    // job, 80%); the one re-laid-out starts over; the A100 has no GPM.
+    assert_eq!(a.gpus[1].mig.len(), 1);
+    assert_eq!(a.gpus[1].mig[0].sm_util_pct, Some(80.0));
+    assert!(a.gpus[0].mig.is_empty() && !a.gpus[0].is_unsupported(SampleField::MigActivity));
+    assert!(a.gpus[2].is_unsupported(SampleField::MigActivity));
+    advance(&clock, &mut store, 2_000);
+    let (a, b) = (
+        sim.sample().expect("sample"),
+        nvml.sample().expect("sample"),
+    );
+    assert_same_samples(&a, &b, &sim.machine().clone());
+    // s-a at 90%, s-c at 35%, s-l's default job at 80%.
+    let mut busy: Vec<f64> = a.gpus[0].mig.iter().filter_map(|m| m.sm_util_pct).collect();
+    busy.sort_by(f64::total_cmp);
+    assert_eq!(busy, vec![35.0, 80.0, 90.0]);
     // And the two machines are the same machine.
     let file = store.read().expect("read").clone();
     let mine = sim.machine().clone();

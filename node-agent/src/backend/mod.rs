@@ -95,6 +95,11 @@ pub fn table_placements(model: &greenslice_core::gpu::GpuModel) -> Vec<ProfilePl
         .collect()
 }
 
+/// GPM samples closer than this are not compared (NVML needs more than 100 ms between them); the
+/// first sample of a GPU instance, and the first after its GPU's layout changed, have nothing to be
+/// compared with, so they report no activity for it.
+pub const GPM_MIN_INTERVAL_MS: u64 = 150;
+
 /// Environment a process needs to use an applied slice (NVIDIA_VISIBLE_DEVICES, MPS limits...).
 pub type SliceEnv = BTreeMap<String, String>;
 

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use gpu_sim::machine::{Device, Process};
+use gpu_sim::machine::{Device, GpmReading, Process};
 use gpu_sim::{MachineKind, SimError, TimeMode};
 use greenslice_core::clock::{Clock, SystemClock};
 use greenslice_core::gpu::GpuModel;
@@ -243,6 +243,8 @@ pub struct SimBackend {
     loads: BTreeMap<String, SliceLoad>,
     next_pid: u32,
     noise: ChaCha8Rng,
+    /// Previous GPM reading per (GPU index, GPU instance id, start), as the NVML backend keeps it.
+    gpm_prev: BTreeMap<(u32, u32, u32), GpmReading>,
 }
 
 /// FNV-1a over a string.
@@ -326,6 +328,7 @@ impl SimBackend {
             loads: BTreeMap::new(),
             next_pid: 4_000,
             noise: ChaCha8Rng::seed_from_u64(config.seed),
+            gpm_prev: BTreeMap::new(),
             config,
             hw,
         })
@@ -393,6 +396,7 @@ impl SimBackend {
         self.advance();
         self.hw.reload_driver();
         self.mig_owners.clear();
+        self.gpm_prev.clear();
         for l in self.loads.values_mut() {
             l.pid = None;
         }
@@ -565,8 +569,53 @@ impl SimBackend {
         1.0 + n * u
     }
 
+    /// Per-GPU-instance activity of GPU `i` through GPM, as the NVML backend samples it: the mean
+    /// between this reading and the previous one of the same instance, when they are far enough
+    /// apart; nothing for an instance's first reading.
+    fn gpm_activity(&mut self, i: usize) -> Vec<MigActivity> {
+        let gpu = i as u32;
+        let live: Vec<(u32, u32)> = self.hw.devices[i]
+            .gpu_instances
+            .iter()
+            .map(|g| (g.id, g.start))
+            .collect();
+        // GPU-instance ids are reused after a re-layout: forget readings of instances now gone.
+        self.gpm_prev
+            .retain(|(g, gi, st), _| *g != gpu || live.contains(&(*gi, *st)));
+        let mut out = Vec::new();
+        for (gi, start) in live {
+            let Ok(cur) = self.hw.gpm_sample(gpu, Some(gi)) else {
+                continue;
+            };
+            let key = (gpu, gi, start);
+            if let Some(prev) = self.gpm_prev.get(&key) {
+                if ((cur.at_ms - prev.at_ms) as u64) < super::GPM_MIN_INTERVAL_MS {
+                    continue;
+                }
+                if let Ok(r) = gpu_sim::machine::gpm_metrics(prev, &cur) {
+                    out.push(MigActivity {
+                        gpu_instance_id: gi,
+                        sm_util_pct: Some(r.sm_util_pct.clamp(0.0, 100.0)),
+                        dram_bw_util_pct: Some(r.dram_bw_util_pct.clamp(0.0, 100.0)),
+                    });
+                }
+            }
+            self.gpm_prev.insert(key, cur);
+        }
+        out
+    }
+
     /// Measures GPU `i` now, as the NVML backend reads it from the driver.
     fn sample_gpu(&mut self, i: usize) -> GpuSample {
+        let gpm = {
+            let d = &self.hw.devices[i];
+            d.mig_enabled && d.kind.has_gpm()
+        };
+        let mig = if gpm {
+            self.gpm_activity(i)
+        } else {
+            Vec::new()
+        };
         let d = &self.hw.devices[i];
         let mut s = GpuSample::empty(&d.uuid);
         let now_us = u64::try_from(self.hw.now_ms).unwrap_or(0) * 1_000;
@@ -583,16 +632,8 @@ impl SimBackend {
         if d.mig_enabled {
             s.mark_unsupported(SampleField::Utilization);
             s.mark_unsupported(SampleField::ProcessUtilization);
-            if d.kind.has_gpm() {
-                s.mig = d
-                    .gpu_instances
-                    .iter()
-                    .map(|g| MigActivity {
-                        gpu_instance_id: g.id,
-                        sm_util_pct: Some(f64::from(d.gi_sm_util_pct(g.id))),
-                        dram_bw_util_pct: Some(f64::from(gi_mem_util_pct(d, g.id))),
-                    })
-                    .collect();
+            if gpm {
+                s.mig = mig;
             } else {
                 s.mark_unsupported(SampleField::MigActivity);
             }
@@ -719,16 +760,6 @@ impl SimBackend {
     }
 }
 
-/// Memory utilization of GPU instance `gi`'s processes, %.
-fn gi_mem_util_pct(d: &Device, gi: u32) -> u32 {
-    d.processes
-        .iter()
-        .filter(|p| p.gpu_instance_id == Some(gi))
-        .map(|p| p.mem_util_pct)
-        .sum::<u32>()
-        .min(100)
-}
-
 impl GpuBackend for SimBackend {
     fn kind(&self) -> &'static str {
         "sim"
@@ -835,6 +866,8 @@ impl GpuBackend for SimBackend {
         if !slice_id.is_empty() {
             self.mig_owners.insert((gpu_ix, gi), slice_id.to_string());
         }
+        // The layout changed: no GPM sample of this GPU is compared across it.
+        self.gpm_prev.retain(|(g, _, _), _| *g != gpu_ix);
         let g =
             self.hw.devices[i]
                 .gpu_instance(gi)
@@ -873,6 +906,7 @@ impl GpuBackend for SimBackend {
             .destroy_gpu_instance(gpu_ix, gpu_instance_id)
             .map_err(sim_err(gpu))?;
         self.mig_owners.remove(&(gpu_ix, gpu_instance_id));
+        self.gpm_prev.retain(|(g, _, _), _| *g != gpu_ix);
         Ok(())
     }
 
@@ -1380,11 +1414,14 @@ mod tests {
         assert!(s.gpus[1].unsupported.is_empty());
         assert!(s.gpus[1].gpu_util_pct.is_some());
 
-        let (mut h100, _) = sim_on(Machine::DgxH100, 1, 1);
+        let (mut h100, h100_clock) = sim_on(Machine::DgxH100, 1, 1);
         let g = h100.inventory().unwrap()[0].uuid.clone();
         h100.create_mig(&g, "3g.40gb", 4, "m").unwrap();
         h100.set_workload("m", Workload::Busy { util: 0.5 })
             .unwrap();
+        // GPM compares two samples: the instance's first has nothing to compare with.
+        assert!(h100.sample().unwrap().gpus[0].mig.is_empty());
+        h100_clock.advance(1_000);
         let s = h100.sample().unwrap();
         assert!(!s.gpus[0].is_unsupported(SampleField::MigActivity));
         assert_eq!(s.gpus[0].mig[0].gpu_instance_id, 1);
