@@ -13,7 +13,8 @@
 //! Time comes from an injected [`Clock`]: the machine is kept in manual time and moved to the
 //! clock's "now" whenever the backend is called, so with a [`greenslice_core::clock::ManualClock`]
 //! a day replays in seconds and a run is deterministic for a seed. While a workload varies, time
-//! moves in [`STEP_MS`] steps, each process doing what its job does in the middle of the step.
+//! moves from one change of a job's utilization to the next, so the machine integrates energy
+//! exactly (power is constant between changes).
 //!
 //! What it reports is read off the machine as NVML reports it (see `../shared/NVML-FACTS.md`):
 //! board and per-process utilization are unsupported on MIG-enabled GPUs; per-MIG-instance activity
@@ -43,9 +44,6 @@ use super::{
     BackendError, GpuBackend, HostInfo, ProfilePlacements, SLICE_ID_ENV, SliceEnv, device_env,
     share_env,
 };
-
-/// Integration step while a workload varies, ms.
-pub const STEP_MS: i64 = 100;
 
 /// A simulated machine kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,8 +182,9 @@ struct SliceLoad {
     workload: Workload,
     /// When the workload was set, ms.
     since_ms: i64,
-    /// Its process, when it has one (it runs on the machine while the slice is applied).
-    pid: Option<u32>,
+    /// Its processes, one per GPU the slice holds (GPU index to pid), while its workload has a
+    /// process and the slice is applied.
+    pids: BTreeMap<u32, u32>,
     /// Seeds the bursts of this slice.
     key: u64,
 }
@@ -353,22 +352,23 @@ impl SimBackend {
     }
 
     /// Sets what the job in `slice_id` does from now on. The slice may not exist yet; its workload
-    /// starts counting from this call. A new process (new PID) starts unless one is running already;
-    /// [`Workload::Finished`] ends it while the slice stays allocated.
+    /// starts counting from this call. Its processes (one per GPU the slice holds) keep running,
+    /// or start with new PIDs; [`Workload::Finished`] ends them while the slice stays allocated.
     pub fn set_workload(&mut self, slice_id: &str, workload: Workload) -> Result<(), BackendError> {
         workload
             .validate()
             .map_err(|e| BackendError::Config(format!("workload of {slice_id}: {e}")))?;
         self.advance();
         let now = self.hw.now_ms;
-        let old_pid = self.loads.get(slice_id).and_then(|l| l.pid);
-        let pid = match (workload.has_process(), old_pid) {
-            (false, _) => None,
-            (true, Some(p)) => Some(p),
-            (true, None) => Some(self.new_pid()),
-        };
-        if let Some(old) = old_pid.filter(|p| Some(*p) != pid) {
-            self.stop_if_running(old);
+        let mut pids = self
+            .loads
+            .remove(slice_id)
+            .map(|l| l.pids)
+            .unwrap_or_default();
+        if !workload.has_process() {
+            for pid in std::mem::take(&mut pids).into_values() {
+                self.stop_if_running(pid);
+            }
         }
         let key = self.config.seed ^ fnv1a(slice_id) as u64;
         self.loads.insert(
@@ -376,11 +376,11 @@ impl SimBackend {
             SliceLoad {
                 workload,
                 since_ms: now,
-                pid,
+                pids,
                 key,
             },
         );
-        self.sync_process(slice_id)
+        self.sync_processes(slice_id)
     }
 
     /// The workload of `slice_id`, if one is set or the slice exists.
@@ -398,7 +398,7 @@ impl SimBackend {
         self.mig_owners.clear();
         self.gpm_prev.clear();
         for l in self.loads.values_mut() {
-            l.pid = None;
+            l.pids.clear();
         }
         self.last_seen_us.iter_mut().for_each(|t| *t = 0);
     }
@@ -427,43 +427,58 @@ impl SimBackend {
         }
     }
 
-    /// Gives a newly applied slice the default workload unless one was set beforehand, and starts
-    /// its process.
+    /// Gives a newly applied slice (or a new GPU of it) the default workload unless one was set
+    /// beforehand, and starts its process there.
     fn slice_started(&mut self, slice_id: &str) -> Result<(), BackendError> {
         if slice_id.is_empty() {
             return Ok(());
         }
         if self.loads.contains_key(slice_id) {
-            self.sync_process(slice_id)
+            self.sync_processes(slice_id)
         } else {
             let w = self.config.default_workload.clone();
             self.set_workload(slice_id, w)
         }
     }
 
-    /// The job of a removed slice ends: its process stops and its workload is forgotten.
-    fn slice_ended(&mut self, slice_id: &str) {
-        if let Some(pid) = self.loads.remove(slice_id).and_then(|l| l.pid) {
+    /// `slice_id` no longer holds GPU `gpu` (already removed from the bookkeeping): its process
+    /// there stops, and once the slice holds nothing its workload is forgotten.
+    fn slice_left(&mut self, slice_id: &str, gpu: u32) {
+        let pid = self
+            .loads
+            .get_mut(slice_id)
+            .and_then(|l| l.pids.remove(&gpu));
+        if let Some(pid) = pid {
             self.stop_if_running(pid);
+        }
+        if self.slots(slice_id).is_empty()
+            && let Some(l) = self.loads.remove(slice_id)
+        {
+            for pid in l.pids.into_values() {
+                self.stop_if_running(pid);
+            }
         }
     }
 
-    /// Where `slice_id` is applied, if it is.
-    fn slot(&self, slice_id: &str) -> Option<Slot> {
-        if let Some((&(gpu, gi), _)) = self.mig_owners.iter().find(|(_, s)| *s == slice_id) {
-            let d = self.hw.devices.get(gpu as usize)?;
-            let g = d.gpu_instance(gi)?;
-            return Some(Slot {
-                gpu,
-                gi: Some(gi),
-                scale: 1.0,
-                memory_bytes: d.gi_memory_bytes(g),
-            });
+    /// Where `slice_id` is applied: one slot per GPU it holds.
+    fn slots(&self, slice_id: &str) -> Vec<Slot> {
+        let mut out = Vec::new();
+        for (&(gpu, gi), _) in self.mig_owners.iter().filter(|(_, s)| *s == slice_id) {
+            if let Some(d) = self.hw.devices.get(gpu as usize)
+                && let Some(g) = d.gpu_instance(gi)
+            {
+                out.push(Slot {
+                    gpu,
+                    gi: Some(gi),
+                    scale: 1.0,
+                    memory_bytes: d.gi_memory_bytes(g),
+                });
+            }
         }
         for (i, d) in self.hw.devices.iter().enumerate() {
             let gpu = i as u32;
             if let Some(s) = self.shares[i].iter().find(|s| s.slice_id == slice_id) {
-                return Some(Slot {
+                out.push(Slot {
                     gpu,
                     gi: None,
                     scale: s.compute_fraction.clamp(0.0, 1.0),
@@ -471,7 +486,7 @@ impl SimBackend {
                 });
             }
             if self.whole[i].as_deref() == Some(slice_id) {
-                return Some(Slot {
+                out.push(Slot {
                     gpu,
                     gi: None,
                     scale: 1.0,
@@ -479,64 +494,83 @@ impl SimBackend {
                 });
             }
         }
-        None
+        out
     }
 
-    /// Brings the process of `slice_id`'s job on the machine in line with its workload now: starts
-    /// it if the slice is applied and its job has a process that is not running yet, else sets
-    /// what the running one does.
-    fn sync_process(&mut self, slice_id: &str) -> Result<(), BackendError> {
+    /// Brings the processes of `slice_id`'s job in line with its workload now: on each GPU the
+    /// slice holds, starts one if its job has a process and none runs there yet, else sets what
+    /// the running one does.
+    fn sync_processes(&mut self, slice_id: &str) -> Result<(), BackendError> {
         let Some(load) = self.loads.get(slice_id) else {
             return Ok(());
         };
-        let (Some(pid), Some(slot)) = (load.pid, self.slot(slice_id)) else {
+        if !load.workload.has_process() {
             return Ok(());
-        };
+        }
         let now = self.hw.now_ms;
         let util = load.workload.util_at(now - load.since_ms, load.key);
-        let (sm, mem) = job_util(util, slot.scale);
-        let gpu = self.hw.devices[slot.gpu as usize].uuid.clone();
-        if self.running(pid) {
-            return self
-                .hw
-                .set_process_util(pid, sm, mem)
-                .map_err(sim_err(&gpu));
+        for slot in self.slots(slice_id) {
+            let (sm, mem) = job_util(util, slot.scale);
+            let gpu = self.hw.devices[slot.gpu as usize].uuid.clone();
+            let running = self
+                .loads
+                .get(slice_id)
+                .and_then(|l| l.pids.get(&slot.gpu))
+                .copied()
+                .filter(|p| self.running(*p));
+            if let Some(pid) = running {
+                self.hw
+                    .set_process_util(pid, sm, mem)
+                    .map_err(sim_err(&gpu))?;
+                continue;
+            }
+            let pid = self.new_pid();
+            let bytes = (slot.memory_bytes as f64 * self.config.process_memory_fraction) as u64;
+            let p = Process {
+                pid,
+                gpu_instance_id: slot.gi,
+                compute_instance_id: None,
+                used_memory_bytes: bytes & !((1 << 20) - 1),
+                sm_util_pct: sm,
+                mem_util_pct: mem,
+                env: BTreeMap::from([(SLICE_ID_ENV.to_string(), slice_id.to_string())]),
+                started_ms: now,
+            };
+            self.hw
+                .start_process(slot.gpu, slot.gi, p)
+                .map_err(sim_err(&gpu))?;
+            if let Some(l) = self.loads.get_mut(slice_id) {
+                l.pids.insert(slot.gpu, pid);
+            }
         }
-        let bytes = (slot.memory_bytes as f64 * self.config.process_memory_fraction) as u64;
-        let p = Process {
-            pid,
-            gpu_instance_id: slot.gi,
-            compute_instance_id: None,
-            used_memory_bytes: bytes & !((1 << 20) - 1),
-            sm_util_pct: sm,
-            mem_util_pct: mem,
-            env: BTreeMap::from([(SLICE_ID_ENV.to_string(), slice_id.to_string())]),
-            started_ms: now,
-        };
-        self.hw
-            .start_process(slot.gpu, slot.gi, p)
-            .map_err(sim_err(&gpu))
+        Ok(())
     }
 
-    /// The jobs whose processes run now.
+    /// The jobs' processes that run now.
     fn jobs(&self) -> Vec<Job> {
-        self.loads
-            .iter()
-            .filter_map(|(slice, l)| {
-                let pid = l.pid.filter(|p| self.running(*p))?;
-                Some(Job {
-                    pid,
-                    scale: self.slot(slice)?.scale,
-                    workload: l.workload.clone(),
-                    since_ms: l.since_ms,
-                    key: l.key,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (slice, l) in &self.loads {
+            for slot in self.slots(slice) {
+                let Some(&pid) = l.pids.get(&slot.gpu) else {
+                    continue;
+                };
+                if self.running(pid) {
+                    out.push(Job {
+                        pid,
+                        scale: slot.scale,
+                        workload: l.workload.clone(),
+                        since_ms: l.since_ms,
+                        key: l.key,
+                    });
+                }
+            }
+        }
+        out
     }
 
-    /// Moves the machine to the clock's now: in one step while every job is steady, else in
-    /// [`STEP_MS`] steps with each process doing what its job does in the middle of the step.
+    /// Moves the machine to the clock's now, from one change of a job's utilization to the next:
+    /// each process does what its job does from the start of each stretch, which lasts until the
+    /// next change of any job.
     fn advance(&mut self) {
         let now = self.config.clock.now_ms();
         let from = self.hw.now_ms;
@@ -544,18 +578,17 @@ impl SimBackend {
             return;
         }
         let jobs = self.jobs();
-        if jobs.iter().all(|j| j.workload.is_steady()) {
-            self.hw.advance_to(now);
-            return;
-        }
         let mut t = from;
         while t < now {
-            let next = (t + STEP_MS).min(now);
-            let mid = t + (next - t) / 2;
+            let mut next = now;
             for j in &jobs {
-                let (sm, mem) = job_util(j.workload.util_at(mid - j.since_ms, j.key), j.scale);
+                let elapsed = t - j.since_ms;
+                let (sm, mem) = job_util(j.workload.util_at(elapsed, j.key), j.scale);
                 // The job's process runs (jobs() checked) and the values are within 0..=100.
                 let _ = self.hw.set_process_util(j.pid, sm, mem);
+                if let Some(c) = j.workload.next_change_ms(elapsed) {
+                    next = next.min(j.since_ms + c);
+                }
             }
             self.hw.advance_to(next);
             t = next;
@@ -894,18 +927,24 @@ impl GpuBackend for SimBackend {
             });
         };
         let cis: Vec<u32> = g.compute_instances.iter().map(|c| c.id).collect();
-        if let Some(owner) = self.mig_owners.get(&(gpu_ix, gpu_instance_id)).cloned() {
-            self.slice_ended(&owner);
+        let owner = self.mig_owners.remove(&(gpu_ix, gpu_instance_id));
+        if let Some(owner) = &owner {
+            self.slice_left(owner, gpu_ix);
         }
-        for ci in cis {
-            self.hw
-                .destroy_compute_instance(gpu_ix, gpu_instance_id, ci)
-                .map_err(sim_err(gpu))?;
+        let destroyed = cis
+            .into_iter()
+            .try_for_each(|ci| {
+                self.hw
+                    .destroy_compute_instance(gpu_ix, gpu_instance_id, ci)
+            })
+            .and_then(|()| self.hw.destroy_gpu_instance(gpu_ix, gpu_instance_id));
+        if let Err(e) = destroyed {
+            // Still there (another process holds it): still the owner's.
+            if let Some(owner) = owner {
+                self.mig_owners.insert((gpu_ix, gpu_instance_id), owner);
+            }
+            return Err(sim_err(gpu)(e));
         }
-        self.hw
-            .destroy_gpu_instance(gpu_ix, gpu_instance_id)
-            .map_err(sim_err(gpu))?;
-        self.mig_owners.remove(&(gpu_ix, gpu_instance_id));
         self.gpm_prev.retain(|(g, _, _), _| *g != gpu_ix);
         Ok(())
     }
@@ -968,7 +1007,7 @@ impl GpuBackend for SimBackend {
                 slice: slice_id.to_string(),
             });
         }
-        self.slice_ended(slice_id);
+        self.slice_left(slice_id, i as u32);
         Ok(())
     }
 
@@ -1005,7 +1044,7 @@ impl GpuBackend for SimBackend {
             });
         }
         self.whole[i] = None;
-        self.slice_ended(slice_id);
+        self.slice_left(slice_id, i as u32);
         Ok(())
     }
 }
@@ -1199,6 +1238,40 @@ mod tests {
         b.destroy_mig(&g, m.gpu_instance_id).unwrap();
         assert!(b.machine().devices[0].processes.is_empty());
         assert!(b.inventory().unwrap()[0].mig_instances.is_empty());
+    }
+
+    #[test]
+    fn a_slice_on_several_gpus_runs_a_process_on_each() {
+        let (mut b, clock) = sim_on(Machine::DgxH100, 0, 4);
+        let g: Vec<String> = b
+            .inventory()
+            .unwrap()
+            .iter()
+            .map(|x| x.uuid.clone())
+            .collect();
+        b.assign_whole(&g[0], "w").unwrap();
+        b.assign_whole(&g[1], "w").unwrap();
+        b.set_workload("w", Workload::Busy { util: 0.7 }).unwrap();
+        clock.advance(1_000);
+        let s = b.sample().unwrap();
+        assert_eq!(
+            (s.gpus[0].gpu_util_pct, s.gpus[1].gpu_util_pct),
+            (Some(70), Some(70))
+        );
+        let (p0, p1) = (
+            s.gpus[0].processes.clone().unwrap(),
+            s.gpus[1].processes.clone().unwrap(),
+        );
+        assert_ne!(p0[0].pid, p1[0].pid);
+        assert_eq!(b.process_owner(p1[0].pid).as_deref(), Some("w"));
+        // Giving one GPU back ends the job's process there only.
+        b.unassign_whole(&g[0], "w").unwrap();
+        let s = b.sample().unwrap();
+        assert_eq!(s.gpus[0].processes, Some(vec![]));
+        assert_eq!(s.gpus[1].processes.as_ref().unwrap()[0].pid, p1[0].pid);
+        assert_eq!(b.workload("w"), Some(&Workload::Busy { util: 0.7 }));
+        b.unassign_whole(&g[1], "w").unwrap();
+        assert_eq!(b.workload("w"), None);
     }
 
     #[test]
