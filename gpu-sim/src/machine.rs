@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::device::{DeviceKind, MachineKind};
 use crate::profiles::{self, GiProfile, Occupant, PlacementError};
 
+/// Share of the idle-to-maximum power range, ‰, that a board draws while a process holds a CUDA
+/// context on it but runs no kernels.
+pub const CONTEXT_PERMILLE: u64 = 50;
+
 /// Compute mode (`nvmlComputeMode_t` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +43,64 @@ pub struct GpuInstance {
     pub compute_instances: Vec<ComputeInstance>,
     /// The MIG device UUID (`MIG-...`), stable for this instance's life.
     pub mig_uuid: String,
+    /// GPM's counters: SM and DRAM activity integrated since the instance was made, %·ms.
+    #[serde(default)]
+    pub gpm: GpmCounters,
+}
+
+/// Activity integrated over time, as GPM's hardware counters keep it: two readings give the mean
+/// utilization between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpmCounters {
+    /// SM utilization × time, %·ms.
+    pub sm_pct_ms: u64,
+    /// DRAM bandwidth utilization × time, %·ms.
+    pub dram_pct_ms: u64,
+}
+
+/// One GPM sample (`nvmlGpmSampleGet` / `nvmlGpmMigSampleGet`): what it is of, when, the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpmReading {
+    pub gpu: u32,
+    /// (GPU-instance id, start) of a MIG sample; none for the whole GPU.
+    pub gpu_instance: Option<(u32, u32)>,
+    pub at_ms: i64,
+    pub counters: GpmCounters,
+}
+
+/// Mean utilizations between two GPM readings, %.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpmMetrics {
+    pub sm_util_pct: f64,
+    pub dram_bw_util_pct: f64,
+}
+
+/// GPM samples closer than this cannot be compared (NVML asks for more than 100 ms).
+pub const GPM_MIN_INTERVAL_MS: i64 = 100;
+
+/// The metrics between two readings of the same GPU or GPU instance, `a` the earlier.
+pub fn gpm_metrics(a: &GpmReading, b: &GpmReading) -> Result<GpmMetrics, SimError> {
+    if (a.gpu, a.gpu_instance) != (b.gpu, b.gpu_instance) {
+        return Err(SimError::Invalid(
+            "GPM samples of different GPUs or instances".into(),
+        ));
+    }
+    let dt = b.at_ms - a.at_ms;
+    if dt <= GPM_MIN_INTERVAL_MS {
+        return Err(SimError::Invalid(format!(
+            "GPM samples {dt} ms apart; they must be more than {GPM_MIN_INTERVAL_MS} ms apart, the first one first"
+        )));
+    }
+    let d = |x: u64, y: u64| {
+        y.checked_sub(x).ok_or_else(|| {
+            SimError::Invalid("GPM counters went backwards: the instance was made again".into())
+        })
+    };
+    let dt = dt as f64;
+    Ok(GpmMetrics {
+        sm_util_pct: d(a.counters.sm_pct_ms, b.counters.sm_pct_ms)? as f64 / dt,
+        dram_bw_util_pct: d(a.counters.dram_pct_ms, b.counters.dram_pct_ms)? as f64 / dt,
+    })
 }
 
 /// A process using a GPU.
@@ -86,6 +148,9 @@ pub struct Device {
     pub gpu_instances: Vec<GpuInstance>,
     pub processes: Vec<Process>,
     pub xids: Vec<XidEvent>,
+    /// GPM's counters of the whole GPU since the driver was loaded.
+    #[serde(default)]
+    pub gpm: GpmCounters,
 }
 
 /// How simulated time moves.
@@ -122,6 +187,8 @@ pub enum SimError {
     NoMig(u32),
     #[error("GPU {0} is not in MIG mode")]
     NotMigMode(u32),
+    #[error("GPU {0} has no GPM (Hopper and newer have)")]
+    NoGpm(u32),
     #[error("GPU {gpu} has no MIG profile index {index}")]
     NoProfile { gpu: u32, index: u32 },
     #[error("GPU {gpu}: {err}")]
@@ -157,10 +224,18 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
-/// A UUID-shaped string stable for `seed`.
+/// A 64-bit finaliser (splitmix64's): seeds that differ in one character differ in every digit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A UUID-shaped string stable for `seed`; like real UUIDs, those of one machine's GPUs differ from
+/// their first digits (a table that cuts them short still tells them apart).
 fn uuid_from(prefix: &str, seed: &str) -> String {
-    let a = fnv1a(seed);
-    let b = fnv1a(&format!("{seed}/2"));
+    let a = mix(fnv1a(seed));
+    let b = mix(fnv1a(&format!("{seed}/2")));
     format!(
         "{prefix}-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         a >> 32,
@@ -204,6 +279,7 @@ impl Machine {
                     gpu_instances: Vec::new(),
                     processes: Vec::new(),
                     xids: Vec::new(),
+                    gpm: GpmCounters::default(),
                 }
             })
             .collect();
@@ -245,6 +321,23 @@ impl Machine {
             let uj = u64::from(d.power_mw()) * dt_ms + d.energy_rem_uj;
             d.energy_mj += uj / 1000;
             d.energy_rem_uj = uj % 1000;
+            let board = (u64::from(d.sm_util_pct()), u64::from(d.mem_util_pct()));
+            d.gpm.sm_pct_ms += board.0 * dt_ms;
+            d.gpm.dram_pct_ms += board.1 * dt_ms;
+            let per_gi: Vec<(u64, u64)> = d
+                .gpu_instances
+                .iter()
+                .map(|g| {
+                    (
+                        u64::from(d.gi_sm_util_pct(g.id)),
+                        u64::from(d.gi_mem_util_pct(g.id)),
+                    )
+                })
+                .collect();
+            for (g, (sm, dram)) in d.gpu_instances.iter_mut().zip(per_gi) {
+                g.gpm.sm_pct_ms += sm * dt_ms;
+                g.gpm.dram_pct_ms += dram * dt_ms;
+            }
         }
         self.now_ms = now_ms;
         self.changed();
@@ -256,6 +349,7 @@ impl Machine {
         for d in &mut self.devices {
             d.energy_mj = 0;
             d.energy_rem_uj = 0;
+            d.gpm = GpmCounters::default();
             d.gpu_instances.clear();
             d.processes.clear();
             d.xids.clear();
@@ -341,6 +435,7 @@ impl Machine {
             size,
             compute_instances: Vec::new(),
             mig_uuid,
+            gpm: GpmCounters::default(),
         });
         d.gpu_instances.sort_by_key(|g| g.id);
         self.changed();
@@ -502,6 +597,30 @@ impl Machine {
         Ok(())
     }
 
+    /// Changes a running process's SM and memory utilization (%), as its work changes.
+    pub fn set_process_util(
+        &mut self,
+        pid: u32,
+        sm_pct: u32,
+        mem_pct: u32,
+    ) -> Result<(), SimError> {
+        if sm_pct > 100 || mem_pct > 100 {
+            return Err(SimError::Invalid("utilization must be 0-100 %".into()));
+        }
+        let p = self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.processes.iter_mut())
+            .find(|p| p.pid == pid)
+            .ok_or(SimError::NoProcess(pid))?;
+        if (p.sm_util_pct, p.mem_util_pct) != (sm_pct, mem_pct) {
+            p.sm_util_pct = sm_pct;
+            p.mem_util_pct = mem_pct;
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// Ends process `pid` wherever it runs.
     pub fn stop_process(&mut self, pid: u32) -> Result<(), SimError> {
         for d in &mut self.devices {
@@ -512,6 +631,32 @@ impl Machine {
             }
         }
         Err(SimError::NoProcess(pid))
+    }
+
+    /// A GPM sample of GPU `gpu`, or of its GPU instance `gi`: Hopper and newer only.
+    pub fn gpm_sample(&self, gpu: u32, gi: Option<u32>) -> Result<GpmReading, SimError> {
+        let d = self.device(gpu)?;
+        if !d.kind.has_gpm() {
+            return Err(SimError::NoGpm(gpu));
+        }
+        let (gpu_instance, counters) = match gi {
+            None => (None, d.gpm),
+            Some(gi) => {
+                if !d.mig_enabled {
+                    return Err(SimError::NotMigMode(gpu));
+                }
+                let g = d
+                    .gpu_instance(gi)
+                    .ok_or(SimError::NoGpuInstance { gpu, gi })?;
+                (Some((g.id, g.start)), g.gpm)
+            }
+        };
+        Ok(GpmReading {
+            gpu,
+            gpu_instance,
+            at_ms: self.now_ms,
+            counters,
+        })
     }
 
     /// Raises XID `xid` on `gpu`.
@@ -634,6 +779,16 @@ impl Device {
             .min(100)
     }
 
+    /// Memory utilization of GPU instance `gi`'s processes, %.
+    pub fn gi_mem_util_pct(&self, gi: u32) -> u32 {
+        self.processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.mem_util_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
     pub fn mem_util_pct(&self) -> u32 {
         self.processes
             .iter()
@@ -642,18 +797,30 @@ impl Device {
             .min(100)
     }
 
-    /// Board power now, mW: idle plus a dynamic part linear in SM activity, capped at the limit.
-    pub fn power_mw(&self) -> u32 {
+    /// The power the board would draw now without a limit, mW: a floor (idle, or idle plus
+    /// [`CONTEXT_PERMILLE`] of the range while any process holds a context, which keeps the clocks
+    /// up) plus a dynamic part linear in SM activity, up to the model's maximum.
+    pub fn power_demand_mw(&self) -> u32 {
         let (idle, max) = self.kind.power_mw();
-        let dynamic = u64::from(max - idle) * u64::from(self.sm_util_pct()) / 100;
-        (u64::from(idle) + dynamic).min(u64::from(self.power_limit_mw)) as u32
+        let range = u64::from(max - idle);
+        let floor = if self.processes.is_empty() {
+            u64::from(idle)
+        } else {
+            u64::from(idle) + range * CONTEXT_PERMILLE / 1000
+        };
+        let dynamic = (u64::from(max) - floor) * u64::from(self.sm_util_pct()) / 100;
+        (floor + dynamic) as u32
+    }
+
+    /// Board power now, mW: [`Device::power_demand_mw`] capped at the power limit.
+    pub fn power_mw(&self) -> u32 {
+        self.power_demand_mw().min(self.power_limit_mw)
     }
 
     /// SM clock now, MHz: full speed unless the power limit holds the board back.
     pub fn sm_clock_mhz(&self) -> u32 {
         let max = self.kind.max_sm_clock_mhz();
-        let (idle, full) = self.kind.power_mw();
-        let demand = idle + (full - idle) * self.sm_util_pct() / 100;
+        let demand = self.power_demand_mw();
         if demand > self.power_limit_mw && demand > 0 {
             (u64::from(max) * u64::from(self.power_limit_mw) / u64::from(demand)) as u32
         } else {
@@ -745,6 +912,55 @@ mod tests {
         m.reload_driver();
         assert_eq!(m.devices[5].energy_mj, 0);
         assert!(m.devices[5].processes.is_empty());
+    }
+
+    #[test]
+    fn a_context_draws_above_idle_and_work_raises_power_linearly() {
+        let mut m = h100();
+        // H100: 70 W idle, 700 W max; a context alone costs 5% of the range.
+        assert_eq!(m.devices[5].power_mw(), 70_000);
+        m.start_process(5, None, proc(7, 0)).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 101_500);
+        m.set_process_util(7, 50, 30).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 400_750);
+        assert_eq!(m.devices[5].mem_util_pct(), 30);
+        assert!(m.set_process_util(7, 101, 0).is_err());
+        assert_eq!(m.set_process_util(8, 1, 0), Err(SimError::NoProcess(8)));
+        m.stop_process(7).unwrap();
+        assert_eq!(m.devices[5].power_mw(), 70_000);
+    }
+
+    #[test]
+    fn gpm_gives_each_instances_mean_utilization_between_two_samples() {
+        let mut m = h100();
+        let gi = m.create_gpu_instance(0, 2, Some((4, 4))).unwrap();
+        m.create_compute_instance(0, gi, 2).unwrap();
+        let mut p = proc(42, 80);
+        p.mem_util_pct = 40;
+        m.start_process(0, Some(gi), p).unwrap();
+        let a = m.gpm_sample(0, Some(gi)).unwrap();
+        m.advance_to(2_000);
+        m.set_process_util(42, 20, 10).unwrap();
+        m.advance_to(3_000);
+        let b = m.gpm_sample(0, Some(gi)).unwrap();
+        // 1 s at 80%, 1 s at 20%.
+        let r = gpm_metrics(&a, &b).unwrap();
+        assert_eq!((r.sm_util_pct, r.dram_bw_util_pct), (50.0, 25.0));
+        // Too close, other instances, the wrong order, no GPM, no MIG: refused.
+        assert!(gpm_metrics(&b, &b).is_err());
+        assert!(gpm_metrics(&b, &a).is_err());
+        assert!(gpm_metrics(&a, &m.gpm_sample(0, None).unwrap()).is_err());
+        assert_eq!(m.gpm_sample(5, Some(1)), Err(SimError::NotMigMode(5)));
+        let a100 = Machine::new(MachineKind::DgxA100_40, 1, 1, "t", 0);
+        assert_eq!(a100.gpm_sample(0, None), Err(SimError::NoGpm(0)));
+    }
+
+    #[test]
+    fn uuids_of_one_machine_differ_from_their_first_digits() {
+        let m = h100();
+        let firsts: std::collections::BTreeSet<&str> =
+            m.devices.iter().map(|d| &d.uuid[..12]).collect();
+        assert_eq!(firsts.len(), 8);
     }
 
     #[test]

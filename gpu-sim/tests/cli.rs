@@ -48,7 +48,21 @@ fn processes_persist_and_bad_input_exits_2_without_changing_the_machine() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    let util = run(
+        &state,
+        &["set-util", "--pid", "7", "--sm", "20", "--mem-util", "12"],
+    );
+    assert!(
+        util.status.success(),
+        "{}",
+        String::from_utf8_lossy(&util.stderr)
+    );
     let before = state_json(&state);
+    let p = &before["devices"][3]["processes"][0];
+    assert_eq!(
+        (p["sm_util_pct"].as_u64(), p["mem_util_pct"].as_u64()),
+        (Some(20), Some(12))
+    );
     assert_eq!(
         before["devices"][3]["processes"][0]["env"]["GREENSLICE_SLICE_ID"],
         "s-1"
@@ -67,6 +81,11 @@ fn processes_persist_and_bad_input_exits_2_without_changing_the_machine() {
             "KEY=VALUE",
         ),
         (vec!["stop", "--pid", "12345"], "no process 12345"),
+        (
+            vec!["set-util", "--pid", "12345", "--sm", "1"],
+            "no process 12345",
+        ),
+        (vec!["set-util", "--pid", "7", "--sm", "101"], "101"),
         (
             vec!["power-limit", "--gpu", "1", "--watts", "5000"],
             "power limit",

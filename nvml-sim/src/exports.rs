@@ -1,6 +1,7 @@
-//! The exported NVML functions. Each one: `guard` (no panic crosses the ABI), the library must be
-//! initialised (else `NVML_ERROR_UNINITIALIZED`), handles are decoded and checked against the
-//! machine as it is now, null out-pointers are `NVML_ERROR_INVALID_ARGUMENT`, and short buffers are
+//! The exported NVML functions. Each one runs through [`call`] (no panic crosses the ABI, and the
+//! library must be initialised, else `NVML_ERROR_UNINITIALIZED`), or [`answer`] / [`answer_str`]
+//! for a value read off the machine; handles are decoded and checked against the machine as it is
+//! now, null out-pointers are `NVML_ERROR_INVALID_ARGUMENT`, and short buffers are
 //! `NVML_ERROR_INSUFFICIENT_SIZE` (with the needed count written where the call has a count).
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_ulonglong};
@@ -46,6 +47,40 @@ fn with_lib<R>(f: impl FnOnce(&mut Lib) -> Result<R, Ret>) -> Result<R, Ret> {
     let mut g = state::lock();
     let lib = g.as_mut().filter(|l| l.init_count > 0).ok_or(UNINIT)?;
     f(lib)
+}
+
+/// One export's body: `f` on the initialised library (else `UNINITIALIZED`), its error as the
+/// return code, no panic across the ABI.
+fn call(f: impl FnOnce(&mut Lib) -> Result<(), Ret>) -> Ret {
+    guard(|| with_lib(f))
+}
+
+/// An export that answers one value read off the machine through the out-pointer `p`.
+///
+/// # Safety
+/// `p` is null or valid for a write of one `T` (the C caller's out-pointer contract).
+unsafe fn answer<T>(p: *mut T, f: impl FnOnce(&Machine) -> Result<T, Ret>) -> Ret {
+    call(|lib| {
+        let v = f(lib.machine()?)?;
+        // SAFETY: the caller's contract on `p`.
+        unsafe { out(p, v) }
+    })
+}
+
+/// An export that answers a string read off the machine into `buf` of `len` bytes.
+///
+/// # Safety
+/// `buf` is null or valid for writes of `len` bytes.
+unsafe fn answer_str(
+    buf: *mut c_char,
+    len: c_uint,
+    f: impl FnOnce(&Machine) -> Result<String, Ret>,
+) -> Ret {
+    call(|lib| {
+        let s = f(lib.machine()?)?;
+        // SAFETY: the caller's contract on `buf` and `len`.
+        unsafe { out_str(buf, len, &s) }
+    })
 }
 
 /// Writes `v` through `p`.
@@ -185,6 +220,7 @@ pub extern "C" fn nvmlShutdown() -> Ret {
         if lib.init_count == 0 {
             lib.store = None;
             lib.event_sets.clear();
+            lib.gpm_samples.clear();
         }
         Ok(())
     })
@@ -212,38 +248,33 @@ pub extern "C" fn nvmlErrorString(result: Ret) -> *const c_char {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> Ret {
     // SAFETY: `version` has `length` writable bytes by NVML's contract.
-    guard(|| with_lib(|_| unsafe { out_str(version, length, DRIVER_VERSION) }))
+    call(|_| unsafe { out_str(version, length, DRIVER_VERSION) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> Ret {
     // SAFETY: `version` has `length` writable bytes by NVML's contract.
-    guard(|| with_lib(|_| unsafe { out_str(version, length, NVML_VERSION) }))
+    call(|_| unsafe { out_str(version, length, NVML_VERSION) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(v: *mut c_int) -> Ret {
     // SAFETY: `v` is an out-pointer by NVML's contract.
-    guard(|| with_lib(|_| unsafe { out(v, CUDA_VERSION) }))
+    call(|_| unsafe { out(v, CUDA_VERSION) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(v: *mut c_int) -> Ret {
     // SAFETY: `v` is an out-pointer by NVML's contract.
-    guard(|| with_lib(|_| unsafe { out(v, CUDA_VERSION) }))
+    call(|_| unsafe { out(v, CUDA_VERSION) })
 }
 
 // ---- devices ----
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let n = lib.machine()?.devices.len() as c_uint;
-            // SAFETY: `count` is an out-pointer by NVML's contract.
-            unsafe { out(count, n) }
-        })
-    })
+    // SAFETY: `count` is an out-pointer by NVML's contract.
+    unsafe { answer(count, |m| Ok(m.devices.len() as c_uint)) }
 }
 
 #[unsafe(no_mangle)]
@@ -257,13 +288,12 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     index: c_uint,
     device: *mut nvmlDevice_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let d = lib.machine()?.devices.get(index as usize).ok_or(INVALID)?;
-            // SAFETY: `device` is an out-pointer by NVML's contract.
-            unsafe { out(device, gpu_handle(d)) }
+    // SAFETY: `device` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(device, |m| {
+            m.devices.get(index as usize).map(gpu_handle).ok_or(INVALID)
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -280,28 +310,24 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
     uuid: *const c_char,
     device: *mut nvmlDevice_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            // SAFETY: `uuid` is a NUL-terminated string by NVML's contract.
-            let want = unsafe { in_str(uuid) }?;
-            let m = lib.machine()?;
-            let h = if let Some(d) = m.devices.iter().find(|d| d.uuid == want) {
-                gpu_handle(d)
-            } else {
-                m.devices
-                    .iter()
-                    .find_map(|d| {
-                        d.gpu_instances
-                            .iter()
-                            .find(|g| g.mig_uuid == want)
-                            .map(|g| Handle::new(Tag::MigDevice, d.index, g.id, 0).encode())
-                    })
-                    .ok_or(NOT_FOUND)?
-            };
-            // SAFETY: `device` is an out-pointer by NVML's contract.
-            unsafe { out(device, h) }
+    // SAFETY: `uuid` is a NUL-terminated string and `device` an out-pointer by NVML's contract.
+    unsafe {
+        answer(device, |m| {
+            let want = in_str(uuid)?;
+            if let Some(d) = m.devices.iter().find(|d| d.uuid == want) {
+                return Ok(gpu_handle(d));
+            }
+            m.devices
+                .iter()
+                .find_map(|d| {
+                    d.gpu_instances
+                        .iter()
+                        .find(|g| g.mig_uuid == want)
+                        .map(|g| Handle::new(Tag::MigDevice, d.index, g.id, 0).encode())
+                })
+                .ok_or(NOT_FOUND)
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -309,32 +335,24 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
     bus: *const c_char,
     device: *mut nvmlDevice_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            // SAFETY: `bus` is a NUL-terminated string by NVML's contract.
-            let want = unsafe { in_str(bus) }?.to_ascii_uppercase();
-            let m = lib.machine()?;
+    // SAFETY: `bus` is a NUL-terminated string and `device` an out-pointer by NVML's contract.
+    unsafe {
+        answer(device, |m| {
+            let want = in_str(bus)?.to_ascii_uppercase();
             // NVML accepts the 4-digit domain form too ("0000:18:00.0").
-            let d = m
-                .devices
+            m.devices
                 .iter()
                 .find(|d| d.pci_bus_id == want || d.pci_bus_id.ends_with(&want) && want.len() >= 12)
-                .ok_or(NOT_FOUND)?;
-            // SAFETY: `device` is an out-pointer by NVML's contract.
-            unsafe { out(device, gpu_handle(d)) }
+                .map(gpu_handle)
+                .ok_or(NOT_FOUND)
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let i = gpu(lib.machine()?, device)?.index;
-            // SAFETY: `index` is an out-pointer by NVML's contract.
-            unsafe { out(index, i) }
-        })
-    })
+    // SAFETY: `index` is an out-pointer by NVML's contract.
+    unsafe { answer(index, |m| Ok(gpu(m, device)?.index)) }
 }
 
 #[unsafe(no_mangle)]
@@ -343,16 +361,15 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     name: *mut c_char,
     length: c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let s = match target(lib.machine()?, device)? {
+    // SAFETY: `name` has `length` writable bytes by NVML's contract.
+    unsafe {
+        answer_str(name, length, |m| {
+            Ok(match target(m, device)? {
                 Target::Gpu(d) => d.kind.product_name().to_string(),
                 Target::Mig(d, g) => format!("{} MIG {}", d.kind.product_name(), g.profile),
-            };
-            // SAFETY: `name` has `length` writable bytes by NVML's contract.
-            unsafe { out_str(name, length, &s) }
+            })
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -361,16 +378,15 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     uuid: *mut c_char,
     length: c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let s = match target(lib.machine()?, device)? {
+    // SAFETY: `uuid` has `length` writable bytes by NVML's contract.
+    unsafe {
+        answer_str(uuid, length, |m| {
+            Ok(match target(m, device)? {
                 Target::Gpu(d) => d.uuid.clone(),
                 Target::Mig(_, g) => g.mig_uuid.clone(),
-            };
-            // SAFETY: `uuid` has `length` writable bytes by NVML's contract.
-            unsafe { out_str(uuid, length, &s) }
+            })
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -379,13 +395,8 @@ pub unsafe extern "C" fn nvmlDeviceGetSerial(
     serial: *mut c_char,
     length: c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let s = gpu(lib.machine()?, device)?.serial.clone();
-            // SAFETY: `serial` has `length` writable bytes by NVML's contract.
-            unsafe { out_str(serial, length, &s) }
-        })
-    })
+    // SAFETY: `serial` has `length` writable bytes by NVML's contract.
+    unsafe { answer_str(serial, length, |m| Ok(gpu(m, device)?.serial.clone())) }
 }
 
 fn pci_info(d: &Device) -> nvmlPciInfo_t {
@@ -413,13 +424,8 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
     device: nvmlDevice_t,
     pci: *mut nvmlPciInfo_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let p = pci_info(gpu(lib.machine()?, device)?);
-            // SAFETY: `pci` is an out-pointer by NVML's contract.
-            unsafe { out(pci, p) }
-        })
-    })
+    // SAFETY: `pci` is an out-pointer by NVML's contract.
+    unsafe { answer(pci, |m| Ok(pci_info(gpu(m, device)?))) }
 }
 
 #[unsafe(no_mangle)]
@@ -451,18 +457,17 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     device: nvmlDevice_t,
     mem: *mut nvmlMemory_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let (total, used) = memory(lib.machine()?, device)?;
-            let v = nvmlMemory_t {
+    // SAFETY: `mem` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(mem, |m| {
+            let (total, used) = memory(m, device)?;
+            Ok(nvmlMemory_t {
                 total,
                 used,
                 free: total.saturating_sub(used),
-            };
-            // SAFETY: `mem` is an out-pointer by NVML's contract.
-            unsafe { out(mem, v) }
+            })
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -470,25 +475,23 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     device: nvmlDevice_t,
     mem: *mut nvmlMemory_v2_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if mem.is_null() {
-                return Err(INVALID);
-            }
-            let (total, used) = memory(lib.machine()?, device)?;
-            // SAFETY: non-null out-pointer to an nvmlMemory_v2_t; its `version` field was set by
-            // the caller and is kept.
-            let version = unsafe { (*mem).version };
-            let v = nvmlMemory_v2_t {
-                version,
-                total,
-                reserved: 0,
-                used,
-                free: total.saturating_sub(used),
-            };
-            // SAFETY: as above.
-            unsafe { out(mem, v) }
-        })
+    call(|lib| {
+        if mem.is_null() {
+            return Err(INVALID);
+        }
+        let (total, used) = memory(lib.machine()?, device)?;
+        // SAFETY: non-null out-pointer to an nvmlMemory_v2_t; its `version` field was set by
+        // the caller and is kept.
+        let version = unsafe { (*mem).version };
+        let v = nvmlMemory_v2_t {
+            version,
+            total,
+            reserved: 0,
+            used,
+            free: total.saturating_sub(used),
+        };
+        // SAFETY: as above.
+        unsafe { out(mem, v) }
     })
 }
 
@@ -498,13 +501,8 @@ fn gpu_u32(
     p: *mut c_uint,
     f: impl FnOnce(&Device) -> Result<u32, Ret>,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let v = f(gpu(lib.machine()?, device)?)?;
-            // SAFETY: `p` is an out-pointer by NVML's contract.
-            unsafe { out(p, v) }
-        })
-    })
+    // SAFETY: `p` is an out-pointer by NVML's contract.
+    unsafe { answer(p, |m| f(gpu(m, device)?)) }
 }
 
 #[unsafe(no_mangle)]
@@ -589,13 +587,8 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     device: nvmlDevice_t,
     energy: *mut c_ulonglong,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let e = gpu(lib.machine()?, device)?.energy_mj;
-            // SAFETY: `energy` is an out-pointer by NVML's contract.
-            unsafe { out(energy, e) }
-        })
-    })
+    // SAFETY: `energy` is an out-pointer by NVML's contract.
+    unsafe { answer(energy, |m| Ok(gpu(m, device)?.energy_mj)) }
 }
 
 #[unsafe(no_mangle)]
@@ -603,21 +596,20 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: nvmlDevice_t,
     util: *mut nvmlUtilization_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let d = gpu(lib.machine()?, device)?;
+    // SAFETY: `util` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(util, |m| {
+            let d = gpu(m, device)?;
             // Not supported on MIG-enabled GPUs, as on a real driver.
             if d.mig_enabled {
                 return Err(NOT_SUPPORTED);
             }
-            let v = nvmlUtilization_t {
+            Ok(nvmlUtilization_t {
                 gpu: d.sm_util_pct(),
                 memory: d.mem_util_pct(),
-            };
-            // SAFETY: `util` is an out-pointer by NVML's contract.
-            unsafe { out(util, v) }
+            })
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -626,43 +618,41 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if count.is_null() {
-                return Err(INVALID);
-            }
-            let m = lib.machine()?;
-            let list: Vec<nvmlProcessInfo_t> = match target(m, device)? {
-                Target::Gpu(d) => d.processes.iter().collect::<Vec<_>>(),
-                Target::Mig(d, g) => d
-                    .processes
-                    .iter()
-                    .filter(|p| p.gpu_instance_id == Some(g.id))
-                    .collect(),
-            }
-            .into_iter()
-            .map(|p| nvmlProcessInfo_t {
-                pid: p.pid,
-                usedGpuMemory: p.used_memory_bytes,
-                gpuInstanceId: p.gpu_instance_id.unwrap_or(NO_INSTANCE),
-                computeInstanceId: p.compute_instance_id.unwrap_or(NO_INSTANCE),
-            })
-            .collect();
-            // SAFETY: `count` is a non-null in/out pointer by NVML's contract.
-            let cap = unsafe { count.read() } as usize;
-            let n = list.len() as c_uint;
-            // SAFETY: as above.
-            unsafe { count.write(n) };
-            if list.is_empty() {
-                return Ok(());
-            }
-            if cap < list.len() || infos.is_null() {
-                return Err(SHORT);
-            }
-            // SAFETY: `infos` has room for `cap` >= list.len() elements by NVML's contract.
-            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), infos, list.len()) };
-            Ok(())
+    call(|lib| {
+        if count.is_null() {
+            return Err(INVALID);
+        }
+        let m = lib.machine()?;
+        let list: Vec<nvmlProcessInfo_t> = match target(m, device)? {
+            Target::Gpu(d) => d.processes.iter().collect::<Vec<_>>(),
+            Target::Mig(d, g) => d
+                .processes
+                .iter()
+                .filter(|p| p.gpu_instance_id == Some(g.id))
+                .collect(),
+        }
+        .into_iter()
+        .map(|p| nvmlProcessInfo_t {
+            pid: p.pid,
+            usedGpuMemory: p.used_memory_bytes,
+            gpuInstanceId: p.gpu_instance_id.unwrap_or(NO_INSTANCE),
+            computeInstanceId: p.compute_instance_id.unwrap_or(NO_INSTANCE),
         })
+        .collect();
+        // SAFETY: `count` is a non-null in/out pointer by NVML's contract.
+        let cap = unsafe { count.read() } as usize;
+        let n = list.len() as c_uint;
+        // SAFETY: as above.
+        unsafe { count.write(n) };
+        if list.is_empty() {
+            return Ok(());
+        }
+        if cap < list.len() || infos.is_null() {
+            return Err(SHORT);
+        }
+        // SAFETY: `infos` has room for `cap` >= list.len() elements by NVML's contract.
+        unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), infos, list.len()) };
+        Ok(())
     })
 }
 
@@ -673,48 +663,46 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     count: *mut c_uint,
     last_seen: c_ulonglong,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if count.is_null() {
-                return Err(INVALID);
-            }
-            let m = lib.machine()?;
-            let now = now_us(m);
-            let d = gpu(m, device)?;
-            // Per-process utilization is not supported on MIG-enabled GPUs.
-            if d.mig_enabled {
-                return Err(NOT_SUPPORTED);
-            }
-            let list: Vec<nvmlProcessUtilizationSample_t> = if now > last_seen {
-                d.processes
-                    .iter()
-                    .filter(|p| p.sm_util_pct > 0 || p.mem_util_pct > 0)
-                    .map(|p| nvmlProcessUtilizationSample_t {
-                        pid: p.pid,
-                        timeStamp: now,
-                        smUtil: p.sm_util_pct,
-                        memUtil: p.mem_util_pct,
-                        encUtil: 0,
-                        decUtil: 0,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            // SAFETY: `count` is a non-null in/out pointer by NVML's contract.
-            let cap = unsafe { count.read() } as usize;
-            // SAFETY: as above.
-            unsafe { count.write(list.len() as c_uint) };
-            if list.is_empty() {
-                return Err(NOT_FOUND);
-            }
-            if samples.is_null() || cap < list.len() {
-                return Err(SHORT);
-            }
-            // SAFETY: `samples` has room for `cap` >= list.len() elements by NVML's contract.
-            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), samples, list.len()) };
-            Ok(())
-        })
+    call(|lib| {
+        if count.is_null() {
+            return Err(INVALID);
+        }
+        let m = lib.machine()?;
+        let now = now_us(m);
+        let d = gpu(m, device)?;
+        // Per-process utilization is not supported on MIG-enabled GPUs.
+        if d.mig_enabled {
+            return Err(NOT_SUPPORTED);
+        }
+        let list: Vec<nvmlProcessUtilizationSample_t> = if now > last_seen {
+            d.processes
+                .iter()
+                .filter(|p| p.sm_util_pct > 0 || p.mem_util_pct > 0)
+                .map(|p| nvmlProcessUtilizationSample_t {
+                    pid: p.pid,
+                    timeStamp: now,
+                    smUtil: p.sm_util_pct,
+                    memUtil: p.mem_util_pct,
+                    encUtil: 0,
+                    decUtil: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // SAFETY: `count` is a non-null in/out pointer by NVML's contract.
+        let cap = unsafe { count.read() } as usize;
+        // SAFETY: as above.
+        unsafe { count.write(list.len() as c_uint) };
+        if list.is_empty() {
+            return Err(NOT_FOUND);
+        }
+        if samples.is_null() || cap < list.len() {
+            return Err(SHORT);
+        }
+        // SAFETY: `samples` has room for `cap` >= list.len() elements by NVML's contract.
+        unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), samples, list.len()) };
+        Ok(())
     })
 }
 
@@ -728,27 +716,23 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeMode(
 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlDeviceSetComputeMode(device: nvmlDevice_t, mode: nvmlComputeMode_t) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let i = gpu(lib.machine()?, device)?.index;
-            let mode = match mode {
-                0 => ComputeMode::Default,
-                2 => ComputeMode::Prohibited,
-                3 => ComputeMode::ExclusiveProcess,
-                _ => return Err(INVALID),
-            };
-            lib.change(|m| m.set_compute_mode(i, mode))
-        })
+    call(|lib| {
+        let i = gpu(lib.machine()?, device)?.index;
+        let mode = match mode {
+            0 => ComputeMode::Default,
+            2 => ComputeMode::Prohibited,
+            3 => ComputeMode::ExclusiveProcess,
+            _ => return Err(INVALID),
+        };
+        lib.change(|m| m.set_compute_mode(i, mode))
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlDeviceSetPowerManagementLimit(device: nvmlDevice_t, limit: c_uint) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let i = gpu(lib.machine()?, device)?.index;
-            lib.change(|m| m.set_power_limit(i, limit))
-        })
+    call(|lib| {
+        let i = gpu(lib.machine()?, device)?.index;
+        lib.change(|m| m.set_power_limit(i, limit))
     })
 }
 
@@ -760,22 +744,20 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     current: *mut c_uint,
     pending: *mut c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let d = gpu(lib.machine()?, device)?;
-            if d.kind.mig_profiles().is_empty() {
-                return Err(NOT_SUPPORTED);
-            }
-            let (c, p) = (d.mig_enabled as c_uint, d.mig_pending as c_uint);
-            if pending.is_null() {
-                return Err(INVALID);
-            }
-            // SAFETY: `current` and `pending` are out-pointers by NVML's contract.
-            unsafe {
-                out(current, c)?;
-                out(pending, p)
-            }
-        })
+    call(|lib| {
+        let d = gpu(lib.machine()?, device)?;
+        if d.kind.mig_profiles().is_empty() {
+            return Err(NOT_SUPPORTED);
+        }
+        let (c, p) = (d.mig_enabled as c_uint, d.mig_pending as c_uint);
+        if pending.is_null() {
+            return Err(INVALID);
+        }
+        // SAFETY: `current` and `pending` are out-pointers by NVML's contract.
+        unsafe {
+            out(current, c)?;
+            out(pending, p)
+        }
     })
 }
 
@@ -785,21 +767,19 @@ pub unsafe extern "C" fn nvmlDeviceSetMigMode(
     mode: c_uint,
     status: *mut Ret,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if status.is_null() || mode > 1 {
-                return Err(INVALID);
-            }
-            let i = gpu(lib.machine()?, device)?.index;
-            let (cur, pending) = lib.change(|m| m.set_mig_mode(i, mode == 1))?;
-            let activation = if cur == pending {
-                SUCCESS
-            } else {
-                nvmlReturn_enum_NVML_ERROR_IN_USE
-            };
-            // SAFETY: `status` is a non-null out-pointer.
-            unsafe { out(status, activation) }
-        })
+    call(|lib| {
+        if status.is_null() || mode > 1 {
+            return Err(INVALID);
+        }
+        let i = gpu(lib.machine()?, device)?.index;
+        let (cur, pending) = lib.change(|m| m.set_mig_mode(i, mode == 1))?;
+        let activation = if cur == pending {
+            SUCCESS
+        } else {
+            nvmlReturn_enum_NVML_ERROR_IN_USE
+        };
+        // SAFETY: `status` is a non-null out-pointer.
+        unsafe { out(status, activation) }
     })
 }
 
@@ -808,13 +788,12 @@ pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
     device: nvmlDevice_t,
     is_mig: *mut c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let v = matches!(target(lib.machine()?, device)?, Target::Mig(..)) as c_uint;
-            // SAFETY: `is_mig` is an out-pointer by NVML's contract.
-            unsafe { out(is_mig, v) }
+    // SAFETY: `is_mig` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(is_mig, |m| {
+            Ok(matches!(target(m, device)?, Target::Mig(..)) as c_uint)
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -837,26 +816,24 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
     index: c_uint,
     mig: *mut nvmlDevice_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let d = gpu(lib.machine()?, device)?;
-            if !d.mig_enabled {
-                return Err(NOT_SUPPORTED);
-            }
-            if index >= profiles::COMPUTE_SLICES {
-                return Err(INVALID);
-            }
-            // One MIG device per GPU instance that has a compute instance, in id order.
-            let g = d
-                .gpu_instances
-                .iter()
-                .filter(|g| !g.compute_instances.is_empty())
-                .nth(index as usize)
-                .ok_or(NOT_FOUND)?;
-            let h = Handle::new(Tag::MigDevice, d.index, g.id, 0).encode();
-            // SAFETY: `mig` is an out-pointer by NVML's contract.
-            unsafe { out(mig, h) }
-        })
+    call(|lib| {
+        let d = gpu(lib.machine()?, device)?;
+        if !d.mig_enabled {
+            return Err(NOT_SUPPORTED);
+        }
+        if index >= profiles::COMPUTE_SLICES {
+            return Err(INVALID);
+        }
+        // One MIG device per GPU instance that has a compute instance, in id order.
+        let g = d
+            .gpu_instances
+            .iter()
+            .filter(|g| !g.compute_instances.is_empty())
+            .nth(index as usize)
+            .ok_or(NOT_FOUND)?;
+        let h = Handle::new(Tag::MigDevice, d.index, g.id, 0).encode();
+        // SAFETY: `mig` is an out-pointer by NVML's contract.
+        unsafe { out(mig, h) }
     })
 }
 
@@ -865,38 +842,35 @@ pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
     mig: nvmlDevice_t,
     device: *mut nvmlDevice_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| match target(lib.machine()?, mig)? {
-            // SAFETY: `device` is an out-pointer by NVML's contract.
-            Target::Mig(d, _) => unsafe { out(device, gpu_handle(d)) },
+    // SAFETY: `device` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(device, |m| match target(m, mig)? {
+            Target::Mig(d, _) => Ok(gpu_handle(d)),
             Target::Gpu(_) => Err(INVALID),
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(mig: nvmlDevice_t, id: *mut c_uint) -> Ret {
-    guard(|| {
-        with_lib(|lib| match target(lib.machine()?, mig)? {
-            // SAFETY: `id` is an out-pointer by NVML's contract.
-            Target::Mig(_, g) => unsafe { out(id, g.id) },
+    // SAFETY: `id` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(id, |m| match target(m, mig)? {
+            Target::Mig(_, g) => Ok(g.id),
             Target::Gpu(_) => Err(INVALID),
         })
-    })
+    }
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(mig: nvmlDevice_t, id: *mut c_uint) -> Ret {
-    guard(|| {
-        with_lib(|lib| match target(lib.machine()?, mig)? {
-            Target::Mig(_, g) => {
-                let ci = g.compute_instances.first().map_or(0, |c| c.id);
-                // SAFETY: `id` is an out-pointer by NVML's contract.
-                unsafe { out(id, ci) }
-            }
+    // SAFETY: `id` is an out-pointer by NVML's contract.
+    unsafe {
+        answer(id, |m| match target(m, mig)? {
+            Target::Mig(_, g) => Ok(g.compute_instances.first().map_or(0, |c| c.id)),
             Target::Gpu(_) => Err(INVALID),
         })
-    })
+    }
 }
 
 fn gi_profile_info(d: &Device, p: &profiles::GiProfile) -> nvmlGpuInstanceProfileInfo_t {
@@ -935,17 +909,15 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
     profile: c_uint,
     info: *mut nvmlGpuInstanceProfileInfo_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let d = gpu(lib.machine()?, device)?;
-            if profile >= nvml_index::COUNT {
-                return Err(INVALID);
-            }
-            let p = d.kind.profile_by_index(profile).ok_or(NOT_SUPPORTED)?;
-            let v = gi_profile_info(d, p);
-            // SAFETY: `info` is an out-pointer by NVML's contract.
-            unsafe { out(info, v) }
-        })
+    call(|lib| {
+        let d = gpu(lib.machine()?, device)?;
+        if profile >= nvml_index::COUNT {
+            return Err(INVALID);
+        }
+        let p = d.kind.profile_by_index(profile).ok_or(NOT_SUPPORTED)?;
+        let v = gi_profile_info(d, p);
+        // SAFETY: `info` is an out-pointer by NVML's contract.
+        unsafe { out(info, v) }
     })
 }
 
@@ -956,28 +928,26 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements_v2(
     placements: *mut nvmlGpuInstancePlacement_t,
     count: *mut c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if count.is_null() {
-                return Err(INVALID);
-            }
-            let (_, p) = gi_profile(lib.machine()?, device, profile_id)?;
-            let list: Vec<nvmlGpuInstancePlacement_t> = p
-                .starts
-                .iter()
-                .map(|&s| nvmlGpuInstancePlacement_t {
-                    start: s,
-                    size: p.size,
-                })
-                .collect();
-            if !placements.is_null() {
-                // SAFETY: NVML's contract: a non-null buffer holds every placement of the profile
-                // (at most 7, as its profile info's placements say).
-                unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), placements, list.len()) };
-            }
-            // SAFETY: `count` is a non-null out-pointer.
-            unsafe { out(count, list.len() as c_uint) }
-        })
+    call(|lib| {
+        if count.is_null() {
+            return Err(INVALID);
+        }
+        let (_, p) = gi_profile(lib.machine()?, device, profile_id)?;
+        let list: Vec<nvmlGpuInstancePlacement_t> = p
+            .starts
+            .iter()
+            .map(|&s| nvmlGpuInstancePlacement_t {
+                start: s,
+                size: p.size,
+            })
+            .collect();
+        if !placements.is_null() {
+            // SAFETY: NVML's contract: a non-null buffer holds every placement of the profile
+            // (at most 7, as its profile info's placements say).
+            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), placements, list.len()) };
+        }
+        // SAFETY: `count` is a non-null out-pointer.
+        unsafe { out(count, list.len() as c_uint) }
     })
 }
 
@@ -987,25 +957,23 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceRemainingCapacity(
     profile_id: c_uint,
     count: *mut c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let (d, p) = gi_profile(lib.machine()?, device, profile_id)?;
-            if !d.mig_enabled {
-                return Err(NOT_SUPPORTED);
-            }
-            // How many more fit, placing greedily at the lowest free start.
-            let mut occ = d.occupants();
-            let mut n = 0;
-            while let Some(&s) = profiles::free_starts(p, &occ).first() {
-                occ.push(profiles::Occupant {
-                    profile: p,
-                    start: s,
-                });
-                n += 1;
-            }
-            // SAFETY: `count` is an out-pointer by NVML's contract.
-            unsafe { out(count, n) }
-        })
+    call(|lib| {
+        let (d, p) = gi_profile(lib.machine()?, device, profile_id)?;
+        if !d.mig_enabled {
+            return Err(NOT_SUPPORTED);
+        }
+        // How many more fit, placing greedily at the lowest free start.
+        let mut occ = d.occupants();
+        let mut n = 0;
+        while let Some(&s) = profiles::free_starts(p, &occ).first() {
+            occ.push(profiles::Occupant {
+                profile: p,
+                start: s,
+            });
+            n += 1;
+        }
+        // SAFETY: `count` is an out-pointer by NVML's contract.
+        unsafe { out(count, n) }
     })
 }
 
@@ -1015,20 +983,18 @@ fn create_gi(
     placement: Option<(u32, u32)>,
     gi_out: *mut nvmlGpuInstance_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if gi_out.is_null() {
-                return Err(INVALID);
-            }
-            let (d, p) = gi_profile(lib.machine()?, device, profile_id)?;
-            let (i, index) = (d.index, p.index);
-            let id = lib.change(|m| m.create_gpu_instance(i, index, placement))?;
-            let m = lib.machine()?;
-            let d = m.devices.get(i as usize).ok_or(UNKNOWN)?;
-            let g = d.gpu_instance(id).ok_or(UNKNOWN)?;
-            // SAFETY: `gi_out` is a non-null out-pointer.
-            unsafe { out(gi_out, gi_handle(d, g)) }
-        })
+    call(|lib| {
+        if gi_out.is_null() {
+            return Err(INVALID);
+        }
+        let (d, p) = gi_profile(lib.machine()?, device, profile_id)?;
+        let (i, index) = (d.index, p.index);
+        let id = lib.change(|m| m.create_gpu_instance(i, index, placement))?;
+        let m = lib.machine()?;
+        let d = m.devices.get(i as usize).ok_or(UNKNOWN)?;
+        let g = d.gpu_instance(id).ok_or(UNKNOWN)?;
+        // SAFETY: `gi_out` is a non-null out-pointer.
+        unsafe { out(gi_out, gi_handle(d, g)) }
     })
 }
 
@@ -1049,7 +1015,7 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstanceWithPlacement(
     gi: *mut nvmlGpuInstance_t,
 ) -> Ret {
     if placement.is_null() {
-        return guard(|| with_lib(|_| Err(INVALID)));
+        return call(|_| Err(INVALID));
     }
     // SAFETY: non-null in-pointer to a placement by NVML's contract.
     let pl = match std::panic::catch_unwind(|| unsafe { placement.read() }) {
@@ -1066,27 +1032,25 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstances(
     gis: *mut nvmlGpuInstance_t,
     count: *mut c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if gis.is_null() || count.is_null() {
-                return Err(INVALID);
-            }
-            let (d, _) = gi_profile(lib.machine()?, device, profile_id)?;
-            if !d.mig_enabled {
-                return Err(NOT_SUPPORTED);
-            }
-            let list: Vec<nvmlGpuInstance_t> = d
-                .gpu_instances
-                .iter()
-                .filter(|g| g.profile_id == profile_id)
-                .map(|g| gi_handle(d, g))
-                .collect();
-            // SAFETY: NVML's contract: `gis` holds the profile's instanceCount handles, and no
-            // profile has more instances than that.
-            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), gis, list.len()) };
-            // SAFETY: `count` is a non-null out-pointer.
-            unsafe { out(count, list.len() as c_uint) }
-        })
+    call(|lib| {
+        if gis.is_null() || count.is_null() {
+            return Err(INVALID);
+        }
+        let (d, _) = gi_profile(lib.machine()?, device, profile_id)?;
+        if !d.mig_enabled {
+            return Err(NOT_SUPPORTED);
+        }
+        let list: Vec<nvmlGpuInstance_t> = d
+            .gpu_instances
+            .iter()
+            .filter(|g| g.profile_id == profile_id)
+            .map(|g| gi_handle(d, g))
+            .collect();
+        // SAFETY: NVML's contract: `gis` holds the profile's instanceCount handles, and no
+        // profile has more instances than that.
+        unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), gis, list.len()) };
+        // SAFETY: `count` is a non-null out-pointer.
+        unsafe { out(count, list.len() as c_uint) }
     })
 }
 
@@ -1096,16 +1060,14 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceById(
     id: c_uint,
     gi: *mut nvmlGpuInstance_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let d = gpu(lib.machine()?, device)?;
-            if !d.mig_enabled {
-                return Err(NOT_SUPPORTED);
-            }
-            let g = d.gpu_instance(id).ok_or(NOT_FOUND)?;
-            // SAFETY: `gi` is an out-pointer by NVML's contract.
-            unsafe { out(gi, gi_handle(d, g)) }
-        })
+    call(|lib| {
+        let d = gpu(lib.machine()?, device)?;
+        if !d.mig_enabled {
+            return Err(NOT_SUPPORTED);
+        }
+        let g = d.gpu_instance(id).ok_or(NOT_FOUND)?;
+        // SAFETY: `gi` is an out-pointer by NVML's contract.
+        unsafe { out(gi, gi_handle(d, g)) }
     })
 }
 
@@ -1114,32 +1076,28 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
     gi: nvmlGpuInstance_t,
     info: *mut nvmlGpuInstanceInfo_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let (d, g) = gi_of(lib.machine()?, gi)?;
-            let v = nvmlGpuInstanceInfo_t {
-                device: gpu_handle(d),
-                id: g.id,
-                profileId: g.profile_id,
-                placement: nvmlGpuInstancePlacement_t {
-                    start: g.start,
-                    size: g.size,
-                },
-            };
-            // SAFETY: `info` is an out-pointer by NVML's contract.
-            unsafe { out(info, v) }
-        })
+    call(|lib| {
+        let (d, g) = gi_of(lib.machine()?, gi)?;
+        let v = nvmlGpuInstanceInfo_t {
+            device: gpu_handle(d),
+            id: g.id,
+            profileId: g.profile_id,
+            placement: nvmlGpuInstancePlacement_t {
+                start: g.start,
+                size: g.size,
+            },
+        };
+        // SAFETY: `info` is an out-pointer by NVML's contract.
+        unsafe { out(info, v) }
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlGpuInstanceDestroy(gi: nvmlGpuInstance_t) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let (d, g) = gi_of(lib.machine()?, gi)?;
-            let (i, id) = (d.index, g.id);
-            lib.change(|m| m.destroy_gpu_instance(i, id))
-        })
+    call(|lib| {
+        let (d, g) = gi_of(lib.machine()?, gi)?;
+        let (i, id) = (d.index, g.id);
+        lib.change(|m| m.destroy_gpu_instance(i, id))
     })
 }
 
@@ -1150,33 +1108,31 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfo(
     eng_profile: c_uint,
     info: *mut nvmlComputeInstanceProfileInfo_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let (d, g) = gi_of(lib.machine()?, gi)?;
-            if eng_profile != NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED {
-                return Err(INVALID);
-            }
-            let slices = *profiles::CI_PROFILE_SLICES
-                .get(profile as usize)
-                .ok_or(INVALID)?;
-            let gp = d.kind.profile_by_id(g.profile_id).ok_or(UNKNOWN)?;
-            if slices > gp.compute_slices {
-                return Err(NOT_SUPPORTED);
-            }
-            let v = nvmlComputeInstanceProfileInfo_t {
-                id: profile,
-                sliceCount: slices,
-                instanceCount: gp.compute_slices / slices,
-                multiprocessorCount: gp.sm_count * slices / gp.compute_slices.max(1),
-                sharedCopyEngineCount: gp.compute_slices,
-                sharedDecoderCount: 0,
-                sharedEncoderCount: 0,
-                sharedJpegCount: 0,
-                sharedOfaCount: 0,
-            };
-            // SAFETY: `info` is an out-pointer by NVML's contract.
-            unsafe { out(info, v) }
-        })
+    call(|lib| {
+        let (d, g) = gi_of(lib.machine()?, gi)?;
+        if eng_profile != NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED {
+            return Err(INVALID);
+        }
+        let slices = *profiles::CI_PROFILE_SLICES
+            .get(profile as usize)
+            .ok_or(INVALID)?;
+        let gp = d.kind.profile_by_id(g.profile_id).ok_or(UNKNOWN)?;
+        if slices > gp.compute_slices {
+            return Err(NOT_SUPPORTED);
+        }
+        let v = nvmlComputeInstanceProfileInfo_t {
+            id: profile,
+            sliceCount: slices,
+            instanceCount: gp.compute_slices / slices,
+            multiprocessorCount: gp.sm_count * slices / gp.compute_slices.max(1),
+            sharedCopyEngineCount: gp.compute_slices,
+            sharedDecoderCount: 0,
+            sharedEncoderCount: 0,
+            sharedJpegCount: 0,
+            sharedOfaCount: 0,
+        };
+        // SAFETY: `info` is an out-pointer by NVML's contract.
+        unsafe { out(info, v) }
     })
 }
 
@@ -1190,20 +1146,18 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
     profile_id: c_uint,
     ci: *mut nvmlComputeInstance_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if ci.is_null() {
-                return Err(INVALID);
-            }
-            let (d, g) = gi_of(lib.machine()?, gi)?;
-            let (i, id) = (d.index, g.id);
-            if profile_id as usize >= profiles::CI_PROFILE_SLICES.len() {
-                return Err(INVALID);
-            }
-            let c = lib.change(|m| m.create_compute_instance(i, id, profile_id))?;
-            // SAFETY: `ci` is a non-null out-pointer.
-            unsafe { out(ci, ci_handle(i, id, c)) }
-        })
+    call(|lib| {
+        if ci.is_null() {
+            return Err(INVALID);
+        }
+        let (d, g) = gi_of(lib.machine()?, gi)?;
+        let (i, id) = (d.index, g.id);
+        if profile_id as usize >= profiles::CI_PROFILE_SLICES.len() {
+            return Err(INVALID);
+        }
+        let c = lib.change(|m| m.create_compute_instance(i, id, profile_id))?;
+        // SAFETY: `ci` is a non-null out-pointer.
+        unsafe { out(ci, ci_handle(i, id, c)) }
     })
 }
 
@@ -1214,24 +1168,22 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstances(
     cis: *mut nvmlComputeInstance_t,
     count: *mut c_uint,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if cis.is_null() || count.is_null() {
-                return Err(INVALID);
-            }
-            let (d, g) = gi_of(lib.machine()?, gi)?;
-            let list: Vec<nvmlComputeInstance_t> = g
-                .compute_instances
-                .iter()
-                .filter(|c| c.profile_index == profile_id)
-                .map(|c| ci_handle(d.index, g.id, c.id))
-                .collect();
-            // SAFETY: NVML's contract: `cis` holds the CI profile's instanceCount handles (at
-            // most 7), more than a GPU instance can have of one profile.
-            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), cis, list.len()) };
-            // SAFETY: `count` is a non-null out-pointer.
-            unsafe { out(count, list.len() as c_uint) }
-        })
+    call(|lib| {
+        if cis.is_null() || count.is_null() {
+            return Err(INVALID);
+        }
+        let (d, g) = gi_of(lib.machine()?, gi)?;
+        let list: Vec<nvmlComputeInstance_t> = g
+            .compute_instances
+            .iter()
+            .filter(|c| c.profile_index == profile_id)
+            .map(|c| ci_handle(d.index, g.id, c.id))
+            .collect();
+        // SAFETY: NVML's contract: `cis` holds the CI profile's instanceCount handles (at
+        // most 7), more than a GPU instance can have of one profile.
+        unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), cis, list.len()) };
+        // SAFETY: `count` is a non-null out-pointer.
+        unsafe { out(count, list.len() as c_uint) }
     })
 }
 
@@ -1240,40 +1192,36 @@ pub unsafe extern "C" fn nvmlComputeInstanceGetInfo_v2(
     ci: nvmlComputeInstance_t,
     info: *mut nvmlComputeInstanceInfo_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let x = Handle::decode(ci, Tag::ComputeInstance).ok_or(INVALID)?;
-            let m = lib.machine()?;
-            let d = m.devices.get(x.gpu as usize).ok_or(INVALID)?;
-            let g = d.gpu_instance(x.gi).ok_or(INVALID)?;
-            let c = g
-                .compute_instances
-                .iter()
-                .find(|c| c.id == x.x)
-                .ok_or(INVALID)?;
-            let v = nvmlComputeInstanceInfo_t {
-                device: gpu_handle(d),
-                gpuInstance: gi_handle(d, g),
-                id: c.id,
-                profileId: c.profile_index,
-                placement: nvmlComputeInstancePlacement_t {
-                    start: c.start,
-                    size: c.size,
-                },
-            };
-            // SAFETY: `info` is an out-pointer by NVML's contract.
-            unsafe { out(info, v) }
-        })
+    call(|lib| {
+        let x = Handle::decode(ci, Tag::ComputeInstance).ok_or(INVALID)?;
+        let m = lib.machine()?;
+        let d = m.devices.get(x.gpu as usize).ok_or(INVALID)?;
+        let g = d.gpu_instance(x.gi).ok_or(INVALID)?;
+        let c = g
+            .compute_instances
+            .iter()
+            .find(|c| c.id == x.x)
+            .ok_or(INVALID)?;
+        let v = nvmlComputeInstanceInfo_t {
+            device: gpu_handle(d),
+            gpuInstance: gi_handle(d, g),
+            id: c.id,
+            profileId: c.profile_index,
+            placement: nvmlComputeInstancePlacement_t {
+                start: c.start,
+                size: c.size,
+            },
+        };
+        // SAFETY: `info` is an out-pointer by NVML's contract.
+        unsafe { out(info, v) }
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlComputeInstanceDestroy(ci: nvmlComputeInstance_t) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let x = Handle::decode(ci, Tag::ComputeInstance).ok_or(INVALID)?;
-            lib.change(|m| m.destroy_compute_instance(x.gpu, x.gi, x.x))
-        })
+    call(|lib| {
+        let x = Handle::decode(ci, Tag::ComputeInstance).ok_or(INVALID)?;
+        lib.change(|m| m.destroy_compute_instance(x.gpu, x.gi, x.x))
     })
 }
 
@@ -1284,16 +1232,128 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
     device: nvmlDevice_t,
     support: *mut nvmlGpmSupport_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            gpu(lib.machine()?, device)?;
-            if support.is_null() {
-                return Err(INVALID);
-            }
-            // SAFETY: non-null out-pointer; the caller set `version`, which is kept.
-            unsafe { (*support).isSupportedDevice = 0 };
-            Ok(())
-        })
+    call(|lib| {
+        let d = gpu(lib.machine()?, device)?;
+        if support.is_null() {
+            return Err(INVALID);
+        }
+        // SAFETY: non-null out-pointer; the caller set `version`, which is kept.
+        unsafe { (*support).isSupportedDevice = c_uint::from(d.kind.has_gpm()) };
+        Ok(())
+    })
+}
+
+/// Most GPM samples allocated at once (a client that never frees cannot grow the library).
+const MAX_GPM_SAMPLES: usize = 65_536;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmSampleAlloc(sample: *mut nvmlGpmSample_t) -> Ret {
+    call(|lib| {
+        if sample.is_null() {
+            return Err(INVALID);
+        }
+        if lib.gpm_samples.len() >= MAX_GPM_SAMPLES {
+            return Err(nvmlReturn_enum_NVML_ERROR_MEMORY);
+        }
+        let mut n = lib.next_gpm_sample;
+        while lib.gpm_samples.contains_key(&n) {
+            n = (n + 1) & 0xFF_FFFF;
+        }
+        lib.next_gpm_sample = (n + 1) & 0xFF_FFFF;
+        lib.gpm_samples.insert(n, None);
+        // SAFETY: non-null out-pointer by NVML's contract.
+        unsafe { out(sample, Handle::new(Tag::GpmSample, 0, 0, n).encode()) }
+    })
+}
+
+/// The number of an allocated GPM sample.
+fn gpm_sample_no(lib: &Lib, sample: nvmlGpmSample_t) -> Result<u32, Ret> {
+    let n = Handle::decode(sample, Tag::GpmSample).ok_or(INVALID)?.x;
+    lib.gpm_samples.contains_key(&n).then_some(n).ok_or(INVALID)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmSampleFree(sample: nvmlGpmSample_t) -> Ret {
+    call(|lib| {
+        let n = gpm_sample_no(lib, sample)?;
+        lib.gpm_samples.remove(&n);
+        Ok(())
+    })
+}
+
+/// Fills GPM sample `sample` with a reading of `device` (`gi` none) or its GPU instance `gi`.
+fn gpm_fill(device: nvmlDevice_t, gi: Option<c_uint>, sample: nvmlGpmSample_t) -> Ret {
+    call(|lib| {
+        let n = gpm_sample_no(lib, sample)?;
+        let m = lib.machine()?;
+        let i = gpu(m, device)?.index;
+        let r = m.gpm_sample(i, gi).map_err(|e| state::sim_err(&e))?;
+        lib.gpm_samples.insert(n, Some(r));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmSampleGet(device: nvmlDevice_t, sample: nvmlGpmSample_t) -> Ret {
+    gpm_fill(device, None, sample)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmMigSampleGet(
+    device: nvmlDevice_t,
+    gpu_instance_id: c_uint,
+    sample: nvmlGpmSample_t,
+) -> Ret {
+    gpm_fill(device, Some(gpu_instance_id), sample)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmMetricsGet(req: *mut nvmlGpmMetricsGet_t) -> Ret {
+    call(|lib| {
+        if req.is_null() {
+            return Err(INVALID);
+        }
+        // SAFETY: non-null pointer to the caller's request by NVML's contract; no other reference
+        // to it exists during the call.
+        let req = unsafe { &mut *req };
+        if req.version != NVML_GPM_METRICS_GET_VERSION {
+            return Err(nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let count = req.numMetrics as usize;
+        if count > req.metrics.len() {
+            return Err(INVALID);
+        }
+        let reading = |s| {
+            let n = gpm_sample_no(lib, s)?;
+            lib.gpm_samples.get(&n).copied().flatten().ok_or(INVALID)
+        };
+        let (a, b) = (reading(req.sample1)?, reading(req.sample2)?);
+        let r = gpu_sim::machine::gpm_metrics(&a, &b).map_err(|e| state::sim_err(&e))?;
+        for metric in &mut req.metrics[..count] {
+            let (value, name, long, unit) = match metric.metricId {
+                nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL => {
+                    (r.sm_util_pct, c"sm_util", c"SM utilization", c"%")
+                }
+                nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL => (
+                    r.dram_bw_util_pct,
+                    c"dram_bw_util",
+                    c"DRAM bandwidth utilization",
+                    c"%",
+                ),
+                _ => {
+                    metric.nvmlReturn = NOT_SUPPORTED;
+                    metric.value = 0.0;
+                    continue;
+                }
+            };
+            metric.nvmlReturn = SUCCESS;
+            metric.value = value;
+            // The strings are static; the caller only reads them.
+            metric.metricInfo.shortName = name.as_ptr().cast_mut();
+            metric.metricInfo.longName = long.as_ptr().cast_mut();
+            metric.metricInfo.unit = unit.as_ptr().cast_mut();
+        }
+        Ok(())
     })
 }
 
@@ -1301,17 +1361,15 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            if set.is_null() {
-                return Err(INVALID);
-            }
-            lib.next_set += 1;
-            let n = lib.next_set;
-            lib.event_sets.insert(n, EventSet::default());
-            // SAFETY: non-null out-pointer.
-            unsafe { out(set, Handle::new(Tag::EventSet, 0, 0, n).encode()) }
-        })
+    call(|lib| {
+        if set.is_null() {
+            return Err(INVALID);
+        }
+        lib.next_set += 1;
+        let n = lib.next_set;
+        lib.event_sets.insert(n, EventSet::default());
+        // SAFETY: non-null out-pointer.
+        unsafe { out(set, Handle::new(Tag::EventSet, 0, 0, n).encode()) }
     })
 }
 
@@ -1320,12 +1378,10 @@ pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
     device: nvmlDevice_t,
     types: *mut c_ulonglong,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            gpu(lib.machine()?, device)?;
-            // SAFETY: `types` is an out-pointer by NVML's contract.
-            unsafe { out(types, SUPPORTED_EVENTS) }
-        })
+    call(|lib| {
+        gpu(lib.machine()?, device)?;
+        // SAFETY: `types` is an out-pointer by NVML's contract.
+        unsafe { out(types, SUPPORTED_EVENTS) }
     })
 }
 
@@ -1335,19 +1391,17 @@ pub extern "C" fn nvmlDeviceRegisterEvents(
     types: c_ulonglong,
     set: nvmlEventSet_t,
 ) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let s = Handle::decode(set, Tag::EventSet).ok_or(INVALID)?;
-            let d = gpu(lib.machine()?, device)?;
-            if types & !SUPPORTED_EVENTS != 0 {
-                return Err(NOT_SUPPORTED);
-            }
-            let seen = d.xids.iter().map(|x| x.seq).max().unwrap_or(0);
-            let i = d.index;
-            let es = lib.event_sets.get_mut(&s.x).ok_or(INVALID)?;
-            es.gpus.insert(i, (types, seen));
-            Ok(())
-        })
+    call(|lib| {
+        let s = Handle::decode(set, Tag::EventSet).ok_or(INVALID)?;
+        let d = gpu(lib.machine()?, device)?;
+        if types & !SUPPORTED_EVENTS != 0 {
+            return Err(NOT_SUPPORTED);
+        }
+        let seen = d.xids.iter().map(|x| x.seq).max().unwrap_or(0);
+        let i = d.index;
+        let es = lib.event_sets.get_mut(&s.x).ok_or(INVALID)?;
+        es.gpus.insert(i, (types, seen));
+        Ok(())
     })
 }
 
@@ -1417,10 +1471,8 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> Ret {
-    guard(|| {
-        with_lib(|lib| {
-            let s = Handle::decode(set, Tag::EventSet).ok_or(INVALID)?;
-            lib.event_sets.remove(&s.x).map(|_| ()).ok_or(INVALID)
-        })
+    call(|lib| {
+        let s = Handle::decode(set, Tag::EventSet).ok_or(INVALID)?;
+        lib.event_sets.remove(&s.x).map(|_| ()).ok_or(INVALID)
     })
 }

@@ -11,6 +11,7 @@ pub enum Tag {
     GpuInstance = 3,
     ComputeInstance = 4,
     EventSet = 5,
+    GpmSample = 6,
 }
 
 /// What a handle names: tag, GPU index, GPU-instance id, and a last field (compute-instance id,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use gpu_sim::machine::GpmReading;
 use gpu_sim::{Machine, SimError, Store, StoreError};
 use nvml_wrapper_sys::bindings::*;
 
@@ -22,6 +23,9 @@ pub struct Lib {
     pub read_only: bool,
     pub event_sets: BTreeMap<u32, EventSet>,
     pub next_set: u32,
+    /// GPM samples allocated (`nvmlGpmSampleAlloc`), by number; filled by a sample call.
+    pub gpm_samples: BTreeMap<u32, Option<GpmReading>>,
+    pub next_gpm_sample: u32,
 }
 
 static LIB: Mutex<Option<Lib>> = Mutex::new(None);
@@ -49,9 +53,10 @@ pub fn sim_err(e: &SimError) -> Ret {
         SimError::NoDevice(_) | SimError::Invalid(_) | SimError::PidTaken(_) => {
             nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
         }
-        SimError::NoMig(_) | SimError::NotMigMode(_) | SimError::NoProfile { .. } => {
-            nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED
-        }
+        SimError::NoMig(_)
+        | SimError::NotMigMode(_)
+        | SimError::NoProfile { .. }
+        | SimError::NoGpm(_) => nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
         SimError::Placement {
             err: P::BadStart { .. } | P::BadSize { .. },
             ..

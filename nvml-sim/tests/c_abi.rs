@@ -399,3 +399,75 @@ fn nvml_wrapper_works_unchanged() {
     assert!(!nvml.sys_driver_version().unwrap().is_empty());
     drop(nvml);
 }
+
+#[test]
+fn gpm_through_nvml_wrapper_gives_mean_utilization_between_samples() {
+    use nvml_wrapper::enums::gpm::GpmMetricId;
+    let _t = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let s = sim(false);
+    s.shutdown_all();
+    let mut store = s.store();
+    let gi = store
+        .update(|m| {
+            let gi = m.create_gpu_instance(0, NVML_GPU_INSTANCE_PROFILE_3_SLICE, Some((4, 4)))?;
+            m.create_compute_instance(0, gi, NVML_COMPUTE_INSTANCE_PROFILE_3_SLICE)?;
+            let mut p = process(11);
+            p.sm_util_pct = 90;
+            m.start_process(0, Some(gi), p)?;
+            m.start_process(6, None, process(12))?;
+            Ok(gi)
+        })
+        .expect("layout");
+    let nvml = nvml_wrapper::Nvml::builder()
+        .lib_path(lib_path().as_os_str())
+        .init()
+        .expect("init");
+    let (mig_gpu, board) = (
+        nvml.device_by_index(0).unwrap(),
+        nvml.device_by_index(6).unwrap(),
+    );
+    assert!(mig_gpu.gpm_support().unwrap());
+    let (a, ab) = (
+        mig_gpu.gpm_mig_sample(gi).unwrap(),
+        board.gpm_sample().unwrap(),
+    );
+    let advance = |store: &mut Store, ms| {
+        store
+            .update(|m| {
+                m.advance_to(m.now_ms + ms);
+                Ok(())
+            })
+            .expect("advance")
+    };
+    advance(&mut store, 1_000);
+    store
+        .update(|m| m.set_process_util(11, 30, 0))
+        .expect("util");
+    advance(&mut store, 1_000);
+    let (b, bb) = (
+        mig_gpu.gpm_mig_sample(gi).unwrap(),
+        board.gpm_sample().unwrap(),
+    );
+    let ids = [
+        GpmMetricId::SmUtil,
+        GpmMetricId::DramBwUtil,
+        GpmMetricId::AnyTensorUtil,
+    ];
+    let r = nvml_wrapper::gpm::gpm_metrics_get(&nvml, &a, &b, &ids).expect("metrics");
+    let sm = r[0].as_ref().expect("SM utilization");
+    // 1 s at 90%, 1 s at 30%: the instance's mean.
+    assert_eq!((sm.value, sm.metric_info.unit.as_str()), (60.0, "%"));
+    // Memory: 10% for 1 s, then 0%.
+    assert_eq!(r[1].as_ref().expect("DRAM").value, 5.0);
+    assert!(r[2].is_err(), "a metric the simulator lacks is unsupported");
+    let r = nvml_wrapper::gpm::gpm_metrics_get(&nvml, &ab, &bb, &ids[..1]).expect("metrics");
+    assert_eq!(r[0].as_ref().expect("board SM").value, 40.0);
+    // Samples of different instances, too close or in the wrong order are refused.
+    assert!(nvml_wrapper::gpm::gpm_metrics_get(&nvml, &a, &bb, &ids[..1]).is_err());
+    assert!(nvml_wrapper::gpm::gpm_metrics_get(&nvml, &b, &a, &ids[..1]).is_err());
+    // No instance 9; GPU 6 is not in MIG mode.
+    assert!(mig_gpu.gpm_mig_sample(9).is_err());
+    assert!(board.gpm_mig_sample(1).is_err());
+    drop((a, b, ab, bb));
+    drop(nvml);
+}

@@ -66,6 +66,17 @@ enum Cmd {
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
     },
+    /// Changes a running process's utilization (its work changed).
+    SetUtil {
+        #[arg(long)]
+        pid: u32,
+        /// SM utilization, %.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        sm: u32,
+        /// Memory utilization, %.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        mem_util: u32,
+    },
     /// Ends a simulated process.
     Stop {
         #[arg(long)]
@@ -157,6 +168,9 @@ fn run(cli: Cli) -> Result<(), StoreError> {
                 started_ms: 0,
             };
             store.update(|m| m.start_process(gpu, gi, p))?;
+        }
+        Cmd::SetUtil { pid, sm, mem_util } => {
+            store.update(|m| m.set_process_util(pid, sm, mem_util))?
         }
         Cmd::Stop { pid } => store.update(|m| m.stop_process(pid))?,
         Cmd::Xid { gpu, xid } => store.update(|m| m.inject_xid(gpu, xid))?,

@@ -46,6 +46,9 @@ pub enum BackendError {
     ClaimUnsupported,
     #[error("NVML call {call} failed: {msg}")]
     Nvml { call: &'static str, msg: String },
+    /// The simulated hardware (gpu-sim) refused a change, as a driver would.
+    #[error("simulated GPU {gpu}: {err}")]
+    Sim { gpu: String, err: gpu_sim::SimError },
     #[error("invalid backend configuration: {0}")]
     Config(String),
 }
@@ -72,7 +75,8 @@ pub struct ProfilePlacements {
     pub max_instances: u32,
     /// Legal first memory slices, ascending.
     pub starts: Vec<u8>,
-    /// "driver" (asked of NVML) or "table" (greenslice's profile table).
+    /// "driver" (asked of the driver: NVML, or the simulated machine's) or "table" (greenslice's
+    /// profile table).
     pub source: &'static str,
 }
 
@@ -90,6 +94,11 @@ pub fn table_placements(model: &greenslice_core::gpu::GpuModel) -> Vec<ProfilePl
         })
         .collect()
 }
+
+/// GPM samples closer than this are not compared (NVML needs more than 100 ms between them); the
+/// first sample of a GPU instance, and the first after its GPU's layout changed, have nothing to be
+/// compared with, so they report no activity for it.
+pub const GPM_MIN_INTERVAL_MS: u64 = 150;
 
 /// Environment a process needs to use an applied slice (NVIDIA_VISIBLE_DEVICES, MPS limits...).
 pub type SliceEnv = BTreeMap<String, String>;

@@ -44,8 +44,8 @@ use super::{
 /// always installs (the unversioned link often comes only with development packages).
 pub const NVML_LIBRARIES: [&str; 2] = ["libnvidia-ml.so", "libnvidia-ml.so.1"];
 
-/// GPM samples closer than this cannot be compared (NVML needs more than 100 ms).
-const GPM_MIN_INTERVAL: Duration = Duration::from_millis(150);
+/// GPM samples closer than this are not compared ([`super::GPM_MIN_INTERVAL_MS`]).
+const GPM_MIN_INTERVAL: Duration = Duration::from_millis(super::GPM_MIN_INTERVAL_MS);
 
 fn nvml_err(call: &'static str) -> impl Fn(NvmlError) -> BackendError {
     move |e| BackendError::Nvml {

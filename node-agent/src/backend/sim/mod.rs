@@ -1,23 +1,33 @@
-//! The simulated backend: DGX-like machines that honour the MIG profile tables and placement rules
-//! (refusing illegal layouts the way NVML does), time-sliced shares and whole-GPU assignment, with
-//! a power model, an energy counter, seeded sensor noise and a workload per slice.
+//! The simulated backend: the agent's side of a simulated DGX-like node, in process (the demo, the
+//! harness, in-process tests).
 //!
-//! Time comes from an injected [`Clock`]: with a [`greenslice_core::clock::ManualClock`] a day
-//! replays in seconds and a run is deterministic for a seed. Whenever the backend is called it first
-//! advances its GPUs to the clock's "now": it integrates each board's power over the elapsed time
-//! (in [`STEP_MS`] steps while a workload varies, in one step while all are steady).
+//! The hardware is `gpu-sim`'s [`gpu_sim::Machine`], the same model the NVML library `nvml-sim`
+//! serves: devices, MIG GPU and compute instances (ids, placements, the refusals), processes,
+//! power, the energy counter and clocks all come from it. This backend holds only what an agent
+//! holds: which slice owns which MIG instance, the shares and whole-GPU assignments it applied,
+//! and, standing in for the tenants, a synthetic [`Workload`] per slice that acts on the machine
+//! as a simulated process (started with the slice's environment, its SM and memory utilization
+//! changed as the job's work changes, stopped when the job ends), as a workload does through the
+//! `greenslice-gpu-sim` CLI.
 //!
-//! What it reports follows NVML (see `../shared/NVML-FACTS.md`): board utilization and per-process
-//! utilization are unsupported on MIG-enabled GPUs; per-MIG-instance activity exists only on Hopper
-//! and newer (GPM), so an A100 in MIG mode reports it unsupported; power is a 1 s average.
+//! Time comes from an injected [`Clock`]: the machine is kept in manual time and moved to the
+//! clock's "now" whenever the backend is called, so with a [`greenslice_core::clock::ManualClock`]
+//! a day replays in seconds and a run is deterministic for a seed. While a workload varies, time
+//! moves from one change of a job's utilization to the next, so the machine integrates energy
+//! exactly (power is constant between changes).
+//!
+//! What it reports is read off the machine as NVML reports it (see `../shared/NVML-FACTS.md`):
+//! board and per-process utilization are unsupported on MIG-enabled GPUs; per-MIG-instance activity
+//! (GPM) exists only on Hopper and newer. Sensor noise on power readings is this backend's own.
 
-pub mod power;
 pub mod workload;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use gpu_sim::machine::{Device, GpmReading, Process};
+use gpu_sim::{MachineKind, SimError, TimeMode};
 use greenslice_core::clock::{Clock, SystemClock};
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::inventory::{Gpu, MigInstance, Share};
@@ -28,13 +38,12 @@ use greenslice_core::sample::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use power::{EnergyMeter, board_power_w};
 pub use workload::Workload;
 
-use super::{BackendError, GpuBackend, HostInfo, SliceEnv, device_env, share_env};
-
-/// Integration step while a workload varies, ms.
-pub const STEP_MS: i64 = 100;
+use super::{
+    BackendError, GpuBackend, HostInfo, ProfilePlacements, SLICE_ID_ENV, SliceEnv, device_env,
+    share_env,
+};
 
 /// A simulated machine kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +77,16 @@ impl Machine {
             Machine::DgxA100_80 => GpuModel::A100Sxm4_80Gb,
             Machine::DgxH100 => GpuModel::H100Sxm5_80Gb,
             Machine::DgxH200 => GpuModel::H200Sxm5_141Gb,
+        }
+    }
+
+    /// The simulated hardware of this kind.
+    pub fn hardware(self) -> MachineKind {
+        match self {
+            Machine::DgxA100_40 => MachineKind::DgxA100_40,
+            Machine::DgxA100_80 => MachineKind::DgxA100_80,
+            Machine::DgxH100 => MachineKind::DgxH100,
+            Machine::DgxH200 => MachineKind::DgxH200,
         }
     }
 
@@ -163,37 +182,68 @@ struct SliceLoad {
     workload: Workload,
     /// When the workload was set, ms.
     since_ms: i64,
-    /// Its process, when it has one.
-    pid: Option<u32>,
+    /// Its processes, one per GPU the slice holds (GPU index to pid), while its workload has a
+    /// process and the slice is applied.
+    pids: BTreeMap<u32, u32>,
     /// Seeds the bursts of this slice.
     key: u64,
 }
 
-/// Where a slice lives on a GPU, as the simulator needs it.
-#[derive(Debug, Clone)]
-struct Placement {
-    slice_id: String,
-    /// Share of the board's compute (0..=1).
-    compute: f64,
+/// Where a slice lives on the machine.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    gpu: u32,
+    /// MIG GPU instance, in MIG mode.
+    gi: Option<u32>,
+    /// What a job at full work keeps busy, as a fraction of what its process's SM % is of: a
+    /// share's compute fraction of the GPU; 1 for a whole GPU or a MIG instance (whose processes'
+    /// utilization is of the instance).
+    scale: f64,
     /// Memory of the slice, bytes.
     memory_bytes: u64,
-    /// MIG GPU instance id, in MIG mode.
-    gpu_instance_id: Option<u32>,
+}
+
+/// A running job, as time moves.
+struct Job {
+    pid: u32,
+    scale: f64,
+    workload: Workload,
+    since_ms: i64,
+    key: u64,
+}
+
+/// A utilization fraction as a whole percent.
+fn pct(x: f64) -> u32 {
+    (x * 100.0).round().clamp(0.0, 100.0) as u32
+}
+
+/// SM and memory utilization (%) of a job working at `util` of its slot.
+fn job_util(util: f64, scale: f64) -> (u32, u32) {
+    let sm = pct(util * scale);
+    (sm, (f64::from(sm) * 0.6).round() as u32)
 }
 
 /// A simulated node.
 #[derive(Debug)]
 pub struct SimBackend {
     config: SimConfig,
-    gpus: Vec<Gpu>,
-    /// Energy counter per GPU.
-    meters: Vec<EnergyMeter>,
+    /// The hardware (manual time, moved to the clock's now on every call).
+    hw: gpu_sim::Machine,
+    healthy: Vec<bool>,
+    /// Slice owning each MIG instance this agent made: (GPU index, GPU instance id).
+    mig_owners: BTreeMap<(u32, u32), String>,
+    /// Shares applied, per GPU index.
+    shares: Vec<Vec<Share>>,
+    /// The slice holding each GPU whole.
+    whole: Vec<Option<String>>,
     /// Largest per-process sample timestamp already reported, per GPU (µs).
     last_seen_us: Vec<u64>,
     /// Workloads by slice id (set before or after the slice exists).
     loads: BTreeMap<String, SliceLoad>,
     next_pid: u32,
     noise: ChaCha8Rng,
+    /// Previous GPM reading per (GPU index, GPU instance id, start), as the NVML backend keeps it.
+    gpm_prev: BTreeMap<(u32, u32, u32), GpmReading>,
 }
 
 /// FNV-1a over a string.
@@ -206,28 +256,23 @@ fn fnv1a(name: &str) -> u128 {
     h
 }
 
-/// A stable pseudo-UUID from a name: FNV-1a, then a finalizer so that names differing in their last
-/// character (GPUs 0..7 of one node) differ in every digit, as real UUIDs look.
-fn stable_uuid(prefix: &str, name: &str) -> String {
-    let h = fnv1a(name);
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let (hi, lo) = ((h >> 64) as u64, h as u64);
-    let x = format!("{:016x}{:016x}", mix(hi ^ lo.rotate_left(17)), mix(lo ^ hi));
-    format!(
-        "{prefix}-{}-{}-{}-{}-{}",
-        &x[0..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+/// The core model of a simulated device, by its PCI device id as NVML reports it (the NVML backend
+/// does the same), by name as a fallback.
+fn core_model(d: &Device) -> GpuModel {
+    let pci = (d.kind.pci_device_id() << 16) | u32::from(greenslice_core::gpu::NVIDIA_VENDOR_ID);
+    GpuModel::from_pci_device_id(pci).unwrap_or_else(|| GpuModel::from_name(d.kind.product_name()))
+}
+
+fn sim_err(gpu: &str) -> impl Fn(SimError) -> BackendError + '_ {
+    move |err| BackendError::Sim {
+        gpu: gpu.to_string(),
+        err,
+    }
 }
 
 impl SimBackend {
+    /// A node on a freshly booted machine of `config.machine` (its GPU UUIDs derive from the node
+    /// name, so they are stable across restarts).
     pub fn new(config: SimConfig) -> Result<Self, BackendError> {
         if config.gpus == 0 || config.gpus > 16 {
             return Err(BackendError::Config(format!(
@@ -241,23 +286,20 @@ impl SimBackend {
                 config.mig_gpus, config.gpus
             )));
         }
-        let model = config.machine.gpu_model();
-        let gpus = (0..config.gpus)
-            .map(|i| Gpu {
-                uuid: stable_uuid("GPU", &format!("{}/{i}", config.node)),
-                index: i,
-                model: model.clone(),
-                memory_bytes: model.memory_bytes(),
-                mig_capable: model.mig_capable(),
-                mig_enabled: i < config.mig_gpus,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + i * 0x10),
-                power_limit_mw: (model.power_w().1 * 1000.0) as u32,
-                healthy: true,
-                mig_instances: Vec::new(),
-                shares: Vec::new(),
-                whole_slice_id: None,
-            })
-            .collect();
+        let hw = gpu_sim::Machine::new(
+            config.machine.hardware(),
+            config.gpus,
+            config.mig_gpus,
+            &config.node,
+            config.clock.now_ms(),
+        );
+        Self::on_machine(config, hw)
+    }
+
+    /// A node over an existing machine (as it is: its instances are owned by no slice, its
+    /// processes belong to no synthetic job). `config.gpus`, `mig_gpus` and `machine` are not used;
+    /// the machine's time moves with `config.clock` from now on (never backwards).
+    pub fn on_machine(config: SimConfig, mut hw: gpu_sim::Machine) -> Result<Self, BackendError> {
         if !(0.0..1.0).contains(&config.power_noise) {
             return Err(BackendError::Config(format!(
                 "power_noise must be within 0..1, got {}",
@@ -274,16 +316,20 @@ impl SimBackend {
             .default_workload
             .validate()
             .map_err(|e| BackendError::Config(format!("default workload: {e}")))?;
-        let now = config.clock.now_ms();
-        let n = config.gpus as usize;
+        hw.time_mode = TimeMode::Manual;
+        let n = hw.devices.len();
         Ok(SimBackend {
-            meters: vec![EnergyMeter::new(now); n],
+            healthy: vec![true; n],
+            mig_owners: BTreeMap::new(),
+            shares: vec![Vec::new(); n],
+            whole: vec![None; n],
             last_seen_us: vec![0; n],
             loads: BTreeMap::new(),
             next_pid: 4_000,
             noise: ChaCha8Rng::seed_from_u64(config.seed),
+            gpm_prev: BTreeMap::new(),
             config,
-            gpus,
+            hw,
         })
     }
 
@@ -292,32 +338,49 @@ impl SimBackend {
         self.config.clock.clone()
     }
 
+    /// The simulated machine, moved to the clock's now.
+    pub fn machine(&mut self) -> &gpu_sim::Machine {
+        self.advance();
+        &self.hw
+    }
+
+    /// The simulated machine to act on as a workload or an operator would (start a process of no
+    /// slice, change a power limit), moved to the clock's now.
+    pub fn machine_mut(&mut self) -> &mut gpu_sim::Machine {
+        self.advance();
+        &mut self.hw
+    }
+
     /// Sets what the job in `slice_id` does from now on. The slice may not exist yet; its workload
-    /// starts counting from this call. A new process (new PID) starts unless one is running already;
-    /// [`Workload::Finished`] ends it while the slice stays allocated.
+    /// starts counting from this call. Its processes (one per GPU the slice holds) keep running,
+    /// or start with new PIDs; [`Workload::Finished`] ends them while the slice stays allocated.
     pub fn set_workload(&mut self, slice_id: &str, workload: Workload) -> Result<(), BackendError> {
         workload
             .validate()
             .map_err(|e| BackendError::Config(format!("workload of {slice_id}: {e}")))?;
         self.advance();
-        let now = self.config.clock.now_ms();
-        let old_pid = self.loads.get(slice_id).and_then(|l| l.pid);
-        let pid = match (workload.has_process(), old_pid) {
-            (false, _) => None,
-            (true, Some(p)) => Some(p),
-            (true, None) => Some(self.new_pid()),
-        };
+        let now = self.hw.now_ms;
+        let mut pids = self
+            .loads
+            .remove(slice_id)
+            .map(|l| l.pids)
+            .unwrap_or_default();
+        if !workload.has_process() {
+            for pid in std::mem::take(&mut pids).into_values() {
+                self.stop_if_running(pid);
+            }
+        }
         let key = self.config.seed ^ fnv1a(slice_id) as u64;
         self.loads.insert(
             slice_id.to_string(),
             SliceLoad {
                 workload,
                 since_ms: now,
-                pid,
+                pids,
                 key,
             },
         );
-        Ok(())
+        self.sync_processes(slice_id)
     }
 
     /// The workload of `slice_id`, if one is set or the slice exists.
@@ -325,121 +388,210 @@ impl SimBackend {
         self.loads.get(slice_id).map(|l| &l.workload)
     }
 
-    /// A driver reload: every GPU's energy counter restarts from zero (consumers must notice the
-    /// counter going backwards) and the per-process sample history is forgotten.
+    /// A driver reload on the machine: every GPU's energy counter restarts from zero (consumers
+    /// must notice the counter going backwards), MIG instances are gone and processes were killed,
+    /// as on a real node. Shares and whole GPUs stay applied (they are the agent's); the jobs keep
+    /// their workloads but have no process until their workload is set again.
     pub fn reload_driver(&mut self) {
         self.advance();
-        for m in &mut self.meters {
-            m.reset();
+        self.hw.reload_driver();
+        self.mig_owners.clear();
+        self.gpm_prev.clear();
+        for l in self.loads.values_mut() {
+            l.pids.clear();
         }
         self.last_seen_us.iter_mut().for_each(|t| *t = 0);
     }
 
     fn new_pid(&mut self) -> u32 {
-        let pid = self.next_pid;
-        self.next_pid = self.next_pid.wrapping_add(1).max(4_000);
-        pid
+        loop {
+            let pid = self.next_pid;
+            self.next_pid = self.next_pid.wrapping_add(1).max(4_000);
+            if !self.running(pid) {
+                return pid;
+            }
+        }
     }
 
-    /// Gives a newly applied slice the default workload unless one was set beforehand.
-    fn slice_started(&mut self, slice_id: &str) {
-        if !self.loads.contains_key(slice_id) {
+    fn running(&self, pid: u32) -> bool {
+        self.hw
+            .devices
+            .iter()
+            .any(|d| d.processes.iter().any(|p| p.pid == pid))
+    }
+
+    fn stop_if_running(&mut self, pid: u32) {
+        if self.running(pid) {
+            // It runs, so stopping it cannot fail.
+            let _ = self.hw.stop_process(pid);
+        }
+    }
+
+    /// Gives a newly applied slice (or a new GPU of it) the default workload unless one was set
+    /// beforehand, and starts its process there.
+    fn slice_started(&mut self, slice_id: &str) -> Result<(), BackendError> {
+        if slice_id.is_empty() {
+            return Ok(());
+        }
+        if self.loads.contains_key(slice_id) {
+            self.sync_processes(slice_id)
+        } else {
             let w = self.config.default_workload.clone();
-            // The default was validated in `new`.
-            let _ = self.set_workload(slice_id, w);
+            self.set_workload(slice_id, w)
         }
     }
 
-    /// Forgets the job of a slice that was removed.
-    fn slice_ended(&mut self, slice_id: &str) {
-        self.loads.remove(slice_id);
+    /// `slice_id` no longer holds GPU `gpu` (already removed from the bookkeeping): its process
+    /// there stops, and once the slice holds nothing its workload is forgotten.
+    fn slice_left(&mut self, slice_id: &str, gpu: u32) {
+        let pid = self
+            .loads
+            .get_mut(slice_id)
+            .and_then(|l| l.pids.remove(&gpu));
+        if let Some(pid) = pid {
+            self.stop_if_running(pid);
+        }
+        if self.slots(slice_id).is_empty()
+            && let Some(l) = self.loads.remove(slice_id)
+        {
+            for pid in l.pids.into_values() {
+                self.stop_if_running(pid);
+            }
+        }
     }
 
-    /// The slices on GPU `i`.
-    fn placements(&self, i: usize) -> Vec<Placement> {
-        let g = &self.gpus[i];
+    /// Where `slice_id` is applied: one slot per GPU it holds.
+    fn slots(&self, slice_id: &str) -> Vec<Slot> {
         let mut out = Vec::new();
-        for m in &g.mig_instances {
-            let Some(slice_id) = &m.slice_id else {
-                continue;
-            };
-            let p = mig::profile(&g.model, &m.profile);
-            out.push(Placement {
-                slice_id: slice_id.clone(),
-                compute: p.map_or(0.0, |p| {
-                    f64::from(p.compute_slices) / f64::from(mig::COMPUTE_SLICES)
-                }),
-                memory_bytes: p.map_or(0, |p| p.memory_bytes(g.memory_bytes)),
-                gpu_instance_id: Some(m.gpu_instance_id),
-            });
+        for (&(gpu, gi), _) in self.mig_owners.iter().filter(|(_, s)| *s == slice_id) {
+            if let Some(d) = self.hw.devices.get(gpu as usize)
+                && let Some(g) = d.gpu_instance(gi)
+            {
+                out.push(Slot {
+                    gpu,
+                    gi: Some(gi),
+                    scale: 1.0,
+                    memory_bytes: d.gi_memory_bytes(g),
+                });
+            }
         }
-        for s in &g.shares {
-            out.push(Placement {
-                slice_id: s.slice_id.clone(),
-                compute: s.compute_fraction.clamp(0.0, 1.0),
-                memory_bytes: s.memory_bytes,
-                gpu_instance_id: None,
-            });
-        }
-        if let Some(w) = &g.whole_slice_id {
-            out.push(Placement {
-                slice_id: w.clone(),
-                compute: 1.0,
-                memory_bytes: g.memory_bytes,
-                gpu_instance_id: None,
-            });
+        for (i, d) in self.hw.devices.iter().enumerate() {
+            let gpu = i as u32;
+            if let Some(s) = self.shares[i].iter().find(|s| s.slice_id == slice_id) {
+                out.push(Slot {
+                    gpu,
+                    gi: None,
+                    scale: s.compute_fraction.clamp(0.0, 1.0),
+                    memory_bytes: s.memory_bytes,
+                });
+            }
+            if self.whole[i].as_deref() == Some(slice_id) {
+                out.push(Slot {
+                    gpu,
+                    gi: None,
+                    scale: 1.0,
+                    memory_bytes: d.memory_total_bytes(),
+                });
+            }
         }
         out
     }
 
-    /// Utilization (0..=1 of its own compute) of a slice's job at `at_ms`.
-    fn slice_util(&self, slice_id: &str, at_ms: i64) -> f64 {
-        self.loads
-            .get(slice_id)
-            .map_or(0.0, |l| l.workload.util_at(at_ms - l.since_ms, l.key))
+    /// Brings the processes of `slice_id`'s job in line with its workload now: on each GPU the
+    /// slice holds, starts one if its job has a process and none runs there yet, else sets what
+    /// the running one does.
+    fn sync_processes(&mut self, slice_id: &str) -> Result<(), BackendError> {
+        let Some(load) = self.loads.get(slice_id) else {
+            return Ok(());
+        };
+        if !load.workload.has_process() {
+            return Ok(());
+        }
+        let now = self.hw.now_ms;
+        let util = load.workload.util_at(now - load.since_ms, load.key);
+        for slot in self.slots(slice_id) {
+            let (sm, mem) = job_util(util, slot.scale);
+            let gpu = self.hw.devices[slot.gpu as usize].uuid.clone();
+            let running = self
+                .loads
+                .get(slice_id)
+                .and_then(|l| l.pids.get(&slot.gpu))
+                .copied()
+                .filter(|p| self.running(*p));
+            if let Some(pid) = running {
+                self.hw
+                    .set_process_util(pid, sm, mem)
+                    .map_err(sim_err(&gpu))?;
+                continue;
+            }
+            let pid = self.new_pid();
+            let bytes = (slot.memory_bytes as f64 * self.config.process_memory_fraction) as u64;
+            let p = Process {
+                pid,
+                gpu_instance_id: slot.gi,
+                compute_instance_id: None,
+                used_memory_bytes: bytes & !((1 << 20) - 1),
+                sm_util_pct: sm,
+                mem_util_pct: mem,
+                env: BTreeMap::from([(SLICE_ID_ENV.to_string(), slice_id.to_string())]),
+                started_ms: now,
+            };
+            self.hw
+                .start_process(slot.gpu, slot.gi, p)
+                .map_err(sim_err(&gpu))?;
+            if let Some(l) = self.loads.get_mut(slice_id) {
+                l.pids.insert(slot.gpu, pid);
+            }
+        }
+        Ok(())
     }
 
-    fn has_process(&self, slice_id: &str) -> bool {
-        self.loads.get(slice_id).is_some_and(|l| l.pid.is_some())
+    /// The jobs' processes that run now.
+    fn jobs(&self) -> Vec<Job> {
+        let mut out = Vec::new();
+        for (slice, l) in &self.loads {
+            for slot in self.slots(slice) {
+                let Some(&pid) = l.pids.get(&slot.gpu) else {
+                    continue;
+                };
+                if self.running(pid) {
+                    out.push(Job {
+                        pid,
+                        scale: slot.scale,
+                        workload: l.workload.clone(),
+                        since_ms: l.since_ms,
+                        key: l.key,
+                    });
+                }
+            }
+        }
+        out
     }
 
-    /// Board activity (0..=1) of a GPU at `at_ms` and whether any context is open.
-    fn activity(&self, placements: &[Placement], at_ms: i64) -> (f64, bool) {
-        let a: f64 = placements
-            .iter()
-            .map(|p| p.compute * self.slice_util(&p.slice_id, at_ms))
-            .sum();
-        let ctx = placements.iter().any(|p| self.has_process(&p.slice_id));
-        (a.clamp(0.0, 1.0), ctx)
-    }
-
-    /// Integrates every board's power up to the clock's now.
+    /// Moves the machine to the clock's now, from one change of a job's utilization to the next:
+    /// each process does what its job does from the start of each stretch, which lasts until the
+    /// next change of any job.
     fn advance(&mut self) {
         let now = self.config.clock.now_ms();
-        for i in 0..self.gpus.len() {
-            let from = self.meters[i].last_ms();
-            if now <= from {
-                continue;
+        let from = self.hw.now_ms;
+        if now <= from {
+            return;
+        }
+        let jobs = self.jobs();
+        let mut t = from;
+        while t < now {
+            let mut next = now;
+            for j in &jobs {
+                let elapsed = t - j.since_ms;
+                let (sm, mem) = job_util(j.workload.util_at(elapsed, j.key), j.scale);
+                // The job's process runs (jobs() checked) and the values are within 0..=100.
+                let _ = self.hw.set_process_util(j.pid, sm, mem);
+                if let Some(c) = j.workload.next_change_ms(elapsed) {
+                    next = next.min(j.since_ms + c);
+                }
             }
-            let placements = self.placements(i);
-            let steady = placements.iter().all(|p| {
-                self.loads
-                    .get(&p.slice_id)
-                    .is_none_or(|l| l.workload.is_steady())
-            });
-            let model = self.gpus[i].model.clone();
-            if steady {
-                let (a, ctx) = self.activity(&placements, now);
-                self.meters[i].accumulate(now, board_power_w(&model, a, ctx));
-                continue;
-            }
-            let mut t = from;
-            while t < now {
-                let next = (t + STEP_MS).min(now);
-                let (a, ctx) = self.activity(&placements, t + (next - t) / 2);
-                self.meters[i].accumulate(next, board_power_w(&model, a, ctx));
-                t = next;
-            }
+            self.hw.advance_to(next);
+            t = next;
         }
     }
 
@@ -450,78 +602,102 @@ impl SimBackend {
         1.0 + n * u
     }
 
-    /// Measures GPU `i` now.
-    fn sample_gpu(&mut self, i: usize, now_ms: i64) -> GpuSample {
-        let placements = self.placements(i);
-        let g = &self.gpus[i];
-        let mut s = GpuSample::empty(&g.uuid);
-        let mig_mode = g.mig_enabled;
-        let gpm = matches!(g.model, GpuModel::H100Sxm5_80Gb | GpuModel::H200Sxm5_141Gb);
-        let (activity, _) = self.activity(&placements, now_ms);
-        let now_us = u64::try_from(now_ms).unwrap_or(0) * 1_000;
-
-        let mut procs = Vec::new();
-        let mut putil = Vec::new();
-        let mut mig_act = Vec::new();
-        for p in &placements {
-            let util = self.slice_util(&p.slice_id, now_ms);
-            if let Some(gi) = p.gpu_instance_id
-                && gpm
-            {
-                mig_act.push(MigActivity {
-                    gpu_instance_id: gi,
-                    sm_util_pct: Some(util * 100.0),
-                    dram_bw_util_pct: Some(util * 60.0),
-                });
-            }
-            let Some(pid) = self.loads.get(&p.slice_id).and_then(|l| l.pid) else {
+    /// Per-GPU-instance activity of GPU `i` through GPM, as the NVML backend samples it: the mean
+    /// between this reading and the previous one of the same instance, when they are far enough
+    /// apart; nothing for an instance's first reading.
+    fn gpm_activity(&mut self, i: usize) -> Vec<MigActivity> {
+        let gpu = i as u32;
+        let live: Vec<(u32, u32)> = self.hw.devices[i]
+            .gpu_instances
+            .iter()
+            .map(|g| (g.id, g.start))
+            .collect();
+        // GPU-instance ids are reused after a re-layout: forget readings of instances now gone.
+        self.gpm_prev
+            .retain(|(g, gi, st), _| *g != gpu || live.contains(&(*gi, *st)));
+        let mut out = Vec::new();
+        for (gi, start) in live {
+            let Ok(cur) = self.hw.gpm_sample(gpu, Some(gi)) else {
                 continue;
             };
-            let mem = (p.memory_bytes as f64 * self.config.process_memory_fraction) as u64;
-            procs.push(GpuProcess {
-                pid,
-                used_memory_bytes: Some(mem & !((1 << 20) - 1)),
-                gpu_instance_id: p.gpu_instance_id,
-                compute_instance_id: p.gpu_instance_id.map(|_| 0),
-            });
-            let sm = (util * p.compute * 100.0).round() as u32;
-            if sm > 0 && now_us > self.last_seen_us[i] {
-                putil.push(ProcessUtil {
-                    pid,
-                    sm_pct: sm,
-                    mem_pct: (f64::from(sm) * 0.6).round() as u32,
-                    last_seen_us: now_us,
-                });
+            let key = (gpu, gi, start);
+            if let Some(prev) = self.gpm_prev.get(&key) {
+                if ((cur.at_ms - prev.at_ms) as u64) < super::GPM_MIN_INTERVAL_MS {
+                    continue;
+                }
+                if let Ok(r) = gpu_sim::machine::gpm_metrics(prev, &cur) {
+                    out.push(MigActivity {
+                        gpu_instance_id: gi,
+                        sm_util_pct: Some(r.sm_util_pct.clamp(0.0, 100.0)),
+                        dram_bw_util_pct: Some(r.dram_bw_util_pct.clamp(0.0, 100.0)),
+                    });
+                }
             }
+            self.gpm_prev.insert(key, cur);
         }
-        procs.sort_by_key(|p| p.pid);
+        out
+    }
 
-        if mig_mode {
+    /// Measures GPU `i` now, as the NVML backend reads it from the driver.
+    fn sample_gpu(&mut self, i: usize) -> GpuSample {
+        let gpm = {
+            let d = &self.hw.devices[i];
+            d.mig_enabled && d.kind.has_gpm()
+        };
+        let mig = if gpm {
+            self.gpm_activity(i)
+        } else {
+            Vec::new()
+        };
+        let d = &self.hw.devices[i];
+        let mut s = GpuSample::empty(&d.uuid);
+        let now_us = u64::try_from(self.hw.now_ms).unwrap_or(0) * 1_000;
+        let procs: Vec<GpuProcess> = d
+            .processes
+            .iter()
+            .map(|p| GpuProcess {
+                pid: p.pid,
+                used_memory_bytes: Some(p.used_memory_bytes),
+                gpu_instance_id: p.gpu_instance_id,
+                compute_instance_id: p.compute_instance_id,
+            })
+            .collect();
+        if d.mig_enabled {
             s.mark_unsupported(SampleField::Utilization);
             s.mark_unsupported(SampleField::ProcessUtilization);
             if gpm {
-                s.mig = mig_act;
+                s.mig = mig;
             } else {
                 s.mark_unsupported(SampleField::MigActivity);
             }
         } else {
-            let pct = (activity * 100.0).round() as u32;
-            s.gpu_util_pct = Some(pct);
-            s.mem_util_pct = Some((f64::from(pct) * 0.6).round() as u32);
+            s.gpu_util_pct = Some(d.sm_util_pct());
+            s.mem_util_pct = Some(d.mem_util_pct());
+            let mut putil: Vec<ProcessUtil> = if now_us > self.last_seen_us[i] {
+                d.processes
+                    .iter()
+                    .filter(|p| p.sm_util_pct > 0 || p.mem_util_pct > 0)
+                    .map(|p| ProcessUtil {
+                        pid: p.pid,
+                        sm_pct: p.sm_util_pct,
+                        mem_pct: p.mem_util_pct,
+                        last_seen_us: now_us,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            putil.sort_by_key(|p| p.pid);
             if !putil.is_empty() {
                 self.last_seen_us[i] = now_us;
             }
             s.process_util = Some(putil);
         }
-        s.memory_used_bytes = Some(procs.iter().filter_map(|p| p.used_memory_bytes).sum());
+        s.memory_used_bytes = Some(d.memory_used_bytes());
         s.processes = Some(procs);
-        // Before any time has passed, the reading is the instantaneous power.
-        let watts = self.meters[i].average_power_w().unwrap_or_else(|| {
-            let (a, ctx) = self.activity(&placements, now_ms);
-            board_power_w(&self.gpus[i].model, a, ctx)
-        });
-        s.power_mw = Some((watts * 1_000.0 * self.noise_factor()).max(0.0).round() as u32);
-        s.energy_mj = Some(self.meters[i].energy_mj() as u64);
+        let power = f64::from(d.power_mw());
+        s.energy_mj = Some(d.energy_mj);
+        s.power_mw = Some((power * self.noise_factor()).max(0.0).round() as u32);
 
         for f in self.config.unsupported.clone() {
             match f {
@@ -541,29 +717,79 @@ impl SimBackend {
         s
     }
 
-    fn gpu_index(&self, uuid: &str) -> Result<usize, BackendError> {
-        self.gpus
+    /// GPU `i` as the agent sees it: the hardware, with the slices this agent applied.
+    fn gpu(&self, i: usize) -> Gpu {
+        let d = &self.hw.devices[i];
+        let model = core_model(d);
+        let mig_instances = if d.mig_enabled {
+            d.gpu_instances
+                .iter()
+                .map(|g| self.mig_instance(i, &model, g))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Gpu {
+            uuid: d.uuid.clone(),
+            index: d.index,
+            memory_bytes: d.memory_total_bytes(),
+            mig_capable: !d.kind.mig_profiles().is_empty() && model.mig_capable(),
+            mig_enabled: d.mig_enabled,
+            pci_bus_id: d.pci_bus_id.clone(),
+            power_limit_mw: d.power_limit_mw,
+            healthy: self.healthy[i],
+            mig_instances,
+            shares: self.shares[i].clone(),
+            whole_slice_id: self.whole[i].clone(),
+            model,
+        }
+    }
+
+    fn mig_instance(
+        &self,
+        i: usize,
+        model: &GpuModel,
+        g: &gpu_sim::machine::GpuInstance,
+    ) -> MigInstance {
+        // Named as the NVML backend names it: core's profile with the id the hardware reports.
+        let profile = mig::profiles(model)
             .iter()
-            .position(|g| g.uuid == uuid)
+            .find(|p| p.smi_id == g.profile_id)
+            .map_or_else(|| g.profile.clone(), |p| p.name.to_string());
+        MigInstance {
+            gpu_instance_id: g.id,
+            profile,
+            start: u8::try_from(g.start).unwrap_or(u8::MAX),
+            size: u8::try_from(g.size).unwrap_or(u8::MAX),
+            mig_uuid: g.mig_uuid.clone(),
+            slice_id: self.mig_owners.get(&(i as u32, g.id)).cloned(),
+        }
+    }
+
+    fn gpu_index(&self, uuid: &str) -> Result<usize, BackendError> {
+        self.hw
+            .devices
+            .iter()
+            .position(|d| d.uuid == uuid)
             .ok_or_else(|| BackendError::UnknownGpu(uuid.to_string()))
     }
 
     /// Marks a GPU healthy or not (as an XID event would).
     pub fn set_healthy(&mut self, uuid: &str, healthy: bool) -> Result<(), BackendError> {
         let i = self.gpu_index(uuid)?;
-        self.gpus[i].healthy = healthy;
+        self.healthy[i] = healthy;
         Ok(())
     }
 
-    fn non_mig(&mut self, uuid: &str) -> Result<&mut Gpu, BackendError> {
+    /// The index of GPU `uuid`, which must not be in MIG mode.
+    fn non_mig(&self, uuid: &str) -> Result<usize, BackendError> {
         let i = self.gpu_index(uuid)?;
-        let g = &mut self.gpus[i];
-        if g.mig_enabled {
+        if self.hw.devices[i].mig_enabled {
             return Err(BackendError::MigMode {
                 gpu: uuid.to_string(),
             });
         }
-        Ok(g)
+        Ok(i)
     }
 }
 
@@ -578,25 +804,62 @@ impl GpuBackend for SimBackend {
 
     fn inventory(&mut self) -> Result<Vec<Gpu>, BackendError> {
         self.advance();
-        Ok(self.gpus.clone())
+        Ok((0..self.hw.devices.len()).map(|i| self.gpu(i)).collect())
     }
 
     fn as_sim_mut(&mut self) -> Option<&mut SimBackend> {
         Some(self)
     }
 
+    /// From the process's environment on the simulated machine, as from /proc on a real node.
     fn process_owner(&self, pid: u32) -> Option<String> {
-        self.loads
+        self.hw
+            .devices
             .iter()
-            .find(|(_, l)| l.pid == Some(pid))
-            .map(|(s, _)| s.clone())
+            .flat_map(|d| d.processes.iter())
+            .find(|p| p.pid == pid)
+            .and_then(|p| p.env.get(SLICE_ID_ENV))
+            .filter(|s| !s.is_empty())
+            .cloned()
+    }
+
+    /// The simulated driver's profiles and possible placements, in NVML profile-index order, as the
+    /// NVML backend asks them of `nvmlDeviceGetGpuInstancePossiblePlacements_v2` (profiles core has
+    /// no table entry for are left out, as there).
+    fn mig_profiles(&mut self, gpu: &str) -> Result<Vec<ProfilePlacements>, BackendError> {
+        let d = &self.hw.devices[self.gpu_index(gpu)?];
+        let model = core_model(d);
+        let mut hw: Vec<&gpu_sim::profiles::GiProfile> = d.kind.mig_profiles().iter().collect();
+        hw.sort_by_key(|p| p.index);
+        Ok(hw
+            .into_iter()
+            .filter_map(|p| {
+                let core = mig::profiles(&model).iter().find(|c| c.smi_id == p.id)?;
+                let mut starts: Vec<u8> = p
+                    .starts
+                    .iter()
+                    .filter(|&&s| p.size > 0 && s + p.size <= gpu_sim::profiles::MEMORY_SLICES)
+                    .filter_map(|&s| u8::try_from(s).ok())
+                    .collect();
+                starts.sort_unstable();
+                starts.dedup();
+                Some(ProfilePlacements {
+                    profile: core.name.to_string(),
+                    profile_id: p.id,
+                    size: core.size,
+                    max_instances: p.max_instances,
+                    starts,
+                    source: "driver",
+                })
+            })
+            .collect())
     }
 
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
         self.advance();
         let at_ms = self.config.clock.now_ms();
-        let gpus = (0..self.gpus.len())
-            .map(|i| self.sample_gpu(i, at_ms))
+        let gpus = (0..self.hw.devices.len())
+            .map(|i| self.sample_gpu(i))
             .collect();
         Ok(NodeSample { at_ms, gpus })
     }
@@ -610,49 +873,79 @@ impl GpuBackend for SimBackend {
     ) -> Result<(MigInstance, SliceEnv), BackendError> {
         self.advance();
         let i = self.gpu_index(gpu)?;
-        let g = &mut self.gpus[i];
-        if !g.mig_enabled {
+        let d = &self.hw.devices[i];
+        if !d.mig_enabled {
             return Err(BackendError::NotMigMode {
                 gpu: gpu.to_string(),
             });
         }
-        let size = hardware_mig_check(gpu, &g.model, &g.mig_instances, profile, start)?;
+        let model = core_model(d);
+        let p = hardware_mig_check(gpu, &model, d, profile, start)?;
+        let gpu_ix = i as u32;
         // The driver hands out the lowest free GPU-instance id, reusing destroyed ones.
-        let gi = (1..)
-            .find(|id| g.mig_instances.iter().all(|m| m.gpu_instance_id != *id))
-            .unwrap_or(1);
-        let inst = MigInstance {
-            gpu_instance_id: gi,
-            profile: profile.to_string(),
-            start,
-            size,
-            mig_uuid: stable_uuid("MIG", &format!("{gpu}/{gi}/{slice_id}")),
-            slice_id: Some(slice_id.to_string()),
-        };
-        g.mig_instances.push(inst.clone());
+        let gi = self
+            .hw
+            .create_gpu_instance(gpu_ix, p.index, Some((u32::from(start), p.size)))
+            .map_err(sim_err(gpu))?;
+        let ci_index = gpu_sim::profiles::CI_PROFILE_SLICES
+            .iter()
+            .position(|&s| s == p.compute_slices)
+            .map_or(u32::MAX, |x| x as u32);
+        if let Err(e) = self.hw.create_compute_instance(gpu_ix, gi, ci_index) {
+            // Undo the half-made instance, as the NVML backend does.
+            let _ = self.hw.destroy_gpu_instance(gpu_ix, gi);
+            return Err(sim_err(gpu)(e));
+        }
+        if !slice_id.is_empty() {
+            self.mig_owners.insert((gpu_ix, gi), slice_id.to_string());
+        }
+        // The layout changed: no GPM sample of this GPU is compared across it.
+        self.gpm_prev.retain(|(g, _, _), _| *g != gpu_ix);
+        let g =
+            self.hw.devices[i]
+                .gpu_instance(gi)
+                .ok_or_else(|| BackendError::NoSuchInstance {
+                    gpu: gpu.to_string(),
+                    gi,
+                })?;
+        let inst = self.mig_instance(i, &model, g);
         let env = device_env(&inst.mig_uuid);
-        self.slice_started(slice_id);
+        self.slice_started(slice_id)?;
         Ok((inst, env))
     }
 
+    /// Ends the owning slice's job, then destroys the compute instances and the GPU instance; a
+    /// process of anyone else keeps it IN_USE, as on a real driver.
     fn destroy_mig(&mut self, gpu: &str, gpu_instance_id: u32) -> Result<(), BackendError> {
         self.advance();
         let i = self.gpu_index(gpu)?;
-        let g = &mut self.gpus[i];
-        let Some(pos) = g
-            .mig_instances
-            .iter()
-            .position(|m| m.gpu_instance_id == gpu_instance_id)
-        else {
+        let gpu_ix = i as u32;
+        let Some(g) = self.hw.devices[i].gpu_instance(gpu_instance_id) else {
             return Err(BackendError::NoSuchInstance {
                 gpu: gpu.to_string(),
                 gi: gpu_instance_id,
             });
         };
-        let gone = g.mig_instances.remove(pos);
-        if let Some(slice) = gone.slice_id {
-            self.slice_ended(&slice);
+        let cis: Vec<u32> = g.compute_instances.iter().map(|c| c.id).collect();
+        let owner = self.mig_owners.remove(&(gpu_ix, gpu_instance_id));
+        if let Some(owner) = &owner {
+            self.slice_left(owner, gpu_ix);
         }
+        let destroyed = cis
+            .into_iter()
+            .try_for_each(|ci| {
+                self.hw
+                    .destroy_compute_instance(gpu_ix, gpu_instance_id, ci)
+            })
+            .and_then(|()| self.hw.destroy_gpu_instance(gpu_ix, gpu_instance_id));
+        if let Err(e) = destroyed {
+            // Still there (another process holds it): still the owner's.
+            if let Some(owner) = owner {
+                self.mig_owners.insert((gpu_ix, gpu_instance_id), owner);
+            }
+            return Err(sim_err(gpu)(e));
+        }
+        self.gpm_prev.retain(|(g, _, _), _| *g != gpu_ix);
         Ok(())
     }
 
@@ -664,57 +957,64 @@ impl GpuBackend for SimBackend {
         memory_bytes: u64,
     ) -> Result<SliceEnv, BackendError> {
         self.advance();
-        let pipe = self.config.mps_pipe_dir.clone();
-        let g = self.non_mig(gpu)?;
-        if g.whole_slice_id.is_some() {
+        let i = self.non_mig(gpu)?;
+        if self.whole[i].is_some() {
             return Err(BackendError::NoRoom {
                 gpu: gpu.to_string(),
                 why: "held whole by another slice".into(),
             });
         }
-        let others: Vec<&Share> = g.shares.iter().filter(|s| s.slice_id != slice_id).collect();
+        let others: Vec<&Share> = self.shares[i]
+            .iter()
+            .filter(|s| s.slice_id != slice_id)
+            .collect();
         let used_milli: u32 = others
             .iter()
             .map(|s| greenslice_core::slice::share_milli(s.compute_fraction))
             .sum();
         let used_mem: u64 = others.iter().map(|s| s.memory_bytes).sum();
         if used_milli + greenslice_core::slice::share_milli(compute_fraction) > 1000
-            || used_mem + memory_bytes > g.memory_bytes
+            || used_mem + memory_bytes > self.hw.devices[i].memory_total_bytes()
         {
             return Err(BackendError::NoRoom {
                 gpu: gpu.to_string(),
                 why: format!("{used_milli} milli and {used_mem} bytes already shared"),
             });
         }
-        g.shares.retain(|s| s.slice_id != slice_id);
-        g.shares.push(Share {
+        self.shares[i].retain(|s| s.slice_id != slice_id);
+        self.shares[i].push(Share {
             slice_id: slice_id.to_string(),
             compute_fraction,
             memory_bytes,
         });
-        self.slice_started(slice_id);
-        Ok(share_env(gpu, compute_fraction, memory_bytes, &pipe))
+        self.slice_started(slice_id)?;
+        Ok(share_env(
+            gpu,
+            compute_fraction,
+            memory_bytes,
+            &self.config.mps_pipe_dir,
+        ))
     }
 
     fn clear_share(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError> {
         self.advance();
-        let g = self.non_mig(gpu)?;
-        let before = g.shares.len();
-        g.shares.retain(|s| s.slice_id != slice_id);
-        if g.shares.len() == before {
+        let i = self.non_mig(gpu)?;
+        let before = self.shares[i].len();
+        self.shares[i].retain(|s| s.slice_id != slice_id);
+        if self.shares[i].len() == before {
             return Err(BackendError::NoSuchSlice {
                 gpu: gpu.to_string(),
                 slice: slice_id.to_string(),
             });
         }
-        self.slice_ended(slice_id);
+        self.slice_left(slice_id, i as u32);
         Ok(())
     }
 
     fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError> {
         self.advance();
-        let g = self.non_mig(gpu)?;
-        match &g.whole_slice_id {
+        let i = self.non_mig(gpu)?;
+        match &self.whole[i] {
             Some(s) if s == slice_id => {}
             Some(s) => {
                 return Err(BackendError::NoRoom {
@@ -722,29 +1022,29 @@ impl GpuBackend for SimBackend {
                     why: format!("held whole by {s}"),
                 });
             }
-            None if !g.shares.is_empty() => {
+            None if !self.shares[i].is_empty() => {
                 return Err(BackendError::NoRoom {
                     gpu: gpu.to_string(),
-                    why: format!("{} shares applied", g.shares.len()),
+                    why: format!("{} shares applied", self.shares[i].len()),
                 });
             }
-            None => g.whole_slice_id = Some(slice_id.to_string()),
+            None => self.whole[i] = Some(slice_id.to_string()),
         }
-        self.slice_started(slice_id);
+        self.slice_started(slice_id)?;
         Ok(device_env(gpu))
     }
 
     fn unassign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError> {
         self.advance();
-        let g = self.non_mig(gpu)?;
-        if g.whole_slice_id.as_deref() != Some(slice_id) {
+        let i = self.non_mig(gpu)?;
+        if self.whole[i].as_deref() != Some(slice_id) {
             return Err(BackendError::NoSuchSlice {
                 gpu: gpu.to_string(),
                 slice: slice_id.to_string(),
             });
         }
-        g.whole_slice_id = None;
-        self.slice_ended(slice_id);
+        self.whole[i] = None;
+        self.slice_left(slice_id, i as u32);
         Ok(())
     }
 }
@@ -753,28 +1053,20 @@ impl GpuBackend for SimBackend {
 /// tables and placement rules, written from NVIDIA's guide apart from greenslice-core's (which the
 /// controller places with), so the simulator can disagree with the controller as a driver could.
 /// Errors are given in core's terms, as the NVML backend reports a driver's refusal. Returns the
-/// placement's size in memory slices.
+/// hardware's profile.
 fn hardware_mig_check(
     gpu: &str,
     model: &GpuModel,
-    existing: &[MigInstance],
+    d: &Device,
     profile: &str,
     start: u8,
-) -> Result<u8, BackendError> {
-    use gpu_sim::DeviceKind;
-    use gpu_sim::profiles::{Occupant, PlacementError, check_placement};
-    let kind = match model {
-        GpuModel::A100Sxm4_40Gb => DeviceKind::A100Sxm4_40Gb,
-        GpuModel::A100Sxm4_80Gb => DeviceKind::A100Sxm4_80Gb,
-        GpuModel::H100Sxm5_80Gb => DeviceKind::H100Sxm5_80Gb,
-        GpuModel::H100Pcie80Gb => DeviceKind::H100Pcie80Gb,
-        GpuModel::H200Sxm5_141Gb => DeviceKind::H200Sxm5_141Gb,
-        // The simulator has no other MIG-capable product.
-        _ => return Err(BackendError::NotMigMode { gpu: gpu.into() }),
-    };
-    let table = kind.mig_profiles();
-    let named = |name: &str| table.iter().find(|p| p.name == name);
-    let p = named(profile).ok_or_else(|| {
+) -> Result<&'static gpu_sim::profiles::GiProfile, BackendError> {
+    use gpu_sim::profiles::{PlacementError, check_placement};
+    let table = d.kind.mig_profiles();
+    if table.is_empty() {
+        return Err(BackendError::NotMigMode { gpu: gpu.into() });
+    }
+    let p = table.iter().find(|p| p.name == profile).ok_or_else(|| {
         let valid: Vec<&str> = table.iter().map(|p| p.name).collect();
         mig::MigError::UnknownProfile {
             model: model.name().to_string(),
@@ -782,17 +1074,7 @@ fn hardware_mig_check(
             valid: valid.join(", "),
         }
     })?;
-    let occupants = existing
-        .iter()
-        .map(|m| {
-            let profile =
-                named(&m.profile).ok_or(mig::MigError::CorruptLayout(m.profile.clone()))?;
-            Ok(Occupant {
-                profile,
-                start: u32::from(m.start),
-            })
-        })
-        .collect::<Result<Vec<_>, mig::MigError>>()?;
+    let occupants = d.occupants();
     let to_u8 = |v: u32| u8::try_from(v).unwrap_or(u8::MAX);
     check_placement(p, u32::from(start), p.size, &occupants).map_err(|e| match e {
         PlacementError::BadStart { .. } | PlacementError::BadSize { .. } => {
@@ -828,7 +1110,7 @@ fn hardware_mig_check(
             why: e.to_string(),
         },
     })?;
-    Ok(to_u8(p.size))
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -914,6 +1196,82 @@ mod tests {
         b.clear_share(&g, "b").unwrap();
         b.assign_whole(&g, "w").unwrap();
         assert!(b.set_share(&g, "c", 0.1, 1).is_err());
+    }
+
+    #[test]
+    fn a_teardown_ends_the_slices_job_but_another_process_keeps_the_instance_in_use() {
+        let mut b = h100(1);
+        let g = b.inventory().unwrap()[0].uuid.clone();
+        let (m, _) = b.create_mig(&g, "3g.40gb", 0, "s1").unwrap();
+        // The slice's job runs on the machine, with the slice's environment.
+        let pid = b.machine().devices[0].pids_on(m.gpu_instance_id)[0];
+        assert_eq!(b.process_owner(pid).as_deref(), Some("s1"));
+        let (m2, _) = b.create_mig(&g, "3g.40gb", 4, "s2").unwrap();
+        let stray = gpu_sim::machine::Process {
+            pid: 77,
+            gpu_instance_id: None,
+            compute_instance_id: None,
+            used_memory_bytes: 1 << 30,
+            sm_util_pct: 10,
+            mem_util_pct: 0,
+            env: BTreeMap::new(),
+            started_ms: 0,
+        };
+        b.machine_mut()
+            .start_process(0, Some(m2.gpu_instance_id), stray)
+            .unwrap();
+        let e = b.destroy_mig(&g, m2.gpu_instance_id).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BackendError::Sim {
+                    err: SimError::InUse { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("77"), "{e}");
+        assert_eq!(b.inventory().unwrap()[0].mig_instances.len(), 2);
+        b.machine_mut().stop_process(77).unwrap();
+        b.destroy_mig(&g, m2.gpu_instance_id).unwrap();
+        b.destroy_mig(&g, m.gpu_instance_id).unwrap();
+        assert!(b.machine().devices[0].processes.is_empty());
+        assert!(b.inventory().unwrap()[0].mig_instances.is_empty());
+    }
+
+    #[test]
+    fn a_slice_on_several_gpus_runs_a_process_on_each() {
+        let (mut b, clock) = sim_on(Machine::DgxH100, 0, 4);
+        let g: Vec<String> = b
+            .inventory()
+            .unwrap()
+            .iter()
+            .map(|x| x.uuid.clone())
+            .collect();
+        b.assign_whole(&g[0], "w").unwrap();
+        b.assign_whole(&g[1], "w").unwrap();
+        b.set_workload("w", Workload::Busy { util: 0.7 }).unwrap();
+        clock.advance(1_000);
+        let s = b.sample().unwrap();
+        assert_eq!(
+            (s.gpus[0].gpu_util_pct, s.gpus[1].gpu_util_pct),
+            (Some(70), Some(70))
+        );
+        let (p0, p1) = (
+            s.gpus[0].processes.clone().unwrap(),
+            s.gpus[1].processes.clone().unwrap(),
+        );
+        assert_ne!(p0[0].pid, p1[0].pid);
+        assert_eq!(b.process_owner(p1[0].pid).as_deref(), Some("w"));
+        // Giving one GPU back ends the job's process there only.
+        b.unassign_whole(&g[0], "w").unwrap();
+        let s = b.sample().unwrap();
+        assert_eq!(s.gpus[0].processes, Some(vec![]));
+        assert_eq!(s.gpus[1].processes.as_ref().unwrap()[0].pid, p1[0].pid);
+        assert_eq!(b.workload("w"), Some(&Workload::Busy { util: 0.7 }));
+        b.unassign_whole(&g[1], "w").unwrap();
+        assert_eq!(b.workload("w"), None);
     }
 
     #[test]
@@ -1129,11 +1487,14 @@ mod tests {
         assert!(s.gpus[1].unsupported.is_empty());
         assert!(s.gpus[1].gpu_util_pct.is_some());
 
-        let (mut h100, _) = sim_on(Machine::DgxH100, 1, 1);
+        let (mut h100, h100_clock) = sim_on(Machine::DgxH100, 1, 1);
         let g = h100.inventory().unwrap()[0].uuid.clone();
         h100.create_mig(&g, "3g.40gb", 4, "m").unwrap();
         h100.set_workload("m", Workload::Busy { util: 0.5 })
             .unwrap();
+        // GPM compares two samples: the instance's first has nothing to compare with.
+        assert!(h100.sample().unwrap().gpus[0].mig.is_empty());
+        h100_clock.advance(1_000);
         let s = h100.sample().unwrap();
         assert!(!s.gpus[0].is_unsupported(SampleField::MigActivity));
         assert_eq!(s.gpus[0].mig[0].gpu_instance_id, 1);

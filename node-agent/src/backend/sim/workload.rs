@@ -1,7 +1,8 @@
 //! What a simulated slice's job does over time.
 //!
 //! A [`Workload`] is a pure function of the time since it was set (and, for bursts, of a seed), so
-//! replays are deterministic and the energy integral can be computed at any resolution.
+//! replays are deterministic; it is constant between the changes [`Workload::next_change_ms`]
+//! names, so the energy integral is exact.
 
 use serde::{Deserialize, Serialize};
 
@@ -90,12 +91,29 @@ impl Workload {
         !matches!(self, Workload::Finished)
     }
 
-    /// Whether utilization is constant in time (lets the simulator integrate long gaps in one step).
-    pub fn is_steady(&self) -> bool {
-        matches!(
-            self,
-            Workload::Idle | Workload::Busy { .. } | Workload::Finished
-        )
+    /// When, after `elapsed_ms`, the utilization may next change (ms since the workload was set);
+    /// `None` while it is constant for ever. Between two changes it is constant, so the energy of
+    /// the interval is exact in one step.
+    pub fn next_change_ms(&self, elapsed_ms: i64) -> Option<i64> {
+        let elapsed_ms = elapsed_ms.max(0);
+        match *self {
+            Workload::Idle | Workload::Busy { .. } | Workload::Finished => None,
+            Workload::Bursty { burst_ms, .. } => {
+                let w = burst_ms.max(1);
+                Some((elapsed_ms / w + 1) * w)
+            }
+            Workload::IdleStretches {
+                busy_ms, idle_ms, ..
+            } => {
+                let (busy, period) = (busy_ms.max(1), busy_ms.max(1) + idle_ms.max(1));
+                let (start, phase) = (elapsed_ms - elapsed_ms % period, elapsed_ms % period);
+                Some(if phase < busy {
+                    start + busy
+                } else {
+                    start + period
+                })
+            }
+        }
     }
 
     /// Utilization (0..=1) at `elapsed_ms` after the workload was set; `key` seeds the bursts.
@@ -145,6 +163,38 @@ mod tests {
         assert_eq!(w.util_at(1_000, 0), 0.0);
         assert_eq!(w.util_at(3_999, 0), 0.0);
         assert_eq!(w.util_at(4_000, 0), 0.9);
+    }
+
+    #[test]
+    fn utilization_is_constant_between_changes() {
+        let stretches = Workload::IdleStretches {
+            util: 0.9,
+            busy_ms: 1_000,
+            idle_ms: 3_000,
+        };
+        assert_eq!(stretches.next_change_ms(0), Some(1_000));
+        assert_eq!(stretches.next_change_ms(999), Some(1_000));
+        assert_eq!(stretches.next_change_ms(1_000), Some(4_000));
+        assert_eq!(stretches.next_change_ms(4_500), Some(5_000));
+        let bursts = Workload::Bursty {
+            peak: 1.0,
+            duty: 0.5,
+            burst_ms: 250,
+        };
+        assert_eq!(bursts.next_change_ms(0), Some(250));
+        assert_eq!(bursts.next_change_ms(600), Some(750));
+        assert_eq!(Workload::Busy { util: 0.5 }.next_change_ms(7), None);
+        // Between changes the utilization is that of the segment's start.
+        for w in [stretches, bursts] {
+            let mut t = 0;
+            while t < 20_000 {
+                let next = w.next_change_ms(t).unwrap();
+                assert!(next > t);
+                let u = w.util_at(t, 3);
+                assert!((t..next).step_by(50).all(|x| w.util_at(x, 3) == u));
+                t = next;
+            }
+        }
     }
 
     #[test]
