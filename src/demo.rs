@@ -162,6 +162,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let nodes = harness::nodes(a.nodes as usize, &machines, a.mig_gpus);
     let mut spec = ClusterSpec::new(nodes);
+    // The embedded default ledger a user's controller runs on (redb), in a folder of its own that
+    // goes when the demo ends: every slice and energy hour is committed to disk as in production.
+    let ledger_dir = tempfile::Builder::new()
+        .prefix("greenslice-demo-ledger")
+        .tempdir()?;
+    spec.ledger = std::sync::Arc::new(greenslice_controller::ledger::redb::RedbLedger::open(
+        ledger_dir.path(),
+    )?);
     let start_ms = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
     spec.clock = std::sync::Arc::new(greenslice_core::clock::ScaledClock::new(
         start_ms, a.speedup,
@@ -172,8 +180,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let batch_interval = spec.batch_interval;
     let cluster = harness::start(spec).await?;
     println!(
-        "greenslice demo: controller at {} (in-memory ledger), {} simulated nodes ({}), {} GPUs per node in MIG mode, seed {}",
+        "greenslice demo: controller at {} (redb ledger in {}), {} simulated nodes ({}), {} GPUs per node in MIG mode, seed {}",
         cluster.url,
+        ledger_dir.path().display(),
         a.nodes,
         a.machines.join(", "),
         a.mig_gpus,
