@@ -1,4 +1,7 @@
 //! gRPC services: thin edges over [`crate::engine::Controller`].
+//!
+//! Tier 2. May import the engine and the rooms below it; never `server` or `cli`. The only room
+//! besides `server` that turns protobuf into core types and errors into `tonic::Status`.
 
 pub mod agent;
 pub mod kubelet;

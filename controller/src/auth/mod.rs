@@ -15,6 +15,9 @@
 //! ([`Principal::act_as`], [`Principal::may_access`]). Decisions are pure functions of the
 //! principal and the request, tested below; the I/O edges are the interceptor and the token-file
 //! reloader.
+//!
+//! Tier 0 (a lower room). Imports `obs` only for its metric families; nothing of the engine, API or
+//! server.
 
 pub mod pki;
 pub mod tls;

@@ -14,6 +14,8 @@
 //! - [`ledger`]: totals per tenant, per GPU and for the cluster, for reports and metrics.
 //!
 //! The method, its options and a worked example are in `docs/ENERGY.md`.
+//!
+//! Tier 0 (a lower room): imports nothing of the engine, API or server.
 
 pub mod accounting;
 mod apportion;

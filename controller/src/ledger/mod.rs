@@ -11,6 +11,9 @@
 //! machine) or a Raft round (etcd), so committing one record per transaction would cap the
 //! controller's throughput at that rate; with group commit the cost is shared by every record that
 //! arrived while the previous transaction was being written.
+//!
+//! Tier 0 (a lower room): imports the model and energy's history types; nothing of the engine, API
+//! or server.
 
 pub mod etcd;
 pub mod memory;

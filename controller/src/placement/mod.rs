@@ -1,6 +1,8 @@
 //! Placement: pure, deterministic functions from (cluster view, request) to a placement or the reason
 //! it cannot be placed. The running controller builds a [`ClusterView`] from its state and calls
 //! [`Policy::place`] for every request.
+//!
+//! Tier 0 (a lower room): imports the model's views; nothing of the engine, API or server.
 
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::mig;

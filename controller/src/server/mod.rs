@@ -1,4 +1,6 @@
 //! Serving the controller's gRPC API (with server reflection) on a TCP listener.
+//!
+//! Tier 3. May import the API, the engine and everything below; never `cli`.
 
 pub mod http;
 pub mod standby;

@@ -6,6 +6,8 @@
 //!   min / mean / max), a fixed [`history::SeriesHistory::BYTES`] per tracked series.
 //! - Per tenant: hourly usage accounts (used and idle-allocated GPU-seconds), kept
 //!   [`ACCOUNT_HOURS`]; [`accounting`] turns them and the slice records into waste figures.
+//!
+//! Tier 0 (a lower room): imports nothing of the controller.
 
 pub mod accounting;
 pub mod history;
