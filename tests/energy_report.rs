@@ -121,13 +121,7 @@ async fn live_report_conserves_energy_and_html_matches_json() {
         report::SAVINGS_BASIS,
         "JSON"
     );
-    for forbidden in [
-        "<script src",
-        "<link",
-        "http://",
-        "https://",
-        "@import",
-    ] {
+    for forbidden in ["<script src", "<link", "http://", "https://", "@import"] {
         assert!(
             !page.contains(forbidden),
             "HTML must not fetch anything: found {forbidden}"

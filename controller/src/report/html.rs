@@ -225,6 +225,8 @@ fn methodology(r: &Report, zone: &Zone) -> String {
 <table id="factors"><tr><th>factor</th><th>value</th><th>source</th><th>in use</th></tr>{factors}</table>
 <h3>Attribution</h3>
 <p id="method-attribution">{attribution} Energy is kept in integer mJ and split by largest remainder, so per GPU and interval: tenants + unattributed + unallocated idle = measured, exactly. A slice interval is <i>idle-allocated</i> when its mean activity is under {thr}% of the capacity it holds. The sharing comparison is {basis}.</p>
+<h3>Idle reclaim</h3>
+<p id="method-reclaim" data-gpu-hours-reclaimed="{rh}" data-reclaimed-slices="{rs}">{reclaim}</p>
 {hourly}
 <h3>Figures</h3>
 <p>kWh, GPU-hours and percentages are rounded to 3 significant figures; CO2e is in kg below a tonne and in t above. The CSV and the JSON embedded in this page (<code>#report-data</code>) keep the exact values (energy in integer mJ).</p>
@@ -236,6 +238,17 @@ fn methodology(r: &Report, zone: &Zone) -> String {
         thr = r.idle_threshold_pct,
         basis = esc(SAVINGS_BASIS),
         method = esc(&r.method),
+        rh = h.gpu_hours_reclaimed,
+        rs = h.reclaimed_slices,
+        reclaim = if h.reclaimed_slices == 0 && h.gpu_hours_reclaimed == 0.0 {
+            "Idle reclaim gave back no slices in this period.".to_string()
+        } else {
+            format!(
+                "Idle reclaim gave back {} slices in this period: {} (each slice's capacity × the part of the period after its reclaim), capacity that would otherwise have stayed held while idle.",
+                h.reclaimed_slices,
+                esc(&round::gpu_h(h.gpu_hours_reclaimed))
+            )
+        },
     )
 }
 

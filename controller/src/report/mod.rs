@@ -1228,6 +1228,9 @@ pub fn to_table(r: &Report, zone: &Zone) -> String {
 }
 
 #[cfg(test)]
+mod audit_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
