@@ -14,10 +14,12 @@ use super::{
     MJ_PER_KWH, Report, SAVINGS_BASIS, data_span_text, period_text, reason_text, trend_text,
 };
 
-/// One headline figure: the rounded number in a span carrying the exact value, then its unit.
+/// One headline figure: the rounded number in a span carrying the exact value (written as the
+/// JSON writes it), then its unit.
 fn fig(key: &str, value: f64, text: String, unit: &str) -> String {
+    let exact = serde_json::to_string(&value).unwrap_or_default();
     format!(
-        r#"<span class="n" data-headline="{key}" data-value="{value}" data-unit="{}">{}</span>{}"#,
+        r#"<span class="n" data-headline="{key}" data-value="{exact}" data-unit="{}">{}</span>{}"#,
         esc(unit.trim()),
         esc(&text),
         esc(unit)

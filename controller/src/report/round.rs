@@ -61,10 +61,12 @@ pub fn gpu_h(h: f64) -> String {
     format!("{} GPU-h", sig(h, 3))
 }
 
-/// A length of time as a person says it: `45 min`, `3.0 h`, `2.5 d`.
+/// A length of time as a person says it: `36.8 s`, `45.0 min`, `3.0 h`, `2.5 d`.
 pub fn duration(ms: u64) -> String {
     let min = ms as f64 / 60_000.0;
-    if min < 120.0 {
+    if min < 2.0 {
+        format!("{} s", sig(ms as f64 / 1000.0, 3))
+    } else if min < 120.0 {
         format!("{} min", sig(min, 3))
     } else if min < 72.0 * 60.0 {
         format!("{:.1} h", min / 60.0)
@@ -107,6 +109,7 @@ mod tests {
 
     #[test]
     fn durations_read_naturally() {
+        assert_eq!(duration(36_840), "36.8 s");
         assert_eq!(duration(45 * 60_000), "45.0 min");
         assert_eq!(duration(3 * 3_600_000), "3.0 h");
         assert_eq!(duration(60 * 3_600_000), "60.0 h");
