@@ -45,7 +45,7 @@ struct Cli {
     output: output::Format,
     /// Time zone for the dates shown (tables, CSV, HTML): UTC, a fixed offset such as +02:00, or an
     /// IANA name such as Europe/Berlin (from the system's tzdata).
-    #[arg(long, global = true, env = "GREENSLICE_TZ", default_value = "UTC", value_parser = greenslice_controller::report::Zone::parse)]
+    #[arg(long, global = true, env = "GREENSLICE_TZ", default_value = "UTC", allow_hyphen_values = true, value_parser = greenslice_controller::report::Zone::parse)]
     tz: greenslice_controller::report::Zone,
     #[command(subcommand)]
     command: Command,

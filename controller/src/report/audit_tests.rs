@@ -92,6 +92,12 @@ fn estimated_hours_market_factors_and_reclaim_reach_the_headline() {
         "the first hour is stored"
     );
     assert_eq!((h.intervals, h.estimated_intervals), (8, 3));
+    let estimated_mj: u64 = all
+        .iter()
+        .filter(|x| x.quality.is_estimated())
+        .map(|x| x.measured_mj)
+        .sum();
+    assert_eq!(h.estimated_kwh, estimated_mj as f64 / 3.6e9);
     assert_eq!(h.measured_kwh, measured_mj as f64 / 3.6e9);
     // Market-based: 100 g/kWh x PUE 1.56 on every interval; location-based: 475 g/kWh.
     let market = measured_mj as f64 / 3.6e9 * 1.56 * 100.0 / 1000.0;
@@ -245,4 +251,26 @@ fn csv_keeps_exact_values_and_gives_the_period_as_dates_and_unix_seconds() {
         ((T0 + 2 * HOUR_MS) / 1000).to_string()
     );
     assert!(!alice[col("co2e_market_kg")].is_empty());
+}
+
+#[test]
+fn a_tenant_scoped_headline_is_the_tenants_with_cluster_waste_named_as_such() {
+    let (_, hours, second) = period();
+    let (from, to) = (T0, T0 + 2 * HOUR_MS);
+    let s = Sources::split(second, hours, from, to, StaticPolicy::ByCapacity, 0);
+    let r = build_from(&s, from, to, Some("alice"), 5.0);
+    let alice = &r.tenants[0];
+    let h = &r.headline;
+    assert_eq!((r.tenants.len(), h.measured_kwh), (1, alice.energy_kwh));
+    assert_eq!(h.gpu_hours, alice.gpu_hours_allocated);
+    assert_eq!(h.idle_allocated_gpu_hours, 0.0, "alice is busy");
+    assert!(h.co2e_market_kg.is_some());
+    assert_eq!(
+        h.unallocated_idle_kwh,
+        r.cluster.unallocated_idle_mj as f64 / 3.6e9
+    );
+    let page = html::render(&r, &Zone::utc());
+    assert!(
+        page.contains("of the cluster's measured") && page.contains("attributed to this tenant")
+    );
 }

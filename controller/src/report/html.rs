@@ -50,6 +50,7 @@ fn fig_count(key: &str, n: u64) -> String {
 /// The headline: totals, CO2e side by side, intensity, waste with shares, savings, reclaim.
 fn headline(r: &Report) -> String {
     let h = &r.headline;
+    let scoped = r.tenant_filter.is_some();
     let market = match h.co2e_market_kg {
         Some(m) => format!(
             r#"<div class="card"><div class="big">{}</div><div class="k">CO2e market-based (contractual instruments)</div></div>"#,
@@ -70,20 +71,20 @@ fn headline(r: &Report) -> String {
     format!(
         r#"<section id="headline"><h2>Headline</h2>
 <div class="cards">
-<div class="card"><div class="big">{measured}</div><div class="k">measured GPU energy</div></div>
+<div class="card"><div class="big">{measured}</div><div class="k">{measured_label}</div></div>
 <div class="card"><div class="big">{loc}</div><div class="k">CO2e location-based (grid average){est}</div></div>
 {market}
-<div class="card"><div class="big">{per}</div><div class="k">per GPU-hour, over {gpuh} of GPU time</div></div>
+<div class="card"><div class="big">{per}</div><div class="k">per GPU-hour, over {gpuh} of {gpu_time}</div></div>
 </div>
 <h3>Waste</h3>
 <ul class="waste">
 <li><b>Idle-allocated</b>: {ih} held while under the idle threshold, {ihp} of the {alloc} allocated; their energy {ik}, {ikp} of measured.{records_only}</li>
-<li><b>Unallocated idle</b>: {uk}, {ukp} of measured (idle power of GPUs nobody held).</li>
-<li><b>Unattributed</b>: {ak}, {akp} of measured (activity no slice accounts for).</li>
+<li><b>Unallocated idle</b>: {uk}, {ukp} of {cluster}measured (idle power of GPUs nobody held).</li>
+<li><b>Unattributed</b>: {ak}, {akp} of {cluster}measured (activity no slice accounts for).</li>
 </ul>
 <h3>Sharing and reclaim</h3>
 <ul class="saving">
-<li id="comparison" data-shared-mj="{sm}" data-whole-mj="{wm}"><b>Sharing saved</b> {sk}, {sp} ({sc} CO2e) against dedicated whole GPUs for the same work.</li>
+<li id="comparison" data-shared-mj="{sm}" data-whole-mj="{wm}"><b>Sharing saved</b> {sk}, {sp} ({sc} CO2e) against dedicated whole GPUs for the same {cluster_work}work.</li>
 <li><b>Reclaimed</b>: {rh} given back by idle reclaim ({rs} slices).</li>
 <li><b>Estimated</b>: {ei} of {ni} GPU intervals estimated from power samples: {ek}, {ep} of measured.</li>
 </ul>
@@ -117,6 +118,18 @@ fn headline(r: &Report) -> String {
         ek = fig_kwh("estimated_kwh", h.estimated_kwh),
         ep = fig_pct("estimated_pct", h.estimated_pct),
         basis = esc(SAVINGS_BASIS),
+        cluster = if scoped { "the cluster's " } else { "" },
+        cluster_work = if scoped { "cluster-wide " } else { "" },
+        gpu_time = if scoped {
+            "GPU capacity allocated to it"
+        } else {
+            "GPU time"
+        },
+        measured_label = if scoped {
+            "measured GPU energy attributed to this tenant"
+        } else {
+            "measured GPU energy"
+        },
     )
 }
 

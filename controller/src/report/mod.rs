@@ -99,6 +99,9 @@ pub struct GpuRow {
     /// Length of the intervals summed, ms (GPU time accounted).
     #[serde(default)]
     pub interval_ms: u64,
+    /// Measured energy of the intervals estimated from power samples, mJ.
+    #[serde(default)]
+    pub estimated_mj: u64,
     /// Mean board utilization over the report, percent.
     pub mean_util_pct: f64,
     /// Idle power used for the static split, mW, and whether it was calibrated from samples.
@@ -623,6 +626,9 @@ pub fn build_from(
             row.intervals += 1;
             row.estimated_intervals += u64::from(estimated);
             row.interval_ms += len;
+            if estimated {
+                row.estimated_mj += r.measured_mj;
+            }
         }
         g.0.idle_power_mw = r.idle_power_mw;
         g.0.idle_power_calibrated = r.idle_power_calibrated;
@@ -678,6 +684,7 @@ pub fn build_from(
         cluster.intervals += e.intervals;
         cluster.estimated_intervals += e.estimated_intervals;
         cluster.interval_ms += c.interval_ms;
+        cluster.estimated_mj += e.estimated_mj;
         cluster_util.0 += c.activity_pct_ms as f64;
         cluster_util.1 += c.interval_ms;
         comparison.shared_mj += e.measured_mj - e.unallocated_idle_mj;
@@ -879,10 +886,14 @@ fn pct(part: f64, whole: f64) -> f64 {
 impl Report {
     /// Recomputes [`Report::headline`] from the rest of the report (after the reclaim figures or
     /// the previous period were added).
+    ///
+    /// A tenant-scoped report's headline is the tenant's: its energy, CO2e, allocated GPU-hours
+    /// (energy per GPU-hour is per allocated GPU-hour) and idle-allocated waste; unallocated idle,
+    /// unattributed energy, the sharing comparison and estimated intervals stay cluster-wide (no
+    /// tenant owns them), with shares of the cluster's measured energy.
     pub fn refresh_headline(&mut self) {
         let c = &self.cluster;
-        let measured = c.measured_kwh;
-        let gpu_hours = self.gpu_hours_measured();
+        let cluster_kwh = c.measured_kwh;
         let alloc: f64 = self.tenants.iter().map(|t| t.gpu_hours_allocated).sum();
         let idle_h: f64 = self
             .tenants
@@ -890,30 +901,34 @@ impl Report {
             .map(|t| t.gpu_hours_idle_allocated)
             .sum();
         let idle_kwh = kwh(self.tenants.iter().map(|t| t.idle_allocated_mj).sum());
-        let est_kwh = kwh(self.tenants.iter().map(|t| t.estimated_mj).sum());
+        let est_kwh = kwh(c.estimated_mj);
         let unalloc = kwh(c.unallocated_idle_mj);
         let unattr = kwh(c.unattributed_mj);
-        let filtered = self.tenant_filter.is_some();
+        let (measured, co2e_location, co2e_market, gpu_hours) = if self.tenant_filter.is_some() {
+            let market = self
+                .tenants
+                .iter()
+                .map(|t| t.co2e_market_kg)
+                .sum::<Option<f64>>()
+                .filter(|_| !self.tenants.is_empty());
+            (
+                self.tenants.iter().map(|t| t.energy_kwh).sum(),
+                self.tenants.iter().map(|t| t.co2e_kg).sum(),
+                market,
+                alloc,
+            )
+        } else {
+            (
+                cluster_kwh,
+                c.co2e_kg,
+                c.co2e_market_kg,
+                self.gpu_hours_measured(),
+            )
+        };
         self.headline = Headline {
-            measured_kwh: if filtered {
-                self.tenants.iter().map(|t| t.energy_kwh).sum()
-            } else {
-                measured
-            },
-            co2e_location_kg: if filtered {
-                self.tenants.iter().map(|t| t.co2e_kg).sum()
-            } else {
-                c.co2e_kg
-            },
-            co2e_market_kg: if filtered {
-                self.tenants
-                    .iter()
-                    .map(|t| t.co2e_market_kg)
-                    .sum::<Option<f64>>()
-                    .filter(|_| !self.tenants.is_empty())
-            } else {
-                c.co2e_market_kg
-            },
+            measured_kwh: measured,
+            co2e_location_kg: co2e_location,
+            co2e_market_kg: co2e_market,
             gpu_hours,
             kwh_per_gpu_hour: if gpu_hours > 0.0 {
                 measured / gpu_hours
@@ -927,9 +942,9 @@ impl Report {
             idle_allocated_pct: pct(idle_kwh, measured),
             idle_allocated_kwh_records_only: self.hourly.is_some(),
             unallocated_idle_kwh: unalloc,
-            unallocated_idle_pct: pct(unalloc, measured),
+            unallocated_idle_pct: pct(unalloc, cluster_kwh),
             unattributed_kwh: unattr,
-            unattributed_pct: pct(unattr, measured),
+            unattributed_pct: pct(unattr, cluster_kwh),
             saved_kwh: self.comparison.saved_kwh,
             saved_pct: self.comparison.saved_pct,
             saved_co2e_kg: self.comparison.saved_co2e_kg,
@@ -938,7 +953,7 @@ impl Report {
             intervals: self.intervals,
             estimated_intervals: self.estimated_intervals,
             estimated_kwh: est_kwh,
-            estimated_pct: pct(est_kwh, measured),
+            estimated_pct: pct(est_kwh, cluster_kwh),
         };
     }
 
