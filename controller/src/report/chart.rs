@@ -52,12 +52,14 @@ impl TimeAxis<'_> {
     }
 }
 
-/// Pattern and colour definitions for `n` series, with ids `{prefix}-{k}`.
-fn pattern_defs(prefix: &str, n: usize) -> String {
+/// Pattern and colour definitions for `n` series, with ids `{prefix}-{k}`; series `k` gets style
+/// `k + offset` (so charts of different things need not share colours).
+fn pattern_defs(prefix: &str, n: usize, offset: usize) -> String {
     let mut d = String::from("<defs>");
     for k in 0..n {
-        let color = OKABE_ITO[k % OKABE_ITO.len()];
-        let marks = match (k + k / OKABE_ITO.len()) % PATTERNS {
+        let style = k + offset;
+        let color = OKABE_ITO[style % OKABE_ITO.len()];
+        let marks = match (style + style / OKABE_ITO.len()) % PATTERNS {
             0 => "",
             1 => r##"<path d="M0,6 L6,0" stroke="#000" stroke-width="1" opacity="0.55"/>"##,
             2 => r##"<circle cx="3" cy="3" r="1.2" fill="#000" opacity="0.55"/>"##,
@@ -215,9 +217,11 @@ fn legend(svg: &mut String, prefix: &str, names: &[&str], y: f64) -> f64 {
 }
 
 /// Stacked bars over time: one bar per bucket, one layer per series, with a value axis in `unit`.
-/// `id` names the chart (pattern ids are derived from it).
+/// `id` names the chart (pattern ids are derived from it); `style_offset` shifts its colours and
+/// patterns.
 pub fn stacked_bars(
     id: &str,
+    style_offset: usize,
     title: &str,
     unit: &str,
     ax: &TimeAxis<'_>,
@@ -254,7 +258,7 @@ pub fn stacked_bars(
         svg,
         r##"<svg id="{id}" viewBox="0 0 {W} {h:.0}" role="img" aria-labelledby="{id}-t"><title id="{id}-t">{}</title>{}"##,
         esc(title),
-        pattern_defs(id, stacks.len())
+        pattern_defs(id, stacks.len(), style_offset)
     );
     // Value axis with grid lines.
     let mut v = 0.0;
@@ -276,10 +280,15 @@ pub fn stacked_bars(
         TOP + plot_h / 2.0,
         esc(unit)
     );
+    // Each series is one path of all its bar segments, filled once with its pattern (one fill per
+    // series keeps the printed PDF small); each segment's value is a tooltip on an unpainted rect.
     let span = ax.span();
+    let mut paths = vec![String::new(); stacks.len()];
+    let mut tips = String::new();
     for i in 0..n {
         let x0 = x_of(ax.starts[i], span);
         let x1 = x_of(ax.starts[i] + ax.bucket_ms, span);
+        let bw = (x1 - x0 - 1.0).max(0.5);
         let mut y = base;
         for (k, s) in stacks.iter().enumerate() {
             let val = s.values.get(i).copied().unwrap_or(0.0);
@@ -288,10 +297,10 @@ pub fn stacked_bars(
             }
             let bh = val / top * plot_h;
             y -= bh;
+            let _ = write!(paths[k], "M{x0:.1},{y:.2}h{bw:.1}v{bh:.2}h-{bw:.1}Z");
             let _ = write!(
-                svg,
-                r##"<rect x="{x0:.1}" y="{y:.2}" width="{:.1}" height="{bh:.2}" fill="url(#{id}-{k})" stroke="#fff" stroke-width="0.3"><title>{} {}: {} {}</title></rect>"##,
-                (x1 - x0 - 1.0).max(0.5),
+                tips,
+                r##"<rect x="{x0:.1}" y="{y:.2}" width="{bw:.1}" height="{bh:.2}" fill="none" pointer-events="all"><title>{} {}: {} {}</title></rect>"##,
                 esc(&ax.zone.iso(ax.starts[i])),
                 esc(s.name),
                 round::sig(val, 3),
@@ -299,6 +308,13 @@ pub fn stacked_bars(
             );
         }
     }
+    for (k, d) in paths.iter().enumerate().filter(|(_, d)| !d.is_empty()) {
+        let _ = write!(
+            svg,
+            r##"<path d="{d}" fill="url(#{id}-{k})" stroke="#fff" stroke-width="0.3"/>"##
+        );
+    }
+    svg.push_str(&tips);
     time_axis(&mut svg, ax, base);
     svg.push_str(&leg);
     svg.push_str("</svg>");

@@ -419,6 +419,7 @@ fn charts(r: &Report, zone: &Zone) -> String {
 </section>"#,
         chart::stacked_bars(
             "chart-energy",
+            0,
             "energy by tenant over time",
             "kWh",
             &ax,
@@ -426,12 +427,13 @@ fn charts(r: &Report, zone: &Zone) -> String {
         ),
         chart::stacked_bars(
             "chart-co2e",
+            0,
             "CO2e by tenant over time",
             "kg CO2e",
             &ax,
             &c_st
         ),
-        chart::stacked_bars("chart-waste", "waste over time", "kWh", &ax, &waste),
+        chart::stacked_bars("chart-waste", 4, "waste over time", "kWh", &ax, &waste),
         chart::heat_map("chart-util", "utilization per GPU over time", &ax, &util),
     )
 }
@@ -441,7 +443,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;m
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:2px solid #0072B2;padding-bottom:2px;margin-top:1.6em} h3{margin-bottom:.3em}
 table{border-collapse:collapse;margin:1em 0;font-size:12px;width:100%} td,th{border-bottom:1px solid #ddd;padding:3px 6px;text-align:right;vertical-align:top}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} td.id{font-family:monospace;font-size:11px}
-#factors td{text-align:left} td.when{white-space:nowrap}
+#factors td,#factors th{text-align:left} td.when{white-space:nowrap}
 .est{background:#F0E442;padding:0 4px;border-radius:3px;font-size:.85em}
 .cards{display:flex;flex-wrap:wrap;gap:12px} .card{flex:1 1 200px;border:1px solid #ccc;border-radius:6px;padding:10px 14px}
 .card .big{font-size:1.7em;font-weight:600} .card .k{color:#444;font-size:.9em} .card.muted .big{font-size:1.1em;color:#555}
