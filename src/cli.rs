@@ -240,7 +240,12 @@ pub async fn release(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
     )
 }
 
-pub async fn watch(conn: &Conn, fmt: Format, tenant: Option<String>) -> anyhow::Result<()> {
+pub async fn watch(
+    conn: &Conn,
+    fmt: Format,
+    tenant: Option<String>,
+    zone: &greenslice_controller::report::Zone,
+) -> anyhow::Result<()> {
     let mut c = tenant_client(conn).await?;
     let mut stream = c
         .watch_slices(pb::WatchSlicesRequest {
@@ -266,7 +271,12 @@ pub async fn watch(conn: &Conn, fmt: Format, tenant: Option<String>) -> anyhow::
                     "slice": ev.slice.as_ref().map(output::slice_json),
                 })
             ),
-            Format::Table => println!("{} {:<14} {}", ev.at_unix_ms, kind, ev.message),
+            Format::Table => println!(
+                "{} {:<14} {}",
+                zone.iso(u64::try_from(ev.at_unix_ms).unwrap_or(0)),
+                kind,
+                ev.message
+            ),
         }
     }
     Ok(())

@@ -143,7 +143,7 @@ struct Tally {
     released: u64,
 }
 
-pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(a: DemoArgs, zone: &greenslice_controller::report::Zone) -> anyhow::Result<()> {
     let machines: Vec<Machine> = a
         .machines
         .iter()
@@ -373,7 +373,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let report = greenslice_controller::api::ops::energy_report(&cluster.controller, 0, 0, "")
         .await
         .map_err(|s| anyhow::anyhow!("energy report: {}", s.message()))?;
-    write_report(&report, &a.out)?;
+    write_report(&report, &a.out, zone)?;
 
     // Release everything and check all capacity came back.
     for (id, _) in held.drain(..) {
@@ -406,6 +406,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
 fn write_report(
     r: &greenslice_controller::report::Report,
     dir: &std::path::Path,
+    zone: &greenslice_controller::report::Zone,
 ) -> anyhow::Result<()> {
     use crate::report_cmd::{ReportFormat, render};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -415,7 +416,8 @@ fn write_report(
         ("report.csv", ReportFormat::Csv),
     ] {
         let p = dir.join(name);
-        std::fs::write(&p, render(r, f)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, render(r, f, zone)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     let c = &r.cluster;
     let hours = (r.series.starts.len() as u64 * r.series.bucket_ms) as f64 / 3.6e6;

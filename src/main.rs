@@ -43,6 +43,10 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = output::Format::Table)]
     output: output::Format,
+    /// Time zone for the dates shown (tables, CSV, HTML): UTC, a fixed offset such as +02:00, or an
+    /// IANA name such as Europe/Berlin (from the system's tzdata).
+    #[arg(long, global = true, env = "GREENSLICE_TZ", default_value = "UTC", allow_hyphen_values = true, value_parser = greenslice_controller::report::Zone::parse)]
+    tz: greenslice_controller::report::Zone,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,6 +141,7 @@ async fn main() -> ExitCode {
             .init();
     }
     let fmt = cli.output;
+    let tz = cli.tz.clone();
     let conn =
         match greenslice_proto::client::ClientTls::from_files(cli.ca_cert.as_deref(), None, None) {
             Ok(tls) => greenslice_proto::client::Conn {
@@ -154,14 +159,14 @@ async fn main() -> ExitCode {
         Command::Get { slice } => cli::get(&conn, fmt, &slice).await,
         Command::List(a) => cli::list(&conn, fmt, a).await,
         Command::Release { slice } => cli::release(&conn, fmt, &slice).await,
-        Command::Watch { tenant } => cli::watch(&conn, fmt, tenant).await,
+        Command::Watch { tenant } => cli::watch(&conn, fmt, tenant, &tz).await,
         Command::Inventory => cli::inventory(&conn, fmt).await,
         Command::Drain { node } => cli::drain(&conn, fmt, &node).await,
         Command::Undrain { node } => cli::undrain(&conn, fmt, &node).await,
-        Command::Usage(a) => reclaim_cli::usage(&conn, fmt, a).await,
-        Command::Keep(a) => reclaim_cli::keep(&conn, fmt, a).await,
-        Command::Report(a) => report_cmd::run(&conn, a).await,
-        Command::Demo(a) => demo::run(a).await,
+        Command::Usage(a) => reclaim_cli::usage(&conn, fmt, a, &tz).await,
+        Command::Keep(a) => reclaim_cli::keep(&conn, fmt, a, &tz).await,
+        Command::Report(a) => report_cmd::run(&conn, a, &tz).await,
+        Command::Demo(a) => demo::run(a, &tz).await,
         Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,
         Command::Controller(a) => return greenslice_controller::cli::run(*a).await,
     };

@@ -5,6 +5,8 @@ use greenslice_proto::client::Conn;
 use greenslice_proto::v1 as pb;
 use serde_json::json;
 
+use greenslice_controller::report::Zone;
+
 use crate::output::{Format, table};
 use crate::timearg::{TimeArg, parse_duration_ms, time_forms};
 
@@ -44,12 +46,16 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn ms_or_dash(ms: i64) -> String {
-    if ms == 0 { "-".into() } else { ms.to_string() }
+/// A Unix-ms time as ISO 8601 in `zone`, or `-` when unset (0).
+fn ms_or_dash(ms: i64, zone: &Zone) -> String {
+    match u64::try_from(ms) {
+        Ok(0) | Err(_) => "-".into(),
+        Ok(ms) => zone.iso(ms),
+    }
 }
 
 /// `greenslice usage`.
-pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs) -> anyhow::Result<()> {
+pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs, zone: &Zone) -> anyhow::Result<()> {
     let now = now_ms();
     let from = a.from.map(|t| t.resolve(now));
     let to = a.to.map(|t| t.resolve(now));
@@ -125,11 +131,11 @@ pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs) -> anyhow::Result<()>
                         n.to_string(),
                         format!("{:.1}", rel(mean)),
                         format!("{:.1}", rel(max)),
-                        ms_or_dash(s.idle_since_unix_ms),
+                        ms_or_dash(s.idle_since_unix_ms, zone),
                         if s.exempt {
                             "exempt".into()
                         } else {
-                            ms_or_dash(s.reclaim_at_unix_ms)
+                            ms_or_dash(s.reclaim_at_unix_ms, zone)
                         },
                     ]
                 })
@@ -162,7 +168,7 @@ pub async fn usage(conn: &Conn, fmt: Format, a: UsageArgs) -> anyhow::Result<()>
 }
 
 /// `greenslice keep`.
-pub async fn keep(conn: &Conn, fmt: Format, a: KeepArgs) -> anyhow::Result<()> {
+pub async fn keep(conn: &Conn, fmt: Format, a: KeepArgs, zone: &Zone) -> anyhow::Result<()> {
     let mut c = crate::cli::tenant_client(conn).await?;
     let r = c
         .keep_slice(pb::KeepSliceRequest {
@@ -178,8 +184,9 @@ pub async fn keep(conn: &Conn, fmt: Format, a: KeepArgs) -> anyhow::Result<()> {
             json!({"slice": a.slice, "kept_until_unix_ms": r.kept_until_unix_ms})
         ),
         Format::Table => println!(
-            "slice {} kept from idle reclaim until {} ms",
-            a.slice, r.kept_until_unix_ms
+            "slice {} kept from idle reclaim until {}",
+            a.slice,
+            ms_or_dash(r.kept_until_unix_ms, zone)
         ),
     }
     Ok(())

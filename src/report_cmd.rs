@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use greenslice_controller::report::{self, Report};
+use greenslice_controller::report::{self, Report, Zone};
 use greenslice_proto::client::Conn;
 use greenslice_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,13 +37,13 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Renders a report in a format.
-pub fn render(r: &Report, format: ReportFormat) -> anyhow::Result<String> {
+/// Renders a report in a format, with times in `zone` (JSON keeps Unix ms only).
+pub fn render(r: &Report, format: ReportFormat, zone: &Zone) -> anyhow::Result<String> {
     Ok(match format {
-        ReportFormat::Table => report::to_table(r),
+        ReportFormat::Table => report::to_table(r, zone),
         ReportFormat::Json => serde_json::to_string_pretty(r)?,
-        ReportFormat::Csv => report::to_csv(r),
-        ReportFormat::Html => report::html::render(r),
+        ReportFormat::Csv => report::to_csv(r, zone),
+        ReportFormat::Html => report::html::render(r, zone),
     })
 }
 
@@ -56,7 +56,7 @@ pub fn emit(text: &str, out: Option<&PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(conn: &Conn, a: ReportArgs) -> anyhow::Result<()> {
+pub async fn run(conn: &Conn, a: ReportArgs, zone: &Zone) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -82,9 +82,13 @@ pub async fn run(conn: &Conn, a: ReportArgs) -> anyhow::Result<()> {
         .await?
         .into_inner();
     bar.set_message("rendering");
-    let r: Report =
+    let mut r: Report =
         serde_json::from_str(&resp.report_json).context("controller sent an unreadable report")?;
-    let text = render(&r, a.format)?;
+    // A controller from before the headline sends none: derive it from the rest.
+    if r.headline == report::Headline::default() {
+        r.refresh_headline();
+    }
+    let text = render(&r, a.format, zone)?;
     bar.finish_and_clear();
     emit(&text, a.out.as_ref())?;
     if let Some(p) = &a.out {

@@ -199,6 +199,25 @@ fn cli_exit_codes_follow_the_grpc_status() {
     assert_eq!(out.status.code(), Some(2));
     let out = cli(&url, &["report", "--from", "-1h", "--to", "-2h"]);
     assert_eq!(out.status.code(), Some(2));
+    // Times in the zone asked for: the table and CSV date the period; a bad zone is a usage error.
+    let rep = cli(&url, &["report", "--from", "-1h", "--tz", "+02:00"]);
+    let table = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        rep.status.success() && table.contains("+02:00 .. ") && table.contains("(UTC+02:00)"),
+        "{table}"
+    );
+    let rep = cli(&url, &["report", "--format", "csv", "--tz", "-05:30"]);
+    let csv = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap_or("")
+            .ends_with("period_from,period_to,period_from_unix_s,period_to_unix_s"),
+        "{csv}"
+    );
+    let out = cli(&url, &["report", "--tz", "Mars/Olympus_Mons"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown time zone"));
     // Controller unreachable -> 5.
     let out = cli("http://127.0.0.1:1", &["inventory"]);
     assert_eq!(out.status.code(), Some(5));

@@ -120,6 +120,13 @@ pub async fn energy_report(
         .map(|t| (t.tenant.clone(), t.reclaimed_gpu_h, t.reclaimed_slices))
         .collect();
     crate::report::add_reclaimed(&mut report, &reclaimed);
+    if let Some((pf, pt)) = crate::report::previous_period(from, to) {
+        let prev = controller
+            .energy_sources(pf, pt)
+            .await
+            .map_err(Status::from)?;
+        crate::report::add_previous(&mut report, &prev, controller.idle_threshold_pct());
+    }
     Ok(report)
 }
 

@@ -6,7 +6,10 @@
 //! energy (see `docs/ENERGY.md`); carbon factors that were not configured are labelled as estimates
 //! with their source.
 
+pub mod chart;
 pub mod html;
+pub mod round;
+pub mod zone;
 
 use std::collections::BTreeMap;
 
@@ -16,9 +19,13 @@ use greenslice_core::time::HOUR_MS;
 
 use crate::energy::StaticPolicy;
 use crate::energy::accounting::IntervalRecord;
+use crate::energy::carbon::{CarbonFactors, Factor};
 use crate::energy::history::{
-    FactorRange, HourRollup, fold_factors, hour_at_or_after, hour_of, merge_factors,
+    FactorRange, HourRollup, fold_factors, hour_at_or_after, hour_of, merge_factors, source_name,
 };
+use crate::energy::measure::EstimateReason;
+
+pub use zone::Zone;
 
 /// mJ in a kWh.
 pub const MJ_PER_KWH: f64 = 3.6e9;
@@ -58,6 +65,16 @@ pub struct TenantRow {
     pub gpu_hours_reclaimed: f64,
     #[serde(default)]
     pub reclaimed_slices: u32,
+    /// Energy of the slice intervals counted as idle-allocated (activity under the idle
+    /// threshold), mJ; interval records only (stored hours do not keep it).
+    #[serde(default)]
+    pub idle_allocated_mj: u64,
+    /// The same tenant's energy (mJ) and location-based CO2e (kg) in the previous period of the
+    /// same length, when the history holds that period ([`Report::previous`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_energy_mj: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_co2e_kg: Option<f64>,
 }
 
 /// One GPU's line (also used for the cluster total).
@@ -72,9 +89,19 @@ pub struct GpuRow {
     pub unattributed_mj: u64,
     pub unallocated_idle_mj: u64,
     pub measured_kwh: f64,
+    /// CO2e (location-based), kg, including PUE.
     pub co2e_kg: f64,
+    /// CO2e (market-based), kg, when a market-based factor was configured for every interval.
+    #[serde(default)]
+    pub co2e_market_kg: Option<f64>,
     pub intervals: u64,
     pub estimated_intervals: u64,
+    /// Length of the intervals summed, ms (GPU time accounted).
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// Measured energy of the intervals estimated from power samples, mJ.
+    #[serde(default)]
+    pub estimated_mj: u64,
     /// Mean board utilization over the report, percent.
     pub mean_util_pct: f64,
     /// Idle power used for the static split, mW, and whether it was calibrated from samples.
@@ -92,6 +119,20 @@ pub struct FactorUsed {
     pub unit: String,
     pub sources: Vec<String>,
     pub estimate: bool,
+    /// When each source applied: one span per source, with the values it gave.
+    #[serde(default)]
+    pub spans: Vec<FactorSpan>,
+}
+
+/// The time range over which one source of a factor was used (interval or hour starts and ends,
+/// Unix ms) and the values it gave there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorSpan {
+    pub source: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub min: f64,
+    pub max: f64,
 }
 
 /// What the sharing comparison is: a model, not a measurement. Shown wherever the savings are.
@@ -126,6 +167,72 @@ pub struct Series {
     /// Waste per bucket, kWh: unallocated idle and unattributed energy.
     pub unallocated_idle_kwh: Vec<f64>,
     pub unattributed_kwh: Vec<f64>,
+    /// Energy of idle-allocated slice intervals per bucket, kWh.
+    #[serde(default)]
+    pub idle_allocated_kwh: Vec<f64>,
+    /// CO2e (location-based) by tenant per bucket, kg.
+    #[serde(default)]
+    pub tenant_co2e_kg: BTreeMap<String, Vec<f64>>,
+}
+
+/// The figures a report leads with. Each is computed from the rest of the report
+/// ([`Report::refresh_headline`]); the HTML headline shows exactly these values, rounded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Headline {
+    /// Measured GPU energy, kWh (GPU boards only: PUE enters CO2e, not this figure).
+    pub measured_kwh: f64,
+    /// CO2e location-based, kg (energy x PUE x grid intensity).
+    pub co2e_location_kg: f64,
+    /// CO2e market-based, kg, when configured for every interval of the period.
+    pub co2e_market_kg: Option<f64>,
+    /// GPU time measured (each GPU's accounted intervals summed), hours.
+    pub gpu_hours: f64,
+    /// Measured energy per measured GPU-hour, kWh (the mean board power, in kW).
+    pub kwh_per_gpu_hour: f64,
+    /// Capacity held by tenants x time, GPU-hours.
+    pub gpu_hours_allocated: f64,
+    /// Waste: capacity held while its activity was under the idle threshold, GPU-hours, its share
+    /// of allocated GPU-hours (%), its energy (kWh) and that energy's share of measured (%).
+    pub idle_allocated_gpu_hours: f64,
+    pub idle_allocated_gpu_hours_pct: f64,
+    pub idle_allocated_kwh: f64,
+    pub idle_allocated_pct: f64,
+    /// True when part of the period comes from stored hours, which keep the idle-allocated
+    /// GPU-hours but not their energy: then `idle_allocated_kwh` covers the interval records only.
+    pub idle_allocated_kwh_records_only: bool,
+    /// Waste: idle power of GPUs nobody held, kWh and share of measured (%).
+    pub unallocated_idle_kwh: f64,
+    pub unallocated_idle_pct: f64,
+    /// Waste: energy of activity no slice accounts for, kWh and share of measured (%).
+    pub unattributed_kwh: f64,
+    pub unattributed_pct: f64,
+    /// Sharing against dedicated whole GPUs ([`SAVINGS_BASIS`]).
+    pub saved_kwh: f64,
+    pub saved_pct: f64,
+    pub saved_co2e_kg: f64,
+    /// Capacity given back by idle reclaim, GPU-hours, and the slices reclaimed.
+    pub gpu_hours_reclaimed: f64,
+    pub reclaimed_slices: u32,
+    /// Intervals, those estimated from power samples, and the estimated energy (kWh, % of
+    /// measured).
+    pub intervals: u64,
+    pub estimated_intervals: u64,
+    pub estimated_kwh: f64,
+    pub estimated_pct: f64,
+}
+
+/// The previous period of the same length, as far as the report compares with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreviousPeriod {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Whether the history holds it (its data starts at its start); without that, no trend.
+    pub held: bool,
+    /// Where its data start, Unix ms (none: no data).
+    #[serde(default)]
+    pub data_from_ms: Option<u64>,
+    pub measured_kwh: f64,
+    pub co2e_kg: f64,
 }
 
 /// The report document.
@@ -157,6 +264,22 @@ pub struct Report {
     /// interval records in memory cover the whole period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hourly: Option<HourlyPart>,
+    /// Start of the first interval (or stored hour) in the report and end of the last, Unix ms.
+    #[serde(default)]
+    pub data_from_ms: Option<u64>,
+    #[serde(default)]
+    pub data_to_ms: Option<u64>,
+    /// Estimated intervals by why the energy counter was not used (`counter_unsupported`,
+    /// `missing_boundary_reading`, `counter_decreased`, `counter_gap`; `stored_hours` for those in
+    /// stored hours, which keep the count but not the reason).
+    #[serde(default)]
+    pub estimated_reasons: BTreeMap<String, u64>,
+    /// The previous period of the same length, for per-tenant trends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousPeriod>,
+    /// The headline figures, from the data above.
+    #[serde(default)]
+    pub headline: Headline,
 }
 
 /// The part of a report taken from hourly rollups (the energy history) instead of interval records.
@@ -280,6 +403,42 @@ pub fn add_reclaimed(r: &mut Report, reclaimed: &[(String, f64, u32)]) {
         r.gpu_hours_reclaimed += gpu_h;
     }
     r.tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    r.refresh_headline();
+}
+
+/// The previous period of the same length as `[from_ms, to_ms)`; none for a report from the
+/// beginning of the history (`from_ms` 0) or one longer than the time before it.
+pub fn previous_period(from_ms: u64, to_ms: u64) -> Option<(u64, u64)> {
+    let len = to_ms.checked_sub(from_ms).filter(|l| *l > 0)?;
+    (from_ms > 0 && from_ms >= len).then(|| (from_ms - len, from_ms))
+}
+
+/// Adds the previous period of the same length, built from `prev` (the sources over
+/// [`previous_period`]), for per-tenant trends. The history holds the period when its data start
+/// within one series bucket (at least five minutes) of its start; otherwise the report says so and
+/// shows no trend, since a part-covered period would read as growth.
+pub fn add_previous(r: &mut Report, prev: &Sources, idle_threshold_pct: f64) {
+    let Some((pf, pt)) = previous_period(r.from_ms, r.to_ms) else {
+        return;
+    };
+    let p = build_from(prev, pf, pt, r.tenant_filter.as_deref(), idle_threshold_pct);
+    let tolerance = ((pt - pf) / SERIES_BUCKETS as u64).max(5 * 60_000);
+    let held = p.data_from_ms.is_some_and(|d| d <= pf + tolerance);
+    if held {
+        for t in &mut r.tenants {
+            let before = p.tenants.iter().find(|x| x.tenant == t.tenant);
+            t.previous_energy_mj = Some(before.map_or(0, |b| b.energy_mj));
+            t.previous_co2e_kg = Some(before.map_or(0.0, |b| b.co2e_kg));
+        }
+    }
+    r.previous = Some(PreviousPeriod {
+        from_ms: pf,
+        to_ms: pt,
+        held,
+        data_from_ms: p.data_from_ms,
+        measured_kwh: p.headline.measured_kwh,
+        co2e_kg: p.headline.co2e_location_kg,
+    });
 }
 
 fn kwh(mj: u64) -> f64 {
@@ -320,6 +479,7 @@ pub fn build_from(
     idle_threshold_pct: f64,
 ) -> Report {
     let (policy, skipped_intervals) = (sources.policy, sources.skipped_intervals);
+    use crate::energy::measure::Quality;
     let recs: Vec<&IntervalRecord> = sources
         .records
         .iter()
@@ -347,8 +507,12 @@ pub fn build_from(
         starts: (0..nb).map(|i| span_from + i as u64 * bucket_ms).collect(),
         unallocated_idle_kwh: vec![0.0; nb],
         unattributed_kwh: vec![0.0; nb],
+        idle_allocated_kwh: vec![0.0; nb],
         ..Default::default()
     };
+    let mut spans: BTreeMap<(String, String), FactorSpan> = BTreeMap::new();
+    let mut estimated_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut cluster_market = Some(0.0);
     let mut util_acc: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
     let mut estimated_intervals = 0;
 
@@ -356,12 +520,26 @@ pub fn build_from(
         let len = r.interval.len_ms();
         let estimated = r.quality.is_estimated();
         estimated_intervals += u64::from(estimated);
+        if let Quality::Estimated { reason } = &r.quality {
+            *estimated_reasons
+                .entry(reason_name(reason).to_string())
+                .or_default() += 1;
+        }
         let b = if nb == 0 {
             0
         } else {
             (((r.interval.start_ms - span_from) / bucket_ms) as usize).min(nb - 1)
         };
         fold_factors(&mut factor_ranges, &r.factors);
+        for (name, f) in named_factors(&r.factors) {
+            widen_span(
+                &mut spans,
+                name,
+                source_name(&f.source),
+                (r.interval.start_ms, r.interval.end_ms),
+                (f.value, f.value),
+            );
+        }
         // Tenants.
         for s in &r.slices {
             if tenant.is_some_and(|t| t != s.tenant) {
@@ -382,8 +560,10 @@ pub fn build_from(
             } else {
                 0.0
             };
-            if mean_activity_pct < idle_threshold_pct * s.capacity {
+            let idle = mean_activity_pct < idle_threshold_pct * s.capacity;
+            if idle {
                 t.gpu_hours_idle_allocated += s.capacity * held_h;
+                t.idle_allocated_mj += mj;
             }
             t.energy_mj += mj;
             t.static_mj += s.static_mj;
@@ -405,6 +585,13 @@ pub fn build_from(
                     .tenant_kwh
                     .entry(s.tenant.clone())
                     .or_insert_with(|| vec![0.0; nb])[b] += kwh(mj);
+                series
+                    .tenant_co2e_kg
+                    .entry(s.tenant.clone())
+                    .or_insert_with(|| vec![0.0; nb])[b] += loc;
+                if idle {
+                    series.idle_allocated_kwh[b] += kwh(mj);
+                }
             }
         }
         // Whole-GPU comparison over all slices (cluster view).
@@ -416,7 +603,8 @@ pub fn build_from(
         comparison.whole_gpus_mj += r.unattributed_mj;
         // GPUs.
         let tenants_mj: u64 = r.slices.iter().map(|s| s.static_mj + s.dynamic_mj).sum();
-        let (loc, _) = co2e_kg(r, r.measured_mj);
+        let (loc, market) = co2e_kg(r, r.measured_mj);
+        cluster_market = cluster_market.zip(market).map(|(a, m)| a + m);
         let g = gpus.entry(r.gpu.clone()).or_insert_with(|| {
             (
                 GpuRow {
@@ -437,6 +625,10 @@ pub fn build_from(
             row.co2e_kg += loc;
             row.intervals += 1;
             row.estimated_intervals += u64::from(estimated);
+            row.interval_ms += len;
+            if estimated {
+                row.estimated_mj += r.measured_mj;
+            }
         }
         g.0.idle_power_mw = r.idle_power_mw;
         g.0.idle_power_calibrated = r.idle_power_calibrated;
@@ -456,6 +648,7 @@ pub fn build_from(
     }
     // Whole hours before the records, from the stored history: tenants and cluster totals.
     let mut hourly_intervals = 0;
+    let mut hour_span = (u64::MAX, 0);
     for h in &sources.hours {
         for (name, th) in &h.tenants {
             if tenant.is_some_and(|t| t != name) {
@@ -490,11 +683,34 @@ pub fn build_from(
         cluster.co2e_kg += e.co2e.location_g / 1000.0;
         cluster.intervals += e.intervals;
         cluster.estimated_intervals += e.estimated_intervals;
+        cluster.interval_ms += c.interval_ms;
+        cluster.estimated_mj += e.estimated_mj;
         cluster_util.0 += c.activity_pct_ms as f64;
         cluster_util.1 += c.interval_ms;
         comparison.shared_mj += e.measured_mj - e.unallocated_idle_mj;
         comparison.whole_gpus_mj += c.whole_gpus_mj;
         merge_factors(&mut factor_ranges, &h.factors);
+        for (name, f) in &h.factors {
+            for src in &f.sources {
+                widen_span(
+                    &mut spans,
+                    name,
+                    src.clone(),
+                    (h.hour_start_ms, h.hour_start_ms + HOUR_MS),
+                    (f.min, f.max),
+                );
+            }
+        }
+        cluster_market = cluster_market
+            .zip(e.co2e.market_g)
+            .map(|(a, m)| a + m / 1000.0);
+        if e.estimated_intervals > 0 {
+            *estimated_reasons.entry("stored_hours".into()).or_default() += e.estimated_intervals;
+        }
+        if e.intervals > 0 {
+            hour_span.0 = hour_span.0.min(h.hour_start_ms);
+            hour_span.1 = hour_span.1.max(h.hour_start_ms + HOUR_MS);
+        }
         estimated_intervals += e.estimated_intervals;
         hourly_intervals += e.intervals;
     }
@@ -510,6 +726,11 @@ pub fn build_from(
         })
         .collect();
     cluster.measured_kwh = kwh(cluster.measured_mj);
+    cluster.co2e_market_kg = if cluster.intervals > 0 {
+        cluster_market
+    } else {
+        None
+    };
     cluster.mean_util_pct = if cluster_util.1 > 0 {
         cluster_util.0 / cluster_util.1 as f64
     } else {
@@ -546,14 +767,26 @@ pub fn build_from(
         .into_iter()
         .map(|(name, f)| FactorUsed {
             unit: if name == "pue" { "ratio" } else { "gCO2e/kWh" }.to_string(),
-            name,
             min: f.min,
             max: f.max,
             sources: f.sources.into_iter().collect(),
             estimate: f.estimate,
+            spans: spans
+                .iter()
+                .filter(|((n, _), _)| *n == name)
+                .map(|(_, s)| s.clone())
+                .collect(),
+            name,
         })
         .collect();
-    Report {
+    let (data_from_ms, data_to_ms) = if recs.is_empty() && hour_span.1 == 0 {
+        (None, None)
+    } else {
+        let from = if recs.is_empty() { u64::MAX } else { first };
+        let to = if recs.is_empty() { 0 } else { last };
+        (Some(from.min(hour_span.0)), Some(to.max(hour_span.1)))
+    };
+    let mut report = Report {
         from_ms,
         to_ms,
         tenant_filter: tenant.map(str::to_string),
@@ -575,13 +808,189 @@ pub fn build_from(
         skipped_intervals,
         gpu_hours_reclaimed: 0.0,
         hourly: sources.hourly.clone(),
+        data_from_ms,
+        data_to_ms,
+        estimated_reasons,
+        previous: None,
+        headline: Headline::default(),
+    };
+    report.refresh_headline();
+    report
+}
+
+/// The name of why an interval was estimated, as the report counts it.
+fn reason_name(r: &EstimateReason) -> &'static str {
+    match r {
+        EstimateReason::CounterUnsupported => "counter_unsupported",
+        EstimateReason::MissingBoundaryReading { .. } => "missing_boundary_reading",
+        EstimateReason::CounterDecreased { .. } => "counter_decreased",
+        EstimateReason::CounterGap { .. } => "counter_gap",
     }
 }
 
-/// The report as CSV: one row per tenant, then one per GPU, then the cluster.
-pub fn to_csv(r: &Report) -> String {
+/// What each reason means, for the methodology section.
+pub fn reason_text(name: &str) -> &'static str {
+    match name {
+        "counter_unsupported" => "the GPU has no energy counter",
+        "missing_boundary_reading" => "no counter reading at the interval's start or end",
+        "counter_decreased" => "the counter went down (driver reload or GPU reset)",
+        "counter_gap" => "counter readings too far apart to trust (agent away or samples missed)",
+        "stored_hours" => "in stored hours, which keep the count but not the reason",
+        _ => "other",
+    }
+}
+
+/// The factors of one interval by report name.
+fn named_factors(f: &CarbonFactors) -> impl Iterator<Item = (&'static str, &Factor)> {
+    [
+        ("pue", &f.pue),
+        ("location_g_per_kwh", &f.location_g_per_kwh),
+    ]
+    .into_iter()
+    .chain(f.market_g_per_kwh.as_ref().map(|m| ("market_g_per_kwh", m)))
+}
+
+fn widen_span(
+    spans: &mut BTreeMap<(String, String), FactorSpan>,
+    name: &str,
+    source: String,
+    (from_ms, to_ms): (u64, u64),
+    (min, max): (f64, f64),
+) {
+    spans
+        .entry((name.to_string(), source.clone()))
+        .and_modify(|s| {
+            s.from_ms = s.from_ms.min(from_ms);
+            s.to_ms = s.to_ms.max(to_ms);
+            s.min = s.min.min(min);
+            s.max = s.max.max(max);
+        })
+        .or_insert(FactorSpan {
+            source,
+            from_ms,
+            to_ms,
+            min,
+            max,
+        });
+}
+
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+fn pct(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
+}
+
+impl Report {
+    /// Recomputes [`Report::headline`] from the rest of the report (after the reclaim figures or
+    /// the previous period were added).
+    ///
+    /// A tenant-scoped report's headline is the tenant's: its energy, CO2e, allocated GPU-hours
+    /// (energy per GPU-hour is per allocated GPU-hour) and idle-allocated waste; unallocated idle,
+    /// unattributed energy, the sharing comparison and estimated intervals stay cluster-wide (no
+    /// tenant owns them), with shares of the cluster's measured energy.
+    pub fn refresh_headline(&mut self) {
+        let c = &self.cluster;
+        let cluster_kwh = c.measured_kwh;
+        let alloc: f64 = self.tenants.iter().map(|t| t.gpu_hours_allocated).sum();
+        let idle_h: f64 = self
+            .tenants
+            .iter()
+            .map(|t| t.gpu_hours_idle_allocated)
+            .sum();
+        let idle_kwh = kwh(self.tenants.iter().map(|t| t.idle_allocated_mj).sum());
+        let est_kwh = kwh(c.estimated_mj);
+        let unalloc = kwh(c.unallocated_idle_mj);
+        let unattr = kwh(c.unattributed_mj);
+        let (measured, co2e_location, co2e_market, gpu_hours) = if self.tenant_filter.is_some() {
+            let market = self
+                .tenants
+                .iter()
+                .map(|t| t.co2e_market_kg)
+                .sum::<Option<f64>>()
+                .filter(|_| !self.tenants.is_empty());
+            (
+                self.tenants.iter().map(|t| t.energy_kwh).sum(),
+                self.tenants.iter().map(|t| t.co2e_kg).sum(),
+                market,
+                alloc,
+            )
+        } else {
+            (
+                cluster_kwh,
+                c.co2e_kg,
+                c.co2e_market_kg,
+                self.gpu_hours_measured(),
+            )
+        };
+        self.headline = Headline {
+            measured_kwh: measured,
+            co2e_location_kg: co2e_location,
+            co2e_market_kg: co2e_market,
+            gpu_hours,
+            kwh_per_gpu_hour: if gpu_hours > 0.0 {
+                measured / gpu_hours
+            } else {
+                0.0
+            },
+            gpu_hours_allocated: alloc,
+            idle_allocated_gpu_hours: idle_h,
+            idle_allocated_gpu_hours_pct: pct(idle_h, alloc),
+            idle_allocated_kwh: idle_kwh,
+            idle_allocated_pct: pct(idle_kwh, measured),
+            idle_allocated_kwh_records_only: self.hourly.is_some(),
+            unallocated_idle_kwh: unalloc,
+            unallocated_idle_pct: pct(unalloc, cluster_kwh),
+            unattributed_kwh: unattr,
+            unattributed_pct: pct(unattr, cluster_kwh),
+            saved_kwh: self.comparison.saved_kwh,
+            saved_pct: self.comparison.saved_pct,
+            saved_co2e_kg: self.comparison.saved_co2e_kg,
+            gpu_hours_reclaimed: self.gpu_hours_reclaimed,
+            reclaimed_slices: self.tenants.iter().map(|t| t.reclaimed_slices).sum(),
+            intervals: self.intervals,
+            estimated_intervals: self.estimated_intervals,
+            estimated_kwh: est_kwh,
+            estimated_pct: pct(est_kwh, cluster_kwh),
+        };
+    }
+
+    /// GPU time accounted, hours: every GPU's interval lengths summed (records and stored hours).
+    fn gpu_hours_measured(&self) -> f64 {
+        self.cluster.interval_ms as f64 / MS_PER_HOUR
+    }
+}
+
+/// The period as a person reads it: `2026-12-02T12:00:00Z .. 2026-12-02T15:00:00Z`, with "the
+/// beginning of the history" for a report from 0.
+pub fn period_text(r: &Report, zone: &Zone) -> String {
+    let from = if r.from_ms == 0 {
+        "the beginning of the history".to_string()
+    } else {
+        zone.iso(r.from_ms)
+    };
+    format!("{from} .. {}", zone.iso(r.to_ms))
+}
+
+/// Where the report's data begin and end, and how long that is: `2026-12-02T12:00:00Z ..
+/// 2026-12-02T15:00:00Z (3.0 h)`.
+pub fn data_span_text(r: &Report, zone: &Zone) -> Option<String> {
+    let (a, b) = (r.data_from_ms?, r.data_to_ms?);
+    Some(format!(
+        "{} .. {} ({})",
+        zone.iso(a),
+        zone.iso(b),
+        round::duration(b.saturating_sub(a))
+    ))
+}
+
+/// The report as CSV: one row per tenant, then one per GPU, then the cluster. Values are exact;
+/// each row ends with the report's period as ISO 8601 in `zone` and as Unix seconds.
+pub fn to_csv(r: &Report, zone: &Zone) -> String {
     let mut out = String::from(
-        "row,name,node,model,gpu_hours_allocated,gpu_hours_used,gpu_hours_idle_allocated,energy_mj,static_mj,dynamic_mj,estimated_mj,unattributed_mj,unallocated_idle_mj,energy_kwh,co2e_kg,co2e_is_estimate\n",
+        "row,name,node,model,gpu_hours_allocated,gpu_hours_used,gpu_hours_idle_allocated,energy_mj,static_mj,dynamic_mj,estimated_mj,unattributed_mj,unallocated_idle_mj,energy_kwh,co2e_kg,co2e_is_estimate,co2e_market_kg,gpu_hours_reclaimed,idle_allocated_mj,period_from,period_to,period_from_unix_s,period_to_unix_s\n",
     );
     let esc = |s: &str| {
         if s.contains([',', '"', '\n']) {
@@ -590,9 +999,17 @@ pub fn to_csv(r: &Report) -> String {
             s.to_string()
         }
     };
+    let period = format!(
+        "{},{},{},{}",
+        zone.iso(r.from_ms),
+        zone.iso(r.to_ms),
+        r.from_ms / 1000,
+        r.to_ms / 1000
+    );
+    let opt = |v: Option<f64>| v.map(|m| format!("{m:.6}")).unwrap_or_default();
     for t in &r.tenants {
         out.push_str(&format!(
-            "tenant,{},,,{:.6},{:.6},{:.6},{},{},{},{},,,{:.9},{:.6},{}\n",
+            "tenant,{},,,{:.6},{:.6},{:.6},{},{},{},{},,,{:.9},{:.6},{},{},{:.6},{},{period}\n",
             esc(&t.tenant),
             t.gpu_hours_allocated,
             t.gpu_hours_used,
@@ -603,12 +1020,15 @@ pub fn to_csv(r: &Report) -> String {
             t.estimated_mj,
             t.energy_kwh,
             t.co2e_kg,
-            r.co2e_is_estimate
+            r.co2e_is_estimate,
+            opt(t.co2e_market_kg),
+            t.gpu_hours_reclaimed,
+            t.idle_allocated_mj,
         ));
     }
     for g in r.gpus.iter().chain(std::iter::once(&r.cluster)) {
         out.push_str(&format!(
-            "{},{},{},{},,,,{},,,,{},{},{:.9},{:.6},{}\n",
+            "{},{},{},{},,,,{},,,,{},{},{:.9},{:.6},{},{},,,{period}\n",
             if g.gpu == "cluster" { "cluster" } else { "gpu" },
             esc(&g.gpu),
             esc(&g.node),
@@ -618,26 +1038,47 @@ pub fn to_csv(r: &Report) -> String {
             g.unallocated_idle_mj,
             g.measured_kwh,
             g.co2e_kg,
-            r.co2e_is_estimate
+            r.co2e_is_estimate,
+            opt(g.co2e_market_kg),
         ));
     }
     out
 }
 
 /// One line saying which part of the period came from the hourly history.
-pub fn hourly_line(h: &HourlyPart) -> String {
+pub fn hourly_line(h: &HourlyPart, zone: &Zone) -> String {
     format!(
-        "Hours {} .. {} (Unix ms): {} hours, {} intervals from the stored hourly history; per-GPU rows and series cover only the records from {} on.",
-        h.from_ms, h.to_ms, h.hours, h.intervals, h.to_ms
+        "Hours {} .. {}: {} hours, {} intervals from the stored hourly history; per-GPU rows and series cover only the records from {} on.",
+        zone.iso(h.from_ms),
+        zone.iso(h.to_ms),
+        h.hours,
+        h.intervals,
+        zone.iso(h.to_ms)
     )
 }
 
-/// The report as terminal tables.
-pub fn to_table(r: &Report) -> String {
+/// The per-tenant trend against the previous period: `+12.3%`, `-4.00%`, `new`, or empty when
+/// the report has no previous period held.
+pub fn trend_text(t: &TenantRow) -> String {
+    match t.previous_energy_mj {
+        None => String::new(),
+        Some(0) if t.energy_mj == 0 => "0%".into(),
+        Some(0) => "new".into(),
+        Some(p) => {
+            let d = 100.0 * (t.energy_mj as f64 - p as f64) / p as f64;
+            format!("{}{}", if d > 0.0 { "+" } else { "" }, round::pct(d))
+        }
+    }
+}
+
+/// The report as terminal tables: kWh and CO2e rounded to 3 significant figures, times as ISO 8601
+/// in `zone`.
+pub fn to_table(r: &Report, zone: &Zone) -> String {
+    let h = &r.headline;
     let mut out = format!(
-        "Energy report {} .. {} (static policy {}){}\n\n",
-        r.from_ms,
-        r.to_ms,
+        "Energy report {} ({}); static policy {}{}\n",
+        period_text(r, zone),
+        zone.label(r.to_ms),
         r.policy,
         if r.co2e_is_estimate {
             "; CO2e uses DEFAULT ESTIMATES, see factors"
@@ -645,58 +1086,134 @@ pub fn to_table(r: &Report) -> String {
             ""
         }
     );
+    if let Some(d) = data_span_text(r, zone) {
+        out.push_str(&format!("Data: {d}\n"));
+    }
     out.push_str(&format!(
-        "{:<14} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
+        "Measured {}; CO2e {} location-based{}; {} per GPU-hour over {}\n",
+        round::kwh(h.measured_kwh),
+        round::co2e(h.co2e_location_kg),
+        h.co2e_market_kg
+            .map(|m| format!(", {} market-based", round::co2e(m)))
+            .unwrap_or_else(|| ", market-based not configured".into()),
+        round::kwh(h.kwh_per_gpu_hour),
+        round::gpu_h(h.gpu_hours),
+    ));
+    out.push_str(&format!(
+        "Waste: idle-allocated {} ({} of allocated), {} ({}){}; unallocated idle {} ({}); unattributed {} ({})\n\n",
+        round::gpu_h(h.idle_allocated_gpu_hours),
+        round::pct(h.idle_allocated_gpu_hours_pct),
+        round::kwh(h.idle_allocated_kwh),
+        round::pct(h.idle_allocated_pct),
+        if h.idle_allocated_kwh_records_only {
+            " [energy: interval records only]"
+        } else {
+            ""
+        },
+        round::kwh(h.unallocated_idle_kwh),
+        round::pct(h.unallocated_idle_pct),
+        round::kwh(h.unattributed_kwh),
+        round::pct(h.unattributed_pct),
+    ));
+    let rows: Vec<[String; 10]> = r
+        .tenants
+        .iter()
+        .map(|t| {
+            [
+                t.tenant.clone(),
+                format!("{:.3}", t.gpu_hours_allocated),
+                format!("{:.3}", t.gpu_hours_used),
+                format!("{:.3}", t.gpu_hours_idle_allocated),
+                format!("{:.3}", t.gpu_hours_reclaimed),
+                round::sig(t.energy_kwh, 3),
+                format!(
+                    "{:.1}%",
+                    if t.energy_mj > 0 {
+                        100.0 * t.static_mj as f64 / t.energy_mj as f64
+                    } else {
+                        0.0
+                    }
+                ),
+                round::co2e(t.co2e_kg),
+                round::sig(kwh(t.estimated_mj), 3),
+                trend_text(t),
+            ]
+        })
+        .collect();
+    let header = [
         "TENANT",
         "GPU_H_ALLOC",
         "GPU_H_USED",
         "GPU_H_IDLE",
+        "GPU_H_RECL",
         "ENERGY_KWH",
         "STATIC%",
-        "CO2E_KG",
-        "EST_KWH"
-    ));
-    for t in &r.tenants {
-        out.push_str(&format!(
-            "{:<14} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.4} {:>9.1}% {:>10.3} {:>10.4}\n",
-            t.tenant,
-            t.gpu_hours_allocated,
-            t.gpu_hours_used,
-            t.gpu_hours_idle_allocated,
-            t.gpu_hours_reclaimed,
-            t.energy_kwh,
-            if t.energy_mj > 0 {
-                100.0 * t.static_mj as f64 / t.energy_mj as f64
+        "CO2E",
+        "EST_KWH",
+        "TREND",
+    ];
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 0 {
+                l.push_str(&format!("{c:<width$}", width = w[0]));
             } else {
-                0.0
-            },
-            t.co2e_kg,
-            kwh(t.estimated_mj)
-        ));
+                l.push_str(&format!("  {c:>width$}", width = w[i]));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(header.to_vec()));
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     let c = &r.cluster;
     out.push_str(&format!(
-        "\nCluster: measured {:.4} kWh = tenants {:.4} + unattributed {:.4} + unallocated idle {:.4}; {:.3} kg CO2e; mean utilization {:.1}%; {} intervals ({} estimated)\n",
-        c.measured_kwh,
-        kwh(c.tenants_mj),
-        kwh(c.unattributed_mj),
-        kwh(c.unallocated_idle_mj),
-        c.co2e_kg,
+        "\nCluster: measured {} = tenants {} + unattributed {} + unallocated idle {}; {} CO2e; mean utilization {:.1}%; {} intervals ({} estimated)\n",
+        round::kwh(c.measured_kwh),
+        round::kwh(kwh(c.tenants_mj)),
+        round::kwh(kwh(c.unattributed_mj)),
+        round::kwh(kwh(c.unallocated_idle_mj)),
+        round::co2e(c.co2e_kg),
         c.mean_util_pct,
         r.intervals,
         r.estimated_intervals
     ));
-    if let Some(h) = &r.hourly {
-        out.push_str(&hourly_line(h));
+    if let Some(p) = &r.previous {
+        out.push_str(&format!(
+            "Previous period {} .. {}: {}\n",
+            zone.iso(p.from_ms),
+            zone.iso(p.to_ms),
+            if p.held {
+                format!(
+                    "{} measured, {} CO2e (TREND compares tenant energy with it)",
+                    round::kwh(p.measured_kwh),
+                    round::co2e(p.co2e_kg)
+                )
+            } else {
+                "not held by the history, no trend".to_string()
+            }
+        ));
+    }
+    if let Some(hp) = &r.hourly {
+        out.push_str(&hourly_line(hp, zone));
         out.push('\n');
     }
     out.push_str(&format!(
-        "Sharing vs dedicated whole GPUs for the same work: {:.4} kWh vs {:.4} kWh, saved {:.4} kWh ({:.1}%), {:.3} kg CO2e ({SAVINGS_BASIS})\n",
-        kwh(r.comparison.shared_mj),
-        kwh(r.comparison.whole_gpus_mj),
-        r.comparison.saved_kwh,
-        r.comparison.saved_pct,
-        r.comparison.saved_co2e_kg
+        "Sharing vs dedicated whole GPUs for the same work: {} vs {}, saved {} ({}), {} CO2e; GPU-hours reclaimed {} ({} slices) ({SAVINGS_BASIS})\n",
+        round::kwh(kwh(r.comparison.shared_mj)),
+        round::kwh(kwh(r.comparison.whole_gpus_mj)),
+        round::kwh(r.comparison.saved_kwh),
+        round::pct(r.comparison.saved_pct),
+        round::co2e(r.comparison.saved_co2e_kg),
+        round::sig(h.gpu_hours_reclaimed, 3),
+        h.reclaimed_slices,
     ));
     out.push_str("Factors:\n");
     for f in &r.factors {
@@ -713,9 +1230,20 @@ pub fn to_table(r: &Report) -> String {
             f.sources.join("; "),
             if f.estimate { " (ESTIMATE)" } else { "" }
         ));
+        for s in &f.spans {
+            out.push_str(&format!(
+                "    {} .. {}: {}\n",
+                zone.iso(s.from_ms),
+                zone.iso(s.to_ms),
+                s.source
+            ));
+        }
     }
     out
 }
+
+#[cfg(test)]
+mod audit_tests;
 
 #[cfg(test)]
 mod tests {
