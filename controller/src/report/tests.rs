@@ -1,0 +1,108 @@
+//! Unit tests of the report document and its text renderers.
+
+use super::*;
+
+fn empty() -> Report {
+    build(&[], 0, 10, None, StaticPolicy::ByCapacity, 5.0, 0)
+}
+
+#[test]
+fn reclaimed_hours_fill_tenant_rows_and_the_total() {
+    let mut r = empty();
+    r.tenants.push(TenantRow {
+        tenant: "b".into(),
+        energy_mj: 7,
+        ..Default::default()
+    });
+    add_reclaimed(
+        &mut r,
+        &[
+            ("a".into(), 1.5, 1),
+            ("b".into(), 0.5, 2),
+            ("c".into(), 0.0, 0),
+        ],
+    );
+    let names: Vec<&str> = r.tenants.iter().map(|t| t.tenant.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a", "b"],
+        "a reclaimed tenant without energy gets a row; c had nothing"
+    );
+    assert_eq!(
+        (
+            r.tenants[0].gpu_hours_reclaimed,
+            r.tenants[0].reclaimed_slices
+        ),
+        (1.5, 1)
+    );
+    assert_eq!(r.tenants[1].energy_mj, 7);
+    assert_eq!(r.gpu_hours_reclaimed, 2.0);
+}
+
+mod history {
+    use super::super::*;
+    use crate::energy::history::tests::{T0, fold_all, record};
+
+    /// One record of `mj` mJ for alice starting `min` minutes after T0.
+    fn at(min: u64, mj: u64) -> IntervalRecord {
+        let slices = vec![("alice", 1.0, 60_000, 0.0, mj, 0)];
+        record("g0", T0 + min * 60_000, slices, 0, 0, false, false)
+    }
+
+    fn report(records: Vec<IntervalRecord>, hours: Vec<HourRollup>, from: u64, to: u64) -> Report {
+        let s = Sources::split(records, hours, from, to, StaticPolicy::ByCapacity, 0);
+        build_from(&s, from, to, None, 5.0)
+    }
+
+    #[test]
+    fn records_in_memory_serve_an_hour_they_cover_even_for_part_of_it() {
+        let recs: Vec<_> = (0..4).map(|i| at(i * 15, 1 << i)).collect();
+        let hour = fold_all(T0, &recs);
+        // To 20 minutes in: the records of 0 and 15 minutes, with per-GPU rows.
+        let r = report(recs, vec![hour], T0, T0 + 20 * 60_000);
+        assert_eq!(r.hourly, None);
+        assert_eq!(r.cluster.measured_mj, 1 + 2);
+        assert_eq!(r.gpus.len(), 1);
+    }
+
+    #[test]
+    fn an_hour_memory_does_not_fully_hold_comes_from_its_rollup_once() {
+        // The interval at 0 minutes was attributed before a restart: only in the rollup.
+        let before = at(0, 1);
+        let after: Vec<_> = (1..4).map(|i| at(i * 15, 1 << i)).collect();
+        let next = at(60, 100);
+        let mut all = vec![before];
+        all.extend(after.iter().cloned());
+        let hours = vec![
+            fold_all(T0, &all),
+            fold_all(T0 + HOUR_MS, std::slice::from_ref(&next)),
+        ];
+        let mut memory = after;
+        memory.push(next);
+        let r = report(memory, hours, T0, T0 + 2 * HOUR_MS);
+        let hourly = r.hourly.clone().unwrap();
+        assert_eq!(
+            (hourly.from_ms, hourly.to_ms, hourly.intervals),
+            (T0, T0 + HOUR_MS, 4)
+        );
+        assert_eq!(
+            r.cluster.measured_mj,
+            1 + 2 + 4 + 8 + 100,
+            "each interval once"
+        );
+        assert_eq!(r.intervals, 5);
+        assert_eq!(r.tenants[0].energy_mj, 115);
+        assert_eq!(
+            r.gpus[0].measured_mj, 100,
+            "per-GPU rows: records after the cut only"
+        );
+    }
+}
+
+#[test]
+fn a_tenant_filter_keeps_other_tenants_reclaims_out() {
+    let mut r = build(&[], 0, 10, Some("a"), StaticPolicy::ByCapacity, 5.0, 0);
+    add_reclaimed(&mut r, &[("a".into(), 1.0, 1), ("b".into(), 3.0, 1)]);
+    assert_eq!(r.tenants.len(), 1);
+    assert_eq!(r.gpu_hours_reclaimed, 1.0);
+}
