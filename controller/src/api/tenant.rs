@@ -62,9 +62,11 @@ impl TenantService for TenantApi {
         validate::request_slice(&r)?;
         // Run to completion even if the caller goes away: a request half done (committed PENDING,
         // the agent asked) must reach ACTIVE or FAILED, not stay pending until a restart.
+        let spec = greenslice_core::convert::spec_from_pb(r.spec.as_ref())
+            .map_err(crate::error::ControllerError::from)?;
         let c = self.controller.clone();
         let out = tokio::spawn(async move {
-            c.request(&r.tenant, r.spec.as_ref(), &r.idempotency_key)
+            c.request(&r.tenant, &spec, &r.idempotency_key)
                 .await
         })
         .await

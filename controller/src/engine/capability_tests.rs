@@ -8,6 +8,7 @@ use greenslice_proto::v1 as pb;
 use pb::command::Action;
 
 use super::Controller;
+use super::retention_tests::spec;
 use super::retention_tests::{T0, controller, retention};
 use crate::ledger::MemoryLedger;
 
@@ -130,7 +131,7 @@ async fn an_agent_without_capabilities_is_treated_as_before() {
     assert_eq!(n.capabilities, None);
     assert!(n.may_create_mig() && n.mps());
     let s = c
-        .request("team-a", Some(&mig("1g.10gb")), "")
+        .request("team-a", &spec(mig("1g.10gb")), "")
         .await
         .unwrap();
     assert_eq!(s.slice.mig.unwrap().gpu_instance_id, Some(1));
@@ -151,7 +152,7 @@ async fn a_read_only_node_is_asked_for_no_new_instance() {
         }),
     );
     let e = c
-        .request("team-a", Some(&mig("1g.10gb")), "")
+        .request("team-a", &spec(mig("1g.10gb")), "")
         .await
         .unwrap_err();
     let msg = e.to_string();
@@ -181,7 +182,7 @@ async fn shares_on_a_node_without_mps_say_their_limits_are_advisory() {
             mps: false,
         }),
     );
-    let s = c.request("team-a", Some(&share()), "").await.unwrap().slice;
+    let s = c.request("team-a", &spec(share()), "").await.unwrap().slice;
     assert_eq!(
         s.env.get("GREENSLICE_SHARE_LIMITS").map(String::as_str),
         Some("advisory")
@@ -196,7 +197,7 @@ async fn shares_on_a_node_without_mps_say_their_limits_are_advisory() {
             mps: true,
         }),
     );
-    let s = c.request("team-a", Some(&share()), "").await.unwrap().slice;
+    let s = c.request("team-a", &spec(share()), "").await.unwrap().slice;
     assert_eq!(s.env.get("GREENSLICE_SHARE_LIMITS"), None);
 }
 
@@ -222,7 +223,7 @@ async fn a_lent_instance_is_lent_again_after_the_agent_forgot_it_and_given_back_
     let c = started().await;
     let (_, seen) = node_with(&c, true, READ_ONLY, vec![free_3g()]);
     let s = c
-        .request("team-a", Some(&mig("3g.40gb")), "")
+        .request("team-a", &spec(mig("3g.40gb")), "")
         .await
         .unwrap()
         .slice;
@@ -243,7 +244,7 @@ async fn a_lent_instance_is_lent_again_after_the_agent_forgot_it_and_given_back_
     assert_eq!(*seen.lock().unwrap(), vec!["claim_mig", "release_mig"]);
     // The mirror shows it free again, so the next request is lent it.
     let again = c
-        .request("team-a", Some(&mig("3g.40gb")), "")
+        .request("team-a", &spec(mig("3g.40gb")), "")
         .await
         .unwrap()
         .slice;

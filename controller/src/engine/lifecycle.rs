@@ -81,12 +81,17 @@ impl Controller {
     pub async fn request(
         &self,
         tenant: &str,
-        spec: Option<&pb::SliceSpec>,
+        spec: &SliceSpec,
         idempotency_key: &str,
     ) -> Result<Requested, ControllerError> {
         slice::validate_tenant(tenant)?;
         slice::validate_idempotency_key(idempotency_key)?;
-        let spec = greenslice_core::convert::spec_from_pb(spec)?;
+        // Specs come validated from the API; one built in code is checked the same way.
+        let spec = slice::validate(
+            Some(spec.kind.clone()),
+            spec.gpu_model.as_ref().map_or("", |m| m.name()),
+            spec.slice_class.as_deref().unwrap_or(""),
+        )?;
         let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
         let now = self.clock.now_ms();
         // A MIG request that fits nowhere may fit once free instances are re-partitioned.

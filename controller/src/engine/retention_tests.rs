@@ -93,6 +93,11 @@ async fn started(
     (ledger, clock, c)
 }
 
+/// The core spec of a protobuf one, as the API converts it.
+pub(super) fn spec(pb_spec: pb::SliceSpec) -> greenslice_core::slice::SliceSpec {
+    greenslice_core::convert::spec_from_pb(Some(&pb_spec)).expect("a valid spec")
+}
+
 fn share(fraction: f64) -> pb::SliceSpec {
     pb::SliceSpec {
         kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
@@ -104,7 +109,7 @@ fn share(fraction: f64) -> pb::SliceSpec {
 }
 
 pub(super) async fn request(c: &Controller, tenant: &str, key: &str) -> super::Requested {
-    c.request(tenant, Some(&share(0.2)), key).await.unwrap()
+    c.request(tenant, &spec(share(0.2)), key).await.unwrap()
 }
 
 /// Requests a share for `tenant` and releases it at once; returns its id.
