@@ -65,12 +65,10 @@ impl TenantService for TenantApi {
         let spec = greenslice_core::convert::spec_from_pb(r.spec.as_ref())
             .map_err(crate::error::ControllerError::from)?;
         let c = self.controller.clone();
-        let out = tokio::spawn(async move {
-            c.request(&r.tenant, &spec, &r.idempotency_key)
+        let out =
+            tokio::spawn(async move { c.request(&r.tenant, &spec, &r.idempotency_key).await })
                 .await
-        })
-        .await
-        .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
+                .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
         Ok(Response::new(pb::RequestSliceResponse {
             slice: Some(out.slice.to_pb()),
             replayed: out.replayed,
