@@ -56,6 +56,10 @@ pub struct ControllerArgs {
     /// Seconds of agent silence before its node is unreachable [config: agent_lease_s; default 15].
     #[arg(long)]
     pub agent_lease_s: Option<u64>,
+    /// Seconds a stop may take before remaining calls are cut [config: shutdown_timeout_s;
+    /// default 5].
+    #[arg(long)]
+    pub shutdown_timeout_s: Option<u64>,
     /// Serve without TLS or authentication: anyone who can connect may do anything. Loopback
     /// only; for local demos and tests [config: security.insecure].
     #[arg(long)]
@@ -329,6 +333,9 @@ fn resolve(args: &ControllerArgs) -> Result<ControllerConfig, String> {
     if let Some(v) = a.orphan_grace_s {
         cfg.orphan_grace_s = v;
     }
+    if let Some(v) = a.shutdown_timeout_s {
+        cfg.shutdown_timeout_s = v;
+    }
     if let Some(v) = a.agent_lease_s {
         cfg.agent_lease_s = v;
     }
@@ -573,6 +580,7 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
     let (lost_tx, mut lost_rx) = oneshot::channel::<()>();
     let shutdown = {
         let leadership = leadership.clone();
+        let c = controller.clone();
         async move {
             match leadership {
                 Some(l) => tokio::select! {
@@ -587,9 +595,25 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
                     info!("shutting down");
                 }
             }
+            // Streams that never end on their own (agent sessions) end now, so the agents
+            // reconnect to the next leader and the server's graceful stop can complete.
+            c.begin_shutdown();
         }
     };
-    let served = crate::server::serve_with(controller.clone(), listener, options, shutdown).await;
+    let bound = Duration::from_secs(cfg.shutdown_timeout_s);
+    let serve = crate::server::serve_with(controller.clone(), listener, options, shutdown);
+    tokio::pin!(serve);
+    let served = tokio::select! {
+        r = &mut serve => r,
+        // In-flight calls get the bound; then the rest (a watcher that does not go away) is cut.
+        _ = async {
+            controller.stopping().await;
+            tokio::time::sleep(bound).await;
+        } => {
+            warn!(timeout_s = cfg.shutdown_timeout_s, "calls still open at the shutdown bound: cutting them");
+            Ok(())
+        }
+    };
     if lost_rx.try_recv().is_ok() {
         return ExitCode::from(1);
     }
@@ -614,13 +638,29 @@ pub fn configure(
     controller: &Controller,
     cfg: &ControllerConfig,
     site_carbon: crate::energy::SiteCarbon,
-) -> Result<(), crate::reclaim::policy::PolicyError> {
+) -> Result<(), ConfigureError> {
+    if !ATTRIBUTION_WINDOW_S.contains(&cfg.attribution_window_s) {
+        return Err(ConfigureError::Window(cfg.attribution_window_s));
+    }
     controller.reclaim.set_policy(cfg.idle.clone())?;
     controller.configure_energy(crate::energy::accounting::AccountingConfig {
         site: site_carbon,
+        window_ms: cfg.attribution_window_s * 1000,
         ..Default::default()
     });
     Ok(())
+}
+
+/// The attribution windows a controller may run with, seconds.
+pub const ATTRIBUTION_WINDOW_S: std::ops::RangeInclusive<u64> = 5..=600;
+
+/// A configuration the started controller refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error(transparent)]
+    Policy(#[from] crate::reclaim::policy::PolicyError),
+    #[error("attribution_window_s must be within 5 and 600 seconds, got {0}")]
+    Window(u64),
 }
 
 fn hostname() -> String {

@@ -30,6 +30,9 @@ pub struct ControllerConfig {
     pub ledger: LedgerKind,
     /// Directory of the redb ledger file (`ledger.redb`).
     pub data_dir: PathBuf,
+    /// Seconds a stop (SIGTERM, Ctrl-C) may take: in-flight calls finish within it, then the energy
+    /// history is flushed and leadership resigned, and the process exits.
+    pub shutdown_timeout_s: u64,
     /// Seconds an agent's connection may stay silent (unanswered HTTP/2 keep-alives) before its
     /// node is marked unreachable.
     pub agent_lease_s: u64,
@@ -44,6 +47,9 @@ pub struct ControllerConfig {
     /// Days of hourly energy history kept in the ledger (docs/ENERGY.md, "History"); older hours
     /// are deleted. 0: kept forever.
     pub energy_history_days: u64,
+    /// Seconds of one energy attribution window: a GPU's measured energy is attributed to its
+    /// holders once per window (see docs/ENERGY.md). 5 to 600; default 60.
+    pub attribution_window_s: u64,
     /// URL clients reach this controller at, which standbys name when refusing calls (default:
     /// `http://` + the listen address).
     pub advertise_url: Option<String>,
@@ -180,10 +186,12 @@ impl Default for ControllerConfig {
             ledger: LedgerKind::Redb,
             data_dir: PathBuf::from("/var/lib/greenslice"),
             agent_lease_s: 15,
+            shutdown_timeout_s: 5,
             orphan_grace_s: 60,
             terminal_retention_s: 600,
             terminal_retention_max: 100_000,
             energy_history_days: 400,
+            attribution_window_s: 60,
             advertise_url: None,
             etcd: EtcdSection::default(),
             metrics_listen: String::new(),

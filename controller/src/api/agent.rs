@@ -129,6 +129,15 @@ impl AgentService for AgentApi {
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
+                    _ = controller.stopping() => {
+                        info!(%node, "controller stopping: ending the agent session");
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "controller stopping: reconnect (to the next leader)",
+                            )))
+                            .await;
+                        break;
+                    }
                     reason = &mut distrust => {
                         warn!(%node, %reason, "agent certificate no longer trusted; ending the session");
                         let _ = tx

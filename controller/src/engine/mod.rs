@@ -119,6 +119,8 @@ pub struct Controller {
     held_warned_ms: std::sync::atomic::AtomicI64,
     /// When stored energy history was last pruned (ms since the Unix epoch).
     history_pruned_ms: std::sync::atomic::AtomicI64,
+    /// True once the process is stopping ([`Controller::begin_shutdown`]).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -207,6 +209,7 @@ impl Controller {
             orphans: Mutex::new(HashMap::new()),
             held_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             history_pruned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         let kept: Vec<(String, i64)> = c.with_state(|st| {
             st.all()
@@ -222,6 +225,19 @@ impl Controller {
     pub(super) fn lock(&self) -> MutexGuard<'_, ClusterState> {
         // State is plain data updated in short critical sections that do not panic midway.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the controller as stopping: long-lived streams (agent sessions) end, so a graceful
+    /// stop of the server can complete.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Controller::begin_shutdown`] was called.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        // The sender lives as long as self, so wait_for ends only when stopping is set.
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// The placement policy.
