@@ -133,6 +133,10 @@ pub struct Accountant {
     /// Intervals that could not be accounted, with the last reason.
     pub skipped: u64,
     pub last_error: Option<String>,
+    /// Intervals whose carbon factor stood in for an hour the configured series lacks.
+    pub gap_estimated: u64,
+    /// Start (ms) of the hour of the last interval with a gap estimate, to warn once per gap.
+    last_gap_hour_ms: Option<u64>,
     /// For GPUs with no open interval: the latest end (ms) of a slice that held the GPU and was
     /// forgotten since (see [`Accountant::holder_forgotten`]). The GPU's first interval does not
     /// start before it.
@@ -148,6 +152,8 @@ impl Accountant {
             records: VecDeque::new(),
             skipped: 0,
             last_error: None,
+            gap_estimated: 0,
+            last_gap_hour_ms: None,
             forgotten_until: BTreeMap::new(),
         }
     }
@@ -260,6 +266,7 @@ impl Accountant {
                 match result {
                     Ok((rec, m, a)) => match self.totals.add(&gpu, &m, &a, &rec.factors) {
                         Ok(()) => {
+                            self.note_gap(&rec);
                             if self.records.len() == self.config.max_records {
                                 self.records.pop_front();
                             }
@@ -273,6 +280,36 @@ impl Accountant {
             }
         }
         closed
+    }
+
+    /// Counts an interval whose factors stood in for a gap in the configured series, warning once
+    /// per gap (a run of consecutive hours).
+    fn note_gap(&mut self, rec: &IntervalRecord) {
+        let f = &rec.factors;
+        let gap = [Some(&f.location_g_per_kwh), f.market_g_per_kwh.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|x| x.is_gap());
+        let Some(gap) = gap else {
+            return;
+        };
+        self.gap_estimated += 1;
+        let hour =
+            rec.interval.start_ms / greenslice_core::time::HOUR_MS * greenslice_core::time::HOUR_MS;
+        let known = self
+            .last_gap_hour_ms
+            .is_some_and(|h| h == hour || h + greenslice_core::time::HOUR_MS == hour);
+        self.last_gap_hour_ms = Some(hour);
+        if !known {
+            let why = match &gap.source {
+                super::carbon::FactorSource::GapEstimate { gap } => gap.as_str(),
+                _ => "",
+            };
+            tracing::warn!(
+                hour_start_ms = hour,
+                "carbon factors: {why}; energy is attributed, its CO2e estimated"
+            );
+        }
     }
 
     fn skip(&mut self, e: AccountingError) {

@@ -42,6 +42,9 @@ pub enum FactorSource {
     Configured { note: String },
     /// Not configured: a published average, an estimate; `source` cites it.
     DefaultEstimate { source: String },
+    /// The configured hourly series has no value for the hour: an estimate, `gap` says which series
+    /// and what stood in (the series' last earlier hour, or the default when none).
+    GapEstimate { gap: String },
 }
 
 /// A conversion factor and where it comes from.
@@ -55,7 +58,15 @@ pub struct Factor {
 impl Factor {
     /// Whether the value is a default estimate rather than configured.
     pub fn is_estimate(&self) -> bool {
-        matches!(self.source, FactorSource::DefaultEstimate { .. })
+        matches!(
+            self.source,
+            FactorSource::DefaultEstimate { .. } | FactorSource::GapEstimate { .. }
+        )
+    }
+
+    /// Whether the value stands in for an hour the configured series lacks.
+    pub fn is_gap(&self) -> bool {
+        matches!(self.source, FactorSource::GapEstimate { .. })
     }
 }
 
@@ -232,6 +243,15 @@ impl HourlySeries {
         self.hours.get(&hour_start_s(unix_ms)).copied()
     }
 
+    /// The last hour before the one containing `unix_ms` that the series has: (hour start, Unix
+    /// s; gCO2e/kWh).
+    pub fn before(&self, unix_ms: u64) -> Option<(u64, f64)> {
+        self.hours
+            .range(..hour_start_s(unix_ms))
+            .next_back()
+            .map(|(h, v)| (*h, *v))
+    }
+
     /// Number of hours in the series.
     pub fn len(&self) -> usize {
         self.hours.len()
@@ -257,14 +277,6 @@ pub enum CarbonError {
         site: String,
         basis: &'static str,
         value: f64,
-    },
-    #[error(
-        "site {site}: the {basis} hourly series has no value for the hour starting at {hour_start_unix_s} (Unix s)"
-    )]
-    NoIntensityForHour {
-        site: String,
-        basis: &'static str,
-        hour_start_unix_s: u64,
     },
     #[error("hourly series: {0}")]
     Csv(#[from] CsvError),
@@ -376,10 +388,27 @@ impl SiteCarbon {
                         note: format!("site {}: hourly {basis} intensity series", self.site),
                     },
                 }),
-                None => Err(CarbonError::NoIntensityForHour {
-                    site: self.site.clone(),
-                    basis,
-                    hour_start_unix_s: hour_start_s(unix_ms),
+                // A gap (or the series' end) never drops energy: the hour gets an estimate,
+                // labelled as one. The series' last earlier hour stands in where there is one.
+                None => Ok(match series.before(unix_ms) {
+                    Some((hour, value)) => Factor {
+                        value,
+                        source: FactorSource::GapEstimate {
+                            gap: format!(
+                                "site {}: the hourly {basis} series lacks this hour; its last earlier hour (starting {hour} Unix s) stands in",
+                                self.site
+                            ),
+                        },
+                    },
+                    None => Factor {
+                        value: DEFAULT_G_PER_KWH,
+                        source: FactorSource::GapEstimate {
+                            gap: format!(
+                                "site {}: the hourly {basis} series starts later; the default {DEFAULT_G_PER_KWH} gCO2e/kWh stands in ({DEFAULT_G_PER_KWH_SOURCE})",
+                                self.site
+                            ),
+                        },
+                    },
                 }),
             },
         }
@@ -450,14 +479,16 @@ mod tests {
                 .value,
             200.5
         );
-        assert_eq!(
-            site.factors_at(10_800_000),
-            Err(CarbonError::NoIntensityForHour {
-                site: "dc1".to_string(),
-                basis: "location-based",
-                hour_start_unix_s: 10_800
-            })
-        );
+        // After the series ends: its last hour stands in, labelled as a gap estimate.
+        let gap = site.factors_at(10_800_000).expect("a gap is estimated");
+        assert_eq!(gap.location_g_per_kwh.value, 300.0);
+        assert!(gap.location_g_per_kwh.is_gap() && gap.location_g_per_kwh.is_estimate());
+        // Before it starts: the default, labelled.
+        let late = HourlySeries::parse_csv("7200,100\n").expect("valid");
+        let site = SiteCarbon::new("dc1", None, Some(Intensity::Hourly(late)), None).unwrap();
+        let early = site.factors_at(0).expect("estimated").location_g_per_kwh;
+        assert_eq!(early.value, DEFAULT_G_PER_KWH);
+        assert!(early.is_gap());
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub fn source_name(s: &FactorSource) -> String {
     match s {
         FactorSource::Configured { note } => format!("configured: {note}"),
         FactorSource::DefaultEstimate { source } => format!("default estimate: {source}"),
+        FactorSource::GapEstimate { gap } => format!("estimated for a gap: {gap}"),
     }
 }
 

@@ -76,7 +76,12 @@ impl FactorSources {
             .iter()
             .chain(&self.location)
             .chain(&self.market)
-            .any(|s| matches!(s, FactorSource::DefaultEstimate { .. }))
+            .any(|s| {
+                matches!(
+                    s,
+                    FactorSource::DefaultEstimate { .. } | FactorSource::GapEstimate { .. }
+                )
+            })
     }
 }
 

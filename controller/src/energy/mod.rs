@@ -25,6 +25,8 @@ pub mod history;
 pub mod ledger;
 pub mod measure;
 #[cfg(test)]
+mod gap_tests;
+#[cfg(test)]
 mod tests;
 
 use serde::{Deserialize, Serialize};

@@ -123,6 +123,9 @@ pub struct Metrics {
     pub history_flush_failures: Counter,
     /// Hours of energy history too large to store, kept in memory only (at the last flush).
     pub history_hours_unstored: Gauge,
+    /// Attributed intervals whose carbon factor stood in for an hour the configured hourly series
+    /// lacks (their energy is recorded; their CO2e is an estimate).
+    pub carbon_factor_gap_intervals: Counter,
 }
 
 impl Default for Metrics {
@@ -156,7 +159,13 @@ impl Default for Metrics {
             history_hours_stored: Counter::default(),
             history_flush_failures: Counter::default(),
             history_hours_unstored: Gauge::default(),
+            carbon_factor_gap_intervals: Counter::default(),
         };
+        m.register(
+            "greenslice_carbon_factor_gap_intervals",
+            "Attributed intervals whose carbon intensity stood in for an hour missing from the configured hourly series (energy recorded, CO2e estimated)",
+            m.carbon_factor_gap_intervals.clone(),
+        );
         m.register(
             "greenslice_energy_history_rollups_stored",
             "Hour rollups of energy history written to the ledger (one per changed hour per flush)",
