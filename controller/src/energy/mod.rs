@@ -21,11 +21,11 @@ pub mod accounting;
 mod apportion;
 pub mod attribution;
 pub mod carbon;
+#[cfg(test)]
+mod gap_tests;
 pub mod history;
 pub mod ledger;
 pub mod measure;
-#[cfg(test)]
-mod gap_tests;
 #[cfg(test)]
 mod tests;
 

@@ -97,12 +97,28 @@ impl Controller {
         // A MIG request that fits nowhere may fit once free instances are re-partitioned.
         self.make_room(&spec).await;
 
-        let (record, commit, advisory_share) = {
+        let (record, commit, advisory_share, durable_tx) = loop {
+            // Answer a retry only from durable state: while the first request's PENDING commit
+            // is in flight, wait for it (then answer, or, if it failed, start anew).
+            let in_flight = key.as_ref().and_then(|k| {
+                let st = self.lock();
+                let id = st.idempotency.get(&(tenant.to_string(), k.clone()))?;
+                st.slice(id)?;
+                self.undurable_lock().get(id).cloned()
+            });
+            if let Some(mut rx) = in_flight {
+                let _ = rx.wait_for(|v| v.is_some()).await;
+                continue;
+            }
             let mut st = self.lock();
             if let Some(k) = &key
                 && let Some(id) = st.idempotency.get(&(tenant.to_string(), k.clone()))
                 && let Some(existing) = st.slice(id)
             {
+                if self.undurable_lock().contains_key(id) {
+                    // Submitted between the two looks: wait for it.
+                    continue;
+                }
                 return Ok(Requested {
                     slice: existing.clone(),
                     replayed: true,
@@ -181,13 +197,21 @@ impl Controller {
             };
             st.put(r.clone());
             let commit = self.submit(&r);
-            (r, commit, advisory_share)
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            self.undurable_lock().insert(r.id.clone(), rx);
+            break (r, commit, advisory_share, tx);
         };
-        if let Err(e) = Self::durable(commit).await {
-            // Never acknowledged: forget it entirely.
-            self.lock().remove_slice(&record.id);
-            return Err(e);
+        let durable = Self::durable(commit).await;
+        {
+            let mut st = self.lock();
+            if durable.is_err() {
+                // Never acknowledged: forget it entirely (a waiting retry then starts anew).
+                st.remove_slice(&record.id);
+            }
+            self.undurable_lock().remove(&record.id);
+            durable_tx.send_replace(Some(durable.is_ok()));
         }
+        durable?;
         match self.apply(&record).await {
             Ok((mut env, inst)) => {
                 // Lets the agent map the slice's processes back to it (see node-agent usage.rs).
@@ -234,6 +258,16 @@ impl Controller {
                 Err(e)
             }
         }
+    }
+
+    fn undurable_lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>,
+    > {
+        // Plain data updated in short critical sections that do not panic midway.
+        self.undurable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn agent_err(node: &str, e: AgentError) -> ControllerError {

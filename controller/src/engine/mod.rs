@@ -121,6 +121,10 @@ pub struct Controller {
     history_pruned_ms: std::sync::atomic::AtomicI64,
     /// True once the process is stopping ([`Controller::begin_shutdown`]).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Slices whose PENDING commit is not durable yet, with its outcome once known (true:
+    /// durable). An idempotent retry waits on it instead of answering from memory. Locked after
+    /// `state` when both are held.
+    undurable: Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -210,6 +214,7 @@ impl Controller {
             held_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             history_pruned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             stopping: tokio::sync::watch::Sender::new(false),
+            undurable: Mutex::new(HashMap::new()),
         });
         let kept: Vec<(String, i64)> = c.with_state(|st| {
             st.all()
@@ -304,10 +309,22 @@ impl Controller {
         expected: Option<SliceState>,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<Option<SliceRecord>, ControllerError> {
+        let prior = self.with_state(|st| st.slice(id).cloned());
         let Some((updated, commit)) = self.transition_queued(id, expected, f)? else {
             return Ok(None);
         };
-        Self::durable(commit).await?;
+        if let Err(e) = Self::durable(commit).await {
+            // Not durable: memory goes back to what the ledger holds, unless something changed the
+            // slice since (its own commit then carries the whole record).
+            let mut st = self.lock();
+            if let Some(prior) = prior
+                && st.slice(id) == Some(&updated)
+            {
+                warn!(slice = %id, error = %e, "commit failed: the change is undone in memory");
+                st.put(prior);
+            }
+            return Err(e);
+        }
         self.announce(&updated);
         Ok(Some(updated))
     }
@@ -443,6 +460,9 @@ mod history_tests;
 
 #[cfg(test)]
 mod capability_tests;
+
+#[cfg(test)]
+mod commit_tests;
 
 #[cfg(test)]
 mod idle_config_tests;

@@ -98,7 +98,7 @@ pub(super) fn spec(pb_spec: pb::SliceSpec) -> greenslice_core::slice::SliceSpec 
     greenslice_core::convert::spec_from_pb(Some(&pb_spec)).expect("a valid spec")
 }
 
-fn share(fraction: f64) -> pb::SliceSpec {
+pub(super) fn share(fraction: f64) -> pb::SliceSpec {
     pb::SliceSpec {
         kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
             compute_fraction: fraction,
