@@ -750,3 +750,127 @@ async fn energy_hours_are_stored_and_read_by_time_range_on_etcd() {
     let starts: Vec<u64> = left.iter().map(|h| h.hour_start_ms - h0).collect();
     assert_eq!(starts, vec![2 * HOUR_MS, 3 * HOUR_MS]);
 }
+
+/// A leader paused past its lease (SIGSTOP: a frozen VM, a long stall) is deposed; once resumed it
+/// acknowledges nothing, reports not ready and exits, while the standby that took over holds
+/// every acknowledged slice exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_acts_no_more_when_resumed() {
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
+    let Some(etcd_bin) = etcd_or_skip("etcd paused-leader test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ledger = \"etcd\"\n[etcd]\nendpoints = [\"{client_url}\"]\nlease_ttl_s = {LEASE_TTL_S}\n"
+        ),
+    )
+    .unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let (metrics_a, metrics_b) = (free_port(), free_port());
+    let args = |metrics: u16| {
+        [
+            "--config".to_string(),
+            config.display().to_string(),
+            "--metrics-listen".to_string(),
+            format!("127.0.0.1:{metrics}"),
+        ]
+    };
+    let (args_a, args_b) = (args(metrics_a), args(metrics_b));
+    let mut a = start_controller(
+        port_a,
+        &args_a.each_ref().map(String::as_str),
+        &dir.path().join("a.log"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(metrics_a, "/readyz").await.contains(" 200 OK") {
+        assert!(Instant::now() < deadline, "controller A did not lead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut b = start_controller(
+        port_b,
+        &args_b.each_ref().map(String::as_str),
+        &dir.path().join("b.log"),
+    )
+    .await;
+    let nodes: Vec<NodeSpec> = (0..NODES)
+        .map(|i| NodeSpec {
+            name: format!("node-{i}"),
+            machine: Machine::DgxH100,
+            gpus: 8,
+            mig_gpus: 0,
+        })
+        .collect();
+    let _agents = harness::start_agents(&[a.url.clone(), b.url.clone()], &nodes).unwrap();
+    wait_settled(&a.url, NODES, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let kept = request_slice(&a.url, "team-a", share().kind.unwrap()).await;
+
+    // Pause A well past its lease; B takes over meanwhile.
+    let pid = a.child.id().expect("A runs").to_string();
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+    };
+    signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(LEASE_TTL_S + 15);
+    while !http_get(metrics_b, "/readyz").await.contains(" 200 OK") {
+        assert!(Instant::now() < deadline, "the standby did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal("-CONT");
+
+    // Resumed, A acknowledges nothing and is not ready, from its first moment on, until it exits.
+    let resumed = Instant::now();
+    let mut exited = None;
+    while resumed.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(st)) = a.child.try_wait() {
+            exited = Some(st);
+            break;
+        }
+        assert!(
+            !http_get(metrics_a, "/readyz").await.contains(" 200 OK"),
+            "a deposed leader said it was ready"
+        );
+        if let Some(ch) = channel(&a.url).await {
+            let r = TenantServiceClient::new(ch)
+                .request_slice(pb::RequestSliceRequest {
+                    tenant: "team-b".into(),
+                    spec: Some(share()),
+                    idempotency_key: String::new(),
+                })
+                .await;
+            assert!(r.is_err(), "a deposed leader acknowledged a request: {r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exited = exited.expect("a deposed leader keeps running");
+    assert_eq!(
+        exited.code(),
+        Some(1),
+        "a deposed leader exits 1 (to restart as a standby)"
+    );
+
+    // The new leader holds the acknowledged slice, once, and nothing of team-b.
+    wait_settled(&b.url, NODES, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let slices = all_slices(&b.url).await;
+    assert_eq!(
+        slices.get(&kept.id).map(|s| s.state),
+        Some(pb::SliceState::Active as i32)
+    );
+    assert!(slices.values().all(|s| s.tenant != "team-b"));
+    b.kill().await;
+    let _ = etcd.start_kill();
+    let _ = etcd.wait().await;
+}

@@ -570,6 +570,9 @@ pub async fn run(args: ControllerArgs) -> ExitCode {
     if let Err(e) = configure(&controller, &cfg, site_carbon) {
         return fail(2, e);
     }
+    if let Some(l) = &leadership {
+        controller.set_lease(Arc::new(l.clone()));
+    }
     let _reclaimer = crate::engine::Controller::spawn_reclaim(controller.clone());
     leading.set(controller.clone());
     let listener = match TcpListener::from_std(std_listener) {

@@ -33,6 +33,8 @@ pub enum ControllerError {
     PermissionDenied(String),
     #[error("{0}")]
     Quota(#[from] Box<crate::quota::QuotaExceeded>),
+    #[error("not the leader: {0}")]
+    NotLeader(String),
 }
 
 impl From<ControllerError> for Status {
@@ -52,6 +54,7 @@ impl From<ControllerError> for Status {
             ControllerError::WrongState { .. } => Code::FailedPrecondition,
             ControllerError::PermissionDenied(_) => Code::PermissionDenied,
             ControllerError::Quota(_) => Code::ResourceExhausted,
+            ControllerError::NotLeader(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }

@@ -84,6 +84,7 @@ impl Controller {
         spec: &SliceSpec,
         idempotency_key: &str,
     ) -> Result<Requested, ControllerError> {
+        self.ensure_leading()?;
         slice::validate_tenant(tenant)?;
         slice::validate_idempotency_key(idempotency_key)?;
         // Specs come validated from the API; one built in code is checked the same way.
@@ -282,6 +283,8 @@ impl Controller {
         node: &str,
         action: Action,
     ) -> Result<pb::CommandResult, ControllerError> {
+        // Every agent command is fenced by the leadership it is sent under.
+        self.ensure_leading()?;
         let r = self
             .agents
             .call(node, action, self.config.command_timeout)

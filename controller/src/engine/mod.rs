@@ -125,6 +125,8 @@ pub struct Controller {
     /// durable). An idempotent retry waits on it instead of answering from memory. Locked after
     /// `state` when both are held.
     undurable: Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>>,
+    /// The leadership this controller acts under, when it was elected ([`Controller::set_lease`]).
+    lease: std::sync::OnceLock<Arc<dyn crate::ledger::LeaseGuard>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -215,6 +217,7 @@ impl Controller {
             history_pruned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             stopping: tokio::sync::watch::Sender::new(false),
             undurable: Mutex::new(HashMap::new()),
+            lease: std::sync::OnceLock::new(),
         });
         let kept: Vec<(String, i64)> = c.with_state(|st| {
             st.all()
@@ -236,6 +239,30 @@ impl Controller {
     /// stop of the server can complete.
     pub fn begin_shutdown(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// Fences the controller by `lease`: once it is no longer held, no agent command goes out,
+    /// no tenant change is accepted and `/readyz` answers 503 (set once, by the elected leader).
+    pub fn set_lease(&self, lease: Arc<dyn crate::ledger::LeaseGuard>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// Whether this controller may act: it holds its leadership, or has none to hold (one
+    /// controller on redb or memory).
+    pub fn leading(&self) -> bool {
+        self.lease.get().is_none_or(|l| l.held())
+    }
+
+    /// [`Controller::leading`] as an error to answer with.
+    pub(super) fn ensure_leading(&self) -> Result<(), ControllerError> {
+        if self.leading() {
+            Ok(())
+        } else {
+            Err(ControllerError::NotLeader(
+                "this controller's leadership is in doubt (lease not renewed in time); retry: a standby takes over"
+                    .into(),
+            ))
+        }
     }
 
     /// Resolves once [`Controller::begin_shutdown`] was called.

@@ -218,6 +218,7 @@ impl Etcd {
                     continue;
                 }
             }
+            let granted_at = std::time::Instant::now();
             let grant = self
                 .lease
                 .clone()
@@ -261,11 +262,13 @@ impl Etcd {
                 let rev = r.header.map(|h| h.revision).unwrap_or_default();
                 info!(id = %me.id, lease = grant.id, revision = rev, "elected leader");
                 let (lost_tx, lost) = watch::channel(false);
-                tokio::spawn(keep_alive(self.clone(), grant.id, lost_tx));
+                let valid = Arc::new(ValidUntil::new(granted_at, self.config.lease_ttl_s));
+                tokio::spawn(keep_alive(self.clone(), grant.id, lost_tx, valid.clone()));
                 return Ok(Leadership {
                     lease: grant.id,
                     revision: rev,
                     lost,
+                    valid,
                 });
             }
             // Someone else won the race; give our lease back and wait for them.
@@ -298,6 +301,8 @@ pub struct Leadership {
     pub revision: i64,
     /// Becomes true when the lease could not be kept alive: stop serving.
     pub lost: watch::Receiver<bool>,
+    /// Until when the lease is surely still alive at etcd.
+    valid: Arc<ValidUntil>,
 }
 
 impl Leadership {
@@ -308,15 +313,86 @@ impl Leadership {
     }
 }
 
-/// Keeps the lease alive every third of its TTL; flags `lost` once it may have expired.
-async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
+impl super::LeaseGuard for Leadership {
+    /// Held while the lease is surely alive at etcd: not flagged lost, and the last renewal etcd
+    /// confirmed was asked for less than two thirds of the TTL ago. Checked against the clock at
+    /// every call, so a process resumed after a pause (SIGSTOP, a long GC-like stall, a VM
+    /// freeze) stops acting at once, before its keep-alive task has even run.
+    fn held(&self) -> bool {
+        !*self.lost.borrow() && self.valid.now_valid()
+    }
+}
+
+/// The instant until which the leader lease is surely alive: etcd renews a lease no earlier than
+/// it receives the keep-alive, so a renewal asked for at `t` keeps it alive until at least
+/// `t + TTL`. Acting stops at `t + 2/3 TTL`, leaving a third of the TTL for clock-rate skew and
+/// the time a write takes to reach etcd.
+#[derive(Debug)]
+struct ValidUntil {
+    base: std::time::Instant,
+    /// Nanoseconds after `base`.
+    until_ns: AtomicI64,
+    margin: Duration,
+}
+
+impl ValidUntil {
+    fn new(asked_at: std::time::Instant, ttl_s: i64) -> ValidUntil {
+        let ttl = Duration::from_secs(ttl_s.max(1) as u64);
+        let v = ValidUntil {
+            base: asked_at,
+            until_ns: AtomicI64::new(0),
+            margin: ttl * 2 / 3,
+        };
+        v.renewed(asked_at);
+        v
+    }
+
+    /// A renewal asked for at `asked_at` was confirmed.
+    fn renewed(&self, asked_at: std::time::Instant) {
+        let until = asked_at.saturating_duration_since(self.base) + self.margin;
+        let ns = i64::try_from(until.as_nanos()).unwrap_or(i64::MAX);
+        self.until_ns.fetch_max(ns, Ordering::SeqCst);
+    }
+
+    fn now_valid(&self) -> bool {
+        let now = std::time::Instant::now().saturating_duration_since(self.base);
+        i64::try_from(now.as_nanos()).unwrap_or(i64::MAX) < self.until_ns.load(Ordering::SeqCst)
+    }
+}
+
+/// Keeps the lease alive every third of its TTL; flags `lost` as soon as the lease is no longer
+/// surely alive ([`ValidUntil`]), before etcd can have expired it.
+async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>, valid: Arc<ValidUntil>) {
     let ttl = Duration::from_secs(etcd.config.lease_ttl_s.max(1) as u64);
     let every = ttl / 3;
-    let mut last_ok = tokio::time::Instant::now();
+    // When the request the next answer confirms was sent.
+    let mut asked = std::time::Instant::now();
+    // Steps down once the lease is no longer surely valid, whatever the stream is doing.
+    let watchdog = {
+        let (valid, lost) = (valid.clone(), lost.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if *lost.borrow() {
+                    return;
+                }
+                if !valid.now_valid() {
+                    warn!(
+                        lease,
+                        "leader lease not renewed in time: stepping down before it can expire"
+                    );
+                    lost.send_replace(true);
+                    return;
+                }
+            }
+        })
+    };
+    let _stop_watchdog = AbortOnDrop(watchdog);
     loop {
         let (tx, rx) = mpsc::channel(4);
         // etcd answers the stream's headers only once it has a request to handle: queue the first
         // one before waiting for the call, or the call never returns.
+        asked = std::time::Instant::now().max(asked);
         let _ = tx.send(pb::LeaseKeepAliveRequest { id: lease }).await;
         let mut client = etcd.lease.clone();
         let call = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -324,7 +400,7 @@ async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
             let mut inbound = resp.into_inner();
             loop {
                 match tokio::time::timeout(every, inbound.message()).await {
-                    Ok(Ok(Some(r))) if r.ttl > 0 => last_ok = tokio::time::Instant::now(),
+                    Ok(Ok(Some(r))) if r.ttl > 0 => valid.renewed(asked),
                     Ok(Ok(Some(_))) => {
                         warn!(lease, "leader lease expired");
                         lost.send_replace(true);
@@ -332,10 +408,11 @@ async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
                     }
                     _ => break,
                 }
-                if lost.is_closed() {
+                if lost.is_closed() || *lost.borrow() {
                     return;
                 }
                 tokio::time::sleep(every).await;
+                asked = std::time::Instant::now();
                 if tx
                     .send(pb::LeaseKeepAliveRequest { id: lease })
                     .await
@@ -345,12 +422,24 @@ async fn keep_alive(etcd: Etcd, lease: i64, lost: watch::Sender<bool>) {
                 }
             }
         }
-        if last_ok.elapsed() >= ttl {
-            warn!(lease, "could not keep the leader lease alive for its TTL");
+        if *lost.borrow() || !valid.now_valid() {
+            warn!(
+                lease,
+                "could not keep the leader lease alive: stepping down"
+            );
             lost.send_replace(true);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -610,5 +699,26 @@ mod tests {
         assert_eq!(prefix_end(b"/g/slices/"), b"/g/slices0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn the_lease_is_trusted_only_two_thirds_of_the_ttl_after_the_renewal_was_asked() {
+        let now = std::time::Instant::now();
+        let Some(asked) = now.checked_sub(Duration::from_millis(3_500)) else {
+            return; // a clock this young cannot go back 3.5 s
+        };
+        // TTL 5 s: a renewal asked 3.5 s ago is past 2/3 of it (3.33 s), though etcd may still
+        // hold the lease for up to 1.5 s more.
+        let v = ValidUntil::new(asked, 5);
+        assert!(!v.now_valid());
+        // A later confirmed renewal extends it; an older one never shortens it.
+        v.renewed(now);
+        assert!(v.now_valid());
+        v.renewed(asked);
+        assert!(v.now_valid());
+        // A process paused past the margin is not trusted when it wakes, before any task runs.
+        let short = ValidUntil::new(now, 1);
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(!short.now_valid());
     }
 }

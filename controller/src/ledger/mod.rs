@@ -94,6 +94,14 @@ pub trait Ledger: Send + Sync {
     }
 }
 
+/// Whether this process may still act as the leader: checked before every agent command, every
+/// tenant change and by `/readyz`. Writes are fenced in the ledger itself; this guard stops what
+/// the ledger cannot fence (commands to agents, answers from memory) as soon as leadership is in
+/// doubt.
+pub trait LeaseGuard: Send + Sync + std::fmt::Debug {
+    fn held(&self) -> bool;
+}
+
 /// Most ops in one submission that every ledger writes as one transaction: etcd's default
 /// `--max-txn-ops`, the smallest transaction limit of the ledgers. A larger submission is refused by
 /// etcd; changes that need not be atomic as a whole go in parts of at most this many

@@ -78,7 +78,11 @@ pub async fn serve_controller_endpoint(
                 let l = l2.clone();
                 async move {
                     match l.get() {
-                        Some(_) => (axum::http::StatusCode::OK, "leading\n"),
+                        Some(c) if c.leading() => (axum::http::StatusCode::OK, "leading\n"),
+                        Some(_) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "leadership in doubt: not serving\n",
+                        ),
                         None => (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
                             "standby: not leading\n",
