@@ -32,6 +32,31 @@ pub struct AgentConfig {
     pub nvml: NvmlSection,
     pub kubelet: KubeletSection,
     pub tls: TlsSection,
+    pub agent: AgentSection,
+}
+
+/// Where the NVML backend keeps its node checkpoint unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/greenslice";
+
+/// `[agent]`: the agent's own files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// Folder of the node checkpoint (what this agent owns and has applied; see
+    /// docs/NODE-CHECKPOINT.md). Default: /var/lib/greenslice with the NVML backend; none with the
+    /// simulator, whose hardware lives in the agent process and does not outlive it.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+impl AgentSection {
+    /// The checkpoint folder to use with `backend` (None: no checkpoint).
+    pub fn state_dir_for(&self, backend: BackendKind) -> Option<std::path::PathBuf> {
+        match (&self.state_dir, backend) {
+            (Some(d), _) => Some(d.clone()),
+            (None, BackendKind::Sim) => None,
+            (None, _) => Some(DEFAULT_STATE_DIR.into()),
+        }
+    }
 }
 
 /// `[nvml]`: where the NVML library comes from.
@@ -210,6 +235,7 @@ impl Default for AgentConfig {
             nvml: NvmlSection::default(),
             kubelet: KubeletSection::default(),
             tls: TlsSection::default(),
+            agent: AgentSection::default(),
         }
     }
 }

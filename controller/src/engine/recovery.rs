@@ -32,6 +32,59 @@ pub struct Reconcile {
     /// Slices holding a lent MIG instance the agent no longer names (it restarted, and lendings
     /// live in its memory): lend it to them again, so their usage is attributed.
     pub relend: Vec<String>,
+    /// Only when the agent said it lost its own record (`Register.ownership_rebuilt`): the live
+    /// slices on the node that are not lost, sent back in `Registered.adopt` for it to take back.
+    pub adopt: Vec<pb::LedgerSlice>,
+}
+
+/// Whether the GPUs `r` needs are still there for it, judged from the hardware alone (a
+/// registration whose agent lost its record names no shares or whole GPUs): a share's or whole
+/// slice's GPUs present, out of MIG mode and not held whole by another slice; a MIG slice's
+/// instance present.
+fn hardware_there(r: &SliceRecord, gpus: &[Gpu]) -> bool {
+    let usable = |u: &String| {
+        gpus.iter().find(|g| g.uuid == *u).is_some_and(|g| {
+            !g.mig_enabled
+                && g.whole_slice_id
+                    .as_deref()
+                    .is_none_or(|w| w == r.id.as_str())
+        })
+    };
+    match &r.spec.kind {
+        SliceKind::Whole { .. } => !r.gpus.is_empty() && r.gpus.iter().all(usable),
+        SliceKind::Share { .. } => r.gpus.first().is_some_and(usable),
+        SliceKind::Mig { .. } => presence(r, gpus) == Presence::All,
+    }
+}
+
+/// A slice as the ledger holds it, for `Registered.adopt`.
+fn ledger_slice(r: &SliceRecord) -> pb::LedgerSlice {
+    let mut l = pb::LedgerSlice {
+        slice_id: r.id.clone(),
+        gpu_uuids: r.gpus.clone(),
+        ..Default::default()
+    };
+    match &r.spec.kind {
+        SliceKind::Whole { .. } => l.kind = "whole".into(),
+        SliceKind::Share {
+            compute_fraction,
+            memory_bytes,
+        } => {
+            l.kind = "share".into();
+            l.compute_fraction = *compute_fraction;
+            l.memory_bytes = *memory_bytes;
+        }
+        SliceKind::Mig { profile } => {
+            l.kind = "mig".into();
+            l.profile = profile.clone();
+            if let Some(m) = &r.mig {
+                l.start = u32::from(m.start);
+                l.gpu_instance_id = m.gpu_instance_id.unwrap_or_default();
+                l.mig_uuid = m.mig_uuid.clone().unwrap_or_default();
+            }
+        }
+    }
+    l
 }
 
 /// How much of a slice the hardware holds.
@@ -71,16 +124,23 @@ fn presence(r: &SliceRecord, gpus: &[Gpu]) -> Presence {
     }
 }
 
-/// The MIG instance on `g` that belongs to `r`: the one naming it, or the one it recorded.
+/// The MIG instance on `g` that belongs to `r`: the one naming it, or the one it recorded (same id
+/// and start, and the same MIG UUID where both are known: a driver reload makes new instances
+/// that may take the old ids).
 fn mig_instance_of<'a>(
     r: &SliceRecord,
     g: &'a Gpu,
 ) -> Option<&'a greenslice_core::inventory::MigInstance> {
     g.mig_instances.iter().find(|i| {
         i.slice_id.as_deref() == Some(r.id.as_str())
-            || r.mig
-                .as_ref()
-                .is_some_and(|m| m.gpu_instance_id == Some(i.gpu_instance_id) && m.start == i.start)
+            || r.mig.as_ref().is_some_and(|m| {
+                m.gpu_instance_id == Some(i.gpu_instance_id)
+                    && m.start == i.start
+                    && i.slice_id.is_none()
+                    && m.mig_uuid
+                        .as_deref()
+                        .is_none_or(|u| u.is_empty() || i.mig_uuid.is_empty() || u == i.mig_uuid)
+            })
     })
 }
 
@@ -91,6 +151,9 @@ impl Controller {
         let mut st = self.lock();
         let gpus: Vec<Gpu> = reg.gpus.iter().map(gpu_from_pb).collect();
         let drained = st.nodes.get(&reg.node).is_some_and(|n| n.drained);
+        // An agent that lost its record reports only what the hardware showed: its slices are
+        // judged by whether their hardware is there, and it is given them back.
+        let rebuilt = reg.ownership_rebuilt;
         let mut plan = Reconcile {
             node: reg.node.clone(),
             ..Default::default()
@@ -102,10 +165,23 @@ impl Controller {
                     Presence::All => plan.confirm.push(s.id.clone()),
                     _ => plan.abandon.push(s.id.clone()),
                 },
-                SliceState::Active if presence(s, &gpus) != Presence::All => {
+                SliceState::Active
+                    if presence(s, &gpus) != Presence::All
+                        && !(rebuilt && hardware_there(s, &gpus)) =>
+                {
                     plan.lost.push(s.id.clone())
                 }
                 _ => {}
+            }
+            if rebuilt
+                && match s.state {
+                    SliceState::Active => !plan.lost.contains(&s.id),
+                    SliceState::Releasing => true,
+                    SliceState::Pending => plan.confirm.contains(&s.id),
+                    _ => false,
+                }
+            {
+                plan.adopt.push(ledger_slice(s));
             }
             let unnamed = s.mig.as_ref().is_some_and(|m| m.lent)
                 && s.gpus
@@ -156,6 +232,7 @@ impl Controller {
                 abandon = plan.abandon.len(),
                 lost = plan.lost.len(),
                 relend = plan.relend.len(),
+                given_back = plan.adopt.len(),
                 "reconciling node with the ledger"
             );
         }

@@ -51,6 +51,10 @@ pub enum BackendError {
     Sim { gpu: String, err: gpu_sim::SimError },
     #[error("invalid backend configuration: {0}")]
     Config(String),
+    /// The node checkpoint could not be written: the change is applied on the hardware but not
+    /// recorded, so it is not acknowledged.
+    #[error("node checkpoint: {0}")]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// The host a backend runs on.
@@ -192,6 +196,26 @@ pub trait GpuBackend: Send {
     fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError>;
     /// Frees a whole GPU.
     fn unassign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError>;
+    /// Takes back what the agent owned before it restarted, already checked against the hardware
+    /// ([`crate::checkpoint::restore`]): MIG instance owners (lendings, behind
+    /// [`readonly::ReadOnlyMig`]), shares with their limits, whole-GPU holders. Replaces what the
+    /// backend held; the MIG layout is not changed.
+    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError>;
+    /// Whether the agent has no trustworthy record of what it owns and asks the controller's
+    /// ledger (`Register.ownership_rebuilt`). Only [`crate::checkpoint::backend::Checkpointed`]
+    /// keeps a record.
+    fn ownership_rebuilt(&self) -> bool {
+        false
+    }
+    /// Takes back the ledger's slices the hardware still holds, after a registration that said
+    /// [`GpuBackend::ownership_rebuilt`]. Returns whether the ownership changed.
+    fn adopt_from_ledger(
+        &mut self,
+        ledger: &[crate::checkpoint::restore::LedgerSlice],
+    ) -> Result<bool, BackendError> {
+        let _ = ledger;
+        Ok(false)
+    }
 }
 
 /// Environment for MPS-enforced shares: the thread percentage and the pinned memory limit.

@@ -86,6 +86,19 @@ impl GpuBackend for ReadOnlyMig {
         self.inner.mps_available()
     }
 
+    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError> {
+        // This wrapper creates nothing: every owned instance is lent.
+        self.lent = owned
+            .mig
+            .iter()
+            .map(|m| ((m.gpu.clone(), m.gpu_instance_id), m.slice_id.clone()))
+            .collect();
+        self.inner.adopt(&crate::checkpoint::Owned {
+            mig: Vec::new(),
+            ..owned.clone()
+        })
+    }
+
     fn claim_mig(
         &mut self,
         gpu: &str,

@@ -585,6 +585,34 @@ impl GpuBackend for NvmlBackend {
         Ok(())
     }
 
+    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError> {
+        self.mig_owners = owned
+            .mig
+            .iter()
+            .map(|m| ((m.gpu.clone(), m.gpu_instance_id), m.slice_id.clone()))
+            .collect();
+        self.shares = owned
+            .shares
+            .iter()
+            .map(|s| {
+                (
+                    s.gpu.clone(),
+                    Share {
+                        slice_id: s.slice_id.clone(),
+                        compute_fraction: s.compute_fraction,
+                        memory_bytes: s.memory_bytes,
+                    },
+                )
+            })
+            .collect();
+        self.whole = owned
+            .whole
+            .iter()
+            .map(|w| (w.gpu.clone(), w.slice_id.clone()))
+            .collect();
+        Ok(())
+    }
+
     fn set_share(
         &mut self,
         gpu: &str,

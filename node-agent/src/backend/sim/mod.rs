@@ -949,6 +949,33 @@ impl GpuBackend for SimBackend {
         Ok(())
     }
 
+    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError> {
+        // The simulated hardware lives in this process: only what it still holds is adopted
+        // (checked by checkpoint::restore), and no workload is started for it.
+        let n = self.hw.devices.len();
+        let mut mig_owners = BTreeMap::new();
+        let mut shares = vec![Vec::new(); n];
+        let mut whole = vec![None; n];
+        for m in &owned.mig {
+            let i = self.gpu_index(&m.gpu)? as u32;
+            mig_owners.insert((i, m.gpu_instance_id), m.slice_id.clone());
+        }
+        for s in &owned.shares {
+            shares[self.gpu_index(&s.gpu)?].push(Share {
+                slice_id: s.slice_id.clone(),
+                compute_fraction: s.compute_fraction,
+                memory_bytes: s.memory_bytes,
+            });
+        }
+        for w in &owned.whole {
+            whole[self.gpu_index(&w.gpu)?] = Some(w.slice_id.clone());
+        }
+        self.mig_owners = mig_owners;
+        self.shares = shares;
+        self.whole = whole;
+        Ok(())
+    }
+
     fn set_share(
         &mut self,
         gpu: &str,
