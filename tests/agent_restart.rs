@@ -378,6 +378,21 @@ fn check(
             ));
         }
     }
+    // A GPU held whole is in EXCLUSIVE_PROCESS compute mode on the hardware, every other in DEFAULT.
+    for d in hw["devices"].as_array().into_iter().flatten() {
+        let uuid = d["uuid"].as_str().unwrap_or("");
+        let want = if whole.contains_key(uuid) {
+            "exclusive_process"
+        } else {
+            "default"
+        };
+        if d["compute_mode"] != want {
+            return Err(format!(
+                "GPU {uuid} is in compute mode {}, should be {want}",
+                d["compute_mode"]
+            ));
+        }
+    }
     // The hardware: every live MIG slice's instance is on the simulated machine with its UUID, and
     // no instance is left that no live slice holds (orphans gone after the grace).
     let on_hw = hw_instances(hw);

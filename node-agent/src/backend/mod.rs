@@ -244,6 +244,61 @@ pub fn share_env(
     ])
 }
 
+/// Whether a share of `fraction` and `memory_bytes` fits on `gpu` beside the shares `others`:
+/// not on a GPU held whole, compute within the whole GPU (in milli-GPU, as the controller counts),
+/// memory within `total_bytes`. One rule for every backend, so they refuse alike.
+pub fn share_fits(
+    gpu: &str,
+    held_whole: bool,
+    others: &[&greenslice_core::inventory::Share],
+    fraction: f64,
+    memory_bytes: u64,
+    total_bytes: u64,
+) -> Result<(), BackendError> {
+    if held_whole {
+        return Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: "held whole by another slice".into(),
+        });
+    }
+    let used_milli: u32 = others
+        .iter()
+        .map(|s| greenslice_core::slice::share_milli(s.compute_fraction))
+        .sum();
+    let used_mem: u64 = others.iter().map(|s| s.memory_bytes).sum();
+    if used_milli + greenslice_core::slice::share_milli(fraction) > 1000
+        || used_mem.saturating_add(memory_bytes) > total_bytes
+    {
+        return Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: format!("{used_milli} milli and {used_mem} bytes already shared"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `slice_id` may hold `gpu` whole: nobody else holds it whole and it holds no share
+/// (`holder` is its current whole holder, `shares` how many shares it holds).
+pub fn whole_fits(
+    gpu: &str,
+    holder: Option<&str>,
+    shares: usize,
+    slice_id: &str,
+) -> Result<(), BackendError> {
+    match holder {
+        Some(s) if s == slice_id => Ok(()),
+        Some(s) => Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: format!("held whole by {s}"),
+        }),
+        None if shares > 0 => Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: format!("{shares} shares applied"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Environment variable naming the slice a process belongs to.
 pub const SLICE_ID_ENV: &str = "GREENSLICE_SLICE_ID";
 

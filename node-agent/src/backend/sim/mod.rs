@@ -985,29 +985,18 @@ impl GpuBackend for SimBackend {
     ) -> Result<SliceEnv, BackendError> {
         self.advance();
         let i = self.non_mig(gpu)?;
-        if self.whole[i].is_some() {
-            return Err(BackendError::NoRoom {
-                gpu: gpu.to_string(),
-                why: "held whole by another slice".into(),
-            });
-        }
         let others: Vec<&Share> = self.shares[i]
             .iter()
             .filter(|s| s.slice_id != slice_id)
             .collect();
-        let used_milli: u32 = others
-            .iter()
-            .map(|s| greenslice_core::slice::share_milli(s.compute_fraction))
-            .sum();
-        let used_mem: u64 = others.iter().map(|s| s.memory_bytes).sum();
-        if used_milli + greenslice_core::slice::share_milli(compute_fraction) > 1000
-            || used_mem + memory_bytes > self.hw.devices[i].memory_total_bytes()
-        {
-            return Err(BackendError::NoRoom {
-                gpu: gpu.to_string(),
-                why: format!("{used_milli} milli and {used_mem} bytes already shared"),
-            });
-        }
+        super::share_fits(
+            gpu,
+            self.whole[i].is_some(),
+            &others,
+            compute_fraction,
+            memory_bytes,
+            self.hw.devices[i].memory_total_bytes(),
+        )?;
         self.shares[i].retain(|s| s.slice_id != slice_id);
         self.shares[i].push(Share {
             slice_id: slice_id.to_string(),
@@ -1041,22 +1030,17 @@ impl GpuBackend for SimBackend {
     fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError> {
         self.advance();
         let i = self.non_mig(gpu)?;
-        match &self.whole[i] {
-            Some(s) if s == slice_id => {}
-            Some(s) => {
-                return Err(BackendError::NoRoom {
-                    gpu: gpu.to_string(),
-                    why: format!("held whole by {s}"),
-                });
-            }
-            None if !self.shares[i].is_empty() => {
-                return Err(BackendError::NoRoom {
-                    gpu: gpu.to_string(),
-                    why: format!("{} shares applied", self.shares[i].len()),
-                });
-            }
-            None => self.whole[i] = Some(slice_id.to_string()),
-        }
+        super::whole_fits(
+            gpu,
+            self.whole[i].as_deref(),
+            self.shares[i].len(),
+            slice_id,
+        )?;
+        // As the NVML backend does: only the holder's process may open the GPU.
+        self.hw
+            .set_compute_mode(i as u32, gpu_sim::ComputeMode::ExclusiveProcess)
+            .map_err(sim_err(gpu))?;
+        self.whole[i] = Some(slice_id.to_string());
         self.slice_started(slice_id)?;
         Ok(device_env(gpu))
     }
@@ -1071,6 +1055,9 @@ impl GpuBackend for SimBackend {
             });
         }
         self.whole[i] = None;
+        self.hw
+            .set_compute_mode(i as u32, gpu_sim::ComputeMode::Default)
+            .map_err(sim_err(gpu))?;
         self.slice_left(slice_id, i as u32);
         Ok(())
     }
