@@ -333,6 +333,27 @@ available = false
     }
 
     #[test]
+    fn the_checkpoint_folder_defaults_by_backend_and_can_be_set() {
+        let d = AgentConfig::default();
+        assert_eq!(
+            d.agent.state_dir_for(BackendKind::Nvml),
+            Some(DEFAULT_STATE_DIR.into())
+        );
+        assert_eq!(
+            d.agent.state_dir_for(BackendKind::Auto),
+            Some(DEFAULT_STATE_DIR.into())
+        );
+        // The simulator's hardware lives in the agent process: nothing to take back.
+        assert_eq!(d.agent.state_dir_for(BackendKind::Sim), None);
+        let c = AgentConfig::parse("[agent]\nstate_dir = \"/srv/gs\"\n").unwrap();
+        assert_eq!(
+            c.agent.state_dir_for(BackendKind::Sim),
+            Some("/srv/gs".into())
+        );
+        assert!(AgentConfig::parse("[agent]\nstate = 1\n").is_err());
+    }
+
+    #[test]
     fn parses_the_kubelet_section() {
         let c = AgentConfig::parse(
             r#"

@@ -468,3 +468,108 @@ impl Controller {
         st.touch(node);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use greenslice_core::clock::ManualClock;
+    use greenslice_proto::v1 as pb;
+
+    use super::super::retention_tests::{T0, controller, retention};
+    use super::*;
+    use crate::ledger::MemoryLedger;
+
+    fn gpu(mig: bool) -> pb::GpuInfo {
+        pb::GpuInfo {
+            uuid: "GPU-n1-0".into(),
+            model: "H100-SXM5-80GB".into(),
+            memory_bytes: 80 << 30,
+            mig_capable: true,
+            mig_enabled: mig,
+            healthy: true,
+            ..Default::default()
+        }
+    }
+
+    fn register(gpus: Vec<pb::GpuInfo>, rebuilt: bool) -> pb::Register {
+        pb::Register {
+            node: "n1".into(),
+            gpus,
+            ownership_rebuilt: rebuilt,
+            ..Default::default()
+        }
+    }
+
+    /// A node `n1` whose agent applies every command, with one ACTIVE share on its GPU.
+    async fn node_with_a_share() -> (Arc<Controller>, String) {
+        let clock = ManualClock::new(T0);
+        let c = controller(
+            Arc::new(MemoryLedger::default()),
+            &clock,
+            retention(std::time::Duration::from_secs(600), 1000),
+        )
+        .await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        c.agents.connect("n1", tx);
+        c.register_node(&register(vec![gpu(false)], false));
+        let weak = Arc::downgrade(&c);
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = rx.recv().await {
+                if let (Some(pb::controller_message::Msg::Command(cmd)), Some(c)) =
+                    (m.msg, weak.upgrade())
+                {
+                    c.agents.complete(pb::CommandResult {
+                        command_id: cmd.command_id,
+                        ok: true,
+                        ..Default::default()
+                    });
+                }
+            }
+        });
+        let spec = pb::SliceSpec {
+            kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
+                compute_fraction: 0.25,
+                memory_bytes: 1 << 30,
+            })),
+            ..Default::default()
+        };
+        let s = c.request("team-a", Some(&spec), "").await.unwrap().slice;
+        assert_eq!(s.state, SliceState::Active);
+        (c, s.id)
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_lost_its_record_is_given_its_slices_back_not_told_they_are_lost() {
+        let (c, id) = node_with_a_share().await;
+        // The agent's report names no share: it lost its checkpoint, the GPU is there.
+        let plan = c.register_node(&register(vec![gpu(false)], true));
+        assert!(plan.lost.is_empty(), "{plan:?}");
+        assert_eq!(plan.adopt.len(), 1, "{plan:?}");
+        let a = &plan.adopt[0];
+        assert_eq!(
+            (a.slice_id.as_str(), a.kind.as_str(), a.gpu_uuids.clone()),
+            (id.as_str(), "share", vec!["GPU-n1-0".to_string()])
+        );
+        assert_eq!((a.compute_fraction, a.memory_bytes), (0.25, 1 << 30));
+    }
+
+    #[tokio::test]
+    async fn a_slice_whose_hardware_is_gone_is_lost_whatever_the_agent_kept() {
+        let (c, id) = node_with_a_share().await;
+        // The GPU went into MIG mode: no share can be on it.
+        let plan = c.register_node(&register(vec![gpu(true)], true));
+        assert_eq!(plan.lost, vec![id.clone()]);
+        assert!(plan.adopt.is_empty(), "{plan:?}");
+        // The GPU is gone altogether.
+        let plan = c.register_node(&register(Vec::new(), true));
+        assert_eq!(plan.lost, vec![id.clone()]);
+        // An agent with its record that does not name the share: it is gone.
+        let plan = c.register_node(&register(vec![gpu(false)], false));
+        assert_eq!(plan.lost, vec![id]);
+        assert!(
+            plan.adopt.is_empty(),
+            "given back only to an agent that asks"
+        );
+    }
+}
