@@ -199,8 +199,15 @@ pub trait GpuBackend: Send {
     /// Takes back what the agent owned before it restarted, already checked against the hardware
     /// ([`crate::checkpoint::restore`]): MIG instance owners (lendings, behind
     /// [`readonly::ReadOnlyMig`]), shares with their limits, whole-GPU holders. Replaces what the
-    /// backend held; the MIG layout is not changed.
-    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError>;
+    /// backend held; the MIG layout is not changed. `complete`: `owned` is everything the agent
+    /// owns (a checkpoint read, or the controller's ledger answered), so hardware settings no
+    /// slice needs any more go back to their defaults (a whole GPU's compute mode set by an
+    /// assignment whose record a crash lost); false while a rebuild waits for the ledger.
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        complete: bool,
+    ) -> Result<(), BackendError>;
     /// Whether the agent has no trustworthy record of what it owns and asks the controller's
     /// ledger (`Register.ownership_rebuilt`). Only [`crate::checkpoint::backend::Checkpointed`]
     /// keeps a record.

@@ -68,7 +68,7 @@ impl Checkpointed {
                 for d in &r.dropped {
                     warn!(checkpoint = %path.display(), "not taken back, its hardware is gone: {d}");
                 }
-                inner.adopt(&r.owned)?;
+                inner.adopt(&r.owned, true)?;
                 let opened = Opened::Restored {
                     kept: r.owned.count(),
                     dropped: r.dropped.len(),
@@ -103,7 +103,8 @@ impl Checkpointed {
                 let sample = inner.sample()?;
                 let found = evidence(inner.as_ref(), &sample);
                 let owned = restore::from_hardware(&gpus, &found);
-                inner.adopt(&owned)?;
+                // Not complete: the ledger gives back the rest at registration.
+                inner.adopt(&owned, false)?;
                 let opened = Opened::Rebuilt {
                     why: e.to_string(),
                     kept: owned.count(),
@@ -269,8 +270,8 @@ impl GpuBackend for Checkpointed {
         self.after(r)
     }
 
-    fn adopt(&mut self, owned: &Owned) -> Result<(), BackendError> {
-        let r = self.inner.adopt(owned);
+    fn adopt(&mut self, owned: &Owned, complete: bool) -> Result<(), BackendError> {
+        let r = self.inner.adopt(owned, complete);
         self.after(r)
     }
 
@@ -287,7 +288,7 @@ impl GpuBackend for Checkpointed {
         for d in &r.dropped {
             warn!("ledger slice not taken back, its hardware is gone: {d}");
         }
-        self.inner.adopt(&r.owned)?;
+        self.inner.adopt(&r.owned, true)?;
         self.state.ledger_adoption_pending = false;
         self.persist()?;
         info!(

@@ -213,6 +213,29 @@ impl NvmlBackend {
         debug!(gpu = %uuid, error = %e, "NVML {what} failed");
     }
 
+    /// Puts GPUs in EXCLUSIVE_PROCESS mode that no slice holds whole back to DEFAULT: an
+    /// assignment whose record a crash lost leaves the mode behind, and the GPU would serve one
+    /// process only.
+    fn free_exclusive_gpus(&mut self) -> Result<(), BackendError> {
+        let n = self.nvml.device_count().map_err(nvml_err("device_count"))?;
+        for i in 0..n {
+            let mut d = self
+                .nvml
+                .device_by_index(i)
+                .map_err(nvml_err("device_by_index"))?;
+            let uuid = d.uuid().map_err(nvml_err("uuid"))?;
+            if self.whole_holder(&uuid).is_none()
+                && d.compute_mode()
+                    .is_ok_and(|m| m == ComputeMode::ExclusiveProcess)
+            {
+                d.set_compute_mode(ComputeMode::Default)
+                    .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
+                info!(gpu = %uuid, "compute mode back to DEFAULT: no slice holds the GPU whole");
+            }
+        }
+        Ok(())
+    }
+
     /// The slice holding `gpu` whole, if any.
     fn whole_holder(&self, gpu: &str) -> Option<&str> {
         self.whole
@@ -603,7 +626,11 @@ impl GpuBackend for NvmlBackend {
         Ok(())
     }
 
-    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError> {
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        complete: bool,
+    ) -> Result<(), BackendError> {
         self.mig_owners = owned
             .mig
             .iter()
@@ -633,6 +660,9 @@ impl GpuBackend for NvmlBackend {
             self.device(&w.gpu)?
                 .set_compute_mode(ComputeMode::ExclusiveProcess)
                 .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
+        }
+        if complete {
+            self.free_exclusive_gpus()?;
         }
         Ok(())
     }

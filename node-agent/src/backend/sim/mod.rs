@@ -949,7 +949,11 @@ impl GpuBackend for SimBackend {
         Ok(())
     }
 
-    fn adopt(&mut self, owned: &crate::checkpoint::Owned) -> Result<(), BackendError> {
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        _complete: bool,
+    ) -> Result<(), BackendError> {
         // The simulated hardware lives in this process: only what it still holds is adopted
         // (checked by checkpoint::restore), and no workload is started for it.
         let n = self.hw.devices.len();
