@@ -489,6 +489,22 @@ async fn checked(url: &str, node: &Node, book: &Arc<Mutex<Book>>, within: Durati
     );
 }
 
+/// The agent's log since byte `from`, once it holds `needle` (panics after 10 s).
+async fn logged_since(node: &Node, from: usize, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = node.log().get(from..).unwrap_or("").to_string();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not log {needle:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -587,26 +603,20 @@ async fn a_truncated_corrupt_or_unknown_version_checkpoint_is_refused_and_rebuil
         agent = node.start(&url);
         wait_connected(&url, Duration::from_secs(20)).await;
         checked(&url, &node, &book, Duration::from_secs(10)).await;
-        let log = node.log()[before..].to_string();
+        // The agent logs after it wrote: wait for the lines.
+        let log = logged_since(&node, before, "rebuilt with the controller's ledger").await;
         let line = log
             .lines()
             .find(|l| l.contains("node checkpoint refused"))
             .unwrap_or_else(|| panic!("{what}: no refusal logged:\n{log}"));
         assert!(line.contains(logged), "{what}: {line}");
-        assert!(
-            log.contains("rebuilt with the controller's ledger"),
-            "{what}:\n{log}"
-        );
         // The rebuilt file is a good one again: the next restart reads it.
         sigkill(&mut agent);
         let before = node.log().len();
         agent = node.start(&url);
         wait_connected(&url, Duration::from_secs(20)).await;
         checked(&url, &node, &book, Duration::from_secs(10)).await;
-        assert!(
-            node.log()[before..].contains("node checkpoint read"),
-            "{what}: the rebuilt checkpoint was not read back"
-        );
+        logged_since(&node, before, "node checkpoint read").await;
     }
     // A removed checkpoint is rebuilt the same way.
     sigkill(&mut agent);
