@@ -158,8 +158,11 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
     result
 }
 
-/// Most slices a registration answer may give back (`Registered.adopt`).
-pub const MAX_ADOPT: usize = 4096;
+/// Most slices a registration answer may give back (`Registered.adopt`): as many as a node can
+/// hold (every GPU full of MIG instances or shares). About 100 bytes each, so the largest answer
+/// stays under the 4 MiB a gRPC client accepts by default.
+pub const MAX_ADOPT: usize =
+    limits::MAX_GPUS_PER_NODE * (limits::MAX_SHARES_PER_GPU + limits::MAX_MIG_INSTANCES_PER_GPU);
 
 /// The ledger's slices of a registration answer, checked against [`limits`].
 pub fn ledger_slices(
@@ -711,6 +714,67 @@ mod tests {
         match register_message("n1", &shared).unwrap().msg {
             Some(pb::agent_message::Msg::Register(r)) => r.capabilities.unwrap(),
             other => panic!("not a Register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_ledgers_slices_are_checked_before_they_are_taken_back() {
+        use crate::checkpoint::restore::LedgerKind;
+        let slice = |kind: &str| pb::LedgerSlice {
+            slice_id: "s-1".into(),
+            gpu_uuids: vec!["GPU-1".into()],
+            kind: kind.into(),
+            compute_fraction: 0.5,
+            memory_bytes: 1 << 30,
+            gpu_instance_id: 2,
+            start: 4,
+            profile: "3g.40gb".into(),
+            mig_uuid: "MIG-1".into(),
+        };
+        let answer = |adopt: Vec<pb::LedgerSlice>| pb::Registered {
+            node: "n1".into(),
+            adopt,
+        };
+        let got =
+            ledger_slices(&answer(vec![slice("whole"), slice("share"), slice("mig")])).unwrap();
+        assert_eq!(got[0].kind, LedgerKind::Whole);
+        assert_eq!(
+            got[1].kind,
+            LedgerKind::Share {
+                compute_fraction: 0.5,
+                memory_bytes: 1 << 30
+            }
+        );
+        assert!(matches!(
+            &got[2].kind,
+            LedgerKind::Mig { gpu_instance_id: 2, start: 4, profile, .. } if profile == "3g.40gb"
+        ));
+        for bad in [
+            pb::LedgerSlice {
+                kind: "pool".into(),
+                ..slice("whole")
+            },
+            pb::LedgerSlice {
+                start: 8,
+                ..slice("mig")
+            },
+            pb::LedgerSlice {
+                compute_fraction: f64::NAN,
+                ..slice("share")
+            },
+            pb::LedgerSlice {
+                gpu_uuids: Vec::new(),
+                ..slice("whole")
+            },
+            pb::LedgerSlice {
+                slice_id: "s 1".into(),
+                ..slice("whole")
+            },
+        ] {
+            assert!(
+                ledger_slices(&answer(vec![bad.clone()])).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
