@@ -32,6 +32,31 @@ pub struct AgentConfig {
     pub nvml: NvmlSection,
     pub kubelet: KubeletSection,
     pub tls: TlsSection,
+    pub agent: AgentSection,
+}
+
+/// Where the NVML backend keeps its node checkpoint unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/greenslice";
+
+/// `[agent]`: the agent's own files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// Folder of the node checkpoint (what this agent owns and has applied; see
+    /// docs/NODE-CHECKPOINT.md). Default: /var/lib/greenslice with the NVML backend; none with the
+    /// simulator, whose hardware lives in the agent process and does not outlive it.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+impl AgentSection {
+    /// The checkpoint folder to use with `backend` (None: no checkpoint).
+    pub fn state_dir_for(&self, backend: BackendKind) -> Option<std::path::PathBuf> {
+        match (&self.state_dir, backend) {
+            (Some(d), _) => Some(d.clone()),
+            (None, BackendKind::Sim) => None,
+            (None, _) => Some(DEFAULT_STATE_DIR.into()),
+        }
+    }
 }
 
 /// `[nvml]`: where the NVML library comes from.
@@ -210,6 +235,7 @@ impl Default for AgentConfig {
             nvml: NvmlSection::default(),
             kubelet: KubeletSection::default(),
             tls: TlsSection::default(),
+            agent: AgentSection::default(),
         }
     }
 }
@@ -304,6 +330,27 @@ available = false
     fn refuses_unknown_keys() {
         let e = AgentConfig::parse("nod = \"x\"").unwrap_err().to_string();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn the_checkpoint_folder_defaults_by_backend_and_can_be_set() {
+        let d = AgentConfig::default();
+        assert_eq!(
+            d.agent.state_dir_for(BackendKind::Nvml),
+            Some(DEFAULT_STATE_DIR.into())
+        );
+        assert_eq!(
+            d.agent.state_dir_for(BackendKind::Auto),
+            Some(DEFAULT_STATE_DIR.into())
+        );
+        // The simulator's hardware lives in the agent process: nothing to take back.
+        assert_eq!(d.agent.state_dir_for(BackendKind::Sim), None);
+        let c = AgentConfig::parse("[agent]\nstate_dir = \"/srv/gs\"\n").unwrap();
+        assert_eq!(
+            c.agent.state_dir_for(BackendKind::Sim),
+            Some("/srv/gs".into())
+        );
+        assert!(AgentConfig::parse("[agent]\nstate = 1\n").is_err());
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn register_message(
                 mig_manage: b.may_manage_mig(),
                 mps: b.mps_available(),
             })),
+            ownership_rebuilt: b.ownership_rebuilt(),
         })),
     })
 }
@@ -155,6 +156,103 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
         result.error = limits::truncate_message(&e.to_string());
     }
     result
+}
+
+/// Most slices a registration answer may give back (`Registered.adopt`): as many as a node can
+/// hold (every GPU full of MIG instances or shares). About 100 bytes each, so the largest answer
+/// stays under the 4 MiB a gRPC client accepts by default.
+pub const MAX_ADOPT: usize =
+    limits::MAX_GPUS_PER_NODE * (limits::MAX_SHARES_PER_GPU + limits::MAX_MIG_INSTANCES_PER_GPU);
+
+/// The ledger's slices of a registration answer, checked against [`limits`].
+pub fn ledger_slices(
+    r: &pb::Registered,
+) -> Result<Vec<crate::checkpoint::restore::LedgerSlice>, limits::LimitError> {
+    use crate::checkpoint::restore::{LedgerKind, LedgerSlice};
+    limits::check_count("adopt", r.adopt.len(), 0, MAX_ADOPT)?;
+    r.adopt
+        .iter()
+        .map(|l| {
+            limits::check_slice_id("adopt.slice_id", &l.slice_id)?;
+            limits::check_count(
+                "adopt.gpu_uuids",
+                l.gpu_uuids.len(),
+                1,
+                limits::MAX_GPUS_PER_NODE,
+            )?;
+            for g in &l.gpu_uuids {
+                limits::check_uuid("adopt.gpu_uuids", g)?;
+            }
+            let kind = match l.kind.as_str() {
+                "whole" => LedgerKind::Whole,
+                "share" => {
+                    limits::check_fraction("adopt.compute_fraction", l.compute_fraction)?;
+                    limits::check_max(
+                        "adopt.memory_bytes",
+                        l.memory_bytes,
+                        limits::MAX_GPU_MEMORY_BYTES,
+                        "bytes",
+                    )?;
+                    LedgerKind::Share {
+                        compute_fraction: l.compute_fraction,
+                        memory_bytes: l.memory_bytes,
+                    }
+                }
+                "mig" => {
+                    limits::check_profile("adopt.profile", &l.profile)?;
+                    if !l.mig_uuid.is_empty() {
+                        limits::check_uuid("adopt.mig_uuid", &l.mig_uuid)?;
+                    }
+                    let start = u8::try_from(l.start)
+                        .ok()
+                        .filter(|s| *s < greenslice_core::mig::MEMORY_SLICES)
+                        .ok_or_else(|| limits::LimitError::new("adopt.start", "is past the GPU"))?;
+                    LedgerKind::Mig {
+                        gpu_instance_id: l.gpu_instance_id,
+                        start,
+                        profile: l.profile.clone(),
+                        mig_uuid: l.mig_uuid.clone(),
+                    }
+                }
+                _ => {
+                    return Err(limits::LimitError::new(
+                        "adopt.kind",
+                        "is not whole, share or mig",
+                    ));
+                }
+            };
+            Ok(LedgerSlice {
+                slice_id: l.slice_id.clone(),
+                gpus: l.gpu_uuids.clone(),
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// After a registration that said the agent rebuilt its ownership: takes back the ledger's slices
+/// the hardware still holds and returns the state report to send (the controller judged the
+/// registration's inventory, which named only what the hardware showed). A malformed answer is
+/// refused (the session ends; the next registration asks again).
+fn adopt_from_ledger(
+    backend: &SharedBackend,
+    r: &pb::Registered,
+) -> anyhow::Result<Option<pb::AgentMessage>> {
+    let mut b = lock(backend);
+    if !b.ownership_rebuilt() {
+        return Ok(None);
+    }
+    let ledger =
+        ledger_slices(r).map_err(|e| anyhow::anyhow!("bad Registered from the controller: {e}"))?;
+    if !b.adopt_from_ledger(&ledger)? {
+        return Ok(None);
+    }
+    let gpus = b.inventory()?;
+    Ok(Some(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::State(pb::StateReport {
+            gpus: gpus.iter().map(gpu_to_pb).collect(),
+        })),
+    }))
 }
 
 /// How the agent talks to the controller.
@@ -350,7 +448,10 @@ async fn session_once(
         match msg?.msg {
             Some(pb::controller_message::Msg::Registered(r)) => {
                 *registered = true;
-                info!(node = %r.node, "registered with controller")
+                info!(node = %r.node, "registered with controller");
+                if let Some(report) = adopt_from_ledger(backend, &r)? {
+                    tx.send(report).await?;
+                }
             }
             Some(pb::controller_message::Msg::Command(cmd)) => {
                 let result = apply(backend, &cmd);
@@ -613,6 +714,67 @@ mod tests {
         match register_message("n1", &shared).unwrap().msg {
             Some(pb::agent_message::Msg::Register(r)) => r.capabilities.unwrap(),
             other => panic!("not a Register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_ledgers_slices_are_checked_before_they_are_taken_back() {
+        use crate::checkpoint::restore::LedgerKind;
+        let slice = |kind: &str| pb::LedgerSlice {
+            slice_id: "s-1".into(),
+            gpu_uuids: vec!["GPU-1".into()],
+            kind: kind.into(),
+            compute_fraction: 0.5,
+            memory_bytes: 1 << 30,
+            gpu_instance_id: 2,
+            start: 4,
+            profile: "3g.40gb".into(),
+            mig_uuid: "MIG-1".into(),
+        };
+        let answer = |adopt: Vec<pb::LedgerSlice>| pb::Registered {
+            node: "n1".into(),
+            adopt,
+        };
+        let got =
+            ledger_slices(&answer(vec![slice("whole"), slice("share"), slice("mig")])).unwrap();
+        assert_eq!(got[0].kind, LedgerKind::Whole);
+        assert_eq!(
+            got[1].kind,
+            LedgerKind::Share {
+                compute_fraction: 0.5,
+                memory_bytes: 1 << 30
+            }
+        );
+        assert!(matches!(
+            &got[2].kind,
+            LedgerKind::Mig { gpu_instance_id: 2, start: 4, profile, .. } if profile == "3g.40gb"
+        ));
+        for bad in [
+            pb::LedgerSlice {
+                kind: "pool".into(),
+                ..slice("whole")
+            },
+            pb::LedgerSlice {
+                start: 8,
+                ..slice("mig")
+            },
+            pb::LedgerSlice {
+                compute_fraction: f64::NAN,
+                ..slice("share")
+            },
+            pb::LedgerSlice {
+                gpu_uuids: Vec::new(),
+                ..slice("whole")
+            },
+            pb::LedgerSlice {
+                slice_id: "s 1".into(),
+                ..slice("whole")
+            },
+        ] {
+            assert!(
+                ledger_slices(&answer(vec![bad.clone()])).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

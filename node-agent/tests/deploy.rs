@@ -249,6 +249,24 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
         );
     }
 
+    // The node checkpoint lives on the host, so a new agent pod finds what the last one applied.
+    let state_dir = cfg
+        .agent
+        .state_dir_for(cfg.backend)
+        .expect("the NVML agent keeps a checkpoint");
+    let state_dir = state_dir.to_str().unwrap();
+    let m = mounts
+        .iter()
+        .find(|m| m.mount_path == state_dir)
+        .unwrap_or_else(|| panic!("the checkpoint folder {state_dir} is not mounted"));
+    assert_ne!(m.read_only, Some(true), "the checkpoint folder is written");
+    let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+    assert_eq!(
+        v.host_path.as_ref().map(|h| h.path.as_str()),
+        Some(state_dir),
+        "the checkpoint folder must be the host's"
+    );
+
     // The TLS files the agent is given come from the node (a hostPath mount).
     for flag in ["--ca-cert", "--cert", "--key"] {
         let path = &args[args

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod nvml_sim;
 pub mod procs;
 
 use std::collections::{BTreeMap, BTreeSet};

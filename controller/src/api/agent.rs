@@ -109,11 +109,13 @@ impl AgentService for AgentApi {
         let (tx, rx) = mpsc::channel(256);
         let plan = self.controller.register_node(&reg);
         let session = self.controller.agents.connect(&node, tx.clone());
-        info!(%node, gpus = reg.gpus.len(), backend = %reg.backend, "agent registered");
+        info!(%node, gpus = reg.gpus.len(), backend = %reg.backend, ownership_rebuilt = reg.ownership_rebuilt, "agent registered");
         let _ = tx
             .send(Ok(pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::Registered(pb::Registered {
                     node: node.clone(),
+                    // The ledger's slices, for an agent that lost its own record.
+                    adopt: plan.adopt.clone(),
                 })),
             }))
             .await;

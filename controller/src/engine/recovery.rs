@@ -32,6 +32,59 @@ pub struct Reconcile {
     /// Slices holding a lent MIG instance the agent no longer names (it restarted, and lendings
     /// live in its memory): lend it to them again, so their usage is attributed.
     pub relend: Vec<String>,
+    /// Only when the agent said it lost its own record (`Register.ownership_rebuilt`): the live
+    /// slices on the node that are not lost, sent back in `Registered.adopt` for it to take back.
+    pub adopt: Vec<pb::LedgerSlice>,
+}
+
+/// Whether the GPUs `r` needs are still there for it, judged from the hardware alone (a
+/// registration whose agent lost its record names no shares or whole GPUs): a share's or whole
+/// slice's GPUs present, out of MIG mode and not held whole by another slice; a MIG slice's
+/// instance present.
+fn hardware_there(r: &SliceRecord, gpus: &[Gpu]) -> bool {
+    let usable = |u: &String| {
+        gpus.iter().find(|g| g.uuid == *u).is_some_and(|g| {
+            !g.mig_enabled
+                && g.whole_slice_id
+                    .as_deref()
+                    .is_none_or(|w| w == r.id.as_str())
+        })
+    };
+    match &r.spec.kind {
+        SliceKind::Whole { .. } => !r.gpus.is_empty() && r.gpus.iter().all(usable),
+        SliceKind::Share { .. } => r.gpus.first().is_some_and(usable),
+        SliceKind::Mig { .. } => presence(r, gpus) == Presence::All,
+    }
+}
+
+/// A slice as the ledger holds it, for `Registered.adopt`.
+fn ledger_slice(r: &SliceRecord) -> pb::LedgerSlice {
+    let mut l = pb::LedgerSlice {
+        slice_id: r.id.clone(),
+        gpu_uuids: r.gpus.clone(),
+        ..Default::default()
+    };
+    match &r.spec.kind {
+        SliceKind::Whole { .. } => l.kind = "whole".into(),
+        SliceKind::Share {
+            compute_fraction,
+            memory_bytes,
+        } => {
+            l.kind = "share".into();
+            l.compute_fraction = *compute_fraction;
+            l.memory_bytes = *memory_bytes;
+        }
+        SliceKind::Mig { profile } => {
+            l.kind = "mig".into();
+            l.profile = profile.clone();
+            if let Some(m) = &r.mig {
+                l.start = u32::from(m.start);
+                l.gpu_instance_id = m.gpu_instance_id.unwrap_or_default();
+                l.mig_uuid = m.mig_uuid.clone().unwrap_or_default();
+            }
+        }
+    }
+    l
 }
 
 /// How much of a slice the hardware holds.
@@ -71,16 +124,23 @@ fn presence(r: &SliceRecord, gpus: &[Gpu]) -> Presence {
     }
 }
 
-/// The MIG instance on `g` that belongs to `r`: the one naming it, or the one it recorded.
+/// The MIG instance on `g` that belongs to `r`: the one naming it, or the one it recorded (same id
+/// and start, and the same MIG UUID where both are known: a driver reload makes new instances
+/// that may take the old ids).
 fn mig_instance_of<'a>(
     r: &SliceRecord,
     g: &'a Gpu,
 ) -> Option<&'a greenslice_core::inventory::MigInstance> {
     g.mig_instances.iter().find(|i| {
         i.slice_id.as_deref() == Some(r.id.as_str())
-            || r.mig
-                .as_ref()
-                .is_some_and(|m| m.gpu_instance_id == Some(i.gpu_instance_id) && m.start == i.start)
+            || r.mig.as_ref().is_some_and(|m| {
+                m.gpu_instance_id == Some(i.gpu_instance_id)
+                    && m.start == i.start
+                    && i.slice_id.is_none()
+                    && m.mig_uuid
+                        .as_deref()
+                        .is_none_or(|u| u.is_empty() || i.mig_uuid.is_empty() || u == i.mig_uuid)
+            })
     })
 }
 
@@ -91,6 +151,9 @@ impl Controller {
         let mut st = self.lock();
         let gpus: Vec<Gpu> = reg.gpus.iter().map(gpu_from_pb).collect();
         let drained = st.nodes.get(&reg.node).is_some_and(|n| n.drained);
+        // An agent that lost its record reports only what the hardware showed: its slices are
+        // judged by whether their hardware is there, and it is given them back.
+        let rebuilt = reg.ownership_rebuilt;
         let mut plan = Reconcile {
             node: reg.node.clone(),
             ..Default::default()
@@ -102,10 +165,23 @@ impl Controller {
                     Presence::All => plan.confirm.push(s.id.clone()),
                     _ => plan.abandon.push(s.id.clone()),
                 },
-                SliceState::Active if presence(s, &gpus) != Presence::All => {
+                SliceState::Active
+                    if presence(s, &gpus) != Presence::All
+                        && !(rebuilt && hardware_there(s, &gpus)) =>
+                {
                     plan.lost.push(s.id.clone())
                 }
                 _ => {}
+            }
+            if rebuilt
+                && match s.state {
+                    SliceState::Active => !plan.lost.contains(&s.id),
+                    SliceState::Releasing => true,
+                    SliceState::Pending => plan.confirm.contains(&s.id),
+                    _ => false,
+                }
+            {
+                plan.adopt.push(ledger_slice(s));
             }
             let unnamed = s.mig.as_ref().is_some_and(|m| m.lent)
                 && s.gpus
@@ -156,6 +232,7 @@ impl Controller {
                 abandon = plan.abandon.len(),
                 lost = plan.lost.len(),
                 relend = plan.relend.len(),
+                given_back = plan.adopt.len(),
                 "reconciling node with the ledger"
             );
         }
@@ -389,5 +466,110 @@ impl Controller {
             n.unreachable_since_ms = Some(now);
         }
         st.touch(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use greenslice_core::clock::ManualClock;
+    use greenslice_proto::v1 as pb;
+
+    use super::super::retention_tests::{T0, controller, retention};
+    use super::*;
+    use crate::ledger::MemoryLedger;
+
+    fn gpu(mig: bool) -> pb::GpuInfo {
+        pb::GpuInfo {
+            uuid: "GPU-n1-0".into(),
+            model: "H100-SXM5-80GB".into(),
+            memory_bytes: 80 << 30,
+            mig_capable: true,
+            mig_enabled: mig,
+            healthy: true,
+            ..Default::default()
+        }
+    }
+
+    fn register(gpus: Vec<pb::GpuInfo>, rebuilt: bool) -> pb::Register {
+        pb::Register {
+            node: "n1".into(),
+            gpus,
+            ownership_rebuilt: rebuilt,
+            ..Default::default()
+        }
+    }
+
+    /// A node `n1` whose agent applies every command, with one ACTIVE share on its GPU.
+    async fn node_with_a_share() -> (Arc<Controller>, String) {
+        let clock = ManualClock::new(T0);
+        let c = controller(
+            Arc::new(MemoryLedger::default()),
+            &clock,
+            retention(std::time::Duration::from_secs(600), 1000),
+        )
+        .await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        c.agents.connect("n1", tx);
+        c.register_node(&register(vec![gpu(false)], false));
+        let weak = Arc::downgrade(&c);
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = rx.recv().await {
+                if let (Some(pb::controller_message::Msg::Command(cmd)), Some(c)) =
+                    (m.msg, weak.upgrade())
+                {
+                    c.agents.complete(pb::CommandResult {
+                        command_id: cmd.command_id,
+                        ok: true,
+                        ..Default::default()
+                    });
+                }
+            }
+        });
+        let spec = pb::SliceSpec {
+            kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
+                compute_fraction: 0.25,
+                memory_bytes: 1 << 30,
+            })),
+            ..Default::default()
+        };
+        let s = c.request("team-a", Some(&spec), "").await.unwrap().slice;
+        assert_eq!(s.state, SliceState::Active);
+        (c, s.id)
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_lost_its_record_is_given_its_slices_back_not_told_they_are_lost() {
+        let (c, id) = node_with_a_share().await;
+        // The agent's report names no share: it lost its checkpoint, the GPU is there.
+        let plan = c.register_node(&register(vec![gpu(false)], true));
+        assert!(plan.lost.is_empty(), "{plan:?}");
+        assert_eq!(plan.adopt.len(), 1, "{plan:?}");
+        let a = &plan.adopt[0];
+        assert_eq!(
+            (a.slice_id.as_str(), a.kind.as_str(), a.gpu_uuids.clone()),
+            (id.as_str(), "share", vec!["GPU-n1-0".to_string()])
+        );
+        assert_eq!((a.compute_fraction, a.memory_bytes), (0.25, 1 << 30));
+    }
+
+    #[tokio::test]
+    async fn a_slice_whose_hardware_is_gone_is_lost_whatever_the_agent_kept() {
+        let (c, id) = node_with_a_share().await;
+        // The GPU went into MIG mode: no share can be on it.
+        let plan = c.register_node(&register(vec![gpu(true)], true));
+        assert_eq!(plan.lost, vec![id.clone()]);
+        assert!(plan.adopt.is_empty(), "{plan:?}");
+        // The GPU is gone altogether.
+        let plan = c.register_node(&register(Vec::new(), true));
+        assert_eq!(plan.lost, vec![id.clone()]);
+        // An agent with its record that does not name the share: it is gone.
+        let plan = c.register_node(&register(vec![gpu(false)], false));
+        assert_eq!(plan.lost, vec![id]);
+        assert!(
+            plan.adopt.is_empty(),
+            "given back only to an agent that asks"
+        );
     }
 }

@@ -51,6 +51,10 @@ pub enum BackendError {
     Sim { gpu: String, err: gpu_sim::SimError },
     #[error("invalid backend configuration: {0}")]
     Config(String),
+    /// The node checkpoint could not be written: the change is applied on the hardware but not
+    /// recorded, so it is not acknowledged.
+    #[error("node checkpoint: {0}")]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// The host a backend runs on.
@@ -192,6 +196,33 @@ pub trait GpuBackend: Send {
     fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError>;
     /// Frees a whole GPU.
     fn unassign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError>;
+    /// Takes back what the agent owned before it restarted, already checked against the hardware
+    /// ([`crate::checkpoint::restore`]): MIG instance owners (lendings, behind
+    /// [`readonly::ReadOnlyMig`]), shares with their limits, whole-GPU holders. Replaces what the
+    /// backend held; the MIG layout is not changed. `complete`: `owned` is everything the agent
+    /// owns (a checkpoint read, or the controller's ledger answered), so hardware settings no
+    /// slice needs any more go back to their defaults (a whole GPU's compute mode set by an
+    /// assignment whose record a crash lost); false while a rebuild waits for the ledger.
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        complete: bool,
+    ) -> Result<(), BackendError>;
+    /// Whether the agent has no trustworthy record of what it owns and asks the controller's
+    /// ledger (`Register.ownership_rebuilt`). Only [`crate::checkpoint::backend::Checkpointed`]
+    /// keeps a record.
+    fn ownership_rebuilt(&self) -> bool {
+        false
+    }
+    /// Takes back the ledger's slices the hardware still holds, after a registration that said
+    /// [`GpuBackend::ownership_rebuilt`]. Returns whether the ownership changed.
+    fn adopt_from_ledger(
+        &mut self,
+        ledger: &[crate::checkpoint::restore::LedgerSlice],
+    ) -> Result<bool, BackendError> {
+        let _ = ledger;
+        Ok(false)
+    }
 }
 
 /// Environment for MPS-enforced shares: the thread percentage and the pinned memory limit.
@@ -218,6 +249,61 @@ pub fn share_env(
             mps_pipe_dir.to_string(),
         ),
     ])
+}
+
+/// Whether a share of `fraction` and `memory_bytes` fits on `gpu` beside the shares `others`:
+/// not on a GPU held whole, compute within the whole GPU (in milli-GPU, as the controller counts),
+/// memory within `total_bytes`. One rule for every backend, so they refuse alike.
+pub fn share_fits(
+    gpu: &str,
+    held_whole: bool,
+    others: &[&greenslice_core::inventory::Share],
+    fraction: f64,
+    memory_bytes: u64,
+    total_bytes: u64,
+) -> Result<(), BackendError> {
+    if held_whole {
+        return Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: "held whole by another slice".into(),
+        });
+    }
+    let used_milli: u32 = others
+        .iter()
+        .map(|s| greenslice_core::slice::share_milli(s.compute_fraction))
+        .sum();
+    let used_mem: u64 = others.iter().map(|s| s.memory_bytes).sum();
+    if used_milli + greenslice_core::slice::share_milli(fraction) > 1000
+        || used_mem.saturating_add(memory_bytes) > total_bytes
+    {
+        return Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: format!("{used_milli} milli and {used_mem} bytes already shared"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `slice_id` may hold `gpu` whole: nobody else holds it whole and it holds no share
+/// (`holder` is its current whole holder, `shares` how many shares it holds).
+pub fn whole_fits(
+    gpu: &str,
+    holder: Option<&str>,
+    shares: usize,
+    slice_id: &str,
+) -> Result<(), BackendError> {
+    match holder {
+        Some(s) if s == slice_id => Ok(()),
+        Some(s) => Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: format!("held whole by {s}"),
+        }),
+        None if shares > 0 => Err(BackendError::NoRoom {
+            gpu: gpu.to_string(),
+            why: format!("{shares} shares applied"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Environment variable naming the slice a process belongs to.

@@ -4,9 +4,10 @@
 //! ([`BackendError::ReadOnly`]). Instead it lends existing instances that no slice owns (made by an
 //! operator, or left free) to slices: [`GpuBackend::claim_mig`] records the owner and
 //! [`GpuBackend::release_mig`] forgets it, and [`GpuBackend::inventory`] shows each lent instance
-//! with its slice, so usage is attributed to it. Lendings live in the agent's memory: after an
-//! agent restart the instances are reported free again, and the controller, which recorded the
-//! instance id with the slice, still counts them as held.
+//! with its slice, so usage is attributed to it. Lendings are kept in the node checkpoint
+//! (`crate::checkpoint`) and taken back after an agent restart ([`GpuBackend::adopt`]); an agent
+//! without a checkpoint reports them free, and the controller, which recorded the instance id with
+//! the slice, lends them again.
 
 use std::collections::BTreeMap;
 
@@ -84,6 +85,26 @@ impl GpuBackend for ReadOnlyMig {
 
     fn mps_available(&self) -> bool {
         self.inner.mps_available()
+    }
+
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        complete: bool,
+    ) -> Result<(), BackendError> {
+        // This wrapper creates nothing: every owned instance is lent.
+        self.lent = owned
+            .mig
+            .iter()
+            .map(|m| ((m.gpu.clone(), m.gpu_instance_id), m.slice_id.clone()))
+            .collect();
+        self.inner.adopt(
+            &crate::checkpoint::Owned {
+                mig: Vec::new(),
+                ..owned.clone()
+            },
+            complete,
+        )
     }
 
     fn claim_mig(

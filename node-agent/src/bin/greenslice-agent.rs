@@ -9,6 +9,8 @@ use greenslice_agent::backend::nvml::NvmlBackend;
 use greenslice_agent::backend::readonly::ReadOnlyMig;
 use greenslice_agent::backend::sim::{SimBackend, SimConfig};
 use greenslice_agent::backend::{BackendError, GpuBackend, MPS_CONTROL, on_path};
+use greenslice_agent::checkpoint::backend::Checkpointed;
+use greenslice_agent::checkpoint::store::CheckpointFile;
 use greenslice_agent::config::{AgentConfig, BackendKind};
 use greenslice_core::clock::ManualClock;
 use tracing::{info, warn};
@@ -44,6 +46,10 @@ struct Args {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Folder of the node checkpoint, what this agent owns and has applied [config:
+    /// agent.state_dir; default /var/lib/greenslice with NVML, none with the simulator].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// PEM CA that signed the controller's certificate (https URLs) [config: tls.ca_cert].
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -233,6 +239,9 @@ async fn main() -> ExitCode {
     if let Some(v) = args.mig_manage {
         cfg.mig.manage = Some(v);
     }
+    if let Some(v) = args.state_dir {
+        cfg.agent.state_dir = Some(v);
+    }
     if let Err(e) = cfg.check() {
         eprintln!("error: invalid configuration (--node or `node` in the config file): {e}");
         return ExitCode::from(2);
@@ -266,6 +275,21 @@ async fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(4)
+            }
+        };
+    }
+    if let Some(dir) = cfg.agent.state_dir_for(cfg.backend) {
+        let opened = CheckpointFile::open(&dir)
+            .map_err(BackendError::from)
+            .and_then(|file| Checkpointed::open(backend, file, &cfg.node));
+        backend = match opened {
+            Ok((b, _)) => Box::new(b),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot keep the node checkpoint in {} (--state-dir or agent.state_dir): {e}",
+                    dir.display()
+                );
+                return ExitCode::from(2);
             }
         };
     }

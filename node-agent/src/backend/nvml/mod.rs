@@ -29,6 +29,7 @@ use greenslice_core::inventory::{Gpu, MigInstance, Share};
 use greenslice_core::mig;
 use greenslice_core::sample::{GpuSample, NodeSample, SampleField};
 use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, GpmSample, Nvml};
@@ -210,6 +211,46 @@ impl NvmlBackend {
                 .record(uuid, HealthEvent::Lost, self.clock.now_ms());
         }
         debug!(gpu = %uuid, error = %e, "NVML {what} failed");
+    }
+
+    /// Puts GPUs in EXCLUSIVE_PROCESS mode that no slice holds whole back to DEFAULT: an
+    /// assignment whose record a crash lost leaves the mode behind, and the GPU would serve one
+    /// process only.
+    fn free_exclusive_gpus(&mut self) -> Result<(), BackendError> {
+        let n = self.nvml.device_count().map_err(nvml_err("device_count"))?;
+        for i in 0..n {
+            let mut d = self
+                .nvml
+                .device_by_index(i)
+                .map_err(nvml_err("device_by_index"))?;
+            let uuid = d.uuid().map_err(nvml_err("uuid"))?;
+            if self.whole_holder(&uuid).is_none()
+                && d.compute_mode()
+                    .is_ok_and(|m| m == ComputeMode::ExclusiveProcess)
+            {
+                d.set_compute_mode(ComputeMode::Default)
+                    .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
+                info!(gpu = %uuid, "compute mode back to DEFAULT: no slice holds the GPU whole");
+            }
+        }
+        Ok(())
+    }
+
+    /// The slice holding `gpu` whole, if any.
+    fn whole_holder(&self, gpu: &str) -> Option<&str> {
+        self.whole
+            .iter()
+            .find(|(g, _)| g == gpu)
+            .map(|(_, s)| s.as_str())
+    }
+
+    /// A GPU that may hold shares and whole-GPU slices: out of MIG mode.
+    fn non_mig(&self, gpu: &str) -> Result<Device<'static>, BackendError> {
+        let d = self.device(gpu)?;
+        if d.mig_mode().is_ok_and(|m| m.current == 1) {
+            return Err(BackendError::MigMode { gpu: gpu.into() });
+        }
+        Ok(d)
     }
 
     fn device(&self, uuid: &str) -> Result<Device<'static>, BackendError> {
@@ -585,6 +626,47 @@ impl GpuBackend for NvmlBackend {
         Ok(())
     }
 
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        complete: bool,
+    ) -> Result<(), BackendError> {
+        self.mig_owners = owned
+            .mig
+            .iter()
+            .map(|m| ((m.gpu.clone(), m.gpu_instance_id), m.slice_id.clone()))
+            .collect();
+        self.shares = owned
+            .shares
+            .iter()
+            .map(|s| {
+                (
+                    s.gpu.clone(),
+                    Share {
+                        slice_id: s.slice_id.clone(),
+                        compute_fraction: s.compute_fraction,
+                        memory_bytes: s.memory_bytes,
+                    },
+                )
+            })
+            .collect();
+        self.whole = owned
+            .whole
+            .iter()
+            .map(|w| (w.gpu.clone(), w.slice_id.clone()))
+            .collect();
+        for w in &owned.whole {
+            // Set again, as on assign: an operator may have changed it while the agent was away.
+            self.device(&w.gpu)?
+                .set_compute_mode(ComputeMode::ExclusiveProcess)
+                .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
+        }
+        if complete {
+            self.free_exclusive_gpus()?;
+        }
+        Ok(())
+    }
+
     fn set_share(
         &mut self,
         gpu: &str,
@@ -592,6 +674,25 @@ impl GpuBackend for NvmlBackend {
         f: f64,
         mem: u64,
     ) -> Result<SliceEnv, BackendError> {
+        let d = self.non_mig(gpu)?;
+        let total = d
+            .memory_info()
+            .map_err(nvml_err("nvmlDeviceGetMemoryInfo"))?
+            .total;
+        let others: Vec<&Share> = self
+            .shares
+            .iter()
+            .filter(|(g, s)| g == gpu && s.slice_id != slice_id)
+            .map(|(_, s)| s)
+            .collect();
+        super::share_fits(
+            gpu,
+            self.whole_holder(gpu).is_some(),
+            &others,
+            f,
+            mem,
+            total,
+        )?;
         self.shares.retain(|(_, s)| s.slice_id != slice_id);
         self.shares.push((
             gpu.to_string(),
@@ -604,18 +705,43 @@ impl GpuBackend for NvmlBackend {
         Ok(share_env(gpu, f, mem, &self.mps_pipe_dir))
     }
 
-    fn clear_share(&mut self, _: &str, slice_id: &str) -> Result<(), BackendError> {
-        self.shares.retain(|(_, s)| s.slice_id != slice_id);
+    fn clear_share(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError> {
+        self.non_mig(gpu)?;
+        let before = self.shares.len();
+        self.shares
+            .retain(|(g, s)| !(g == gpu && s.slice_id == slice_id));
+        if self.shares.len() == before {
+            return Err(BackendError::NoSuchSlice {
+                gpu: gpu.to_string(),
+                slice: slice_id.to_string(),
+            });
+        }
         Ok(())
     }
 
     fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError> {
-        self.whole.retain(|(g, _)| g != gpu);
-        self.whole.push((gpu.to_string(), slice_id.to_string()));
+        let mut d = self.non_mig(gpu)?;
+        let shares = self.shares.iter().filter(|(g, _)| g == gpu).count();
+        super::whole_fits(gpu, self.whole_holder(gpu), shares, slice_id)?;
+        // Only one process may hold a context on the GPU: nobody else's work lands on it.
+        d.set_compute_mode(ComputeMode::ExclusiveProcess)
+            .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
+        if self.whole_holder(gpu).is_none() {
+            self.whole.push((gpu.to_string(), slice_id.to_string()));
+        }
         Ok(device_env(gpu))
     }
 
-    fn unassign_whole(&mut self, gpu: &str, _: &str) -> Result<(), BackendError> {
+    fn unassign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError> {
+        let mut d = self.non_mig(gpu)?;
+        if self.whole_holder(gpu) != Some(slice_id) {
+            return Err(BackendError::NoSuchSlice {
+                gpu: gpu.to_string(),
+                slice: slice_id.to_string(),
+            });
+        }
+        d.set_compute_mode(ComputeMode::Default)
+            .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
         self.whole.retain(|(g, _)| g != gpu);
         Ok(())
     }

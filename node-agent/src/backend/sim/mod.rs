@@ -949,6 +949,37 @@ impl GpuBackend for SimBackend {
         Ok(())
     }
 
+    fn adopt(
+        &mut self,
+        owned: &crate::checkpoint::Owned,
+        _complete: bool,
+    ) -> Result<(), BackendError> {
+        // The simulated hardware lives in this process: only what it still holds is adopted
+        // (checked by checkpoint::restore), and no workload is started for it.
+        let n = self.hw.devices.len();
+        let mut mig_owners = BTreeMap::new();
+        let mut shares = vec![Vec::new(); n];
+        let mut whole = vec![None; n];
+        for m in &owned.mig {
+            let i = self.gpu_index(&m.gpu)? as u32;
+            mig_owners.insert((i, m.gpu_instance_id), m.slice_id.clone());
+        }
+        for s in &owned.shares {
+            shares[self.gpu_index(&s.gpu)?].push(Share {
+                slice_id: s.slice_id.clone(),
+                compute_fraction: s.compute_fraction,
+                memory_bytes: s.memory_bytes,
+            });
+        }
+        for w in &owned.whole {
+            whole[self.gpu_index(&w.gpu)?] = Some(w.slice_id.clone());
+        }
+        self.mig_owners = mig_owners;
+        self.shares = shares;
+        self.whole = whole;
+        Ok(())
+    }
+
     fn set_share(
         &mut self,
         gpu: &str,
@@ -958,29 +989,18 @@ impl GpuBackend for SimBackend {
     ) -> Result<SliceEnv, BackendError> {
         self.advance();
         let i = self.non_mig(gpu)?;
-        if self.whole[i].is_some() {
-            return Err(BackendError::NoRoom {
-                gpu: gpu.to_string(),
-                why: "held whole by another slice".into(),
-            });
-        }
         let others: Vec<&Share> = self.shares[i]
             .iter()
             .filter(|s| s.slice_id != slice_id)
             .collect();
-        let used_milli: u32 = others
-            .iter()
-            .map(|s| greenslice_core::slice::share_milli(s.compute_fraction))
-            .sum();
-        let used_mem: u64 = others.iter().map(|s| s.memory_bytes).sum();
-        if used_milli + greenslice_core::slice::share_milli(compute_fraction) > 1000
-            || used_mem + memory_bytes > self.hw.devices[i].memory_total_bytes()
-        {
-            return Err(BackendError::NoRoom {
-                gpu: gpu.to_string(),
-                why: format!("{used_milli} milli and {used_mem} bytes already shared"),
-            });
-        }
+        super::share_fits(
+            gpu,
+            self.whole[i].is_some(),
+            &others,
+            compute_fraction,
+            memory_bytes,
+            self.hw.devices[i].memory_total_bytes(),
+        )?;
         self.shares[i].retain(|s| s.slice_id != slice_id);
         self.shares[i].push(Share {
             slice_id: slice_id.to_string(),
@@ -1014,22 +1034,17 @@ impl GpuBackend for SimBackend {
     fn assign_whole(&mut self, gpu: &str, slice_id: &str) -> Result<SliceEnv, BackendError> {
         self.advance();
         let i = self.non_mig(gpu)?;
-        match &self.whole[i] {
-            Some(s) if s == slice_id => {}
-            Some(s) => {
-                return Err(BackendError::NoRoom {
-                    gpu: gpu.to_string(),
-                    why: format!("held whole by {s}"),
-                });
-            }
-            None if !self.shares[i].is_empty() => {
-                return Err(BackendError::NoRoom {
-                    gpu: gpu.to_string(),
-                    why: format!("{} shares applied", self.shares[i].len()),
-                });
-            }
-            None => self.whole[i] = Some(slice_id.to_string()),
-        }
+        super::whole_fits(
+            gpu,
+            self.whole[i].as_deref(),
+            self.shares[i].len(),
+            slice_id,
+        )?;
+        // As the NVML backend does: only the holder's process may open the GPU.
+        self.hw
+            .set_compute_mode(i as u32, gpu_sim::ComputeMode::ExclusiveProcess)
+            .map_err(sim_err(gpu))?;
+        self.whole[i] = Some(slice_id.to_string());
         self.slice_started(slice_id)?;
         Ok(device_env(gpu))
     }
@@ -1044,6 +1059,9 @@ impl GpuBackend for SimBackend {
             });
         }
         self.whole[i] = None;
+        self.hw
+            .set_compute_mode(i as u32, gpu_sim::ComputeMode::Default)
+            .map_err(sim_err(gpu))?;
         self.slice_left(slice_id, i as u32);
         Ok(())
     }

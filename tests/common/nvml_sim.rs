@@ -1,0 +1,107 @@
+//! The simulated NVML machine for end-to-end tests: the library and CLI built beside the tests,
+//! and the machine as the `greenslice-gpu-sim` CLI shows it (nothing shared with the agent's view).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+use serde_json::Value;
+
+use super::procs::bin;
+
+static BUILD: Once = Once::new();
+
+/// The simulated library and CLI. `cargo test --workspace` builds both beside this test's binaries
+/// (their packages have tests). When only this test was asked for, they are built here, into a
+/// target folder of their own: the running `cargo test` holds the lock on the main one.
+pub fn sim_artifacts() -> (PathBuf, PathBuf) {
+    let dir = bin("greenslice")
+        .parent()
+        .expect("profile dir")
+        .to_path_buf();
+    // A clean `cargo test` leaves the cdylib only in deps/ (the root package depends on nvml-sim).
+    let lib = [
+        dir.join("libgreenslice_nvml_sim.so"),
+        dir.join("deps/libgreenslice_nvml_sim.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists());
+    let cli = dir.join("greenslice-gpu-sim");
+    if let Some(lib) = lib
+        && cli.exists()
+    {
+        return (lib, cli);
+    }
+    let target = dir.parent().expect("target dir").join("nvml-sim-for-tests");
+    BUILD.call_once(|| {
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "nvml-sim", "-p", "gpu-sim"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build -p nvml-sim -p gpu-sim failed");
+    });
+    let built = target.join("debug");
+    let found = (
+        built.join("libgreenslice_nvml_sim.so"),
+        built.join("greenslice-gpu-sim"),
+    );
+    assert!(
+        found.0.exists() && found.1.exists(),
+        "{} missing",
+        found.0.display()
+    );
+    found
+}
+
+/// Runs the simulator's CLI on `state` and returns its stdout.
+pub fn gpu_sim(cli: &Path, state: &Path, args: &[&str]) -> String {
+    let out = Command::new(cli)
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run greenslice-gpu-sim");
+    assert!(
+        out.status.success(),
+        "greenslice-gpu-sim {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn machine(cli: &Path, state: &Path) -> Value {
+    serde_json::from_str(&gpu_sim(cli, state, &["state"])).expect("state JSON")
+}
+
+/// The simulated GPU instances of GPU `uuid`: (id, profile, start).
+pub fn instances(m: &Value, uuid: &str) -> Vec<(u64, String, u64)> {
+    let d = m["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["uuid"] == uuid))
+        .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"));
+    d["gpu_instances"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .map(|g| {
+                    (
+                        g["id"].as_u64().unwrap_or(0),
+                        g["profile"].as_str().unwrap_or("").to_string(),
+                        g["start"].as_u64().unwrap_or(99),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The index of GPU `uuid` on the simulated machine.
+pub fn gpu_index(m: &Value, uuid: &str) -> u64 {
+    m["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["uuid"] == uuid))
+        .and_then(|d| d["index"].as_u64())
+        .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"))
+}
