@@ -534,7 +534,15 @@ mod tests {
             })),
             ..Default::default()
         };
-        let s = c.request("team-a", Some(&spec), "").await.unwrap().slice;
+        let s = c
+            .request(
+                "team-a",
+                &greenslice_core::convert::spec_from_pb(Some(&spec)).unwrap(),
+                "",
+            )
+            .await
+            .unwrap()
+            .slice;
         assert_eq!(s.state, SliceState::Active);
         (c, s.id)
     }
