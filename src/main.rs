@@ -173,7 +173,20 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match (fmt, e.downcast_ref::<tonic::Status>()) {
+                // A program reads the refusal's reason and details, not the English.
+                (output::Format::Json, Some(s)) => {
+                    eprintln!("{}", serde_json::json!({ "error": output::error_json(s) }));
+                }
+                (_, Some(s)) => {
+                    eprintln!("error: {e:#}");
+                    let details = output::error_detail_lines(s);
+                    if !details.is_empty() {
+                        eprintln!("{details}");
+                    }
+                }
+                _ => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(cli::exit_code(&e))
         }
     }
