@@ -100,7 +100,7 @@ pub async fn energy_report(
 ) -> Result<crate::report::Report, Status> {
     if !tenant.is_empty() {
         greenslice_core::slice::validate_tenant(tenant)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Status::from(crate::error::ControllerError::Invalid(e)))?;
     }
     let now = controller.now_ms();
     let to = if to_ms == 0 {
@@ -109,9 +109,10 @@ pub async fn energy_report(
         to_ms
     };
     if from_ms < 0 || to < 0 || from_ms >= to {
-        return Err(Status::invalid_argument(format!(
-            "the period must satisfy 0 <= from < to (got from {from_ms}, to {to_ms})"
-        )));
+        return Err(crate::error::invalid_field(
+            "from_unix_ms",
+            format!("the period must satisfy 0 <= from < to (got from {from_ms}, to {to_ms})"),
+        ));
     }
     let (from, to) = (from_ms as u64, to as u64);
     let sources = controller
