@@ -304,13 +304,15 @@ pub async fn watch(
     conn: &Conn,
     fmt: Format,
     tenant: Option<String>,
+    from_revision: Option<u64>,
     zone: &greenslice_controller::report::Zone,
 ) -> anyhow::Result<()> {
     let mut c = tenant_client(conn).await?;
     let mut stream = c
         .watch_slices(pb::WatchSlicesRequest {
             tenant: tenant.unwrap_or_default(),
-            ..Default::default()
+            start_revision: from_revision.unwrap_or(0),
+            bookmarks: false,
         })
         .await?
         .into_inner();
@@ -333,10 +335,11 @@ pub async fn watch(
                 })
             ),
             Format::Table => println!(
-                "{} {:<14} {}",
+                "{} {:<14} {}  (revision {})",
                 zone.iso(u64::try_from(ev.at_unix_ms).unwrap_or(0)),
                 kind,
-                ev.message
+                ev.message,
+                ev.revision
             ),
         }
     }
