@@ -215,6 +215,35 @@ async fn each_refusal_kind_carries_its_detail_and_a_stable_reason_and_the_cli_pr
         "spec.whole.count"
     );
 
+    // The CLI follows pages; --limit stops early.
+    let list_json = |out: std::process::Output| -> Vec<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .expect("a JSON list")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let run = |args: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_greenslice"))
+            .args(args)
+            .output()
+            .expect("run greenslice")
+    };
+    let base: Vec<String> = ["--controller", &cluster.url, "-o", "json", "list", "--all"]
+        .map(String::from)
+        .to_vec();
+    let (all, one) = {
+        let (a, b) = (
+            base.clone(),
+            [base.clone(), vec!["--limit".into(), "1".into()]].concat(),
+        );
+        tokio::task::spawn_blocking(move || (list_json(run(a)), list_json(run(b))))
+            .await
+            .unwrap()
+    };
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(one.len(), 1);
+
     // No node at all: the agent gone.
     assert!(cluster.kill_agent("node-00"));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
