@@ -124,6 +124,61 @@ pub struct ListArgs {
     /// Include released and failed slices.
     #[arg(long)]
     pub all: bool,
+    /// Print at most this many slices (default: all; the list is read a page at a time).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// The largest page the controller serves (ListSlices).
+const SLICE_PAGE_MAX: usize = 2000;
+
+/// Every slice a list's filters match, page after page, up to `limit`.
+pub async fn list_all(
+    c: &mut TenantServiceClient<Authed>,
+    mut req: pb::ListSlicesRequest,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<pb::Slice>> {
+    let mut out = Vec::new();
+    loop {
+        let want = limit.map(|l| l.saturating_sub(out.len()));
+        if want == Some(0) {
+            break;
+        }
+        req.page_size = want.map_or(0, |w| w.min(SLICE_PAGE_MAX) as i32);
+        let r = c.list_slices(req.clone()).await?.into_inner();
+        out.extend(r.slices);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = r.next_page_token;
+    }
+    if let Some(l) = limit {
+        out.truncate(l);
+    }
+    Ok(out)
+}
+
+/// The whole inventory, its node pages merged into one answer.
+pub async fn inventory_all(
+    c: &mut OpsServiceClient<Authed>,
+) -> anyhow::Result<pb::InventoryResponse> {
+    let mut req = pb::InventoryRequest::default();
+    let mut all = pb::InventoryResponse::default();
+    loop {
+        let page = c.inventory(req.clone()).await?.into_inner();
+        all.nodes.extend(page.nodes);
+        all.capacity.extend(page.capacity);
+        all.slices.extend(page.slices);
+        all.gpus_total = page.gpus_total;
+        all.allocated_milli = page.allocated_milli;
+        all.nodes_total = page.nodes_total;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    all.slices.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(all)
 }
 
 /// A tenant client that reads answers as large as the controller may send (a long slice list).
@@ -207,20 +262,25 @@ pub async fn get(conn: &Conn, fmt: Format, id: &str) -> anyhow::Result<()> {
 
 pub async fn list(conn: &Conn, fmt: Format, a: ListArgs) -> anyhow::Result<()> {
     let mut c = tenant_client(conn).await?;
-    let r = c
-        .list_slices(pb::ListSlicesRequest {
+    let mut slices = list_all(
+        &mut c,
+        pb::ListSlicesRequest {
             tenant: a.tenant.unwrap_or_default(),
             node: a.node.unwrap_or_default(),
             include_terminal: a.all,
-        })
-        .await?
-        .into_inner();
+            ..Default::default()
+        },
+        a.limit,
+    )
+    .await?;
+    // Newest first, as people read a list.
+    slices.reverse();
     match fmt {
         Format::Json => print_json(&serde_json::Value::Array(
-            r.slices.iter().map(output::slice_json).collect(),
+            slices.iter().map(output::slice_json).collect(),
         )),
         Format::Table => {
-            println!("{}", output::slices_table(&r.slices));
+            println!("{}", output::slices_table(&slices));
             Ok(())
         }
     }
@@ -244,12 +304,15 @@ pub async fn watch(
     conn: &Conn,
     fmt: Format,
     tenant: Option<String>,
+    from_revision: Option<u64>,
     zone: &greenslice_controller::report::Zone,
 ) -> anyhow::Result<()> {
     let mut c = tenant_client(conn).await?;
     let mut stream = c
         .watch_slices(pb::WatchSlicesRequest {
             tenant: tenant.unwrap_or_default(),
+            start_revision: from_revision.unwrap_or(0),
+            bookmarks: false,
         })
         .await?
         .into_inner();
@@ -267,15 +330,16 @@ pub async fn watch(
                 "{}",
                 serde_json::json!({
                     "kind": kind, "message": ev.message, "at_unix_ms": ev.at_unix_ms,
-                    "deadline_unix_ms": ev.deadline_unix_ms,
+                    "deadline_unix_ms": ev.deadline_unix_ms, "revision": ev.revision,
                     "slice": ev.slice.as_ref().map(output::slice_json),
                 })
             ),
             Format::Table => println!(
-                "{} {:<14} {}",
+                "{} {:<14} {}  (revision {})",
                 zone.iso(u64::try_from(ev.at_unix_ms).unwrap_or(0)),
                 kind,
-                ev.message
+                ev.message,
+                ev.revision
             ),
         }
     }
@@ -334,7 +398,7 @@ pub async fn undrain(conn: &Conn, fmt: Format, node: &str) -> anyhow::Result<()>
 
 pub async fn inventory(conn: &Conn, fmt: Format) -> anyhow::Result<()> {
     let mut c = ops_client(conn).await?;
-    let inv = c.inventory(pb::InventoryRequest {}).await?.into_inner();
+    let inv = inventory_all(&mut c).await?;
     match fmt {
         Format::Json => print_json(&output::inventory_json(&inv)),
         Format::Table => {

@@ -269,7 +269,10 @@ pub async fn run(a: DemoArgs, zone: &greenslice_controller::report::Zone) -> any
             }
         }
         if i % 10 == 0 {
-            let inv = ops.inventory(pb::InventoryRequest {}).await?.into_inner();
+            let inv = ops
+                .inventory(pb::InventoryRequest::default())
+                .await?
+                .into_inner();
             util_samples.push(inv.allocated_milli as f64 / 10.0 / f64::from(inv.gpus_total.max(1)));
             bar.set_message(format!(
                 "{} live slices, {:.0}% of GPU capacity allocated",
@@ -283,7 +286,10 @@ pub async fn run(a: DemoArgs, zone: &greenslice_controller::report::Zone) -> any
         }
     }
     bar.finish_and_clear();
-    let inv_end = ops.inventory(pb::InventoryRequest {}).await?.into_inner();
+    let inv_end = ops
+        .inventory(pb::InventoryRequest::default())
+        .await?
+        .into_inner();
 
     // Summary.
     let refused_str = |t: &Tally| {
@@ -381,7 +387,10 @@ pub async fn run(a: DemoArgs, zone: &greenslice_controller::report::Zone) -> any
             .release_slice(pb::ReleaseSliceRequest { slice_id: id })
             .await?;
     }
-    let inv = ops.inventory(pb::InventoryRequest {}).await?.into_inner();
+    let inv = ops
+        .inventory(pb::InventoryRequest::default())
+        .await?
+        .into_inner();
     println!(
         "Released the remaining slices: {} live slices, {:.3} GPUs allocated afterwards",
         inv.slices.len(),

@@ -77,6 +77,10 @@ enum Command {
         /// Only this tenant's slices.
         #[arg(long, env = "GREENSLICE_TENANT")]
         tenant: Option<String>,
+        /// Replay the events after this revision first (the last one printed, or a list's), then
+        /// go on live; refused with REVISION_COMPACTED when they are no longer kept.
+        #[arg(long)]
+        from_revision: Option<u64>,
     },
     /// Nodes, GPUs, slices and free capacity.
     #[command(after_help = "Example: greenslice inventory -o json")]
@@ -159,7 +163,10 @@ async fn main() -> ExitCode {
         Command::Get { slice } => cli::get(&conn, fmt, &slice).await,
         Command::List(a) => cli::list(&conn, fmt, a).await,
         Command::Release { slice } => cli::release(&conn, fmt, &slice).await,
-        Command::Watch { tenant } => cli::watch(&conn, fmt, tenant, &tz).await,
+        Command::Watch {
+            tenant,
+            from_revision,
+        } => cli::watch(&conn, fmt, tenant, from_revision, &tz).await,
         Command::Inventory => cli::inventory(&conn, fmt).await,
         Command::Drain { node } => cli::drain(&conn, fmt, &node).await,
         Command::Undrain { node } => cli::undrain(&conn, fmt, &node).await,
@@ -173,7 +180,20 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match (fmt, e.downcast_ref::<tonic::Status>()) {
+                // A program reads the refusal's reason and details, not the English.
+                (output::Format::Json, Some(s)) => {
+                    eprintln!("{}", serde_json::json!({ "error": output::error_json(s) }));
+                }
+                (_, Some(s)) => {
+                    eprintln!("error: {e:#}");
+                    let details = output::error_detail_lines(s);
+                    if !details.is_empty() {
+                        eprintln!("{details}");
+                    }
+                }
+                _ => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(cli::exit_code(&e))
         }
     }

@@ -353,6 +353,93 @@ pub fn drain_text(r: &pb::DrainNodeResponse) -> String {
     out
 }
 
+/// A refusal's rich error details (google.rpc ErrorInfo, BadRequest, QuotaFailure, ResourceInfo,
+/// PreconditionFailure) as JSON; the keys present are the details the status carried.
+pub fn error_json(s: &tonic::Status) -> Value {
+    use tonic_types::StatusExt;
+    let d = s.get_error_details();
+    let mut out = json!({
+        "code": format!("{:?}", s.code()),
+        "message": s.message(),
+    });
+    if let Some(i) = d.error_info() {
+        let meta: serde_json::Map<String, Value> = i
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        out["reason"] = json!(i.reason);
+        out["domain"] = json!(i.domain);
+        out["metadata"] = Value::Object(meta);
+    }
+    if let Some(b) = d.bad_request() {
+        out["field_violations"] = b
+            .field_violations
+            .iter()
+            .map(|v| json!({"field": v.field, "description": v.description}))
+            .collect();
+    }
+    if let Some(q) = d.quota_failure() {
+        out["quota_violations"] = q
+            .violations
+            .iter()
+            .map(|v| json!({"subject": v.subject, "description": v.description}))
+            .collect();
+    }
+    if let Some(p) = d.precondition_failure() {
+        out["precondition_violations"] = p
+            .violations
+            .iter()
+            .map(|v| json!({"type": v.r#type, "subject": v.subject, "description": v.description}))
+            .collect();
+    }
+    if let Some(r) = d.resource_info() {
+        out["resource"] = json!({"type": r.resource_type, "name": r.resource_name});
+    }
+    out
+}
+
+/// The details of a refusal as indented lines under the message (empty when it carries none).
+pub fn error_detail_lines(s: &tonic::Status) -> String {
+    let v = error_json(s);
+    let mut lines = Vec::new();
+    if let Some(r) = v["reason"].as_str() {
+        lines.push(format!("  reason: {r}"));
+    }
+    for f in v["field_violations"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  field {}: {}",
+            f["field"].as_str().unwrap_or(""),
+            f["description"].as_str().unwrap_or("")
+        ));
+    }
+    for q in v["quota_violations"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  quota of {}",
+            q["subject"].as_str().unwrap_or("")
+        ));
+    }
+    for p in v["precondition_violations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        lines.push(format!(
+            "  precondition {} of {}",
+            p["type"].as_str().unwrap_or(""),
+            p["subject"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(r) = v.get("resource") {
+        lines.push(format!(
+            "  resource: {} {}",
+            r["type"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or("")
+        ));
+    }
+    lines.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,7 +108,7 @@ async fn draining_a_connected_node_keeps_its_slices_and_places_nothing_new_there
     );
     let inv = ops(&url)
         .await
-        .inventory(pb::InventoryRequest {})
+        .inventory(pb::InventoryRequest::default())
         .await
         .unwrap()
         .into_inner();

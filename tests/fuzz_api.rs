@@ -220,12 +220,19 @@ fn every_request_through_the_real_handlers_gives_a_status_and_leaves_state_alone
     check(
         &c,
         "ListSlices",
-        (text(), text(), any::<bool>()),
-        |(tenant_name, node, include_terminal)| {
+        (
+            (text(), text(), any::<bool>()),
+            (text(), any::<i32>(), any::<i32>(), time()),
+        ),
+        |((tenant_name, node, include_terminal), (page_token, page_size, state, after))| {
             rt.block_on(tenant.list_slices(authed(pb::ListSlicesRequest {
                 tenant: tenant_name,
                 node,
                 include_terminal,
+                page_token,
+                page_size,
+                state,
+                created_after_unix_ms: after,
             })))
             .map(ok)
         },
@@ -243,12 +250,19 @@ fn every_request_through_the_real_handlers_gives_a_status_and_leaves_state_alone
             .map(ok)
         },
     );
-    check(&c, "WatchSlices", text(), |tenant_name| {
-        rt.block_on(tenant.watch_slices(authed(pb::WatchSlicesRequest {
-            tenant: tenant_name,
-        })))
-        .map(ok)
-    });
+    check(
+        &c,
+        "WatchSlices",
+        (text(), any::<u64>()),
+        |(tenant_name, from)| {
+            rt.block_on(tenant.watch_slices(authed(pb::WatchSlicesRequest {
+                tenant: tenant_name,
+                start_revision: from,
+                bookmarks: false,
+            })))
+            .map(ok)
+        },
+    );
     check(
         &c,
         "Usage",

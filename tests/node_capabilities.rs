@@ -59,7 +59,7 @@ async fn inventory(url: &str) -> pb::InventoryResponse {
     OpsServiceClient::connect(url.to_string())
         .await
         .unwrap()
-        .inventory(pb::InventoryRequest {})
+        .inventory(pb::InventoryRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -161,6 +161,7 @@ async fn a_tenant_sees_and_changes_only_its_own_slices() {
     let watch = b
         .watch_slices(pb::WatchSlicesRequest {
             tenant: "team-a".into(),
+            ..Default::default()
         })
         .await;
     assert_eq!(code(watch), Code::PermissionDenied);
@@ -224,7 +225,7 @@ async fn missing_or_bad_tokens_are_unauthenticated_and_tenants_cannot_use_ops() 
         .ops()
         .await
         .unwrap()
-        .inventory(pb::InventoryRequest {})
+        .inventory(pb::InventoryRequest::default())
         .await;
     assert_eq!(code(inv), Code::PermissionDenied);
     let inv = env
@@ -232,7 +233,7 @@ async fn missing_or_bad_tokens_are_unauthenticated_and_tenants_cannot_use_ops() 
         .ops()
         .await
         .unwrap()
-        .inventory(pb::InventoryRequest {})
+        .inventory(pb::InventoryRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -480,7 +481,7 @@ async fn a_tenant_reads_its_own_usage_and_energy_but_no_other_ops_data() {
     assert_eq!(code(other), Code::PermissionDenied);
     // Every other ops method stays closed to tenants.
     assert_eq!(
-        code(ops_a.inventory(pb::InventoryRequest {}).await),
+        code(ops_a.inventory(pb::InventoryRequest::default()).await),
         Code::PermissionDenied
     );
     let drain = ops_a

@@ -63,7 +63,7 @@ async fn reusing_an_idempotency_key_returns_the_same_slice() {
     let inv = OpsServiceClient::connect(cluster.url.clone())
         .await
         .unwrap()
-        .inventory(pb::InventoryRequest {})
+        .inventory(pb::InventoryRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -1,10 +1,62 @@
-//! The controller's errors and their gRPC status codes.
+//! The controller's errors and their gRPC status codes, with the google.rpc rich error details a
+//! program acts on (made here and only here, for every refusal of an engine operation): an
+//! `ErrorInfo` with a stable [`reason`] on every one, and by kind a `BadRequest` field violation,
+//! a `QuotaFailure`, a `ResourceInfo` (NOT_FOUND) or a `PreconditionFailure`. The message stays
+//! the one a person reads.
 
+use std::collections::HashMap;
+
+use greenslice_core::limits::LimitError;
 use greenslice_core::slice::ValidationError;
 use thiserror::Error;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::model::page::PageError;
 use crate::placement::Unplaceable;
+
+/// The `ErrorInfo.domain` of every greenslice error.
+pub const DOMAIN: &str = "greenslice.dev";
+
+/// The stable `ErrorInfo.reason` of each refusal (documented in docs/API.md, "Errors"). A program
+/// switches on these, never on the message.
+pub mod reason {
+    /// A request field is malformed or outside its limit (BadRequest names it).
+    pub const INVALID_FIELD: &str = "INVALID_FIELD";
+    /// The MIG profile exists on no (requested) GPU model of the cluster.
+    pub const MIG_PROFILE_UNKNOWN: &str = "MIG_PROFILE_UNKNOWN";
+    /// A page token was forged, damaged or made for other filters.
+    pub const PAGE_TOKEN_INVALID: &str = "PAGE_TOKEN_INVALID";
+    /// No slice with that id (ResourceInfo names it).
+    pub const SLICE_NOT_FOUND: &str = "SLICE_NOT_FOUND";
+    /// No node with that name (ResourceInfo names it).
+    pub const NODE_NOT_FOUND: &str = "NODE_NOT_FOUND";
+    /// The request is valid but no GPU has room for it now.
+    pub const NO_CAPACITY: &str = "NO_CAPACITY";
+    /// It needs a new MIG instance and the nodes with room may not create them.
+    pub const MIG_READ_ONLY: &str = "MIG_READ_ONLY";
+    /// No schedulable node is connected.
+    pub const NO_NODES: &str = "NO_NODES";
+    /// No GPU of the requested model in the cluster.
+    pub const GPU_MODEL_UNKNOWN: &str = "GPU_MODEL_UNKNOWN";
+    /// The chosen node's agent is not reachable.
+    pub const NODE_UNAVAILABLE: &str = "NODE_UNAVAILABLE";
+    /// The node's agent refused the change.
+    pub const AGENT_REFUSED: &str = "AGENT_REFUSED";
+    /// The ledger could not commit or read.
+    pub const LEDGER_UNAVAILABLE: &str = "LEDGER_UNAVAILABLE";
+    /// The slice is not in a state that allows the operation (PreconditionFailure says which).
+    pub const WRONG_STATE: &str = "WRONG_STATE";
+    /// The caller may not act on that tenant or slice.
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+    /// A tenant quota would be exceeded (QuotaFailure says which).
+    pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+    /// A watch asked for events older than those kept: list again, then watch from the list's
+    /// revision.
+    pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
+    /// This controller's leadership is in doubt: retry, a standby takes over.
+    pub const NOT_LEADER: &str = "NOT_LEADER";
+}
 
 /// Everything a controller operation can fail with.
 #[derive(Debug, Error)]
@@ -13,8 +65,17 @@ pub enum ControllerError {
     Invalid(#[from] ValidationError),
     #[error("{0}")]
     BadRequest(String),
+    /// A request field outside its limit or malformed.
+    #[error("{0}")]
+    Field(#[from] LimitError),
+    #[error("{0}")]
+    Page(#[from] PageError),
+    #[error("{message}")]
+    MigProfileUnknown { profile: String, message: String },
     #[error("slice {0} not found")]
     NotFound(String),
+    #[error("node {0} is not known")]
+    NodeNotFound(String),
     #[error("{0}")]
     Unplaceable(#[from] Unplaceable),
     #[error("node {node} is unavailable: {why}")]
@@ -35,27 +96,275 @@ pub enum ControllerError {
     Quota(#[from] Box<crate::quota::QuotaExceeded>),
     #[error("not the leader: {0}")]
     NotLeader(String),
+    #[error(
+        "events after revision {asked} are no longer kept (the oldest kept follows {oldest}); list again and watch from the list's revision"
+    )]
+    RevisionCompacted { asked: u64, oldest: u64 },
+}
+
+/// The request field a validation error is about.
+fn validation_field(e: &ValidationError) -> &'static str {
+    match e {
+        ValidationError::MissingKind => "spec",
+        ValidationError::WholeCount(_) => "spec.whole.count",
+        ValidationError::UnknownProfile { .. } | ValidationError::ProfileNotOnModel { .. } => {
+            "spec.mig.profile"
+        }
+        ValidationError::ShareFraction(_) => "spec.share.compute_fraction",
+        ValidationError::ShareZeroMemory | ValidationError::ShareMemoryTooLarge { .. } => {
+            "spec.share.memory_bytes"
+        }
+        ValidationError::Tenant(_) => "tenant",
+        ValidationError::IdempotencyKey => "idempotency_key",
+        ValidationError::Name { field } => field,
+    }
+}
+
+fn meta<const N: usize>(pairs: [(&str, &str); N]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The INVALID_ARGUMENT status for one bad field, with its BadRequest violation.
+pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
+    let message = message.into();
+    let mut d = ErrorDetails::new();
+    d.add_bad_request_violation(field, message.clone());
+    d.set_error_info(reason::INVALID_FIELD, DOMAIN, meta([("field", field)]));
+    Status::with_error_details(Code::InvalidArgument, message, d)
 }
 
 impl From<ControllerError> for Status {
     fn from(e: ControllerError) -> Status {
+        let message = e.to_string();
+        let mut d = ErrorDetails::new();
         let code = match &e {
-            ControllerError::Invalid(_) | ControllerError::BadRequest(_) => Code::InvalidArgument,
-            ControllerError::NotFound(_) => Code::NotFound,
-            ControllerError::Unplaceable(Unplaceable::NoNodes) => Code::Unavailable,
-            ControllerError::Unplaceable(Unplaceable::NoSuchModel(_)) => Code::FailedPrecondition,
-            ControllerError::Unplaceable(Unplaceable::NoRoom { .. })
-            | ControllerError::Unplaceable(Unplaceable::ReadOnlyMig { .. }) => {
+            ControllerError::Invalid(v) => {
+                let field = validation_field(v);
+                d.add_bad_request_violation(field, message.clone());
+                let r = match v {
+                    ValidationError::UnknownProfile { .. }
+                    | ValidationError::ProfileNotOnModel { .. } => reason::MIG_PROFILE_UNKNOWN,
+                    _ => reason::INVALID_FIELD,
+                };
+                d.set_error_info(r, DOMAIN, meta([("field", field)]));
+                Code::InvalidArgument
+            }
+            ControllerError::BadRequest(_) => {
+                d.set_error_info(reason::INVALID_FIELD, DOMAIN, HashMap::new());
+                Code::InvalidArgument
+            }
+            ControllerError::Field(l) => {
+                d.add_bad_request_violation(l.field.clone(), l.problem.clone());
+                d.set_error_info(
+                    reason::INVALID_FIELD,
+                    DOMAIN,
+                    meta([("field", l.field.as_str())]),
+                );
+                Code::InvalidArgument
+            }
+            ControllerError::Page(p) => {
+                d.add_bad_request_violation(p.field(), message.clone());
+                let r = match p {
+                    PageError::Size { .. } => reason::INVALID_FIELD,
+                    PageError::Forged | PageError::Mismatch => reason::PAGE_TOKEN_INVALID,
+                };
+                d.set_error_info(r, DOMAIN, meta([("field", p.field())]));
+                Code::InvalidArgument
+            }
+            ControllerError::MigProfileUnknown { profile, .. } => {
+                d.add_bad_request_violation("spec.mig.profile", message.clone());
+                d.set_error_info(
+                    reason::MIG_PROFILE_UNKNOWN,
+                    DOMAIN,
+                    meta([("profile", profile.as_str())]),
+                );
+                Code::InvalidArgument
+            }
+            ControllerError::NotFound(id) => {
+                d.set_resource_info("greenslice.v1.Slice", id.clone(), "", message.clone());
+                d.set_error_info(
+                    reason::SLICE_NOT_FOUND,
+                    DOMAIN,
+                    meta([("slice_id", id.as_str())]),
+                );
+                Code::NotFound
+            }
+            ControllerError::NodeNotFound(node) => {
+                d.set_resource_info("greenslice.v1.Node", node.clone(), "", message.clone());
+                d.set_error_info(
+                    reason::NODE_NOT_FOUND,
+                    DOMAIN,
+                    meta([("node", node.as_str())]),
+                );
+                Code::NotFound
+            }
+            ControllerError::Unplaceable(u) => {
+                let (code, r) = match u {
+                    Unplaceable::NoNodes => (Code::Unavailable, reason::NO_NODES),
+                    Unplaceable::NoSuchModel(m) => {
+                        d.add_precondition_failure_violation(
+                            "GPU_MODEL",
+                            m.clone(),
+                            message.clone(),
+                        );
+                        (Code::FailedPrecondition, reason::GPU_MODEL_UNKNOWN)
+                    }
+                    Unplaceable::NoRoom { .. } => (Code::ResourceExhausted, reason::NO_CAPACITY),
+                    Unplaceable::ReadOnlyMig { .. } => {
+                        (Code::ResourceExhausted, reason::MIG_READ_ONLY)
+                    }
+                };
+                let m = match u {
+                    Unplaceable::NoRoom { wanted, .. }
+                    | Unplaceable::ReadOnlyMig { wanted, .. } => {
+                        meta([("wanted", wanted.as_str())])
+                    }
+                    Unplaceable::NoSuchModel(m) => meta([("model", m.as_str())]),
+                    Unplaceable::NoNodes => HashMap::new(),
+                };
+                d.set_error_info(r, DOMAIN, m);
+                code
+            }
+            ControllerError::AgentUnavailable { node, .. } => {
+                d.set_error_info(
+                    reason::NODE_UNAVAILABLE,
+                    DOMAIN,
+                    meta([("node", node.as_str())]),
+                );
+                Code::Unavailable
+            }
+            ControllerError::AgentRefused { node, .. } => {
+                d.set_error_info(
+                    reason::AGENT_REFUSED,
+                    DOMAIN,
+                    meta([("node", node.as_str())]),
+                );
+                Code::Aborted
+            }
+            ControllerError::Ledger(_) => {
+                d.set_error_info(reason::LEDGER_UNAVAILABLE, DOMAIN, HashMap::new());
+                Code::Unavailable
+            }
+            ControllerError::WrongState { id, state, what } => {
+                d.add_precondition_failure_violation(
+                    "STATE",
+                    format!("slice/{id}"),
+                    format!("slice is {state}; {what}"),
+                );
+                d.set_error_info(
+                    reason::WRONG_STATE,
+                    DOMAIN,
+                    meta([("slice_id", id.as_str()), ("state", state)]),
+                );
+                Code::FailedPrecondition
+            }
+            ControllerError::PermissionDenied(_) => {
+                d.set_error_info(reason::PERMISSION_DENIED, DOMAIN, HashMap::new());
+                Code::PermissionDenied
+            }
+            ControllerError::Quota(q) => {
+                d.add_quota_failure_violation(format!("tenant:{}", q.tenant), message.clone());
+                d.set_error_info(
+                    reason::QUOTA_EXCEEDED,
+                    DOMAIN,
+                    meta([
+                        ("tenant", q.tenant.as_str()),
+                        ("limit", q.what),
+                        ("section", q.section.as_str()),
+                    ]),
+                );
                 Code::ResourceExhausted
             }
-            ControllerError::AgentUnavailable { .. } => Code::Unavailable,
-            ControllerError::AgentRefused { .. } => Code::Aborted,
-            ControllerError::Ledger(_) => Code::Unavailable,
-            ControllerError::WrongState { .. } => Code::FailedPrecondition,
-            ControllerError::PermissionDenied(_) => Code::PermissionDenied,
-            ControllerError::Quota(_) => Code::ResourceExhausted,
-            ControllerError::NotLeader(_) => Code::Unavailable,
+            ControllerError::NotLeader(_) => {
+                d.set_error_info(reason::NOT_LEADER, DOMAIN, HashMap::new());
+                Code::Unavailable
+            }
+            ControllerError::RevisionCompacted { asked, oldest } => {
+                d.set_error_info(
+                    reason::REVISION_COMPACTED,
+                    DOMAIN,
+                    meta([
+                        ("start_revision", asked.to_string().as_str()),
+                        ("oldest_revision", oldest.to_string().as_str()),
+                    ]),
+                );
+                Code::OutOfRange
+            }
         };
-        Status::new(code, e.to_string())
+        Status::with_error_details(code, message, d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn details(e: ControllerError) -> (Code, ErrorDetails) {
+        let s = Status::from(e);
+        (s.code(), s.get_error_details())
+    }
+
+    fn reason_of(d: &ErrorDetails) -> &str {
+        d.error_info().map_or("", |i| i.reason.as_str())
+    }
+
+    #[test]
+    fn each_refusal_kind_carries_its_detail_and_reason() {
+        let (c, d) = details(ControllerError::Invalid(ValidationError::WholeCount(9)));
+        assert_eq!(c, Code::InvalidArgument);
+        assert_eq!(
+            d.bad_request().unwrap().field_violations[0].field,
+            "spec.whole.count"
+        );
+        assert_eq!(reason_of(&d), reason::INVALID_FIELD);
+
+        let (c, d) = details(ControllerError::NotFound("s-1".into()));
+        assert_eq!(c, Code::NotFound);
+        assert_eq!(d.resource_info().unwrap().resource_name, "s-1");
+        assert_eq!(reason_of(&d), reason::SLICE_NOT_FOUND);
+
+        let (c, d) = details(ControllerError::Unplaceable(Unplaceable::NoRoom {
+            wanted: "1 whole GPU".into(),
+            free: "none".into(),
+        }));
+        assert_eq!(c, Code::ResourceExhausted);
+        assert_eq!(reason_of(&d), reason::NO_CAPACITY);
+
+        let (c, d) = details(ControllerError::AgentUnavailable {
+            node: "n1".into(),
+            why: "gone".into(),
+        });
+        assert_eq!(c, Code::Unavailable);
+        assert_eq!(reason_of(&d), reason::NODE_UNAVAILABLE);
+        assert_eq!(d.error_info().unwrap().metadata["node"], "n1");
+
+        let (c, d) = details(ControllerError::WrongState {
+            id: "s-1".into(),
+            state: "RELEASED",
+            what: "only an active slice can be kept".into(),
+        });
+        assert_eq!(c, Code::FailedPrecondition);
+        assert_eq!(
+            d.precondition_failure().unwrap().violations[0].subject,
+            "slice/s-1"
+        );
+
+        let (c, d) = details(ControllerError::Page(PageError::Forged));
+        assert_eq!(c, Code::InvalidArgument);
+        assert_eq!(
+            d.bad_request().unwrap().field_violations[0].field,
+            "page_token"
+        );
+        assert_eq!(reason_of(&d), reason::PAGE_TOKEN_INVALID);
+
+        let (c, d) = details(ControllerError::RevisionCompacted {
+            asked: 3,
+            oldest: 9,
+        });
+        assert_eq!(c, Code::OutOfRange);
+        assert_eq!(reason_of(&d), reason::REVISION_COMPACTED);
     }
 }

@@ -120,15 +120,11 @@ pub async fn wait_settled(url: &str, nodes: usize, within: Duration) -> Result<(
             let inv = OpsServiceClient::new(ch.clone())
                 .inventory(pb::InventoryRequest::default())
                 .await;
-            let list = TenantServiceClient::new(ch)
-                .list_slices(pb::ListSlicesRequest::default())
-                .await;
+            let list = list_every(ch, pb::ListSlicesRequest::default()).await;
             match (inv, list) {
                 (Ok(inv), Ok(list)) => {
                     let connected = inv.get_ref().nodes.iter().filter(|n| n.connected).count();
                     let busy = list
-                        .get_ref()
-                        .slices
                         .iter()
                         .filter(|s| {
                             s.state == pb::SliceState::Pending as i32
@@ -148,21 +144,38 @@ pub async fn wait_settled(url: &str, nodes: usize, within: Duration) -> Result<(
     Err(format!("not settled within {within:?}: {last}"))
 }
 
+/// Every slice `req` matches, page after page.
+pub async fn list_every(
+    ch: Channel,
+    mut req: pb::ListSlicesRequest,
+) -> Result<Vec<pb::Slice>, tonic::Status> {
+    let mut c = TenantServiceClient::new(ch);
+    let mut out = Vec::new();
+    loop {
+        let r = c.list_slices(req.clone()).await?.into_inner();
+        out.extend(r.slices);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        req.page_token = r.next_page_token;
+    }
+}
+
 /// Every slice the controller knows, by id.
 pub async fn all_slices(url: &str) -> BTreeMap<String, pb::Slice> {
     let ch = channel(url).await.expect("controller reachable");
-    TenantServiceClient::new(ch)
-        .list_slices(pb::ListSlicesRequest {
+    list_every(
+        ch,
+        pb::ListSlicesRequest {
             include_terminal: true,
             ..Default::default()
-        })
-        .await
-        .expect("list slices")
-        .into_inner()
-        .slices
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect()
+        },
+    )
+    .await
+    .expect("list slices")
+    .into_iter()
+    .map(|s| (s.id.clone(), s))
+    .collect()
 }
 
 /// (node, GPU uuid, slice id) of one thing greenslice made on a GPU.

@@ -16,15 +16,25 @@ pub struct OpsApi {
     pub controller: Arc<Controller>,
 }
 
-/// Builds the inventory answer from the controller's state.
-pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
-    let (nodes, view, slices) = controller.snapshot();
+/// Builds one page of the inventory answer from the controller's state (see
+/// `OpsService.Inventory`).
+pub fn inventory(
+    controller: &Controller,
+    r: &pb::InventoryRequest,
+) -> Result<pb::InventoryResponse, Status> {
+    let crate::engine::InventoryPage {
+        nodes,
+        view,
+        slices,
+        gpus_total,
+        allocated_milli,
+        nodes_total,
+        next_page_token,
+    } = controller.inventory_page(r.page_size, &r.page_token)?;
     let mut capacity = Vec::new();
-    let mut allocated_milli = 0u64;
     for n in &view.nodes {
         for g in &n.gpus {
             let held = slices.iter().filter(|s| s.gpus.contains(&g.uuid)).count() as u32;
-            allocated_milli += u64::from(1000 - g.free_milli());
             capacity.push(pb::GpuCapacity {
                 node: n.name.clone(),
                 gpu_uuid: g.uuid.clone(),
@@ -54,8 +64,10 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
     }
     let mut slices: Vec<pb::Slice> = slices.iter().map(|s| s.to_pb()).collect();
     slices.sort_by(|a, b| a.id.cmp(&b.id));
-    pb::InventoryResponse {
-        gpus_total: capacity.len() as u32,
+    Ok(pb::InventoryResponse {
+        gpus_total: u32::try_from(gpus_total).unwrap_or(u32::MAX),
+        nodes_total: u32::try_from(nodes_total).unwrap_or(u32::MAX),
+        next_page_token,
         nodes: nodes
             .iter()
             .map(|n| pb::NodeInfo {
@@ -75,7 +87,7 @@ pub fn inventory(controller: &Controller) -> pb::InventoryResponse {
         capacity,
         slices,
         allocated_milli,
-    }
+    })
 }
 
 /// Builds the energy report for a period from the controller's attributed intervals and, for whole
@@ -88,7 +100,7 @@ pub async fn energy_report(
 ) -> Result<crate::report::Report, Status> {
     if !tenant.is_empty() {
         greenslice_core::slice::validate_tenant(tenant)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Status::from(crate::error::ControllerError::Invalid(e)))?;
     }
     let now = controller.now_ms();
     let to = if to_ms == 0 {
@@ -97,9 +109,10 @@ pub async fn energy_report(
         to_ms
     };
     if from_ms < 0 || to < 0 || from_ms >= to {
-        return Err(Status::invalid_argument(format!(
-            "the period must satisfy 0 <= from < to (got from {from_ms}, to {to_ms})"
-        )));
+        return Err(crate::error::invalid_field(
+            "from_unix_ms",
+            format!("the period must satisfy 0 <= from < to (got from {from_ms}, to {to_ms})"),
+        ));
     }
     let (from, to) = (from_ms as u64, to as u64);
     let sources = controller
@@ -137,7 +150,7 @@ fn node_record(
 ) -> Result<crate::model::state::NodeRecord, Status> {
     controller
         .with_state(|st| st.nodes.get(node).cloned())
-        .ok_or_else(|| Status::not_found(format!("node {node} is not known")))
+        .ok_or_else(|| crate::error::ControllerError::NodeNotFound(node.to_string()).into())
 }
 
 /// Drains a node and says what it did to the node's slices (see `OpsService.DrainNode`).
@@ -228,9 +241,9 @@ impl OpsService for OpsApi {
 
     async fn inventory(
         &self,
-        _: Request<pb::InventoryRequest>,
+        req: Request<pb::InventoryRequest>,
     ) -> Result<Response<pb::InventoryResponse>, Status> {
-        Ok(Response::new(inventory(&self.controller)))
+        inventory(&self.controller, req.get_ref()).map(Response::new)
     }
 
     async fn usage(

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use futures::Stream;
 use greenslice_proto::v1 as pb;
 use pb::tenant_service_server::TenantService;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::validate;
@@ -93,15 +92,16 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::ListSlicesResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        validate::list_slices(&r)?;
-        let tenant = p.act_as(&r.tenant)?;
-        let slices = self
-            .controller
-            .list(&tenant, &r.node, r.include_terminal)
-            .iter()
-            .map(|s| s.to_pb())
-            .collect();
-        Ok(Response::new(pb::ListSlicesResponse { slices }))
+        let mut filter = validate::list_slices(&r)?;
+        filter.tenant = p.act_as(&r.tenant)?;
+        let (page, next_page_token, revision) =
+            self.controller
+                .list_page(&filter, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListSlicesResponse {
+            slices: page.items.iter().map(|s| s.to_pb()).collect(),
+            next_page_token,
+            revision,
+        }))
     }
 
     async fn release_slice(
@@ -146,20 +146,98 @@ impl TenantService for TenantApi {
         let r = req.into_inner();
         validate::watch_slices(&r)?;
         let tenant = p.act_as(&r.tenant)?;
-        let rx = self.controller.subscribe();
-        let stream = BroadcastStream::new(rx).filter_map(move |ev| match ev {
-            Ok(ev) => {
-                let mine =
-                    tenant.is_empty() || ev.slice.as_ref().is_some_and(|s| s.tenant == tenant);
-                mine.then_some(Ok(ev))
-            }
-            // A slow watcher missed events: tell it rather than silently skipping.
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                Some(Err(Status::data_loss(format!(
-                    "watcher fell behind and missed {n} events; re-list and watch again"
-                ))))
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let (backlog, rx) = self
+            .controller
+            .watch_from((r.start_revision != 0).then_some(r.start_revision))?;
+        let bookmark_every = r.bookmarks.then(|| self.controller.bookmark_interval());
+        Ok(Response::new(Box::pin(watch_stream(
+            backlog,
+            rx,
+            tenant,
+            r.start_revision,
+            bookmark_every,
+        ))))
     }
+}
+
+/// Whether a watch for `tenant` (empty: all) sees event `ev`.
+fn for_tenant(tenant: &str, ev: &pb::SliceEvent) -> bool {
+    tenant.is_empty() || ev.slice.as_ref().is_some_and(|s| s.tenant == tenant)
+}
+
+/// A watch: the replayed `backlog`, then the live events of `rx` after it, those of `tenant` only,
+/// each once and in revision order; with `bookmark_every`, a BOOKMARK carrying the last revision
+/// passed after that long without an event. Ends with DATA_LOSS when the watcher fell so far
+/// behind that live events were dropped for it (it resumes from its last revision).
+fn watch_stream(
+    backlog: Vec<pb::SliceEvent>,
+    rx: broadcast::Receiver<pb::SliceEvent>,
+    tenant: String,
+    start: u64,
+    bookmark_every: Option<std::time::Duration>,
+) -> impl Stream<Item = Result<pb::SliceEvent, Status>> + Send {
+    struct Watch {
+        backlog: std::collections::VecDeque<pb::SliceEvent>,
+        rx: broadcast::Receiver<pb::SliceEvent>,
+        tenant: String,
+        /// The revision of the last event passed (sent or filtered out).
+        last: u64,
+        bookmark_every: Option<std::time::Duration>,
+        done: bool,
+    }
+    let w = Watch {
+        last: backlog.last().map_or(start, |e| e.revision),
+        backlog: backlog.into(),
+        rx,
+        tenant,
+        bookmark_every,
+        done: false,
+    };
+    futures::stream::unfold(w, |mut w| async move {
+        if w.done {
+            return None;
+        }
+        loop {
+            if let Some(ev) = w.backlog.pop_front() {
+                w.last = ev.revision;
+                if for_tenant(&w.tenant, &ev) {
+                    return Some((Ok(ev), w));
+                }
+                continue;
+            }
+            let next = match w.bookmark_every {
+                Some(every) => match tokio::time::timeout(every, w.rx.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let bookmark = pb::SliceEvent {
+                            kind: pb::SliceEventKind::Bookmark as i32,
+                            revision: w.last,
+                            ..Default::default()
+                        };
+                        return Some((Ok(bookmark), w));
+                    }
+                },
+                None => w.rx.recv().await,
+            };
+            match next {
+                // Subscribed before the backlog was read: skip what it replayed already.
+                Ok(ev) if ev.revision <= w.last => continue,
+                Ok(ev) => {
+                    w.last = ev.revision;
+                    if for_tenant(&w.tenant, &ev) {
+                        return Some((Ok(ev), w));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    w.done = true;
+                    let status = Status::data_loss(format!(
+                        "watcher fell behind and missed {n} events; watch again from revision {} (start_revision)",
+                        w.last
+                    ));
+                    return Some((Err(status), w));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }

@@ -42,7 +42,8 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
         .filter(|s| !s.is_empty())
         .count();
     if selectors != 1 {
-        return Err(Status::invalid_argument(
+        return Err(crate::error::invalid_field(
+            "slice_id",
             "give exactly one of slice_id, tenant or node",
         ));
     }
@@ -57,9 +58,10 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
         r.from_unix_ms
     };
     if from >= to || to - from > MAX_RANGE_MS {
-        return Err(Status::invalid_argument(format!(
-            "the range must have from < to and span at most 7 days; got {from}..{to}"
-        )));
+        return Err(crate::error::invalid_field(
+            "from_unix_ms",
+            format!("the range must have from < to and span at most 7 days; got {from}..{to}"),
+        ));
     }
     let policy = c.reclaim.policy();
     let marks = c.reclaim.marks_snapshot();

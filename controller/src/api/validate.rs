@@ -15,9 +15,16 @@ use greenslice_core::slice::validate_idempotency_key;
 use greenslice_proto::v1 as pb;
 use tonic::Status;
 
+use crate::model::page::SliceFilter;
+
 /// The INVALID_ARGUMENT status for a field outside its limit.
 pub fn invalid(e: LimitError) -> Status {
-    Status::invalid_argument(e.to_string())
+    crate::error::ControllerError::Field(e).into()
+}
+
+/// The INVALID_ARGUMENT status for a spec or name the domain rules refuse, with its field.
+fn refused(e: greenslice_core::slice::ValidationError) -> Status {
+    crate::error::ControllerError::Invalid(e).into()
 }
 
 fn status(c: Checked) -> Result<(), Status> {
@@ -29,9 +36,8 @@ fn status(c: Checked) -> Result<(), Status> {
 /// RequestSlice: tenant, idempotency key and spec (sizes, profile, model and class names).
 pub fn request_slice(r: &pb::RequestSliceRequest) -> Result<(), Status> {
     status(lim::check_tenant("tenant", &r.tenant))?;
-    validate_idempotency_key(&r.idempotency_key)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    spec_from_pb(r.spec.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    validate_idempotency_key(&r.idempotency_key).map_err(refused)?;
+    spec_from_pb(r.spec.as_ref()).map_err(refused)?;
     Ok(())
 }
 
@@ -40,11 +46,54 @@ pub fn slice_id(id: &str) -> Result<(), Status> {
     status(lim::check_slice_id("slice_id", id))
 }
 
-/// ListSlices: optional tenant and node filters.
-pub fn list_slices(r: &pb::ListSlicesRequest) -> Result<(), Status> {
+/// ListSlices: optional tenant, node, state and time filters and a page token (its contents are
+/// checked by the engine); the filters as the engine takes them.
+pub fn list_slices(r: &pb::ListSlicesRequest) -> Result<SliceFilter, Status> {
     status(lim::check_opt_tenant("tenant", &r.tenant))?;
     if !r.node.is_empty() {
         status(lim::check_node("node", &r.node))?;
+    }
+    page_token(&r.page_token)?;
+    let state = match r.state {
+        0 => None,
+        v => Some(greenslice_core::convert::state_from_pb(v).ok_or_else(|| {
+            invalid(LimitError::new(
+                "state",
+                format!("must be a SliceState (0-5), got {v}"),
+            ))
+        })?),
+    };
+    if !(0..=lim::MAX_UNIX_MS).contains(&r.created_after_unix_ms) {
+        return Err(invalid(LimitError::new(
+            "created_after_unix_ms",
+            format!(
+                "must be 0-{} ms since the Unix epoch, got {}",
+                lim::MAX_UNIX_MS,
+                r.created_after_unix_ms
+            ),
+        )));
+    }
+    Ok(SliceFilter {
+        tenant: r.tenant.clone(),
+        node: r.node.clone(),
+        state,
+        include_terminal: r.include_terminal,
+        created_after_ms: r.created_after_unix_ms,
+    })
+}
+
+/// The longest page token accepted (the tokens this controller makes are about 200 bytes).
+pub const MAX_PAGE_TOKEN_LEN: usize = 1024;
+
+/// A page token's length and alphabet (what it says is the engine's business).
+pub fn page_token(t: &str) -> Result<(), Status> {
+    if t.len() > MAX_PAGE_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(LimitError::new(
+            "page_token",
+            format!(
+                "must be at most {MAX_PAGE_TOKEN_LEN} printable ASCII characters, as a previous page's next_page_token"
+            ),
+        )));
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ async fn an_agent_without_capabilities_is_treated_as_before() {
         .unwrap();
     assert_eq!(s.slice.mig.unwrap().gpu_instance_id, Some(1));
     assert_eq!(*seen.lock().unwrap(), vec!["create_mig"]);
-    let inv = crate::api::ops::inventory(&c);
+    let inv = crate::api::ops::inventory(&c, &Default::default()).expect("inventory");
     assert_eq!(inv.nodes[0].capabilities, None, "shown as unknown");
 }
 

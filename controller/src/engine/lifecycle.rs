@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::{Controller, Requested, new_slice_id};
 use crate::agents::AgentError;
 use crate::error::ControllerError;
+use crate::model::page::{self, Page};
 use crate::model::slice::{MigAssignment, SliceRecord};
 use crate::model::state::ClusterState;
 use crate::placement::{Request, Unplaceable};
@@ -50,10 +51,13 @@ fn check_model_profile(st: &ClusterState, spec: &SliceSpec) -> Result<(), Contro
             )
         })
         .collect();
-    Err(ControllerError::BadRequest(format!(
-        "MIG profile {profile} exists on no MIG GPU in the cluster; valid profiles: {}",
-        valid.join("; ")
-    )))
+    Err(ControllerError::MigProfileUnknown {
+        profile: profile.clone(),
+        message: format!(
+            "MIG profile {profile} exists on no MIG GPU in the cluster; valid profiles: {}",
+            valid.join("; ")
+        ),
+    })
 }
 
 impl Controller {
@@ -411,5 +415,30 @@ impl Controller {
             .collect();
         v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
         v
+    }
+
+    /// One page of the slices `filter` matches, oldest first (by id), after the page `token`
+    /// ended (empty: the first page), and the revision it reflects (see [`Controller::revision`]):
+    /// a watch from it misses no later change. Refused when the page size is out of range or the
+    /// token is forged or made for other filters.
+    pub fn list_page(
+        &self,
+        filter: &crate::model::page::SliceFilter,
+        page_size: i32,
+        token: &str,
+    ) -> Result<(Page<SliceRecord>, String, u64), ControllerError> {
+        let size = page::SLICE_PAGES.size(page_size)?;
+        let scope = page::slice_scope(filter);
+        let after = page::resume_after(&scope, token)?;
+        // The revision before the state: a change whose event has a revision up to it is already
+        // in the state read next, and every later one reaches a watch from it.
+        let revision = self.revision();
+        let p = self.lock().page_slices(filter, after.as_deref(), size);
+        let next = p
+            .next_after
+            .as_deref()
+            .map(|k| page::token(&scope, k))
+            .unwrap_or_default();
+        Ok((p, next, revision))
     }
 }

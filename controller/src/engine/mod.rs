@@ -26,6 +26,7 @@ use self::sweep::OrphanKey;
 use crate::agents::Agents;
 use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
+use crate::model::events::{EventLog, first_revision};
 use crate::model::slice::SliceRecord;
 use crate::model::state::{ClusterState, NodeRecord};
 use crate::placement::{self, Policy};
@@ -66,6 +67,11 @@ pub struct CoreConfig {
     pub energy_flush_interval: Duration,
     /// How long stored energy history is kept (None: forever). Checked at most once an hour.
     pub energy_history_retention: Option<Duration>,
+    /// How many recent slice events are kept for watches resumed from a revision; a resume from
+    /// before them is told REVISION_COMPACTED.
+    pub event_log_capacity: usize,
+    /// How long a watch that asked for bookmarks goes without an event before it gets one.
+    pub bookmark_interval: Duration,
 }
 
 impl Default for CoreConfig {
@@ -80,6 +86,9 @@ impl Default for CoreConfig {
             energy_flush_interval: Duration::from_secs(60),
             // 13 months and a bit: a year-on-year report of the last full month still has both.
             energy_history_retention: Some(Duration::from_secs(400 * 86_400)),
+            // About 10 MB of events: minutes of a busy cluster's history.
+            event_log_capacity: 16_384,
+            bookmark_interval: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +109,9 @@ pub struct Controller {
     policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<pb::SliceEvent>,
+    /// Recent events by revision. Events get their revision and are broadcast under this lock, so
+    /// watchers receive them in revision order; never held with the state lock taken inside it.
+    log: Mutex<EventLog<pb::SliceEvent>>,
     config: CoreConfig,
     /// Samples from the agents.
     pub telemetry: crate::telemetry::Telemetry,
@@ -162,6 +174,7 @@ impl Controller {
             .await
             .map_err(|e| ControllerError::Ledger(e.to_string()))?;
         let mut state = ClusterState::default();
+        let last_change_ms = records.iter().map(|r| r.updated_ms).max().unwrap_or(0);
         for r in records {
             if r.state == SliceState::Pending {
                 state.recovering.insert(r.id.clone());
@@ -197,6 +210,7 @@ impl Controller {
             // so each is read again (and merged) before its first flush, never overwritten.
             Err(e) => warn!(error = %e, "energy history: could not load the recent hours"),
         }
+        let first = first_revision(clock.now_ms(), last_change_ms);
         let sweep = config.sweep_interval;
         let flush = config.energy_flush_interval;
         let c = Arc::new(Controller {
@@ -206,6 +220,7 @@ impl Controller {
             policy: Arc::from(policy),
             clock,
             events: broadcast::channel(4096).0,
+            log: Mutex::new(EventLog::new(first, config.event_log_capacity)),
             config,
             telemetry: Default::default(),
             reclaim: Default::default(),
@@ -282,6 +297,44 @@ impl Controller {
         self.events.subscribe()
     }
 
+    fn event_log(&self) -> MutexGuard<'_, EventLog<pb::SliceEvent>> {
+        // The log is plain data changed in short sections that do not panic midway.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The revision of the last event: everything up to it is reflected in state read after.
+    pub fn revision(&self) -> u64 {
+        self.event_log().head()
+    }
+
+    /// Subscribes to slice events after revision `after` (None: from now on): the kept events
+    /// after it, oldest first, and a receiver of every later one, with nothing between the two
+    /// missed or repeated. REVISION_COMPACTED when events after `after` are no longer kept.
+    pub fn watch_from(
+        &self,
+        after: Option<u64>,
+    ) -> Result<(Vec<pb::SliceEvent>, broadcast::Receiver<pb::SliceEvent>), ControllerError> {
+        let log = self.event_log();
+        let backlog = match after {
+            None => Vec::new(),
+            Some(r) => log
+                .since(r)
+                .map_err(|c| ControllerError::RevisionCompacted {
+                    asked: c.asked,
+                    oldest: c.oldest,
+                })?
+                .into_iter()
+                .map(|(_, ev)| ev)
+                .collect(),
+        };
+        Ok((backlog, self.events.subscribe()))
+    }
+
+    /// How long a bookmarking watch waits without events before it gets a bookmark.
+    pub fn bookmark_interval(&self) -> Duration {
+        self.config.bookmark_interval
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -291,18 +344,22 @@ impl Controller {
         f(&self.lock())
     }
 
-    /// Sends an event to watchers.
-    pub fn emit_event(&self, ev: pb::SliceEvent) {
+    /// Gives an event its revision, keeps it for resumed watches and sends it to watchers.
+    pub fn emit_event(&self, mut ev: pb::SliceEvent) {
+        let mut log = self.event_log();
+        ev.revision = log.head() + 1;
+        log.push(ev.clone());
         let _ = self.events.send(ev);
     }
 
     pub(super) fn emit(&self, kind: pb::SliceEventKind, slice: &SliceRecord, message: String) {
-        let _ = self.events.send(pb::SliceEvent {
+        self.emit_event(pb::SliceEvent {
             kind: kind as i32,
             slice: Some(slice.to_pb()),
             message,
             deadline_unix_ms: 0,
             at_unix_ms: self.clock.now_ms(),
+            revision: 0,
         });
     }
 
@@ -410,10 +467,6 @@ impl Controller {
 
     /// Tells watchers a slice changed state.
     fn announce(&self, updated: &SliceRecord) {
-        if self.events.receiver_count() == 0 {
-            // Nobody listens: skip building the event (a protobuf copy of the slice and a message).
-            return;
-        }
         self.emit(
             pb::SliceEventKind::StateChanged,
             updated,
@@ -435,6 +488,76 @@ impl Controller {
         let slices = st.all().filter(|s| s.is_live()).cloned().collect();
         (nodes, view, slices)
     }
+    /// One page of the inventory: the nodes after the page `token` ended (by name), their
+    /// placement views and live slices, and the cluster's totals (GPUs, allocated milli-GPU,
+    /// nodes). Refused when the page size is out of range or the token is forged.
+    pub fn inventory_page(
+        &self,
+        page_size: i32,
+        token: &str,
+    ) -> Result<InventoryPage, ControllerError> {
+        use crate::model::page;
+        let size = page::NODE_PAGES.size(page_size)?;
+        let after = page::resume_after(page::NODE_SCOPE, token)?;
+        let mut st = self.lock();
+        let p = st.page_nodes(after.as_deref(), size);
+        let nodes: Vec<NodeRecord> = p
+            .items
+            .iter()
+            .filter_map(|n| st.nodes.get(n).cloned())
+            .collect();
+        let slices: Vec<SliceRecord> = p
+            .items
+            .iter()
+            .flat_map(|n| st.live_on_node(n))
+            .cloned()
+            .collect();
+        let nodes_total = st.nodes.len();
+        let full = st.view_cached();
+        let (mut gpus_total, mut allocated_milli) = (0usize, 0u64);
+        for g in full.nodes.iter().flat_map(|n| &n.gpus) {
+            gpus_total += 1;
+            allocated_milli += u64::from(1000 - g.free_milli());
+        }
+        let view = crate::placement::ClusterView {
+            nodes: full
+                .nodes
+                .iter()
+                .filter(|n| p.items.binary_search(&n.name).is_ok())
+                .cloned()
+                .collect(),
+        };
+        Ok(InventoryPage {
+            nodes,
+            view,
+            slices,
+            gpus_total,
+            allocated_milli,
+            nodes_total,
+            next_page_token: p
+                .next_after
+                .as_deref()
+                .map(|k| page::token(page::NODE_SCOPE, k))
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// One page of the inventory (see [`Controller::inventory_page`]).
+#[derive(Debug, Clone)]
+pub struct InventoryPage {
+    pub nodes: Vec<NodeRecord>,
+    /// The placement view of the page's nodes.
+    pub view: crate::placement::ClusterView,
+    /// The live slices on the page's nodes.
+    pub slices: Vec<SliceRecord>,
+    /// The whole cluster's GPUs.
+    pub gpus_total: usize,
+    /// Allocated milli-GPU summed over the whole cluster's GPUs.
+    pub allocated_milli: u64,
+    pub nodes_total: usize,
+    /// Empty on the last page.
+    pub next_page_token: String,
 }
 
 /// Finished slices one pruning step looks at under the state lock: about a millisecond of work.

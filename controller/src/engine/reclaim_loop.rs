@@ -120,6 +120,7 @@ impl Controller {
                         ),
                         deadline_unix_ms: *deadline_ms,
                         at_unix_ms: now,
+                        revision: 0,
                     });
                 }
             }
@@ -135,6 +136,7 @@ impl Controller {
                             message: format!("slice {slice} {reason}"),
                             deadline_unix_ms: 0,
                             at_unix_ms: self.now_ms(),
+                            revision: 0,
                         });
                     }
                     Err(e) => warn!(slice = %slice, error = %e, "reclaim failed"),

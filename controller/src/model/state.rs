@@ -61,6 +61,8 @@ pub struct ClusterState {
     /// PENDING slices loaded from the ledger at startup (the previous controller crashed between
     /// committing them and the agent's confirmation); resolved when their node registers.
     pub recovering: HashSet<String>,
+    /// Every slice id in order (ids sort by creation time): pages of a list are ranges of it.
+    ordered: BTreeSet<String>,
     /// Live slice ids by node.
     live: HashMap<String, BTreeSet<String>>,
     /// Ids of every slice kept in memory (live or finished) by GPU UUID: energy attribution asks
@@ -214,6 +216,7 @@ impl ClusterState {
         for g in &r.gpus {
             self.by_gpu.entry(g.clone()).or_default().insert(id.clone());
         }
+        self.ordered.insert(id.clone());
         if let Some(old) = self.slices.insert(id.clone(), Box::new(r)) {
             self.finished.remove(&old);
             // A replaced record that named other GPUs (a kubelet slice re-reported) leaves them.
@@ -257,6 +260,7 @@ impl ClusterState {
     /// Removes a slice record and its index entries.
     pub fn remove_slice(&mut self, id: &str) -> Option<SliceRecord> {
         let r = *self.slices.remove(id)?;
+        self.ordered.remove(id);
         if let Some(k) = &r.idempotency_key
             && self.idempotency.get(&(r.tenant.clone(), k.clone())) == Some(&r.id)
         {
@@ -292,6 +296,37 @@ impl ClusterState {
     /// Every slice record in memory.
     pub fn all(&self) -> impl Iterator<Item = &SliceRecord> + '_ {
         self.slices.values().map(|b| b.as_ref())
+    }
+
+    /// One page of the slices `filter` matches, in id order, strictly after `after` (from the
+    /// first when None). Walks the id index from the cursor, so a page costs the slices it looks
+    /// at, not a sort of all of them.
+    pub fn page_slices(
+        &self,
+        filter: &crate::model::page::SliceFilter,
+        after: Option<&str>,
+        size: usize,
+    ) -> crate::model::page::Page<SliceRecord> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        let matching = self
+            .ordered
+            .range::<String, _>((from, Bound::Unbounded))
+            .filter_map(|id| self.slices.get(id))
+            .filter(|s| filter.matches(s))
+            .map(|s| (s.id.as_str(), s.as_ref().clone()));
+        crate::model::page::take_page(matching, size)
+    }
+
+    /// One page of node names, in order, strictly after `after` (from the first when None).
+    pub fn page_nodes(&self, after: Option<&str>, size: usize) -> crate::model::page::Page<String> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        let names = self
+            .nodes
+            .range::<String, _>((from, Bound::Unbounded))
+            .map(|(k, _)| (k.as_str(), k.clone()));
+        crate::model::page::take_page(names, size)
     }
 
     /// How many slice records are in memory (live and finished).

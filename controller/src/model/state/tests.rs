@@ -17,6 +17,52 @@ fn on(st: &ClusterState, gpu: &str) -> Vec<String> {
 }
 
 #[test]
+fn pages_walk_ids_in_order_from_the_cursor_with_the_filters_and_follow_removals() {
+    use crate::model::page::SliceFilter;
+    let mut st = ClusterState::default();
+    for (i, state) in [
+        SliceState::Active,
+        SliceState::Released,
+        SliceState::Active,
+        SliceState::Failed,
+        SliceState::Active,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = rec(&format!("s-{i}"), &["G1"], state);
+        r.created_ms = i as i64 * 10;
+        st.put(r);
+    }
+    let ids = |p: &crate::model::page::Page<SliceRecord>| -> Vec<String> {
+        p.items.iter().map(|s| s.id.clone()).collect()
+    };
+    let live = SliceFilter::default();
+    let p = st.page_slices(&live, None, 2);
+    assert_eq!(ids(&p), ["s-0", "s-2"]);
+    assert_eq!(p.next_after.as_deref(), Some("s-2"));
+    // The cursor's own slice going away does not move the next page.
+    st.remove_slice("s-2");
+    let p = st.page_slices(&live, Some("s-2"), 2);
+    assert_eq!(ids(&p), ["s-4"]);
+    assert_eq!(p.next_after, None);
+    let terminal = SliceFilter {
+        include_terminal: true,
+        created_after_ms: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&st.page_slices(&terminal, None, 10)),
+        ["s-1", "s-3", "s-4"]
+    );
+    let failed = SliceFilter {
+        state: Some(SliceState::Failed),
+        ..Default::default()
+    };
+    assert_eq!(ids(&st.page_slices(&failed, None, 10)), ["s-3"]);
+}
+
+#[test]
 fn the_gpu_index_follows_puts_replacements_and_removals() {
     let mut st = ClusterState::default();
     st.put(rec("a", &["G1", "G2"], SliceState::Active));
