@@ -100,6 +100,7 @@ fn process(pid: u32) -> Process {
         mem_util_pct: 10,
         env: Default::default(),
         started_ms: 0,
+        ..Default::default()
     }
 }
 
