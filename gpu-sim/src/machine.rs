@@ -1162,7 +1162,7 @@ mod tests {
         let bp = m.devices[0].board_power();
         // A 3g instance: 3/7 of the SMs busy, 4/8 of the memory.
         let range = 598_500.0;
-        let want = range * (0.62 * 3.0 / 7.0);
+        let want = range * (0.60 * 3.0 / 7.0);
         assert!((bp.process_mw[0] as f64 - want).abs() < 2.0, "{bp:?}");
     }
 }

@@ -61,22 +61,22 @@ impl Workload {
                 sm_dram: 0.0,
             },
             Workload::ComputeBound => Coefficients {
-                sm: 0.62,
-                dram: 0.18,
+                sm: 0.60,
+                dram: 0.30,
                 tensor: 0.0,
-                sm_dram: 0.10,
+                sm_dram: 0.15,
             },
             Workload::MemoryBound => Coefficients {
-                sm: 0.30,
-                dram: 0.40,
+                sm: 0.50,
+                dram: 0.32,
                 tensor: 0.0,
-                sm_dram: 0.22,
+                sm_dram: 0.15,
             },
             Workload::TensorHeavy => Coefficients {
-                sm: 0.42,
-                dram: 0.18,
+                sm: 0.55,
+                dram: 0.28,
                 tensor: 0.40,
-                sm_dram: 0.12,
+                sm_dram: 0.15,
             },
         }
     }

@@ -266,6 +266,139 @@ fn nnls_coordinate_descent(g: &[[f64; 4]; 4], h: &[f64; 4]) -> [f64; 4] {
     b
 }
 
+/// Splits an activity NVML reports only for the whole board (tensor activity on a shared GPU:
+/// GPM has it per GPU, per-process utilization has no tensor figure) among the slices, by fitting
+/// it over recent observations against each slice's SM activity: `board ≈ sum_j r_j x sm_j`,
+/// `r_j >= 0`, with a small ridge pull towards one ratio for all (the SM split of it). Each
+/// slice's activity varies on its own, so the fit learns which slices the board's tensor activity
+/// follows.
+#[derive(Debug, Clone, Default)]
+pub struct BoardShareFit {
+    config: FitConfig,
+    history: VecDeque<(Vec<(String, f64)>, f64)>,
+}
+
+impl BoardShareFit {
+    pub fn new(config: FitConfig) -> BoardShareFit {
+        BoardShareFit {
+            config,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Adds an observation: each slice's SM activity and the board's figure over one stretch.
+    pub fn observe(&mut self, per_slice_sm: &[(String, f64)], board: f64) {
+        if !board.is_finite() || board < 0.0 || per_slice_sm.iter().any(|(_, x)| !x.is_finite()) {
+            return;
+        }
+        self.history.push_back((per_slice_sm.to_vec(), board));
+        while self.history.len() > self.config.window.max(1) {
+            self.history.pop_front();
+        }
+    }
+
+    /// The board's `board` split among `per_slice_sm`, summing to `board` (all of it by SM
+    /// activity before the fit has [`FitConfig::min_observations`]).
+    pub fn split(&self, per_slice_sm: &[(String, f64)], board: f64) -> Vec<(String, f64)> {
+        let ratios = self.ratios();
+        let weights: Vec<f64> = per_slice_sm
+            .iter()
+            .map(|(id, sm)| {
+                let r = ratios
+                    .as_ref()
+                    .map_or(1.0, |r| r.get(id).copied().unwrap_or(0.0));
+                (r * sm.max(0.0)).max(0.0)
+            })
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        let sm_sum: f64 = per_slice_sm.iter().map(|(_, x)| x.max(0.0)).sum();
+        per_slice_sm
+            .iter()
+            .zip(&weights)
+            .map(|((id, sm), w)| {
+                let part = if sum > 0.0 {
+                    board * w / sum
+                } else if sm_sum > 0.0 {
+                    board * sm.max(0.0) / sm_sum
+                } else {
+                    0.0
+                };
+                (id.clone(), part)
+            })
+            .collect()
+    }
+
+    fn ratios(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        if self.history.len() < self.config.min_observations.max(1) {
+            return None;
+        }
+        let mut ids: Vec<&str> = self
+            .history
+            .iter()
+            .flat_map(|(v, _)| v.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let n = ids.len();
+        if n == 0 {
+            return None;
+        }
+        let index = |id: &str| ids.binary_search(&id).ok();
+        let mut g = vec![vec![0.0f64; n]; n];
+        let mut h = vec![0.0f64; n];
+        let (mut total_board, mut total_sm) = (0.0, 0.0);
+        for (v, y) in &self.history {
+            let mut x = vec![0.0f64; n];
+            for (id, sm) in v {
+                if let Some(i) = index(id) {
+                    x[i] += sm.max(0.0);
+                }
+            }
+            total_board += y;
+            total_sm += x.iter().sum::<f64>();
+            for i in 0..n {
+                h[i] += x[i] * y;
+                for j in 0..n {
+                    g[i][j] += x[i] * x[j];
+                }
+            }
+        }
+        if total_sm <= 0.0 {
+            return None;
+        }
+        let prior = total_board / total_sm;
+        let lambda = self.config.ridge * (0..n).map(|i| g[i][i]).sum::<f64>() / n as f64;
+        for i in 0..n {
+            g[i][i] += lambda;
+            h[i] += lambda * prior;
+        }
+        let r = nnls(&g, &h);
+        Some(ids.iter().map(|id| id.to_string()).zip(r).collect())
+    }
+}
+
+/// Minimises `b' G b / 2 - h' b` over `b >= 0` for any size (see [`nnls_coordinate_descent`]).
+fn nnls(g: &[Vec<f64>], h: &[f64]) -> Vec<f64> {
+    let n = h.len();
+    let mut b = vec![0.0f64; n];
+    for _ in 0..2000 {
+        let mut moved = 0.0f64;
+        for i in 0..n {
+            if g[i][i] <= 0.0 {
+                continue;
+            }
+            let off: f64 = (0..n).filter(|&j| j != i).map(|j| g[i][j] * b[j]).sum();
+            let next = ((h[i] - off) / g[i][i]).max(0.0);
+            moved = moved.max((next - b[i]).abs() / (1.0 + next.abs()));
+            b[i] = next;
+        }
+        if moved < 1e-12 {
+            break;
+        }
+    }
+    b
+}
+
 /// Activity weights for [`attribute`](super::attribute): each slice's (and the unattributed
 /// activity's) fitted energy, in integer units. A zero activity vector gets weight 0, so its
 /// slice pays no dynamic energy.
@@ -399,5 +532,23 @@ mod tests {
         // Not the SM split exactly, but no wild swing either: within 25% of equal.
         let (a, b) = (rows[0].activity as f64, rows[1].activity as f64);
         assert!(b / a < 1.25 && b / a >= 1.0, "{rows:?} from {c:?}");
+    }
+
+    #[test]
+    fn board_tensor_activity_goes_to_the_slices_it_follows() {
+        // Slice "t" does tensor work at 0.8 x its SM activity; "c" none. Their SM varies apart.
+        let mut f = BoardShareFit::new(FitConfig::default());
+        for k in 0..40u32 {
+            let t = f64::from((k * 7) % 11) * 100.0;
+            let c = f64::from((k * 5) % 13) * 100.0;
+            f.observe(&[("c".into(), c), ("t".into(), t)], 0.8 * t);
+        }
+        let split = f.split(&[("c".into(), 1000.0), ("t".into(), 500.0)], 400.0);
+        assert!(split[0].1 < 4.0, "{split:?}");
+        assert!((split[1].1 - 400.0).abs() < 4.0, "{split:?}");
+        // Before the fit has enough observations: by SM activity.
+        let fresh = BoardShareFit::new(FitConfig::default());
+        let split = fresh.split(&[("c".into(), 300.0), ("t".into(), 100.0)], 400.0);
+        assert_eq!((split[0].1, split[1].1), (300.0, 100.0));
     }
 }
