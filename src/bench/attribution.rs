@@ -272,7 +272,7 @@ pub struct MixSpec {
 fn run_mix(seed: u64, mix: u32, minutes: u32) -> anyhow::Result<MixResult> {
     let mut rng =
         ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(u64::from(mix)));
-    let hopper = mix % 4 != 3;
+    let hopper = mix % 3 != 2;
     let layout = if mix.is_multiple_of(2) {
         Layout::Shares
     } else {
