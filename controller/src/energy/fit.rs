@@ -35,7 +35,7 @@ use super::attribution::SliceActivity;
 
 /// How one interval's dynamic energy was split among slices.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "method", content = "fallback")]
+#[serde(rename_all = "snake_case")]
 pub enum Method {
     /// By SM activity x time, with why the fit was not used (`None`: the configured method).
     #[default]
@@ -550,5 +550,54 @@ mod tests {
         let fresh = BoardShareFit::new(FitConfig::default());
         let split = fresh.split(&[("c".into(), 300.0), ("t".into(), 100.0)], 400.0);
         assert_eq!((split[0].1, split[1].1), (300.0, 100.0));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fitted_split_conserves_exactly_and_charges_no_idle_slice(
+            measured in 0u64..10_000_000_000,
+            c in proptest::collection::vec(0.0f64..50.0, 3),
+            acts in proptest::collection::vec(
+                (0u32..3, 0.0f64..6.0e6, 0.0f64..6.0e6, 0.0f64..6.0e6), 1..6),
+        ) {
+            use super::super::attribution::{AttributionInput, Holder, StaticPolicy, attribute};
+            use super::super::Capacity;
+            let coeffs = Coefficients { sm: c[0], dram: c[1], tensor: c[2], context: 1.0 };
+            // Kind 0: idle (no activity at all).
+            let slices: Vec<(String, ActivityVector)> = acts
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, s, d, t))| {
+                    let a = if k == 0 { av(0.0, 0.0, 0.0) } else { av(s, d, t) };
+                    (format!("s{i}"), a)
+                })
+                .collect();
+            let (activity, un) = fitted_activity(&coeffs, &slices, &ActivityVector::default());
+            let holders = slices
+                .iter()
+                .map(|(id, _)| Holder {
+                    slice_id: id.clone(),
+                    tenant: id.clone(),
+                    capacity: Capacity::from_milli(100).expect("capacity"),
+                    held_ms: 60_000,
+                })
+                .collect();
+            let a = attribute(&AttributionInput {
+                measured_mj: measured,
+                interval_ms: 60_000,
+                idle_power_mw: 70_000,
+                holders,
+                activity,
+                unattributed_activity: un,
+                policy: StaticPolicy::ByCapacity,
+            })
+            .expect("attributes");
+            proptest::prop_assert_eq!(a.rows_total_mj(), u128::from(measured));
+            for (row, (_, v)) in a.slices.iter().zip(&slices) {
+                if v.sm_pct_ms == 0.0 && v.dram_pct_ms == 0.0 && v.tensor_pct_ms == 0.0 {
+                    proptest::prop_assert_eq!(row.dynamic_mj, 0);
+                }
+            }
+        }
     }
 }
