@@ -417,9 +417,10 @@ pub fn run_spec(
             }
         }
     }
-    // Board tensor activity on a shared Hopper GPU: (this interval, this second, this batch),
+    // Board tensor activity on a shared Hopper GPU: (this interval, this second, this batch,
+    // this interval clock-weighted),
     // each slice's SM activity in this batch, and the fit that splits the board's figure.
-    let mut board_tensor = (0.0f64, 0.0f64, 0.0f64);
+    let mut board_tensor = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let mut batch_sm: BTreeMap<String, f64> = BTreeMap::new();
     let mut tensor_split = fit::BoardShareFit::new(FitConfig::default());
     // Activity, context ms and dynamic mJ of the sample batch being gathered.
@@ -451,12 +452,16 @@ pub fn run_spec(
                                 sm_pct_ms: f64::from(p.sm_util_pct) * SAMPLE_MS as f64,
                                 dram_pct_ms: f64::from(p.mem_util_pct) * SAMPLE_MS as f64,
                                 tensor_pct_ms: 0.0,
+                                ..ActivityVector::default()
                             },
                         );
                     }
                 }
             }
-            throttled |= m.device(0)?.sm_clock_mhz() < model.max_sm_clock_mhz();
+            // The SM clock over the next second (NVML's clock reading), as a share of its maximum.
+            let clock = m.device(0)?.sm_clock_mhz();
+            throttled |= clock < model.max_sm_clock_mhz();
+            let clock = f64::from(clock) / f64::from(model.max_sm_clock_mhz().max(1));
             let board_gpm_before = if hopper && !mig {
                 Some(m.gpm_sample(0, None)?)
             } else {
@@ -479,6 +484,7 @@ pub fn run_spec(
                                 sm_pct_ms: r.sm_util_pct * cf * dt,
                                 dram_pct_ms: r.dram_bw_util_pct * mf * dt,
                                 tensor_pct_ms: r.tensor_util_pct * cf * dt,
+                                ..ActivityVector::default()
                             },
                         );
                     }
@@ -497,19 +503,23 @@ pub fn run_spec(
                 board_tensor.0 += board_t;
                 board_tensor.1 += board_t;
                 board_tensor.2 += board_t;
+                board_tensor.3 += board_t * clock;
                 for (slice, a) in &step {
                     *batch_sm.entry(slice.clone()).or_default() += a.sm_pct_ms;
                 }
             }
             let mut board = ActivityVector::default();
-            for (slice, a) in &step {
+            for (slice, a) in step.iter_mut() {
+                a.sm_clock_pct_ms = a.sm_pct_ms * clock;
+                a.tensor_clock_pct_ms = a.tensor_pct_ms * clock;
                 let acc = accs.entry(slice.clone()).or_default();
-                acc.activity.sm_pct_ms += a.sm_pct_ms;
-                acc.activity.dram_pct_ms += a.dram_pct_ms;
-                acc.activity.tensor_pct_ms += a.tensor_pct_ms;
-                board.sm_pct_ms += a.sm_pct_ms;
-                board.dram_pct_ms += a.dram_pct_ms;
-                board.tensor_pct_ms += a.tensor_pct_ms;
+                for into in [&mut acc.activity, &mut board] {
+                    into.sm_pct_ms += a.sm_pct_ms;
+                    into.dram_pct_ms += a.dram_pct_ms;
+                    into.tensor_pct_ms += a.tensor_pct_ms;
+                    into.sm_clock_pct_ms += a.sm_clock_pct_ms;
+                    into.tensor_clock_pct_ms += a.tensor_clock_pct_ms;
+                }
             }
             let dyn_mj =
                 (counter - obs_counter) as f64 - (idle_power_mw * SAMPLE_MS as u64) as f64 / 1000.0;
@@ -517,8 +527,11 @@ pub fn run_spec(
             buf.0.sm_pct_ms += board.sm_pct_ms;
             buf.0.dram_pct_ms += board.dram_pct_ms;
             buf.0.tensor_pct_ms += board.tensor_pct_ms;
+            buf.0.sm_clock_pct_ms += board.sm_clock_pct_ms;
+            buf.0.tensor_clock_pct_ms += board.tensor_clock_pct_ms;
             buf.1 += SAMPLE_MS as f64;
             buf.0.tensor_pct_ms += board_tensor.1;
+            buf.0.tensor_clock_pct_ms += board_tensor.1 * clock;
             board_tensor.1 = 0.0;
             buf.2 += dyn_mj;
             if (second + 1).is_multiple_of(OBSERVE_EVERY) {
@@ -543,13 +556,20 @@ pub fn run_spec(
                 .iter()
                 .map(|(s, a)| (s.clone(), a.activity.sm_pct_ms))
                 .collect();
+            let clock_share = if board_tensor.0 > 0.0 {
+                board_tensor.3 / board_tensor.0
+            } else {
+                1.0
+            };
             for (slice, t) in tensor_split.split(&v, board_tensor.0) {
                 if let Some(a) = accs.get_mut(&slice) {
                     a.activity.tensor_pct_ms = t;
+                    a.activity.tensor_clock_pct_ms = t * clock_share;
                 }
             }
         }
         board_tensor.0 = 0.0;
+        board_tensor.3 = 0.0;
         // Truth over the interval, per tenant.
         let now_true = true_energies(&m);
         for t in &tenants {

@@ -81,6 +81,14 @@ pub struct ActivityVector {
     pub dram_pct_ms: f64,
     /// Tensor-core activity (GPM's `ANY_TENSOR_UTIL`); 0 where unknown.
     pub tensor_pct_ms: f64,
+    /// SM activity weighted by the SM clock's share of its maximum (NVML's clocks), so the fit
+    /// can tell work done at full clocks from work done held back by the power limit. Equal to
+    /// `sm_pct_ms` where the clock is not known (or always at its maximum).
+    #[serde(default)]
+    pub sm_clock_pct_ms: f64,
+    /// Tensor activity weighted the same way; equal to `tensor_pct_ms` where the clock is not known.
+    #[serde(default)]
+    pub tensor_clock_pct_ms: f64,
 }
 
 impl ActivityVector {
@@ -88,6 +96,19 @@ impl ActivityVector {
         self.sm_pct_ms += o.sm_pct_ms;
         self.dram_pct_ms += o.dram_pct_ms;
         self.tensor_pct_ms += o.tensor_pct_ms;
+        self.sm_clock_pct_ms += o.sm_clock_pct_ms;
+        self.tensor_clock_pct_ms += o.tensor_clock_pct_ms;
+    }
+
+    /// The fit's regressors: SM, DRAM, tensor, and the clock-weighted SM and tensor.
+    fn features(&self) -> [f64; 5] {
+        [
+            self.sm_pct_ms,
+            self.dram_pct_ms,
+            self.tensor_pct_ms,
+            self.sm_clock_pct_ms,
+            self.tensor_clock_pct_ms,
+        ]
     }
 }
 
@@ -129,6 +150,9 @@ pub struct Coefficients {
     pub sm: f64,
     pub dram: f64,
     pub tensor: f64,
+    /// On the clock-weighted SM and tensor activity.
+    pub sm_clock: f64,
+    pub tensor_clock: f64,
     /// mJ per ms of context held (shared, not charged by activity).
     pub context: f64,
 }
@@ -154,14 +178,12 @@ impl ActivityFit {
     /// Adds an observation; the oldest beyond the window is dropped. Non-finite values are
     /// ignored (a broken reading must not poison the fit).
     pub fn observe(&mut self, o: Observation) {
-        let v = [
-            o.activity.sm_pct_ms,
-            o.activity.dram_pct_ms,
-            o.activity.tensor_pct_ms,
-            o.context_ms,
-            o.dynamic_mj,
-        ];
-        if v.iter().any(|x| !x.is_finite()) || v[..4].iter().any(|&x| x < 0.0) {
+        let f = o.activity.features();
+        if f.iter()
+            .chain([&o.context_ms, &o.dynamic_mj])
+            .any(|x| !x.is_finite())
+            || f.iter().chain([&o.context_ms]).any(|&x| x < 0.0)
+        {
             return;
         }
         self.history.push_back(o);
@@ -185,24 +207,19 @@ impl ActivityFit {
         if self.history.len() < self.config.min_observations.max(1) {
             return None;
         }
-        // Columns scaled to unit mean so the ridge weighs them alike.
-        let rows: Vec<([f64; 4], f64)> = self
+        // Columns: the five features and the context time, scaled to unit mean so the ridge
+        // weighs them alike.
+        const N: usize = 6;
+        let rows: Vec<([f64; N], f64)> = self
             .history
             .iter()
             .map(|o| {
-                (
-                    [
-                        o.activity.sm_pct_ms,
-                        o.activity.dram_pct_ms,
-                        o.activity.tensor_pct_ms,
-                        o.context_ms,
-                    ],
-                    o.dynamic_mj,
-                )
+                let f = o.activity.features();
+                ([f[0], f[1], f[2], f[3], f[4], o.context_ms], o.dynamic_mj)
             })
             .collect();
         let n = rows.len() as f64;
-        let mut scale = [0.0f64; 4];
+        let mut scale = [0.0f64; N];
         for (x, _) in &rows {
             for (s, v) in scale.iter_mut().zip(x) {
                 *s += v / n;
@@ -211,15 +228,15 @@ impl ActivityFit {
         if scale[0] <= 0.0 {
             return None;
         }
-        let mut g = [[0.0f64; 4]; 4];
-        let mut h = [0.0f64; 4];
+        let mut g = vec![vec![0.0f64; N]; N];
+        let mut h = vec![0.0f64; N];
         for (x, y) in &rows {
-            let z: Vec<f64> = (0..4)
+            let z: Vec<f64> = (0..N)
                 .map(|i| if scale[i] > 0.0 { x[i] / scale[i] } else { 0.0 })
                 .collect();
-            for i in 0..4 {
+            for i in 0..N {
                 h[i] += z[i] * y;
-                for j in 0..4 {
+                for j in 0..N {
                     g[i][j] += z[i] * z[j];
                 }
             }
@@ -227,43 +244,24 @@ impl ActivityFit {
         // Prior: the SM-only model in scaled units.
         let total_y: f64 = rows.iter().map(|r| r.1).sum();
         let total_sm: f64 = rows.iter().map(|r| r.0[0]).sum();
-        let prior = [(total_y / total_sm).max(0.0) * scale[0], 0.0, 0.0, 0.0];
-        let lambda = self.config.ridge * (g[0][0] + g[1][1] + g[2][2] + g[3][3]) / 4.0;
-        for i in 0..4 {
+        let mut prior = [0.0f64; N];
+        prior[0] = (total_y / total_sm).max(0.0) * scale[0];
+        let lambda = self.config.ridge * (0..N).map(|i| g[i][i]).sum::<f64>() / N as f64;
+        for i in 0..N {
             g[i][i] += lambda;
             h[i] += lambda * prior[i];
         }
-        let b = nnls_coordinate_descent(&g, &h);
+        let b = nnls(&g, &h);
         let unscale = |i: usize| if scale[i] > 0.0 { b[i] / scale[i] } else { 0.0 };
         Some(Coefficients {
             sm: unscale(0),
             dram: unscale(1),
             tensor: unscale(2),
-            context: unscale(3),
+            sm_clock: unscale(3),
+            tensor_clock: unscale(4),
+            context: unscale(5),
         })
     }
-}
-
-/// Minimises `b' G b / 2 - h' b` over `b >= 0` (G symmetric positive definite) by cyclic
-/// coordinate descent, which converges for such G.
-fn nnls_coordinate_descent(g: &[[f64; 4]; 4], h: &[f64; 4]) -> [f64; 4] {
-    let mut b = [0.0f64; 4];
-    for _ in 0..500 {
-        let mut moved = 0.0f64;
-        for i in 0..4 {
-            if g[i][i] <= 0.0 {
-                continue;
-            }
-            let off: f64 = (0..4).filter(|&j| j != i).map(|j| g[i][j] * b[j]).sum();
-            let next = ((h[i] - off) / g[i][i]).max(0.0);
-            moved = moved.max((next - b[i]).abs() / (1.0 + next.abs()));
-            b[i] = next;
-        }
-        if moved < 1e-12 {
-            break;
-        }
-    }
-    b
 }
 
 /// Splits an activity NVML reports only for the whole board (tensor activity on a shared GPU:
@@ -377,7 +375,8 @@ impl BoardShareFit {
     }
 }
 
-/// Minimises `b' G b / 2 - h' b` over `b >= 0` for any size (see [`nnls_coordinate_descent`]).
+/// Minimises `b' G b / 2 - h' b` over `b >= 0` (G symmetric positive definite) by cyclic
+/// coordinate descent, which converges for such G.
 fn nnls(g: &[Vec<f64>], h: &[f64]) -> Vec<f64> {
     let n = h.len();
     let mut b = vec![0.0f64; n];
@@ -410,7 +409,9 @@ pub fn fitted_activity(
     let weight = |a: &ActivityVector| {
         let w = c.sm * a.sm_pct_ms.max(0.0)
             + c.dram * a.dram_pct_ms.max(0.0)
-            + c.tensor * a.tensor_pct_ms.max(0.0);
+            + c.tensor * a.tensor_pct_ms.max(0.0)
+            + c.sm_clock * a.sm_clock_pct_ms.max(0.0)
+            + c.tensor_clock * a.tensor_clock_pct_ms.max(0.0);
         if w.is_finite() {
             // Saturating: activity of one GPU interval is far below u64::MAX / 1000 mJ.
             (w * WEIGHT_SCALE).round().clamp(0.0, u64::MAX as f64) as u64
@@ -465,6 +466,8 @@ mod tests {
             sm_pct_ms: sm,
             dram_pct_ms: dram,
             tensor_pct_ms: tensor,
+            sm_clock_pct_ms: sm,
+            tensor_clock_pct_ms: tensor,
         }
     }
 
@@ -483,9 +486,10 @@ mod tests {
             });
         }
         let c = f.coefficients().expect("ready");
-        assert!((c.sm - 2.0).abs() < 0.05, "{c:?}");
+        // SM and clock-weighted SM are one column here (no throttling): their sum is the cost.
+        assert!((c.sm + c.sm_clock - 2.0).abs() < 0.05, "{c:?}");
         assert!((c.dram - 3.0).abs() < 0.05, "{c:?}");
-        assert!(c.tensor >= 0.0 && c.tensor < 0.05, "{c:?}");
+        assert!(c.tensor + c.tensor_clock < 0.05, "{c:?}");
         assert!(c.context >= 0.0);
     }
 
@@ -562,7 +566,14 @@ mod tests {
         ) {
             use super::super::attribution::{AttributionInput, Holder, StaticPolicy, attribute};
             use super::super::Capacity;
-            let coeffs = Coefficients { sm: c[0], dram: c[1], tensor: c[2], context: 1.0 };
+            let coeffs = Coefficients {
+                sm: c[0],
+                dram: c[1],
+                tensor: c[2],
+                sm_clock: c[0] / 2.0,
+                tensor_clock: c[2] / 2.0,
+                context: 1.0,
+            };
             // Kind 0: idle (no activity at all).
             let slices: Vec<(String, ActivityVector)> = acts
                 .iter()
