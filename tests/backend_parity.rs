@@ -227,6 +227,7 @@ fn sim_and_nvml_backends_on_one_machine_report_the_same_inventory_placements_and
         mem_util_pct: 5,
         env: Default::default(),
         started_ms: 0,
+        ..Default::default()
     };
     sim.machine_mut()
         .start_process(7, None, stray)

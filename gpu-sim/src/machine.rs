@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceKind, MachineKind};
+use crate::power::{self, BoardPower, Load, Workload};
 use crate::profiles::{self, GiProfile, Occupant, PlacementError};
 
 /// Share of the idle-to-maximum power range, ‰, that a board draws while a process holds a CUDA
@@ -56,6 +57,9 @@ pub struct GpmCounters {
     pub sm_pct_ms: u64,
     /// DRAM bandwidth utilization × time, %·ms.
     pub dram_pct_ms: u64,
+    /// Tensor-core activity × time, %·ms.
+    #[serde(default)]
+    pub tensor_pct_ms: u64,
 }
 
 /// One GPM sample (`nvmlGpmSampleGet` / `nvmlGpmMigSampleGet`): what it is of, when, the counters.
@@ -73,6 +77,8 @@ pub struct GpmReading {
 pub struct GpmMetrics {
     pub sm_util_pct: f64,
     pub dram_bw_util_pct: f64,
+    /// Any tensor-core activity, % (GPM's `ANY_TENSOR_UTIL`).
+    pub tensor_util_pct: f64,
 }
 
 /// GPM samples closer than this cannot be compared (NVML asks for more than 100 ms).
@@ -100,11 +106,12 @@ pub fn gpm_metrics(a: &GpmReading, b: &GpmReading) -> Result<GpmMetrics, SimErro
     Ok(GpmMetrics {
         sm_util_pct: d(a.counters.sm_pct_ms, b.counters.sm_pct_ms)? as f64 / dt,
         dram_bw_util_pct: d(a.counters.dram_pct_ms, b.counters.dram_pct_ms)? as f64 / dt,
+        tensor_util_pct: d(a.counters.tensor_pct_ms, b.counters.tensor_pct_ms)? as f64 / dt,
     })
 }
 
 /// A process using a GPU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     /// GPU instance it runs on (MIG), or none for the whole GPU.
@@ -113,10 +120,23 @@ pub struct Process {
     pub used_memory_bytes: u64,
     /// SM utilization of its GPU or instance, %.
     pub sm_util_pct: u32,
-    /// Memory (controller) utilization, %.
+    /// Memory (controller) utilization, %: the DRAM bandwidth it uses, of its GPU or instance.
     pub mem_util_pct: u32,
+    /// Tensor-core activity of its GPU or instance, %.
+    #[serde(default)]
+    pub tensor_pct: u32,
+    /// What it runs: picks the coefficients of its power ([`crate::power`]).
+    #[serde(default)]
+    pub workload: Workload,
     pub env: BTreeMap<String, String>,
     pub started_ms: i64,
+    /// Its true energy since it started, mJ: the ground truth attribution is measured against.
+    /// Only the machine's state (the CLI's `state`) shows it; no NVML call does.
+    #[serde(default)]
+    pub true_energy_mj: u64,
+    /// Sub-mJ remainder of `true_energy_mj`, µJ.
+    #[serde(default)]
+    pub true_energy_rem_uj: u64,
 }
 
 /// An XID event waiting to be read through an event set.
@@ -317,26 +337,40 @@ impl Machine {
         }
         let dt_ms = (now_ms - self.now_ms) as u64;
         for d in &mut self.devices {
-            // mW × ms = µJ.
-            let uj = u64::from(d.power_mw()) * dt_ms + d.energy_rem_uj;
+            let bp = d.board_power();
+            // mW × ms = µJ. The board's power is the floor plus its processes' powers, so the
+            // board's energy is the floor's plus theirs.
+            let uj = bp.total_mw() * dt_ms + d.energy_rem_uj;
             d.energy_mj += uj / 1000;
             d.energy_rem_uj = uj % 1000;
-            let board = (u64::from(d.sm_util_pct()), u64::from(d.mem_util_pct()));
+            for (p, mw) in d.processes.iter_mut().zip(&bp.process_mw) {
+                let uj = mw * dt_ms + p.true_energy_rem_uj;
+                p.true_energy_mj += uj / 1000;
+                p.true_energy_rem_uj = uj % 1000;
+            }
+            let board = (
+                u64::from(d.sm_util_pct()),
+                u64::from(d.mem_util_pct()),
+                u64::from(d.tensor_pct()),
+            );
             d.gpm.sm_pct_ms += board.0 * dt_ms;
             d.gpm.dram_pct_ms += board.1 * dt_ms;
-            let per_gi: Vec<(u64, u64)> = d
+            d.gpm.tensor_pct_ms += board.2 * dt_ms;
+            let per_gi: Vec<(u64, u64, u64)> = d
                 .gpu_instances
                 .iter()
                 .map(|g| {
                     (
                         u64::from(d.gi_sm_util_pct(g.id)),
                         u64::from(d.gi_mem_util_pct(g.id)),
+                        u64::from(d.gi_tensor_pct(g.id)),
                     )
                 })
                 .collect();
-            for (g, (sm, dram)) in d.gpu_instances.iter_mut().zip(per_gi) {
+            for (g, (sm, dram, tensor)) in d.gpu_instances.iter_mut().zip(per_gi) {
                 g.gpm.sm_pct_ms += sm * dt_ms;
                 g.gpm.dram_pct_ms += dram * dt_ms;
+                g.gpm.tensor_pct_ms += tensor * dt_ms;
             }
         }
         self.now_ms = now_ms;
@@ -552,7 +586,7 @@ impl Machine {
         {
             return Err(SimError::PidTaken(p.pid));
         }
-        if p.sm_util_pct > 100 || p.mem_util_pct > 100 {
+        if p.sm_util_pct > 100 || p.mem_util_pct > 100 || p.tensor_pct > 100 {
             return Err(SimError::Invalid("utilization must be 0-100 %".into()));
         }
         let now = self.now_ms;
@@ -592,6 +626,8 @@ impl Machine {
             )));
         }
         p.started_ms = now;
+        p.true_energy_mj = 0;
+        p.true_energy_rem_uj = 0;
         d.processes.push(p);
         self.changed();
         Ok(())
@@ -616,6 +652,32 @@ impl Machine {
         if (p.sm_util_pct, p.mem_util_pct) != (sm_pct, mem_pct) {
             p.sm_util_pct = sm_pct;
             p.mem_util_pct = mem_pct;
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Changes a running process's whole activity vector: SM, memory (DRAM bandwidth) and
+    /// tensor-core utilization, %.
+    pub fn set_process_activity(
+        &mut self,
+        pid: u32,
+        sm_pct: u32,
+        mem_pct: u32,
+        tensor_pct: u32,
+    ) -> Result<(), SimError> {
+        if tensor_pct > 100 {
+            return Err(SimError::Invalid("utilization must be 0-100 %".into()));
+        }
+        self.set_process_util(pid, sm_pct, mem_pct)?;
+        let p = self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.processes.iter_mut())
+            .find(|p| p.pid == pid)
+            .ok_or(SimError::NoProcess(pid))?;
+        if p.tensor_pct != tensor_pct {
+            p.tensor_pct = tensor_pct;
             self.changed();
         }
         Ok(())
@@ -797,10 +859,89 @@ impl Device {
             .min(100)
     }
 
-    /// The power the board would draw now without a limit, mW: a floor (idle, or idle plus
-    /// [`CONTEXT_PERMILLE`] of the range while any process holds a context, which keeps the clocks
-    /// up) plus a dynamic part linear in SM activity, up to the model's maximum.
-    pub fn power_demand_mw(&self) -> u32 {
+    /// Tensor-core activity of the whole board, % (as SM activity is weighted).
+    pub fn tensor_pct(&self) -> u32 {
+        if self.mig_enabled {
+            let total: u32 = self
+                .gpu_instances
+                .iter()
+                .map(|g| {
+                    let cs = self
+                        .kind
+                        .profile_by_id(g.profile_id)
+                        .map_or(0, |p| p.compute_slices);
+                    self.gi_tensor_pct(g.id) * cs
+                })
+                .sum();
+            total / profiles::COMPUTE_SLICES
+        } else {
+            self.processes
+                .iter()
+                .map(|p| p.tensor_pct)
+                .sum::<u32>()
+                .min(100)
+        }
+    }
+
+    /// Tensor-core activity of one GPU instance, % of the instance.
+    pub fn gi_tensor_pct(&self, gi: u32) -> u32 {
+        self.processes
+            .iter()
+            .filter(|p| p.gpu_instance_id == Some(gi))
+            .map(|p| p.tensor_pct)
+            .sum::<u32>()
+            .min(100)
+    }
+
+    /// Each process's activity as fractions of the whole board, in the order of `processes`:
+    /// a MIG instance's process scaled by the instance's compute slices (SM, tensor) and memory
+    /// slices (DRAM); processes sharing a GPU or an instance, whose utilizations add past 100%,
+    /// scaled down together (they time-slice).
+    fn loads(&self) -> Vec<Load> {
+        let sums = |gi: Option<u32>| {
+            self.processes
+                .iter()
+                .filter(|p| p.gpu_instance_id == gi)
+                .fold((0u32, 0u32, 0u32), |a, p| {
+                    (
+                        a.0 + p.sm_util_pct,
+                        a.1 + p.mem_util_pct,
+                        a.2 + p.tensor_pct,
+                    )
+                })
+        };
+        let share = |pct: u32, sum: u32| f64::from(pct) / f64::from(sum.max(100));
+        self.processes
+            .iter()
+            .map(|p| {
+                let (cf, mf) = match p.gpu_instance_id {
+                    Some(gi) => self.gpu_instance(gi).map_or((0.0, 0.0), |g| {
+                        let cs = self
+                            .kind
+                            .profile_by_id(g.profile_id)
+                            .map_or(0, |pr| pr.compute_slices);
+                        (
+                            f64::from(cs) / f64::from(profiles::COMPUTE_SLICES),
+                            f64::from(g.size) / 8.0,
+                        )
+                    }),
+                    None => (1.0, 1.0),
+                };
+                let (s, d, t) = sums(p.gpu_instance_id);
+                Load {
+                    sm: share(p.sm_util_pct, s) * cf,
+                    dram: share(p.mem_util_pct, d) * mf,
+                    tensor: share(p.tensor_pct, t) * cf,
+                    workload: p.workload,
+                }
+            })
+            .collect()
+    }
+
+    /// The board's power now, process by process ([`crate::power`]): a floor (idle, or idle plus
+    /// [`CONTEXT_PERMILLE`] of the range while any process holds a context, which keeps the
+    /// clocks up) plus each process's dynamic power, throttled to the power limit.
+    pub fn board_power(&self) -> BoardPower {
         let (idle, max) = self.kind.power_mw();
         let range = u64::from(max - idle);
         let floor = if self.processes.is_empty() {
@@ -808,24 +949,28 @@ impl Device {
         } else {
             u64::from(idle) + range * CONTEXT_PERMILLE / 1000
         };
-        let dynamic = (u64::from(max) - floor) * u64::from(self.sm_util_pct()) / 100;
-        (floor + dynamic) as u32
+        power::board_power(
+            floor,
+            u64::from(max).saturating_sub(floor),
+            u64::from(self.power_limit_mw).max(floor),
+            &self.loads(),
+        )
     }
 
-    /// Board power now, mW: [`Device::power_demand_mw`] capped at the power limit.
+    /// The power the board would draw now without a limit, mW.
+    pub fn power_demand_mw(&self) -> u32 {
+        u32::try_from(self.board_power().demand_mw).unwrap_or(u32::MAX)
+    }
+
+    /// Board power now, mW: the floor plus its processes' (throttled) powers.
     pub fn power_mw(&self) -> u32 {
-        self.power_demand_mw().min(self.power_limit_mw)
+        u32::try_from(self.board_power().total_mw()).unwrap_or(u32::MAX)
     }
 
     /// SM clock now, MHz: full speed unless the power limit holds the board back.
     pub fn sm_clock_mhz(&self) -> u32 {
         let max = self.kind.max_sm_clock_mhz();
-        let demand = self.power_demand_mw();
-        if demand > self.power_limit_mw && demand > 0 {
-            (u64::from(max) * u64::from(self.power_limit_mw) / u64::from(demand)) as u32
-        } else {
-            max
-        }
+        (f64::from(max) * self.board_power().clock_factor).round() as u32
     }
 }
 
@@ -847,6 +992,7 @@ mod tests {
             mem_util_pct: 0,
             env: BTreeMap::new(),
             started_ms: 0,
+            ..Default::default()
         }
     }
 
@@ -971,5 +1117,52 @@ mod tests {
         assert_eq!(m.devices[5].power_mw(), 350_000);
         assert!(m.devices[5].sm_clock_mhz() < 1980);
         assert!(m.set_power_limit(5, 1).is_err());
+    }
+
+    #[test]
+    fn each_process_keeps_its_true_energy_and_the_board_is_the_floor_plus_theirs() {
+        let mut m = h100();
+        let mut a = proc(1, 30);
+        a.mem_util_pct = 90;
+        a.workload = Workload::MemoryBound;
+        let mut b = proc(2, 60);
+        b.mem_util_pct = 5;
+        b.workload = Workload::ComputeBound;
+        m.start_process(5, None, a).unwrap();
+        m.start_process(5, None, b).unwrap();
+        let before = m.devices[5].energy_mj;
+        m.advance_to(61_000);
+        let d = &m.devices[5];
+        let truth: Vec<u64> = d.processes.iter().map(|p| p.true_energy_mj).collect();
+        // 60 s of the floor (70 W idle + 5% of the 630 W range) is 6 090 000 mJ.
+        let floor_mj = 101_500 * 60;
+        let board = d.energy_mj - before;
+        assert!(
+            board.abs_diff(floor_mj + truth[0] + truth[1]) <= 2,
+            "{board} vs {truth:?}"
+        );
+        // The memory-bound process at half the SM% of the other draws more.
+        assert!(truth[0] > truth[1], "{truth:?}");
+        // The tensor counter moves only with tensor work; GPM sees it.
+        assert_eq!(d.gpm.tensor_pct_ms, 0);
+        m.set_process_activity(2, 60, 5, 40).unwrap();
+        assert!(m.set_process_activity(2, 60, 5, 101).is_err());
+        m.advance_to(62_000);
+        assert_eq!(m.devices[5].gpm.tensor_pct_ms, 40 * 1_000);
+    }
+
+    #[test]
+    fn a_mig_instance_process_draws_by_its_instance_size() {
+        let mut m = h100();
+        let gi = m.create_gpu_instance(0, 2, Some((4, 4))).unwrap();
+        m.create_compute_instance(0, gi, 2).unwrap();
+        let mut p = proc(42, 100);
+        p.workload = Workload::ComputeBound;
+        m.start_process(0, Some(gi), p).unwrap();
+        let bp = m.devices[0].board_power();
+        // A 3g instance: 3/7 of the SMs busy, 4/8 of the memory.
+        let range = 598_500.0;
+        let want = range * (0.60 * 3.0 / 7.0);
+        assert!((bp.process_mw[0] as f64 - want).abs() < 2.0, "{bp:?}");
     }
 }

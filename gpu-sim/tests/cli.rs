@@ -105,3 +105,72 @@ fn processes_persist_and_bad_input_exits_2_without_changing_the_machine() {
     std::fs::write(&state, b"{").expect("write");
     assert_eq!(run(&state, &["state"]).status.code(), Some(1));
 }
+
+#[test]
+fn the_state_shows_each_processs_true_energy_and_workload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("m.json");
+    for args in [
+        vec![
+            "start",
+            "--pid",
+            "1",
+            "--gpu",
+            "2",
+            "--sm",
+            "30",
+            "--mem-util",
+            "90",
+            "--workload",
+            "memory_bound",
+        ],
+        vec![
+            "start",
+            "--pid",
+            "2",
+            "--gpu",
+            "2",
+            "--sm",
+            "60",
+            "--mem-util",
+            "5",
+            "--workload",
+            "compute_bound",
+        ],
+        vec![
+            "set-util",
+            "--pid",
+            "2",
+            "--sm",
+            "60",
+            "--mem-util",
+            "5",
+            "--tensor",
+            "0",
+        ],
+        vec!["advance", "--ms", "10000"],
+    ] {
+        let out = run(&state, &args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let s = state_json(&state);
+    let procs = &s["devices"][2]["processes"];
+    assert_eq!(procs[0]["workload"], "memory_bound");
+    let e = |i: usize| procs[i]["true_energy_mj"].as_u64().expect("true energy");
+    // The memory-bound process at half the SM% of the other drew more energy.
+    assert!(e(0) > e(1) && e(1) > 0, "{} vs {}", e(0), e(1));
+    // The board's energy is the floor's (101.5 W x 10 s) plus the processes'.
+    let board = s["devices"][2]["energy_mj"].as_u64().expect("energy");
+    assert!(board.abs_diff(1_015_000 + e(0) + e(1)) <= 2);
+    // A workload it does not know is refused, with the names it knows.
+    let bad = run(
+        &state,
+        &["start", "--pid", "3", "--gpu", "1", "--workload", "gaming"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("memory_bound"));
+}

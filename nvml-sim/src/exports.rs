@@ -1340,6 +1340,12 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(req: *mut nvmlGpmMetricsGet_t) -> Ret
                     c"DRAM bandwidth utilization",
                     c"%",
                 ),
+                nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL => (
+                    r.tensor_util_pct,
+                    c"any_tensor_util",
+                    c"Percentage of time any tensor pipe is active",
+                    c"%",
+                ),
                 _ => {
                     metric.nvmlReturn = NOT_SUPPORTED;
                     metric.value = 0.0;

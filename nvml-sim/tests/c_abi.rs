@@ -100,6 +100,7 @@ fn process(pid: u32) -> Process {
         mem_util_pct: 10,
         env: Default::default(),
         started_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -452,6 +453,7 @@ fn gpm_through_nvml_wrapper_gives_mean_utilization_between_samples() {
         GpmMetricId::SmUtil,
         GpmMetricId::DramBwUtil,
         GpmMetricId::AnyTensorUtil,
+        GpmMetricId::SmOccupancy,
     ];
     let r = nvml_wrapper::gpm::gpm_metrics_get(&nvml, &a, &b, &ids).expect("metrics");
     let sm = r[0].as_ref().expect("SM utilization");
@@ -459,7 +461,9 @@ fn gpm_through_nvml_wrapper_gives_mean_utilization_between_samples() {
     assert_eq!((sm.value, sm.metric_info.unit.as_str()), (60.0, "%"));
     // Memory: 10% for 1 s, then 0%.
     assert_eq!(r[1].as_ref().expect("DRAM").value, 5.0);
-    assert!(r[2].is_err(), "a metric the simulator lacks is unsupported");
+    // No tensor work was running.
+    assert_eq!(r[2].as_ref().expect("tensor").value, 0.0);
+    assert!(r[3].is_err(), "a metric the simulator lacks is unsupported");
     let r = nvml_wrapper::gpm::gpm_metrics_get(&nvml, &ab, &bb, &ids[..1]).expect("metrics");
     assert_eq!(r[0].as_ref().expect("board SM").value, 40.0);
     // Samples of different instances, too close or in the wrong order are refused.

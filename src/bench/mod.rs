@@ -1,6 +1,7 @@
 //! `greenslice bench ...`: benchmarks. Each is a library function with its own arguments, so tests
 //! and other tools can run them too.
 
+pub mod attribution;
 pub mod control_plane;
 
 /// The benchmarks.
@@ -15,6 +16,9 @@ pub enum BenchCommand {
     /// Replay openb arrivals and departures at virtual time with a share of slices going idle, and
     /// compare no reclaim with the idle policy (admitted, queueing delay, idle-allocated GPU-hours).
     Reclaim(greenslice_controller::bench::reclaim::Args),
+    /// Seeded mixes of compute-bound, memory-bound, tensor-heavy and idle tenants on the simulated
+    /// machine: each attribution method's per-tenant error against the machine's ground truth.
+    Attribution(attribution::Args),
 }
 
 /// Runs a benchmark and prints its report (JSON when `json`, where the benchmark has one).
@@ -26,6 +30,15 @@ pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
         }
         BenchCommand::ControlPlane(a) => {
             let report = control_plane::run(&a).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        BenchCommand::Attribution(a) => {
+            let report = tokio::task::spawn_blocking(move || attribution::run(&a)).await??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

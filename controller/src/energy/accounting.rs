@@ -16,6 +16,7 @@ use super::attribution::{
     self, AttributionInput, Holder, SliceActivity, SliceEnergy, StaticPolicy,
 };
 use super::carbon::{CarbonFactors, SiteCarbon};
+use super::fit::Method;
 use super::measure::{self, CounterReading, MeasureConfig, PowerSample, Quality};
 use super::{EnergyLedger, Interval};
 
@@ -88,6 +89,9 @@ pub struct IntervalRecord {
     /// Board activity in "percent x ms" (from board utilization where given, else the mapped sum).
     pub gpu_activity_pct_ms: f64,
     pub factors: CarbonFactors,
+    /// How the dynamic energy was split among the slices (the live path: the SM split).
+    #[serde(default)]
+    pub method: Method,
 }
 
 /// Per-GPU state between interval boundaries.
@@ -407,6 +411,7 @@ fn close(
         slices,
         gpu_activity_pct_ms: acc.gpu_activity,
         factors,
+        method: Method::SmSplit,
     };
     Ok((rec, m, a))
 }

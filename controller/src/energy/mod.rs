@@ -11,6 +11,8 @@
 //! - [`carbon`]: CO2e from energy, PUE and grid carbon intensity (constants or hourly series), with
 //!   defaults flagged as estimates with their source.
 //! - [`accounting`]: from the agents' sample streams to attributed intervals (the bridge to I/O).
+//! - [`fit`]: the activity-vector fit (SM, DRAM, tensor) that weighs dynamic energy better than
+//!   SM% alone, with the SM split as its labelled fallback.
 //! - [`ledger`]: totals per tenant, per GPU and for the cluster, for reports and metrics.
 //!
 //! The method, its options and a worked example are in `docs/ENERGY.md`.
@@ -21,6 +23,7 @@ pub mod accounting;
 mod apportion;
 pub mod attribution;
 pub mod carbon;
+pub mod fit;
 #[cfg(test)]
 mod gap_tests;
 pub mod history;

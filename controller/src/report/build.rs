@@ -83,6 +83,7 @@ pub fn build_from(
     };
     let mut spans: BTreeMap<(String, String), FactorSpan> = BTreeMap::new();
     let mut estimated_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut dynamic_methods: BTreeMap<String, u64> = BTreeMap::new();
     let mut cluster_market = Some(0.0);
     let mut util_acc: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
     let mut estimated_intervals = 0;
@@ -91,6 +92,9 @@ pub fn build_from(
         let len = r.interval.len_ms();
         let estimated = r.quality.is_estimated();
         estimated_intervals += u64::from(estimated);
+        *dynamic_methods
+            .entry(r.method.label().to_string())
+            .or_default() += 1;
         if let Quality::Estimated { reason } = &r.quality {
             *estimated_reasons
                 .entry(reason_name(reason).to_string())
@@ -382,6 +386,7 @@ pub fn build_from(
         data_from_ms,
         data_to_ms,
         estimated_reasons,
+        dynamic_methods,
         previous: None,
         headline: Headline::default(),
     };

@@ -133,6 +133,24 @@ fn headline(r: &Report) -> String {
     )
 }
 
+/// How many interval records split their dynamic energy by each method, as HTML list items.
+fn dynamic_methods(r: &Report) -> String {
+    if r.dynamic_methods.is_empty() {
+        return "no interval records in this period".into();
+    }
+    r.dynamic_methods
+        .iter()
+        .map(|(name, n)| {
+            format!(
+                r#"<span class="dyn-method" data-method="{}" data-count="{n}">{n} intervals by {}</span>"#,
+                esc(name),
+                esc(name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The methodology, from the data: scope, measured and estimated, factors, attribution, rounding.
 fn methodology(r: &Report, zone: &Zone) -> String {
     let h = &r.headline;
@@ -239,7 +257,7 @@ fn methodology(r: &Report, zone: &Zone) -> String {
 <p id="method-pue">PUE scope: the kWh figures are GPU energy only; CO2e multiplies them by {pue} to include the facility's overhead, then by the grid intensity: CO2e = GPU energy × PUE × intensity. {market}</p>
 <table id="factors"><tr><th>factor</th><th>value</th><th>source</th><th>in use</th></tr>{factors}</table>
 <h3>Attribution</h3>
-<p id="method-attribution">{attribution} Energy is kept in integer mJ and split by largest remainder, so per GPU and interval: tenants + unattributed + unallocated idle = measured, exactly. A slice interval is <i>idle-allocated</i> when its mean activity is under {thr}% of the capacity it holds. The sharing comparison is {basis}.</p>
+<p id="method-attribution">{attribution} Dynamic energy split by: {methods}. Energy is kept in integer mJ and split by largest remainder, so per GPU and interval: tenants + unattributed + unallocated idle = measured, exactly. A slice interval is <i>idle-allocated</i> when its mean activity is under {thr}% of the capacity it holds. The sharing comparison is {basis}.</p>
 <h3>Idle reclaim</h3>
 <p id="method-reclaim" data-gpu-hours-reclaimed="{rh}" data-reclaimed-slices="{rs}">{reclaim}</p>
 {hourly}
@@ -253,6 +271,7 @@ fn methodology(r: &Report, zone: &Zone) -> String {
         thr = r.idle_threshold_pct,
         basis = esc(SAVINGS_BASIS),
         method = esc(&r.method),
+        methods = dynamic_methods(r),
         rh = h.gpu_hours_reclaimed,
         rs = h.reclaimed_slices,
         reclaim = if h.reclaimed_slices == 0 && h.gpu_hours_reclaimed == 0.0 {

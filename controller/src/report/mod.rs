@@ -276,6 +276,10 @@ pub struct Report {
     /// stored hours, which keep the count but not the reason).
     #[serde(default)]
     pub estimated_reasons: BTreeMap<String, u64>,
+    /// Interval records by how their dynamic energy was split among slices (`sm_split`,
+    /// `activity_fit`, or the SM split with why the fit was not used); stored hours do not keep it.
+    #[serde(default)]
+    pub dynamic_methods: BTreeMap<String, u64>,
     /// The previous period of the same length, for per-tenant trends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousPeriod>,

@@ -106,3 +106,47 @@ fn a_tenant_filter_keeps_other_tenants_reclaims_out() {
     assert_eq!(r.tenants.len(), 1);
     assert_eq!(r.gpu_hours_reclaimed, 1.0);
 }
+
+#[test]
+fn the_report_counts_intervals_by_how_their_dynamic_energy_was_split() {
+    use crate::energy::fit::{Fallback, Method};
+    use crate::energy::history::tests::{T0, record};
+    let slices = || vec![("alice", 1.0, 60_000, 50.0 * 60_000.0, 1_000, 2_000)];
+    let mut recs: Vec<IntervalRecord> = (0..3)
+        .map(|i| record("g0", T0 + i * 60_000, slices(), 0, 0, false, false))
+        .collect();
+    recs[1].method = Method::ActivityFit;
+    recs[2].method = Method::SmSplitFallback(Fallback::NoDramSignal);
+    let r = build(
+        &recs,
+        T0,
+        T0 + 3 * 60_000,
+        None,
+        StaticPolicy::ByCapacity,
+        5.0,
+        0,
+    );
+    let want: BTreeMap<String, u64> = [
+        ("activity_fit".to_string(), 1),
+        ("sm_split".to_string(), 1),
+        ("sm_split (no per-slice DRAM signal)".to_string(), 1),
+    ]
+    .into();
+    assert_eq!(r.dynamic_methods, want);
+    let zone = zone::Zone::utc();
+    let table = to_table(&r, &zone);
+    assert!(
+        table.contains("Dynamic energy split (intervals): 1 by activity_fit, 1 by sm_split, 1 by sm_split (no per-slice DRAM signal)"),
+        "{table}"
+    );
+    let page = html::render(&r, &zone);
+    assert!(page.contains(r#"data-method="activity_fit" data-count="1""#));
+    // The method survives the JSON round trip; records without one read as the SM split.
+    let json = serde_json::to_value(&recs[1]).expect("json");
+    let mut old = json.clone();
+    old.as_object_mut().expect("object").remove("method");
+    let back: IntervalRecord = serde_json::from_value(json).expect("back");
+    assert_eq!(back.method, Method::ActivityFit);
+    let old: IntervalRecord = serde_json::from_value(old).expect("old record");
+    assert_eq!(old.method, Method::SmSplit);
+}

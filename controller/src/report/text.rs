@@ -225,6 +225,17 @@ pub fn to_table(r: &Report, zone: &Zone) -> String {
         r.intervals,
         r.estimated_intervals
     ));
+    if !r.dynamic_methods.is_empty() {
+        let m: Vec<String> = r
+            .dynamic_methods
+            .iter()
+            .map(|(name, n)| format!("{n} by {name}"))
+            .collect();
+        out.push_str(&format!(
+            "Dynamic energy split (intervals): {}\n",
+            m.join(", ")
+        ));
+    }
     if let Some(p) = &r.previous {
         out.push_str(&format!(
             "Previous period {} .. {}: {}\n",

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gpu_sim::machine::Process;
 use gpu_sim::store::{ENV_STATE, InitSpec};
-use gpu_sim::{MachineKind, Store, StoreError, TimeMode};
+use gpu_sim::{MachineKind, Store, StoreError, TimeMode, Workload};
 
 #[derive(Parser)]
 #[command(
@@ -59,9 +59,16 @@ enum Cmd {
         /// SM utilization, %.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
         sm: u32,
-        /// Memory utilization, %.
+        /// Memory utilization (DRAM bandwidth), %.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
         mem_util: u32,
+        /// Tensor-core activity, %.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        tensor: u32,
+        /// What it runs (its power coefficients): generic, compute_bound, memory_bound or
+        /// tensor_heavy.
+        #[arg(long, default_value = "generic")]
+        workload: Workload,
         /// Environment, KEY=VALUE (repeatable), e.g. GREENSLICE_SLICE_ID=s-1.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -73,9 +80,12 @@ enum Cmd {
         /// SM utilization, %.
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
         sm: u32,
-        /// Memory utilization, %.
+        /// Memory utilization (DRAM bandwidth), %.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
         mem_util: u32,
+        /// Tensor-core activity, %.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        tensor: u32,
     },
     /// Ends a simulated process.
     Stop {
@@ -150,6 +160,8 @@ fn run(cli: Cli) -> Result<(), StoreError> {
             memory_mib,
             sm,
             mem_util,
+            tensor,
+            workload,
             env,
         } => {
             let bytes = memory_mib.checked_mul(1024 * 1024).ok_or_else(|| {
@@ -164,14 +176,19 @@ fn run(cli: Cli) -> Result<(), StoreError> {
                 used_memory_bytes: bytes,
                 sm_util_pct: sm,
                 mem_util_pct: mem_util,
+                tensor_pct: tensor,
+                workload,
                 env: env.into_iter().collect::<BTreeMap<_, _>>(),
-                started_ms: 0,
+                ..Process::default()
             };
             store.update(|m| m.start_process(gpu, gi, p))?;
         }
-        Cmd::SetUtil { pid, sm, mem_util } => {
-            store.update(|m| m.set_process_util(pid, sm, mem_util))?
-        }
+        Cmd::SetUtil {
+            pid,
+            sm,
+            mem_util,
+            tensor,
+        } => store.update(|m| m.set_process_activity(pid, sm, mem_util, tensor))?,
         Cmd::Stop { pid } => store.update(|m| m.stop_process(pid))?,
         Cmd::Xid { gpu, xid } => store.update(|m| m.inject_xid(gpu, xid))?,
         Cmd::ReloadDriver => store.update(|m| {

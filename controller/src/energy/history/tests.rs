@@ -92,6 +92,7 @@ pub(crate) fn record(
         slices,
         gpu_activity_pct_ms: 1_234_567.5,
         factors,
+        method: Default::default(),
     }
 }
 

@@ -535,6 +535,7 @@ impl SimBackend {
                 mem_util_pct: mem,
                 env: BTreeMap::from([(SLICE_ID_ENV.to_string(), slice_id.to_string())]),
                 started_ms: now,
+                ..Process::default()
             };
             self.hw
                 .start_process(slot.gpu, slot.gi, p)
@@ -1234,6 +1235,7 @@ mod tests {
             mem_util_pct: 0,
             env: BTreeMap::new(),
             started_ms: 0,
+            ..Default::default()
         };
         b.machine_mut()
             .start_process(0, Some(m2.gpu_instance_id), stray)
