@@ -921,6 +921,56 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
     })
 }
 
+/// `nvmlGpuInstanceProfileInfo_v2`: the struct's size and version 2, as `nvml.h` builds it.
+const GI_PROFILE_INFO_V2: c_uint =
+    (std::mem::size_of::<nvmlGpuInstanceProfileInfo_v2_t>() as c_uint) | (2 << 24);
+
+/// The versioned profile query NVIDIA's Python bindings (pynvml) call: the caller sets
+/// `info->version`; version 2 is answered (with the profile's name), any other is
+/// ARGUMENT_VERSION_MISMATCH.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfoV(
+    device: nvmlDevice_t,
+    profile: c_uint,
+    info: *mut nvmlGpuInstanceProfileInfo_v2_t,
+) -> Ret {
+    call(|lib| {
+        let d = gpu(lib.machine()?, device)?;
+        if info.is_null() || profile >= nvml_index::COUNT {
+            return Err(INVALID);
+        }
+        // SAFETY: non-null, and by NVML's contract points at a struct whose version the caller
+        // set; only that field is read before the struct is written whole.
+        let version = unsafe { std::ptr::addr_of!((*info).version).read() };
+        if version != GI_PROFILE_INFO_V2 {
+            return Err(nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let p = d.kind.profile_by_index(profile).ok_or(NOT_SUPPORTED)?;
+        let v1 = gi_profile_info(d, p);
+        let mut name = [0 as c_char; 96];
+        for (dst, b) in name.iter_mut().zip(p.name.bytes().take(95)) {
+            *dst = b as c_char;
+        }
+        let v = nvmlGpuInstanceProfileInfo_v2_t {
+            version,
+            id: v1.id,
+            isP2pSupported: v1.isP2pSupported,
+            sliceCount: v1.sliceCount,
+            instanceCount: v1.instanceCount,
+            multiprocessorCount: v1.multiprocessorCount,
+            copyEngineCount: v1.copyEngineCount,
+            decoderCount: v1.decoderCount,
+            encoderCount: v1.encoderCount,
+            jpegCount: v1.jpegCount,
+            ofaCount: v1.ofaCount,
+            memorySizeMB: v1.memorySizeMB,
+            name,
+        };
+        // SAFETY: `info` is a non-null out-pointer by NVML's contract.
+        unsafe { out(info, v) }
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements_v2(
     device: nvmlDevice_t,
