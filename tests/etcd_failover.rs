@@ -842,6 +842,10 @@ async fn a_leader_paused_past_its_lease_acts_no_more_when_resumed() {
             "a deposed leader said it was ready"
         );
         if let Some(ch) = channel(&a.url).await {
+            let listed = TenantServiceClient::new(ch.clone())
+                .list_slices(pb::ListSlicesRequest::default())
+                .await;
+            assert!(listed.is_err(), "a deposed leader answered a list");
             let r = TenantServiceClient::new(ch)
                 .request_slice(pb::RequestSliceRequest {
                     tenant: "team-b".into(),

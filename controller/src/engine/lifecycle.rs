@@ -427,6 +427,8 @@ impl Controller {
         page_size: i32,
         token: &str,
     ) -> Result<(Page<SliceRecord>, String, u64), ControllerError> {
+        // A deposed leader's memory may be stale: it answers no lists.
+        self.ensure_leading()?;
         let size = page::SLICE_PAGES.size(page_size)?;
         let scope = page::slice_scope(filter);
         let after = page::resume_after(&scope, token)?;

@@ -496,6 +496,7 @@ impl Controller {
         page_size: i32,
         token: &str,
     ) -> Result<InventoryPage, ControllerError> {
+        self.ensure_leading()?;
         use crate::model::page;
         let size = page::NODE_PAGES.size(page_size)?;
         let after = page::resume_after(page::NODE_SCOPE, token)?;
