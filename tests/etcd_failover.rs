@@ -159,6 +159,84 @@ async fn start_etcd(
     (etcd, client_url)
 }
 
+/// Controller A leading on etcd, B its standby, and simulated agents connected to both.
+struct Pair {
+    a: ControllerProc,
+    b: ControllerProc,
+    metrics_a: u16,
+    metrics_b: u16,
+    agents: harness::AgentSet,
+}
+
+/// Starts controller A on etcd at `client_url`, waits until it leads, starts B as its standby,
+/// then [`NODES`] simulated agents that know both, and waits until they are settled on A.
+async fn leader_and_standby(dir: &std::path::Path, client_url: &str) -> Pair {
+    let config = dir.join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ledger = \"etcd\"\norphan_grace_s = 1\n[etcd]\nendpoints = [\"{client_url}\"]\nlease_ttl_s = {LEASE_TTL_S}\ncompact_interval_s = 1\n"
+        ),
+    )
+    .unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let (metrics_a, metrics_b) = (free_port(), free_port());
+    let args = |metrics: u16| {
+        [
+            "--config".to_string(),
+            config.display().to_string(),
+            "--metrics-listen".to_string(),
+            format!("127.0.0.1:{metrics}"),
+        ]
+    };
+    let (args_a, args_b) = (args(metrics_a), args(metrics_b));
+    let a = start_controller(
+        port_a,
+        &args_a.each_ref().map(String::as_str),
+        &dir.join("a.log"),
+    )
+    .await;
+    // A leads before B starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(ch) = channel(&a.url).await
+            && TenantServiceClient::new(ch)
+                .list_slices(pb::ListSlicesRequest::default())
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "controller A did not lead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = start_controller(
+        port_b,
+        &args_b.each_ref().map(String::as_str),
+        &dir.join("b.log"),
+    )
+    .await;
+    let nodes: Vec<NodeSpec> = (0..NODES)
+        .map(|i| NodeSpec {
+            name: format!("node-{i}"),
+            machine: Machine::DgxH100,
+            gpus: 8,
+            mig_gpus: 0,
+        })
+        .collect();
+    let agents = harness::start_agents(&[a.url.clone(), b.url.clone()], &nodes).unwrap();
+    wait_settled(&a.url, NODES, Duration::from_secs(20))
+        .await
+        .unwrap();
+    Pair {
+        a,
+        b,
+        metrics_a,
+        metrics_b,
+        agents,
+    }
+}
+
 /// `GET path` on loopback `port` (HTTP/1.0): the whole response, empty if nothing answers.
 async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -347,56 +425,13 @@ async fn standby_takes_over_within_the_lease_with_nothing_lost_or_doubled() {
     let dir = tempfile::tempdir().unwrap();
     let (mut etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
 
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "ledger = \"etcd\"\norphan_grace_s = 1\n[etcd]\nendpoints = [\"{client_url}\"]\nlease_ttl_s = {LEASE_TTL_S}\ncompact_interval_s = 1\n"
-        ),
-    )
-    .unwrap();
-    let (port_a, port_b) = (free_port(), free_port());
-    let (metrics_a, metrics_b) = (free_port(), free_port());
-    let args = |metrics: u16| {
-        [
-            "--config".to_string(),
-            config.display().to_string(),
-            "--metrics-listen".to_string(),
-            format!("127.0.0.1:{metrics}"),
-        ]
-    };
-    let (args_a, args_b) = (args(metrics_a), args(metrics_b));
-    let log_a = dir.path().join("a.log");
-    let log_b = dir.path().join("b.log");
-    let mut a = start_controller(port_a, &args_a.each_ref().map(String::as_str), &log_a).await;
-    // A leads before B starts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(ch) = channel(&a.url).await
-            && TenantServiceClient::new(ch)
-                .list_slices(pb::ListSlicesRequest::default())
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "controller A did not lead");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut b = start_controller(port_b, &args_b.each_ref().map(String::as_str), &log_b).await;
-
-    let nodes: Vec<NodeSpec> = (0..NODES)
-        .map(|i| NodeSpec {
-            name: format!("node-{i}"),
-            machine: Machine::DgxH100,
-            gpus: 8,
-            mig_gpus: 0,
-        })
-        .collect();
-    let agents = harness::start_agents(&[a.url.clone(), b.url.clone()], &nodes).unwrap();
-    wait_settled(&a.url, NODES, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let Pair {
+        mut a,
+        mut b,
+        metrics_a,
+        metrics_b,
+        agents,
+    } = leader_and_standby(dir.path(), &client_url).await;
 
     // The standby refuses tenant calls, naming the leader (once it has read who leads: right
     // after starting it may still say no leader is known yet).
@@ -762,54 +797,13 @@ async fn a_leader_paused_past_its_lease_acts_no_more_when_resumed() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (mut etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "ledger = \"etcd\"\n[etcd]\nendpoints = [\"{client_url}\"]\nlease_ttl_s = {LEASE_TTL_S}\n"
-        ),
-    )
-    .unwrap();
-    let (port_a, port_b) = (free_port(), free_port());
-    let (metrics_a, metrics_b) = (free_port(), free_port());
-    let args = |metrics: u16| {
-        [
-            "--config".to_string(),
-            config.display().to_string(),
-            "--metrics-listen".to_string(),
-            format!("127.0.0.1:{metrics}"),
-        ]
-    };
-    let (args_a, args_b) = (args(metrics_a), args(metrics_b));
-    let mut a = start_controller(
-        port_a,
-        &args_a.each_ref().map(String::as_str),
-        &dir.path().join("a.log"),
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http_get(metrics_a, "/readyz").await.contains(" 200 OK") {
-        assert!(Instant::now() < deadline, "controller A did not lead");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut b = start_controller(
-        port_b,
-        &args_b.each_ref().map(String::as_str),
-        &dir.path().join("b.log"),
-    )
-    .await;
-    let nodes: Vec<NodeSpec> = (0..NODES)
-        .map(|i| NodeSpec {
-            name: format!("node-{i}"),
-            machine: Machine::DgxH100,
-            gpus: 8,
-            mig_gpus: 0,
-        })
-        .collect();
-    let _agents = harness::start_agents(&[a.url.clone(), b.url.clone()], &nodes).unwrap();
-    wait_settled(&a.url, NODES, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let Pair {
+        mut a,
+        mut b,
+        metrics_b,
+        metrics_a,
+        agents: _agents,
+    } = leader_and_standby(dir.path(), &client_url).await;
     let kept = request_slice(&a.url, "team-a", share().kind.unwrap()).await;
 
     // Pause A well past its lease; B takes over meanwhile.

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,27 +14,8 @@ use common::procs::*;
 
 /// Starts the controller on `dir` (its redb ledger) with `config`; returns it and its URL.
 fn controller(dir: &Path, config: &Path) -> (Child, String) {
-    let mut child = Command::new(bin("greenslice-controller"))
-        .args(["--insecure", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start greenslice-controller");
-    let stdout = child.stdout.take().expect("controller stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read controller address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected controller output {line:?}"))
-        .to_string();
-    (child, format!("http://{addr}"))
+    let config = config.display().to_string();
+    spawn_controller_on(dir, &["--insecure", "--config", &config], "http")
 }
 
 fn measured_mj(url: &str) -> u64 {

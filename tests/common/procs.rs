@@ -47,10 +47,17 @@ pub fn start_secure_controller(extra: &[&str]) -> (Proc, String) {
 
 fn spawn_controller(extra: &[&str], scheme: &str) -> (Proc, String) {
     let dir = tempfile::tempdir().expect("temp data dir");
+    let (child, url) = spawn_controller_on(dir.path(), extra, scheme);
+    (Proc(child, Some(dir)), url)
+}
+
+/// Starts the controller with its redb ledger in `dir` (which outlives it, so a restart finds the
+/// same ledger); returns the child and its URL.
+pub fn spawn_controller_on(dir: &std::path::Path, extra: &[&str], scheme: &str) -> (Child, String) {
     let mut child = Command::new(bin("greenslice-controller"))
         .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -66,7 +73,7 @@ fn spawn_controller(extra: &[&str], scheme: &str) -> (Proc, String) {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected controller output {line:?}"))
         .to_string();
-    (Proc(child, Some(dir)), format!("{scheme}://{addr}"))
+    (child, format!("{scheme}://{addr}"))
 }
 
 /// Starts a simulated agent.
