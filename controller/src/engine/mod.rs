@@ -111,7 +111,7 @@ pub struct Controller {
     events: broadcast::Sender<pb::SliceEvent>,
     /// Recent events by revision. Events get their revision and are broadcast under this lock, so
     /// watchers receive them in revision order; never held with the state lock taken inside it.
-    log: Mutex<EventLog<pb::SliceEvent>>,
+    log: Mutex<EventLog<Arc<pb::SliceEvent>>>,
     config: CoreConfig,
     /// Samples from the agents.
     pub telemetry: crate::telemetry::Telemetry,
@@ -297,7 +297,7 @@ impl Controller {
         self.events.subscribe()
     }
 
-    fn event_log(&self) -> MutexGuard<'_, EventLog<pb::SliceEvent>> {
+    fn event_log(&self) -> MutexGuard<'_, EventLog<Arc<pb::SliceEvent>>> {
         // The log is plain data changed in short sections that do not panic midway.
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -324,7 +324,7 @@ impl Controller {
                     oldest: c.oldest,
                 })?
                 .into_iter()
-                .map(|(_, ev)| ev)
+                .map(|(_, ev)| (*ev).clone())
                 .collect(),
         };
         Ok((backlog, self.events.subscribe()))
@@ -348,8 +348,12 @@ impl Controller {
     pub fn emit_event(&self, mut ev: pb::SliceEvent) {
         let mut log = self.event_log();
         ev.revision = log.head() + 1;
+        // The log shares the event; a copy is made only for live watchers.
+        let ev = Arc::new(ev);
         log.push(ev.clone());
-        let _ = self.events.send(ev);
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send((*ev).clone());
+        }
     }
 
     pub(super) fn emit(&self, kind: pb::SliceEventKind, slice: &SliceRecord, message: String) {
