@@ -289,12 +289,7 @@ impl Accountant {
     /// Counts an interval whose factors stood in for a gap in the configured series, warning once
     /// per gap (a run of consecutive hours).
     fn note_gap(&mut self, rec: &IntervalRecord) {
-        let f = &rec.factors;
-        let gap = [Some(&f.location_g_per_kwh), f.market_g_per_kwh.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|x| x.is_gap());
-        let Some(gap) = gap else {
+        let Some(gap) = rec.factors.gap() else {
             return;
         };
         self.gap_estimated += 1;

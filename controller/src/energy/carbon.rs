@@ -101,6 +101,18 @@ impl CarbonFactors {
         }
     }
 
+    /// The intensity that stood in for an hour a configured series lacks, if any (location-based
+    /// first).
+    pub fn gap(&self) -> Option<&Factor> {
+        [
+            Some(&self.location_g_per_kwh),
+            self.market_g_per_kwh.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|f| f.is_gap())
+    }
+
     /// CO2e of `energy_mj` mJ of IT (GPU) energy: energy x PUE x intensity.
     pub fn co2e(&self, energy_mj: u64) -> Co2e {
         let facility_kwh = energy_mj as f64 / MJ_PER_KWH * self.pue.value;

@@ -73,10 +73,7 @@ impl Controller {
         self.history_lock().fold(&closed, idle_threshold_pct);
         drop(energy);
         for r in &closed {
-            let f = &r.factors;
-            if f.location_g_per_kwh.is_gap()
-                || f.market_g_per_kwh.as_ref().is_some_and(|m| m.is_gap())
-            {
+            if r.factors.gap().is_some() {
                 self.metrics.carbon_factor_gap_intervals.inc();
             }
             self.metrics.record_gpu_energy(

@@ -68,8 +68,8 @@ impl Controller {
         id: &str,
         until_ms: i64,
     ) -> Result<SliceRecord, ControllerError> {
-        let (updated, commit) = self
-            .transition_queued(id, Some(SliceState::Active), |r| {
+        let (prior, updated, commit) = self
+            .transition_queued(id, Some(SliceState::Active), true, |r| {
                 r.kept_until_ms = Some(until_ms);
             })?
             .ok_or_else(|| ControllerError::WrongState {
@@ -77,7 +77,7 @@ impl Controller {
                 state: "not active",
                 what: "only an active slice can be kept".into(),
             })?;
-        Self::durable(commit).await?;
+        self.durable_or_undo(prior, &updated, commit).await?;
         Ok(updated)
     }
 

@@ -397,44 +397,56 @@ impl Controller {
         expected: Option<SliceState>,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<Option<SliceRecord>, ControllerError> {
-        let prior = self.with_state(|st| st.slice(id).cloned());
-        let Some((updated, commit)) = self.transition_queued(id, expected, f)? else {
+        let Some((prior, updated, commit)) = self.transition_queued(id, expected, true, f)? else {
             return Ok(None);
         };
-        if let Err(e) = Self::durable(commit).await {
-            // Not durable: memory goes back to what the ledger holds, unless something changed the
-            // slice since (its own commit then carries the whole record).
-            let mut st = self.lock();
-            if let Some(prior) = prior
-                && st.slice(id) == Some(&updated)
-            {
-                warn!(slice = %id, error = %e, "commit failed: the change is undone in memory");
-                st.put(prior);
-            }
-            return Err(e);
-        }
+        self.durable_or_undo(prior, &updated, commit).await?;
         self.announce(&updated);
         Ok(Some(updated))
     }
 
+    /// Waits until a queued change is durable. When it is not, memory goes back to `prior` (what
+    /// the ledger holds), unless something changed the slice since (its own commit then carries
+    /// the whole record).
+    pub(super) async fn durable_or_undo(
+        &self,
+        prior: Option<SliceRecord>,
+        updated: &SliceRecord,
+        commit: Commit,
+    ) -> Result<(), ControllerError> {
+        let Err(e) = Self::durable(commit).await else {
+            return Ok(());
+        };
+        let mut st = self.lock();
+        if let Some(prior) = prior
+            && st.slice(&updated.id) == Some(updated)
+        {
+            warn!(slice = %updated.id, error = %e, "commit failed: the change is undone in memory");
+            st.put(prior);
+        }
+        Err(e)
+    }
+
     /// Changes a slice in memory and queues the change for the ledger (ordered by the state lock,
-    /// see [`Controller::submit`]) without waiting for it to be durable. None when the slice is
-    /// not in `expected` (if given).
+    /// see [`Controller::submit`]) without waiting for it to be durable: the record before (when
+    /// `keep_prior`, for [`Controller::durable_or_undo`]) and after, and the commit. None when
+    /// the slice is not in `expected` (if given).
     pub(super) fn transition_queued(
         &self,
         id: &str,
         expected: Option<SliceState>,
+        keep_prior: bool,
         f: impl FnOnce(&mut SliceRecord),
-    ) -> Result<Option<(SliceRecord, Commit)>, ControllerError> {
+    ) -> Result<Option<(Option<SliceRecord>, SliceRecord, Commit)>, ControllerError> {
         let now = self.clock.now_ms();
         let mut st = self.lock();
-        let state = st
+        let current = st
             .slice(id)
-            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?
-            .state;
-        if expected.is_some_and(|e| e != state) {
+            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        if expected.is_some_and(|e| e != current.state) {
             return Ok(None);
         }
+        let prior = keep_prior.then(|| current.clone());
         let updated: SliceRecord = st
             .update(id, |r| {
                 f(r);
@@ -444,7 +456,7 @@ impl Controller {
             .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
         st.recovering.remove(id);
         let commit = self.submit(&updated);
-        Ok(Some((updated, commit)))
+        Ok(Some((prior, updated, commit)))
     }
 
     /// A transition whose durability nobody waits for: the change is queued (so it is written in
@@ -460,8 +472,8 @@ impl Controller {
         id: &str,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<SliceRecord, ControllerError> {
-        let (updated, commit) = self
-            .transition_queued(id, None, f)?
+        let (_, updated, commit) = self
+            .transition_queued(id, None, false, f)?
             .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
         // Dropping the future does not withdraw the change: `Ledger::submit` queued it already.
         drop(commit);
