@@ -85,8 +85,8 @@ async fn stored(l: &Flaky, id: &str) -> Option<SliceRecord> {
         .find(|r| r.id == id)
 }
 
-#[tokio::test]
-async fn a_failed_commit_leaves_memory_as_the_ledger_holds_it() {
+/// A controller on a [`Flaky`] ledger with a node of 2 GPUs.
+async fn started() -> (Arc<Flaky>, Arc<crate::engine::Controller>) {
     let ledger = Flaky::new();
     let clock = ManualClock::new(T0);
     let c = controller(
@@ -96,6 +96,23 @@ async fn a_failed_commit_leaves_memory_as_the_ledger_holds_it() {
     )
     .await;
     fake_node(&c, 2);
+    (ledger, c)
+}
+
+/// A share request for `tenant` with idempotency `key`, running on its own task.
+fn spawn_request(
+    c: &Arc<crate::engine::Controller>,
+    tenant: &'static str,
+    fraction: f64,
+    key: &'static str,
+) -> tokio::task::JoinHandle<Result<crate::engine::Requested, crate::error::ControllerError>> {
+    let c = c.clone();
+    tokio::spawn(async move { c.request(tenant, &spec(share(fraction)), key).await })
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_memory_as_the_ledger_holds_it() {
+    let (ledger, c) = started().await;
 
     // A request whose PENDING commit fails: nothing anywhere, and the capacity is free again.
     ledger.fail.store(true, Ordering::SeqCst);
@@ -138,27 +155,13 @@ async fn a_failed_commit_leaves_memory_as_the_ledger_holds_it() {
 
 #[tokio::test]
 async fn a_retry_during_the_pending_commit_waits_for_it() {
-    let ledger = Flaky::new();
-    let clock = ManualClock::new(T0);
-    let c = controller(
-        ledger.clone(),
-        &clock,
-        retention(Duration::from_secs(600), 100),
-    )
-    .await;
-    fake_node(&c, 2);
+    let (ledger, c) = started().await;
 
     ledger.hold.send_replace(true);
-    let first = {
-        let c = c.clone();
-        tokio::spawn(async move { c.request("team-a", &spec(share(0.5)), "same").await })
-    };
+    let first = spawn_request(&c, "team-a", 0.5, "same");
     // The first request placed its slice (PENDING, in memory) and waits for its commit.
     assert!(eventually(|| async { c.with_state(|st| st.slice_count()) == 1 }).await);
-    let retry = {
-        let c = c.clone();
-        tokio::spawn(async move { c.request("team-a", &spec(share(0.5)), "same").await })
-    };
+    let retry = spawn_request(&c, "team-a", 0.5, "same");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !retry.is_finished(),
@@ -175,15 +178,9 @@ async fn a_retry_during_the_pending_commit_waits_for_it() {
     // placed anew.
     ledger.hold.send_replace(true);
     ledger.fail.store(true, Ordering::SeqCst);
-    let first = {
-        let c = c.clone();
-        tokio::spawn(async move { c.request("team-b", &spec(share(0.25)), "again").await })
-    };
+    let first = spawn_request(&c, "team-b", 0.25, "again");
     assert!(eventually(|| async { c.with_state(|st| st.slice_count()) == 2 }).await);
-    let retry = {
-        let c = c.clone();
-        tokio::spawn(async move { c.request("team-b", &spec(share(0.25)), "again").await })
-    };
+    let retry = spawn_request(&c, "team-b", 0.25, "again");
     tokio::time::sleep(Duration::from_millis(100)).await;
     ledger.fail.store(false, Ordering::SeqCst);
     ledger.hold.send_replace(false);
