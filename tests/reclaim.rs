@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use greenslice::harness::{self, Cluster, ClusterSpec, NodeSpec};
 use greenslice_agent::backend::sim::{Machine, Workload};
+use greenslice_controller::model::events::{EventKind, SliceEvent};
 use greenslice_controller::reclaim::{Action, IdlePolicy};
 use greenslice_core::clock::ManualClock;
 use greenslice_core::slice::SliceState;
@@ -26,7 +27,7 @@ const T0: i64 = 1_735_689_600_000;
 struct Env {
     cluster: Cluster,
     clock: ManualClock,
-    events: broadcast::Receiver<pb::SliceEvent>,
+    events: broadcast::Receiver<Arc<SliceEvent>>,
 }
 
 async fn env(policy: IdlePolicy, machine: Machine, gpus: u32, mig_gpus: u32) -> Env {
@@ -116,10 +117,10 @@ impl Env {
         self.cluster.controller.get(slice).unwrap().state
     }
 
-    fn events(&mut self, kind: pb::SliceEventKind) -> Vec<pb::SliceEvent> {
+    fn events(&mut self, kind: EventKind) -> Vec<Arc<SliceEvent>> {
         let mut out = Vec::new();
         while let Ok(ev) = self.events.try_recv() {
-            if ev.kind == kind as i32 {
+            if ev.kind == kind {
                 out.push(ev);
             }
         }
@@ -162,7 +163,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
     // The window (30 min, on whole minutes of samples) ends: a warning with the deadline.
     let a = e.run(&s.id, 3).await;
     assert!(warned(&a), "{a:?}");
-    let w = e.events(pb::SliceEventKind::IdleWarning);
+    let w = e.events(EventKind::IdleWarning);
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].deadline_unix_ms, w[0].at_unix_ms + 10 * MIN);
     // The node is full meanwhile.
@@ -194,7 +195,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
         "{}",
         r.reason
     );
-    assert_eq!(e.events(pb::SliceEventKind::Reclaimed).len(), 1);
+    assert_eq!(e.events(EventKind::Reclaimed).len(), 1);
     // The capacity is placeable again.
     let again = e.request(whole(8), "").await;
     assert_eq!(again.gpu_uuids.len(), 8);
@@ -230,7 +231,7 @@ async fn never_reclaims_a_busy_slice() {
     e.set_workload(&s.id, Workload::Busy { util: 0.3 });
     assert!(e.run(&s.id, 240).await.is_empty(), "2 hours busy");
     assert_eq!(e.state(&s.id), SliceState::Active);
-    assert!(e.events(pb::SliceEventKind::IdleWarning).is_empty());
+    assert!(e.events(EventKind::IdleWarning).is_empty());
     e.cluster.shutdown().await;
 }
 
@@ -295,7 +296,7 @@ async fn an_exempt_slice_is_never_reclaimed() {
     e.set_workload(&s.id, Workload::Idle);
     assert!(e.run(&s.id, 240).await.is_empty());
     assert_eq!(e.state(&s.id), SliceState::Active);
-    assert!(e.events(pb::SliceEventKind::IdleWarning).is_empty());
+    assert!(e.events(EventKind::IdleWarning).is_empty());
     e.cluster.shutdown().await;
 }
 
@@ -315,8 +316,8 @@ async fn dry_run_reports_what_would_be_reclaimed_and_changes_nothing() {
     );
     assert!(!a.is_empty());
     assert_eq!(e.state(&s.id), SliceState::Active);
-    assert!(e.events(pb::SliceEventKind::IdleWarning).is_empty());
-    assert!(e.events(pb::SliceEventKind::Reclaimed).is_empty());
+    assert!(e.events(EventKind::IdleWarning).is_empty());
+    assert!(e.events(EventKind::Reclaimed).is_empty());
     assert_eq!(e.cluster.controller.reclaim.would_reclaim().len(), 1);
     // The usage query shows it.
     let u = greenslice_controller::api::usage::usage(
@@ -385,7 +386,7 @@ async fn an_interrupted_reclaim_completes_after_reconnect_without_leaking_the_mi
     }
     assert_eq!(e.state(&s.id), SliceState::Released);
     assert!(!has_instance(&e), "the MIG instance leaked");
-    assert_eq!(e.events(pb::SliceEventKind::Reclaimed).len(), 1);
+    assert_eq!(e.events(EventKind::Reclaimed).len(), 1);
     // And its space is placeable again.
     let again = e.request(mig("3g.40gb"), "").await;
     assert_eq!(again.gpu_uuids[0], gpu);

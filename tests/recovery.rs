@@ -9,6 +9,7 @@ use std::time::Duration;
 use greenslice::harness::{self, ClusterSpec, NodeSpec};
 use greenslice_agent::backend::sim::Machine;
 use greenslice_controller::engine::CoreConfig;
+use greenslice_controller::model::events::EventKind;
 use greenslice_core::slice::SliceState;
 use greenslice_proto::v1 as pb;
 use pb::tenant_service_client::TenantServiceClient;
@@ -84,7 +85,7 @@ async fn active_slice_whose_hardware_is_gone_is_marked_lost_and_its_tenant_told(
     let lost = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Ok(ev) = events.recv().await
-                && ev.kind == pb::SliceEventKind::Lost as i32
+                && ev.kind == EventKind::Lost
             {
                 return ev;
             }
@@ -92,7 +93,7 @@ async fn active_slice_whose_hardware_is_gone_is_marked_lost_and_its_tenant_told(
     })
     .await
     .expect("a LOST event");
-    assert_eq!(lost.slice.unwrap().id, s.id);
+    assert_eq!(lost.slice.id, s.id);
     cluster.shutdown().await;
 }
 

@@ -1,15 +1,80 @@
 //! Connected node agents and the commands in flight to them.
+//!
+//! The engine speaks [`AgentAction`]s and gets [`CommandOutcome`]s; the agent API (`api::agent`)
+//! turns them into the wire messages of the agent's session stream, so nothing here is protobuf.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use greenslice_proto::v1 as pb;
+use greenslice_core::inventory::MigInstance;
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
-/// Outbound half of an agent's stream.
-pub type AgentTx = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+/// What the controller asks an agent to apply on its node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentAction {
+    /// Create a MIG instance of `profile` at `start` for `slice_id`.
+    CreateMig {
+        gpu_uuid: String,
+        profile: String,
+        start: u32,
+        slice_id: String,
+    },
+    /// Destroy a MIG instance (the slice's, or an orphan when `slice_id` is empty).
+    DestroyMig {
+        gpu_uuid: String,
+        gpu_instance_id: u32,
+        slice_id: String,
+    },
+    /// Lend an existing MIG instance to `slice_id` (nodes that may not create instances).
+    ClaimMig {
+        gpu_uuid: String,
+        gpu_instance_id: u32,
+        slice_id: String,
+    },
+    /// End a lending; the instance stays.
+    ReleaseMig {
+        gpu_uuid: String,
+        gpu_instance_id: u32,
+        slice_id: String,
+    },
+    /// Set up a share with its limits.
+    SetShare {
+        gpu_uuid: String,
+        slice_id: String,
+        compute_fraction: f64,
+        memory_bytes: u64,
+    },
+    /// Remove a share.
+    ClearShare { gpu_uuid: String, slice_id: String },
+    /// Give a whole GPU to `slice_id`.
+    AssignGpu { gpu_uuid: String, slice_id: String },
+    /// Take a whole GPU back.
+    UnassignGpu { gpu_uuid: String, slice_id: String },
+}
+
+/// A command as it goes to an agent's session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentCommand {
+    pub id: u64,
+    pub action: AgentAction,
+}
+
+/// An agent's answer to a command.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommandOutcome {
+    /// True when applied.
+    pub ok: bool,
+    /// Why it failed (empty when ok).
+    pub error: String,
+    /// For a created or claimed MIG instance: the instance (`None` if absent or malformed).
+    pub mig: Option<MigInstance>,
+    /// Environment a process needs to use what was applied.
+    pub env: Vec<(String, String)>,
+}
+
+/// Outbound half of an agent's session: the commands for it.
+pub type AgentTx = mpsc::Sender<AgentCommand>;
 
 #[derive(Debug, Clone)]
 struct Handle {
@@ -33,7 +98,7 @@ pub enum AgentError {
 pub struct Agents {
     handles: DashMap<String, Handle>,
     /// command id -> (node, session, waiter)
-    pending: DashMap<u64, (String, u64, oneshot::Sender<pb::CommandResult>)>,
+    pending: DashMap<u64, (String, u64, oneshot::Sender<CommandOutcome>)>,
     next_id: AtomicU64,
 }
 
@@ -66,8 +131,8 @@ impl Agents {
     }
 
     /// Delivers a result to its waiter. Unknown ids (late answers after a timeout) are dropped.
-    pub fn complete(&self, result: pb::CommandResult) {
-        if let Some((_, (_, _, tx))) = self.pending.remove(&result.command_id) {
+    pub fn complete(&self, command_id: u64, result: CommandOutcome) {
+        if let Some((_, (_, _, tx))) = self.pending.remove(&command_id) {
             let _ = tx.send(result);
         }
     }
@@ -76,9 +141,9 @@ impl Agents {
     pub async fn call(
         &self,
         node: &str,
-        action: pb::command::Action,
+        action: AgentAction,
         timeout: Duration,
-    ) -> Result<pb::CommandResult, AgentError> {
+    ) -> Result<CommandOutcome, AgentError> {
         let h = self
             .handles
             .get(node)
@@ -87,13 +152,7 @@ impl Agents {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, (node.to_string(), h.session, tx));
-        let msg = pb::ControllerMessage {
-            msg: Some(pb::controller_message::Msg::Command(pb::Command {
-                command_id: id,
-                action: Some(action),
-            })),
-        };
-        if h.tx.send(Ok(msg)).await.is_err() {
+        if h.tx.send(AgentCommand { id, action }).await.is_err() {
             self.pending.remove(&id);
             return Err(AgentError::Disconnected);
         }

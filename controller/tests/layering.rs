@@ -10,6 +10,10 @@
 //! 4. `cli` and `config`, the composition root.
 //!
 //! Unit-test modules (`*_tests.rs`, `tests.rs`) may compose the whole crate.
+//!
+//! Wire types stay at the edges: the greenslice protobuf API (`greenslice_proto::v1`) is used only
+//! by `api`, `server` and `cli`; tonic only by those, by `auth` (the gRPC interceptor and TLS) and by
+//! the etcd ledger (etcd's own gRPC client). The engine and everything below it speak core types.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -135,6 +139,66 @@ fn every_room_imports_only_its_tier_or_below() {
         violations.is_empty(),
         "arrows upwards:\n{}",
         violations.join("\n")
+    );
+}
+
+/// Rooms that may use the greenslice protobuf API, and files or rooms that may use tonic.
+const WIRE_ROOMS: &[&str] = &["api", "server", "cli"];
+const TONIC_ROOMS: &[&str] = &["api", "server", "cli", "auth", "ledger/etcd.rs"];
+
+/// A source text without its inline unit-test module (`#[cfg(test)] mod tests { ... }` at the end).
+fn without_inline_tests(src: &str) -> &str {
+    src.find("#[cfg(test)]\nmod tests")
+        .map_or(src, |i| &src[..i])
+}
+
+fn allowed(f: &Path, src: &Path, rooms: &[&str]) -> bool {
+    let rel = f
+        .strip_prefix(src)
+        .unwrap_or(f)
+        .to_string_lossy()
+        .replace('\\', "/");
+    rooms
+        .iter()
+        .any(|r| rel == *r || rel == format!("{r}.rs") || rel.starts_with(&format!("{r}/")))
+}
+
+#[test]
+fn wire_types_stay_at_the_edges() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut violations = Vec::new();
+    for f in files.iter().filter(|f| !is_test_module(f)) {
+        let text = std::fs::read_to_string(f).expect("readable source");
+        let code = without_inline_tests(&text);
+        if code.contains("greenslice_proto::v1") && !allowed(f, &src, WIRE_ROOMS) {
+            violations.push(format!("{} uses the protobuf API", f.display()));
+        }
+        if code.contains("tonic") && !allowed(f, &src, TONIC_ROOMS) {
+            violations.push(format!("{} uses tonic", f.display()));
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "wire types below the API:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn the_edge_rule_sees_a_use_and_ignores_inline_tests() {
+    let src = Path::new("/x/src");
+    assert!(allowed(&src.join("api/agent.rs"), src, WIRE_ROOMS));
+    assert!(allowed(&src.join("cli.rs"), src, WIRE_ROOMS));
+    assert!(!allowed(&src.join("engine/mod.rs"), src, WIRE_ROOMS));
+    assert!(allowed(&src.join("ledger/etcd.rs"), src, TONIC_ROOMS));
+    assert!(!allowed(&src.join("ledger/redb.rs"), src, TONIC_ROOMS));
+    let text =
+        "use greenslice_core::x;\n#[cfg(test)]\nmod tests {\n use greenslice_proto::v1 as pb;\n}";
+    assert!(!without_inline_tests(text).contains("greenslice_proto::v1"));
+    assert!(
+        without_inline_tests("use greenslice_proto::v1 as pb;").contains("greenslice_proto::v1")
     );
 }
 

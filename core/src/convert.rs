@@ -3,7 +3,8 @@
 use greenslice_proto::v1 as pb;
 
 use crate::gpu::GpuModel;
-use crate::inventory::{Gpu, MigInstance, NodeCapabilities, Share};
+use crate::inventory::{Gpu, MigInstance, NodeCapabilities, NodeRegistration, Share};
+use crate::sample::{AttributedSample, SliceActivity};
 use crate::slice::{self, SliceKind, SliceSpec, SliceState, ValidationError};
 
 /// Validates a wire spec into a domain spec.
@@ -167,6 +168,46 @@ pub fn capabilities_from_pb(c: Option<&pb::NodeCapabilities>) -> Option<NodeCapa
     })
 }
 
+/// A wire sample as the domain type (the API checked its limits already).
+pub fn sample_from_pb(s: pb::GpuSample) -> AttributedSample {
+    AttributedSample {
+        at_unix_ms: s.at_unix_ms,
+        gpu_uuid: s.gpu_uuid,
+        gpu_util_pct: s.gpu_util_pct,
+        mem_util_pct: s.mem_util_pct,
+        power_mw: s.power_mw,
+        energy_mj: s.energy_mj,
+        memory_used_bytes: s.memory_used_bytes,
+        slices: s
+            .slices
+            .into_iter()
+            .map(|a| SliceActivity {
+                slice_id: a.slice_id,
+                sm_pct: a.sm_pct,
+                memory_bytes: a.memory_bytes,
+                processes: a.processes,
+                activity_known: a.activity_known,
+            })
+            .collect(),
+        unattributed_sm_pct: s.unattributed_sm_pct,
+        unsupported: s.unsupported,
+        no_compute_processes: s.no_compute_processes,
+    }
+}
+
+/// A wire registration as the domain type (the API checked it already).
+pub fn registration_from_pb(r: &pb::Register) -> NodeRegistration {
+    NodeRegistration {
+        node: r.node.clone(),
+        cpu_milli: r.cpu_milli,
+        memory_bytes: r.memory_bytes,
+        backend: r.backend.clone(),
+        gpus: r.gpus.iter().map(gpu_from_pb).collect(),
+        capabilities: capabilities_from_pb(r.capabilities.as_ref()),
+        ownership_rebuilt: r.ownership_rebuilt,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +243,52 @@ mod tests {
         }
         assert_eq!(state_from_pb(0), None);
         assert_eq!(state_from_pb(99), None);
+    }
+    #[test]
+    fn a_wire_sample_keeps_every_measurement_and_each_slice_s_activity() {
+        let s = sample_from_pb(pb::GpuSample {
+            at_unix_ms: 7,
+            gpu_uuid: "GPU-1".into(),
+            gpu_util_pct: Some(40),
+            mem_util_pct: Some(30),
+            power_mw: Some(250_000),
+            energy_mj: Some(9_000),
+            memory_used_bytes: Some(1 << 30),
+            slices: vec![pb::SliceActivity {
+                slice_id: "s1".into(),
+                sm_pct: 12.5,
+                memory_bytes: 1 << 20,
+                processes: 2,
+                activity_known: true,
+            }],
+            unattributed_sm_pct: 3.0,
+            unsupported: vec!["utilization".into()],
+            no_compute_processes: false,
+        });
+        assert_eq!(
+            (
+                s.at_unix_ms,
+                s.gpu_uuid.as_str(),
+                s.gpu_util_pct,
+                s.mem_util_pct
+            ),
+            (7, "GPU-1", Some(40), Some(30))
+        );
+        assert_eq!(
+            (s.power_mw, s.energy_mj, s.memory_used_bytes),
+            (Some(250_000), Some(9_000), Some(1 << 30))
+        );
+        assert_eq!((s.unattributed_sm_pct, s.unsupported.len()), (3.0, 1));
+        let a = &s.slices[0];
+        assert_eq!(
+            (
+                a.slice_id.as_str(),
+                a.sm_pct,
+                a.memory_bytes,
+                a.processes,
+                a.activity_known
+            ),
+            ("s1", 12.5, 1 << 20, 2, true)
+        );
     }
 }

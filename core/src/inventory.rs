@@ -73,3 +73,23 @@ pub struct NodeCapabilities {
     /// MPS is available, so share limits are enforced; without it they are advisory.
     pub mps: bool,
 }
+
+/// What an agent says about its node when it (re)connects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    /// Node name, unique in the cluster.
+    pub node: String,
+    /// CPU capacity in milli-cores (0 if unknown).
+    pub cpu_milli: u64,
+    /// Host memory in bytes (0 if unknown).
+    pub memory_bytes: u64,
+    /// Backend in use: "sim" or "nvml".
+    pub backend: String,
+    /// Every GPU with its actual MIG instances and shares.
+    pub gpus: Vec<Gpu>,
+    /// What the node may do; `None` from agents too old to say.
+    pub capabilities: Option<NodeCapabilities>,
+    /// The agent has no trustworthy record of what it owns: `gpus` names only what the hardware
+    /// showed (see the wire message `Register.ownership_rebuilt`).
+    pub ownership_rebuilt: bool,
+}

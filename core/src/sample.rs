@@ -125,6 +125,48 @@ pub struct MigActivity {
     pub dram_bw_util_pct: Option<f64>,
 }
 
+/// One GPU's sample as the controller receives it: the board's measurements and the activity the
+/// agent attributed to each slice on it. The controller's telemetry, energy accounting and
+/// re-layout work on this; only the API edge sees the wire message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttributedSample {
+    /// When the sample was taken, ms since the Unix epoch (the agent's clock).
+    pub at_unix_ms: i64,
+    pub gpu_uuid: String,
+    /// Board utilization, percent (`None`: not measured, e.g. MIG mode).
+    pub gpu_util_pct: Option<u32>,
+    /// Board memory-bandwidth utilization, percent.
+    pub mem_util_pct: Option<u32>,
+    /// Board power, mW.
+    pub power_mw: Option<u32>,
+    /// Board energy counter, mJ since the driver loaded.
+    pub energy_mj: Option<u64>,
+    /// Used device memory, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Activity per slice on this GPU.
+    pub slices: Vec<SliceActivity>,
+    /// SM activity of processes that belong to no slice, percent of the GPU.
+    pub unattributed_sm_pct: f64,
+    /// Fields the device does not support, by name.
+    pub unsupported: Vec<String>,
+    /// The agent saw no compute process on the GPU (so its power is idle power).
+    pub no_compute_processes: bool,
+}
+
+/// The activity the agent attributed to one slice in one sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SliceActivity {
+    pub slice_id: String,
+    /// SM activity, percent of the whole GPU.
+    pub sm_pct: f64,
+    /// Device memory the slice's processes hold, bytes.
+    pub memory_bytes: u64,
+    /// Compute processes of the slice.
+    pub processes: u32,
+    /// Whether `sm_pct` was measured (false: the device gives no per-slice activity).
+    pub activity_known: bool,
+}
+
 /// Energy in mJ between two readings of a board's counter; `None` when the counter went backwards
 /// (a driver reload reset it), so the interval must be skipped rather than attributed.
 pub fn energy_delta_mj(previous_mj: u64, current_mj: u64) -> Option<u64> {

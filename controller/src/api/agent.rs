@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use greenslice_core::convert::{gpu_from_pb, mig_from_pb, sample_from_pb};
+use greenslice_core::slice::SliceKind;
 use greenslice_proto::v1 as pb;
 use pb::agent_service_server::AgentService;
 use tokio::sync::mpsc;
@@ -14,9 +16,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::agents::{AgentAction, AgentCommand, CommandOutcome};
 use crate::auth::Principal;
 use crate::auth::tls::ServerTls;
 use crate::engine::Controller;
+use crate::model::slice::SliceRecord;
 
 /// Most samples accepted in one batch (see [`greenslice_core::limits`]).
 pub use greenslice_core::limits::MAX_SAMPLES_PER_BATCH;
@@ -82,6 +86,117 @@ pub fn known_gpu_samples(
     (pb::SampleBatch { samples }, dropped)
 }
 
+/// A slice as the ledger holds it, for `Registered.adopt`.
+fn ledger_slice(r: &SliceRecord) -> pb::LedgerSlice {
+    let mut l = pb::LedgerSlice {
+        slice_id: r.id.clone(),
+        gpu_uuids: r.gpus.clone(),
+        ..Default::default()
+    };
+    match &r.spec.kind {
+        SliceKind::Whole { .. } => l.kind = "whole".into(),
+        SliceKind::Share {
+            compute_fraction,
+            memory_bytes,
+        } => {
+            l.kind = "share".into();
+            l.compute_fraction = *compute_fraction;
+            l.memory_bytes = *memory_bytes;
+        }
+        SliceKind::Mig { profile } => {
+            l.kind = "mig".into();
+            l.profile = profile.clone();
+            if let Some(m) = &r.mig {
+                l.start = u32::from(m.start);
+                l.gpu_instance_id = m.gpu_instance_id.unwrap_or_default();
+                l.mig_uuid = m.mig_uuid.clone().unwrap_or_default();
+            }
+        }
+    }
+    l
+}
+
+/// An engine command as the wire message.
+fn command_to_pb(cmd: AgentCommand) -> pb::ControllerMessage {
+    use pb::command::Action;
+    let action = match cmd.action {
+        AgentAction::CreateMig {
+            gpu_uuid,
+            profile,
+            start,
+            slice_id,
+        } => Action::CreateMig(pb::CreateMigInstance {
+            gpu_uuid,
+            profile,
+            start,
+            slice_id,
+        }),
+        AgentAction::DestroyMig {
+            gpu_uuid,
+            gpu_instance_id,
+            slice_id,
+        } => Action::DestroyMig(pb::DestroyMigInstance {
+            gpu_uuid,
+            gpu_instance_id,
+            slice_id,
+        }),
+        AgentAction::ClaimMig {
+            gpu_uuid,
+            gpu_instance_id,
+            slice_id,
+        } => Action::ClaimMig(pb::ClaimMigInstance {
+            gpu_uuid,
+            gpu_instance_id,
+            slice_id,
+        }),
+        AgentAction::ReleaseMig {
+            gpu_uuid,
+            gpu_instance_id,
+            slice_id,
+        } => Action::ReleaseMig(pb::ReleaseMigInstance {
+            gpu_uuid,
+            gpu_instance_id,
+            slice_id,
+        }),
+        AgentAction::SetShare {
+            gpu_uuid,
+            slice_id,
+            compute_fraction,
+            memory_bytes,
+        } => Action::SetShare(pb::SetShare {
+            gpu_uuid,
+            slice_id,
+            compute_fraction,
+            memory_bytes,
+        }),
+        AgentAction::ClearShare { gpu_uuid, slice_id } => {
+            Action::ClearShare(pb::ClearShare { gpu_uuid, slice_id })
+        }
+        AgentAction::AssignGpu { gpu_uuid, slice_id } => {
+            Action::AssignGpu(pb::AssignGpu { gpu_uuid, slice_id })
+        }
+        AgentAction::UnassignGpu { gpu_uuid, slice_id } => {
+            Action::UnassignGpu(pb::UnassignGpu { gpu_uuid, slice_id })
+        }
+    };
+    pb::ControllerMessage {
+        msg: Some(pb::controller_message::Msg::Command(pb::Command {
+            command_id: cmd.id,
+            action: Some(action),
+        })),
+    }
+}
+
+/// An agent's wire answer as the engine's outcome. A malformed MIG instance counts as none.
+fn outcome_from_pb(r: pb::CommandResult) -> CommandOutcome {
+    CommandOutcome {
+        ok: r.ok,
+        error: r.error,
+        mig: r.mig.as_ref().and_then(mig_from_pb),
+        env: r.env.into_iter().collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
@@ -107,18 +222,31 @@ impl AgentService for AgentApi {
         })?;
         let node = reg.node.clone();
         let (tx, rx) = mpsc::channel(256);
-        let plan = self.controller.register_node(&reg);
-        let session = self.controller.agents.connect(&node, tx.clone());
+        let plan = self
+            .controller
+            .register_node(&greenslice_core::convert::registration_from_pb(&reg));
         info!(%node, gpus = reg.gpus.len(), backend = %reg.backend, ownership_rebuilt = reg.ownership_rebuilt, "agent registered");
+        // Registered goes first: no command can be queued before the session is connected below.
         let _ = tx
             .send(Ok(pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::Registered(pb::Registered {
                     node: node.clone(),
                     // The ledger's slices, for an agent that lost its own record.
-                    adopt: plan.adopt.clone(),
+                    adopt: plan.adopt.iter().map(ledger_slice).collect(),
                 })),
             }))
             .await;
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<AgentCommand>(256);
+        let session = self.controller.agents.connect(&node, cmd_tx);
+        // The engine's commands, as wire messages on the session stream.
+        let out = tx.clone();
+        tokio::spawn(async move {
+            while let Some(cmd) = cmd_rx.recv().await {
+                if out.send(Ok(command_to_pb(cmd))).await.is_err() {
+                    break;
+                }
+            }
+        });
 
         let controller = self.controller.clone();
         let distrust = distrusted(self.tls.clone(), who);
@@ -166,9 +294,11 @@ impl AgentService for AgentApi {
                     break;
                 }
                 match msg.msg {
-                    Some(pb::agent_message::Msg::Result(r)) => controller.agents.complete(r),
+                    Some(pb::agent_message::Msg::Result(r)) => {
+                        controller.agents.complete(r.command_id, outcome_from_pb(r))
+                    }
                     Some(pb::agent_message::Msg::State(s)) => {
-                        controller.update_node_gpus(&node, &s.gpus)
+                        controller.update_node_gpus(&node, s.gpus.iter().map(gpu_from_pb).collect())
                     }
                     Some(pb::agent_message::Msg::Kubelet(k)) => {
                         let applied = match super::kubelet::grants_from_pb(&k) {
@@ -193,7 +323,8 @@ impl AgentService for AgentApi {
                         if dropped > 0 {
                             warn!(%node, dropped, "samples for GPUs the node never reported; dropped");
                         }
-                        controller.ingest_samples(&node, &b);
+                        let samples: Vec<_> = b.samples.into_iter().map(sample_from_pb).collect();
+                        controller.ingest_samples(&node, &samples);
                     }
                     // Checked above: only the first message may register.
                     Some(pb::agent_message::Msg::Register(_)) => break,

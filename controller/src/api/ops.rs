@@ -62,7 +62,7 @@ pub fn inventory(
             });
         }
     }
-    let mut slices: Vec<pb::Slice> = slices.iter().map(|s| s.to_pb()).collect();
+    let mut slices: Vec<pb::Slice> = slices.iter().map(super::slice_to_pb).collect();
     slices.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(pb::InventoryResponse {
         gpus_total: u32::try_from(gpus_total).unwrap_or(u32::MAX),
@@ -109,7 +109,7 @@ pub async fn energy_report(
         to_ms
     };
     if from_ms < 0 || to < 0 || from_ms >= to {
-        return Err(crate::error::invalid_field(
+        return Err(super::status::invalid_field(
             "from_unix_ms",
             format!("the period must satisfy 0 <= from < to (got from {from_ms}, to {to_ms})"),
         ));

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::validate;
 use crate::auth::{Principal, principal};
 use crate::engine::Controller;
+use crate::model::events::{EventKind, SliceEvent};
 use crate::model::slice::SliceRecord;
 
 /// The tenant API.
@@ -69,7 +70,7 @@ impl TenantService for TenantApi {
                 .await
                 .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
         Ok(Response::new(pb::RequestSliceResponse {
-            slice: Some(out.slice.to_pb()),
+            slice: Some(super::slice_to_pb(&out.slice)),
             replayed: out.replayed,
         }))
     }
@@ -82,7 +83,7 @@ impl TenantService for TenantApi {
         let r = req.into_inner();
         let s = self.owned(&p, &r.slice_id)?;
         Ok(Response::new(pb::GetSliceResponse {
-            slice: Some(s.to_pb()),
+            slice: Some(super::slice_to_pb(&s)),
         }))
     }
 
@@ -98,7 +99,7 @@ impl TenantService for TenantApi {
             self.controller
                 .list_page(&filter, r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListSlicesResponse {
-            slices: page.items.iter().map(|s| s.to_pb()).collect(),
+            slices: page.items.iter().map(super::slice_to_pb).collect(),
             next_page_token,
             revision,
         }))
@@ -116,7 +117,7 @@ impl TenantService for TenantApi {
             .await
             .map_err(|e| Status::internal(format!("release task failed: {e}")))??;
         Ok(Response::new(pb::ReleaseSliceResponse {
-            slice: Some(s.to_pb()),
+            slice: Some(super::slice_to_pb(&s)),
         }))
     }
 
@@ -131,7 +132,7 @@ impl TenantService for TenantApi {
         let ms = i64::try_from(r.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let (s, until) = self.controller.keep(&r.slice_id, &r.tenant, ms).await?;
         Ok(Response::new(pb::KeepSliceResponse {
-            slice: Some(s.to_pb()),
+            slice: Some(super::slice_to_pb(&s)),
             kept_until_unix_ms: until,
         }))
     }
@@ -161,8 +162,26 @@ impl TenantService for TenantApi {
 }
 
 /// Whether a watch for `tenant` (empty: all) sees event `ev`.
-fn for_tenant(tenant: &str, ev: &pb::SliceEvent) -> bool {
-    tenant.is_empty() || ev.slice.as_ref().is_some_and(|s| s.tenant == tenant)
+fn for_tenant(tenant: &str, ev: &SliceEvent) -> bool {
+    tenant.is_empty() || ev.slice.tenant == tenant
+}
+
+/// An engine event as the wire message.
+fn event_to_pb(ev: &SliceEvent) -> pb::SliceEvent {
+    let kind = match ev.kind {
+        EventKind::StateChanged => pb::SliceEventKind::StateChanged,
+        EventKind::IdleWarning => pb::SliceEventKind::IdleWarning,
+        EventKind::Reclaimed => pb::SliceEventKind::Reclaimed,
+        EventKind::Lost => pb::SliceEventKind::Lost,
+    };
+    pb::SliceEvent {
+        kind: kind as i32,
+        slice: Some(super::slice_to_pb(&ev.slice)),
+        message: ev.message.clone(),
+        deadline_unix_ms: ev.deadline_unix_ms,
+        at_unix_ms: ev.at_unix_ms,
+        revision: ev.revision,
+    }
 }
 
 /// A watch: the replayed `backlog`, then the live events of `rx` after it, those of `tenant` only,
@@ -170,15 +189,15 @@ fn for_tenant(tenant: &str, ev: &pb::SliceEvent) -> bool {
 /// passed after that long without an event. Ends with DATA_LOSS when the watcher fell so far
 /// behind that live events were dropped for it (it resumes from its last revision).
 fn watch_stream(
-    backlog: Vec<pb::SliceEvent>,
-    rx: broadcast::Receiver<pb::SliceEvent>,
+    backlog: Vec<Arc<SliceEvent>>,
+    rx: broadcast::Receiver<Arc<SliceEvent>>,
     tenant: String,
     start: u64,
     bookmark_every: Option<std::time::Duration>,
 ) -> impl Stream<Item = Result<pb::SliceEvent, Status>> + Send {
     struct Watch {
-        backlog: std::collections::VecDeque<pb::SliceEvent>,
-        rx: broadcast::Receiver<pb::SliceEvent>,
+        backlog: std::collections::VecDeque<Arc<SliceEvent>>,
+        rx: broadcast::Receiver<Arc<SliceEvent>>,
         tenant: String,
         /// The revision of the last event passed (sent or filtered out).
         last: u64,
@@ -201,7 +220,7 @@ fn watch_stream(
             if let Some(ev) = w.backlog.pop_front() {
                 w.last = ev.revision;
                 if for_tenant(&w.tenant, &ev) {
-                    return Some((Ok(ev), w));
+                    return Some((Ok(event_to_pb(&ev)), w));
                 }
                 continue;
             }
@@ -225,7 +244,7 @@ fn watch_stream(
                 Ok(ev) => {
                     w.last = ev.revision;
                     if for_tenant(&w.tenant, &ev) {
-                        return Some((Ok(ev), w));
+                        return Some((Ok(event_to_pb(&ev)), w));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {

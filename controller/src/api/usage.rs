@@ -42,7 +42,7 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
         .filter(|s| !s.is_empty())
         .count();
     if selectors != 1 {
-        return Err(crate::error::invalid_field(
+        return Err(super::status::invalid_field(
             "slice_id",
             "give exactly one of slice_id, tenant or node",
         ));
@@ -58,7 +58,7 @@ pub fn usage(c: &Controller, r: &pb::UsageRequest) -> Result<pb::UsageResponse, 
         r.from_unix_ms
     };
     if from >= to || to - from > MAX_RANGE_MS {
-        return Err(crate::error::invalid_field(
+        return Err(super::status::invalid_field(
             "from_unix_ms",
             format!("the range must have from < to and span at most 7 days; got {from}..{to}"),
         ));

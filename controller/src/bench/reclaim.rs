@@ -533,7 +533,7 @@ fn rss_bytes() -> u64 {
 /// Runs the history replay.
 pub fn history_replay(slices: usize, days: i64, sample_s: i64, seed: u64) -> HistoryReplay {
     use crate::telemetry::{IdleTest, SliceInfo, Telemetry};
-    use greenslice_proto::v1 as pb;
+    use greenslice_core::sample::{AttributedSample, SliceActivity};
     let started = std::time::Instant::now();
     let rss_before = rss_bytes();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -572,13 +572,13 @@ pub fn history_replay(slices: usize, days: i64, sample_s: i64, seed: u64) -> His
         }
         active.retain(|i| spans[*i].1 > t);
         // One sample per active slice, each on its own GPU (one batch per instant).
-        let samples: Vec<pb::GpuSample> = active
+        let samples: Vec<AttributedSample> = active
             .iter()
-            .map(|i| pb::GpuSample {
+            .map(|i| AttributedSample {
                 at_unix_ms: t,
                 gpu_uuid: format!("g{}", i % 256),
                 gpu_util_pct: Some((i % 100) as u32),
-                slices: vec![pb::SliceActivity {
+                slices: vec![SliceActivity {
                     slice_id: format!("s{i}"),
                     sm_pct: (i % 100) as f64,
                     memory_bytes: 1 << 30,

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use greenslice_proto::v1 as pb;
+use greenslice_core::sample::AttributedSample;
 use serde::{Deserialize, Serialize};
 
 use super::attribution::{
@@ -192,7 +192,7 @@ impl Accountant {
         &mut self,
         node: &str,
         model_of: &dyn Fn(&str) -> String,
-        samples: &[pb::GpuSample],
+        samples: &[AttributedSample],
         holders: &dyn Fn(&str, Interval) -> Vec<Holder>,
     ) -> Vec<IntervalRecord> {
         let mut closed = Vec::new();
@@ -416,15 +416,15 @@ mod tests {
     use super::*;
     use crate::energy::Capacity;
 
-    fn sample(at: i64, energy_mj: u64, power_mw: u32, slices: &[(&str, f64)]) -> pb::GpuSample {
-        pb::GpuSample {
+    fn sample(at: i64, energy_mj: u64, power_mw: u32, slices: &[(&str, f64)]) -> AttributedSample {
+        AttributedSample {
             at_unix_ms: at,
             gpu_uuid: "GPU-1".into(),
             power_mw: Some(power_mw),
             energy_mj: Some(energy_mj),
             slices: slices
                 .iter()
-                .map(|(id, sm)| pb::SliceActivity {
+                .map(|(id, sm)| greenslice_core::sample::SliceActivity {
                     slice_id: id.to_string(),
                     sm_pct: *sm,
                     activity_known: true,

@@ -2,7 +2,7 @@
 //! energy is dropped, the missing hours get an estimate labelled as one, and the report says
 //! which hours used which factor.
 
-use greenslice_proto::v1 as pb;
+use greenslice_core::sample::{AttributedSample, SliceActivity};
 
 use super::accounting::{Accountant, AccountingConfig};
 use super::carbon::{HourlySeries, Intensity, SiteCarbon};
@@ -18,14 +18,14 @@ fn run(site: SiteCarbon, hours: u64) -> Accountant {
         ..Default::default()
     });
     let step_ms = 10_000u64;
-    let samples: Vec<pb::GpuSample> = (0..=hours * HOUR / step_ms)
-        .map(|i| pb::GpuSample {
+    let samples: Vec<AttributedSample> = (0..=hours * HOUR / step_ms)
+        .map(|i| AttributedSample {
             at_unix_ms: (i * step_ms) as i64,
             gpu_uuid: "GPU-1".into(),
             power_mw: Some(200_000),
             // 200 W = 200 mJ per ms.
             energy_mj: Some(i * step_ms * 200),
-            slices: vec![pb::SliceActivity {
+            slices: vec![SliceActivity {
                 slice_id: "a".into(),
                 sm_pct: 50.0,
                 activity_known: true,

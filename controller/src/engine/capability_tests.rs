@@ -4,12 +4,13 @@
 use std::sync::{Arc, Mutex};
 
 use greenslice_core::clock::ManualClock;
+use greenslice_core::inventory::MigInstance;
 use greenslice_proto::v1 as pb;
-use pb::command::Action;
 
 use super::Controller;
 use super::retention_tests::spec;
-use super::retention_tests::{T0, controller, retention};
+use super::retention_tests::{T0, controller, registration, retention, serve_commands};
+use crate::agents::{AgentAction, CommandOutcome};
 use crate::ledger::MemoryLedger;
 
 /// The commands a fake node received, by kind.
@@ -28,9 +29,9 @@ fn node_with(
     caps: Option<pb::NodeCapabilities>,
     instances: Vec<pb::MigInstance>,
 ) -> (super::Reconcile, Seen) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
     c.agents.connect("n1", tx);
-    let plan = c.register_node(&pb::Register {
+    let plan = c.register_node(&registration(pb::Register {
         node: "n1".into(),
         gpus: vec![pb::GpuInfo {
             uuid: "GPU-n1-0".into(),
@@ -44,52 +45,53 @@ fn node_with(
         }],
         capabilities: caps,
         ..Default::default()
-    });
+    }));
     let seen: Seen = Arc::default();
     let log = seen.clone();
-    let c = Arc::downgrade(c);
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = rx.recv().await {
-            let (Some(pb::controller_message::Msg::Command(cmd)), Some(c)) = (m.msg, c.upgrade())
-            else {
-                continue;
-            };
-            let mut result = pb::CommandResult {
-                command_id: cmd.command_id,
-                ok: true,
-                ..Default::default()
-            };
-            let kind = match &cmd.action {
-                Some(Action::CreateMig(x)) => {
-                    result.mig = Some(pb::MigInstance {
-                        gpu_instance_id: 1,
-                        profile: x.profile.clone(),
-                        start: x.start,
-                        size: 1,
-                        mig_uuid: "MIG-1".into(),
-                        slice_id: x.slice_id.clone(),
-                    });
-                    "create_mig"
-                }
-                Some(Action::ClaimMig(x)) => {
-                    result.mig = Some(pb::MigInstance {
-                        gpu_instance_id: x.gpu_instance_id,
-                        profile: "3g.40gb".into(),
-                        start: 4,
-                        size: 4,
-                        mig_uuid: "MIG-free".into(),
-                        slice_id: x.slice_id.clone(),
-                    });
-                    "claim_mig"
-                }
-                Some(Action::ReleaseMig(_)) => "release_mig",
-                Some(Action::DestroyMig(_)) => "destroy_mig",
-                Some(Action::SetShare(_)) => "set_share",
-                _ => "other",
-            };
-            log.lock().unwrap().push(kind);
-            c.agents.complete(result);
-        }
+    serve_commands(c, rx, move |action| {
+        let mut result = CommandOutcome {
+            ok: true,
+            ..Default::default()
+        };
+        let kind = match action {
+            AgentAction::CreateMig {
+                profile,
+                start,
+                slice_id,
+                ..
+            } => {
+                result.mig = Some(MigInstance {
+                    gpu_instance_id: 1,
+                    profile: profile.clone(),
+                    start: u8::try_from(*start).unwrap(),
+                    size: 1,
+                    mig_uuid: "MIG-1".into(),
+                    slice_id: Some(slice_id.clone()),
+                });
+                "create_mig"
+            }
+            AgentAction::ClaimMig {
+                gpu_instance_id,
+                slice_id,
+                ..
+            } => {
+                result.mig = Some(MigInstance {
+                    gpu_instance_id: *gpu_instance_id,
+                    profile: "3g.40gb".into(),
+                    start: 4,
+                    size: 4,
+                    mig_uuid: "MIG-free".into(),
+                    slice_id: Some(slice_id.clone()),
+                });
+                "claim_mig"
+            }
+            AgentAction::ReleaseMig { .. } => "release_mig",
+            AgentAction::DestroyMig { .. } => "destroy_mig",
+            AgentAction::SetShare { .. } => "set_share",
+            _ => "other",
+        };
+        log.lock().unwrap().push(kind);
+        result
     });
     (plan, seen)
 }

@@ -3,7 +3,7 @@
 
 use std::sync::MutexGuard;
 
-use greenslice_proto::v1 as pb;
+use greenslice_core::sample::AttributedSample;
 use tracing::warn;
 
 use super::{Controller, RECENT_HOURS_MS};
@@ -50,8 +50,8 @@ fn holders_of(
 impl Controller {
     /// Takes a batch of samples from a node's agent: keeps them, and attributes the energy of every
     /// attribution window they close.
-    pub fn ingest_samples(&self, node: &str, batch: &pb::SampleBatch) {
-        let accepted = self.telemetry.ingest(node, batch);
+    pub fn ingest_samples(&self, node: &str, samples: &[AttributedSample]) {
+        let accepted = self.telemetry.ingest(node, samples);
         self.record_usage(node, &accepted);
         if accepted.is_empty() {
             return;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greenslice_core::clock::ManualClock;
+use greenslice_core::sample::{AttributedSample, SliceActivity};
 use greenslice_core::time::{HOUR_MS, HOUR_MS_I64};
-use greenslice_proto::v1 as pb;
 
 use super::retention_tests::{NODE, T0, controller, fake_node, request, retention};
 use crate::api::ops::energy_report;
@@ -41,21 +41,19 @@ async fn run(toml: &str) -> Seen {
     for s in 1..=300 {
         let at = T0 + s * 1_000;
         clock.set(at);
-        let batch = pb::SampleBatch {
-            samples: vec![pb::GpuSample {
-                at_unix_ms: at,
-                gpu_uuid: format!("GPU-{NODE}-0"),
-                power_mw: Some(300_000),
-                energy_mj: Some(u64::try_from(s).unwrap() * 300_000),
-                slices: vec![pb::SliceActivity {
-                    slice_id: id.clone(),
-                    sm_pct: 4.0,
-                    activity_known: true,
-                    ..Default::default()
-                }],
+        let batch = vec![AttributedSample {
+            at_unix_ms: at,
+            gpu_uuid: format!("GPU-{NODE}-0"),
+            power_mw: Some(300_000),
+            energy_mj: Some(u64::try_from(s).unwrap() * 300_000),
+            slices: vec![SliceActivity {
+                slice_id: id.clone(),
+                sm_pct: 4.0,
+                activity_known: true,
                 ..Default::default()
             }],
-        };
+            ..Default::default()
+        }];
         c.ingest_samples(NODE, &batch);
     }
     let warned = c

@@ -1,7 +1,7 @@
 //! Slices the kubelet granted through the device plugin, folded into the ledger from the agents'
 //! reports.
 
-use greenslice_proto::v1 as pb;
+use crate::model::events::EventKind;
 
 use super::Controller;
 use crate::error::ControllerError;
@@ -52,7 +52,7 @@ impl Controller {
         }
         for r in &all {
             self.emit(
-                pb::SliceEventKind::StateChanged,
+                EventKind::StateChanged,
                 r,
                 format!("kubelet slice {} is {}", r.id, r.state.as_str()),
             );

@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use greenslice_core::convert::mig_from_pb;
+use crate::agents::{AgentAction, CommandOutcome};
 use greenslice_core::slice::{self, SliceKind, SliceSpec, SliceState};
-use greenslice_proto::v1 as pb;
-use pb::command::Action;
 use tracing::{info, warn};
 
 use super::{Controller, Requested, new_slice_id};
@@ -285,8 +283,8 @@ impl Controller {
     pub(super) async fn call(
         &self,
         node: &str,
-        action: Action,
-    ) -> Result<pb::CommandResult, ControllerError> {
+        action: AgentAction,
+    ) -> Result<CommandOutcome, ControllerError> {
         // Every agent command is fenced by the leadership it is sent under.
         self.ensure_leading()?;
         let r = self
@@ -323,10 +321,10 @@ impl Controller {
                     let res = self
                         .call(
                             &r.node,
-                            Action::AssignGpu(pb::AssignGpu {
+                            AgentAction::AssignGpu {
                                 gpu_uuid: g.clone(),
                                 slice_id: r.id.clone(),
-                            }),
+                            },
                         )
                         .await;
                     if let Err(e) = res {
@@ -334,10 +332,10 @@ impl Controller {
                             let _ = self
                                 .call(
                                     &r.node,
-                                    Action::UnassignGpu(pb::UnassignGpu {
+                                    AgentAction::UnassignGpu {
                                         gpu_uuid: d,
                                         slice_id: r.id.clone(),
-                                    }),
+                                    },
                                 )
                                 .await;
                         }
@@ -354,24 +352,22 @@ impl Controller {
                 })?;
                 let gpu_uuid = r.gpus.first().cloned().unwrap_or_default();
                 let action = match (m.lent, m.gpu_instance_id) {
-                    (true, Some(gi)) => Action::ClaimMig(pb::ClaimMigInstance {
+                    (true, Some(gi)) => AgentAction::ClaimMig {
                         gpu_uuid,
                         gpu_instance_id: gi,
                         slice_id: r.id.clone(),
-                    }),
-                    _ => Action::CreateMig(pb::CreateMigInstance {
+                    },
+                    _ => AgentAction::CreateMig {
                         gpu_uuid,
                         profile: profile.clone(),
                         start: u32::from(m.start),
                         slice_id: r.id.clone(),
-                    }),
+                    },
                 };
                 let res = self.call(&r.node, action).await?;
-                let inst = res.mig.as_ref().and_then(mig_from_pb).ok_or_else(|| {
-                    ControllerError::AgentRefused {
-                        node: r.node.clone(),
-                        error: "agent confirmed a MIG instance without describing it".into(),
-                    }
+                let inst = res.mig.ok_or_else(|| ControllerError::AgentRefused {
+                    node: r.node.clone(),
+                    error: "agent confirmed a MIG instance without describing it".into(),
                 })?;
                 Ok((res.env.into_iter().collect(), Some(inst)))
             }
@@ -382,12 +378,12 @@ impl Controller {
                 let res = self
                     .call(
                         &r.node,
-                        Action::SetShare(pb::SetShare {
+                        AgentAction::SetShare {
                             gpu_uuid: r.gpus.first().cloned().unwrap_or_default(),
                             slice_id: r.id.clone(),
                             compute_fraction: *compute_fraction,
                             memory_bytes: *memory_bytes,
-                        }),
+                        },
                     )
                     .await?;
                 Ok((res.env.into_iter().collect(), None))

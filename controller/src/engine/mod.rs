@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use greenslice_core::clock::Clock;
 use greenslice_core::slice::SliceState;
-use greenslice_proto::v1 as pb;
 use rand::Rng;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -26,7 +25,7 @@ use self::sweep::OrphanKey;
 use crate::agents::Agents;
 use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
-use crate::model::events::{EventLog, first_revision};
+use crate::model::events::{EventKind, EventLog, SliceEvent, first_revision};
 use crate::model::slice::SliceRecord;
 use crate::model::state::{ClusterState, NodeRecord};
 use crate::placement::{self, Policy};
@@ -101,6 +100,9 @@ pub struct Requested {
     pub replayed: bool,
 }
 
+/// Live slice events, each shared by the log and every watcher.
+pub type EventFeed = broadcast::Receiver<Arc<SliceEvent>>;
+
 /// The controller core, shared by the gRPC services.
 pub struct Controller {
     state: Mutex<ClusterState>,
@@ -108,10 +110,10 @@ pub struct Controller {
     ledger: Arc<dyn Ledger>,
     policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
-    events: broadcast::Sender<pb::SliceEvent>,
+    events: broadcast::Sender<Arc<SliceEvent>>,
     /// Recent events by revision. Events get their revision and are broadcast under this lock, so
     /// watchers receive them in revision order; never held with the state lock taken inside it.
-    log: Mutex<EventLog<Arc<pb::SliceEvent>>>,
+    log: Mutex<EventLog<Arc<SliceEvent>>>,
     config: CoreConfig,
     /// Samples from the agents.
     pub telemetry: crate::telemetry::Telemetry,
@@ -293,11 +295,11 @@ impl Controller {
     }
 
     /// Subscribes to slice events.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::SliceEvent> {
+    pub fn subscribe(&self) -> EventFeed {
         self.events.subscribe()
     }
 
-    fn event_log(&self) -> MutexGuard<'_, EventLog<Arc<pb::SliceEvent>>> {
+    fn event_log(&self) -> MutexGuard<'_, EventLog<Arc<SliceEvent>>> {
         // The log is plain data changed in short sections that do not panic midway.
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -313,7 +315,7 @@ impl Controller {
     pub fn watch_from(
         &self,
         after: Option<u64>,
-    ) -> Result<(Vec<pb::SliceEvent>, broadcast::Receiver<pb::SliceEvent>), ControllerError> {
+    ) -> Result<(Vec<Arc<SliceEvent>>, EventFeed), ControllerError> {
         let log = self.event_log();
         let backlog = match after {
             None => Vec::new(),
@@ -324,7 +326,7 @@ impl Controller {
                     oldest: c.oldest,
                 })?
                 .into_iter()
-                .map(|(_, ev)| (*ev).clone())
+                .map(|(_, ev)| ev)
                 .collect(),
         };
         Ok((backlog, self.events.subscribe()))
@@ -345,21 +347,21 @@ impl Controller {
     }
 
     /// Gives an event its revision, keeps it for resumed watches and sends it to watchers.
-    pub fn emit_event(&self, mut ev: pb::SliceEvent) {
+    pub(super) fn emit_event(&self, mut ev: SliceEvent) {
         let mut log = self.event_log();
         ev.revision = log.head() + 1;
-        // The log shares the event; a copy is made only for live watchers.
+        // The log and the live watchers share the event.
         let ev = Arc::new(ev);
         log.push(ev.clone());
         if self.events.receiver_count() > 0 {
-            let _ = self.events.send((*ev).clone());
+            let _ = self.events.send(ev);
         }
     }
 
-    pub(super) fn emit(&self, kind: pb::SliceEventKind, slice: &SliceRecord, message: String) {
-        self.emit_event(pb::SliceEvent {
-            kind: kind as i32,
-            slice: Some(slice.to_pb()),
+    pub(super) fn emit(&self, kind: EventKind, slice: &SliceRecord, message: String) {
+        self.emit_event(SliceEvent {
+            kind,
+            slice: slice.clone(),
             message,
             deadline_unix_ms: 0,
             at_unix_ms: self.clock.now_ms(),
@@ -484,7 +486,7 @@ impl Controller {
     /// Tells watchers a slice changed state.
     fn announce(&self, updated: &SliceRecord) {
         self.emit(
-            pb::SliceEventKind::StateChanged,
+            EventKind::StateChanged,
             updated,
             format!("slice {} is {}", updated.id, updated.state.as_str()),
         );

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::model::events::{EventKind, SliceEvent};
+use greenslice_core::sample::AttributedSample;
 use greenslice_core::slice::SliceState;
-use greenslice_proto::v1 as pb;
 use tracing::{info, warn};
 
 use super::Controller;
@@ -23,7 +24,7 @@ use crate::telemetry::SliceInfo;
 
 impl Controller {
     /// Folds a node's accepted samples into the slice histories and the tenants' accounts.
-    pub(super) fn record_usage(&self, node: &str, accepted: &[pb::GpuSample]) {
+    pub(super) fn record_usage(&self, node: &str, accepted: &[AttributedSample]) {
         if accepted.is_empty() {
             return;
         }
@@ -112,9 +113,9 @@ impl Controller {
                 self.metrics.idle_warning(REASON_IDLE);
                 if let Ok(r) = self.get(slice) {
                     info!(slice = %slice, tenant = %r.tenant, deadline_ms, "{why}; warned");
-                    self.emit_event(pb::SliceEvent {
-                        kind: pb::SliceEventKind::IdleWarning as i32,
-                        slice: Some(r.to_pb()),
+                    self.emit_event(SliceEvent {
+                        kind: EventKind::IdleWarning,
+                        slice: r,
                         message: format!(
                             "slice {slice} is {why}; it will be reclaimed at {deadline_ms} ms unless used or kept (greenslice keep {slice} --for 2h)"
                         ),
@@ -130,9 +131,9 @@ impl Controller {
                     Ok(r) => {
                         self.metrics.reclaimed(REASON_IDLE);
                         info!(slice = %slice, tenant = %r.tenant, state = r.state.as_str(), "{reason}");
-                        self.emit_event(pb::SliceEvent {
-                            kind: pb::SliceEventKind::Reclaimed as i32,
-                            slice: Some(r.to_pb()),
+                        self.emit_event(SliceEvent {
+                            kind: EventKind::Reclaimed,
+                            slice: r.clone(),
                             message: format!("slice {slice} {reason}"),
                             deadline_unix_ms: 0,
                             at_unix_ms: self.now_ms(),

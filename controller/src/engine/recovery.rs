@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use greenslice_core::convert::{gpu_from_pb, mig_from_pb};
-use greenslice_core::inventory::Gpu;
+use crate::agents::AgentAction;
+use crate::model::events::EventKind;
+use greenslice_core::inventory::{Gpu, NodeRegistration};
 use greenslice_core::slice::{SliceKind, SliceState};
-use greenslice_proto::v1 as pb;
-use pb::command::Action;
 use tracing::{info, warn};
 
 use super::Controller;
@@ -34,7 +33,7 @@ pub struct Reconcile {
     pub relend: Vec<String>,
     /// Only when the agent said it lost its own record (`Register.ownership_rebuilt`): the live
     /// slices on the node that are not lost, sent back in `Registered.adopt` for it to take back.
-    pub adopt: Vec<pb::LedgerSlice>,
+    pub adopt: Vec<SliceRecord>,
 }
 
 /// Whether the GPUs `r` needs are still there for it, judged from the hardware alone (a
@@ -55,36 +54,6 @@ fn hardware_there(r: &SliceRecord, gpus: &[Gpu]) -> bool {
         SliceKind::Share { .. } => r.gpus.first().is_some_and(usable),
         SliceKind::Mig { .. } => presence(r, gpus) == Presence::All,
     }
-}
-
-/// A slice as the ledger holds it, for `Registered.adopt`.
-fn ledger_slice(r: &SliceRecord) -> pb::LedgerSlice {
-    let mut l = pb::LedgerSlice {
-        slice_id: r.id.clone(),
-        gpu_uuids: r.gpus.clone(),
-        ..Default::default()
-    };
-    match &r.spec.kind {
-        SliceKind::Whole { .. } => l.kind = "whole".into(),
-        SliceKind::Share {
-            compute_fraction,
-            memory_bytes,
-        } => {
-            l.kind = "share".into();
-            l.compute_fraction = *compute_fraction;
-            l.memory_bytes = *memory_bytes;
-        }
-        SliceKind::Mig { profile } => {
-            l.kind = "mig".into();
-            l.profile = profile.clone();
-            if let Some(m) = &r.mig {
-                l.start = u32::from(m.start);
-                l.gpu_instance_id = m.gpu_instance_id.unwrap_or_default();
-                l.mig_uuid = m.mig_uuid.clone().unwrap_or_default();
-            }
-        }
-    }
-    l
 }
 
 /// How much of a slice the hardware holds.
@@ -147,9 +116,9 @@ fn mig_instance_of<'a>(
 impl Controller {
     /// Records a (re)connected agent's node and inventory, and decides how to reconcile the
     /// ledger's slices on that node with what the hardware holds (see [`Controller::reconcile`]).
-    pub fn register_node(&self, reg: &pb::Register) -> Reconcile {
+    pub fn register_node(&self, reg: &NodeRegistration) -> Reconcile {
         let mut st = self.lock();
-        let gpus: Vec<Gpu> = reg.gpus.iter().map(gpu_from_pb).collect();
+        let gpus: Vec<Gpu> = reg.gpus.clone();
         let drained = st.nodes.get(&reg.node).is_some_and(|n| n.drained);
         // An agent that lost its record reports only what the hardware showed: its slices are
         // judged by whether their hardware is there, and it is given them back.
@@ -181,7 +150,7 @@ impl Controller {
                     _ => false,
                 }
             {
-                plan.adopt.push(ledger_slice(s));
+                plan.adopt.push(s.clone());
             }
             let unnamed = s.mig.as_ref().is_some_and(|m| m.lent)
                 && s.gpus
@@ -205,9 +174,7 @@ impl Controller {
                 connected: true,
                 unreachable_since_ms: None,
                 drained,
-                capabilities: greenslice_core::convert::capabilities_from_pb(
-                    reg.capabilities.as_ref(),
-                ),
+                capabilities: reg.capabilities,
             },
         );
         plan
@@ -276,14 +243,14 @@ impl Controller {
         let res = self
             .call(
                 &r.node,
-                Action::ClaimMig(pb::ClaimMigInstance {
+                AgentAction::ClaimMig {
                     gpu_uuid: gpu.clone(),
                     gpu_instance_id: gi,
                     slice_id: r.id.clone(),
-                }),
+                },
             )
             .await?;
-        if let Some(inst) = res.mig.as_ref().and_then(mig_from_pb) {
+        if let Some(inst) = res.mig {
             self.lock().mirror_mig_created(&r.node, gpu, inst);
         }
         info!(slice = %id, gi, "MIG instance lent again after the agent restarted");
@@ -308,12 +275,12 @@ impl Controller {
                 let res = self
                     .call(
                         &r.node,
-                        Action::SetShare(pb::SetShare {
+                        AgentAction::SetShare {
                             gpu_uuid: gpu0.clone(),
                             slice_id: r.id.clone(),
                             compute_fraction: *compute_fraction,
                             memory_bytes: *memory_bytes,
-                        }),
+                        },
                     )
                     .await?;
                 env = res.env.into_iter().collect();
@@ -360,10 +327,10 @@ impl Controller {
                 self.teardown(
                     &r,
                     g,
-                    Action::UnassignGpu(pb::UnassignGpu {
+                    AgentAction::UnassignGpu {
                         gpu_uuid: g.clone(),
                         slice_id: r.id.clone(),
-                    }),
+                    },
                 )
                 .await?;
             }
@@ -397,7 +364,7 @@ impl Controller {
             .await?
         {
             warn!(slice = %id, tenant = %s.tenant, node = %s.node, "{why}");
-            self.emit(pb::SliceEventKind::Lost, &s, why.to_string());
+            self.emit(EventKind::Lost, &s, why.to_string());
         }
         Ok(())
     }
@@ -447,10 +414,10 @@ impl Controller {
     }
 
     /// Replaces a node's reported GPUs (health changes, external changes).
-    pub fn update_node_gpus(&self, node: &str, gpus: &[pb::GpuInfo]) {
+    pub fn update_node_gpus(&self, node: &str, gpus: Vec<Gpu>) {
         let mut st = self.lock();
         if let Some(n) = st.nodes.get_mut(node) {
-            n.gpus = gpus.iter().map(gpu_from_pb).collect();
+            n.gpus = gpus;
         }
         st.touch(node);
     }
@@ -476,7 +443,9 @@ mod tests {
     use greenslice_core::clock::ManualClock;
     use greenslice_proto::v1 as pb;
 
-    use super::super::retention_tests::{T0, controller, retention};
+    use super::super::retention_tests::{
+        T0, controller, done, registration, retention, serve_commands,
+    };
     use super::*;
     use crate::ledger::MemoryLedger;
 
@@ -492,13 +461,13 @@ mod tests {
         }
     }
 
-    fn register(gpus: Vec<pb::GpuInfo>, rebuilt: bool) -> pb::Register {
-        pb::Register {
+    fn register(gpus: Vec<pb::GpuInfo>, rebuilt: bool) -> NodeRegistration {
+        registration(pb::Register {
             node: "n1".into(),
             gpus,
             ownership_rebuilt: rebuilt,
             ..Default::default()
-        }
+        })
     }
 
     /// A node `n1` whose agent applies every command, with one ACTIVE share on its GPU.
@@ -510,23 +479,10 @@ mod tests {
             retention(std::time::Duration::from_secs(600), 1000),
         )
         .await;
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         c.agents.connect("n1", tx);
         c.register_node(&register(vec![gpu(false)], false));
-        let weak = Arc::downgrade(&c);
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = rx.recv().await {
-                if let (Some(pb::controller_message::Msg::Command(cmd)), Some(c)) =
-                    (m.msg, weak.upgrade())
-                {
-                    c.agents.complete(pb::CommandResult {
-                        command_id: cmd.command_id,
-                        ok: true,
-                        ..Default::default()
-                    });
-                }
-            }
-        });
+        serve_commands(&c, rx, done);
         let spec = pb::SliceSpec {
             kind: Some(pb::slice_spec::Kind::Share(pb::ShareSlice {
                 compute_fraction: 0.25,
@@ -556,10 +512,16 @@ mod tests {
         assert_eq!(plan.adopt.len(), 1, "{plan:?}");
         let a = &plan.adopt[0];
         assert_eq!(
-            (a.slice_id.as_str(), a.kind.as_str(), a.gpu_uuids.clone()),
-            (id.as_str(), "share", vec!["GPU-n1-0".to_string()])
+            (a.id.as_str(), a.gpus.clone()),
+            (id.as_str(), vec!["GPU-n1-0".to_string()])
         );
-        assert_eq!((a.compute_fraction, a.memory_bytes), (0.25, 1 << 30));
+        assert_eq!(
+            a.spec.kind,
+            SliceKind::Share {
+                compute_fraction: 0.25,
+                memory_bytes: 1 << 30
+            }
+        );
     }
 
     #[tokio::test]

@@ -1,9 +1,8 @@
 //! A slice's way out: RELEASING committed, the agent tears down, RELEASED committed; teardowns the
 //! hardware refused are retried until the node agrees.
 
+use crate::agents::AgentAction;
 use greenslice_core::slice::{SliceKind, SliceState};
-use greenslice_proto::v1 as pb;
-use pb::command::Action;
 use tracing::{info, warn};
 
 use super::{Controller, RELEASE_BLOCKED};
@@ -57,10 +56,10 @@ impl Controller {
                         self.teardown(
                             &r,
                             g,
-                            Action::UnassignGpu(pb::UnassignGpu {
+                            AgentAction::UnassignGpu {
                                 gpu_uuid: g.clone(),
                                 slice_id: r.id.clone(),
-                            }),
+                            },
                         )
                         .await?;
                     }
@@ -70,10 +69,10 @@ impl Controller {
                     self.teardown(
                         &r,
                         &g,
-                        Action::ClearShare(pb::ClearShare {
+                        AgentAction::ClearShare {
                             gpu_uuid: g.clone(),
                             slice_id: r.id.clone(),
-                        }),
+                        },
                     )
                     .await?;
                 }
@@ -83,17 +82,17 @@ impl Controller {
                     if let Some(gi) = r.mig.as_ref().and_then(|m| m.gpu_instance_id) {
                         let (gpu_uuid, slice_id) = (g.clone(), r.id.clone());
                         let action = if lent {
-                            Action::ReleaseMig(pb::ReleaseMigInstance {
+                            AgentAction::ReleaseMig {
                                 gpu_uuid,
                                 gpu_instance_id: gi,
                                 slice_id,
-                            })
+                            }
                         } else {
-                            Action::DestroyMig(pb::DestroyMigInstance {
+                            AgentAction::DestroyMig {
                                 gpu_uuid,
                                 gpu_instance_id: gi,
                                 slice_id,
-                            })
+                            }
                         };
                         self.teardown(&r, &g, action).await?;
                         if lent {
@@ -170,7 +169,7 @@ impl Controller {
         &self,
         r: &SliceRecord,
         gpu: &str,
-        action: Action,
+        action: AgentAction,
     ) -> Result<(), ControllerError> {
         match self.call(&r.node, action).await {
             Ok(_) => {}

@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greenslice_core::clock::ManualClock;
+use greenslice_core::sample::{AttributedSample, SliceActivity};
 use greenslice_core::slice::SliceState;
 use greenslice_proto::v1 as pb;
 
+use greenslice_core::inventory::NodeRegistration;
+
 use super::{Controller, CoreConfig};
+use crate::agents::{AgentAction, AgentCommand, CommandOutcome};
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::model::slice::SliceRecord;
 
@@ -45,12 +49,40 @@ pub(super) async fn controller(
     .unwrap()
 }
 
-/// Registers node `n1` with `gpus` H100s and answers every command for it as done: the
-/// controller's side of an agent session, without the network.
+/// Answers every command sent to `rx` with `answer`: the controller's side of an agent session,
+/// without the network.
+pub(super) fn serve_commands(
+    c: &Arc<Controller>,
+    mut rx: tokio::sync::mpsc::Receiver<AgentCommand>,
+    answer: impl Fn(&AgentAction) -> CommandOutcome + Send + 'static,
+) {
+    let c = Arc::downgrade(c);
+    tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            let Some(c) = c.upgrade() else { break };
+            c.agents.complete(cmd.id, answer(&cmd.action));
+        }
+    });
+}
+
+/// A command answered as done.
+pub(super) fn done(_: &AgentAction) -> CommandOutcome {
+    CommandOutcome {
+        ok: true,
+        ..Default::default()
+    }
+}
+
+/// A wire registration as the API hands it to the engine.
+pub(super) fn registration(reg: pb::Register) -> NodeRegistration {
+    greenslice_core::convert::registration_from_pb(&reg)
+}
+
+/// Registers node `n1` with `gpus` H100s and answers every command for it as done.
 pub(super) fn fake_node(c: &Arc<Controller>, gpus: usize) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
     c.agents.connect(NODE, tx);
-    c.register_node(&pb::Register {
+    c.register_node(&registration(pb::Register {
         node: NODE.into(),
         gpus: (0..gpus)
             .map(|i| pb::GpuInfo {
@@ -63,20 +95,8 @@ pub(super) fn fake_node(c: &Arc<Controller>, gpus: usize) {
             })
             .collect(),
         ..Default::default()
-    });
-    let c = Arc::downgrade(c);
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = rx.recv().await {
-            if let (Some(pb::controller_message::Msg::Command(cmd)), Some(c)) = (m.msg, c.upgrade())
-            {
-                c.agents.complete(pb::CommandResult {
-                    command_id: cmd.command_id,
-                    ok: true,
-                    ..Default::default()
-                });
-            }
-        }
-    });
+    }));
+    serve_commands(c, rx, done);
 }
 
 /// A controller on an in-memory ledger keeping finished slices `keep` long and at most `max`,
@@ -256,12 +276,12 @@ async fn a_restarted_controller_forgets_what_the_ledger_holds_beyond_the_cap() {
 }
 
 /// `gpus` GPUs at 300 W, each sampled every second: activity 20% for each live slice on it.
-pub(super) fn samples(c: &Controller, at: i64, gpus: usize) -> pb::SampleBatch {
-    let on = |g: &str| -> Vec<pb::SliceActivity> {
+pub(super) fn samples(c: &Controller, at: i64, gpus: usize) -> Vec<AttributedSample> {
+    let on = |g: &str| -> Vec<SliceActivity> {
         c.with_state(|st| {
             st.slices_on_gpu(g)
                 .filter(|s| s.is_live())
-                .map(|s| pb::SliceActivity {
+                .map(|s| SliceActivity {
                     slice_id: s.id.clone(),
                     sm_pct: 20.0,
                     activity_known: true,
@@ -270,18 +290,16 @@ pub(super) fn samples(c: &Controller, at: i64, gpus: usize) -> pb::SampleBatch {
                 .collect()
         })
     };
-    pb::SampleBatch {
-        samples: (0..gpus)
-            .map(|i| pb::GpuSample {
-                at_unix_ms: at,
-                gpu_uuid: gpu(i),
-                power_mw: Some(300_000),
-                energy_mj: Some(u64::try_from(at - T0).unwrap() * 300),
-                slices: on(&gpu(i)),
-                ..Default::default()
-            })
-            .collect(),
-    }
+    (0..gpus)
+        .map(|i| AttributedSample {
+            at_unix_ms: at,
+            gpu_uuid: gpu(i),
+            power_mw: Some(300_000),
+            energy_mj: Some(u64::try_from(at - T0).unwrap() * 300),
+            slices: on(&gpu(i)),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// What one run attributed: energy per tenant (mJ), and to tenants, unattributed and unallocated

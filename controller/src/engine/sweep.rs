@@ -3,8 +3,7 @@
 
 use std::collections::HashSet;
 
-use greenslice_proto::v1 as pb;
-use pb::command::Action;
+use crate::agents::AgentAction;
 use tracing::warn;
 
 use super::{Controller, PRUNE_STEP};
@@ -43,11 +42,11 @@ impl Controller {
         }
         self.call(
             node,
-            Action::DestroyMig(pb::DestroyMigInstance {
+            AgentAction::DestroyMig {
                 gpu_uuid: gpu.to_string(),
                 gpu_instance_id: gi,
                 slice_id: String::new(),
-            }),
+            },
         )
         .await?;
         self.lock().mirror_mig_destroyed(node, gpu, gi);
@@ -117,24 +116,24 @@ impl Controller {
                 self.with_state(|st| st.nodes.get(&k.node).is_some_and(|n| !n.may_create_mig()));
             let action = match (k.gpu_instance_id, k.whole) {
                 // A node that may not destroy instances only lent it: give it back.
-                (Some(gi), _) if read_only => Action::ReleaseMig(pb::ReleaseMigInstance {
+                (Some(gi), _) if read_only => AgentAction::ReleaseMig {
                     gpu_uuid: k.gpu.clone(),
                     gpu_instance_id: gi,
                     slice_id: k.slice.clone(),
-                }),
-                (Some(gi), _) => Action::DestroyMig(pb::DestroyMigInstance {
+                },
+                (Some(gi), _) => AgentAction::DestroyMig {
                     gpu_uuid: k.gpu.clone(),
                     gpu_instance_id: gi,
                     slice_id: k.slice.clone(),
-                }),
-                (None, true) => Action::UnassignGpu(pb::UnassignGpu {
+                },
+                (None, true) => AgentAction::UnassignGpu {
                     gpu_uuid: k.gpu.clone(),
                     slice_id: k.slice.clone(),
-                }),
-                (None, false) => Action::ClearShare(pb::ClearShare {
+                },
+                (None, false) => AgentAction::ClearShare {
                     gpu_uuid: k.gpu.clone(),
                     slice_id: k.slice.clone(),
-                }),
+                },
             };
             match self.call(&k.node, action).await {
                 Ok(_) => {

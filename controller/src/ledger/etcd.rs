@@ -454,7 +454,7 @@ struct Writer {
     revision: Arc<AtomicI64>,
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl BatchStore for Writer {
     async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
         let mut success = Vec::with_capacity(ops.len());

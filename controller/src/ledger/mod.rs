@@ -146,7 +146,7 @@ impl Op {
 }
 
 /// A store that writes a batch of changes in one durable transaction.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait BatchStore: Send + Sync + 'static {
     /// Applies every op, in order, atomically and durably. Ops name distinct ids.
     async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError>;
@@ -301,7 +301,7 @@ pub(crate) mod tests {
         batches: Mutex<Vec<Vec<Op>>>,
     }
 
-    #[tonic::async_trait]
+    #[async_trait::async_trait]
     impl BatchStore for Slow {
         async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
             tokio::time::sleep(Duration::from_millis(5)).await;

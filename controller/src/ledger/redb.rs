@@ -104,7 +104,7 @@ impl std::fmt::Debug for RedbLedger {
 /// The committer's handle: writes batches on the blocking pool.
 struct Blocking(Arc<Store>);
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl BatchStore for Blocking {
     async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
         let store = self.0.clone();

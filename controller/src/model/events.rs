@@ -8,6 +8,37 @@
 
 use std::collections::VecDeque;
 
+use super::slice::SliceRecord;
+
+/// What happened to a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The slice changed state; the event's slice is its new value.
+    StateChanged,
+    /// The slice is idle and will be reclaimed at the event's deadline unless used or kept.
+    IdleWarning,
+    /// The slice was reclaimed for idleness.
+    Reclaimed,
+    /// The slice's hardware is gone.
+    Lost,
+}
+
+/// One slice event, as watchers get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceEvent {
+    pub kind: EventKind,
+    /// The slice after the event.
+    pub slice: SliceRecord,
+    /// Human-readable explanation.
+    pub message: String,
+    /// For [`EventKind::IdleWarning`]: when the slice will be reclaimed, ms since the Unix epoch.
+    pub deadline_unix_ms: i64,
+    /// When the event happened, ms since the Unix epoch.
+    pub at_unix_ms: i64,
+    /// Position in the controller's event order (given when the event is emitted).
+    pub revision: u64,
+}
+
 /// Revisions one millisecond of wall time makes room for: a controller starting at time t gives
 /// revisions from `t << REVISION_SHIFT`, above any an earlier controller gave unless it made more
 /// than 1024 events per millisecond on average, or the clock went back. 10 bits keep revisions

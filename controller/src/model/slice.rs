@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use greenslice_core::convert::{spec_to_pb, state_to_pb};
 use greenslice_core::slice::{SliceSpec, SliceState};
-use greenslice_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 /// Where a MIG slice lives.
@@ -94,29 +92,6 @@ impl SliceRecord {
             SliceState::Pending | SliceState::Active | SliceState::Releasing => {
                 Some((self.created_ms, i64::MAX))
             }
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::Slice {
-        pb::Slice {
-            id: self.id.clone(),
-            tenant: self.tenant.clone(),
-            spec: Some(spec_to_pb(&self.spec)),
-            state: state_to_pb(self.state) as i32,
-            node: self.node.clone(),
-            gpu_uuids: self.gpus.clone(),
-            mig: self.mig.as_ref().map(|m| pb::MigPlacement {
-                profile: m.profile.clone(),
-                start: u32::from(m.start),
-                size: u32::from(m.size),
-                gpu_instance_id: m.gpu_instance_id.unwrap_or(0),
-                mig_uuid: m.mig_uuid.clone().unwrap_or_default(),
-            }),
-            env: self.env.clone().into_iter().collect(),
-            reason: self.reason.clone(),
-            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
-            created_unix_ms: self.created_ms,
-            updated_unix_ms: self.updated_ms,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::mig::{self, Placed};
-use greenslice_proto::v1 as pb;
+use greenslice_core::sample::AttributedSample;
 
 use crate::model::state::ClusterState;
 
@@ -108,7 +108,7 @@ pub const FRESH_SAMPLE_MS: i64 = 2 * 60_000;
 /// (no slice id, so its processes cannot be told apart), no compute process on the GPU at all.
 pub fn mig_gpus(
     st: &ClusterState,
-    latest: &dyn Fn(&str) -> Option<pb::GpuSample>,
+    latest: &dyn Fn(&str) -> Option<AttributedSample>,
     now_ms: i64,
 ) -> Vec<MigGpu> {
     let mut out = Vec::new();

@@ -15,7 +15,7 @@ pub mod history;
 use std::collections::{BTreeMap, VecDeque};
 
 use dashmap::DashMap;
-use greenslice_proto::v1 as pb;
+use greenslice_core::sample::AttributedSample;
 
 pub use accounting::{TenantWaste, WasteReport, accounting};
 use greenslice_core::time::HOUR_MS_I64;
@@ -114,7 +114,7 @@ pub const RAW_SAMPLES_PER_GPU: usize = 600;
 pub struct GpuSeries {
     pub node: String,
     /// Oldest first.
-    pub recent: VecDeque<pb::GpuSample>,
+    pub recent: VecDeque<AttributedSample>,
 }
 
 /// Samples of every GPU.
@@ -132,9 +132,9 @@ pub struct Telemetry {
 impl Telemetry {
     /// Stores a batch from `node`. Samples older than the newest kept for their GPU are dropped
     /// (an agent that resent a batch after reconnecting). Returns the samples accepted, in order.
-    pub fn ingest(&self, node: &str, batch: &pb::SampleBatch) -> Vec<pb::GpuSample> {
+    pub fn ingest(&self, node: &str, samples: &[AttributedSample]) -> Vec<AttributedSample> {
         let mut accepted = Vec::new();
-        for s in &batch.samples {
+        for s in samples {
             let mut e = self.gpus.entry(s.gpu_uuid.clone()).or_default();
             e.node = node.to_string();
             if e.recent
@@ -153,12 +153,12 @@ impl Telemetry {
     }
 
     /// The latest sample of a GPU.
-    pub fn latest(&self, gpu: &str) -> Option<pb::GpuSample> {
+    pub fn latest(&self, gpu: &str) -> Option<AttributedSample> {
         self.gpus.get(gpu).and_then(|s| s.recent.back().cloned())
     }
 
     /// Recent samples of a GPU (oldest first).
-    pub fn recent(&self, gpu: &str) -> Vec<pb::GpuSample> {
+    pub fn recent(&self, gpu: &str) -> Vec<AttributedSample> {
         self.gpus
             .get(gpu)
             .map(|s| s.recent.iter().cloned().collect())
@@ -176,7 +176,7 @@ impl Telemetry {
     pub fn record_usage(
         &self,
         node: &str,
-        accepted: &[pb::GpuSample],
+        accepted: &[AttributedSample],
         info: &dyn Fn(&str) -> Option<SliceInfo>,
     ) {
         // A slice on several GPUs gets one point per instant: its GPUs' activity summed.
@@ -323,8 +323,8 @@ impl Telemetry {
 mod tests {
     use super::*;
 
-    fn s(gpu: &str, at: i64) -> pb::GpuSample {
-        pb::GpuSample {
+    fn s(gpu: &str, at: i64) -> AttributedSample {
+        AttributedSample {
             at_unix_ms: at,
             gpu_uuid: gpu.into(),
             ..Default::default()
@@ -334,24 +334,14 @@ mod tests {
     #[test]
     fn keeps_a_bounded_ordered_window_and_drops_resent_samples() {
         let t = Telemetry::default();
-        let batch = pb::SampleBatch {
-            samples: (0..(RAW_SAMPLES_PER_GPU as i64 + 10))
-                .map(|i| s("g", i * 1000))
-                .collect(),
-        };
+        let batch: Vec<_> = (0..(RAW_SAMPLES_PER_GPU as i64 + 10))
+            .map(|i| s("g", i * 1000))
+            .collect();
         assert_eq!(t.ingest("n", &batch).len(), RAW_SAMPLES_PER_GPU + 10);
         assert_eq!(t.recent("g").len(), RAW_SAMPLES_PER_GPU);
         assert_eq!(t.recent("g")[0].at_unix_ms, 10_000);
         // Resent old samples are ignored.
-        assert!(
-            t.ingest(
-                "n",
-                &pb::SampleBatch {
-                    samples: vec![s("g", 5_000)]
-                }
-            )
-            .is_empty()
-        );
+        assert!(t.ingest("n", &[s("g", 5_000)]).is_empty());
         assert_eq!(
             t.latest("g").unwrap().at_unix_ms,
             (RAW_SAMPLES_PER_GPU as i64 + 9) * 1000
