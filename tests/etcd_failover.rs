@@ -237,20 +237,6 @@ async fn leader_and_standby(dir: &std::path::Path, client_url: &str) -> Pair {
     }
 }
 
-/// `GET path` on loopback `port` (HTTP/1.0): the whole response, empty if nothing answers.
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let _ = s
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
-}
-
 /// Starts etcd in `dir` and makes a controller named `id` its leader; returns etcd (killed when
 /// dropped) and the leader's ledger.
 async fn leader_ledger(

@@ -15,6 +15,11 @@ pub const SHARE_RESOURCE: &str = "greenslice.io/gpu-share";
 pub const MIG_RESOURCE_PREFIX: &str = "greenslice.io/mig-";
 /// `slice_class` of the slices that stand for kubelet allocations.
 pub const SLICE_CLASS: &str = "kubelet";
+/// Tenant of a kubelet slice between the device plugin's Allocate answer and the pod-resources read
+/// that names its pod (the device-plugin API does not say which pod an Allocate is for). The slice
+/// reserves its devices against tenant placement and re-layout from the moment Allocate answers;
+/// its tenant becomes the pod's namespace as soon as pod-resources lists the pod.
+pub const PENDING_TENANT: &str = "kubelet-pending";
 
 /// Longest name part (after the `/`) of a Kubernetes qualified name, characters.
 const MAX_NAME_PART_LEN: usize = 63;

@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod kubelet;
 pub mod limits;
 pub mod mig;
+pub mod notice;
 pub mod sample;
 pub mod slice;
 pub mod time;

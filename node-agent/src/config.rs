@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub kubelet: KubeletSection,
     pub tls: TlsSection,
     pub agent: AgentSection,
+    /// Share limits enforced by watching (see `crate::enforce` and docs/ISOLATION.md).
+    pub enforce: crate::enforce::EnforceConfig,
 }
 
 /// Where the NVML backend keeps its node checkpoint unless told otherwise.
@@ -236,6 +238,7 @@ impl Default for AgentConfig {
             kubelet: KubeletSection::default(),
             tls: TlsSection::default(),
             agent: AgentSection::default(),
+            enforce: crate::enforce::EnforceConfig::default(),
         }
     }
 }

@@ -2,12 +2,14 @@
 //! long-lived stream to the controller, applies the controller's commands and reports actual state, and
 //! serves the kubelet as its device plugin ([`kubelet`]).
 
-// `unsafe` lives only in backend::nvml::mig_raw, which allows it and documents every block.
+// `unsafe` lives only in backend::nvml::mig_raw and backend::signal (kill(2)), which allow it
+// and document every block.
 #![deny(unsafe_code)]
 
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod enforce;
 pub mod kubelet;
 pub mod metrics;
 pub mod session;

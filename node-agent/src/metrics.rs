@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
@@ -27,6 +28,8 @@ pub struct AgentMetrics {
     pub batches_sent: Counter,
     /// GPU samples waiting for the next batch.
     pub pending_samples: Gauge,
+    /// What limit enforcement did or saw, by kind (`crate::enforce::NoticeKind`).
+    pub limit_actions: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for AgentMetrics {
@@ -39,6 +42,7 @@ impl Default for AgentMetrics {
             sample_duration: FGauge::default(),
             batches_sent: Counter::default(),
             pending_samples: Gauge::default(),
+            limit_actions: Family::default(),
         };
         m.register(
             "greenslice_agent_samples",
@@ -69,6 +73,11 @@ impl Default for AgentMetrics {
             "greenslice_agent_pending_samples",
             "GPU samples waiting for the next batch",
             m.pending_samples.clone(),
+        );
+        m.register(
+            "greenslice_agent_limit_actions",
+            "Share limits enforced by watching: over-limit warnings, SIGTERMs, SIGKILLs and compute reports, by kind",
+            m.limit_actions.clone(),
         );
         m
     }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, GpuBackend};
+use crate::enforce::{self, EnforceConfig, Enforcer, Notice, Observed, ShareLimit};
 
 /// A backend shared between the session and other agent tasks.
 pub type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
@@ -273,6 +274,8 @@ pub struct SessionConfig {
     pub kubelet: Option<KubeletReports>,
     /// TLS to the controller (CA and this agent's client certificate) for `https://` URLs.
     pub tls: greenslice_proto::client::ClientTls,
+    /// Share limits enforced by watching, on every sampling pass (see [`crate::enforce`]).
+    pub enforce: EnforceConfig,
     /// Files to read `tls` from again before every connection, so a rotated certificate is used
     /// from the next session on (the controller ends a session whose certificate expired or was
     /// revoked). Files that cannot be read leave `tls` as it was.
@@ -314,25 +317,129 @@ impl SessionConfig {
             metrics: None,
             kubelet: None,
             tls: Default::default(),
+            enforce: EnforceConfig::default(),
             tls_files: None,
         }
     }
 }
 
-/// Samples every GPU once and maps the activity to slices.
-pub fn sample_once(backend: &SharedBackend) -> Result<Vec<pb::GpuSample>, BackendError> {
+/// Samples every GPU once and maps the activity to slices (the backend's and the `kubelet`'s).
+pub fn sample_once(
+    backend: &SharedBackend,
+    kubelet: &[crate::usage::KubeletHolder],
+) -> Result<Vec<pb::GpuSample>, BackendError> {
+    sample_and_enforce(backend, kubelet, None).map(|(s, _)| s)
+}
+
+/// Limit enforcement's state and settings, for [`sample_and_enforce`].
+pub type Enforcement<'a> = (&'a mut Enforcer, &'a EnforceConfig);
+
+/// [`sample_once`], then share limits enforced on what the pass measured (see
+/// [`crate::enforce`]): signals are sent here, the notices for the tenants are returned.
+pub fn sample_and_enforce(
+    backend: &SharedBackend,
+    kubelet: &[crate::usage::KubeletHolder],
+    enforce: Option<Enforcement<'_>>,
+) -> Result<(Vec<pb::GpuSample>, Vec<Notice>), BackendError> {
     let mut b = lock(backend);
     let sample = b.sample()?;
     let gpus = b.inventory()?;
-    let owner = |pid: u32| b.process_owner(pid);
-    Ok(sample
-        .gpus
+    let samples: Vec<pb::GpuSample> = {
+        let owner = |pid: u32| b.process_owner(pid);
+        sample
+            .gpus
+            .iter()
+            .filter_map(|s| {
+                let g = gpus.iter().find(|g| g.uuid == s.gpu_uuid)?;
+                Some(crate::usage::map_sample(
+                    sample.at_ms,
+                    s,
+                    g,
+                    &owner,
+                    kubelet,
+                ))
+            })
+            .collect()
+    };
+    let Some((enforcer, cfg)) = enforce else {
+        return Ok((samples, Vec::new()));
+    };
+    // Every share's limits: the backend's and the kubelet's.
+    let mut limits: Vec<ShareLimit> = gpus
         .iter()
-        .filter_map(|s| {
-            let g = gpus.iter().find(|g| g.uuid == s.gpu_uuid)?;
-            Some(crate::usage::map_sample(sample.at_ms, s, g, &owner))
+        .flat_map(|g| {
+            g.shares.iter().map(|s| ShareLimit {
+                slice_id: s.slice_id.clone(),
+                gpu_uuid: g.uuid.clone(),
+                compute_fraction: s.compute_fraction,
+                memory_bytes: s.memory_bytes,
+            })
         })
-        .collect())
+        .collect();
+    limits.extend(kubelet.iter().filter_map(|k| {
+        let (compute_fraction, memory_bytes) = k.share?;
+        Some(ShareLimit {
+            slice_id: k.slice_id.clone(),
+            gpu_uuid: k.gpu_uuid.clone(),
+            compute_fraction,
+            memory_bytes,
+        })
+    }));
+    let mut procs = Vec::new();
+    for s in &sample.gpus {
+        for p in s.processes.as_deref().unwrap_or(&[]) {
+            let Some(slice_id) = b.process_owner(p.pid) else {
+                continue;
+            };
+            let sm_pct = s
+                .process_util
+                .as_deref()
+                .and_then(|u| u.iter().find(|u| u.pid == p.pid))
+                .map(|u| u.sm_pct);
+            procs.push(Observed {
+                gpu_uuid: s.gpu_uuid.clone(),
+                pid: p.pid,
+                slice_id,
+                memory_bytes: p.used_memory_bytes,
+                sm_pct,
+            });
+        }
+    }
+    let mut notices = Vec::new();
+    for a in enforcer.step(cfg, sample.at_ms, &limits, &procs) {
+        match a {
+            enforce::Action::Signal {
+                pid,
+                slice_id,
+                signal,
+            } => {
+                // The pid was this slice's in this very pass, under the backend's lock.
+                match b.signal_process(pid, signal) {
+                    Ok(()) => {
+                        warn!(pid, slice = %slice_id, ?signal, "process of a share over its limits signalled")
+                    }
+                    Err(e) => {
+                        warn!(pid, slice = %slice_id, ?signal, error = %e, "cannot stop a process of a share over its limits")
+                    }
+                }
+            }
+            enforce::Action::Notice(n) => notices.push(n),
+        }
+    }
+    Ok((samples, notices))
+}
+
+/// A limit notice as the controller receives it.
+fn notice_message(n: &Notice, at_ms: i64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Notice(pb::SliceNotice {
+            slice_id: n.slice_id.clone(),
+            kind: n.kind.as_str().to_string(),
+            pid: n.pid.unwrap_or(0),
+            message: n.message.clone(),
+            at_unix_ms: at_ms,
+        })),
+    }
 }
 
 /// Samples at `sample_interval` and sends a batch every `batch_interval` until the channel closes.
@@ -350,13 +457,36 @@ async fn sampler(
     let mut last_sent = now
         .checked_sub(cfg.batch_interval.mul_f64(rand::random::<f64>()))
         .unwrap_or(now);
+    let enforcer = Arc::new(Mutex::new(Enforcer::default()));
     loop {
         let scheduled = tick.tick().await;
         let started = tokio::time::Instant::now();
         let b = backend.clone();
-        let ok = match tokio::task::spawn_blocking(move || sample_once(&b)).await {
-            Ok(Ok(s)) => {
+        let holders = cfg
+            .kubelet
+            .as_ref()
+            .and_then(|k| k.borrow().as_ref().map(crate::usage::kubelet_holders))
+            .unwrap_or_default();
+        let (en, ecfg) = (enforcer.clone(), cfg.enforce.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut en = en.lock().unwrap_or_else(|p| p.into_inner());
+            sample_and_enforce(&b, &holders, Some((&mut en, &ecfg)))
+        });
+        let ok = match pass.await {
+            Ok(Ok((s, notices))) => {
                 batch.extend(s);
+                let at =
+                    greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
+                for n in &notices {
+                    if let Some(m) = &cfg.metrics {
+                        m.limit_actions
+                            .get_or_create(&vec![("kind".to_string(), n.kind.as_str().to_string())])
+                            .inc();
+                    }
+                    if tx.send(notice_message(n, at)).await.is_err() {
+                        return;
+                    }
+                }
                 true
             }
             Ok(Err(e)) => {

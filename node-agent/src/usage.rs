@@ -19,6 +19,43 @@ use greenslice_core::mig;
 use greenslice_core::sample::GpuSample;
 use greenslice_proto::v1 as pb;
 
+/// A slice the kubelet granted (see [`crate::kubelet::grants`]): its GPU's or MIG instance's
+/// activity belongs to it as a tenant slice's does, though the backend does not hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeletHolder {
+    pub gpu_uuid: String,
+    /// The MIG instance it holds; `None` for a whole GPU or a share.
+    pub gpu_instance_id: Option<u32>,
+    pub slice_id: String,
+    /// Whether it holds the GPU whole.
+    pub whole: bool,
+    /// A share's limits (compute fraction, memory bytes); `None` for whole GPUs and MIG.
+    pub share: Option<(f64, u64)>,
+}
+
+/// The holders the kubelet's allocations make.
+pub fn kubelet_holders(report: &pb::KubeletAllocations) -> Vec<KubeletHolder> {
+    let mut out = Vec::new();
+    for a in &report.allocations {
+        let kind = a.spec.as_ref().and_then(|s| s.kind.as_ref());
+        let whole = matches!(kind, Some(pb::slice_spec::Kind::Whole(_)));
+        let share = match kind {
+            Some(pb::slice_spec::Kind::Share(s)) => Some((s.compute_fraction, s.memory_bytes)),
+            _ => None,
+        };
+        for g in &a.gpu_uuids {
+            out.push(KubeletHolder {
+                gpu_uuid: g.clone(),
+                gpu_instance_id: a.mig.as_ref().map(|m| m.gpu_instance_id),
+                slice_id: a.slice_id.clone(),
+                whole,
+                share,
+            });
+        }
+    }
+    out
+}
+
 #[derive(Default)]
 struct Acc {
     sm_pct: f64,
@@ -27,13 +64,16 @@ struct Acc {
     known: bool,
 }
 
-/// Maps one GPU sample to slices. `owner` answers which slice launched a process.
+/// Maps one GPU sample to slices. `owner` answers which slice launched a process; `kubelet` are
+/// the slices the kubelet granted on the node.
 pub fn map_sample(
     at_ms: i64,
     s: &GpuSample,
     gpu: &Gpu,
     owner: &dyn Fn(u32) -> Option<String>,
+    kubelet: &[KubeletHolder],
 ) -> pb::GpuSample {
+    let kubelet: Vec<&KubeletHolder> = kubelet.iter().filter(|k| k.gpu_uuid == gpu.uuid).collect();
     let mut slices: BTreeMap<String, Acc> = BTreeMap::new();
     let mut unattributed = 0.0;
     let procs = s.processes.as_deref().unwrap_or(&[]);
@@ -52,7 +92,13 @@ pub fn map_sample(
                 .fold((0u64, 0u32), |(m, n), p| {
                     (m + p.used_memory_bytes.unwrap_or(0), n + 1)
                 });
-            match &inst.slice_id {
+            let holder = inst.slice_id.clone().or_else(|| {
+                kubelet
+                    .iter()
+                    .find(|k| k.gpu_instance_id == Some(inst.gpu_instance_id))
+                    .map(|k| k.slice_id.clone())
+            });
+            match &holder {
                 Some(id) => {
                     let a = slices.entry(id.clone()).or_default();
                     a.sm_pct += sm.unwrap_or(0.0);
@@ -64,11 +110,23 @@ pub fn map_sample(
             }
         }
     } else {
+        let whole_holder = gpu.whole_slice_id.clone().or_else(|| {
+            kubelet
+                .iter()
+                .find(|k| k.whole && k.gpu_instance_id.is_none())
+                .map(|k| k.slice_id.clone())
+        });
         let holders: Vec<&str> = gpu
             .shares
             .iter()
             .map(|sh| sh.slice_id.as_str())
-            .chain(gpu.whole_slice_id.as_deref())
+            .chain(whole_holder.as_deref())
+            .chain(
+                kubelet
+                    .iter()
+                    .filter(|k| !k.whole && k.gpu_instance_id.is_none())
+                    .map(|k| k.slice_id.as_str()),
+            )
             .collect();
         for h in &holders {
             slices.entry(h.to_string()).or_default();
@@ -88,7 +146,7 @@ pub fn map_sample(
             for a in slices.values_mut() {
                 a.known = true;
             }
-        } else if let (Some(w), Some(u)) = (&gpu.whole_slice_id, s.gpu_util_pct) {
+        } else if let (Some(w), Some(u)) = (&whole_holder, s.gpu_util_pct) {
             let a = slices.entry(w.clone()).or_default();
             a.sm_pct = f64::from(u);
             a.known = true;
@@ -210,7 +268,7 @@ mod tests {
             12 => Some("elsewhere".to_string()),
             _ => None,
         };
-        let m = map_sample(5, &s, &g, &owner);
+        let m = map_sample(5, &s, &g, &owner, &[]);
         let by: BTreeMap<_, _> = m.slices.iter().map(|a| (a.slice_id.as_str(), a)).collect();
         assert_eq!(by["a"].sm_pct, 20.0);
         assert_eq!(by["a"].memory_bytes, 100);
@@ -254,7 +312,7 @@ mod tests {
                 dram_bw_util_pct: None,
             },
         ];
-        let m = map_sample(5, &s, &g, &|_| None);
+        let m = map_sample(5, &s, &g, &|_| None, &[]);
         assert_eq!(m.slices.len(), 1);
         assert!(
             (m.slices[0].sm_pct - 30.0).abs() < 1e-9,
@@ -280,7 +338,7 @@ mod tests {
             slice_id: Some("m".into()),
         });
         let s = GpuSample::empty("GPU-1");
-        let m = map_sample(5, &s, &g, &|_| None);
+        let m = map_sample(5, &s, &g, &|_| None, &[]);
         assert!(!m.slices[0].activity_known);
     }
 
@@ -291,7 +349,7 @@ mod tests {
         let mut s = GpuSample::empty("GPU-1");
         s.gpu_util_pct = Some(64);
         s.processes = Some(vec![]);
-        let m = map_sample(5, &s, &g, &|_| None);
+        let m = map_sample(5, &s, &g, &|_| None, &[]);
         assert_eq!(m.slices[0].sm_pct, 64.0);
         assert!(m.no_compute_processes);
     }

@@ -10,6 +10,7 @@ use greenslice_agent::backend::GpuBackend;
 use greenslice_agent::backend::sim::{SimBackend, SimConfig};
 use greenslice_agent::kubelet::choose::{ChooseError, ControllerChooser, DeviceChooser};
 use greenslice_agent::kubelet::devices::{AllocateOptions, share_unit_id};
+use greenslice_agent::kubelet::grants::{Grants, PersistFn};
 use greenslice_agent::kubelet::{self, InventoryFn, Kubelet, KubeletOptions, uds};
 use greenslice_proto::deviceplugin::v1beta1 as dp;
 use greenslice_proto::podresources::v1 as pr;
@@ -142,6 +143,15 @@ struct Fixture {
 }
 
 fn options(dir: &Path, chooser: Option<Arc<dyn DeviceChooser>>) -> KubeletOptions {
+    options_with(dir, chooser, Grants::in_memory(), Duration::from_millis(20))
+}
+
+fn options_with(
+    dir: &Path,
+    chooser: Option<Arc<dyn DeviceChooser>>,
+    grants: Arc<Grants>,
+    pod_resources_interval: Duration,
+) -> KubeletOptions {
     KubeletOptions {
         node: "kube-test".into(),
         device_plugin_dir: dir.to_path_buf(),
@@ -152,13 +162,18 @@ fn options(dir: &Path, chooser: Option<Arc<dyn DeviceChooser>>) -> KubeletOption
         },
         health_interval: Duration::from_millis(20),
         kubelet_poll: Duration::from_millis(20),
-        pod_resources_interval: Duration::from_millis(20),
+        pod_resources_interval,
         chooser,
         eviction_allowed: false,
+        grants,
     }
 }
 
 async fn fixture(chooser: Option<Arc<dyn DeviceChooser>>) -> Fixture {
+    fixture_with(|dir| options(dir, chooser)).await
+}
+
+async fn fixture_with(opts: impl FnOnce(&Path) -> KubeletOptions) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (fake_kubelet, registrations) = serve_registration(&dir);
@@ -173,7 +188,7 @@ async fn fixture(chooser: Option<Arc<dyn DeviceChooser>>) -> Fixture {
             .await;
     });
     let node = Node::new();
-    let kubelet = kubelet::start(options(&dir, chooser), node.inventory());
+    let kubelet = kubelet::start(opts(&dir), node.inventory());
     Fixture {
         _tmp: tmp,
         dir,
@@ -805,4 +820,175 @@ async fn kubelet_allocations_reach_the_controller_on_the_agent_stream() {
             other => panic!("expected kubelet allocations, got {other:?}"),
         }
     }
+}
+
+/// Waits for a report that `done` accepts.
+async fn report_where(
+    f: &Fixture,
+    done: impl Fn(&pb::KubeletAllocations) -> bool,
+) -> pb::KubeletAllocations {
+    let mut rx = f.kubelet.allocations.clone();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone()
+                && done(&r)
+            {
+                return r;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a report within the deadline")
+}
+
+#[tokio::test]
+async fn allocate_hands_out_a_slice_id_reserved_at_once_and_named_by_the_pod_later() {
+    // Pod-resources is read only every hour: what the report shows soon after Allocate comes from
+    // the grant itself, not from the periodic read.
+    let mut f =
+        fixture_with(|dir| options_with(dir, None, Grants::in_memory(), Duration::from_secs(3600)))
+            .await;
+    registered(&mut f.registrations).await;
+    let g1 = f.node.uuids[1].clone();
+    let g2 = f.node.uuids[2].clone();
+    let mut g = plugin(&f.dir, "greenslice-gpu.sock").await;
+    let r = g
+        .allocate(dp::AllocateRequest {
+            container_requests: vec![dp::ContainerAllocateRequest {
+                devices_ids: vec![g1.clone()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.container_responses[0].envs["GREENSLICE_SLICE_ID"].clone();
+    assert!(id.starts_with("k-"), "{id}");
+
+    let report = report_where(&f, |r| !r.allocations.is_empty()).await;
+    assert_eq!(report.allocations.len(), 1);
+    let a = &report.allocations[0];
+    assert_eq!(
+        a.slice_id, id,
+        "the report names the slice the container was told"
+    );
+    assert_eq!(a.tenant, greenslice_core::kubelet::PENDING_TENANT);
+    assert_eq!(a.gpu_uuids, std::slice::from_ref(&g1));
+    assert_eq!(a.resource, "greenslice.io/gpu");
+
+    // Two containers in one Allocate: a slice each, both reserved.
+    let mut s = plugin(&f.dir, "greenslice-gpu-share.sock").await;
+    let r = s
+        .allocate(dp::AllocateRequest {
+            container_requests: vec![
+                dp::ContainerAllocateRequest {
+                    devices_ids: units(&g2, 0..10),
+                },
+                dp::ContainerAllocateRequest {
+                    devices_ids: units(&g2, 10..30),
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let share_ids: Vec<String> = r
+        .container_responses
+        .iter()
+        .map(|c| c.envs["GREENSLICE_SLICE_ID"].clone())
+        .collect();
+    assert_ne!(share_ids[0], share_ids[1]);
+    let report = report_where(&f, |r| r.allocations.len() == 3).await;
+    for sid in &share_ids {
+        let a = report
+            .allocations
+            .iter()
+            .find(|a| &a.slice_id == sid)
+            .unwrap_or_else(|| panic!("{sid} reported"));
+        assert_eq!(a.gpu_uuids, std::slice::from_ref(&g2));
+    }
+
+    // The kubelet now lists the pod with the whole GPU: the same slice, now the pod's namespace
+    // (re-read while grants are pending, not after the hour).
+    *f.pods.0.lock().unwrap() = pr::ListPodResourcesResponse {
+        pod_resources: vec![pod(
+            "team-a",
+            "trainer-0",
+            "main",
+            vec![("greenslice.io/gpu", vec![g1.clone()])],
+        )],
+    };
+    let report = report_where(&f, |r| r.allocations.iter().any(|a| a.pod == "trainer-0")).await;
+    let a = report
+        .allocations
+        .iter()
+        .find(|a| a.pod == "trainer-0")
+        .unwrap();
+    assert_eq!(
+        a.slice_id, id,
+        "the pod keeps the slice id its container holds"
+    );
+    assert_eq!(a.tenant, "team-a");
+    // The shares are still pending, still reserved.
+    assert_eq!(
+        report
+            .allocations
+            .iter()
+            .filter(|a| a.tenant == greenslice_core::kubelet::PENDING_TENANT)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn allocate_is_refused_when_the_grant_cannot_be_recorded() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let recorded: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let persist: PersistFn = {
+        let (fail, recorded) = (fail.clone(), recorded.clone());
+        Arc::new(move |gs| {
+            if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("disk full".into());
+            }
+            recorded
+                .lock()
+                .unwrap()
+                .push(gs.iter().map(|g| g.slice_id.clone()).collect());
+            Ok(())
+        })
+    };
+    let grants = Grants::persisted(Vec::new(), persist);
+    let book = grants.clone();
+    let mut f =
+        fixture_with(move |dir| options_with(dir, None, grants, Duration::from_millis(20))).await;
+    registered(&mut f.registrations).await;
+    let mut g = plugin(&f.dir, "greenslice-gpu.sock").await;
+    let req = dp::AllocateRequest {
+        container_requests: vec![dp::ContainerAllocateRequest {
+            devices_ids: vec![f.node.uuids[1].clone()],
+        }],
+    };
+    let e = g.allocate(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("disk full"), "{}", e.message());
+    assert!(
+        book.snapshot().is_empty(),
+        "nothing kept of a refused grant"
+    );
+
+    // The disk is back: the kubelet's retry is granted and recorded before the answer.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = g.allocate(req).await.unwrap().into_inner();
+    let id = r.container_responses[0].envs["GREENSLICE_SLICE_ID"].clone();
+    let snap = book.snapshot();
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].slice_id, id);
+    assert!(
+        recorded
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|ids| ids == std::slice::from_ref(&id)),
+        "the grant was written through the checkpoint"
+    );
 }

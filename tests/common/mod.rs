@@ -316,3 +316,17 @@ pub fn promtool_check(what: &str, text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `GET path` on loopback `port` (HTTP/1.0): the whole response, empty if nothing answers.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}

@@ -312,6 +312,12 @@ impl AgentService for AgentApi {
                             warn!(%node, error = %e, "kubelet allocations refused");
                         }
                     }
+                    Some(pb::agent_message::Msg::Notice(n)) => {
+                        // Checked above: the kind is known.
+                        if let Some(kind) = greenslice_core::notice::NoticeKind::parse(&n.kind) {
+                            controller.limit_notice(&node, &n.slice_id, kind, &n.message);
+                        }
+                    }
                     Some(pb::agent_message::Msg::Samples(b)) => {
                         let gpus: HashSet<String> = controller.with_state(|st| {
                             st.nodes

@@ -173,6 +173,7 @@ fn event_to_pb(ev: &SliceEvent) -> pb::SliceEvent {
         EventKind::IdleWarning => pb::SliceEventKind::IdleWarning,
         EventKind::Reclaimed => pb::SliceEventKind::Reclaimed,
         EventKind::Lost => pb::SliceEventKind::Lost,
+        EventKind::Limit => pb::SliceEventKind::Limit,
     };
     pb::SliceEvent {
         kind: kind as i32,

@@ -393,6 +393,24 @@ fn kubelet_allocations(k: &pb::KubeletAllocations) -> Checked {
     lim::check_each("allocations", &k.allocations, kubelet_allocation)
 }
 
+fn slice_notice(n: &pb::SliceNotice) -> Checked {
+    lim::check_slice_id("slice_id", &n.slice_id)?;
+    if greenslice_core::notice::NoticeKind::parse(&n.kind).is_none() {
+        return Err(LimitError::new(
+            "kind",
+            format!(
+                "{:?} is not a limit notice kind (one of {})",
+                n.kind,
+                greenslice_core::notice::NoticeKind::ALL
+                    .map(|k| k.as_str())
+                    .join(", ")
+            ),
+        ));
+    }
+    lim::check_message("message", &n.message)?;
+    lim::check_unix_ms("at_unix_ms", n.at_unix_ms)
+}
+
 /// A message on an agent's stream after its Register. A second Register is a protocol error; a
 /// message with no known content (a newer agent's) passes and is ignored by the caller.
 pub fn agent_message(m: &pb::AgentMessage) -> Result<(), Status> {
@@ -407,6 +425,7 @@ pub fn agent_message(m: &pb::AgentMessage) -> Result<(), Status> {
         Some(Msg::State(s)) => gpus("gpus", &s.gpus).map_err(|e| e.within("state")),
         Some(Msg::Samples(b)) => sample_batch(b).map_err(|e| e.within("samples")),
         Some(Msg::Kubelet(k)) => kubelet_allocations(k).map_err(|e| e.within("kubelet")),
+        Some(Msg::Notice(n)) => slice_notice(n).map_err(|e| e.within("notice")),
         None => Ok(()),
     };
     status(checked)

@@ -34,6 +34,7 @@ mod energy_book;
 mod gauges;
 mod kubelet;
 mod lifecycle;
+mod notices;
 mod reclaim_loop;
 mod recovery;
 mod relayout;

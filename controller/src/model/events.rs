@@ -21,6 +21,9 @@ pub enum EventKind {
     Reclaimed,
     /// The slice's hardware is gone.
     Lost,
+    /// A process of the slice went over its share's limits; the node agent warned, stopped or
+    /// killed it, or reported its compute (the message says which).
+    Limit,
 }
 
 /// One slice event, as watchers get it.

@@ -44,6 +44,12 @@ pub struct TenantLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub node: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -81,6 +87,8 @@ pub struct Metrics {
     /// Capacity held by live slices, GPUs.
     pub allocated: Family<TenantLabels, FGauge>,
     pub idle_warnings: Family<ReasonLabels, Counter>,
+    /// Limit notices from the node agents (share limits enforced by watching), by kind.
+    pub limit_notices: Family<LimitLabels, Counter>,
     pub reclaims: Family<ReasonLabels, Counter>,
     /// Slices warned and not yet reclaimed or withdrawn.
     pub warned_slices: Gauge,
@@ -137,6 +145,7 @@ impl Default for Metrics {
             idle_allocated: Family::default(),
             allocated: Family::default(),
             idle_warnings: Family::default(),
+            limit_notices: Family::default(),
             reclaims: Family::default(),
             warned_slices: Gauge::default(),
             dry_run_candidates: Gauge::default(),
@@ -265,6 +274,11 @@ impl Default for Metrics {
             m.idle_warnings.clone(),
         );
         m.register(
+            "greenslice_limit_notices",
+            "Share limits enforced by the node agents: over-limit warnings, SIGTERMs, SIGKILLs and compute reports, by node and kind",
+            m.limit_notices.clone(),
+        );
+        m.register(
             "greenslice_reclaims",
             "Slices reclaimed by the idle policy",
             m.reclaims.clone(),
@@ -351,6 +365,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
         out
+    }
+
+    pub fn limit_notice(&self, node: &str, kind: &str) {
+        self.limit_notices
+            .get_or_create(&LimitLabels {
+                node: node.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     pub fn idle_warning(&self, reason: &str) {

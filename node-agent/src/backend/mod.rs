@@ -3,8 +3,11 @@
 //! [`GpuBackend`] is implemented by the NVML backend (real NVIDIA GPUs) and the simulator (everywhere
 //! else, and in tests). The agent talks only to this trait.
 
+// kill(2): the one unsafe call outside NVML, with its SAFETY note.
 pub mod nvml;
 pub mod readonly;
+#[allow(unsafe_code)]
+pub mod signal;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -55,6 +58,10 @@ pub enum BackendError {
     /// recorded, so it is not acknowledged.
     #[error("node checkpoint: {0}")]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A signal to a slice's process could not be sent (the agent may lack hostPID or the right
+    /// to signal it).
+    #[error("cannot signal process {pid}: {msg}")]
+    Signal { pid: u32, msg: String },
 }
 
 /// The host a backend runs on.
@@ -124,6 +131,16 @@ pub trait GpuBackend: Send {
     /// agent to see the host's processes (hostPID in Kubernetes).
     fn process_owner(&self, pid: u32) -> Option<String> {
         slice_id_from_environ(&std::fs::read(format!("/proc/{pid}/environ")).ok()?)
+    }
+    /// Sends `signal` to a slice's process `pid` (limit enforcement, reclaim). By default a real
+    /// signal (kill(2)), which needs the agent to see and be allowed to signal the host's
+    /// processes (hostPID and root in Kubernetes). A process already gone is not an error.
+    fn signal_process(
+        &mut self,
+        pid: u32,
+        signal: crate::enforce::StopSignal,
+    ) -> Result<(), BackendError> {
+        signal::send(pid, signal)
     }
     /// The simulator behind this backend, if it is one: lets a demo, replay or test that holds a
     /// `Box<dyn GpuBackend>` set workloads, reload the driver or mark GPUs unhealthy.
@@ -222,6 +239,20 @@ pub trait GpuBackend: Send {
     ) -> Result<bool, BackendError> {
         let _ = ledger;
         Ok(false)
+    }
+    /// The kubelet grants kept in the node checkpoint ([`crate::kubelet::grants`]); none for a
+    /// backend without one.
+    fn kubelet_grants(&self) -> Vec<crate::checkpoint::KubeletGrant> {
+        Vec::new()
+    }
+    /// Records the kubelet grants in the node checkpoint before Allocate answers; a backend
+    /// without a checkpoint keeps them nowhere (they live in the agent's memory).
+    fn record_kubelet_grants(
+        &mut self,
+        grants: &[crate::checkpoint::KubeletGrant],
+    ) -> Result<(), BackendError> {
+        let _ = grants;
+        Ok(())
     }
 }
 

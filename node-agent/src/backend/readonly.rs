@@ -71,6 +71,14 @@ impl GpuBackend for ReadOnlyMig {
         self.inner.process_owner(pid)
     }
 
+    fn signal_process(
+        &mut self,
+        pid: u32,
+        signal: crate::enforce::StopSignal,
+    ) -> Result<(), BackendError> {
+        self.inner.signal_process(pid, signal)
+    }
+
     fn as_sim_mut(&mut self) -> Option<&mut sim::SimBackend> {
         self.inner.as_sim_mut()
     }

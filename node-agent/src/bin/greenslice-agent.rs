@@ -246,6 +246,10 @@ async fn main() -> ExitCode {
         eprintln!("error: invalid configuration (--node or `node` in the config file): {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = cfg.enforce.validate() {
+        eprintln!("error: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     let sim_clock = args.dump.then(|| {
         let now = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
         ManualClock::new(now)
@@ -300,10 +304,13 @@ async fn main() -> ExitCode {
     }
     let kubelet = if cfg.kubelet.enabled {
         match greenslice_agent::kubelet::KubeletOptions::from_config(&cfg) {
-            Ok(o) => Some(greenslice_agent::kubelet::start(
-                o,
-                greenslice_agent::kubelet::backend_inventory(shared.clone()),
-            )),
+            Ok(mut o) => {
+                o.grants = greenslice_agent::kubelet::backend_grants(shared.clone());
+                Some(greenslice_agent::kubelet::start(
+                    o,
+                    greenslice_agent::kubelet::backend_inventory(shared.clone()),
+                ))
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
@@ -323,6 +330,7 @@ async fn main() -> ExitCode {
     session.tls = tls;
     session.tls_files = Some(cfg.client_tls_files());
     session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
+    session.enforce = cfg.enforce.clone();
     if let Some(addr) = &args.metrics_listen {
         let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
         let listener = match tokio::net::TcpListener::bind(addr).await {

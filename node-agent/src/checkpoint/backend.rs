@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::restore::{self, LedgerSlice, ProcessEvidence};
 use super::store::CheckpointFile;
-use super::{CheckpointError, MigIntent, NodeState, Owned};
+use super::{CheckpointError, KubeletGrant, MigIntent, NodeState, Owned};
 use crate::backend::{BackendError, GpuBackend, HostInfo, ProfilePlacements, SliceEnv, sim};
 
 /// A backend whose ownership is kept in a checkpoint file (see the module docs).
@@ -169,6 +169,14 @@ impl GpuBackend for Checkpointed {
         self.inner.process_owner(pid)
     }
 
+    fn signal_process(
+        &mut self,
+        pid: u32,
+        signal: crate::enforce::StopSignal,
+    ) -> Result<(), BackendError> {
+        self.inner.signal_process(pid, signal)
+    }
+
     fn as_sim_mut(&mut self) -> Option<&mut sim::SimBackend> {
         self.inner.as_sim_mut()
     }
@@ -277,6 +285,19 @@ impl GpuBackend for Checkpointed {
 
     fn ownership_rebuilt(&self) -> bool {
         self.state.ledger_adoption_pending
+    }
+
+    fn kubelet_grants(&self) -> Vec<KubeletGrant> {
+        self.state.kubelet.clone()
+    }
+
+    fn record_kubelet_grants(&mut self, grants: &[KubeletGrant]) -> Result<(), BackendError> {
+        let before = std::mem::replace(&mut self.state.kubelet, grants.to_vec());
+        if let Err(e) = self.file.write(&self.state) {
+            self.state.kubelet = before;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     fn adopt_from_ledger(&mut self, ledger: &[LedgerSlice]) -> Result<bool, BackendError> {

@@ -116,6 +116,7 @@ mod tests {
                 device_ids: vec!["GPU-d".into()],
                 slice_id: "k-1".into(),
                 at_ms: 5,
+                seen_ms: Some(7),
             }],
             ledger_adoption_pending: true,
         }

@@ -157,6 +157,10 @@ pub struct KubeletGrant {
     pub slice_id: String,
     /// Milliseconds since the Unix epoch when Allocate answered.
     pub at_ms: i64,
+    /// When pod-resources first listed a pod holding the devices (`None`: not yet). A grant that was
+    /// seen and is no longer listed has ended with its pod.
+    #[serde(default)]
+    pub seen_ms: Option<i64>,
 }
 
 /// Everything the checkpoint file holds.

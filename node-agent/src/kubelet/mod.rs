@@ -3,6 +3,7 @@
 //! and its limits.
 //!
 //! - [`devices`]: device ids per resource, preferred allocation and Allocate (pure).
+//! - [`grants`]: the slice id each Allocate hands a container, until its pod ends.
 //! - [`plugin`]: the DevicePlugin gRPC service of one resource.
 //! - [`registration`]: one endpoint per resource, registered and re-registered with the kubelet.
 //! - [`podresources`]: which pod holds which device, as slices of the pod's tenant.
@@ -11,6 +12,7 @@
 
 pub mod choose;
 pub mod devices;
+pub mod grants;
 pub mod plugin;
 pub mod podresources;
 pub mod registration;
@@ -63,6 +65,21 @@ pub fn backend_inventory(backend: SharedBackend) -> InventoryFn {
     })
 }
 
+/// The grant book kept in a shared backend's node checkpoint (see [`grants`]).
+pub fn backend_grants(backend: SharedBackend) -> Arc<grants::Grants> {
+    let initial = backend
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .kubelet_grants();
+    grants::Grants::persisted(
+        initial,
+        Arc::new(move |g| {
+            let mut b = backend.lock().unwrap_or_else(|p| p.into_inner());
+            b.record_kubelet_grants(g).map_err(|e| e.to_string())
+        }),
+    )
+}
+
 /// Everything the kubelet side of the agent needs.
 pub struct KubeletOptions {
     pub node: String,
@@ -83,6 +100,8 @@ pub struct KubeletOptions {
     pub chooser: Option<Arc<dyn DeviceChooser>>,
     /// Whether the operator allows evicting idle pods (reported to the controller).
     pub eviction_allowed: bool,
+    /// The node's Allocate grants; in memory unless the binary gives the checkpoint's.
+    pub grants: Arc<grants::Grants>,
 }
 
 impl KubeletOptions {
@@ -126,6 +145,7 @@ impl KubeletOptions {
             pod_resources_interval: ms(k.pod_resources_interval_ms, "pod_resources_interval_ms")?,
             chooser,
             eviction_allowed: k.pod_reclaim == PodReclaim::Evict,
+            grants: grants::Grants::in_memory(),
         })
     }
 }
@@ -213,6 +233,7 @@ pub fn start(opts: KubeletOptions, inventory: InventoryFn) -> Kubelet {
         table: table_rx.clone(),
         chooser: opts.chooser.clone(),
         allocate: opts.allocate.clone(),
+        grants: opts.grants.clone(),
     });
     info!(
         dir = %opts.device_plugin_dir.display(),
@@ -233,11 +254,14 @@ pub fn start(opts: KubeletOptions, inventory: InventoryFn) -> Kubelet {
             opts.kubelet_poll,
         )),
         tokio::spawn(podresources::run(
-            opts.pod_resources_socket.clone(),
-            opts.node.clone(),
-            table_rx.clone(),
-            opts.pod_resources_interval,
-            opts.eviction_allowed,
+            podresources::Reader {
+                socket: opts.pod_resources_socket.clone(),
+                node: opts.node.clone(),
+                table: table_rx.clone(),
+                interval: opts.pod_resources_interval,
+                eviction_allowed: opts.eviction_allowed,
+                grants: opts.grants.clone(),
+            },
             alloc_tx,
         )),
     ];

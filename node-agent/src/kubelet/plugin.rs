@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use greenslice_core::clock::{Clock, SystemClock};
 use greenslice_proto::deviceplugin::v1beta1 as dp;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -12,6 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::choose::DeviceChooser;
 use super::devices::{self, AllocateOptions, DeviceError, DeviceTable, ResourceDevices};
+use super::grants::Grants;
+use crate::backend::SLICE_ID_ENV;
 
 /// Longest request the plugin reads, containers per call.
 pub const MAX_CONTAINERS: usize = 256;
@@ -25,6 +28,8 @@ pub struct PluginContext {
     /// The controller's placement, when configured.
     pub chooser: Option<Arc<dyn DeviceChooser>>,
     pub allocate: AllocateOptions,
+    /// The slice id each Allocate hands a container (recorded before Allocate answers).
+    pub grants: Arc<Grants>,
 }
 
 impl std::fmt::Debug for PluginContext {
@@ -215,7 +220,7 @@ impl dp::device_plugin_server::DevicePlugin for DevicePluginService {
         let req = req.into_inner();
         check_containers(req.container_requests.len())?;
         let devs = self.devices()?;
-        let mut out = Vec::with_capacity(req.container_requests.len());
+        let mut grants = Vec::with_capacity(req.container_requests.len());
         for c in &req.container_requests {
             let grant =
                 devices::allocate(&self.resource, &devs, &c.devices_ids, &self.ctx.allocate)
@@ -223,7 +228,38 @@ impl dp::device_plugin_server::DevicePlugin for DevicePluginService {
                         warn!(resource = %self.resource, error = %e, "Allocate refused");
                         status(&e)
                     })?;
-            info!(resource = %self.resource, devices = c.devices_ids.len(), visible = %grant.envs.get("NVIDIA_VISIBLE_DEVICES").map_or("", String::as_str), "allocated");
+            grants.push(grant);
+        }
+        // Every container is granted: mint their slice ids and record them before answering, so
+        // the devices are reserved in the controller from now on (see super::grants).
+        let containers: Vec<Vec<String>> = req
+            .container_requests
+            .iter()
+            .map(|c| c.devices_ids.clone())
+            .collect();
+        let (book, node, resource) = (
+            self.ctx.grants.clone(),
+            self.ctx.node.clone(),
+            self.resource.clone(),
+        );
+        let minted = tokio::task::spawn_blocking(move || {
+            book.mint_all(&node, &resource, &containers, SystemClock.now_ms())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("recording the grant failed: {e}")))?
+        .map_err(|e| {
+            warn!(resource = %self.resource, error = %e, "Allocate refused: the grant cannot be recorded");
+            Status::unavailable(format!(
+                "cannot record the grant in the node checkpoint: {e}"
+            ))
+        })?;
+        let mut out = Vec::with_capacity(grants.len());
+        for (mut grant, (c, slice_id)) in grants
+            .into_iter()
+            .zip(req.container_requests.iter().zip(minted))
+        {
+            info!(resource = %self.resource, devices = c.devices_ids.len(), slice = %slice_id, visible = %grant.envs.get("NVIDIA_VISIBLE_DEVICES").map_or("", String::as_str), "allocated");
+            grant.envs.insert(SLICE_ID_ENV.to_string(), slice_id);
             out.push(grant.to_pb());
         }
         Ok(Response::new(dp::AllocateResponse {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenslice_core::clock::{Clock, SystemClock};
 use greenslice_core::limits;
 use greenslice_core::slice::validate_tenant;
 use greenslice_proto::podresources::v1 as pr;
@@ -22,6 +23,7 @@ use super::devices::{
     self, DeviceTable, KUBELET_SLICE_CLASS, RESOURCE_PREFIX, ResourceKind, SHARE_UNITS_PER_GPU,
     Target,
 };
+use super::grants::{self, Grants};
 use super::uds;
 
 /// Deadline of one List call.
@@ -218,56 +220,124 @@ pub fn allocations(
     (out, warnings)
 }
 
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// What the pod-resources reader needs.
+#[derive(Debug)]
+pub struct Reader {
+    pub socket: std::path::PathBuf,
+    pub node: String,
+    pub table: watch::Receiver<Arc<DeviceTable>>,
+    /// How often pod-resources is read.
+    pub interval: Duration,
+    pub eviction_allowed: bool,
+    /// The node's Allocate grants: their ids go to the pods' slices, and grants no pod is listed
+    /// with yet are reported as pending slices.
+    pub grants: Arc<Grants>,
 }
 
-/// Reads pod-resources every `interval` and publishes the node's kubelet allocations on `tx` when
-/// they change. A read that fails keeps the last report (the pods did not go away because the
-/// kubelet is restarting).
-pub async fn run(
-    socket: std::path::PathBuf,
-    node: String,
-    table: watch::Receiver<Arc<DeviceTable>>,
-    interval: Duration,
-    eviction_allowed: bool,
-    tx: watch::Sender<Option<pb::KubeletAllocations>>,
-) {
+/// Delay between an Allocate answer and the read that should list its pod (the kubelet records
+/// the allocation right after Allocate answers).
+pub const AFTER_ALLOCATE: Duration = Duration::from_millis(100);
+/// Interval of reads while a grant is pending.
+pub const WHILE_PENDING: Duration = Duration::from_secs(1);
+
+/// One read's allocations: the pods' (with their grants' slice ids), then the grants no pod is
+/// listed with yet as [`grants::PENDING_TENANT`] slices. Blocking (records the grants).
+pub fn with_grants(
+    node: &str,
+    resp: &pr::ListPodResourcesResponse,
+    table: &DeviceTable,
+    book: &Grants,
+    now_ms: i64,
+) -> (Vec<pb::KubeletAllocation>, Vec<String>, bool) {
+    let (mut allocs, mut warnings) = allocations(node, resp, table);
+    let pending = match book.reconcile(&mut allocs, now_ms, grants::PENDING_GRACE_MS) {
+        Ok(r) => {
+            for g in &r.expired {
+                warnings.push(format!(
+                    "Allocate granted {} {:?} as slice {}, but no pod was listed with it within {} s: dropped",
+                    g.resource,
+                    g.device_ids,
+                    g.slice_id,
+                    grants::PENDING_GRACE_MS / 1000
+                ));
+            }
+            r.pending
+        }
+        Err(e) => {
+            // The book is as it was; the pods' slices keep the ids they had, pending grants are
+            // reported from the book unchanged.
+            warnings.push(format!(
+                "cannot record kubelet grants in the node checkpoint: {e}"
+            ));
+            book.assign(&mut allocs);
+            let seen: std::collections::BTreeSet<&str> =
+                allocs.iter().map(|a| a.slice_id.as_str()).collect();
+            book.snapshot()
+                .into_iter()
+                .filter(|g| g.seen_ms.is_none() && !seen.contains(g.slice_id.as_str()))
+                .collect()
+        }
+    };
+    let any_pending = !pending.is_empty();
+    let (mut held, more) = allocations(node, &grants::pending_pods(&pending), table);
+    warnings.extend(more);
+    book.assign(&mut held);
+    allocs.extend(held);
+    allocs.sort_by(|a, b| a.slice_id.cmp(&b.slice_id));
+    (allocs, warnings, any_pending)
+}
+
+/// Reads pod-resources every `interval` (soon after every Allocate, and every second while a grant
+/// is pending) and publishes the node's kubelet allocations on `tx` when they change. A read that
+/// fails keeps the last report (the pods did not go away because the kubelet is restarting).
+pub async fn run(r: Reader, tx: watch::Sender<Option<pb::KubeletAllocations>>) {
     let mut last_error: Option<String> = None;
     let mut last_warnings: Vec<String> = Vec::new();
     loop {
-        match list(&socket).await {
+        let mut pending = false;
+        match list(&r.socket).await {
             Ok(resp) => {
                 if last_error.take().is_some() {
-                    info!(socket = %socket.display(), "pod-resources readable again");
+                    info!(socket = %r.socket.display(), "pod-resources readable again");
                 }
-                let current = table.borrow().clone();
-                let (allocs, warnings) = allocations(&node, &resp, &current);
-                if warnings != last_warnings {
-                    for w in &warnings {
-                        warn!("{w}");
-                    }
-                    last_warnings = warnings;
-                }
-                tx.send_if_modified(|cur| {
-                    let changed = cur.as_ref().is_none_or(|c| c.allocations != allocs);
-                    if changed {
-                        info!(slices = allocs.len(), "kubelet allocations changed");
-                        *cur = Some(pb::KubeletAllocations {
-                            allocations: allocs,
-                            eviction_allowed,
-                            observed_unix_ms: now_unix_ms(),
+                let current = r.table.borrow().clone();
+                let (node, book) = (r.node.clone(), r.grants.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    with_grants(&node, &resp, &current, &book, SystemClock.now_ms())
+                })
+                .await;
+                match read {
+                    Ok((allocs, warnings, any_pending)) => {
+                        pending = any_pending;
+                        if warnings != last_warnings {
+                            for w in &warnings {
+                                warn!("{w}");
+                            }
+                            last_warnings = warnings;
+                        }
+                        tx.send_if_modified(|cur| {
+                            let changed = cur.as_ref().is_none_or(|c| c.allocations != allocs);
+                            if changed {
+                                info!(slices = allocs.len(), "kubelet allocations changed");
+                                *cur = Some(pb::KubeletAllocations {
+                                    allocations: allocs,
+                                    eviction_allowed: r.eviction_allowed,
+                                    observed_unix_ms: SystemClock.now_ms(),
+                                });
+                            }
+                            changed
                         });
                     }
-                    changed
-                });
+                    Err(e) => {
+                        pending = true;
+                        warn!(error = %e, "reading the kubelet allocations failed; keeping the last report");
+                    }
+                }
             }
             Err(e) => {
                 let msg = e.to_string();
                 if last_error.as_ref() != Some(&msg) {
-                    warn!(socket = %socket.display(), error = %msg, "cannot read pod-resources; keeping the last report");
+                    warn!(socket = %r.socket.display(), error = %msg, "cannot read pod-resources; keeping the last report");
                     last_error = Some(msg);
                 }
             }
@@ -275,7 +345,15 @@ pub async fn run(
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(interval).await;
+        let wait = if pending {
+            r.interval.min(WHILE_PENDING)
+        } else {
+            r.interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = r.grants.allocated() => tokio::time::sleep(AFTER_ALLOCATE).await,
+        }
     }
 }
 

@@ -813,6 +813,16 @@ impl GpuBackend for SimBackend {
     }
 
     /// From the process's environment on the simulated machine, as from /proc on a real node.
+    /// A simulated process exits on either signal.
+    fn signal_process(
+        &mut self,
+        pid: u32,
+        _signal: crate::enforce::StopSignal,
+    ) -> Result<(), BackendError> {
+        self.stop_if_running(pid);
+        Ok(())
+    }
+
     fn process_owner(&self, pid: u32) -> Option<String> {
         self.hw
             .devices

@@ -1,0 +1,323 @@
+//! Pods through the device plugin, end to end on real processes: the real controller and agent
+//! binaries (NVML backend on the simulated library), a fake kubelet in this test that speaks the
+//! real device-plugin and pod-resources protos on unix sockets, and the pod's job as a real process
+//! whose environment is what Allocate answered. The agent finds the job's slice the way it does on
+//! a node, from /proc/PID/environ; the simulated machine only carries its GPU activity.
+//!
+//! What users rely on: a container's slice is reserved in the controller as soon as Allocate
+//! answers (long before pod-resources is read again), it becomes the pod's namespace's slice under
+//! the same id, and the dynamic energy of the pod's process is attributed to that namespace.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::nvml_sim::*;
+use common::procs::*;
+use greenslice_proto::deviceplugin::v1beta1 as dp;
+use greenslice_proto::podresources::v1 as pr;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SHARE: &str = "greenslice.io/gpu-share";
+
+/// The kubelet's Registration service: passes every request on.
+struct Registration(mpsc::UnboundedSender<dp::RegisterRequest>);
+
+#[tonic::async_trait]
+impl dp::registration_server::Registration for Registration {
+    async fn register(
+        &self,
+        req: Request<dp::RegisterRequest>,
+    ) -> Result<Response<dp::Empty>, Status> {
+        let _ = self.0.send(req.into_inner());
+        Ok(Response::new(dp::Empty {}))
+    }
+}
+
+/// The kubelet's pod-resources: answers what the test sets.
+#[derive(Clone, Default)]
+struct PodResources(Arc<Mutex<pr::ListPodResourcesResponse>>);
+
+#[tonic::async_trait]
+impl pr::pod_resources_lister_server::PodResourcesLister for PodResources {
+    async fn list(
+        &self,
+        _: Request<pr::ListPodResourcesRequest>,
+    ) -> Result<Response<pr::ListPodResourcesResponse>, Status> {
+        Ok(Response::new(self.0.lock().unwrap().clone()))
+    }
+    async fn get_allocatable_resources(
+        &self,
+        _: Request<pr::AllocatableResourcesRequest>,
+    ) -> Result<Response<pr::AllocatableResourcesResponse>, Status> {
+        Err(Status::unimplemented("not used by the agent"))
+    }
+    async fn get(
+        &self,
+        _: Request<pr::GetPodResourcesRequest>,
+    ) -> Result<Response<pr::GetPodResourcesResponse>, Status> {
+        Err(Status::unimplemented("not used by the agent"))
+    }
+}
+
+fn start_kube_agent(url: &str, lib: &Path, state: &Path, dir: &Path) -> Proc {
+    let cfg = dir.join("agent.toml");
+    // Pod-resources is read once an hour: whatever the controller learns within the test's
+    // deadlines comes from Allocate's grant and the re-reads that follow it.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kubelet]\nenabled = true\ndevice_plugin_dir = {:?}\npod_resources_socket = {:?}\n\
+             share_gpus = [0]\nkubelet_poll_ms = 100\npod_resources_interval_ms = 3600000\n\
+             controller_placement = false\n",
+            dir.join("device-plugins"),
+            dir.join("pod-resources/kubelet.sock"),
+        ),
+    )
+    .expect("agent config");
+    let child = Command::new(bin("greenslice-agent"))
+        .args(["--controller", url, "--node", "kube-0", "--backend", "nvml"])
+        .arg("--nvml-library")
+        .arg(lib)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.join("agent-state"))
+        .env("GREENSLICE_NVML_SIM_STATE", state)
+        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
+        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent log"))
+        .spawn()
+        .expect("start greenslice-agent");
+    Proc(child, None)
+}
+
+fn pod(ns: &str, name: &str, ids: &[String]) -> pr::PodResources {
+    pr::PodResources {
+        name: name.into(),
+        namespace: ns.into(),
+        containers: vec![pr::ContainerResources {
+            name: "main".into(),
+            devices: vec![pr::ContainerDevices {
+                resource_name: SHARE.into(),
+                device_ids: ids.to_vec(),
+                topology: None,
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// The pod's job: a real process with the environment Allocate gave its container.
+struct Job(Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slice(url: &str, id: &str) -> serde_json::Value {
+    let out = cli(url, &["-o", "json", "get", id]);
+    if !out.status.success() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < WAIT, "{what} within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its_namespace() {
+    let (lib, sim_cli) = sim_artifacts();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir: PathBuf = tmp.path().to_path_buf();
+    let state = dir.join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
+    std::fs::create_dir_all(dir.join("device-plugins")).unwrap();
+    std::fs::create_dir_all(dir.join("pod-resources")).unwrap();
+    let (reg_tx, mut registrations) = mpsc::unbounded_channel();
+    let listener = UnixListener::bind(dir.join("device-plugins/kubelet.sock")).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(dp::registration_server::RegistrationServer::new(
+                Registration(reg_tx),
+            ))
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    let pods = PodResources::default();
+    let listener = UnixListener::bind(dir.join("pod-resources/kubelet.sock")).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                pr::pod_resources_lister_server::PodResourcesListerServer::new(pods.clone()),
+            )
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+
+    // Attribution windows of 5 s, so the job's intervals close within the test.
+    let config = dir.join("controller.toml");
+    std::fs::write(&config, "attribution_window_s = 5\n").expect("controller config");
+    let (_ctl, url) = start_controller(&["--config", config.to_str().unwrap()]);
+    let _agent = start_kube_agent(&url, &lib, &state, &dir);
+    let endpoint = tokio::time::timeout(WAIT, async {
+        loop {
+            let r = registrations.recv().await.expect("fake kubelet running");
+            if r.resource_name == SHARE {
+                return r.endpoint;
+            }
+        }
+    })
+    .await
+    .expect("the share plugin registers with the kubelet");
+    let ch = greenslice_agent::kubelet::uds::connect(&dir.join("device-plugins").join(&endpoint))
+        .await
+        .expect("connect to the share plugin");
+    let mut plugin = dp::device_plugin_client::DevicePluginClient::new(ch);
+
+    // As the kubelet does: the devices come from ListAndWatch.
+    let mut watch = plugin
+        .list_and_watch(dp::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let devices = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("devices listed")
+        .expect("stream open")
+        .expect("no error")
+        .devices;
+    let mut units: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    units.sort_by_key(|u| {
+        u.rsplit("::")
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    });
+    assert!(units.len() >= 100, "GPU 0 offered as 1% units: {units:?}");
+    let gpu = units[0].split("::").next().unwrap().to_string();
+    let (busy_units, idle_units) = (units[0..30].to_vec(), units[30..50].to_vec());
+
+    // Two pods, one container each, share GPU 0: a busy one and an idle one.
+    let mut ids = Vec::new();
+    for u in [&busy_units, &idle_units] {
+        let r = plugin
+            .allocate(dp::AllocateRequest {
+                container_requests: vec![dp::ContainerAllocateRequest {
+                    devices_ids: u.clone(),
+                }],
+            })
+            .await
+            .expect("Allocate answers")
+            .into_inner();
+        let envs = &r.container_responses[0].envs;
+        ids.push(envs["GREENSLICE_SLICE_ID"].clone());
+    }
+    let (busy_id, idle_id) = (ids[0].clone(), ids[1].clone());
+
+    // Reserved at once: the controller holds both before any pod-resources read names a pod.
+    for id in [&busy_id, &idle_id] {
+        eventually(&format!("slice {id} held by the controller"), || {
+            let s = slice(&url, id);
+            s["state"] == "active"
+                && s["tenant"] == "kubelet-pending"
+                && s["gpu_uuids"][0].as_str() == Some(gpu.as_str())
+        })
+        .await;
+    }
+
+    // The kubelet lists the pods: the same slices become their namespaces'.
+    *pods.0.lock().unwrap() = pr::ListPodResourcesResponse {
+        pod_resources: vec![
+            pod("team-a", "trainer-0", &busy_units),
+            pod("team-b", "notebook-0", &idle_units),
+        ],
+    };
+    eventually("the pods' namespaces own their slices", || {
+        slice(&url, &busy_id)["tenant"] == "team-a" && slice(&url, &idle_id)["tenant"] == "team-b"
+    })
+    .await;
+
+    // The busy pod's job: a real process with its container's environment, working on GPU 0.
+    let job = Job(Command::new("sleep")
+        .arg("300")
+        .env("GREENSLICE_SLICE_ID", &busy_id)
+        .spawn()
+        .expect("start the pod's job"));
+    let index = gpu_index(&machine(&sim_cli, &state), &gpu);
+    gpu_sim(
+        &sim_cli,
+        &state,
+        &[
+            "start",
+            "--pid",
+            &job.0.id().to_string(),
+            "--gpu",
+            &index.to_string(),
+            "--memory-mib",
+            "2048",
+            "--sm",
+            "60",
+        ],
+    );
+    let from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+
+    // Samples reach the controller in batches (5 s) and are attributed per window (5 s): wait for
+    // several seconds of attributed work.
+    let t = std::time::Instant::now();
+    loop {
+        let last = cli_json(&url, &["report", "--format", "json", "--from", &from]);
+        let dynamic = |tenant: &str| {
+            last["tenants"]
+                .as_array()
+                .and_then(|ts| ts.iter().find(|t| t["tenant"] == tenant))
+                .map_or(0, |t| t["dynamic_mj"].as_u64().unwrap_or(0))
+        };
+        // The busy process draws well over 10 W above idle; 5 s of it is over 50 J.
+        if dynamic("team-a") > 50_000 {
+            assert_eq!(
+                dynamic("team-b"),
+                0,
+                "the idle pod pays no dynamic energy: {last}"
+            );
+            let row = last["gpus"]
+                .as_array()
+                .and_then(|g| g.iter().find(|r| r["gpu"] == gpu.as_str()))
+                .expect("GPU 0 in the report")
+                .clone();
+            assert!(
+                row["unattributed_mj"].as_u64().unwrap_or(u64::MAX) * 20 < dynamic("team-a"),
+                "the job's energy is the pod's, not unattributed: {row}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "team-a was never charged the job's dynamic energy: {last}\nagent log:\n{}",
+            std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(job);
+}

@@ -1,0 +1,215 @@
+//! Share limits enforced by watching, end to end on real processes: the real controller and agent
+//! binaries (NVML backend on the simulated library), each share's job a real process with its
+//! slice's `GREENSLICE_SLICE_ID`, its device memory set on the simulated machine. The agent finds
+//! the process's slice from /proc/PID/environ and stops it with real signals.
+//!
+//! What tenants rely on: a process over its share's memory limit is stopped (SIGTERM, then SIGKILL
+//! if it ignores SIGTERM) within the grace plus 2 s, its tenant gets LIMIT events saying so, and a
+//! process within its limits is never touched.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::nvml_sim::*;
+use common::procs::*;
+use greenslice_proto::v1 as pb;
+use tokio_stream::StreamExt;
+
+const GRACE: Duration = Duration::from_secs(2);
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+fn start_agent(url: &str, lib: &Path, state: &Path, dir: &Path, metrics_port: u16) -> Proc {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[enforce]\nmemory_grace_ms = {}\nterm_grace_ms = {}\n",
+            GRACE.as_millis(),
+            TERM_GRACE.as_millis()
+        ),
+    )
+    .expect("agent config");
+    let child = Command::new(bin("greenslice-agent"))
+        .args(["--controller", url, "--node", "n1", "--backend", "nvml"])
+        .arg("--nvml-library")
+        .arg(lib)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.join("agent-state"))
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .env("GREENSLICE_NVML_SIM_STATE", state)
+        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
+        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start greenslice-agent");
+    Proc(child, None)
+}
+
+/// A share's job: a real process with its slice's environment, holding `memory_mib` of device
+/// memory on the simulated GPU.
+struct Job {
+    child: Child,
+    started: Instant,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn job(cli: &Path, state: &Path, slice: &serde_json::Value, script: &str, memory_mib: u32) -> Job {
+    let child = Command::new("sh")
+        .args(["-c", script])
+        .env(
+            "GREENSLICE_SLICE_ID",
+            slice["id"].as_str().expect("slice id"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a job");
+    let gpu = slice["gpu_uuids"][0].as_str().expect("GPU");
+    let index = gpu_index(&machine(cli, state), gpu);
+    gpu_sim(
+        cli,
+        state,
+        &[
+            "start",
+            "--pid",
+            &child.id().to_string(),
+            "--gpu",
+            &index.to_string(),
+            "--memory-mib",
+            &memory_mib.to_string(),
+            "--sm",
+            "10",
+        ],
+    );
+    Job {
+        child,
+        started: Instant::now(),
+    }
+}
+
+/// Waits for the job to exit within `within` of its start; returns the signal that ended it.
+async fn ended_by(j: &mut Job, within: Duration) -> Option<i32> {
+    loop {
+        if let Some(st) = j.child.try_wait().expect("wait for the job") {
+            return st.signal();
+        }
+        assert!(
+            j.started.elapsed() < within,
+            "the job over its limit still runs {:?} after it started",
+            j.started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn share(url: &str, tenant: &str, memory: &str) -> serde_json::Value {
+    cli_json(
+        url,
+        &[
+            "request", "--tenant", tenant, "--share", "0.25", "--memory", memory,
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_over_its_share_memory_is_stopped_in_grace_and_one_within_is_never_touched() {
+    let (lib, sim_cli) = sim_artifacts();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let state = dir.join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
+    let (_ctl, url) = start_controller(&[]);
+    let metrics_port = common::free_port();
+    let _agent = start_agent(&url, &lib, &state, dir, metrics_port);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["gpus_total"] == 8
+        }),
+        "the agent did not register"
+    );
+    let over = share(&url, "team-a", "1GiB");
+    let stubborn = share(&url, "team-c", "1GiB");
+    let within = share(&url, "team-b", "4GiB");
+
+    let channel = common::channel(&url).await.expect("connect");
+    let mut watch = pb::tenant_service_client::TenantServiceClient::new(channel)
+        .watch_slices(pb::WatchSlicesRequest {
+            tenant: "team-a".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch team-a")
+        .into_inner();
+
+    let mut calm = job(&sim_cli, &state, &within, "exec sleep 300", 3 * 1024);
+    let mut greedy = job(&sim_cli, &state, &over, "exec sleep 300", 2 * 1024);
+    // Ignores SIGTERM: only SIGKILL ends it.
+    let mut deaf = job(
+        &sim_cli,
+        &state,
+        &stubborn,
+        "trap '' TERM; while :; do sleep 0.2; done",
+        3 * 1024,
+    );
+
+    assert_eq!(
+        ended_by(&mut greedy, GRACE + Duration::from_secs(2)).await,
+        Some(libc_sigterm()),
+        "stopped with SIGTERM"
+    );
+    assert_eq!(
+        ended_by(&mut deaf, GRACE + TERM_GRACE + Duration::from_secs(2)).await,
+        Some(9),
+        "a process that ignores SIGTERM is killed"
+    );
+    // Several more passes: the share within its limits still runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        calm.child.try_wait().unwrap().is_none(),
+        "a process within its limits was touched"
+    );
+
+    // The tenant was told: first the warning, then the stop, each naming the figures.
+    let mut told = Vec::new();
+    while told.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("LIMIT events within 10 s")
+            .expect("stream open")
+            .expect("no error");
+        if ev.kind == pb::SliceEventKind::Limit as i32 {
+            assert_eq!(ev.slice.as_ref().unwrap().id, over["id"].as_str().unwrap());
+            told.push(ev.message);
+        }
+    }
+    assert!(told[0].contains("over its limit of 1024 MiB"), "{told:?}");
+    assert!(told[1].contains("SIGTERM"), "{told:?}");
+    // And the shares' slices themselves are unchanged (enforcement stops processes, not slices).
+    for s in [&over, &stubborn, &within] {
+        let now = cli_json(&url, &["get", s["id"].as_str().unwrap()]);
+        assert_eq!(now["state"], "active", "{now}");
+    }
+
+    let m = common::http_get(metrics_port, "/metrics").await;
+    for (kind, n) in [("process_stopped", 2), ("process_killed", 1)] {
+        let line = format!("greenslice_agent_limit_actions_total{{kind=\"{kind}\"}} {n}");
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
