@@ -267,6 +267,23 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
         "the checkpoint folder must be the host's"
     );
 
+    // The host's pids: attribution reads /proc/PID/environ of the GPU processes NVML names, and
+    // limit enforcement signals them.
+    assert_eq!(pod.host_pid, Some(true), "the agent needs hostPID");
+    // The shares' MPS pipe folder is the host's.
+    let m = mounts
+        .iter()
+        .find(|m| m.mount_path == cfg.mps.pipe_dir)
+        .unwrap_or_else(|| panic!("the MPS pipe folder {} is not mounted", cfg.mps.pipe_dir));
+    let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+    assert_eq!(
+        v.host_path.as_ref().map(|h| h.path.as_str()),
+        Some(cfg.mps.pipe_dir.as_str())
+    );
+    // Enforcement is on and its settings are valid.
+    cfg.enforce.validate().expect("[enforce] is valid");
+    assert_eq!(cfg.enforce.mode, greenslice_agent::enforce::EnforceMode::Enforce);
+
     // The TLS files the agent is given come from the node (a hostPath mount).
     for flag in ["--ca-cert", "--cert", "--key"] {
         let path = &args[args
