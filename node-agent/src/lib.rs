@@ -14,5 +14,6 @@ pub mod kubelet;
 pub mod metrics;
 pub mod session;
 pub mod usage;
+pub mod workstop;
 
 pub use config::AgentConfig;

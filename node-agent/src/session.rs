@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::backend::{BackendError, GpuBackend};
 use crate::enforce::{self, EnforceConfig, Enforcer, Notice, Observed, ShareLimit};
+use crate::workstop::WorkStop;
 
 /// A backend shared between the session and other agent tasks.
 pub type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
@@ -108,7 +109,7 @@ pub fn validate_command(cmd: &pb::Command) -> Result<(), limits::LimitError> {
 
 /// Applies one command on the backend and builds its result. A command outside the limits is
 /// answered with a failure and never reaches the backend.
-pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
+pub fn apply(backend: &SharedBackend, cmd: &pb::Command, work: &WorkStop) -> pb::CommandResult {
     let mut result = pb::CommandResult {
         command_id: cmd.command_id,
         ok: true,
@@ -120,6 +121,34 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command) -> pb::CommandResult {
         return result;
     }
     let mut b = lock(backend);
+    // A slice's processes are stopped before its capacity is given back (see crate::workstop).
+    let now = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
+    let stopped = match &cmd.action {
+        Some(Action::DestroyMig(c)) if !c.slice_id.is_empty() => work.stop(
+            b.as_mut(),
+            &c.gpu_uuid,
+            Some(c.gpu_instance_id),
+            &c.slice_id,
+            now,
+        ),
+        Some(Action::ReleaseMig(c)) => work.stop(
+            b.as_mut(),
+            &c.gpu_uuid,
+            Some(c.gpu_instance_id),
+            &c.slice_id,
+            now,
+        ),
+        Some(Action::ClearShare(pb::ClearShare { gpu_uuid, slice_id }))
+        | Some(Action::UnassignGpu(pb::UnassignGpu { gpu_uuid, slice_id })) => {
+            work.stop(b.as_mut(), gpu_uuid, None, slice_id, now)
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = stopped {
+        result.ok = false;
+        result.error = limits::truncate_message(&e.to_string());
+        return result;
+    }
     let outcome: Result<(), BackendError> = match &cmd.action {
         Some(Action::CreateMig(c)) => match u8::try_from(c.start) {
             Ok(start) => b
@@ -276,6 +305,9 @@ pub struct SessionConfig {
     pub tls: greenslice_proto::client::ClientTls,
     /// Share limits enforced by watching, on every sampling pass (see [`crate::enforce`]).
     pub enforce: EnforceConfig,
+    /// Stops a slice's processes before its teardown (see [`crate::workstop`]); shared by every
+    /// session, so a retried teardown knows what was sent.
+    pub work_stop: Arc<WorkStop>,
     /// Files to read `tls` from again before every connection, so a rotated certificate is used
     /// from the next session on (the controller ends a session whose certificate expired or was
     /// revoked). Files that cannot be read leave `tls` as it was.
@@ -318,6 +350,7 @@ impl SessionConfig {
             kubelet: None,
             tls: Default::default(),
             enforce: EnforceConfig::default(),
+            work_stop: Arc::new(WorkStop::new(EnforceConfig::default().term_grace_ms)),
             tls_files: None,
         }
     }
@@ -584,9 +617,18 @@ async fn session_once(
                 }
             }
             Some(pb::controller_message::Msg::Command(cmd)) => {
-                let result = apply(backend, &cmd);
+                // Blocking: NVML calls, and a teardown may wait briefly for a slice's processes.
+                let (b, w, id) = (backend.clone(), cfg.work_stop.clone(), cmd.command_id);
+                let result = tokio::task::spawn_blocking(move || apply(&b, &cmd, &w))
+                    .await
+                    .unwrap_or_else(|e| pb::CommandResult {
+                        command_id: id,
+                        ok: false,
+                        error: format!("command task failed: {e}"),
+                        ..Default::default()
+                    });
                 if !result.ok {
-                    warn!(command = cmd.command_id, error = %result.error, "command failed");
+                    warn!(command = id, error = %result.error, "command failed");
                 }
                 tx.send(pb::AgentMessage {
                     msg: Some(pb::agent_message::Msg::Result(result)),
@@ -927,7 +969,7 @@ mod tests {
             gpu_instance_id: 1,
             slice_id: "s-1".into(),
         }));
-        let r = apply(&shared, &claim);
+        let r = apply(&shared, &claim, &WorkStop::new(1_000));
         assert!(!r.ok && r.error.contains("lends none"), "{}", r.error);
     }
 }

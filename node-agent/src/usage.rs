@@ -131,7 +131,14 @@ pub fn map_sample(
         for h in &holders {
             slices.entry(h.to_string()).or_default();
         }
-        let mapped = |pid: u32| owner(pid).filter(|id| holders.contains(&id.as_str()));
+        // A GPU held whole by one slice runs only that slice's work (exclusive compute mode):
+        // every process on it is the holder's, whatever its environment says.
+        let sole_whole = whole_holder.as_deref().filter(|_| holders.len() == 1);
+        let mapped = |pid: u32| {
+            owner(pid)
+                .filter(|id| holders.contains(&id.as_str()))
+                .or_else(|| sole_whole.map(str::to_string))
+        };
         if let Some(pu) = &s.process_util {
             for p in pu {
                 match mapped(p.pid) {
@@ -156,6 +163,29 @@ pub fn map_sample(
                 let a = slices.entry(id).or_default();
                 a.memory_bytes += p.used_memory_bytes.unwrap_or(0);
                 a.processes += 1;
+            }
+        }
+        // Processes no holder can be told from (no slice in their environment) on a GPU that
+        // holders share: any of them may be one holder's work, so no holder's activity is known,
+        // and each may have them (never 0% and idle: such a slice is never reclaimed as idle).
+        let unowned: std::collections::BTreeSet<u32> = procs
+            .iter()
+            .map(|p| p.pid)
+            .chain(
+                s.process_util
+                    .iter()
+                    .flatten()
+                    .filter(|u| u.sm_pct > 0)
+                    .map(|u| u.pid),
+            )
+            // A process naming another slice is that slice's (misplaced), not one of these.
+            .filter(|pid| sole_whole.is_none() && owner(*pid).is_none())
+            .collect();
+        if !unowned.is_empty() {
+            let n = u32::try_from(unowned.len()).unwrap_or(u32::MAX);
+            for a in slices.values_mut() {
+                a.known = false;
+                a.processes = a.processes.saturating_add(n);
             }
         }
     }
@@ -277,6 +307,52 @@ mod tests {
         assert!(by["c"].activity_known);
         assert_eq!(m.unattributed_sm_pct, 7.0);
         assert!(!by.contains_key("elsewhere"));
+    }
+
+    #[test]
+    fn a_process_naming_no_slice_makes_every_share_of_its_gpu_unknown_never_idle() {
+        let mut g = gpu(false);
+        for id in ["a", "b"] {
+            g.shares.push(Share {
+                slice_id: id.into(),
+                compute_fraction: 0.25,
+                memory_bytes: 1 << 30,
+            });
+        }
+        let mut s = GpuSample::empty("GPU-1");
+        s.processes = Some(vec![proc_(10, None, 100), proc_(99, None, 500)]);
+        s.process_util = Some(vec![ProcessUtil {
+            pid: 99,
+            sm_pct: 60,
+            mem_pct: 0,
+            last_seen_us: 1,
+        }]);
+        // 99 names no slice: it may be a's or b's work.
+        let owner = |pid: u32| (pid == 10).then(|| "a".to_string());
+        let m = map_sample(5, &s, &g, &owner, &[]);
+        let by: BTreeMap<_, _> = m.slices.iter().map(|a| (a.slice_id.as_str(), a)).collect();
+        for id in ["a", "b"] {
+            assert!(!by[id].activity_known, "{id}'s activity cannot be known");
+            assert!(
+                by[id].processes >= 1,
+                "{id} may be running the unknown process"
+            );
+        }
+        assert_eq!(m.unattributed_sm_pct, 60.0);
+        assert_eq!(by["a"].memory_bytes, 100);
+
+        // Held whole by one slice: every process on it is the holder's.
+        let mut w = gpu(false);
+        w.whole_slice_id = Some("w".into());
+        let m = map_sample(5, &s, &w, &|_| None, &[]);
+        assert_eq!(m.slices.len(), 1);
+        let a = &m.slices[0];
+        assert_eq!(a.slice_id, "w");
+        assert!(a.activity_known);
+        assert_eq!(a.sm_pct, 60.0);
+        assert_eq!(a.processes, 2);
+        assert_eq!(a.memory_bytes, 600);
+        assert_eq!(m.unattributed_sm_pct, 0.0);
     }
 
     #[test]

@@ -282,7 +282,10 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
     );
     // Enforcement is on and its settings are valid.
     cfg.enforce.validate().expect("[enforce] is valid");
-    assert_eq!(cfg.enforce.mode, greenslice_agent::enforce::EnforceMode::Enforce);
+    assert_eq!(
+        cfg.enforce.mode,
+        greenslice_agent::enforce::EnforceMode::Enforce
+    );
 
     // The TLS files the agent is given come from the node (a hostPath mount).
     for flag in ["--ca-cert", "--cert", "--key"] {

@@ -62,6 +62,14 @@ pub enum BackendError {
     /// to signal it).
     #[error("cannot signal process {pid}: {msg}")]
     Signal { pid: u32, msg: String },
+    /// The slice's processes still run on the GPU (being stopped): the teardown waits for them.
+    #[error("in use: slice {slice} still has processes on {gpu} (pids {pids:?}): {what}")]
+    InUse {
+        gpu: String,
+        slice: String,
+        pids: Vec<u32>,
+        what: String,
+    },
 }
 
 /// The host a backend runs on.
@@ -126,6 +134,13 @@ pub trait GpuBackend: Send {
     /// Measures every GPU now: utilization, processes, power (mW) and the energy counter (mJ).
     /// Fields the device does not give are `None` and listed in `GpuSample::unsupported`.
     fn sample(&mut self) -> Result<NodeSample, BackendError>;
+    /// The compute processes on `gpu` now (with their MIG instance in MIG mode), without taking a
+    /// sample: sampling keeps state between passes (per-process utilization, GPM) that a second
+    /// reader would disturb.
+    fn compute_processes(
+        &mut self,
+        gpu: &str,
+    ) -> Result<Vec<greenslice_core::sample::GpuProcess>, BackendError>;
     /// The slice that launched process `pid`, if known. By default read from the process's
     /// environment (`GREENSLICE_SLICE_ID`, which every slice's environment carries); this needs the
     /// agent to see the host's processes (hostPID in Kubernetes).

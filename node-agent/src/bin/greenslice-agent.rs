@@ -331,6 +331,9 @@ async fn main() -> ExitCode {
     session.tls_files = Some(cfg.client_tls_files());
     session.kubelet = kubelet.as_ref().map(|k| k.allocations.clone());
     session.enforce = cfg.enforce.clone();
+    session.work_stop = Arc::new(greenslice_agent::workstop::WorkStop::new(
+        cfg.enforce.term_grace_ms,
+    ));
     if let Some(addr) = &args.metrics_listen {
         let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
         let listener = match tokio::net::TcpListener::bind(addr).await {

@@ -161,6 +161,13 @@ impl GpuBackend for Checkpointed {
         self.inner.inventory()
     }
 
+    fn compute_processes(
+        &mut self,
+        gpu: &str,
+    ) -> Result<Vec<greenslice_core::sample::GpuProcess>, BackendError> {
+        self.inner.compute_processes(gpu)
+    }
+
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
         self.inner.sample()
     }

@@ -497,6 +497,17 @@ impl GpuBackend for NvmlBackend {
         Ok(out)
     }
 
+    fn compute_processes(
+        &mut self,
+        gpu: &str,
+    ) -> Result<Vec<greenslice_core::sample::GpuProcess>, BackendError> {
+        let d = self.device(gpu)?;
+        let procs = d
+            .running_compute_processes()
+            .map_err(nvml_err("running_compute_processes"))?;
+        Ok(procs.iter().map(convert::process).collect())
+    }
+
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
         self.poll_events();
         let at_ms = self.clock.now_ms();

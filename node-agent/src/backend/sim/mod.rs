@@ -866,6 +866,20 @@ impl GpuBackend for SimBackend {
             .collect())
     }
 
+    fn compute_processes(&mut self, gpu: &str) -> Result<Vec<GpuProcess>, BackendError> {
+        let i = self.gpu_index(gpu)?;
+        Ok(self.hw.devices[i]
+            .processes
+            .iter()
+            .map(|p| GpuProcess {
+                pid: p.pid,
+                used_memory_bytes: Some(p.used_memory_bytes),
+                gpu_instance_id: p.gpu_instance_id,
+                compute_instance_id: p.compute_instance_id,
+            })
+            .collect())
+    }
+
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
         self.advance();
         let at_ms = self.config.clock.now_ms();
