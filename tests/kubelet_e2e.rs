@@ -10,113 +10,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::Duration;
 
+use common::fake_kubelet::{FakeKubelet, pod};
 use common::nvml_sim::*;
 use common::procs::*;
 use greenslice_proto::deviceplugin::v1beta1 as dp;
-use greenslice_proto::podresources::v1 as pr;
-use tokio::net::UnixListener;
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SHARE: &str = "greenslice.io/gpu-share";
-
-/// The kubelet's Registration service: passes every request on.
-struct Registration(mpsc::UnboundedSender<dp::RegisterRequest>);
-
-#[tonic::async_trait]
-impl dp::registration_server::Registration for Registration {
-    async fn register(
-        &self,
-        req: Request<dp::RegisterRequest>,
-    ) -> Result<Response<dp::Empty>, Status> {
-        let _ = self.0.send(req.into_inner());
-        Ok(Response::new(dp::Empty {}))
-    }
-}
-
-/// The kubelet's pod-resources: answers what the test sets.
-#[derive(Clone, Default)]
-struct PodResources(Arc<Mutex<pr::ListPodResourcesResponse>>);
-
-#[tonic::async_trait]
-impl pr::pod_resources_lister_server::PodResourcesLister for PodResources {
-    async fn list(
-        &self,
-        _: Request<pr::ListPodResourcesRequest>,
-    ) -> Result<Response<pr::ListPodResourcesResponse>, Status> {
-        Ok(Response::new(self.0.lock().unwrap().clone()))
-    }
-    async fn get_allocatable_resources(
-        &self,
-        _: Request<pr::AllocatableResourcesRequest>,
-    ) -> Result<Response<pr::AllocatableResourcesResponse>, Status> {
-        Err(Status::unimplemented("not used by the agent"))
-    }
-    async fn get(
-        &self,
-        _: Request<pr::GetPodResourcesRequest>,
-    ) -> Result<Response<pr::GetPodResourcesResponse>, Status> {
-        Err(Status::unimplemented("not used by the agent"))
-    }
-}
-
-fn start_kube_agent(url: &str, lib: &Path, state: &Path, dir: &Path) -> Proc {
-    let cfg = dir.join("agent.toml");
-    // Pod-resources is read once an hour: whatever the controller learns within the test's
-    // deadlines comes from Allocate's grant and the re-reads that follow it.
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kubelet]\nenabled = true\ndevice_plugin_dir = {:?}\npod_resources_socket = {:?}\n\
-             share_gpus = [0]\nkubelet_poll_ms = 100\npod_resources_interval_ms = 3600000\n\
-             controller_placement = false\n",
-            dir.join("device-plugins"),
-            dir.join("pod-resources/kubelet.sock"),
-        ),
-    )
-    .expect("agent config");
-    let child = Command::new(bin("greenslice-agent"))
-        .args(["--controller", url, "--node", "kube-0", "--backend", "nvml"])
-        .arg("--nvml-library")
-        .arg(lib)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(dir.join("agent-state"))
-        .env("GREENSLICE_NVML_SIM_STATE", state)
-        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
-        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent log"))
-        .spawn()
-        .expect("start greenslice-agent");
-    Proc(child, None)
-}
-
-fn pod(ns: &str, name: &str, ids: &[String]) -> pr::PodResources {
-    pr::PodResources {
-        name: name.into(),
-        namespace: ns.into(),
-        containers: vec![pr::ContainerResources {
-            name: "main".into(),
-            devices: vec![pr::ContainerDevices {
-                resource_name: SHARE.into(),
-                device_ids: ids.to_vec(),
-                topology: None,
-            }],
-            ..Default::default()
-        }],
-    }
-}
 
 /// The pod's job: a real process with the environment Allocate gave its container.
 struct Job(Child);
@@ -126,14 +31,6 @@ impl Drop for Job {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn slice(url: &str, id: &str) -> serde_json::Value {
-    let out = cli(url, &["-o", "json", "get", id]);
-    if !out.status.success() {
-        return serde_json::Value::Null;
-    }
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
@@ -151,46 +48,28 @@ async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its
     let dir: PathBuf = tmp.path().to_path_buf();
     let state = dir.join("machine.json");
     gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
-    std::fs::create_dir_all(dir.join("device-plugins")).unwrap();
-    std::fs::create_dir_all(dir.join("pod-resources")).unwrap();
-    let (reg_tx, mut registrations) = mpsc::unbounded_channel();
-    let listener = UnixListener::bind(dir.join("device-plugins/kubelet.sock")).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(dp::registration_server::RegistrationServer::new(
-                Registration(reg_tx),
-            ))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
-    let pods = PodResources::default();
-    let listener = UnixListener::bind(dir.join("pod-resources/kubelet.sock")).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                pr::pod_resources_lister_server::PodResourcesListerServer::new(pods.clone()),
-            )
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
+    let mut kubelet = FakeKubelet::start(&dir);
+    let pods = kubelet.pods.clone();
 
     // Attribution windows of 5 s, so the job's intervals close within the test.
     let config = dir.join("controller.toml");
     std::fs::write(&config, "attribution_window_s = 5\n").expect("controller config");
     let (_ctl, url) = start_controller(&["--config", config.to_str().unwrap()]);
-    let _agent = start_kube_agent(&url, &lib, &state, &dir);
-    let endpoint = tokio::time::timeout(WAIT, async {
-        loop {
-            let r = registrations.recv().await.expect("fake kubelet running");
-            if r.resource_name == SHARE {
-                return r.endpoint;
-            }
-        }
-    })
-    .await
-    .expect("the share plugin registers with the kubelet");
-    let ch = greenslice_agent::kubelet::uds::connect(&dir.join("device-plugins").join(&endpoint))
-        .await
-        .expect("connect to the share plugin");
-    let mut plugin = dp::device_plugin_client::DevicePluginClient::new(ch);
+    // Pod-resources is read once an hour: whatever the controller learns within the test's
+    // deadlines comes from Allocate's grant and the re-reads that follow it.
+    let _agent = start_nvml_agent(
+        &url,
+        "kube-0",
+        (&lib, &state),
+        &dir,
+        &format!(
+            "{}share_gpus = [0]\nkubelet_poll_ms = 100\npod_resources_interval_ms = 3600000\n\
+             controller_placement = false\n",
+            kubelet.agent_config()
+        ),
+        &[],
+    );
+    let mut plugin = kubelet.plugin(SHARE, WAIT).await;
 
     // As the kubelet does: the devices come from ListAndWatch.
     let mut watch = plugin
@@ -235,7 +114,7 @@ async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its
     // Reserved at once: the controller holds both before any pod-resources read names a pod.
     for id in [&busy_id, &idle_id] {
         eventually(&format!("slice {id} held by the controller"), || {
-            let s = slice(&url, id);
+            let s = slice_or_null(&url, id);
             s["state"] == "active"
                 && s["tenant"] == "kubelet-pending"
                 && s["gpu_uuids"][0].as_str() == Some(gpu.as_str())
@@ -244,14 +123,13 @@ async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its
     }
 
     // The kubelet lists the pods: the same slices become their namespaces'.
-    *pods.0.lock().unwrap() = pr::ListPodResourcesResponse {
-        pod_resources: vec![
-            pod("team-a", "trainer-0", &busy_units),
-            pod("team-b", "notebook-0", &idle_units),
-        ],
-    };
+    pods.set(vec![
+        pod("team-a", "trainer-0", SHARE, &busy_units),
+        pod("team-b", "notebook-0", SHARE, &idle_units),
+    ]);
     eventually("the pods' namespaces own their slices", || {
-        slice(&url, &busy_id)["tenant"] == "team-a" && slice(&url, &idle_id)["tenant"] == "team-b"
+        slice_or_null(&url, &busy_id)["tenant"] == "team-a"
+            && slice_or_null(&url, &idle_id)["tenant"] == "team-b"
     })
     .await;
 
@@ -315,7 +193,7 @@ async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "team-a was never charged the job's dynamic energy: {last}\nagent log:\n{}",
-            std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+            agent_log(&dir)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -22,36 +22,6 @@ use tokio_stream::StreamExt;
 const GRACE: Duration = Duration::from_secs(2);
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
-fn start_agent(url: &str, lib: &Path, state: &Path, dir: &Path, metrics_port: u16) -> Proc {
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[enforce]\nmemory_grace_ms = {}\nterm_grace_ms = {}\n",
-            GRACE.as_millis(),
-            TERM_GRACE.as_millis()
-        ),
-    )
-    .expect("agent config");
-    let child = Command::new(bin("greenslice-agent"))
-        .args(["--controller", url, "--node", "n1", "--backend", "nvml"])
-        .arg("--nvml-library")
-        .arg(lib)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(dir.join("agent-state"))
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .env("GREENSLICE_NVML_SIM_STATE", state)
-        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
-        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start greenslice-agent");
-    Proc(child, None)
-}
-
 /// A share's job: a real process with its slice's environment, holding `memory_mib` of device
 /// memory on the simulated GPU.
 struct Job {
@@ -133,7 +103,18 @@ async fn a_process_over_its_share_memory_is_stopped_in_grace_and_one_within_is_n
     gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
     let (_ctl, url) = start_controller(&[]);
     let metrics_port = common::free_port();
-    let _agent = start_agent(&url, &lib, &state, dir, metrics_port);
+    let _agent = start_nvml_agent(
+        &url,
+        "n1",
+        (&lib, &state),
+        dir,
+        &format!(
+            "[enforce]\nmemory_grace_ms = {}\nterm_grace_ms = {}\n",
+            GRACE.as_millis(),
+            TERM_GRACE.as_millis()
+        ),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+    );
     assert!(
         wait_until(Duration::from_secs(20), || {
             cli_json(&url, &["inventory"])["gpus_total"] == 8
@@ -170,8 +151,9 @@ async fn a_process_over_its_share_memory_is_stopped_in_grace_and_one_within_is_n
         Some(libc_sigterm()),
         "stopped with SIGTERM"
     );
+    // Each stage starts at a sampling pass (1 s apart): a pass to see it, one to act on each grace.
     assert_eq!(
-        ended_by(&mut deaf, GRACE + TERM_GRACE + Duration::from_secs(2)).await,
+        ended_by(&mut deaf, GRACE + TERM_GRACE + Duration::from_secs(3)).await,
         Some(9),
         "a process that ignores SIGTERM is killed"
     );

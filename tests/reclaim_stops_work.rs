@@ -107,26 +107,14 @@ async fn reclaim_stops_the_jobs_first_and_never_takes_a_slice_whose_activity_is_
     )
     .unwrap();
     let (_ctl, url) = start_controller(&["--config", ctl_cfg.to_str().unwrap()]);
-    let agent_cfg = dir.join("agent.toml");
-    std::fs::write(&agent_cfg, "[enforce]\nterm_grace_ms = 2000\n").unwrap();
-    let _agent = {
-        let child = Command::new(bin("greenslice-agent"))
-            .args(["--controller", &url, "--node", "n1", "--backend", "nvml"])
-            .arg("--nvml-library")
-            .arg(&lib)
-            .arg("--config")
-            .arg(&agent_cfg)
-            .arg("--state-dir")
-            .arg(dir.join("agent-state"))
-            .env("GREENSLICE_NVML_SIM_STATE", &state)
-            .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
-            .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start greenslice-agent");
-        Proc(child, None)
-    };
+    let _agent = start_nvml_agent(
+        &url,
+        "n1",
+        (&lib, &state),
+        dir,
+        "[enforce]\nterm_grace_ms = 2000\n",
+        &[],
+    );
     assert!(
         wait_until(Duration::from_secs(20), || {
             cli_json(&url, &["inventory"])["gpus_total"] == 8

@@ -51,6 +51,8 @@ pub enum AgentAction {
     AssignGpu { gpu_uuid: String, slice_id: String },
     /// Take a whole GPU back.
     UnassignGpu { gpu_uuid: String, slice_id: String },
+    /// Evict the pod holding kubelet slice `slice_id` (the agent finds the pod).
+    EvictPod { slice_id: String, reason: String },
 }
 
 /// A command as it goes to an agent's session.

@@ -151,8 +151,8 @@ pub enum PodReclaim {
     /// Report idle pods to the controller only (default).
     #[default]
     Report,
-    /// Allow the controller to have idle pods evicted. A policy switch only for now: it is reported
-    /// to the controller (`KubeletAllocations.eviction_allowed`); nothing evicts pods yet.
+    /// Let the controller have idle pods evicted: it sends `EvictPod`, and the agent asks the API
+    /// server's Eviction API (RBAC `pods/eviction: create`, in deploy/).
     Evict,
 }
 
@@ -186,6 +186,10 @@ pub struct KubeletSection {
     pub pod_resources_interval_ms: u64,
     /// Idle pods: "report" (default) or "evict".
     pub pod_reclaim: PodReclaim,
+    /// The Kubernetes API server for evictions, as a URL without credentials (e.g. a local
+    /// `kubectl proxy`). Default: the cluster the agent runs in (its service account token), or
+    /// the local kubeconfig.
+    pub api_server: Option<String>,
 }
 
 impl Default for KubeletSection {
@@ -202,6 +206,7 @@ impl Default for KubeletSection {
             kubelet_poll_ms: 1_000,
             pod_resources_interval_ms: 10_000,
             pod_reclaim: PodReclaim::Report,
+            api_server: None,
         }
     }
 }

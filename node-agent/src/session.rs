@@ -103,6 +103,10 @@ pub fn validate_command(cmd: &pb::Command) -> Result<(), limits::LimitError> {
             gpu(gpu_uuid)?;
             slice(slice_id)
         }
+        Some(Action::EvictPod(e)) => {
+            slice(&e.slice_id)?;
+            limits::check_message("reason", &e.reason)
+        }
         None => Err(limits::LimitError::new("action", "is empty")),
     }
 }
@@ -178,6 +182,10 @@ pub fn apply(backend: &SharedBackend, cmd: &pb::Command, work: &WorkStop) -> pb:
             .assign_whole(&c.gpu_uuid, &c.slice_id)
             .map(|env| result.env = env.into_iter().collect()),
         Some(Action::UnassignGpu(c)) => b.unassign_whole(&c.gpu_uuid, &c.slice_id),
+        // Not a hardware change: the session asks the API server (see `evict_pod`).
+        Some(Action::EvictPod(_)) => Err(BackendError::Config(
+            "EvictPod is not a backend command".into(),
+        )),
         None => Err(BackendError::Config("empty command".into())),
     };
     if let Err(e) = outcome {
@@ -308,6 +316,11 @@ pub struct SessionConfig {
     /// Stops a slice's processes before its teardown (see [`crate::workstop`]); shared by every
     /// session, so a retried teardown knows what was sent.
     pub work_stop: Arc<WorkStop>,
+    /// Evicts idle pods when `kubelet.pod_reclaim = "evict"` (None: this agent evicts nothing).
+    pub evictor: Option<crate::kubelet::evict::Evictor>,
+    /// Set to true to stop: the session ends after the message in hand (a command being applied
+    /// finishes and is answered) and [`run_with`] returns instead of reconnecting.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Files to read `tls` from again before every connection, so a rotated certificate is used
     /// from the next session on (the controller ends a session whose certificate expired or was
     /// revoked). Files that cannot be read leave `tls` as it was.
@@ -351,6 +364,8 @@ impl SessionConfig {
             tls: Default::default(),
             enforce: EnforceConfig::default(),
             work_stop: Arc::new(WorkStop::new(EnforceConfig::default().term_grace_ms)),
+            evictor: None,
+            stop: None,
             tls_files: None,
         }
     }
@@ -460,6 +475,47 @@ pub fn sample_and_enforce(
         }
     }
     Ok((samples, notices))
+}
+
+/// Carries out `EvictPod`: the pod holding the slice, from this agent's kubelet report, is evicted
+/// through the API server.
+async fn evict_pod(cfg: &SessionConfig, cmd: &pb::Command) -> pb::CommandResult {
+    let mut result = pb::CommandResult {
+        command_id: cmd.command_id,
+        ok: true,
+        ..Default::default()
+    };
+    let mut fail = |e: String| {
+        result.ok = false;
+        result.error = limits::truncate_message(&e);
+    };
+    if let Err(e) = validate_command(cmd) {
+        fail(format!("invalid command: {e}"));
+        return result;
+    }
+    let Some(Action::EvictPod(e)) = &cmd.action else {
+        return result;
+    };
+    let Some(evictor) = &cfg.evictor else {
+        fail("this agent evicts no pods (kubelet.pod_reclaim is not \"evict\")".into());
+        return result;
+    };
+    let pod = cfg.kubelet.as_ref().and_then(|k| {
+        k.borrow()
+            .as_ref()
+            .and_then(|r| crate::kubelet::evict::pod_of(r, &e.slice_id))
+    });
+    let Some((namespace, name)) = pod else {
+        fail(crate::kubelet::evict::EvictError::NoPod(e.slice_id.clone()).to_string());
+        return result;
+    };
+    match evictor.evict(&namespace, &name).await {
+        Ok(()) => {
+            info!(slice = %e.slice_id, %namespace, pod = %name, reason = %e.reason, "pod evicted")
+        }
+        Err(err) => fail(err.to_string()),
+    }
+    result
 }
 
 /// A limit notice as the controller receives it.
@@ -596,8 +652,13 @@ async fn session_once(
         tokio::time::Instant::now() + TLS_FILES_CHECK,
         TLS_FILES_CHECK,
     );
+    let mut stop = cfg.stop.clone();
     loop {
         let msg = tokio::select! {
+            _ = stopped(&mut stop) => {
+                info!("stopping: the session ends here");
+                return Ok(());
+            }
             m = inbound.next() => m,
             _ = tls_check.tick() => {
                 if tls_files_changed(cfg) {
@@ -615,6 +676,18 @@ async fn session_once(
                 if let Some(report) = adopt_from_ledger(backend, &r)? {
                     tx.send(report).await?;
                 }
+            }
+            Some(pb::controller_message::Msg::Command(cmd))
+                if matches!(cmd.action, Some(Action::EvictPod(_))) =>
+            {
+                let result = evict_pod(cfg, &cmd).await;
+                if !result.ok {
+                    warn!(command = cmd.command_id, error = %result.error, "eviction failed");
+                }
+                tx.send(pb::AgentMessage {
+                    msg: Some(pb::agent_message::Msg::Result(result)),
+                })
+                .await?;
             }
             Some(pb::controller_message::Msg::Command(cmd)) => {
                 // Blocking: NVML calls, and a teardown may wait briefly for a slice's processes.
@@ -705,7 +778,14 @@ pub async fn run_with(mut cfg: SessionConfig, backend: SharedBackend) {
         refresh_tls(&mut cfg);
         let started = tokio::time::Instant::now();
         let mut registered = false;
-        match session_once(&cfg, controller, &backend, &mut registered).await {
+        if is_stopped(&cfg) {
+            return;
+        }
+        let result = session_once(&cfg, controller, &backend, &mut registered).await;
+        if is_stopped(&cfg) {
+            return;
+        }
+        match result {
             Ok(()) => warn!(%controller, "controller closed the stream; reconnecting"),
             Err(e) => {
                 warn!(%controller, error = %e, "controller session failed; retrying in {:?}", backoff)
@@ -721,6 +801,21 @@ pub async fn run_with(mut cfg: SessionConfig, backend: SharedBackend) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Whether a stop was asked for.
+fn is_stopped(cfg: &SessionConfig) -> bool {
+    cfg.stop.as_ref().is_some_and(|s| *s.borrow())
+}
+
+/// Resolves once a stop is asked for (never without a stop channel).
+async fn stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(s) => {
+            let _ = s.wait_for(|v| *v).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

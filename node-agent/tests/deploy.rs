@@ -49,6 +49,8 @@ struct Objects {
     daemon_sets: Vec<DaemonSet>,
     services: Vec<Service>,
     count: usize,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
 }
 
 /// Parses a document into its API type, and checks nothing was dropped on the way: serde skips
@@ -105,8 +107,8 @@ fn objects() -> Objects {
             match kind.as_str() {
                 "Namespace" => drop(parse::<Namespace>(v, f)),
                 "ServiceAccount" => drop(parse::<ServiceAccount>(v, f)),
-                "ClusterRole" => drop(parse::<ClusterRole>(v, f)),
-                "ClusterRoleBinding" => drop(parse::<ClusterRoleBinding>(v, f)),
+                "ClusterRole" => o.cluster_roles.push(parse(v, f)),
+                "ClusterRoleBinding" => o.cluster_role_bindings.push(parse(v, f)),
                 "PersistentVolumeClaim" => drop(parse::<PersistentVolumeClaim>(v, f)),
                 "StatefulSet" => drop(parse::<StatefulSet>(v, f)),
                 "ConfigMap" => o.config_maps.push(parse(v, f)),
@@ -280,6 +282,28 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
         v.host_path.as_ref().map(|h| h.path.as_str()),
         Some(cfg.mps.pipe_dir.as_str())
     );
+    // Idle pods can be evicted: the DaemonSet's service account is bound to a role that may
+    // create pods/eviction (kubelet.pod_reclaim = "evict").
+    let sa = pod.service_account_name.clone().expect("a service account");
+    let may_evict = o.cluster_role_bindings.iter().any(|b| {
+        b.subjects
+            .iter()
+            .flatten()
+            .any(|s| s.kind == "ServiceAccount" && s.name == sa)
+            && o.cluster_roles
+                .iter()
+                .filter(|r| r.metadata.name.as_deref() == Some(b.role_ref.name.as_str()))
+                .flat_map(|r| r.rules.iter().flatten())
+                .any(|rule| {
+                    rule.resources
+                        .iter()
+                        .flatten()
+                        .any(|x| x == "pods/eviction")
+                        && rule.verbs.iter().any(|v| v == "create")
+                })
+    });
+    assert!(may_evict, "{sa} may not create pods/eviction");
+
     // Enforcement is on and its settings are valid.
     cfg.enforce.validate().expect("[enforce] is valid");
     assert_eq!(

@@ -105,3 +105,42 @@ pub fn gpu_index(m: &Value, uuid: &str) -> u64 {
         .and_then(|d| d["index"].as_u64())
         .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"))
 }
+
+/// The real agent binary on the simulated NVML machine `state` (as the file says; a new file is a
+/// DGX H100 of 8 GPUs, none in MIG mode): node `node`, `config` as its TOML file, its checkpoint and log (`agent.log`) in `dir`,
+/// `extra` flags after the others.
+pub fn start_nvml_agent(
+    url: &str,
+    node: &str,
+    (lib, state): (&Path, &Path),
+    dir: &Path,
+    config: &str,
+    extra: &[&str],
+) -> super::procs::Proc {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, config).expect("agent config");
+    let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
+    let child = Command::new(bin("greenslice-agent"))
+        .args(["--controller", url, "--node", node, "--backend", "nvml"])
+        .arg("--nvml-library")
+        .arg(lib)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.join("agent-state"))
+        .args(extra)
+        .env("GREENSLICE_NVML_SIM_STATE", state)
+        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
+        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start greenslice-agent");
+    super::procs::Proc(child, None)
+}
+
+/// The agent's log so far (for failure messages).
+pub fn agent_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+}

@@ -135,6 +135,15 @@ pub fn cli_json(url: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}"))
 }
 
+/// `greenslice get ID` as JSON, or Null while the controller does not know the slice.
+pub fn slice_or_null(url: &str, id: &str) -> serde_json::Value {
+    let out = cli(url, &["-o", "json", "get", id]);
+    if !out.status.success() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
 /// Polls until `f` returns true or the timeout passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -178,6 +178,9 @@ fn command_to_pb(cmd: AgentCommand) -> pb::ControllerMessage {
         AgentAction::UnassignGpu { gpu_uuid, slice_id } => {
             Action::UnassignGpu(pb::UnassignGpu { gpu_uuid, slice_id })
         }
+        AgentAction::EvictPod { slice_id, reason } => {
+            Action::EvictPod(pb::EvictPod { slice_id, reason })
+        }
     };
     pb::ControllerMessage {
         msg: Some(pb::controller_message::Msg::Command(pb::Command {
@@ -301,6 +304,7 @@ impl AgentService for AgentApi {
                         controller.update_node_gpus(&node, s.gpus.iter().map(gpu_from_pb).collect())
                     }
                     Some(pb::agent_message::Msg::Kubelet(k)) => {
+                        controller.set_pod_eviction(&node, k.eviction_allowed);
                         let applied = match super::kubelet::grants_from_pb(&k) {
                             Ok(grants) => controller
                                 .apply_kubelet_allocations(&node, &grants)

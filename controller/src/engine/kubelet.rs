@@ -4,11 +4,42 @@
 use crate::model::events::EventKind;
 
 use super::Controller;
+use crate::agents::AgentAction;
 use crate::error::ControllerError;
 use crate::model::kubelet::{KubeletGrant, is_kubelet_slice, kubelet_slice_changes};
 use crate::model::slice::SliceRecord;
 
 impl Controller {
+    /// Records whether a node's agent lets idle pods be evicted (from its kubelet report).
+    pub fn set_pod_eviction(&self, node: &str, allowed: bool) {
+        if let Some(n) = self.lock().nodes.get_mut(node) {
+            n.pod_eviction = allowed;
+        }
+    }
+
+    /// Reclaims an idle kubelet slice: its pod is evicted through the node's agent when the node
+    /// allows it; otherwise the slice is only reported (a pod's devices are the kubelet's to free,
+    /// never released behind its back). The slice ends when the pod is gone from pod-resources.
+    pub(super) async fn reclaim_pod_slice(
+        &self,
+        r: &SliceRecord,
+        reason: &str,
+    ) -> Result<bool, ControllerError> {
+        let allowed = self.with_state(|st| st.nodes.get(&r.node).is_some_and(|n| n.pod_eviction));
+        if !allowed {
+            return Ok(false);
+        }
+        self.call(
+            &r.node,
+            AgentAction::EvictPod {
+                slice_id: r.id.clone(),
+                reason: reason.to_string(),
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// Records the pods' device allocations a node's kubelet made ([`KubeletGrant`]s, checked by the
     /// API), as slices of the pods' tenants
     /// (level-triggered: the report is the node's whole truth). Kubelet slices hold no agent-side

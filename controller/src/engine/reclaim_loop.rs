@@ -125,6 +125,44 @@ impl Controller {
                     });
                 }
             }
+            Action::Reclaim {
+                slice,
+                reason,
+                idle_since_ms,
+            } if self
+                .get(slice)
+                .is_ok_and(|r| crate::model::kubelet::is_kubelet_slice(&r)) =>
+            {
+                let Ok(r) = self.get(slice) else { return };
+                match self.reclaim_pod_slice(&r, reason).await {
+                    Ok(true) => {
+                        self.reclaim.marks().warned.remove(slice);
+                        self.metrics.reclaimed(REASON_IDLE);
+                        info!(slice = %slice, tenant = %r.tenant, "{reason}: pod evicted");
+                        self.emit_event(SliceEvent {
+                            kind: EventKind::Reclaimed,
+                            slice: r.clone(),
+                            message: format!(
+                                "slice {slice} {reason}: its pod was evicted (the slice ends when the pod is gone)"
+                            ),
+                            deadline_unix_ms: 0,
+                            at_unix_ms: self.now_ms(),
+                            revision: 0,
+                        });
+                    }
+                    Ok(false) => {
+                        // Report only: shown as would-reclaim, as in a dry run; the warning stays
+                        // (no new warning every grace period).
+                        tracing::debug!(slice = %slice, tenant = %r.tenant, "idle pod slice; report only (its node's kubelet.pod_reclaim is not \"evict\")");
+                        would.push(Action::WouldReclaim {
+                            slice: slice.clone(),
+                            idle_since_ms: *idle_since_ms,
+                            at_ms: now,
+                        });
+                    }
+                    Err(e) => warn!(slice = %slice, error = %e, "pod eviction failed"),
+                }
+            }
             Action::Reclaim { slice, reason, .. } => {
                 self.reclaim.marks().warned.remove(slice);
                 match self.release(slice, reason).await {

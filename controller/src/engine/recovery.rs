@@ -163,6 +163,7 @@ impl Controller {
             }
         }
         st.touch_all();
+        let pod_eviction = st.nodes.get(&reg.node).is_some_and(|n| n.pod_eviction);
         st.nodes.insert(
             reg.node.clone(),
             NodeRecord {
@@ -175,6 +176,7 @@ impl Controller {
                 unreachable_since_ms: None,
                 drained,
                 capabilities: reg.capabilities,
+                pod_eviction,
             },
         );
         plan

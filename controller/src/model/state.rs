@@ -28,6 +28,9 @@ pub struct NodeRecord {
     /// What the node may do, as its agent reported; None from an agent older than capability
     /// reporting (see [`NodeRecord::may_create_mig`] and [`NodeRecord::mps`]).
     pub capabilities: Option<NodeCapabilities>,
+    /// Whether the node's agent lets idle pods be evicted (its kubelet report's
+    /// `eviction_allowed`, `kubelet.pod_reclaim = "evict"`); false until it reports.
+    pub pod_eviction: bool,
 }
 
 impl NodeRecord {

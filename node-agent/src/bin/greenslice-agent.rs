@@ -302,7 +302,7 @@ async fn main() -> ExitCode {
     if args.kubelet {
         cfg.kubelet.enabled = true;
     }
-    let kubelet = if cfg.kubelet.enabled {
+    let mut kubelet = if cfg.kubelet.enabled {
         match greenslice_agent::kubelet::KubeletOptions::from_config(&cfg) {
             Ok(mut o) => {
                 o.grants = greenslice_agent::kubelet::backend_grants(shared.clone());
@@ -334,6 +334,19 @@ async fn main() -> ExitCode {
     session.work_stop = Arc::new(greenslice_agent::workstop::WorkStop::new(
         cfg.enforce.term_grace_ms,
     ));
+    if kubelet.is_some() && cfg.kubelet.pod_reclaim == greenslice_agent::config::PodReclaim::Evict {
+        match greenslice_agent::kubelet::evict::Evictor::new(cfg.kubelet.api_server.as_deref())
+            .await
+        {
+            Ok(e) => session.evictor = Some(e),
+            Err(e) => {
+                eprintln!(
+                    "error: kubelet.pod_reclaim = \"evict\" needs the Kubernetes API server: {e}"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Some(addr) = &args.metrics_listen {
         let metrics = Arc::new(greenslice_agent::metrics::AgentMetrics::default());
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -353,10 +366,44 @@ async fn main() -> ExitCode {
         ));
         session.metrics = Some(metrics);
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    session.stop = Some(stop_rx);
+    // Several controller replicas may be given, comma-separated: the agent tries each in turn.
+    let mut run = tokio::spawn(greenslice_agent::session::run_with(session, shared));
     tokio::select! {
-        // Several controller replicas may be given, comma-separated: the agent tries each in turn.
-        _ = greenslice_agent::session::run_with(session, shared) => {}
-        _ = tokio::signal::ctrl_c() => info!("interrupted; exiting"),
+        _ = &mut run => {}
+        why = stop_signal() => {
+            // A clean stop leaves the node as it was: every slice stays on the hardware and in
+            // the checkpoint (the next agent takes them back), the command in hand is finished and
+            // answered, the session ends (the controller sees the node go at once), and the
+            // kubelet sees the plugins gone.
+            info!(signal = why, "stopping");
+            let _ = stop_tx.send(true);
+            if tokio::time::timeout(STOP_BOUND, &mut run).await.is_err() {
+                warn!(bound = ?STOP_BOUND, "the session did not end in time; exiting anyway");
+                run.abort();
+            }
+        }
     }
+    if let Some(k) = kubelet.as_mut() {
+        k.stop();
+    }
+    info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// How long a stop waits for the command in hand.
+const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C); which one.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
 }

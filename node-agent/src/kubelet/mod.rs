@@ -8,10 +8,12 @@
 //! - [`registration`]: one endpoint per resource, registered and re-registered with the kubelet.
 //! - [`podresources`]: which pod holds which device, as slices of the pod's tenant.
 //! - [`choose`]: asking the controller's placement which GPUs to use.
+//! - [`evict`]: evicting an idle pod through the API server (`pod_reclaim = "evict"`).
 //! - [`uds`]: gRPC over unix sockets.
 
 pub mod choose;
 pub mod devices;
+pub mod evict;
 pub mod grants;
 pub mod plugin;
 pub mod podresources;
@@ -213,6 +215,32 @@ pub struct Kubelet {
     /// The latest kubelet allocations (`None` until pod-resources was read once), for the controller.
     pub allocations: watch::Receiver<Option<pb::KubeletAllocations>>,
     tasks: Vec<JoinHandle<()>>,
+    device_plugin_dir: PathBuf,
+}
+
+impl Kubelet {
+    /// A clean stop: the plugins stop serving and their endpoint sockets are removed, so the
+    /// kubelet sees the plugin gone (a new agent registers afresh). Pods keep their devices: the
+    /// hardware is not touched.
+    pub fn stop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let Ok(entries) = std::fs::read_dir(&self.device_plugin_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with("greenslice-") && name.ends_with(".sock");
+            if ours
+                && uds::socket_id(&e.path()).is_some()
+                && let Err(err) = std::fs::remove_file(e.path())
+            {
+                warn!(socket = %e.path().display(), error = %err, "cannot remove a plugin endpoint");
+            }
+        }
+    }
 }
 
 impl Drop for Kubelet {
@@ -269,5 +297,6 @@ pub fn start(opts: KubeletOptions, inventory: InventoryFn) -> Kubelet {
         table: table_rx,
         allocations: alloc_rx,
         tasks,
+        device_plugin_dir: opts.device_plugin_dir.clone(),
     }
 }
