@@ -1,0 +1,211 @@
+//! The supervisor's decisions, without any process I/O: which GPUs need a control daemon, where
+//! each daemon's folders are, and what to start, restart or stop given what runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// What runs for one GPU's pipe folder, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// No pid file: no daemon was started there, or it quit.
+    Absent,
+    /// Its process runs.
+    Alive(u32),
+    /// Its pid file names a process that is gone (killed, crashed).
+    Dead(u32),
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a daemon for a GPU that holds shares and has none.
+    Start { gpu: String },
+    /// Start a daemon again for a GPU that holds shares and whose daemon died.
+    Restart { gpu: String, dead_pid: u32 },
+    /// Quit the daemon of a GPU that holds no share.
+    Stop { gpu: String, pid: u32 },
+    /// Forget the pid file of a dead daemon no GPU needs.
+    Forget { gpu: String },
+}
+
+/// The GPUs that need a daemon: those that hold at least one share. `shares` gives the GPU of each.
+pub fn wanted<'a>(shares: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    shares.into_iter().map(str::to_string).collect()
+}
+
+/// What to do so that exactly the `wanted` GPUs have a live daemon. `seen` covers at least the
+/// wanted GPUs (a GPU missing from it is taken as [`Daemon::Absent`]). Daemons of GPUs not wanted
+/// are stopped only when `ownership_known`: until the agent knows every share it holds (its
+/// checkpoint read, or the controller's ledger answered), a daemon may serve a share not yet taken
+/// back.
+pub fn plan(
+    wanted: &BTreeSet<String>,
+    seen: &BTreeMap<String, Daemon>,
+    ownership_known: bool,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    for gpu in wanted {
+        match seen.get(gpu).copied().unwrap_or(Daemon::Absent) {
+            Daemon::Alive(_) => {}
+            Daemon::Absent => out.push(Action::Start { gpu: gpu.clone() }),
+            Daemon::Dead(pid) => out.push(Action::Restart {
+                gpu: gpu.clone(),
+                dead_pid: pid,
+            }),
+        }
+    }
+    for (gpu, d) in seen {
+        if wanted.contains(gpu) {
+            continue;
+        }
+        match *d {
+            Daemon::Alive(pid) if ownership_known => out.push(Action::Stop {
+                gpu: gpu.clone(),
+                pid,
+            }),
+            Daemon::Dead(_) => out.push(Action::Forget { gpu: gpu.clone() }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The folder name of a GPU under the pipe and log folders: its UUID, with anything but letters,
+/// digits, '-', '_' and '.' replaced by '_' (a UUID never has them; a path must not escape).
+pub fn folder_name(gpu: &str) -> String {
+    let s: String = gpu
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match s.as_str() {
+        "" | "." | ".." => format!("gpu-{}", s.len()),
+        _ => s,
+    }
+}
+
+/// The GPU's own folder under `base` (its pipe folder under the pipe base, its log folder under the
+/// log base).
+pub fn gpu_dir(base: &Path, gpu: &str) -> PathBuf {
+    base.join(folder_name(gpu))
+}
+
+/// A daemon's state from its pid file's text and whether that process runs (`alive(pid)`).
+pub fn read_pid_file(text: Option<&str>, alive: impl Fn(u32) -> bool) -> Daemon {
+    match text
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|p| *p > 1)
+    {
+        None => Daemon::Absent,
+        Some(pid) if alive(pid) => Daemon::Alive(pid),
+        Some(pid) => Daemon::Dead(pid),
+    }
+}
+
+/// Whether a /proc/PID/stat line is of a process that still runs (not a zombie, not dead).
+pub fn stat_runs(stat: &str) -> bool {
+    // "PID (comm) S ...": the state follows the last ')', as comm may hold anything.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|s| !matches!(s, "Z" | "X" | "x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(g: &[&str]) -> BTreeSet<String> {
+        g.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn seen(v: &[(&str, Daemon)]) -> BTreeMap<String, Daemon> {
+        v.iter().map(|(g, d)| (g.to_string(), *d)).collect()
+    }
+
+    #[test]
+    fn a_gpu_with_shares_gets_one_daemon_and_one_without_none() {
+        let w = wanted(["GPU-a", "GPU-a", "GPU-b"]);
+        assert_eq!(w, set(&["GPU-a", "GPU-b"]));
+        assert_eq!(
+            plan(&w, &seen(&[("GPU-b", Daemon::Alive(7))]), true),
+            [Action::Start {
+                gpu: "GPU-a".into()
+            }]
+        );
+        assert!(plan(&set(&[]), &seen(&[]), true).is_empty());
+    }
+
+    #[test]
+    fn a_dead_daemon_of_a_gpu_with_shares_is_restarted() {
+        assert_eq!(
+            plan(
+                &set(&["GPU-a"]),
+                &seen(&[("GPU-a", Daemon::Dead(42))]),
+                false
+            ),
+            [Action::Restart {
+                gpu: "GPU-a".into(),
+                dead_pid: 42
+            }]
+        );
+    }
+
+    #[test]
+    fn a_daemon_of_a_gpu_without_shares_quits_once_ownership_is_known() {
+        let s = seen(&[("GPU-a", Daemon::Alive(9)), ("GPU-b", Daemon::Dead(3))]);
+        assert_eq!(
+            plan(&set(&[]), &s, true),
+            [
+                Action::Stop {
+                    gpu: "GPU-a".into(),
+                    pid: 9
+                },
+                Action::Forget {
+                    gpu: "GPU-b".into()
+                }
+            ]
+        );
+        // Before: it may serve a share the agent has not taken back yet.
+        assert_eq!(
+            plan(&set(&[]), &s, false),
+            [Action::Forget {
+                gpu: "GPU-b".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn each_gpu_has_its_own_folder_that_cannot_escape_the_base() {
+        let base = Path::new("/run/nvidia-mps");
+        assert_eq!(
+            gpu_dir(base, "GPU-1b2c3d4e-0000-1111-2222-333344445555"),
+            Path::new("/run/nvidia-mps/GPU-1b2c3d4e-0000-1111-2222-333344445555")
+        );
+        assert_eq!(gpu_dir(base, "../etc"), Path::new("/run/nvidia-mps/.._etc"));
+        assert_eq!(folder_name(".."), "gpu-2");
+        assert_eq!(folder_name("a/b"), "a_b");
+        assert_ne!(gpu_dir(base, "GPU-a"), gpu_dir(base, "GPU-b"));
+    }
+
+    #[test]
+    fn the_pid_file_says_whether_a_daemon_runs() {
+        assert_eq!(read_pid_file(None, |_| true), Daemon::Absent);
+        assert_eq!(read_pid_file(Some("junk"), |_| true), Daemon::Absent);
+        assert_eq!(read_pid_file(Some("1\n"), |_| true), Daemon::Absent);
+        assert_eq!(read_pid_file(Some("123\n"), |_| true), Daemon::Alive(123));
+        assert_eq!(read_pid_file(Some("123\n"), |_| false), Daemon::Dead(123));
+    }
+
+    #[test]
+    fn a_zombie_does_not_run() {
+        assert!(stat_runs("42 (nvidia-cuda-mps) S 1 42 42 0"));
+        assert!(stat_runs("42 (a) b) R 1"));
+        assert!(!stat_runs("42 (nvidia-cuda-mps) Z 1 42"));
+        assert!(!stat_runs(""));
+    }
+}
