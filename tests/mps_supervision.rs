@@ -65,17 +65,8 @@ fn control(standin: &Path, pipe: &Path, commands: &str) -> (bool, String) {
     )
 }
 
-#[test]
-fn a_share_gpu_gets_its_own_supervised_mps_daemon_in_exclusive_mode_until_its_last_share_goes() {
-    let (lib, sim_cli) = sim_artifacts();
-    let standin = mps_control_standin();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path();
-    let state = dir.join("machine.json");
-    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
-    let pipes = dir.join("mps");
-    let logs = dir.join("mps-log");
-    let _daemons = Daemons(pipes.clone());
+/// The agent's config: supervision on, the stand-in as the control binary, folders under `dir`.
+fn write_config(dir: &Path, standin: &Path, pipes: &Path, logs: &Path) -> PathBuf {
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
@@ -87,23 +78,43 @@ fn a_share_gpu_gets_its_own_supervised_mps_daemon_in_exclusive_mode_until_its_la
         ),
     )
     .unwrap();
-    let (_ctl, url) = start_controller(&[]);
+    cfg
+}
+
+/// The real agent on the simulated NVML machine `state`, its checkpoint in `dir`.
+fn start_agent(url: &str, lib: &Path, state: &Path, cfg: &Path, dir: &Path) -> Proc {
     let agent = Command::new(bin("greenslice-agent"))
-        .args(["--controller", &url, "--node", "n1", "--backend", "nvml"])
+        .args(["--controller", url, "--node", "n1", "--backend", "nvml"])
         .arg("--nvml-library")
-        .arg(&lib)
+        .arg(lib)
         .arg("--config")
-        .arg(&cfg)
+        .arg(cfg)
         .arg("--state-dir")
         .arg(dir.join("agent-state"))
-        .env("GREENSLICE_NVML_SIM_STATE", &state)
+        .env("GREENSLICE_NVML_SIM_STATE", state)
         .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
         .env("GREENSLICE_NVML_SIM_MIG_GPUS", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start greenslice-agent");
-    let _agent = Proc(agent, None);
+    Proc(agent, None)
+}
+
+#[test]
+fn a_share_gpu_gets_its_own_supervised_mps_daemon_in_exclusive_mode_until_its_last_share_goes() {
+    let (lib, sim_cli) = sim_artifacts();
+    let standin = mps_control_standin();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let state = dir.join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
+    let pipes = dir.join("mps");
+    let logs = dir.join("mps-log");
+    let _daemons = Daemons(pipes.clone());
+    let cfg = write_config(dir, &standin, &pipes, &logs);
+    let (_ctl, url) = start_controller(&[]);
+    let _agent = start_agent(&url, &lib, &state, &cfg, dir);
     assert!(
         wait_until(Duration::from_secs(20), || {
             cli_json(&url, &["inventory"])["gpus_total"] == 8
@@ -219,4 +230,66 @@ fn daemon_pid_any(pipes: &Path) -> Option<u32> {
         .ok()?
         .flatten()
         .find_map(|e| daemon_pid(&e.path()))
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_running_daemon_and_the_exclusive_mode_of_its_share_gpus() {
+    let (lib, sim_cli) = sim_artifacts();
+    let standin = mps_control_standin();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let state = dir.join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
+    let pipes = dir.join("mps");
+    let logs = dir.join("mps-log");
+    let _daemons = Daemons(pipes.clone());
+    let cfg = write_config(dir, &standin, &pipes, &logs);
+    let (_ctl, url) = start_controller(&[]);
+    let agent = start_agent(&url, &lib, &state, &cfg, dir);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["gpus_total"] == 8
+        }),
+        "the agent did not register"
+    );
+    let share = cli_json(
+        &url,
+        &[
+            "request", "--tenant", "team-a", "--share", "0.5", "--memory", "2GiB",
+        ],
+    );
+    let gpu = share["gpu_uuids"][0].as_str().expect("GPU").to_string();
+    let pipe = pipes.join(&gpu);
+    let pid = daemon_pid(&pipe).expect("a daemon runs for the share's GPU");
+
+    // The agent is killed; the daemon, a process of its own, runs on and serves the share.
+    drop(agent);
+    assert_eq!(daemon_pid(&pipe), Some(pid));
+    let _agent = start_agent(&url, &lib, &state, &cfg, dir);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["nodes"][0]["connected"] == true
+        }),
+        "the restarted agent did not connect"
+    );
+    // Several checks later: the same daemon (taken back, not a second one), and the GPU still
+    // EXCLUSIVE_PROCESS (the restart clean-up leaves share GPUs alone).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(daemon_pid(&pipe), Some(pid), "the daemon was replaced");
+    let log = std::fs::read_to_string(logs.join(&gpu).join("control.log")).unwrap();
+    assert_eq!(log.matches("Startup").count(), 1, "{log}");
+    assert_eq!(
+        compute_mode(&machine(&sim_cli, &state), &gpu),
+        "exclusive_process"
+    );
+
+    // The restarted agent still stops it with the last share.
+    cli_json(&url, &["release", share["id"].as_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            daemon_pid(&pipe).is_none()
+                && compute_mode(&machine(&sim_cli, &state), &gpu) == "default"
+        }),
+        "after the release the daemon still runs or the GPU is not DEFAULT"
+    );
 }
