@@ -40,6 +40,8 @@ pub struct Supervisor {
     wanted: BTreeSet<String>,
     /// Whether every share the agent holds is known (daemons of other GPUs may be stopped).
     ownership_known: bool,
+    /// GPUs wanted at some time since the agent started.
+    was_wanted: BTreeSet<String>,
     /// Daemons started again after they died, since the agent started.
     pub restarts: u64,
 }
@@ -53,6 +55,7 @@ impl Supervisor {
             control,
             wanted: BTreeSet::new(),
             ownership_known: false,
+            was_wanted: BTreeSet::new(),
             restarts: 0,
         }
     }
@@ -64,6 +67,7 @@ impl Supervisor {
 
     /// The GPUs that need a daemon now; `ownership_known` once everything owned is known.
     pub fn set_wanted(&mut self, wanted: BTreeSet<String>, ownership_known: bool) {
+        self.was_wanted.extend(wanted.iter().cloned());
         self.wanted = wanted;
         self.ownership_known |= ownership_known;
     }
@@ -77,7 +81,7 @@ impl Supervisor {
             let d = self.control.observe(&gpu);
             seen.insert(gpu, d);
         }
-        let actions = plan::plan(&self.wanted, &seen, self.ownership_known);
+        let actions = plan::plan(&self.wanted, &seen, self.ownership_known, &self.was_wanted);
         actions
             .into_iter()
             .map(|a| {
@@ -293,5 +297,125 @@ impl GpuBackend for Supervised {
         grants: &[crate::checkpoint::KubeletGrant],
     ) -> Result<(), BackendError> {
         self.inner.record_kubelet_grants(grants)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::sim::{SimBackend, SimConfig};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fake control binary in `sh` (not the gpu-sim stand-in, which the agent's package does not
+    /// build): `-d` leaves a `sleep` running as the daemon and writes its pid file; the client
+    /// appends each command to `commands` in the pipe folder and kills the daemon on `quit`.
+    const FAKE: &str = r#"#!/bin/sh
+p="$CUDA_MPS_PIPE_DIRECTORY"
+if [ "$1" = "-d" ]; then
+  mkdir -p "$p"
+  sleep 600 </dev/null >/dev/null 2>&1 &
+  echo $! > "$p/nvidia-cuda-mps-control.pid"
+  echo "$CUDA_VISIBLE_DEVICES" > "$p/devices"
+  exit 0
+fi
+[ -f "$p/nvidia-cuda-mps-control.pid" ] || { echo "no daemon" >&2; exit 1; }
+while read -r c; do
+  echo "$c" >> "$p/commands"
+  if [ "$c" = quit ]; then kill "$(cat "$p/nvidia-cuda-mps-control.pid")"; rm -f "$p/nvidia-cuda-mps-control.pid"; fi
+done
+"#;
+
+    fn supervised(dir: &std::path::Path) -> (Supervised, Shared, String) {
+        let bin = dir.join("fake-mps-control");
+        std::fs::write(&bin, FAKE).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sup = Arc::new(Mutex::new(Supervisor::new(daemon::Control {
+            binary: bin,
+            pipe_base: dir.join("pipes"),
+            log_base: dir.join("logs"),
+        })));
+        let mut c = SimConfig::new("n1", "dgx-h100".parse().unwrap());
+        c.mig_gpus = 0;
+        let mut inner = SimBackend::new(c).unwrap();
+        let gpu = inner.inventory().unwrap()[0].uuid.clone();
+        (Supervised::new(Box::new(inner), sup.clone()), sup, gpu)
+    }
+
+    fn observe(sup: &Shared, gpu: &str) -> Daemon {
+        sup.lock().unwrap().control.observe(gpu)
+    }
+
+    #[test]
+    fn two_shares_of_a_gpu_share_one_daemon_which_goes_with_the_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut b, sup, gpu) = supervised(tmp.path());
+        let pipe = tmp.path().join("pipes").join(&gpu);
+        let env = b.set_share(&gpu, "s-1", 0.25, 1 << 30).unwrap();
+        assert_eq!(env["CUDA_MPS_PIPE_DIRECTORY"], pipe.to_string_lossy());
+        let Daemon::Alive(pid) = observe(&sup, &gpu) else {
+            panic!("no daemon for the share's GPU");
+        };
+        assert_eq!(
+            std::fs::read_to_string(pipe.join("devices"))
+                .unwrap()
+                .trim(),
+            gpu,
+            "the daemon serves its GPU only"
+        );
+        b.set_share(&gpu, "s-2", 0.25, 1 << 30).unwrap();
+        assert_eq!(
+            observe(&sup, &gpu),
+            Daemon::Alive(pid),
+            "one daemon per GPU"
+        );
+        b.clear_share(&gpu, "s-1").unwrap();
+        assert_eq!(observe(&sup, &gpu), Daemon::Alive(pid), "a share is left");
+        b.clear_share(&gpu, "s-2").unwrap();
+        assert_eq!(observe(&sup, &gpu), Daemon::Absent);
+        assert_eq!(
+            std::fs::read_to_string(pipe.join("commands")).unwrap(),
+            "quit\n"
+        );
+        assert!(!daemon::process_runs(pid));
+    }
+
+    #[test]
+    fn a_killed_daemon_is_started_again_at_the_next_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut b, sup, gpu) = supervised(tmp.path());
+        b.set_share(&gpu, "s-1", 0.5, 1 << 30).unwrap();
+        let Daemon::Alive(pid) = observe(&sup, &gpu) else {
+            panic!("no daemon");
+        };
+        crate::backend::signal::send(pid, crate::enforce::StopSignal::Kill).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while daemon::process_runs(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(observe(&sup, &gpu), Daemon::Dead(pid));
+        let done = sup.lock().unwrap().reconcile();
+        assert!(
+            matches!(&done[..], [(Action::Restart { dead_pid, .. }, Ok(()))] if *dead_pid == pid),
+            "{done:?}"
+        );
+        assert!(matches!(observe(&sup, &gpu), Daemon::Alive(p) if p != pid));
+        assert_eq!(sup.lock().unwrap().restarts, 1);
+        b.clear_share(&gpu, "s-1").unwrap();
+        assert_eq!(observe(&sup, &gpu), Daemon::Absent);
+    }
+
+    #[test]
+    fn without_the_binary_the_share_is_applied_and_the_start_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (b, sup, gpu) = supervised(tmp.path());
+        sup.lock().unwrap().control.binary = tmp.path().join("missing");
+        let mut b = b;
+        assert!(b.set_share(&gpu, "s-1", 0.5, 1 << 30).is_ok());
+        let done = sup.lock().unwrap().reconcile();
+        assert!(
+            matches!(&done[..], [(Action::Start { .. }, Err(e))] if e.contains("cannot run")),
+            "{done:?}"
+        );
+        assert!(!daemon::found(&tmp.path().join("missing")));
     }
 }

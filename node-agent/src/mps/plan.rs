@@ -34,14 +34,15 @@ pub fn wanted<'a>(shares: impl IntoIterator<Item = &'a str>) -> BTreeSet<String>
 }
 
 /// What to do so that exactly the `wanted` GPUs have a live daemon. `seen` covers at least the
-/// wanted GPUs (a GPU missing from it is taken as [`Daemon::Absent`]). Daemons of GPUs not wanted
-/// are stopped only when `ownership_known`: until the agent knows every share it holds (its
-/// checkpoint read, or the controller's ledger answered), a daemon may serve a share not yet taken
-/// back.
+/// wanted GPUs (a GPU missing from it is taken as [`Daemon::Absent`]). The daemon of a GPU not
+/// wanted is stopped when the agent wanted it before (`was_wanted`: its last share went) or when
+/// `ownership_known`: until the agent knows every share it holds (its checkpoint read, or the
+/// controller's ledger answered), a daemon found from before may serve a share not yet taken back.
 pub fn plan(
     wanted: &BTreeSet<String>,
     seen: &BTreeMap<String, Daemon>,
     ownership_known: bool,
+    was_wanted: &BTreeSet<String>,
 ) -> Vec<Action> {
     let mut out = Vec::new();
     for gpu in wanted {
@@ -59,10 +60,12 @@ pub fn plan(
             continue;
         }
         match *d {
-            Daemon::Alive(pid) if ownership_known => out.push(Action::Stop {
-                gpu: gpu.clone(),
-                pid,
-            }),
+            Daemon::Alive(pid) if ownership_known || was_wanted.contains(gpu) => {
+                out.push(Action::Stop {
+                    gpu: gpu.clone(),
+                    pid,
+                })
+            }
             Daemon::Dead(_) => out.push(Action::Forget { gpu: gpu.clone() }),
             _ => {}
         }
@@ -132,12 +135,12 @@ mod tests {
         let w = wanted(["GPU-a", "GPU-a", "GPU-b"]);
         assert_eq!(w, set(&["GPU-a", "GPU-b"]));
         assert_eq!(
-            plan(&w, &seen(&[("GPU-b", Daemon::Alive(7))]), true),
+            plan(&w, &seen(&[("GPU-b", Daemon::Alive(7))]), true, &set(&[])),
             [Action::Start {
                 gpu: "GPU-a".into()
             }]
         );
-        assert!(plan(&set(&[]), &seen(&[]), true).is_empty());
+        assert!(plan(&set(&[]), &seen(&[]), true, &set(&[])).is_empty());
     }
 
     #[test]
@@ -146,7 +149,8 @@ mod tests {
             plan(
                 &set(&["GPU-a"]),
                 &seen(&[("GPU-a", Daemon::Dead(42))]),
-                false
+                false,
+                &set(&[])
             ),
             [Action::Restart {
                 gpu: "GPU-a".into(),
@@ -159,7 +163,7 @@ mod tests {
     fn a_daemon_of_a_gpu_without_shares_quits_once_ownership_is_known() {
         let s = seen(&[("GPU-a", Daemon::Alive(9)), ("GPU-b", Daemon::Dead(3))]);
         assert_eq!(
-            plan(&set(&[]), &s, true),
+            plan(&set(&[]), &s, true, &set(&[])),
             [
                 Action::Stop {
                     gpu: "GPU-a".into(),
@@ -170,12 +174,24 @@ mod tests {
                 }
             ]
         );
-        // Before: it may serve a share the agent has not taken back yet.
         assert_eq!(
-            plan(&set(&[]), &s, false),
+            plan(&set(&[]), &s, true, &set(&[])),
+            plan(&set(&[]), &s, true, &set(&["GPU-a"]))
+        );
+        // Before: a daemon found from before may serve a share the agent has not taken back yet...
+        assert_eq!(
+            plan(&set(&[]), &s, false, &set(&[])),
             [Action::Forget {
                 gpu: "GPU-b".into()
             }]
+        );
+        // ...but the daemon of a GPU whose last share the agent cleared goes at once.
+        assert_eq!(
+            plan(&set(&[]), &s, false, &set(&["GPU-a"]))[0],
+            Action::Stop {
+                gpu: "GPU-a".into(),
+                pid: 9
+            }
         );
     }
 
