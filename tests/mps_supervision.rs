@@ -293,3 +293,45 @@ fn a_restarted_agent_keeps_the_running_daemon_and_the_exclusive_mode_of_its_shar
         "after the release the daemon still runs or the GPU is not DEFAULT"
     );
 }
+
+#[test]
+fn without_the_control_binary_shares_stay_advisory_and_no_gpu_is_made_exclusive() {
+    let (lib, sim_cli) = sim_artifacts();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let state = dir.join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
+    let pipes = dir.join("mps");
+    let cfg = write_config(
+        dir,
+        &dir.join("no-such-mps-control"),
+        &pipes,
+        &dir.join("logs"),
+    );
+    let (_ctl, url) = start_controller(&[]);
+    let _agent = start_agent(&url, &lib, &state, &cfg, dir);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["gpus_total"] == 8
+        }),
+        "the agent did not register"
+    );
+    let inv = cli_json(&url, &["inventory"]);
+    assert_eq!(
+        inv["nodes"][0]["capabilities"]["share_limits"], "advisory",
+        "{inv}"
+    );
+    let share = cli_json(
+        &url,
+        &[
+            "request", "--tenant", "team-a", "--share", "0.25", "--memory", "1GiB",
+        ],
+    );
+    assert_eq!(
+        share["env"]["GREENSLICE_SHARE_LIMITS"], "advisory",
+        "{share}"
+    );
+    let gpu = share["gpu_uuids"][0].as_str().expect("GPU");
+    assert_eq!(compute_mode(&machine(&sim_cli, &state), gpu), "default");
+    assert!(daemon_pid_any(&pipes).is_none());
+}

@@ -100,6 +100,9 @@ fn build_backend(
             }
             found
         };
+    if cfg.mps.supervise && cfg.backend == BackendKind::Sim {
+        info!("mps.supervise applies to the NVML backend; the simulator simulates MPS itself");
+    }
     let mps = cfg.mps.available.unwrap_or_else(|| {
         cfg.backend == BackendKind::Sim
             || supervise
