@@ -101,6 +101,16 @@ fn start_agent(url: &str, lib: &Path, state: &Path, cfg: &Path, dir: &Path) -> P
     Proc(agent, None)
 }
 
+/// The daemon's default thread percentage and device 0 pinned memory limit, as it answers them.
+fn told_defaults(standin: &Path, pipe: &Path) -> String {
+    control(
+        standin,
+        pipe,
+        "get_default_active_thread_percentage\nget_default_device_pinned_mem_limit 0\n",
+    )
+    .1
+}
+
 #[test]
 fn a_share_gpu_gets_its_own_supervised_mps_daemon_in_exclusive_mode_until_its_last_share_goes() {
     let (lib, sim_cli) = sim_artifacts();
@@ -157,6 +167,8 @@ fn a_share_gpu_gets_its_own_supervised_mps_daemon_in_exclusive_mode_until_its_la
     let first = daemon_pid(&pipe).expect("a daemon runs for the share's GPU");
     let (ok, _) = control(&standin, &pipe, "get_server_list\n");
     assert!(ok, "the daemon answers on its pipe folder");
+    // It was told the share's limits as its defaults (for a client that sets none itself).
+    assert_eq!(told_defaults(&standin, &pipe), "25.0\n1024M\n");
     let log = std::fs::read_to_string(logs.join(&gpu).join("control.log")).expect("its log");
     assert!(
         log.contains(&format!("CUDA_VISIBLE_DEVICES={gpu}")),
@@ -200,6 +212,12 @@ fn a_share_gpu_gets_its_own_supervised_mps_daemon_in_exclusive_mode_until_its_la
         killed.elapsed()
     );
     assert!(control(&standin, &pipe, "get_server_list\n").0);
+    assert!(
+        wait_until(Duration::from_secs(3), || told_defaults(&standin, &pipe)
+            == "25.0\n1024M\n"),
+        "the new daemon was not told the defaults again: {}",
+        told_defaults(&standin, &pipe)
+    );
     assert_eq!(
         compute_mode(&machine(&sim_cli, &state), &gpu),
         "exclusive_process"

@@ -15,8 +15,11 @@
 //! [`plan`] decides (pure); [`daemon`] runs the processes. [`Supervised`] wraps the backend so
 //! that applying and clearing shares drives the supervisor.
 //!
-//! Not done: static SM partitioning (`-S`, `CUDA_MPS_SM_PARTITION`); per-client limits are set by
-//! the client's environment (by agreement), not by `set_active_thread_percentage`.
+//! - Each daemon's defaults, for a client that sets no limits of its own, are the tightest of its
+//!   GPU's shares ([`plan::defaults`]), told again to a daemon started again.
+//!
+//! Not done: static SM partitioning (`-S`, `CUDA_MPS_SM_PARTITION`); a share's own limits are set by
+//! its environment (by agreement), not by `set_active_thread_percentage` on a server of its own.
 
 pub mod daemon;
 pub mod plan;
@@ -38,6 +41,10 @@ use plan::{Action, Daemon};
 pub struct Supervisor {
     control: daemon::Control,
     wanted: BTreeSet<String>,
+    /// The defaults each wanted GPU's daemon is to have.
+    defaults: BTreeMap<String, plan::Defaults>,
+    /// The defaults each running daemon was told, by GPU.
+    told: BTreeMap<String, plan::Defaults>,
     /// Whether every share the agent holds is known (daemons of other GPUs may be stopped).
     ownership_known: bool,
     /// GPUs wanted at some time since the agent started.
@@ -54,6 +61,8 @@ impl Supervisor {
         Supervisor {
             control,
             wanted: BTreeSet::new(),
+            defaults: BTreeMap::new(),
+            told: BTreeMap::new(),
             ownership_known: false,
             was_wanted: BTreeSet::new(),
             restarts: 0,
@@ -65,8 +74,15 @@ impl Supervisor {
         self.control.pipe_dir(gpu)
     }
 
-    /// The GPUs that need a daemon now; `ownership_known` once everything owned is known.
-    pub fn set_wanted(&mut self, wanted: BTreeSet<String>, ownership_known: bool) {
+    /// The GPUs that need a daemon now, with the defaults their daemons are to have;
+    /// `ownership_known` once everything owned is known.
+    pub fn set_wanted(
+        &mut self,
+        defaults: BTreeMap<String, plan::Defaults>,
+        ownership_known: bool,
+    ) {
+        let wanted: BTreeSet<String> = defaults.keys().cloned().collect();
+        self.defaults = defaults;
         self.was_wanted.extend(wanted.iter().cloned());
         self.wanted = wanted;
         self.ownership_known |= ownership_known;
@@ -82,25 +98,54 @@ impl Supervisor {
             seen.insert(gpu, d);
         }
         let actions = plan::plan(&self.wanted, &seen, self.ownership_known, &self.was_wanted);
-        actions
+        let done = actions
             .into_iter()
             .map(|a| {
                 let r = self.act(&a);
                 (a, r)
             })
-            .collect()
+            .collect();
+        self.tell_defaults();
+        done
+    }
+
+    /// Tells each running daemon the defaults it is to have, where it was not told them yet (a
+    /// daemon started again has forgotten them).
+    fn tell_defaults(&mut self) {
+        let due: Vec<(String, plan::Defaults)> = self
+            .defaults
+            .iter()
+            .filter(|(g, d)| self.told.get(*g) != Some(d))
+            .map(|(g, d)| (g.clone(), *d))
+            .collect();
+        for (gpu, d) in due {
+            if !matches!(self.control.observe(&gpu), Daemon::Alive(_)) {
+                continue;
+            }
+            let cmds = plan::default_commands(&d);
+            let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+            match self.control.send(&gpu, &cmds) {
+                Ok(_) => {
+                    self.told.insert(gpu, d);
+                }
+                Err(e) => warn!(gpu = %gpu, error = %e, "cannot set the MPS daemon's defaults"),
+            }
+        }
     }
 
     fn act(&mut self, a: &Action) -> Result<(), String> {
         let r = match a {
             Action::Start { gpu } => self.control.start(gpu).map(|pid| {
+                self.told.remove(gpu);
                 info!(gpu = %gpu, pid, pipe = %self.control.pipe_dir(gpu).display(), "MPS control daemon started");
             }),
             Action::Restart { gpu, dead_pid } => self.control.start(gpu).map(|pid| {
+                self.told.remove(gpu);
                 self.restarts += 1;
                 warn!(gpu = %gpu, dead_pid, pid, "MPS control daemon had died; started again");
             }),
             Action::Stop { gpu, pid } => self.control.stop(gpu, *pid).map(|()| {
+                self.told.remove(gpu);
                 info!(gpu = %gpu, pid, "MPS control daemon stopped: the GPU holds no share");
             }),
             Action::Forget { gpu } => {
@@ -140,8 +185,8 @@ pub fn watch(shared: Shared, interval: Duration) -> std::thread::JoinHandle<()> 
 pub struct Supervised {
     inner: Box<dyn GpuBackend>,
     sup: Shared,
-    /// Slice id to the GPU of its share.
-    shares: BTreeMap<String, String>,
+    /// Slice id to its share: GPU, compute fraction, memory bytes.
+    shares: BTreeMap<String, (String, f64, u64)>,
 }
 
 impl Supervised {
@@ -154,9 +199,9 @@ impl Supervised {
     }
 
     fn sync(&self, ownership_known: bool) {
-        let wanted = plan::wanted(self.shares.values().map(String::as_str));
+        let defaults = plan::defaults(self.shares.values().map(|(g, f, m)| (g.as_str(), *f, *m)));
         if let Ok(mut s) = self.sup.lock() {
-            s.set_wanted(wanted, ownership_known);
+            s.set_wanted(defaults, ownership_known);
             s.reconcile();
         }
     }
@@ -241,7 +286,10 @@ impl GpuBackend for Supervised {
         let mut env = self
             .inner
             .set_share(gpu, slice_id, compute_fraction, memory_bytes)?;
-        self.shares.insert(slice_id.to_string(), gpu.to_string());
+        self.shares.insert(
+            slice_id.to_string(),
+            (gpu.to_string(), compute_fraction, memory_bytes),
+        );
         self.sync(false);
         let pipe = self
             .sup
@@ -275,7 +323,12 @@ impl GpuBackend for Supervised {
         self.shares = owned
             .shares
             .iter()
-            .map(|s| (s.slice_id.clone(), s.gpu.clone()))
+            .map(|s| {
+                (
+                    s.slice_id.clone(),
+                    (s.gpu.clone(), s.compute_fraction, s.memory_bytes),
+                )
+            })
             .collect();
         self.sync(complete);
         Ok(())
@@ -362,7 +415,8 @@ done
             gpu,
             "the daemon serves its GPU only"
         );
-        b.set_share(&gpu, "s-2", 0.25, 1 << 30).unwrap();
+        // A tighter share: the daemon's defaults (for a client that sets none) follow it.
+        b.set_share(&gpu, "s-2", 0.1, 512 << 20).unwrap();
         assert_eq!(
             observe(&sup, &gpu),
             Daemon::Alive(pid),
@@ -374,7 +428,11 @@ done
         assert_eq!(observe(&sup, &gpu), Daemon::Absent);
         assert_eq!(
             std::fs::read_to_string(pipe.join("commands")).unwrap(),
-            "quit\n"
+            "set_default_active_thread_percentage 25\n\
+             set_default_device_pinned_mem_limit 0 1024M\n\
+             set_default_active_thread_percentage 10\n\
+             set_default_device_pinned_mem_limit 0 512M\n\
+             quit\n"
         );
         assert!(!daemon::process_runs(pid));
     }

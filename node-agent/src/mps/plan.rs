@@ -73,6 +73,47 @@ pub fn plan(
     out
 }
 
+/// The limits a GPU's daemon gives a client that sets none of its own: the tightest of the GPU's
+/// shares, so a share that drops its environment gains nothing (MPS thread percentage, pinned
+/// device memory in MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    pub thread_percentage: u32,
+    pub pinned_mib: u64,
+}
+
+/// The daemon defaults of each GPU from its shares, given as (GPU, compute fraction, memory bytes).
+/// The percentage and MiB are rounded up as in the share's own environment.
+pub fn defaults<'a>(
+    shares: impl IntoIterator<Item = (&'a str, f64, u64)>,
+) -> BTreeMap<String, Defaults> {
+    let mut out: BTreeMap<String, Defaults> = BTreeMap::new();
+    for (gpu, f, mem) in shares {
+        let d = Defaults {
+            thread_percentage: ((f * 100.0).ceil() as u32).clamp(1, 100),
+            pinned_mib: mem.div_ceil(1 << 20).max(1),
+        };
+        out.entry(gpu.to_string())
+            .and_modify(|e| {
+                e.thread_percentage = e.thread_percentage.min(d.thread_percentage);
+                e.pinned_mib = e.pinned_mib.min(d.pinned_mib);
+            })
+            .or_insert(d);
+    }
+    out
+}
+
+/// The control commands that set `d` on a daemon serving one GPU (device ordinal 0 in its view).
+pub fn default_commands(d: &Defaults) -> Vec<String> {
+    vec![
+        format!(
+            "set_default_active_thread_percentage {}",
+            d.thread_percentage
+        ),
+        format!("set_default_device_pinned_mem_limit 0 {}M", d.pinned_mib),
+    ]
+}
+
 /// The folder name of a GPU under the pipe and log folders: its UUID, with anything but letters,
 /// digits, '-', '_' and '.' replaced by '_' (a UUID never has them; a path must not escape).
 pub fn folder_name(gpu: &str) -> String {
@@ -215,6 +256,37 @@ mod tests {
         assert_eq!(read_pid_file(Some("1\n"), |_| true), Daemon::Absent);
         assert_eq!(read_pid_file(Some("123\n"), |_| true), Daemon::Alive(123));
         assert_eq!(read_pid_file(Some("123\n"), |_| false), Daemon::Dead(123));
+    }
+
+    #[test]
+    fn a_daemon_defaults_to_the_tightest_share_of_its_gpu() {
+        let d = defaults([
+            ("GPU-a", 0.25, 1 << 30),
+            ("GPU-a", 0.5, 512 << 20),
+            ("GPU-b", 0.333, (1 << 20) + 1),
+        ]);
+        assert_eq!(
+            d["GPU-a"],
+            Defaults {
+                thread_percentage: 25,
+                pinned_mib: 512
+            }
+        );
+        assert_eq!(
+            d["GPU-b"],
+            Defaults {
+                thread_percentage: 34,
+                pinned_mib: 2
+            }
+        );
+        assert_eq!(
+            default_commands(&d["GPU-a"]),
+            [
+                "set_default_active_thread_percentage 25",
+                "set_default_device_pinned_mem_limit 0 512M"
+            ]
+        );
+        assert!(defaults([]).is_empty());
     }
 
     #[test]
