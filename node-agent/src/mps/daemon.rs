@@ -42,10 +42,19 @@ impl Control {
         c
     }
 
-    /// What runs in `gpu`'s pipe folder.
+    /// What runs in `gpu`'s pipe folder. The pid file's process counts as its daemon only while it
+    /// runs and, where its environment can be read, names this pipe folder (a pid taken again by
+    /// another process after the daemon died is not it).
     pub fn observe(&self, gpu: &str) -> Daemon {
-        let text = std::fs::read_to_string(self.pipe_dir(gpu).join(PID_FILE)).ok();
-        plan::read_pid_file(text.as_deref(), process_runs)
+        let pipe = self.pipe_dir(gpu);
+        let text = std::fs::read_to_string(pipe.join(PID_FILE)).ok();
+        let pipe = pipe.to_string_lossy();
+        plan::read_pid_file(text.as_deref(), |pid| {
+            process_runs(pid)
+                && std::fs::read(format!("/proc/{pid}/environ")).map_or(true, |env| {
+                    plan::environ_holds(&env, "CUDA_MPS_PIPE_DIRECTORY", &pipe)
+                })
+        })
     }
 
     /// The GPUs with a pid file under the pipe base (daemons this agent may have started before).

@@ -463,6 +463,22 @@ done
     }
 
     #[test]
+    fn a_pid_file_naming_another_live_process_is_a_dead_daemon_and_is_restarted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut b, sup, gpu) = supervised(tmp.path());
+        let pipe = tmp.path().join("pipes").join(&gpu);
+        std::fs::create_dir_all(&pipe).unwrap();
+        // The daemon died and its pid went to another process (this test's).
+        let me = std::process::id();
+        std::fs::write(pipe.join(daemon::PID_FILE), format!("{me}\n")).unwrap();
+        assert_eq!(observe(&sup, &gpu), Daemon::Dead(me));
+        b.set_share(&gpu, "s-1", 0.5, 1 << 30).unwrap();
+        assert!(matches!(observe(&sup, &gpu), Daemon::Alive(p) if p != me));
+        b.clear_share(&gpu, "s-1").unwrap();
+        assert_eq!(observe(&sup, &gpu), Daemon::Absent);
+    }
+
+    #[test]
     fn without_the_binary_the_share_is_applied_and_the_start_retried() {
         let tmp = tempfile::tempdir().unwrap();
         let (b, sup, gpu) = supervised(tmp.path());

@@ -151,6 +151,14 @@ pub fn read_pid_file(text: Option<&str>, alive: impl Fn(u32) -> bool) -> Daemon 
     }
 }
 
+/// Whether a NUL-separated environment block (/proc/PID/environ) holds `key=value`: a daemon
+/// inherits the CUDA_MPS_PIPE_DIRECTORY it was started with, so a process whose environment names
+/// another folder (or none) is not that folder's daemon, only a process that took its pid again.
+pub fn environ_holds(environ: &[u8], key: &str, value: &str) -> bool {
+    let want = format!("{key}={value}");
+    environ.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
+}
+
 /// Whether a /proc/PID/stat line is of a process that still runs (not a zombie, not dead).
 pub fn stat_runs(stat: &str) -> bool {
     // "PID (comm) S ...": the state follows the last ')', as comm may hold anything.
@@ -287,6 +295,27 @@ mod tests {
             ]
         );
         assert!(defaults([]).is_empty());
+    }
+
+    #[test]
+    fn a_daemon_is_known_by_the_pipe_folder_in_its_environment() {
+        let env = b"PATH=/bin\0CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps/GPU-a\0HOME=/\0";
+        assert!(environ_holds(
+            env,
+            "CUDA_MPS_PIPE_DIRECTORY",
+            "/run/nvidia-mps/GPU-a"
+        ));
+        assert!(!environ_holds(
+            env,
+            "CUDA_MPS_PIPE_DIRECTORY",
+            "/run/nvidia-mps/GPU-b"
+        ));
+        assert!(!environ_holds(
+            env,
+            "CUDA_MPS_PIPE_DIRECTORY",
+            "/run/nvidia-mps"
+        ));
+        assert!(!environ_holds(b"", "CUDA_MPS_PIPE_DIRECTORY", "/x"));
     }
 
     #[test]
