@@ -142,6 +142,20 @@ pub struct MpsSection {
     /// `nvidia-cuda-mps-control` is on PATH (the simulator: true). Without MPS, shares are still
     /// placed but their limits are advisory.
     pub available: Option<bool>,
+    /// Whether the agent runs the MPS control daemons itself (see `crate::mps`): one per GPU that
+    /// holds shares, with its own pipe folder `<pipe_dir>/<GPU UUID>` and log folder
+    /// `<log_dir>/<GPU UUID>`, the GPU in EXCLUSIVE_PROCESS mode while it holds shares, a daemon
+    /// that died restarted, and each share given its GPU's pipe folder. Default: false (an
+    /// operator's daemon on `pipe_dir`, as before). Only with the NVML backend; without the
+    /// control binary the agent logs it once and shares stay advisory.
+    pub supervise: bool,
+    /// The control daemon's executable: a path, or a name looked for on PATH. Default
+    /// `nvidia-cuda-mps-control`.
+    pub control_binary: String,
+    /// Parent of the daemons' log folders (CUDA_MPS_LOG_DIRECTORY). Default /var/log/nvidia-mps.
+    pub log_dir: String,
+    /// How often the supervised daemons are checked (and restarted when dead), ms. Default 1000.
+    pub check_interval_ms: u64,
 }
 
 /// What the agent does about idle pods (reclaim for kubelet allocations).
@@ -226,6 +240,10 @@ impl Default for MpsSection {
         MpsSection {
             pipe_dir: "/tmp/nvidia-mps".into(),
             available: None,
+            supervise: false,
+            control_binary: crate::backend::MPS_CONTROL.into(),
+            log_dir: "/var/log/nvidia-mps".into(),
+            check_interval_ms: 1_000,
         }
     }
 }

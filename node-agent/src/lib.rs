@@ -12,6 +12,7 @@ pub mod config;
 pub mod enforce;
 pub mod kubelet;
 pub mod metrics;
+pub mod mps;
 pub mod session;
 pub mod usage;
 pub mod workstop;

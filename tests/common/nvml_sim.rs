@@ -144,3 +144,38 @@ pub fn start_nvml_agent(
 pub fn agent_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
 }
+
+/// The stand-in `nvidia-cuda-mps-control` (gpu-sim's), built like [`sim_artifacts`]: beside the
+/// tests by `cargo test --workspace`, else here into a target folder of its own.
+pub fn mps_control_standin() -> PathBuf {
+    let (_, cli) = sim_artifacts();
+    let beside = cli.with_file_name("nvidia-cuda-mps-control");
+    if beside.exists() {
+        return beside;
+    }
+    let dir = bin("greenslice")
+        .parent()
+        .expect("profile dir")
+        .to_path_buf();
+    let target = dir.parent().expect("target dir").join("nvml-sim-for-tests");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-p", "gpu-sim", "--bins"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(st.success(), "cargo build -p gpu-sim --bins failed");
+    let built = target.join("debug/nvidia-cuda-mps-control");
+    assert!(built.exists(), "{} missing", built.display());
+    built
+}
+
+/// The compute mode of GPU `uuid` on the simulated machine ("default", "exclusive_process").
+pub fn compute_mode(m: &Value, uuid: &str) -> String {
+    m["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["uuid"] == uuid))
+        .and_then(|d| d["compute_mode"].as_str())
+        .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"))
+        .to_string()
+}

@@ -87,16 +87,55 @@ fn build_backend(
     sim_clock: Option<ManualClock>,
 ) -> Result<Box<dyn GpuBackend>, BackendError> {
     let manage = cfg.mig.manage_for(cfg.backend);
+    let control = PathBuf::from(&cfg.mps.control_binary);
+    // Supervision needs the control binary; without it shares stay advisory, as before.
+    let supervise = cfg.mps.supervise
+        && {
+            let found = greenslice_agent::mps::daemon::found(&control);
+            if !found {
+                warn!(
+                    binary = %control.display(),
+                    "mps.supervise is set but the MPS control binary is not found: no MPS daemons are started and share limits are advisory"
+                );
+            }
+            found
+        };
+    if cfg.mps.supervise && cfg.backend == BackendKind::Sim {
+        info!("mps.supervise applies to the NVML backend; the simulator simulates MPS itself");
+    }
     let mps = cfg.mps.available.unwrap_or_else(|| {
         cfg.backend == BackendKind::Sim
+            || supervise
             || std::env::var_os("PATH").is_some_and(|p| on_path(MPS_CONTROL, &p))
     });
     let nvml = || -> Result<Box<dyn GpuBackend>, BackendError> {
-        Ok(Box::new(
-            NvmlBackend::new(manage, &cfg.mps.pipe_dir, cfg.nvml.library.as_deref())?.with_mps(mps),
-        ))
+        let b = NvmlBackend::new(manage, &cfg.mps.pipe_dir, cfg.nvml.library.as_deref())?
+            .with_mps(mps)
+            .with_exclusive_shares(supervise);
+        if !supervise {
+            return Ok(Box::new(b));
+        }
+        let sup = Arc::new(Mutex::new(greenslice_agent::mps::Supervisor::new(
+            greenslice_agent::mps::daemon::Control {
+                binary: control.clone(),
+                pipe_base: PathBuf::from(&cfg.mps.pipe_dir),
+                log_base: PathBuf::from(&cfg.mps.log_dir),
+            },
+        )));
+        // Not with --dump (the only caller with a manual clock): it applies nothing.
+        if sim_clock.is_none() {
+            greenslice_agent::mps::watch(
+                sup.clone(),
+                std::time::Duration::from_millis(cfg.mps.check_interval_ms.max(100)),
+            );
+        }
+        info!(pipe_base = %cfg.mps.pipe_dir, "MPS supervision on: one control daemon per share GPU");
+        Ok(Box::new(greenslice_agent::mps::Supervised::new(
+            Box::new(b),
+            sup,
+        )))
     };
-    let backend = build_inner(cfg, sim_clock, &nvml)?;
+    let backend = build_inner(cfg, sim_clock.clone(), &nvml)?;
     Ok(if manage {
         backend
     } else {

@@ -89,6 +89,9 @@ pub struct NvmlBackend {
     mps_pipe_dir: String,
     /// Whether MPS is available (see [`NvmlBackend::with_mps`]).
     mps: bool,
+    /// Whether a GPU holding shares is put in EXCLUSIVE_PROCESS mode (see
+    /// [`NvmlBackend::with_exclusive_shares`]).
+    exclusive_shares: bool,
     shares: Vec<(String, Share)>,
     whole: Vec<(String, String)>,
     /// Slices owning the MIG instances greenslice made: (GPU UUID, GPU instance id) to slice id.
@@ -157,6 +160,7 @@ impl NvmlBackend {
             manage_mig,
             mps_pipe_dir: mps_pipe_dir.to_string(),
             mps: false,
+            exclusive_shares: false,
             shares: Vec::new(),
             whole: Vec::new(),
             mig_owners: BTreeMap::new(),
@@ -171,6 +175,34 @@ impl NvmlBackend {
     pub fn with_mps(mut self, available: bool) -> Self {
         self.mps = available;
         self
+    }
+
+    /// Puts a GPU that holds shares in EXCLUSIVE_PROCESS mode, and back in DEFAULT when its last
+    /// share goes: the agent runs an MPS control daemon per share GPU (`crate::mps`), whose server
+    /// is then the only process that opens the GPU.
+    pub fn with_exclusive_shares(mut self, on: bool) -> Self {
+        self.exclusive_shares = on;
+        self
+    }
+
+    /// Whether `gpu` holds a share.
+    fn holds_shares(&self, gpu: &str) -> bool {
+        self.shares.iter().any(|(g, _)| g == gpu)
+    }
+
+    /// Sets `gpu`'s compute mode to `mode` unless it is already.
+    fn ensure_mode(
+        gpu: &str,
+        d: &mut Device<'static>,
+        mode: ComputeMode,
+    ) -> Result<(), BackendError> {
+        if d.compute_mode().is_ok_and(|m| m == mode) {
+            return Ok(());
+        }
+        d.set_compute_mode(mode)
+            .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
+        info!(gpu, ?mode, "compute mode set for the GPU's shares");
+        Ok(())
     }
 
     /// Drains pending NVML events into the health tracker.
@@ -225,6 +257,7 @@ impl NvmlBackend {
                 .map_err(nvml_err("device_by_index"))?;
             let uuid = d.uuid().map_err(nvml_err("uuid"))?;
             if self.whole_holder(&uuid).is_none()
+                && !(self.exclusive_shares && self.holds_shares(&uuid))
                 && d.compute_mode()
                     .is_ok_and(|m| m == ComputeMode::ExclusiveProcess)
             {
@@ -672,6 +705,13 @@ impl GpuBackend for NvmlBackend {
                 .set_compute_mode(ComputeMode::ExclusiveProcess)
                 .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
         }
+        if self.exclusive_shares {
+            let gpus: std::collections::BTreeSet<String> =
+                self.shares.iter().map(|(g, _)| g.clone()).collect();
+            for g in gpus {
+                Self::ensure_mode(&g, &mut self.device(&g)?, ComputeMode::ExclusiveProcess)?;
+            }
+        }
         if complete {
             self.free_exclusive_gpus()?;
         }
@@ -685,7 +725,7 @@ impl GpuBackend for NvmlBackend {
         f: f64,
         mem: u64,
     ) -> Result<SliceEnv, BackendError> {
-        let d = self.non_mig(gpu)?;
+        let mut d = self.non_mig(gpu)?;
         let total = d
             .memory_info()
             .map_err(nvml_err("nvmlDeviceGetMemoryInfo"))?
@@ -704,6 +744,9 @@ impl GpuBackend for NvmlBackend {
             mem,
             total,
         )?;
+        if self.exclusive_shares {
+            Self::ensure_mode(gpu, &mut d, ComputeMode::ExclusiveProcess)?;
+        }
         self.shares.retain(|(_, s)| s.slice_id != slice_id);
         self.shares.push((
             gpu.to_string(),
@@ -717,7 +760,7 @@ impl GpuBackend for NvmlBackend {
     }
 
     fn clear_share(&mut self, gpu: &str, slice_id: &str) -> Result<(), BackendError> {
-        self.non_mig(gpu)?;
+        let mut d = self.non_mig(gpu)?;
         let before = self.shares.len();
         self.shares
             .retain(|(g, s)| !(g == gpu && s.slice_id == slice_id));
@@ -726,6 +769,9 @@ impl GpuBackend for NvmlBackend {
                 gpu: gpu.to_string(),
                 slice: slice_id.to_string(),
             });
+        }
+        if self.exclusive_shares && !self.holds_shares(gpu) {
+            Self::ensure_mode(gpu, &mut d, ComputeMode::Default)?;
         }
         Ok(())
     }
