@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use crate::backend::{BackendError, GpuBackend};
 use crate::enforce::StopSignal;
@@ -44,9 +43,6 @@ pub fn decide(remaining: usize, sent: Option<Sent>, now_ms: i64, term_grace_ms: 
         _ => Step::Wait,
     }
 }
-
-/// How long a teardown waits for signalled processes to exit before answering "in use".
-const SETTLE: Duration = Duration::from_millis(300);
 
 /// The slices whose processes are being stopped, shared by every teardown of the agent.
 #[derive(Debug)]
@@ -103,12 +99,10 @@ impl WorkStop {
                     killed: sig == StopSignal::Kill || sent.is_some_and(|s| s.killed),
                 },
             );
-            // Most processes exit at once on SIGTERM: a short wait saves a refused round trip.
-            let until = std::time::Instant::now() + SETTLE;
-            while !remaining.is_empty() && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(20));
-                remaining = slice_processes(b, gpu, gi, slice_id)?;
-            }
+            // Looked at once more, without waiting: the agent applies one command at a time,
+            // so a wait here would hold up every other command of the node. Whatever still runs
+            // is refused as in use, and the controller asks again within a second.
+            remaining = slice_processes(b, gpu, gi, slice_id)?;
             if remaining.is_empty() {
                 self.sent().remove(slice_id);
                 return Ok(());
