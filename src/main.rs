@@ -174,7 +174,9 @@ async fn main() -> ExitCode {
         Command::Keep(a) => reclaim_cli::keep(&conn, fmt, a, &tz).await,
         Command::Report(a) => report_cmd::run(&conn, a, &tz).await,
         Command::Demo(a) => demo::run(a, &tz).await,
-        Command::Bench(b) => greenslice::bench::run(b, matches!(fmt, output::Format::Json)).await,
+        Command::Bench(b) => {
+            greenslice::bench::run(b, matches!(fmt, output::Format::Json), &cli.controller).await
+        }
         Command::Controller(a) => return greenslice_controller::cli::run(*a).await,
     };
     match result {

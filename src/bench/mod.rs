@@ -13,6 +13,9 @@ pub enum BenchCommand {
     /// Request+release round trips per second and their latency through the real gRPC API, with
     /// simulated agents confirming every change, on a durable ledger.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Simulated node agents against a controller elsewhere, until stopped (what `control-plane
+    /// --split` runs in a process of their own).
+    Agents(control_plane::AgentsArgs),
     /// Replay openb arrivals and departures at virtual time with a share of slices going idle, and
     /// compare no reclaim with the idle policy (admitted, queueing delay, idle-allocated GPU-hours).
     Reclaim(greenslice_controller::bench::reclaim::Args),
@@ -22,7 +25,7 @@ pub enum BenchCommand {
 }
 
 /// Runs a benchmark and prints its report (JSON when `json`, where the benchmark has one).
-pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
+pub async fn run(cmd: BenchCommand, json: bool, controller: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Packing(a) => {
             tokio::task::spawn_blocking(move || greenslice_controller::bench::packing::run(a))
@@ -37,6 +40,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Agents(a) => control_plane::run_agents(&a, controller).await,
         BenchCommand::Attribution(a) => {
             let report = tokio::task::spawn_blocking(move || attribution::run(&a)).await??;
             if json {
