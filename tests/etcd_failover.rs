@@ -826,6 +826,12 @@ async fn a_leader_paused_past_its_lease_acts_no_more_when_resumed() {
                 .list_slices(pb::ListSlicesRequest::default())
                 .await;
             assert!(listed.is_err(), "a deposed leader answered a list");
+            let got = TenantServiceClient::new(ch.clone())
+                .get_slice(pb::GetSliceRequest {
+                    slice_id: kept.id.clone(),
+                })
+                .await;
+            assert!(got.is_err(), "a deposed leader answered GetSlice");
             let r = TenantServiceClient::new(ch)
                 .request_slice(pb::RequestSliceRequest {
                     tenant: "team-b".into(),

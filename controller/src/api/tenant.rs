@@ -29,7 +29,7 @@ impl TenantApi {
     /// The slice `id`, if the caller may see it.
     fn owned(&self, p: &Principal, id: &str) -> Result<SliceRecord, Status> {
         validate::slice_id(id)?;
-        let s = self.controller.get(id)?;
+        let s = self.controller.read_slice(id)?;
         p.may_access(&s.tenant, id)?;
         Ok(s)
     }

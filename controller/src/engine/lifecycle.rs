@@ -392,6 +392,13 @@ impl Controller {
     }
 
     /// Returns one slice.
+    /// A slice for a caller outside the controller (GetSlice): a deposed leader's memory may be
+    /// stale, so only the leader answers, as for lists.
+    pub fn read_slice(&self, id: &str) -> Result<SliceRecord, ControllerError> {
+        self.ensure_leading()?;
+        self.get(id)
+    }
+
     pub fn get(&self, id: &str) -> Result<SliceRecord, ControllerError> {
         self.lock()
             .slice(id)
