@@ -690,16 +690,11 @@ async fn session_once(
                 .await?;
             }
             Some(pb::controller_message::Msg::Command(cmd)) => {
-                // Blocking: NVML calls, and a teardown may wait briefly for a slice's processes.
-                let (b, w, id) = (backend.clone(), cfg.work_stop.clone(), cmd.command_id);
-                let result = tokio::task::spawn_blocking(move || apply(&b, &cmd, &w))
-                    .await
-                    .unwrap_or_else(|e| pb::CommandResult {
-                        command_id: id,
-                        ok: false,
-                        error: format!("command task failed: {e}"),
-                        ..Default::default()
-                    });
+                // Inline, one command at a time: the hardware calls are short and a teardown never
+                // waits for processes (see crate::workstop). A spawn_blocking per command cost
+                // 27% of `bench control-plane`'s round trips (docs/BENCHMARKS.md).
+                let id = cmd.command_id;
+                let result = apply(backend, &cmd, &cfg.work_stop);
                 if !result.ok {
                     warn!(command = id, error = %result.error, "command failed");
                 }
