@@ -11,27 +11,15 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::fake_kubelet::{FakeKubelet, pod};
+use common::fake_kubelet::{FakeKubelet, first_devices, pod};
 use common::nvml_sim::*;
 use common::procs::*;
 use greenslice_proto::deviceplugin::v1beta1 as dp;
-use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(30);
 const SHARE: &str = "greenslice.io/gpu-share";
-
-/// The pod's job: a real process with the environment Allocate gave its container.
-struct Job(Child);
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     let t = std::time::Instant::now();
@@ -72,17 +60,7 @@ async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its
     let mut plugin = kubelet.plugin(SHARE, WAIT).await;
 
     // As the kubelet does: the devices come from ListAndWatch.
-    let mut watch = plugin
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let devices = tokio::time::timeout(WAIT, watch.next())
-        .await
-        .expect("devices listed")
-        .expect("stream open")
-        .expect("no error")
-        .devices;
+    let devices = first_devices(&mut plugin, WAIT).await;
     let mut units: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
     units.sort_by_key(|u| {
         u.rsplit("::")
@@ -134,26 +112,12 @@ async fn a_pods_slice_is_reserved_at_allocate_and_its_process_energy_goes_to_its
     .await;
 
     // The busy pod's job: a real process with its container's environment, working on GPU 0.
-    let job = Job(Command::new("sleep")
-        .arg("300")
-        .env("GREENSLICE_SLICE_ID", &busy_id)
-        .spawn()
-        .expect("start the pod's job"));
-    let index = gpu_index(&machine(&sim_cli, &state), &gpu);
-    gpu_sim(
-        &sim_cli,
-        &state,
-        &[
-            "start",
-            "--pid",
-            &job.0.id().to_string(),
-            "--gpu",
-            &index.to_string(),
-            "--memory-mib",
-            "2048",
-            "--sm",
-            "60",
-        ],
+    let job = job(
+        (&sim_cli, &state),
+        &gpu,
+        Some(&busy_id),
+        "exec sleep 300",
+        (2048, 60),
     );
     let from = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

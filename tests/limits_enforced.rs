@@ -11,8 +11,8 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use common::nvml_sim::*;
 use common::procs::*;
@@ -23,51 +23,10 @@ const GRACE: Duration = Duration::from_secs(2);
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
 /// A share's job: a real process with its slice's environment, holding `memory_mib` of device
-/// memory on the simulated GPU.
-struct Job {
-    child: Child,
-    started: Instant,
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn job(cli: &Path, state: &Path, slice: &serde_json::Value, script: &str, memory_mib: u32) -> Job {
-    let child = Command::new("sh")
-        .args(["-c", script])
-        .env(
-            "GREENSLICE_SLICE_ID",
-            slice["id"].as_str().expect("slice id"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a job");
+/// memory on the slice's simulated GPU.
+fn share_job(sim: (&Path, &Path), slice: &serde_json::Value, script: &str, memory_mib: u32) -> Job {
     let gpu = slice["gpu_uuids"][0].as_str().expect("GPU");
-    let index = gpu_index(&machine(cli, state), gpu);
-    gpu_sim(
-        cli,
-        state,
-        &[
-            "start",
-            "--pid",
-            &child.id().to_string(),
-            "--gpu",
-            &index.to_string(),
-            "--memory-mib",
-            &memory_mib.to_string(),
-            "--sm",
-            "10",
-        ],
-    );
-    Job {
-        child,
-        started: Instant::now(),
-    }
+    job(sim, gpu, slice["id"].as_str(), script, (memory_mib, 10))
 }
 
 /// Waits for the job to exit within `within` of its start; returns the signal that ended it.
@@ -135,12 +94,12 @@ async fn a_process_over_its_share_memory_is_stopped_in_grace_and_one_within_is_n
         .expect("watch team-a")
         .into_inner();
 
-    let mut calm = job(&sim_cli, &state, &within, "exec sleep 300", 3 * 1024);
-    let mut greedy = job(&sim_cli, &state, &over, "exec sleep 300", 2 * 1024);
+    let sim = (sim_cli.as_path(), state.as_path());
+    let mut calm = share_job(sim, &within, "exec sleep 300", 3 * 1024);
+    let mut greedy = share_job(sim, &over, "exec sleep 300", 2 * 1024);
     // Ignores SIGTERM: only SIGKILL ends it.
-    let mut deaf = job(
-        &sim_cli,
-        &state,
+    let mut deaf = share_job(
+        sim,
         &stubborn,
         "trap '' TERM; while :; do sleep 0.2; done",
         3 * 1024,

@@ -13,12 +13,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::fake_kubelet::{FakeKubelet, pod};
+use common::fake_kubelet::{FakeKubelet, first_devices, pod};
 use common::nvml_sim::*;
 use common::procs::*;
 use greenslice_proto::deviceplugin::v1beta1 as dp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(30);
 const GPU: &str = "greenslice.io/gpu";
@@ -140,13 +139,8 @@ async fn an_idle_pod_is_evicted_through_the_api_server_and_its_slice_ends_with_i
     let api_port = fake_api_server(seen.clone(), on_evict).await;
 
     // Idle after 4 s, reclaimed 2 s after the warning, checked every second.
-    let ctl_cfg = dir.join("controller.toml");
-    std::fs::write(
-        &ctl_cfg,
-        "[idle]\nwindow_s = 4\ngrace_s = 2\ncheck_interval_s = 1\n",
-    )
-    .unwrap();
-    let (_ctl, url) = start_controller(&["--config", ctl_cfg.to_str().unwrap()]);
+    let (_ctl, url) =
+        start_controller_with_config("[idle]\nwindow_s = 4\ngrace_s = 2\ncheck_interval_s = 1\n");
     let _agent = start_nvml_agent(
         &url,
         "kube-0",
@@ -160,18 +154,7 @@ async fn an_idle_pod_is_evicted_through_the_api_server_and_its_slice_ends_with_i
         &[],
     );
     let mut plugin = kubelet.plugin(GPU, WAIT).await;
-    let mut watch = plugin
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let devices = tokio::time::timeout(WAIT, watch.next())
-        .await
-        .expect("devices listed")
-        .expect("stream open")
-        .expect("no error")
-        .devices;
-    let gpu = devices[0].id.clone();
+    let gpu = first_devices(&mut plugin, WAIT).await[0].id.clone();
     let r = plugin
         .allocate(dp::AllocateRequest {
             container_requests: vec![dp::ContainerAllocateRequest {

@@ -10,46 +10,15 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::nvml_sim::*;
 use common::procs::*;
 
-/// A job: a real process (with `slice`'s environment, or none), idle on its GPU.
-struct Job(Child);
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn job(cli: &Path, state: &Path, gpu: &str, slice: Option<&str>) -> Job {
-    let mut c = Command::new("sleep");
-    c.arg("300").stdout(Stdio::null()).stderr(Stdio::null());
-    if let Some(id) = slice {
-        c.env("GREENSLICE_SLICE_ID", id);
-    }
-    let child = c.spawn().expect("start a job");
-    let index = gpu_index(&machine(cli, state), gpu);
-    gpu_sim(
-        cli,
-        state,
-        &[
-            "start",
-            "--pid",
-            &child.id().to_string(),
-            "--gpu",
-            &index.to_string(),
-            "--memory-mib",
-            "256",
-            "--sm",
-            "0",
-        ],
-    );
-    Job(child)
+/// A job that does nothing on its GPU: a real process (with `slice`'s environment, or none).
+fn idle_job(sim: (&Path, &Path), gpu: &str, slice: Option<&str>) -> Job {
+    job(sim, gpu, slice, "exec sleep 300", (256, 0))
 }
 
 fn state_of(url: &str, id: &str) -> String {
@@ -69,10 +38,10 @@ async fn released_after_its_job(
 ) {
     let t = Instant::now();
     loop {
-        let exited = j.0.try_wait().expect("wait for the job");
+        let exited = j.child.try_wait().expect("wait for the job");
         if state_of(url, id) == "released" {
             let st = exited
-                .or_else(|| j.0.try_wait().ok().flatten())
+                .or_else(|| j.child.try_wait().ok().flatten())
                 .unwrap_or_else(|| panic!("slice {id} is released while its job still runs"));
             assert_eq!(st.signal(), Some(15), "the job was stopped with SIGTERM");
             assert!(
@@ -80,7 +49,7 @@ async fn released_after_its_job(
                 "slice {id} was released before its job exited"
             );
             // The driver forgets an exited process; the simulated one is told.
-            gpu_sim(cli, state, &["stop", "--pid", &j.0.id().to_string()]);
+            gpu_sim(cli, state, &["stop", "--pid", &j.pid()]);
             return;
         }
         assert!(
@@ -100,13 +69,8 @@ async fn reclaim_stops_the_jobs_first_and_never_takes_a_slice_whose_activity_is_
     let state = dir.join("machine.json");
     gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
     // Idle after 4 s, reclaimed 2 s after the warning, checked every second.
-    let ctl_cfg = dir.join("controller.toml");
-    std::fs::write(
-        &ctl_cfg,
-        "[idle]\nwindow_s = 4\ngrace_s = 2\ncheck_interval_s = 1\n",
-    )
-    .unwrap();
-    let (_ctl, url) = start_controller(&["--config", ctl_cfg.to_str().unwrap()]);
+    let (_ctl, url) =
+        start_controller_with_config("[idle]\nwindow_s = 4\ngrace_s = 2\ncheck_interval_s = 1\n");
     let _agent = start_nvml_agent(
         &url,
         "n1",
@@ -135,15 +99,14 @@ async fn reclaim_stops_the_jobs_first_and_never_takes_a_slice_whose_activity_is_
         whole["id"].as_str().unwrap().to_string(),
     );
     let share_gpu = share["gpu_uuids"][0].as_str().unwrap().to_string();
-    let mut share_job = job(&sim_cli, &state, &share_gpu, Some(&share_id));
-    let mut whole_job = job(
-        &sim_cli,
-        &state,
+    let sim = (sim_cli.as_path(), state.as_path());
+    let mut share_job = idle_job(sim, &share_gpu, Some(&share_id));
+    let mut whole_job = idle_job(
+        sim,
         whole["gpu_uuids"][0].as_str().unwrap(),
         Some(&whole_id),
     );
     let within = Duration::from_secs(45);
-    let sim = (sim_cli.as_path(), state.as_path());
     released_after_its_job(sim, &url, &share_id, &mut share_job, within).await;
     released_after_its_job(sim, &url, &whole_id, &mut whole_job, within).await;
 
@@ -157,8 +120,8 @@ async fn reclaim_stops_the_jobs_first_and_never_takes_a_slice_whose_activity_is_
     );
     let unknown_id = unknown["id"].as_str().unwrap().to_string();
     let gpu = unknown["gpu_uuids"][0].as_str().unwrap().to_string();
-    let _own = job(&sim_cli, &state, &gpu, Some(&unknown_id));
-    let stranger = job(&sim_cli, &state, &gpu, None);
+    let _own = idle_job(sim, &gpu, Some(&unknown_id));
+    let stranger = idle_job(sim, &gpu, None);
     // Well past what took the others (window + grace + batches).
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(
@@ -169,7 +132,7 @@ async fn reclaim_stops_the_jobs_first_and_never_takes_a_slice_whose_activity_is_
     );
     // Once the stranger is gone its activity is known again (idle), and it is reclaimed. Idleness
     // is judged on 1-minute rollups: the minute that saw the stranger is not idle, the next one is.
-    let pid = stranger.0.id().to_string();
+    let pid = stranger.pid();
     drop(stranger);
     gpu_sim(&sim_cli, &state, &["stop", "--pid", &pid]);
     assert!(

@@ -137,6 +137,25 @@ impl FakeKubelet {
     }
 }
 
+/// The devices a plugin lists first (as the kubelet reads them from ListAndWatch).
+pub async fn first_devices(
+    plugin: &mut dp::device_plugin_client::DevicePluginClient<tonic::transport::Channel>,
+    within: Duration,
+) -> Vec<dp::Device> {
+    use tokio_stream::StreamExt;
+    let mut watch = plugin
+        .list_and_watch(dp::Empty {})
+        .await
+        .expect("ListAndWatch")
+        .into_inner();
+    tokio::time::timeout(within, watch.next())
+        .await
+        .expect("devices listed")
+        .expect("stream open")
+        .expect("no error")
+        .devices
+}
+
 /// A pod with one container holding `ids` of `resource`.
 pub fn pod(ns: &str, name: &str, resource: &str, ids: &[String]) -> pr::PodResources {
     pr::PodResources {

@@ -179,3 +179,61 @@ pub fn compute_mode(m: &Value, uuid: &str) -> String {
         .unwrap_or_else(|| panic!("GPU {uuid} is not on the simulated machine"))
         .to_string()
 }
+
+/// A job on the simulated machine: a real process (`sh -c script`, its environment naming `slice`
+/// when given, as a slice's job's does), registered on GPU `gpu` of the machine with `memory_mib` of
+/// device memory and `sm` percent of its SMs. Killed when dropped.
+pub struct Job {
+    pub child: std::process::Child,
+    pub started: std::time::Instant,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Job {
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+pub fn job(
+    (cli, state): (&Path, &Path),
+    gpu: &str,
+    slice: Option<&str>,
+    script: &str,
+    (memory_mib, sm): (u32, u32),
+) -> Job {
+    let mut c = Command::new("sh");
+    c.args(["-c", script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(id) = slice {
+        c.env("GREENSLICE_SLICE_ID", id);
+    }
+    let child = c.spawn().expect("start a job");
+    let index = gpu_index(&machine(cli, state), gpu);
+    gpu_sim(
+        cli,
+        state,
+        &[
+            "start",
+            "--pid",
+            &child.id().to_string(),
+            "--gpu",
+            &index.to_string(),
+            "--memory-mib",
+            &memory_mib.to_string(),
+            "--sm",
+            &sm.to_string(),
+        ],
+    );
+    Job {
+        child,
+        started: std::time::Instant::now(),
+    }
+}

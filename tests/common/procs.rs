@@ -40,6 +40,16 @@ pub fn start_controller(extra: &[&str]) -> (Proc, String) {
     spawn_controller(&args, "http")
 }
 
+/// [`start_controller`] with `config` (TOML) as its config file.
+pub fn start_controller_with_config(config: &str) -> (Proc, String) {
+    let dir = tempfile::tempdir().expect("temp data dir");
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, config).expect("controller config");
+    let path = path.to_str().expect("a UTF-8 temp path").to_string();
+    let (child, url) = spawn_controller_on(dir.path(), &["--insecure", "--config", &path], "http");
+    (Proc(child, Some(dir)), url)
+}
+
 /// Like [`start_controller`] without `--insecure`: `extra` gives the TLS and token flags.
 pub fn start_secure_controller(extra: &[&str]) -> (Proc, String) {
     spawn_controller(extra, "https")
