@@ -5,33 +5,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::nvml_sim::*;
 use common::procs::*;
 
-fn start_nvml_agent(url: &str, node: &str, lib: &Path, state: &Path, dir: &Path) -> Proc {
-    let cfg = dir.join("agent.toml");
-    std::fs::write(&cfg, "[mig]\nmanage = true\n").expect("agent config");
-    let child = Command::new(bin("greenslice-agent"))
-        .args(["--controller", url, "--node", node, "--backend", "nvml"])
-        .arg("--nvml-library")
-        .arg(lib)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(dir.join("agent-state"))
-        .env("GREENSLICE_NVML_SIM_STATE", state)
-        .env("GREENSLICE_NVML_SIM_MACHINE", "dgx-h100")
-        .env("GREENSLICE_NVML_SIM_MIG_GPUS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start greenslice-agent");
-    Proc(child, None)
-}
+/// The agent may create and destroy MIG instances here.
+const AGENT_CONFIG: &str = "[mig]\nmanage = true\n";
 
 #[test]
 fn nvml_backend_on_the_simulated_library_places_whole_mig_and_share_slices_and_releases_them() {
@@ -45,7 +25,14 @@ fn nvml_backend_on_the_simulated_library_places_whole_mig_and_share_slices_and_r
         &["--machine", "dgx-h100", "--mig-gpus", "2", "state"],
     );
     let (_ctl, url) = start_controller(&[]);
-    let _agent = start_nvml_agent(&url, "h100-nvml", &lib, &state, dir.path());
+    let _agent = start_nvml_agent(
+        &url,
+        "h100-nvml",
+        (&lib, &state),
+        dir.path(),
+        AGENT_CONFIG,
+        &[],
+    );
     assert!(
         wait_until(Duration::from_secs(20), || {
             let inv = cli_json(&url, &["inventory"]);
@@ -121,7 +108,14 @@ fn a_mig_instance_still_in_use_is_released_once_its_process_exits() {
     let state = dir.path().join("machine.json");
     gpu_sim(&sim_cli, &state, &["--mig-gpus", "2", "state"]);
     let (_ctl, url) = start_controller(&[]);
-    let _agent = start_nvml_agent(&url, "h100-nvml", &lib, &state, dir.path());
+    let _agent = start_nvml_agent(
+        &url,
+        "h100-nvml",
+        (&lib, &state),
+        dir.path(),
+        AGENT_CONFIG,
+        &[],
+    );
     assert!(
         wait_until(Duration::from_secs(20), || {
             cli_json(&url, &["inventory"])["nodes"]
