@@ -38,16 +38,15 @@ async fn released_after_its_job(
 ) {
     let t = Instant::now();
     loop {
-        let exited = j.child.try_wait().expect("wait for the job");
         if state_of(url, id) == "released" {
-            let st = exited
-                .or_else(|| j.child.try_wait().ok().flatten())
+            // Seen released, so the job must have exited already (it may not be reaped yet: a
+            // zombie has exited, and `try_wait` reaps it now).
+            let st = j
+                .child
+                .try_wait()
+                .expect("wait for the job")
                 .unwrap_or_else(|| panic!("slice {id} is released while its job still runs"));
             assert_eq!(st.signal(), Some(15), "the job was stopped with SIGTERM");
-            assert!(
-                exited.is_some(),
-                "slice {id} was released before its job exited"
-            );
             // The driver forgets an exited process; the simulated one is told.
             gpu_sim(cli, state, &["stop", "--pid", &j.pid()]);
             return;
@@ -131,12 +130,13 @@ async fn reclaim_stops_the_jobs_first_and_never_takes_a_slice_whose_activity_is_
         cli_json(&url, &["get", &unknown_id])
     );
     // Once the stranger is gone its activity is known again (idle), and it is reclaimed. Idleness
-    // is judged on 1-minute rollups: the minute that saw the stranger is not idle, the next one is.
+    // is judged on 1-minute rollups: the minute that saw the stranger is not idle, the next one is
+    // (up to 60 s, then the 4 s window, the 2 s grace and a 5 s sample batch).
     let pid = stranger.pid();
     drop(stranger);
     gpu_sim(&sim_cli, &state, &["stop", "--pid", &pid]);
     assert!(
-        wait_until(Duration::from_secs(80), || state_of(&url, &unknown_id)
+        wait_until(Duration::from_secs(100), || state_of(&url, &unknown_id)
             == "released"),
         "the share was not reclaimed once its activity was known: {}\nusage: {}\nprocesses: {}",
         cli_json(&url, &["get", &unknown_id]),
