@@ -392,8 +392,21 @@ pub fn sample_and_enforce(
     let mut b = lock(backend);
     let sample = b.sample()?;
     let gpus = b.inventory()?;
+    // Each process's slice, read once per pass (on a node, from /proc/PID/environ): the mapping
+    // and the enforcement below both ask.
+    let owners: std::collections::HashMap<u32, Option<String>> = sample
+        .gpus
+        .iter()
+        .flat_map(|s| {
+            let procs = s.processes.iter().flatten().map(|p| p.pid);
+            procs.chain(s.process_util.iter().flatten().map(|u| u.pid))
+        })
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .map(|pid| (pid, b.process_owner(pid)))
+        .collect();
     let samples: Vec<pb::GpuSample> = {
-        let owner = |pid: u32| b.process_owner(pid);
+        let owner = |pid: u32| owners.get(&pid).cloned().flatten();
         sample
             .gpus
             .iter()
@@ -436,7 +449,7 @@ pub fn sample_and_enforce(
     let mut procs = Vec::new();
     for s in &sample.gpus {
         for p in s.processes.as_deref().unwrap_or(&[]) {
-            let Some(slice_id) = b.process_owner(p.pid) else {
+            let Some(slice_id) = owners.get(&p.pid).cloned().flatten() else {
                 continue;
             };
             let sm_pct = s

@@ -92,7 +92,7 @@ impl Control {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
-        let status = wait_status(child, TIMEOUT)?;
+        let status = exited(child, TIMEOUT)?.wait().map_err(|e| e.to_string())?;
         if !status.success() {
             let why = std::fs::read_to_string(&err_path).unwrap_or_default();
             return Err(format!(
@@ -132,7 +132,9 @@ impl Control {
                 .write_all(text.as_bytes())
                 .map_err(|e| format!("cannot write to {}: {e}", self.binary.display()))?;
         }
-        let out = wait_output(child, TIMEOUT)?;
+        let out = exited(child, TIMEOUT)?
+            .wait_with_output()
+            .map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!(
                 "{commands:?} failed ({}): {}",
@@ -187,35 +189,12 @@ fn wait_gone(pid: u32, within: Duration) -> bool {
     !process_runs(pid)
 }
 
-/// The child's exit status, or an error (the child killed) when it runs past `within`.
-fn wait_status(
-    mut child: std::process::Child,
-    within: Duration,
-) -> Result<std::process::ExitStatus, String> {
+/// The child once it has exited, or an error (the child killed) when it runs past `within`.
+fn exited(mut child: std::process::Child, within: Duration) -> Result<std::process::Child, String> {
     let deadline = Instant::now() + within;
     loop {
         match child.try_wait() {
-            Ok(Some(st)) => return Ok(st),
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {} s", within.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-/// The child's output, or an error (the child killed) when it runs past `within`.
-fn wait_output(
-    mut child: std::process::Child,
-    within: Duration,
-) -> Result<std::process::Output, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return child.wait_with_output().map_err(|e| e.to_string()),
+            Ok(Some(_)) => return Ok(child),
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();

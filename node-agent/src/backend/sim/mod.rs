@@ -653,16 +653,7 @@ impl SimBackend {
         let d = &self.hw.devices[i];
         let mut s = GpuSample::empty(&d.uuid);
         let now_us = u64::try_from(self.hw.now_ms).unwrap_or(0) * 1_000;
-        let procs: Vec<GpuProcess> = d
-            .processes
-            .iter()
-            .map(|p| GpuProcess {
-                pid: p.pid,
-                used_memory_bytes: Some(p.used_memory_bytes),
-                gpu_instance_id: p.gpu_instance_id,
-                compute_instance_id: p.compute_instance_id,
-            })
-            .collect();
+        let procs = gpu_processes(d);
         if d.mig_enabled {
             s.mark_unsupported(SampleField::Utilization);
             s.mark_unsupported(SampleField::ProcessUtilization);
@@ -794,6 +785,19 @@ impl SimBackend {
     }
 }
 
+/// A simulated device's compute processes as NVML lists them.
+fn gpu_processes(d: &Device) -> Vec<GpuProcess> {
+    d.processes
+        .iter()
+        .map(|p| GpuProcess {
+            pid: p.pid,
+            used_memory_bytes: Some(p.used_memory_bytes),
+            gpu_instance_id: p.gpu_instance_id,
+            compute_instance_id: p.compute_instance_id,
+        })
+        .collect()
+}
+
 impl GpuBackend for SimBackend {
     fn kind(&self) -> &'static str {
         "sim"
@@ -868,16 +872,7 @@ impl GpuBackend for SimBackend {
 
     fn compute_processes(&mut self, gpu: &str) -> Result<Vec<GpuProcess>, BackendError> {
         let i = self.gpu_index(gpu)?;
-        Ok(self.hw.devices[i]
-            .processes
-            .iter()
-            .map(|p| GpuProcess {
-                pid: p.pid,
-                used_memory_bytes: Some(p.used_memory_bytes),
-                gpu_instance_id: p.gpu_instance_id,
-                compute_instance_id: p.compute_instance_id,
-            })
-            .collect())
+        Ok(gpu_processes(&self.hw.devices[i]))
     }
 
     fn sample(&mut self) -> Result<NodeSample, BackendError> {
