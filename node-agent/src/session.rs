@@ -971,9 +971,24 @@ mod tests {
                 gpu_instance_id: 1,
                 slice_id: "s 1".into(),
             })),
+            cmd(Action::EvictPod(pb::EvictPod {
+                slice_id: "k 1".into(),
+                reason: "idle".into(),
+            })),
+            cmd(Action::EvictPod(pb::EvictPod {
+                slice_id: "k-1".into(),
+                reason: "x".repeat(100_000),
+            })),
         ] {
             assert!(validate_command(&bad).is_err(), "{bad:?}");
         }
+        assert!(
+            validate_command(&cmd(Action::EvictPod(pb::EvictPod {
+                slice_id: "k-1".into(),
+                reason: "idle".into(),
+            })))
+            .is_ok()
+        );
     }
 
     fn sim() -> Box<dyn GpuBackend> {

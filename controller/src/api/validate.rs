@@ -563,6 +563,21 @@ mod tests {
                 .contains("samples.samples[0].unattributed_sm_pct")
         );
         assert!(agent_message(&pb::AgentMessage { msg: None }).is_ok());
+        let notice = |slice: &str, kind: &str| pb::AgentMessage {
+            msg: Some(Msg::Notice(pb::SliceNotice {
+                slice_id: slice.into(),
+                kind: kind.into(),
+                pid: 7,
+                message: "over its limit".into(),
+                at_unix_ms: 1,
+            })),
+        };
+        assert!(agent_message(&notice("s-1", "process_stopped")).is_ok());
+        let e = agent_message(&notice("s-1", "process_nuked")).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("notice.kind"), "{}", e.message());
+        let e = agent_message(&notice("s 1", "process_stopped")).unwrap_err();
+        assert!(e.message().contains("notice.slice_id"), "{}", e.message());
     }
 
     #[test]
