@@ -54,7 +54,8 @@ fi
 # 3. Run read-only: an explicit config with MIG management off, whatever the defaults become.
 CONFIG="$(mktemp)"
 trap 'rm -f "$CONFIG"' EXIT
-printf 'backend = "nvml"\n[mig]\nmanage = false\n' >"$CONFIG"
+# MPS supervision off too: a read-only check starts no daemon and leaves compute modes alone.
+printf 'backend = "nvml"\n[mig]\nmanage = false\n[mps]\nsupervise = false\n' >"$CONFIG"
 SAMPLES=$((DURATION * 1000 / INTERVAL_MS + 1))
 echo "gpu-check: sampling NVML for ${DURATION}s (${SAMPLES} samples) into $OUT" >&2
 set +e

@@ -322,3 +322,130 @@ fn without_the_control_binary_shares_stay_advisory_and_no_gpu_is_made_exclusive(
     assert_eq!(compute_mode(&machine(&sim_cli, &state), gpu), "default");
     assert!(daemon_pid_any(&pipes).is_none());
 }
+
+/// Pods on the device plugin's share GPUs (`kubelet.share_gpus`) reach a supervised daemon: the
+/// GPU has its daemon, in EXCLUSIVE_PROCESS mode, from the agent's start, before any pod; Allocate
+/// hands each share container that daemon's own pipe folder, mounted; the daemon's defaults are
+/// the smallest share a pod can hold, so a container that drops its environment gains nothing;
+/// and a restarted agent keeps both the daemon and the mode, though no share is in its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_a_kubelet_share_gpu_get_its_supervised_daemons_own_pipe_folder() {
+    use common::fake_kubelet::{FakeKubelet, first_devices};
+    use greenslice_proto::deviceplugin::v1beta1 as dp;
+    const SHARE: &str = "greenslice.io/gpu-share";
+    const WAIT: Duration = Duration::from_secs(30);
+
+    let (lib, sim_cli) = sim_artifacts();
+    let standin = mps_control_standin();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
+    let state = dir.join("machine.json");
+    gpu_sim(&sim_cli, &state, &["--mig-gpus", "0", "state"]);
+    let pipes = dir.join("mps");
+    let logs = dir.join("mps-log");
+    let _daemons = Daemons(pipes.clone());
+    let mut kubelet = FakeKubelet::start(&dir);
+    let cfg = format!(
+        "{}{}share_gpus = [1]\nkubelet_poll_ms = 100\ncontroller_placement = false\n",
+        config(&standin, &pipes, &logs),
+        kubelet.agent_config()
+    );
+    let (_ctl, url) = start_controller(&[]);
+    let agent = start_nvml_agent(&url, "kube-0", (&lib, &state), &dir, &cfg, &[]);
+    let mut plugin = kubelet.plugin(SHARE, WAIT).await;
+    let devices = first_devices(&mut plugin, WAIT).await;
+    let gpu = devices[0].id.split("::").next().unwrap().to_string();
+    let m = machine(&sim_cli, &state);
+    assert_eq!(gpu_index(&m, &gpu), 1, "GPU 1 is the share GPU");
+    let pipe = pipes.join(&gpu);
+
+    // Before any pod: the GPU's daemon runs on its own folder, and the GPU is EXCLUSIVE.
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon_pid(&pipe).is_some()),
+        "no daemon for the kubelet share GPU: {}",
+        agent_log(&dir)
+    );
+    let first = daemon_pid(&pipe).unwrap();
+    let m = machine(&sim_cli, &state);
+    for d in m["devices"].as_array().unwrap() {
+        let u = d["uuid"].as_str().unwrap();
+        let want = if u == gpu {
+            "exclusive_process"
+        } else {
+            "default"
+        };
+        assert_eq!(compute_mode(&m, u), want, "GPU {u}");
+    }
+    assert_eq!(
+        daemon_pid_any(&pipes),
+        Some(first),
+        "only that GPU has a daemon"
+    );
+
+    // Two pods' containers: one unit, and 25 units.
+    let mut units: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    units.sort_by_key(|u| u.rsplit("::").next().and_then(|n| n.parse::<u32>().ok()));
+    let mut grants = Vec::new();
+    for ids in [&units[0..1], &units[1..26]] {
+        let r = plugin
+            .allocate(dp::AllocateRequest {
+                container_requests: vec![dp::ContainerAllocateRequest {
+                    devices_ids: ids.to_vec(),
+                }],
+            })
+            .await
+            .expect("Allocate answers")
+            .into_inner();
+        grants.push(r.container_responses[0].clone());
+    }
+    let own = pipe.display().to_string();
+    for g in &grants {
+        assert_eq!(g.envs["CUDA_MPS_PIPE_DIRECTORY"], own, "{g:?}");
+        assert!(
+            g.mounts
+                .iter()
+                .any(|m| m.host_path == own && m.container_path == own),
+            "the GPU's pipe folder is mounted: {g:?}"
+        );
+    }
+    assert_eq!(grants[1].envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
+    // A container reaches the daemon at the folder it was given.
+    assert!(control(&standin, Path::new(&own), "get_server_list\n").0);
+    // The daemon's defaults are one unit's: 1% and the one-unit container's memory.
+    let unit_bytes: u64 = grants[0].envs["GREENSLICE_SHARE_MEMORY_BYTES"]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        told_defaults(&standin, &pipe),
+        format!("1.0\n{}M\n", unit_bytes.div_ceil(1 << 20))
+    );
+
+    // The agent is killed and started again: the same daemon, the GPU still EXCLUSIVE.
+    drop(agent);
+    let _agent = start_nvml_agent(&url, "kube-0", (&lib, &state), &dir, &cfg, &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cli_json(&url, &["inventory"])["nodes"][0]["connected"] == true
+        }),
+        "the restarted agent did not connect"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(daemon_pid(&pipe), Some(first), "the daemon was replaced");
+    assert_eq!(
+        compute_mode(&machine(&sim_cli, &state), &gpu),
+        "exclusive_process"
+    );
+    // Killed, the daemon runs again: a share GPU of the device plugin never goes without one.
+    assert!(
+        Command::new("kill")
+            .args(["-9", &first.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon_pid(&pipe)
+            .is_some_and(|p| p != first)),
+        "the killed daemon of the kubelet share GPU was not started again"
+    );
+}

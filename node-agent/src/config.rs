@@ -145,9 +145,10 @@ pub struct MpsSection {
     /// Whether the agent runs the MPS control daemons itself (see `crate::mps`): one per GPU that
     /// holds shares, with its own pipe folder `<pipe_dir>/<GPU UUID>` and log folder
     /// `<log_dir>/<GPU UUID>`, the GPU in EXCLUSIVE_PROCESS mode while it holds shares, a daemon
-    /// that died restarted, and each share given its GPU's pipe folder. Default: false (an
-    /// operator's daemon on `pipe_dir`, as before). Only with the NVML backend; without the
-    /// control binary the agent logs it once and shares stay advisory.
+    /// that died restarted, and each share given its GPU's pipe folder; the device plugin's
+    /// `kubelet.share_gpus` keep their daemon for the life of the agent. Default: true. `false`
+    /// leaves MPS to an operator's daemon on `pipe_dir` (one folder for every GPU). Only with the
+    /// NVML backend; without the control binary the agent logs it once and shares stay advisory.
     pub supervise: bool,
     /// The control daemon's executable: a path, or a name looked for on PATH. Default
     /// `nvidia-cuda-mps-control`.
@@ -240,7 +241,7 @@ impl Default for MpsSection {
         MpsSection {
             pipe_dir: "/tmp/nvidia-mps".into(),
             available: None,
-            supervise: false,
+            supervise: true,
             control_binary: crate::backend::MPS_CONTROL.into(),
             log_dir: "/var/log/nvidia-mps".into(),
             check_interval_ms: 1_000,

@@ -282,6 +282,21 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
         v.host_path.as_ref().map(|h| h.path.as_str()),
         Some(cfg.mps.pipe_dir.as_str())
     );
+    // The agent supervises the MPS daemons, and the container runtime gives it the control
+    // binary (NVIDIA's "compute" driver capability mounts nvidia-cuda-mps-control and -server).
+    assert!(cfg.mps.supervise, "deploy runs MPS supervised");
+    let caps = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NVIDIA_DRIVER_CAPABILITIES")
+        .and_then(|e| e.value.clone())
+        .expect("NVIDIA_DRIVER_CAPABILITIES is set");
+    assert!(
+        caps.split(',')
+            .any(|c| c.trim() == "compute" || c.trim() == "all"),
+        "the MPS control binary needs the compute capability: {caps}"
+    );
     // Idle pods can be evicted: the DaemonSet's service account is bound to a role that may
     // create pods/eviction (kubelet.pod_reclaim = "evict").
     let sa = pod.service_account_name.clone().expect("a service account");

@@ -159,6 +159,7 @@ fn options_with(
         share_gpus: vec![2, 3],
         allocate: AllocateOptions {
             mps_pipe_dir: Some("/run/nvidia-mps".into()),
+            mps_per_gpu: false,
         },
         health_interval: Duration::from_millis(20),
         kubelet_poll: Duration::from_millis(20),

@@ -78,6 +78,13 @@ struct Args {
     interval_ms: u64,
 }
 
+/// Whether MPS supervision is asked for and can run: it needs the control binary; without it
+/// shares stay advisory, as with supervision off.
+fn mps_supervision(cfg: &AgentConfig) -> bool {
+    cfg.mps.supervise
+        && greenslice_agent::mps::daemon::found(std::path::Path::new(&cfg.mps.control_binary))
+}
+
 /// Builds the configured backend. `auto` takes NVML when the library loads and otherwise fails like
 /// `nvml` does: an agent on a GPU node whose driver is broken must not report simulated GPUs to the
 /// controller, so falling back to the simulator is left to an explicit `--backend sim`.
@@ -88,18 +95,13 @@ fn build_backend(
 ) -> Result<Box<dyn GpuBackend>, BackendError> {
     let manage = cfg.mig.manage_for(cfg.backend);
     let control = PathBuf::from(&cfg.mps.control_binary);
-    // Supervision needs the control binary; without it shares stay advisory, as before.
-    let supervise = cfg.mps.supervise
-        && {
-            let found = greenslice_agent::mps::daemon::found(&control);
-            if !found {
-                warn!(
-                    binary = %control.display(),
-                    "mps.supervise is set but the MPS control binary is not found: no MPS daemons are started and share limits are advisory"
-                );
-            }
-            found
-        };
+    let supervise = mps_supervision(cfg);
+    if cfg.mps.supervise && !supervise {
+        warn!(
+            binary = %control.display(),
+            "mps.supervise is set but the MPS control binary is not found: no MPS daemons are started and share limits are advisory"
+        );
+    }
     if cfg.mps.supervise && cfg.backend == BackendKind::Sim {
         info!("mps.supervise applies to the NVML backend; the simulator simulates MPS itself");
     }
@@ -109,12 +111,23 @@ fn build_backend(
             || std::env::var_os("PATH").is_some_and(|p| on_path(MPS_CONTROL, &p))
     });
     let nvml = || -> Result<Box<dyn GpuBackend>, BackendError> {
-        let b = NvmlBackend::new(manage, &cfg.mps.pipe_dir, cfg.nvml.library.as_deref())?
+        let mut b = NvmlBackend::new(manage, &cfg.mps.pipe_dir, cfg.nvml.library.as_deref())?
             .with_mps(mps)
             .with_exclusive_shares(supervise);
         if !supervise {
             return Ok(Box::new(b));
         }
+        // The device plugin's share GPUs keep a daemon whether or not a pod holds units there.
+        let share_gpus: Vec<(String, u64)> = if cfg.kubelet.enabled && cfg.kubelet.share_mps {
+            b.inventory()?
+                .into_iter()
+                .filter(|g| !g.mig_enabled && cfg.kubelet.share_gpus.contains(&g.index))
+                .map(|g| (g.uuid, g.memory_bytes))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let b = b.with_share_gpus(share_gpus.iter().map(|(u, _)| u.clone()).collect());
         let sup = Arc::new(Mutex::new(greenslice_agent::mps::Supervisor::new(
             greenslice_agent::mps::daemon::Control {
                 binary: control.clone(),
@@ -130,10 +143,9 @@ fn build_backend(
             );
         }
         info!(pipe_base = %cfg.mps.pipe_dir, "MPS supervision on: one control daemon per share GPU");
-        Ok(Box::new(greenslice_agent::mps::Supervised::new(
-            Box::new(b),
-            sup,
-        )))
+        Ok(Box::new(
+            greenslice_agent::mps::Supervised::new(Box::new(b), sup).with_share_gpus(&share_gpus),
+        ))
     };
     let backend = build_inner(cfg, sim_clock.clone(), &nvml)?;
     Ok(if manage {
@@ -293,6 +305,9 @@ async fn main() -> ExitCode {
         let now = greenslice_core::clock::Clock::now_ms(&greenslice_core::clock::SystemClock);
         ManualClock::new(now)
     });
+    if args.kubelet {
+        cfg.kubelet.enabled = true;
+    }
     let mut backend = match build_backend(&cfg, sim_clock.clone()) {
         Ok(b) => b,
         Err(e) => {
@@ -337,14 +352,14 @@ async fn main() -> ExitCode {
         };
     }
     info!(node = %cfg.node, backend = backend.kind(), controller = %cfg.controller, "agent starting");
+    // Supervision runs where build_backend could set it up: the NVML backend, with the binary.
+    let mps_supervised = backend.kind() == "nvml" && mps_supervision(&cfg);
     let shared = Arc::new(Mutex::new(backend));
-    if args.kubelet {
-        cfg.kubelet.enabled = true;
-    }
     let mut kubelet = if cfg.kubelet.enabled {
         match greenslice_agent::kubelet::KubeletOptions::from_config(&cfg) {
             Ok(mut o) => {
                 o.grants = greenslice_agent::kubelet::backend_grants(shared.clone());
+                o.allocate.mps_per_gpu = mps_supervised;
                 Some(greenslice_agent::kubelet::start(
                     o,
                     greenslice_agent::kubelet::backend_inventory(shared.clone()),

@@ -603,6 +603,10 @@ pub struct AllocateOptions {
     /// MPS pipe folder, when shares are enforced through MPS (`None`: plain time-slicing, limits
     /// not enforced).
     pub mps_pipe_dir: Option<String>,
+    /// Whether the agent supervises one MPS control daemon per GPU (`[mps] supervise`): a share is
+    /// then handed its GPU's own folder under `mps_pipe_dir` ([`crate::mps::plan::gpu_dir`]), not
+    /// `mps_pipe_dir` itself.
+    pub mps_per_gpu: bool,
 }
 
 /// What one container gets.
@@ -709,10 +713,17 @@ pub fn allocate(
                     "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(),
                     format!("0={}M", memory >> 20),
                 );
+                let pipe = if opts.mps_per_gpu {
+                    crate::mps::plan::gpu_dir(std::path::Path::new(pipe), &chosen[0].gpu_uuid)
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    pipe.clone()
+                };
                 grant
                     .envs
                     .insert("CUDA_MPS_PIPE_DIRECTORY".into(), pipe.clone());
-                grant.mounts.push(pipe.clone());
+                grant.mounts.push(pipe);
             }
             vec![chosen[0].gpu_uuid.clone()]
         }
@@ -934,6 +945,7 @@ mod tests {
         let (t, _) = DeviceTable::build(&gpus, &[3]);
         let opts = AllocateOptions {
             mps_pipe_dir: Some("/run/nvidia-mps".into()),
+            mps_per_gpu: false,
         };
         let g = t.resource(GPU_RESOURCE).unwrap();
         let grant = allocate(
@@ -967,11 +979,24 @@ mod tests {
         assert_eq!(grant.envs["CUDA_MPS_PIPE_DIRECTORY"], "/run/nvidia-mps");
         assert_eq!(grant.envs["NVIDIA_VISIBLE_DEVICES"], gpus[3].uuid);
         assert_eq!(grant.mounts, ["/run/nvidia-mps"]);
+        // Supervised: the GPU's own daemon folder, mounted, not the parent.
+        let per_gpu = AllocateOptions {
+            mps_per_gpu: true,
+            ..opts.clone()
+        };
+        let own = format!("/run/nvidia-mps/{}", gpus[3].uuid);
+        let grant = allocate(SHARE_RESOURCE, s, &units, &per_gpu).unwrap();
+        assert_eq!(grant.envs["CUDA_MPS_PIPE_DIRECTORY"], own);
+        assert_eq!(grant.mounts, [own]);
+        assert_eq!(grant.envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "7");
         let plain = allocate(
             SHARE_RESOURCE,
             s,
             &units,
-            &AllocateOptions { mps_pipe_dir: None },
+            &AllocateOptions {
+                mps_pipe_dir: None,
+                mps_per_gpu: false,
+            },
         )
         .unwrap();
         assert!(!plain.envs.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"));
@@ -982,7 +1007,10 @@ mod tests {
         let mut gpus = node();
         gpus[2].healthy = false;
         let (t, _) = DeviceTable::build(&gpus, &[3, 4]);
-        let opts = AllocateOptions { mps_pipe_dir: None };
+        let opts = AllocateOptions {
+            mps_pipe_dir: None,
+            mps_per_gpu: false,
+        };
         let g = t.resource(GPU_RESOURCE).unwrap();
         assert_eq!(
             allocate(GPU_RESOURCE, g, &[], &opts),
@@ -1051,7 +1079,7 @@ mod tests {
         ) {
             use proptest::prop_assert;
             let (t, _) = DeviceTable::build(&node(), &[3, 4]);
-            let opts = AllocateOptions { mps_pipe_dir: Some("/tmp/mps".into()) };
+            let opts = AllocateOptions { mps_pipe_dir: Some("/tmp/mps".into()), mps_per_gpu: false };
             for r in t.resources().map(str::to_string).collect::<Vec<_>>() {
                 let devs = t.resource(&r).unwrap();
                 let ids: Vec<String> = picks

@@ -141,6 +141,9 @@ impl KubeletOptions {
             share_gpus: k.share_gpus.clone(),
             allocate: AllocateOptions {
                 mps_pipe_dir: k.share_mps.then(|| cfg.mps.pipe_dir.clone()),
+                // Set by the binary once it knows whether supervision runs (NVML backend, control
+                // binary found).
+                mps_per_gpu: false,
             },
             health_interval: ms(k.health_interval_ms, "health_interval_ms")?,
             kubelet_poll: ms(k.kubelet_poll_ms, "kubelet_poll_ms")?,

@@ -1,5 +1,6 @@
-//! MPS supervision (`[mps] supervise = true`): the agent runs one MPS control daemon per GPU that
-//! holds shares.
+//! MPS supervision (`[mps] supervise`, on by default): the agent runs one MPS control daemon per GPU
+//! that holds shares, and one for each of the device plugin's share GPUs for the agent's whole life
+//! ([`Supervised::with_share_gpus`]).
 //!
 //! - Each daemon serves its GPU only (`CUDA_VISIBLE_DEVICES` = the GPU's UUID), with its own pipe
 //!   folder `<pipe_dir>/<GPU UUID>` and log folder `<log_dir>/<GPU UUID>`; each share is handed its
@@ -187,6 +188,9 @@ pub struct Supervised {
     sup: Shared,
     /// Slice id to its share: GPU, compute fraction, memory bytes.
     shares: BTreeMap<String, (String, f64, u64)>,
+    /// The device plugin's share GPUs (see [`Supervised::with_share_gpus`]): GPU to the limits of
+    /// the smallest share a pod can hold there (compute fraction, memory bytes).
+    share_gpus: BTreeMap<String, (f64, u64)>,
 }
 
 impl Supervised {
@@ -195,11 +199,43 @@ impl Supervised {
             inner,
             sup,
             shares: BTreeMap::new(),
+            share_gpus: BTreeMap::new(),
         }
     }
 
+    /// GPUs the device plugin offers as `greenslice.io/gpu-share` units, given as (UUID, memory
+    /// bytes): each keeps a daemon for the life of the agent, since a pod may be given units there
+    /// at any time and Allocate hands it the GPU's pipe folder. Pod shares do not pass through the
+    /// agent's backend, so such a daemon's defaults are the smallest share a pod can hold there
+    /// (one unit), or tighter where a tenant share is: a container that drops the environment
+    /// Allocate gave it gains nothing. The daemons start at once.
+    pub fn with_share_gpus(mut self, gpus: &[(String, u64)]) -> Self {
+        use crate::kubelet::devices::{SHARE_UNITS_PER_GPU, share_memory_bytes};
+        self.share_gpus = gpus
+            .iter()
+            .map(|(g, mem)| {
+                let unit = (
+                    1.0 / f64::from(SHARE_UNITS_PER_GPU),
+                    share_memory_bytes(*mem, 1),
+                );
+                (g.clone(), unit)
+            })
+            .collect();
+        self.sync(false);
+        self
+    }
+
     fn sync(&self, ownership_known: bool) {
-        let defaults = plan::defaults(self.shares.values().map(|(g, f, m)| (g.as_str(), *f, *m)));
+        let pinned = self
+            .share_gpus
+            .iter()
+            .map(|(g, (f, m))| (g.as_str(), *f, *m));
+        let defaults = plan::defaults(
+            self.shares
+                .values()
+                .map(|(g, f, m)| (g.as_str(), *f, *m))
+                .chain(pinned),
+        );
         if let Ok(mut s) = self.sup.lock() {
             s.set_wanted(defaults, ownership_known);
             s.reconcile();

@@ -18,7 +18,7 @@ pub mod health;
 #[allow(unsafe_code)]
 pub mod mig_raw;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -92,6 +92,9 @@ pub struct NvmlBackend {
     /// Whether a GPU holding shares is put in EXCLUSIVE_PROCESS mode (see
     /// [`NvmlBackend::with_exclusive_shares`]).
     exclusive_shares: bool,
+    /// GPUs that serve shares whether or not one is held now (see
+    /// [`NvmlBackend::with_share_gpus`]).
+    share_gpus: BTreeSet<String>,
     shares: Vec<(String, Share)>,
     whole: Vec<(String, String)>,
     /// Slices owning the MIG instances greenslice made: (GPU UUID, GPU instance id) to slice id.
@@ -161,6 +164,7 @@ impl NvmlBackend {
             mps_pipe_dir: mps_pipe_dir.to_string(),
             mps: false,
             exclusive_shares: false,
+            share_gpus: BTreeSet::new(),
             shares: Vec::new(),
             whole: Vec::new(),
             mig_owners: BTreeMap::new(),
@@ -185,9 +189,29 @@ impl NvmlBackend {
         self
     }
 
-    /// Whether `gpu` holds a share.
-    fn holds_shares(&self, gpu: &str) -> bool {
-        self.shares.iter().any(|(g, _)| g == gpu)
+    /// GPUs that serve shares even while they hold none: the device plugin's share GPUs
+    /// (`kubelet.share_gpus`), whose pods reach the GPU's MPS daemon at any time. With
+    /// [`NvmlBackend::with_exclusive_shares`] they stay in EXCLUSIVE_PROCESS mode for the life of
+    /// the agent, as a GPU holding tenant shares does while it holds them.
+    pub fn with_share_gpus(mut self, uuids: BTreeSet<String>) -> Self {
+        self.share_gpus = uuids;
+        self
+    }
+
+    /// Whether `gpu` serves shares: it holds one, or it is one of the device plugin's share GPUs.
+    fn serves_shares(&self, gpu: &str) -> bool {
+        self.share_gpus.contains(gpu) || self.shares.iter().any(|(g, _)| g == gpu)
+    }
+
+    /// The compute mode `gpu` goes back to when no slice holds it whole: EXCLUSIVE_PROCESS while
+    /// it serves shares through a supervised MPS daemon (whose server is then its one process),
+    /// else DEFAULT.
+    fn shared_mode(&self, gpu: &str) -> ComputeMode {
+        if self.exclusive_shares && self.serves_shares(gpu) {
+            ComputeMode::ExclusiveProcess
+        } else {
+            ComputeMode::Default
+        }
     }
 
     /// Sets `gpu`'s compute mode to `mode` unless it is already.
@@ -257,7 +281,7 @@ impl NvmlBackend {
                 .map_err(nvml_err("device_by_index"))?;
             let uuid = d.uuid().map_err(nvml_err("uuid"))?;
             if self.whole_holder(&uuid).is_none()
-                && !(self.exclusive_shares && self.holds_shares(&uuid))
+                && self.shared_mode(&uuid) == ComputeMode::Default
                 && d.compute_mode()
                     .is_ok_and(|m| m == ComputeMode::ExclusiveProcess)
             {
@@ -706,8 +730,12 @@ impl GpuBackend for NvmlBackend {
                 .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
         }
         if self.exclusive_shares {
-            let gpus: std::collections::BTreeSet<String> =
-                self.shares.iter().map(|(g, _)| g.clone()).collect();
+            let gpus: BTreeSet<String> = self
+                .shares
+                .iter()
+                .map(|(g, _)| g.clone())
+                .chain(self.share_gpus.iter().cloned())
+                .collect();
             for g in gpus {
                 Self::ensure_mode(&g, &mut self.device(&g)?, ComputeMode::ExclusiveProcess)?;
             }
@@ -747,6 +775,11 @@ impl GpuBackend for NvmlBackend {
         if self.exclusive_shares {
             Self::ensure_mode(gpu, &mut d, ComputeMode::ExclusiveProcess)?;
         }
+        let moved_from: Option<String> = self
+            .shares
+            .iter()
+            .find(|(g, s)| s.slice_id == slice_id && g != gpu)
+            .map(|(g, _)| g.clone());
         self.shares.retain(|(_, s)| s.slice_id != slice_id);
         self.shares.push((
             gpu.to_string(),
@@ -756,6 +789,13 @@ impl GpuBackend for NvmlBackend {
                 memory_bytes: mem,
             },
         ));
+        // A share moved off a GPU: that GPU goes back to DEFAULT once it serves no share.
+        if let Some(old) =
+            moved_from.filter(|old| self.exclusive_shares && self.whole_holder(old).is_none())
+        {
+            let mode = self.shared_mode(&old);
+            Self::ensure_mode(&old, &mut self.device(&old)?, mode)?;
+        }
         Ok(share_env(gpu, f, mem, &self.mps_pipe_dir))
     }
 
@@ -770,8 +810,9 @@ impl GpuBackend for NvmlBackend {
                 slice: slice_id.to_string(),
             });
         }
-        if self.exclusive_shares && !self.holds_shares(gpu) {
-            Self::ensure_mode(gpu, &mut d, ComputeMode::Default)?;
+        if self.exclusive_shares {
+            let mode = self.shared_mode(gpu);
+            Self::ensure_mode(gpu, &mut d, mode)?;
         }
         Ok(())
     }
@@ -797,7 +838,9 @@ impl GpuBackend for NvmlBackend {
                 slice: slice_id.to_string(),
             });
         }
-        d.set_compute_mode(ComputeMode::Default)
+        // A share GPU of the device plugin goes back to serving its MPS daemon.
+        let mode = self.shared_mode(gpu);
+        d.set_compute_mode(mode)
             .map_err(nvml_err("nvmlDeviceSetComputeMode"))?;
         self.whole.retain(|(g, _)| g != gpu);
         Ok(())
