@@ -7,6 +7,8 @@
 //! One test function: the simulated library keeps its state per process (as NVML does), and the
 //! state file is named by an environment variable read at `nvmlInit`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,20 +27,7 @@ const T0: i64 = 1_750_000_000_000;
 /// The simulated NVML library: beside this test binary's folder or in it (a clean `cargo test`
 /// leaves the cdylib in deps/, the root package depending on nvml-sim).
 fn nvml_sim_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("deps dir");
-    [
-        deps.join("libgreenslice_nvml_sim.so"),
-        deps.join("../libgreenslice_nvml_sim.so"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_else(|| {
-        panic!(
-            "libgreenslice_nvml_sim.so is not in {}: build it with `cargo build -p nvml-sim`",
-            deps.display()
-        )
-    })
+    common::nvml_sim::sim_artifacts().0
 }
 
 fn uuids(inv: &[Gpu]) -> Vec<String> {

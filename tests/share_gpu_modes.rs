@@ -9,6 +9,8 @@
 //! One test function: the simulated library keeps its state per process, and the state file is
 //! named by an environment variable read at `nvmlInit`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -21,20 +23,7 @@ const T0: i64 = 1_750_000_000_000;
 const GIB: u64 = 1 << 30;
 
 fn nvml_sim_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("deps dir");
-    [
-        deps.join("libgreenslice_nvml_sim.so"),
-        deps.join("../libgreenslice_nvml_sim.so"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_else(|| {
-        panic!(
-            "libgreenslice_nvml_sim.so is not in {}: build it with `cargo build -p nvml-sim`",
-            deps.display()
-        )
-    })
+    common::nvml_sim::sim_artifacts().0
 }
 
 /// Each GPU's compute mode as the hardware has it: "E" exclusive process, "D" default.
