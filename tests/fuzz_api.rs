@@ -414,6 +414,7 @@ fn agent_message() -> BoxedStrategy<pb::AgentMessage> {
             memory_bytes,
             processes: 1,
             activity_known: true,
+            ..Default::default()
         }
     });
     let sample = (

@@ -645,10 +645,14 @@ pub fn configure(
     if !ATTRIBUTION_WINDOW_S.contains(&cfg.attribution_window_s) {
         return Err(ConfigureError::Window(cfg.attribution_window_s));
     }
+    if !FIT_OBSERVATION_S.contains(&cfg.fit_observation_s) {
+        return Err(ConfigureError::FitObservation(cfg.fit_observation_s));
+    }
     controller.reclaim.set_policy(cfg.idle.clone())?;
     controller.configure_energy(crate::energy::accounting::AccountingConfig {
         site: site_carbon,
         window_ms: cfg.attribution_window_s * 1000,
+        fit_observation_ms: cfg.fit_observation_s * 1000,
         ..Default::default()
     });
     Ok(())
@@ -657,6 +661,9 @@ pub fn configure(
 /// The attribution windows a controller may run with, seconds.
 pub const ATTRIBUTION_WINDOW_S: std::ops::RangeInclusive<u64> = 5..=600;
 
+/// The lengths of one energy-fit observation a controller may run with, seconds.
+pub const FIT_OBSERVATION_S: std::ops::RangeInclusive<u64> = 1..=60;
+
 /// A configuration the started controller refuses.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigureError {
@@ -664,6 +671,8 @@ pub enum ConfigureError {
     Policy(#[from] crate::reclaim::policy::PolicyError),
     #[error("attribution_window_s must be within 5 and 600 seconds, got {0}")]
     Window(u64),
+    #[error("fit_observation_s must be within 1 and 60 seconds, got {0}")]
+    FitObservation(u64),
 }
 
 fn hostname() -> String {

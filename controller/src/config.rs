@@ -50,6 +50,9 @@ pub struct ControllerConfig {
     /// Seconds of one energy attribution window: a GPU's measured energy is attributed to its
     /// holders once per window (see docs/ENERGY.md). 5 to 600; default 60.
     pub attribution_window_s: u64,
+    /// Seconds of one observation of the energy fit (the board's counter delta against the
+    /// activity over that time; see docs/ENERGY.md, "The live method"). 1 to 60; default 5.
+    pub fit_observation_s: u64,
     /// URL clients reach this controller at, which standbys name when refusing calls (default:
     /// `http://` + the listen address).
     pub advertise_url: Option<String>,
@@ -192,6 +195,7 @@ impl Default for ControllerConfig {
             terminal_retention_max: 100_000,
             energy_history_days: 400,
             attribution_window_s: 60,
+            fit_observation_s: 5,
             advertise_url: None,
             etcd: EtcdSection::default(),
             metrics_listen: String::new(),

@@ -187,9 +187,15 @@ pub fn sample_from_pb(s: pb::GpuSample) -> AttributedSample {
                 memory_bytes: a.memory_bytes,
                 processes: a.processes,
                 activity_known: a.activity_known,
+                dram_pct: a.dram_pct,
+                tensor_pct: a.tensor_pct,
             })
             .collect(),
         unattributed_sm_pct: s.unattributed_sm_pct,
+        unattributed_dram_pct: s.unattributed_dram_pct,
+        unattributed_tensor_pct: s.unattributed_tensor_pct,
+        sm_clock_mhz: s.sm_clock_mhz,
+        max_sm_clock_mhz: s.max_sm_clock_mhz,
         unsupported: s.unsupported,
         no_compute_processes: s.no_compute_processes,
     }
@@ -260,8 +266,14 @@ mod tests {
                 memory_bytes: 1 << 20,
                 processes: 2,
                 activity_known: true,
+                dram_pct: Some(30.5),
+                tensor_pct: None,
             }],
             unattributed_sm_pct: 3.0,
+            unattributed_dram_pct: Some(1.5),
+            unattributed_tensor_pct: None,
+            sm_clock_mhz: Some(1410),
+            max_sm_clock_mhz: Some(1980),
             unsupported: vec!["utilization".into()],
             no_compute_processes: false,
         });
@@ -279,6 +291,14 @@ mod tests {
             (Some(250_000), Some(9_000), Some(1 << 30))
         );
         assert_eq!((s.unattributed_sm_pct, s.unsupported.len()), (3.0, 1));
+        assert_eq!(
+            (s.unattributed_dram_pct, s.unattributed_tensor_pct),
+            (Some(1.5), None)
+        );
+        assert_eq!(
+            (s.sm_clock_mhz, s.max_sm_clock_mhz),
+            (Some(1410), Some(1980))
+        );
         let a = &s.slices[0];
         assert_eq!(
             (
@@ -290,5 +310,24 @@ mod tests {
             ),
             ("s1", 12.5, 1 << 20, 2, true)
         );
+        assert_eq!((a.dram_pct, a.tensor_pct), (Some(30.5), None));
+    }
+
+    #[test]
+    fn a_sample_from_an_older_agent_has_no_dram_tensor_or_clock_signals() {
+        // An older agent's message: the new optional fields are simply absent on the wire.
+        let s = sample_from_pb(pb::GpuSample {
+            gpu_uuid: "GPU-1".into(),
+            slices: vec![pb::SliceActivity {
+                slice_id: "s1".into(),
+                sm_pct: 40.0,
+                activity_known: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(s.slices[0].dram_pct, None);
+        assert_eq!(s.slices[0].tensor_pct, None);
+        assert_eq!((s.unattributed_dram_pct, s.sm_clock_mhz), (None, None));
     }
 }

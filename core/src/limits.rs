@@ -101,6 +101,8 @@ pub const MAX_CPU_MILLI: u64 = 1_000_000_000;
 /// Highest activity a sample may report, percent of one GPU. Per-process readings are summed and may
 /// overshoot 100 a little; ten times that is garbage.
 pub const MAX_ACTIVITY_PCT: f64 = 1000.0;
+/// Largest clock reading an agent may report, MHz (today's GPUs run under 3,000 MHz).
+pub const MAX_CLOCK_MHZ: u64 = 20_000;
 /// Longest duration a request may give, seconds (one year); policies set tighter bounds.
 pub const MAX_DURATION_S: u64 = 365 * 24 * 3600;
 

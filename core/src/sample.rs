@@ -57,6 +57,13 @@ pub struct GpuSample {
     pub process_util: Option<Vec<ProcessUtil>>,
     /// Activity per MIG GPU instance (empty when the GPU is not in MIG mode).
     pub mig: Vec<MigActivity>,
+    /// Current SM clock, MHz (`nvmlDeviceGetClockInfo(NVML_CLOCK_SM)`); it drops below
+    /// [`GpuSample::max_sm_clock_mhz`] when the power limit holds the board back.
+    #[serde(default)]
+    pub sm_clock_mhz: Option<u32>,
+    /// Maximum SM clock, MHz (`nvmlDeviceGetMaxClockInfo(NVML_CLOCK_SM)`).
+    #[serde(default)]
+    pub max_sm_clock_mhz: Option<u32>,
     /// Fields this device did not give, sorted.
     pub unsupported: Vec<SampleField>,
 }
@@ -74,6 +81,8 @@ impl GpuSample {
             processes: None,
             process_util: None,
             mig: Vec::new(),
+            sm_clock_mhz: None,
+            max_sm_clock_mhz: None,
             unsupported: Vec::new(),
         }
     }
@@ -121,8 +130,11 @@ pub struct MigActivity {
     pub gpu_instance_id: u32,
     /// Percent of time each SM had at least one warp (GPM SmUtil), `None` where GPM is missing.
     pub sm_util_pct: Option<f64>,
-    /// Percent of DRAM bandwidth used (GPM DramBwUtil).
+    /// Percent of the instance's DRAM bandwidth used (GPM DramBwUtil).
     pub dram_bw_util_pct: Option<f64>,
+    /// Percent of time any tensor pipe of the instance was active (GPM AnyTensorUtil).
+    #[serde(default)]
+    pub tensor_util_pct: Option<f64>,
 }
 
 /// One GPU's sample as the controller receives it: the board's measurements and the activity the
@@ -147,6 +159,18 @@ pub struct AttributedSample {
     pub slices: Vec<SliceActivity>,
     /// SM activity of processes that belong to no slice, percent of the GPU.
     pub unattributed_sm_pct: f64,
+    /// DRAM bandwidth activity of processes or instances no slice owns, percent of the GPU's
+    /// bandwidth (`None`: the device gives no such figure).
+    #[serde(default)]
+    pub unattributed_dram_pct: Option<f64>,
+    /// Tensor activity no slice owns, percent of the GPU (`None`: not measured).
+    #[serde(default)]
+    pub unattributed_tensor_pct: Option<f64>,
+    /// Current and maximum SM clock, MHz (see [`GpuSample::sm_clock_mhz`]).
+    #[serde(default)]
+    pub sm_clock_mhz: Option<u32>,
+    #[serde(default)]
+    pub max_sm_clock_mhz: Option<u32>,
     /// Fields the device does not support, by name.
     pub unsupported: Vec<String>,
     /// The agent saw no compute process on the GPU (so its power is idle power).
@@ -165,6 +189,15 @@ pub struct SliceActivity {
     pub processes: u32,
     /// Whether `sm_pct` was measured (false: the device gives no per-slice activity).
     pub activity_known: bool,
+    /// DRAM bandwidth activity, percent of the whole GPU's bandwidth: the sum of its processes'
+    /// NVML memory utilization on a shared GPU, GPM's DRAM bandwidth x the instance's memory
+    /// slices / 8 on a MIG GPU. `None`: the device gives no per-slice figure.
+    #[serde(default)]
+    pub dram_pct: Option<f64>,
+    /// Tensor-core activity, percent of the whole GPU (GPM's any-tensor activity x the
+    /// instance's compute slices / 7, MIG on Hopper and newer). `None`: not measured.
+    #[serde(default)]
+    pub tensor_pct: Option<f64>,
 }
 
 /// Energy in mJ between two readings of a board's counter; `None` when the counter went backwards

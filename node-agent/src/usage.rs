@@ -62,6 +62,16 @@ struct Acc {
     memory_bytes: u64,
     processes: u32,
     known: bool,
+    /// DRAM and tensor activity, percent of the whole GPU, where measured.
+    dram_pct: Option<f64>,
+    tensor_pct: Option<f64>,
+}
+
+/// Adds `v` to an optional sum: a measured figure makes the sum measured.
+fn add_known(sum: &mut Option<f64>, v: Option<f64>) {
+    if let Some(v) = v {
+        *sum = Some(sum.unwrap_or(0.0) + v);
+    }
 }
 
 /// Maps one GPU sample to slices. `owner` answers which slice launched a process; `kubelet` are
@@ -76,16 +86,25 @@ pub fn map_sample(
     let kubelet: Vec<&KubeletHolder> = kubelet.iter().filter(|k| k.gpu_uuid == gpu.uuid).collect();
     let mut slices: BTreeMap<String, Acc> = BTreeMap::new();
     let mut unattributed = 0.0;
+    // DRAM and tensor activity nobody owns; `None` where the device gives no such figure.
+    let mut unattributed_dram: Option<f64> = None;
+    let mut unattributed_tensor: Option<f64> = None;
     let procs = s.processes.as_deref().unwrap_or(&[]);
     if gpu.mig_enabled {
         for inst in &gpu.mig_instances {
             let size =
                 mig::profile(&gpu.model, &inst.profile).map_or(0.0, |p| p.compute_fraction());
+            // DRAM bandwidth is split by memory slices (of 8), compute by compute slices.
+            let memory_share = f64::from(inst.size) / f64::from(mig::MEMORY_SLICES);
             let act = s
                 .mig
                 .iter()
                 .find(|m| m.gpu_instance_id == inst.gpu_instance_id);
             let sm = act.and_then(|a| a.sm_util_pct).map(|u| u * size);
+            let dram = act
+                .and_then(|a| a.dram_bw_util_pct)
+                .map(|u| u * memory_share);
+            let tensor = act.and_then(|a| a.tensor_util_pct).map(|u| u * size);
             let (mem, n) = procs
                 .iter()
                 .filter(|p| p.gpu_instance_id == Some(inst.gpu_instance_id))
@@ -105,9 +124,22 @@ pub fn map_sample(
                     a.known |= sm.is_some();
                     a.memory_bytes += mem;
                     a.processes += n;
+                    add_known(&mut a.dram_pct, dram);
+                    add_known(&mut a.tensor_pct, tensor);
                 }
-                None => unattributed += sm.unwrap_or(0.0),
+                None => {
+                    unattributed += sm.unwrap_or(0.0);
+                    add_known(&mut unattributed_dram, dram);
+                    add_known(&mut unattributed_tensor, tensor);
+                }
             }
+        }
+        // With GPM every instance's figures are measured: nothing unowned is 0, not unknown.
+        if !s.mig.is_empty() && s.mig.iter().all(|m| m.dram_bw_util_pct.is_some()) {
+            unattributed_dram.get_or_insert(0.0);
+        }
+        if !s.mig.is_empty() && s.mig.iter().all(|m| m.tensor_util_pct.is_some()) {
+            unattributed_tensor.get_or_insert(0.0);
         }
     } else {
         let whole_holder = gpu.whole_slice_id.clone().or_else(|| {
@@ -140,23 +172,32 @@ pub fn map_sample(
                 .or_else(|| sole_whole.map(str::to_string))
         };
         if let Some(pu) = &s.process_util {
+            // Per-process memory utilization is each process's DRAM activity (NVML's memUtil).
+            unattributed_dram = Some(0.0);
             for p in pu {
                 match mapped(p.pid) {
                     Some(id) => {
                         let a = slices.entry(id).or_default();
                         a.sm_pct += f64::from(p.sm_pct);
                         a.known = true;
+                        add_known(&mut a.dram_pct, Some(f64::from(p.mem_pct)));
                     }
-                    None => unattributed += f64::from(p.sm_pct),
+                    None => {
+                        unattributed += f64::from(p.sm_pct);
+                        add_known(&mut unattributed_dram, Some(f64::from(p.mem_pct)));
+                    }
                 }
             }
             for a in slices.values_mut() {
                 a.known = true;
+                a.dram_pct.get_or_insert(0.0);
             }
         } else if let (Some(w), Some(u)) = (&whole_holder, s.gpu_util_pct) {
             let a = slices.entry(w.clone()).or_default();
             a.sm_pct = f64::from(u);
             a.known = true;
+            a.dram_pct = s.mem_util_pct.map(f64::from);
+            unattributed_dram = a.dram_pct.map(|_| 0.0);
         }
         for p in procs {
             if let Some(id) = mapped(p.pid) {
@@ -205,9 +246,15 @@ pub fn map_sample(
                 memory_bytes: a.memory_bytes,
                 processes: a.processes,
                 activity_known: a.known,
+                dram_pct: a.dram_pct,
+                tensor_pct: a.tensor_pct,
             })
             .collect(),
         unattributed_sm_pct: unattributed,
+        unattributed_dram_pct: unattributed_dram,
+        unattributed_tensor_pct: unattributed_tensor,
+        sm_clock_mhz: s.sm_clock_mhz,
+        max_sm_clock_mhz: s.max_sm_clock_mhz,
         unsupported: s
             .unsupported
             .iter()
@@ -381,11 +428,13 @@ mod tests {
                 gpu_instance_id: 1,
                 sm_util_pct: Some(70.0),
                 dram_bw_util_pct: None,
+                tensor_util_pct: None,
             },
             MigActivity {
                 gpu_instance_id: 2,
                 sm_util_pct: Some(70.0),
                 dram_bw_util_pct: None,
+                tensor_util_pct: None,
             },
         ];
         let m = map_sample(5, &s, &g, &|_| None, &[]);
@@ -399,6 +448,115 @@ mod tests {
         assert!(
             (m.unattributed_sm_pct - 10.0).abs() < 1e-9,
             "instance nobody owns"
+        );
+    }
+
+    #[test]
+    fn shared_gpu_dram_activity_is_each_slice_s_processes_memory_utilization() {
+        let mut g = gpu(false);
+        for id in ["a", "b"] {
+            g.shares.push(Share {
+                slice_id: id.into(),
+                compute_fraction: 0.5,
+                memory_bytes: 1 << 30,
+            });
+        }
+        let mut s = GpuSample::empty("GPU-1");
+        s.processes = Some(vec![
+            proc_(10, None, 1),
+            proc_(11, None, 1),
+            proc_(12, None, 1),
+        ]);
+        s.sm_clock_mhz = Some(1500);
+        s.max_sm_clock_mhz = Some(1980);
+        let pu = |pid, sm, mem| ProcessUtil {
+            pid,
+            sm_pct: sm,
+            mem_pct: mem,
+            last_seen_us: 1,
+        };
+        s.process_util = Some(vec![pu(10, 10, 60), pu(11, 5, 20), pu(12, 0, 9)]);
+        // 10 and 11 are a's; 12 names a slice that is not on this GPU.
+        let owner = |pid: u32| match pid {
+            10 | 11 => Some("a".to_string()),
+            _ => Some("elsewhere".to_string()),
+        };
+        let m = map_sample(5, &s, &g, &owner, &[]);
+        let by: BTreeMap<_, _> = m.slices.iter().map(|a| (a.slice_id.as_str(), a)).collect();
+        assert_eq!(
+            by["a"].dram_pct,
+            Some(80.0),
+            "summed over the slice's processes"
+        );
+        assert_eq!(by["b"].dram_pct, Some(0.0), "measured, and idle");
+        assert_eq!(
+            by["a"].tensor_pct, None,
+            "NVML has no per-process tensor figure"
+        );
+        assert_eq!(m.unattributed_dram_pct, Some(9.0));
+        assert_eq!(
+            (m.sm_clock_mhz, m.max_sm_clock_mhz),
+            (Some(1500), Some(1980))
+        );
+        // No per-process figures: no DRAM signal either.
+        s.process_util = None;
+        let m = map_sample(5, &s, &g, &owner, &[]);
+        assert!(m.slices.iter().all(|a| a.dram_pct.is_none()));
+        assert_eq!(m.unattributed_dram_pct, None);
+    }
+
+    #[test]
+    fn mig_dram_is_weighted_by_memory_slices_and_tensor_by_compute_slices() {
+        let mut g = gpu(true);
+        for (gi, profile, start, size, slice) in [
+            (1, "3g.40gb", 0u8, 4u8, Some("m")),
+            (2, "1g.10gb", 4, 1, None),
+        ] {
+            g.mig_instances.push(MigInstance {
+                gpu_instance_id: gi,
+                profile: profile.into(),
+                start,
+                size,
+                mig_uuid: format!("MIG-{gi}"),
+                slice_id: slice.map(str::to_string),
+            });
+        }
+        let mut s = GpuSample::empty("GPU-1");
+        s.mig = vec![
+            MigActivity {
+                gpu_instance_id: 1,
+                sm_util_pct: Some(70.0),
+                dram_bw_util_pct: Some(50.0),
+                tensor_util_pct: Some(35.0),
+            },
+            MigActivity {
+                gpu_instance_id: 2,
+                sm_util_pct: Some(70.0),
+                dram_bw_util_pct: Some(80.0),
+                tensor_util_pct: Some(0.0),
+            },
+        ];
+        let m = map_sample(5, &s, &g, &|_| None, &[]);
+        let a = &m.slices[0];
+        assert!(
+            (a.dram_pct.unwrap() - 25.0).abs() < 1e-9,
+            "50% of 4/8 of the bandwidth"
+        );
+        assert!(
+            (a.tensor_pct.unwrap() - 15.0).abs() < 1e-9,
+            "35% of 3/7 of the GPU"
+        );
+        assert!(
+            (m.unattributed_dram_pct.unwrap() - 10.0).abs() < 1e-9,
+            "80% of 1/8"
+        );
+        assert_eq!(m.unattributed_tensor_pct, Some(0.0));
+        // An A100 in MIG mode (no GPM): no DRAM or tensor figure at all.
+        s.mig.clear();
+        let m = map_sample(5, &s, &g, &|_| None, &[]);
+        assert_eq!(
+            (m.slices[0].dram_pct, m.unattributed_dram_pct),
+            (None, None)
         );
     }
 

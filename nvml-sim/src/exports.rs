@@ -1275,7 +1275,7 @@ pub extern "C" fn nvmlComputeInstanceDestroy(ci: nvmlComputeInstance_t) -> Ret {
     })
 }
 
-// ---- GPM: not simulated; the agent falls back as on a GPU without GPM ----
+// ---- GPM: the machine's activity counters (Hopper and newer), per GPU or per GPU instance ----
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(

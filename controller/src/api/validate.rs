@@ -307,10 +307,31 @@ fn sample(field: &str, s: &pb::GpuSample) -> Checked {
         )?;
     }
     lim::check_activity_pct(&f("unattributed_sm_pct"), s.unattributed_sm_pct)?;
+    for (name, v) in [
+        ("unattributed_dram_pct", s.unattributed_dram_pct),
+        ("unattributed_tensor_pct", s.unattributed_tensor_pct),
+    ] {
+        if let Some(v) = v {
+            lim::check_activity_pct(&f(name), v)?;
+        }
+    }
+    for (name, v) in [
+        ("sm_clock_mhz", s.sm_clock_mhz),
+        ("max_sm_clock_mhz", s.max_sm_clock_mhz),
+    ] {
+        if let Some(v) = v {
+            lim::check_max(&f(name), u64::from(v), lim::MAX_CLOCK_MHZ, "MHz")?;
+        }
+    }
     lim::check_count(&f("slices"), s.slices.len(), 0, lim::MAX_SLICES_PER_SAMPLE)?;
     lim::check_each(&f("slices"), &s.slices, |af, a| {
         lim::check_slice_id(&format!("{af}.slice_id"), &a.slice_id)?;
         lim::check_activity_pct(&format!("{af}.sm_pct"), a.sm_pct)?;
+        for (name, v) in [("dram_pct", a.dram_pct), ("tensor_pct", a.tensor_pct)] {
+            if let Some(v) = v {
+                lim::check_activity_pct(&format!("{af}.{name}"), v)?;
+            }
+        }
         lim::check_max(
             &format!("{af}.memory_bytes"),
             a.memory_bytes,
@@ -561,6 +582,43 @@ mod tests {
                 .unwrap_err()
                 .message()
                 .contains("samples.samples[0].unattributed_sm_pct")
+        );
+        // The DRAM, tensor and clock signals are held to limits too.
+        let bad_dram = pb::AgentMessage {
+            msg: Some(Msg::Samples(pb::SampleBatch {
+                samples: vec![pb::GpuSample {
+                    at_unix_ms: 1,
+                    gpu_uuid: "GPU-0".into(),
+                    slices: vec![pb::SliceActivity {
+                        slice_id: "s-1".into(),
+                        dram_pct: Some(f64::NAN),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            })),
+        };
+        assert!(
+            agent_message(&bad_dram)
+                .unwrap_err()
+                .message()
+                .contains("samples.samples[0].slices[0].dram_pct")
+        );
+        let bad_clock = pb::AgentMessage {
+            msg: Some(Msg::Samples(pb::SampleBatch {
+                samples: vec![pb::GpuSample {
+                    at_unix_ms: 1,
+                    gpu_uuid: "GPU-0".into(),
+                    sm_clock_mhz: Some(u32::MAX),
+                    ..Default::default()
+                }],
+            })),
+        };
+        assert!(
+            agent_message(&bad_clock)
+                .unwrap_err()
+                .message()
+                .contains("samples.samples[0].sm_clock_mhz")
         );
         assert!(agent_message(&pb::AgentMessage { msg: None }).is_ok());
         let notice = |slice: &str, kind: &str| pb::AgentMessage {

@@ -584,6 +584,7 @@ pub fn history_replay(slices: usize, days: i64, sample_s: i64, seed: u64) -> His
                     memory_bytes: 1 << 30,
                     processes: 1,
                     activity_known: true,
+                    ..Default::default()
                 }],
                 ..Default::default()
             })

@@ -92,7 +92,8 @@ pub struct ActivityVector {
 }
 
 impl ActivityVector {
-    fn add(&mut self, o: &ActivityVector) {
+    /// Adds `o` to this vector, term by term.
+    pub fn add(&mut self, o: &ActivityVector) {
         self.sm_pct_ms += o.sm_pct_ms;
         self.dram_pct_ms += o.dram_pct_ms;
         self.tensor_pct_ms += o.tensor_pct_ms;

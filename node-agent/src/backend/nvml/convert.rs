@@ -160,7 +160,11 @@ pub fn process_utils(samples: &[ProcessUtilizationSample], after_us: u64) -> Vec
 }
 
 /// The metrics asked of GPM for each MIG instance, in this order.
-pub const GPM_METRICS: [GpmMetricId; 2] = [GpmMetricId::SmUtil, GpmMetricId::DramBwUtil];
+pub const GPM_METRICS: [GpmMetricId; 3] = [
+    GpmMetricId::SmUtil,
+    GpmMetricId::DramBwUtil,
+    GpmMetricId::AnyTensorUtil,
+];
 
 /// GPM metric results (for [`GPM_METRICS`]) as a MIG instance's activity; a failed metric is `None`.
 pub fn mig_activity(
@@ -178,6 +182,7 @@ pub fn mig_activity(
         gpu_instance_id,
         sm_util_pct: find(GpmMetricId::SmUtil),
         dram_bw_util_pct: find(GpmMetricId::DramBwUtil),
+        tensor_util_pct: find(GpmMetricId::AnyTensorUtil),
     }
 }
 
@@ -449,8 +454,16 @@ mod tests {
         assert_eq!(a.gpu_instance_id, 3);
         assert_eq!(a.sm_util_pct, Some(41.5));
         assert_eq!(a.dram_bw_util_pct, None);
-        let a = mig_activity(1, &[metric(GpmMetricId::DramBwUtil, 180.0)]);
+        assert_eq!(a.tensor_util_pct, None);
+        let a = mig_activity(
+            1,
+            &[
+                metric(GpmMetricId::DramBwUtil, 180.0),
+                metric(GpmMetricId::AnyTensorUtil, 37.5),
+            ],
+        );
         assert_eq!(a.dram_bw_util_pct, Some(100.0));
+        assert_eq!(a.tensor_util_pct, Some(37.5));
     }
 
     #[test]

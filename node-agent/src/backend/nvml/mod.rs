@@ -29,7 +29,7 @@ use greenslice_core::inventory::{Gpu, MigInstance, Share};
 use greenslice_core::mig;
 use greenslice_core::sample::{GpuSample, NodeSample, SampleField};
 use nvml_wrapper::bitmasks::event::EventTypes;
-use nvml_wrapper::enum_wrappers::device::ComputeMode;
+use nvml_wrapper::enum_wrappers::device::{Clock as NvmlClock, ComputeMode};
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, GpmSample, Nvml};
@@ -440,6 +440,10 @@ impl NvmlBackend {
             Reading::Unsupported => {}
             Reading::Failed(e) => self.note_failure(uuid, "running_compute_processes", &e),
         }
+        // The SM clock and its maximum: an optional signal for the controller's energy fit
+        // (clocks drop when the power limit holds the board back); no field is marked for them.
+        s.sm_clock_mhz = d.clock_info(NvmlClock::SM).ok();
+        s.max_sm_clock_mhz = d.max_clock_info(NvmlClock::SM).ok();
         let after = self.last_seen_us.get(uuid).copied().unwrap_or(0);
         // NotFound means no process was active since `after`: supported, nothing new.
         let stats = match d.process_utilization_stats(after) {

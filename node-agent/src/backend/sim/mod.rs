@@ -631,6 +631,7 @@ impl SimBackend {
                         gpu_instance_id: gi,
                         sm_util_pct: Some(r.sm_util_pct.clamp(0.0, 100.0)),
                         dram_bw_util_pct: Some(r.dram_bw_util_pct.clamp(0.0, 100.0)),
+                        tensor_util_pct: Some(r.tensor_util_pct.clamp(0.0, 100.0)),
                     });
                 }
             }
@@ -687,6 +688,9 @@ impl SimBackend {
         }
         s.memory_used_bytes = Some(d.memory_used_bytes());
         s.processes = Some(procs);
+        // NVML's clock readings: the SM clock drops when the power limit holds the board back.
+        s.sm_clock_mhz = Some(d.sm_clock_mhz());
+        s.max_sm_clock_mhz = Some(d.kind.max_sm_clock_mhz());
         let power = f64::from(d.power_mw());
         s.energy_mj = Some(d.energy_mj);
         s.power_mw = Some((power * self.noise_factor()).max(0.0).round() as u32);
