@@ -908,17 +908,24 @@ async fn watch_after(
 async fn request_and_release(url: &str, n: usize) {
     let mut c = TenantServiceClient::new(channel(url).await.expect("controller reachable"));
     for _ in 0..n {
-        let s = c
-            .request_slice(pb::RequestSliceRequest {
-                tenant: "team-a".into(),
-                spec: Some(share()),
-                idempotency_key: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .slice
-            .unwrap();
+        // Right after a start or takeover the agents' sessions may still be opening.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let s = loop {
+            match c
+                .request_slice(pb::RequestSliceRequest {
+                    tenant: "team-a".into(),
+                    spec: Some(share()),
+                    idempotency_key: String::new(),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner().slice.unwrap(),
+                Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("request: {e:?}"),
+            }
+        };
         c.release_slice(pb::ReleaseSliceRequest { slice_id: s.id })
             .await
             .unwrap();
@@ -936,7 +943,13 @@ async fn a_watcher_resumes_on_the_new_leader_after_a_failover_missing_nothing() 
     };
     let dir = tempfile::tempdir().unwrap();
     let (mut etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
-    let Pair { mut a, mut b, .. } = leader_and_standby(dir.path(), &client_url).await;
+    // The agents live as long as the test (with `..` they would go with the temporary).
+    let Pair {
+        mut a,
+        mut b,
+        agents: _agents,
+        ..
+    } = leader_and_standby(dir.path(), &client_url).await;
     let from = TenantServiceClient::new(channel(&a.url).await.expect("A reachable"))
         .list_slices(pb::ListSlicesRequest::default())
         .await
