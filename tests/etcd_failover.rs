@@ -864,3 +864,166 @@ async fn a_leader_paused_past_its_lease_acts_no_more_when_resumed() {
     let _ = etcd.start_kill();
     let _ = etcd.wait().await;
 }
+
+/// What identifies a watched event: its revision, kind, slice and the slice's state.
+type Seen = (u64, i32, String, i32);
+
+/// The next `n` events of a watch (panics after 10 s without one).
+async fn take_events(s: &mut tonic::Streaming<pb::SliceEvent>, n: usize) -> Vec<Seen> {
+    use tokio_stream::StreamExt;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .expect("an event, not an error");
+        let (id, state) = ev
+            .slice
+            .as_ref()
+            .map_or((String::new(), 0), |s| (s.id.clone(), s.state));
+        out.push((ev.revision, ev.kind, id, state));
+    }
+    out
+}
+
+async fn watch_after(
+    url: &str,
+    after: u64,
+) -> Result<tonic::Streaming<pb::SliceEvent>, tonic::Status> {
+    // Between the standby's server and the leader's, nothing listens: as unavailable.
+    let Some(ch) = channel(url).await else {
+        return Err(tonic::Status::unavailable("unreachable"));
+    };
+    TenantServiceClient::new(ch)
+        .watch_slices(pb::WatchSlicesRequest {
+            start_revision: after,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Requests and releases `n` share slices on `url`: ACTIVE, RELEASING and RELEASED events each.
+async fn request_and_release(url: &str, n: usize) {
+    let mut c = TenantServiceClient::new(channel(url).await.expect("controller reachable"));
+    for _ in 0..n {
+        // Right after a start or takeover the agents' sessions may still be opening.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let s = loop {
+            match c
+                .request_slice(pb::RequestSliceRequest {
+                    tenant: "team-a".into(),
+                    spec: Some(share()),
+                    idempotency_key: String::new(),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner().slice.unwrap(),
+                Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("request: {e:?}"),
+            }
+        };
+        c.release_slice(pb::ReleaseSliceRequest { slice_id: s.id })
+            .await
+            .unwrap();
+    }
+}
+
+/// Issue 19: a watcher of the killed leader resumes from its last revision on the new leader and
+/// gets every event it missed (delivered by the old leader while it was away, then made by the new
+/// one) once and in order; the new leader's revisions go on above the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumes_on_the_new_leader_after_a_failover_missing_nothing() {
+    let _one_etcd = ONE_ETCD_AT_A_TIME.lock().await;
+    let Some(etcd_bin) = etcd_or_skip("etcd watch failover test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut etcd, client_url) = start_etcd(&etcd_bin, dir.path()).await;
+    // The agents live as long as the test (with `..` they would go with the temporary).
+    let Pair {
+        mut a,
+        mut b,
+        agents: _agents,
+        ..
+    } = leader_and_standby(dir.path(), &client_url).await;
+    let from = TenantServiceClient::new(channel(&a.url).await.expect("A reachable"))
+        .list_slices(pb::ListSlicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    const PER: usize = 3;
+    let mut control = watch_after(&a.url, from).await.unwrap();
+    let mut away = watch_after(&a.url, from).await.unwrap();
+    request_and_release(&a.url, 2).await;
+    let seen = take_events(&mut away, 4).await;
+    drop(away);
+    let last = seen[3].0;
+    request_and_release(&a.url, 2).await;
+    let delivered = take_events(&mut control, 4 * PER).await;
+    assert_eq!(delivered[..4], seen[..]);
+    a.kill().await;
+    let killed = Instant::now();
+    // B takes over; a resume needs no list.
+    let resumed = loop {
+        match watch_after(&b.url, last).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert_eq!(
+                    e.code(),
+                    Code::Unavailable,
+                    "only 'not the leader' until it leads: {e:?}"
+                );
+                assert!(
+                    killed.elapsed() < Duration::from_secs(LEASE_TTL_S + 10),
+                    "standby never took over"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut resumed = resumed;
+    wait_settled(&b.url, NODES, Duration::from_secs(20))
+        .await
+        .unwrap();
+    request_and_release(&b.url, 1).await;
+    let missed = take_events(&mut resumed, 4 * PER - 4 + PER).await;
+    assert_eq!(
+        missed[..4 * PER - 4],
+        delivered[4..],
+        "the old leader's events, the same revisions"
+    );
+    let after = &missed[4 * PER - 4..];
+    assert!(
+        after[0].0 > delivered[4 * PER - 1].0,
+        "the new leader goes on above"
+    );
+    for w in missed.windows(2) {
+        assert!(w[1].0 > w[0].0, "in order: {w:?}");
+    }
+    let states: Vec<i32> = after.iter().map(|e| e.3).collect();
+    assert_eq!(
+        states,
+        [
+            pb::SliceState::Active as i32,
+            pb::SliceState::Releasing as i32,
+            pb::SliceState::Released as i32
+        ]
+    );
+    // Nothing else comes: no event twice.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio_stream::StreamExt::next(&mut resumed)
+        )
+        .await
+        .is_err()
+    );
+    b.kill().await;
+    let _ = etcd.start_kill();
+    let _ = etcd.wait().await;
+}

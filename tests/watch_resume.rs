@@ -217,9 +217,30 @@ async fn a_revision_no_longer_kept_is_refused_as_compacted_and_bookmarks_keep_an
     cluster.shutdown().await;
 }
 
+/// Checks `events` (a resume after `after`) against `listed`, the slices a list shows after
+/// them: revisions grow, no event twice, and each listed slice's last event is its listed state.
+fn matches_the_list(after: u64, events: &[Seen], listed: &[pb::Slice]) {
+    assert!(events.first().is_none_or(|e| e.0 > after));
+    for w in events.windows(2) {
+        assert!(w[1].0 > w[0].0, "revisions grow: {w:?}");
+    }
+    let mut distinct = events.to_vec();
+    distinct.dedup_by_key(|e| (e.2.clone(), e.3));
+    assert_eq!(distinct.len(), events.len(), "no change twice: {events:?}");
+    for s in listed {
+        let last = events.iter().rev().find(|e| e.2 == s.id);
+        if let Some(last) = last {
+            assert_eq!(
+                last.3, s.state,
+                "slice {}: its last event is its state",
+                s.id
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn across_a_controller_sigkill_revisions_grow_and_a_resume_from_before_is_told_to_list_again()
-{
+async fn across_a_controller_sigkill_and_restart_a_watcher_resumes_from_its_last_revision() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("controller.log");
@@ -244,20 +265,40 @@ async fn across_a_controller_sigkill_revisions_grow_and_a_resume_from_before_is_
         .unwrap()
         .into_inner()
         .revision;
-    let mut w = watch(&mut c, from).await.unwrap();
+    // A control that stays until the kill, and a watcher that sees 4 events and goes away.
+    let mut control = watch(&mut c, from).await.unwrap();
+    let mut away = watch(&mut c, from).await.unwrap();
     churn(&mut c, 2).await;
-    let before = take(&mut w, 2 * PER).await;
+    let seen_before = take(&mut away, 4).await;
+    drop(away);
+    let last = seen_before.last().unwrap().0;
+    // Slices come and go while it is away; then the controller is killed (SIGKILL: nothing is
+    // flushed or closed) once the control saw everything delivered.
+    churn(&mut c, 2).await;
+    let delivered = take(&mut control, 4 * PER).await;
+    assert_eq!(delivered[..4], seen_before[..]);
     ctl.kill().await;
     let _ctl = start_controller(port, &args, &log).await;
     common::wait_settled(&url, 1, Duration::from_secs(20))
         .await
         .unwrap();
     let mut c = TenantServiceClient::connect(url.clone()).await.unwrap();
-    // What happened before the restart is not kept: the watcher is told to list again.
-    let err = watch(&mut c, before.last().unwrap().0).await.unwrap_err();
-    assert!(compacted(&err), "{err:?}");
-    // It lists (the finished slices are still there) and watches from the new revision, which is
-    // past every revision given before the restart.
+    churn(&mut c, 1).await;
+    // It resumes from its last revision on the restarted controller: every event it missed,
+    // from before the kill and after the restart, once and in order.
+    let mut resumed = watch(&mut c, last)
+        .await
+        .expect("a resume from before the restart is served");
+    let missed = take(&mut resumed, 4 * PER - 4 + PER).await;
+    assert_eq!(
+        missed[..4 * PER - 4],
+        delivered[4..],
+        "what was delivered before the kill, the same revisions"
+    );
+    // The restart started no revision over: the new slice's events follow the old ones.
+    let after = &missed[4 * PER - 4..];
+    assert!(after[0].0 > delivered.last().unwrap().0);
+    assert_eq!(after[PER - 1].3, pb::SliceState::Released as i32);
     let listed = c
         .list_slices(pb::ListSlicesRequest {
             include_terminal: true,
@@ -266,11 +307,20 @@ async fn across_a_controller_sigkill_revisions_grow_and_a_resume_from_before_is_
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.slices.len(), 2);
-    assert!(listed.revision > before.last().unwrap().0);
-    let mut w = watch(&mut c, listed.revision).await.unwrap();
-    churn(&mut c, 1).await;
-    let after = take(&mut w, PER).await;
-    assert_eq!(after[0].0, listed.revision + 1);
-    assert_eq!(after[PER - 1].3, pb::SliceState::Released as i32);
+    assert_eq!(listed.slices.len(), 5);
+    matches_the_list(last, &missed, &listed.slices);
+    assert_eq!(
+        listed.revision,
+        after[PER - 1].0,
+        "the list reflects the last event"
+    );
+    // Nothing more comes (no event twice), and a revision from before the kept events is still
+    // told to list again.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), resumed.next())
+            .await
+            .is_err()
+    );
+    let err = watch(&mut c, from - 1).await.unwrap_err();
+    assert!(compacted(&err), "{err:?}");
 }

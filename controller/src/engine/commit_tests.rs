@@ -59,6 +59,9 @@ impl Ledger for Flaky {
     fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_> {
         self.inner.load_hours(from_ms, to_ms)
     }
+    fn load_events(&self) -> crate::ledger::LoadEvents<'_> {
+        self.inner.load_events()
+    }
 }
 
 /// Polls `f` for up to 5 s.

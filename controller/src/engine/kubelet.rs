@@ -6,8 +6,13 @@ use crate::model::events::EventKind;
 use super::Controller;
 use crate::agents::AgentAction;
 use crate::error::ControllerError;
+use crate::ledger::{Op, SUBMISSION_MAX_OPS};
 use crate::model::kubelet::{KubeletGrant, is_kubelet_slice, kubelet_slice_changes};
 use crate::model::slice::SliceRecord;
+
+/// Slices of a kubelet report per submission: each takes a record and an event, and etcd's
+/// transaction also one range delete pruning the events, all within [`SUBMISSION_MAX_OPS`].
+const KUBELET_PART: usize = (SUBMISSION_MAX_OPS - 1) / 2;
 
 impl Controller {
     /// Records whether a node's agent lets idle pods be evicted (from its kubelet report).
@@ -69,24 +74,23 @@ impl Controller {
             return Ok(0);
         }
         // A report may change more slices than etcd takes in one transaction (a restarted agent
-        // reports every pod at once). Each part is durable before memory shows it; should a later
+        // reports every pod at once). Each part is durable before memory shows it, with the
+        // events of its slices in the same commit (a record and its event: two ops, see
+        // `KUBELET_PART`); memory takes the part before its events are delivered. Should a later
         // part fail, the report is level-triggered and the next one redoes what is missing.
-        for part in all.chunks(crate::ledger::SUBMISSION_MAX_OPS) {
-            self.ledger
-                .commit(part)
-                .await
-                .map_err(|e| ControllerError::Ledger(e.to_string()))?;
-            let mut st = self.lock();
-            for r in part {
-                st.put(r.clone());
-            }
-        }
-        for r in &all {
-            self.emit(
-                EventKind::StateChanged,
-                r,
-                format!("kubelet slice {} is {}", r.id, r.state.as_str()),
-            );
+        for part in all.chunks(KUBELET_PART) {
+            let ops = part.iter().cloned().map(Op::Put).collect();
+            let events = part
+                .iter()
+                .map(|r| {
+                    self.event(
+                        EventKind::StateChanged,
+                        r,
+                        format!("kubelet slice {} is {}", r.id, r.state.as_str()),
+                    )
+                })
+                .collect();
+            Self::durable(self.queue_events(ops, events, part.to_vec())).await?;
         }
         Ok(all.len())
     }

@@ -7,6 +7,7 @@
 //! - [`recovery`]: node registration and reconcile, drain, disconnects.
 //! - [`sweep`]: orphans, free MIG instances, forgetting expired slices.
 //! - [`kubelet`]: slices the kubelet granted. [`energy_book`]: samples, attribution, history.
+//! - [`feed`]: slice events, durable with their changes and delivered in revision order.
 //!
 //! May import the lower rooms (model, placement, telemetry, energy, reclaim's pure decisions,
 //! report, ledger, obs); never `api`, `server` or `cli`, which sit above it.
@@ -25,12 +26,13 @@ use self::sweep::OrphanKey;
 use crate::agents::Agents;
 use crate::error::ControllerError;
 use crate::ledger::{Commit, Ledger, Op};
-use crate::model::events::{EventKind, EventLog, SliceEvent, first_revision};
+use crate::model::events::{EventLog, SliceEvent, first_revision, next_after_stored};
 use crate::model::slice::SliceRecord;
 use crate::model::state::{ClusterState, NodeRecord};
 use crate::placement::{self, Policy};
 
 mod energy_book;
+mod feed;
 mod gauges;
 mod kubelet;
 mod lifecycle;
@@ -112,8 +114,12 @@ pub struct Controller {
     policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<Arc<SliceEvent>>,
-    /// Recent events by revision. Events get their revision and are broadcast under this lock, so
-    /// watchers receive them in revision order; never held with the state lock taken inside it.
+    /// Where events get their revisions and are queued with their changes (see [`feed`]). Taken
+    /// inside the state lock, never the other way.
+    outbox: Mutex<feed::Outbox>,
+    /// Recent delivered events by revision. Events are kept and broadcast under this lock (by the
+    /// delivery task only, in revision order), so watchers receive them in revision order; never
+    /// held with the state lock taken inside it.
     log: Mutex<EventLog<Arc<SliceEvent>>>,
     config: CoreConfig,
     /// Samples from the agents.
@@ -213,7 +219,27 @@ impl Controller {
             // so each is read again (and merged) before its first flush, never overwritten.
             Err(e) => warn!(error = %e, "energy history: could not load the recent hours"),
         }
-        let first = first_revision(clock.now_ms(), last_change_ms);
+        // The kept events: a watch resumes across the restart or failover. Revisions go on
+        // above the last stored one (see `next_after_stored`); the clock only when none is stored.
+        let stored = ledger
+            .load_events()
+            .await
+            .map_err(|e| ControllerError::Ledger(e.to_string()))?;
+        let first = next_after_stored(
+            stored.last().map(|e| e.revision),
+            first_revision(clock.now_ms(), last_change_ms),
+        );
+        let oldest = stored.first().map_or(first, |e| e.revision);
+        let mut log = EventLog::new(oldest, config.event_log_capacity);
+        let loaded = stored.len();
+        for ev in stored {
+            let r = ev.revision;
+            if !log.push(r, Arc::new(ev)) {
+                warn!(revision = r, "stored events out of order: one dropped");
+            }
+        }
+        info!(events = loaded, next_revision = first, "event log loaded");
+        let (outbox, to_deliver) = feed::Outbox::new(first, config.event_log_capacity);
         let sweep = config.sweep_interval;
         let flush = config.energy_flush_interval;
         let c = Arc::new(Controller {
@@ -223,7 +249,8 @@ impl Controller {
             policy: Arc::from(policy),
             clock,
             events: broadcast::channel(4096).0,
-            log: Mutex::new(EventLog::new(first, config.event_log_capacity)),
+            outbox: Mutex::new(outbox),
+            log: Mutex::new(log),
             config,
             telemetry: Default::default(),
             reclaim: Default::default(),
@@ -244,6 +271,7 @@ impl Controller {
                 .collect()
         });
         c.reclaim.restore_keeps(kept);
+        tokio::spawn(feed::deliver(Arc::downgrade(&c), to_deliver));
         tokio::spawn(housekeeping(Arc::downgrade(&c), sweep, flush));
         Ok(c)
     }
@@ -347,29 +375,6 @@ impl Controller {
         f(&self.lock())
     }
 
-    /// Gives an event its revision, keeps it for resumed watches and sends it to watchers.
-    pub(super) fn emit_event(&self, mut ev: SliceEvent) {
-        let mut log = self.event_log();
-        ev.revision = log.head() + 1;
-        // The log and the live watchers share the event.
-        let ev = Arc::new(ev);
-        log.push(ev.clone());
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(ev);
-        }
-    }
-
-    pub(super) fn emit(&self, kind: EventKind, slice: &SliceRecord, message: String) {
-        self.emit_event(SliceEvent {
-            kind,
-            slice: slice.clone(),
-            message,
-            deadline_unix_ms: 0,
-            at_unix_ms: self.clock.now_ms(),
-            revision: 0,
-        });
-    }
-
     /// Queues a record for the ledger. Called with the state lock held, so the ledger sees changes
     /// to one slice in the order memory saw them.
     pub(super) fn submit(&self, r: &SliceRecord) -> Commit {
@@ -400,11 +405,13 @@ impl Controller {
         expected: Option<SliceState>,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<Option<SliceRecord>, ControllerError> {
-        let Some((prior, updated, commit)) = self.transition_queued(id, expected, true, f)? else {
+        let Some((prior, updated, commit)) =
+            self.transition_queued_as(id, expected, true, true, f)?
+        else {
             return Ok(None);
         };
+        // The commit resolves once its STATE_CHANGED event is delivered (see `feed`).
         self.durable_or_undo(prior, &updated, commit).await?;
-        self.announce(&updated);
         Ok(Some(updated))
     }
 
@@ -434,11 +441,25 @@ impl Controller {
     /// see [`Controller::submit`]) without waiting for it to be durable: the record before (when
     /// `keep_prior`, for [`Controller::durable_or_undo`]) and after, and the commit. None when
     /// the slice is not in `expected` (if given).
+    /// No event goes with the change (the state does not change: a keep).
     pub(super) fn transition_queued(
         &self,
         id: &str,
         expected: Option<SliceState>,
         keep_prior: bool,
+        f: impl FnOnce(&mut SliceRecord),
+    ) -> Result<Option<(Option<SliceRecord>, SliceRecord, Commit)>, ControllerError> {
+        self.transition_queued_as(id, expected, keep_prior, false, f)
+    }
+
+    /// [`Controller::transition_queued`], with the STATE_CHANGED event in the same commit when
+    /// `announce` (see [`feed`]).
+    fn transition_queued_as(
+        &self,
+        id: &str,
+        expected: Option<SliceState>,
+        keep_prior: bool,
+        announce: bool,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<Option<(Option<SliceRecord>, SliceRecord, Commit)>, ControllerError> {
         let now = self.clock.now_ms();
@@ -458,7 +479,11 @@ impl Controller {
             .cloned()
             .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
         st.recovering.remove(id);
-        let commit = self.submit(&updated);
+        let commit = if announce {
+            self.submit_announced(&updated)
+        } else {
+            self.submit(&updated)
+        };
         Ok(Some((prior, updated, commit)))
     }
 
@@ -469,28 +494,21 @@ impl Controller {
     /// confirmed ACTIVE when the node registers) and RELEASING -> RELEASED (a crash-left RELEASING
     /// slice is torn down again, which the agent answers as already done, and marked RELEASED).
     /// See docs/DURABILITY.md, "Acknowledged before the last commit". A failed write is logged by
-    /// the committer; the next commit of the slice writes its whole record again.
+    /// the committer; the next commit of the slice writes its whole record again. Its event is in
+    /// its commit, delivered once durable (never, if the write fails: watchers then learn the
+    /// slice's state from its next change, whose event carries the whole record).
     pub(super) fn transition_in_background(
         &self,
         id: &str,
         f: impl FnOnce(&mut SliceRecord),
     ) -> Result<SliceRecord, ControllerError> {
         let (_, updated, commit) = self
-            .transition_queued(id, None, false, f)?
+            .transition_queued_as(id, None, false, true, f)?
             .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
-        // Dropping the future does not withdraw the change: `Ledger::submit` queued it already.
+        // Dropping the future does not withdraw the change: it is queued already, and the
+        // delivery task publishes its event once durable.
         drop(commit);
-        self.announce(&updated);
         Ok(updated)
-    }
-
-    /// Tells watchers a slice changed state.
-    fn announce(&self, updated: &SliceRecord) {
-        self.emit(
-            EventKind::StateChanged,
-            updated,
-            format!("slice {} is {}", updated.id, updated.state.as_str()),
-        );
     }
 
     /// A snapshot for the ops API.
@@ -633,6 +651,9 @@ mod capability_tests;
 
 #[cfg(test)]
 mod commit_tests;
+
+#[cfg(test)]
+mod feed_tests;
 
 #[cfg(test)]
 mod idle_config_tests;

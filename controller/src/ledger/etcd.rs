@@ -6,6 +6,10 @@
 //! - `<prefix>slices/<slice id>`: the [`SliceRecord`] as JSON.
 //! - `<prefix>energy/hours/<hour start>`: the [`HourRollup`] of one hour of energy history as JSON;
 //!   the hour start is Unix ms, zero-padded to 16 digits so keys sort by time.
+//! - `<prefix>events/<revision>`: a [`SliceEvent`] as JSON, the revision zero-padded to 20 digits
+//!   so keys sort by revision: the last events, each written in the fenced transaction of the
+//!   change it describes, pruned by count in that transaction (one range delete). A standby that
+//!   takes over loads them and goes on above the last, so watches resume across a failover.
 //!
 //! ## Election and fencing
 //! A controller campaigns by granting itself a lease of `lease_ttl_s` seconds and creating the leader
@@ -26,7 +30,8 @@
 //! file itself (`etcdctl defrag`) is left to operators because it blocks the member while it runs.
 //!
 //! Group commit: one transaction holds at most [`MAX_TXN_OPS`] ops (etcd's default
-//! `--max-txn-ops`), batched by [`GroupCommit`].
+//! `--max-txn-ops`), batched by [`GroupCommit`] up to one less, which leaves room for the range
+//! delete that prunes the events.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -40,8 +45,12 @@ use tracing::{info, warn};
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadHours, Op};
+use super::{
+    BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadEvents, LoadHours, Op,
+    events_prune_through,
+};
 use crate::energy::history::HourRollup;
+use crate::model::events::SliceEvent;
 use crate::model::slice::SliceRecord;
 
 /// The generated client for the subset of etcd's v3 API in `controller/proto/etcd/rpc.proto`.
@@ -171,6 +180,10 @@ impl Etcd {
 
     fn hours_prefix(&self) -> Vec<u8> {
         self.key("energy/hours/")
+    }
+
+    fn events_prefix(&self) -> Vec<u8> {
+        self.key("events/")
     }
 
     /// The current leader, if any.
@@ -450,6 +463,7 @@ struct Writer {
     leader_revision: i64,
     slices_prefix: Vec<u8>,
     hours_prefix: Vec<u8>,
+    events_prefix: Vec<u8>,
     /// Highest store revision seen, for compaction.
     revision: Arc<AtomicI64>,
 }
@@ -457,7 +471,8 @@ struct Writer {
 #[async_trait::async_trait]
 impl BatchStore for Writer {
     async fn write_batch(&self, ops: Vec<Op>) -> Result<(), LedgerError> {
-        let mut success = Vec::with_capacity(ops.len());
+        let mut success = Vec::with_capacity(ops.len() + 1);
+        let prune = events_prune_through(&ops);
         for op in ops {
             let slice_key = |id: &str| [self.slices_prefix.as_slice(), id.as_bytes()].concat();
             let request = match op {
@@ -494,9 +509,31 @@ impl BatchStore for Writer {
                         ..Default::default()
                     })
                 }
+                Op::PutEvent { event, .. } => {
+                    let value = serde_json::to_vec(event.as_ref()).map_err(|e| {
+                        LedgerError::Corrupt(format!("encode event {}: {e}", event.revision))
+                    })?;
+                    pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key: event_key(&self.events_prefix, event.revision),
+                        value,
+                        ..Default::default()
+                    })
+                }
             };
             success.push(pb::RequestOp {
                 request: Some(request),
+            });
+        }
+        // Event keys are zero-padded, so key order is revision order: one range delete.
+        if let Some(through) = prune {
+            success.push(pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: event_key(&self.events_prefix, 0),
+                        range_end: event_key(&self.events_prefix, through.saturating_add(1)),
+                        ..Default::default()
+                    },
+                )),
             });
         }
         let txn = pb::TxnRequest {
@@ -555,9 +592,11 @@ impl EtcdLedger {
             leader_revision: leadership.revision,
             slices_prefix: etcd.slices_prefix(),
             hours_prefix: etcd.hours_prefix(),
+            events_prefix: etcd.events_prefix(),
             revision: revision.clone(),
         };
-        let group = GroupCommit::spawn(Arc::new(writer), MAX_TXN_OPS);
+        // One op left for the events' range delete (see the module doc).
+        let group = GroupCommit::spawn(Arc::new(writer), MAX_TXN_OPS - 1);
         tokio::spawn(compactor(etcd.clone(), revision, leadership.clone()));
         EtcdLedger { etcd, group }
     }
@@ -598,6 +637,12 @@ async fn compactor(etcd: Etcd, revision: Arc<AtomicI64>, leadership: Leadership)
     }
 }
 
+/// The key of the event of `revision`: zero-padded (20 digits hold every u64) so keys sort by
+/// revision.
+fn event_key(prefix: &[u8], revision: u64) -> Vec<u8> {
+    [prefix, format!("{revision:020}").as_bytes()].concat()
+}
+
 /// The key of the hour starting at `hour_start_ms`: zero-padded so keys sort by time.
 fn hour_key(prefix: &[u8], hour_start_ms: u64) -> Vec<u8> {
     [prefix, format!("{hour_start_ms:016}").as_bytes()].concat()
@@ -623,6 +668,14 @@ impl EtcdLedger {
             hour_key(&prefix, to_ms.max(from_ms)),
         );
         self.range_json(from, to, HOURS_PAGE).await
+    }
+
+    /// Reads the stored events, by revision.
+    pub async fn load_events_all(&self) -> Result<Vec<SliceEvent>, LedgerError> {
+        let prefix = self.etcd.events_prefix();
+        let end = prefix_end(&prefix);
+        // About 1 kB an event: a page stays far under tonic's 4 MiB message limit.
+        self.range_json(prefix, end, PAGE).await
     }
 
     /// Every value in `[from, end)`, decoded from JSON, in key order.
@@ -688,6 +741,10 @@ impl Ledger for EtcdLedger {
     fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_> {
         Box::pin(self.load_hours_in(from_ms, to_ms))
     }
+
+    fn load_events(&self) -> LoadEvents<'_> {
+        Box::pin(self.load_events_all())
+    }
 }
 
 #[cfg(test)]
@@ -699,6 +756,13 @@ mod tests {
         assert_eq!(prefix_end(b"/g/slices/"), b"/g/slices0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn event_keys_sort_by_revision() {
+        let k = |r| event_key(b"/g/events/", r);
+        assert!(k(9) < k(10) && k(10) < k(u64::MAX));
+        assert_eq!(k(u64::MAX).len(), b"/g/events/".len() + 20);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::energy::history::HourRollup;
+use crate::model::events::{SliceEvent, prune_through};
 use crate::model::slice::SliceRecord;
 
 pub use memory::MemoryLedger;
@@ -70,6 +71,9 @@ pub trait Ledger: Send + Sync {
     /// Stored energy rollups of the hours starting in `[from_ms, to_ms)`, oldest first. They are
     /// written with [`Op::PutHour`], in their own keyspace.
     fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_>;
+    /// The stored slice events ([`Op::PutEvent`]), oldest (lowest revision) first: at most the
+    /// last `keep` of every submission's `keep`, in their own keyspace.
+    fn load_events(&self) -> LoadEvents<'_>;
 
     /// Stores (upserts) slice records atomically and waits until they are durable.
     fn commit(&self, records: &[SliceRecord]) -> Commit {
@@ -112,6 +116,10 @@ pub const SUBMISSION_MAX_OPS: usize = etcd::MAX_TXN_OPS;
 pub type LoadHours<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<HourRollup>, LedgerError>> + Send + 'a>>;
 
+/// Stored slice events, as [`Ledger::load_events`] reads them.
+pub type LoadEvents<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<SliceEvent>, LedgerError>> + Send + 'a>>;
+
 /// One change in a batch.
 // Ops are built once and moved into a batch; boxing the record would add an allocation per change.
 #[allow(clippy::large_enum_variant)]
@@ -123,6 +131,14 @@ pub enum Op {
     PutHour(Box<HourRollup>),
     /// Deletes the stored hours that start before this time (Unix ms): the history's retention.
     DeleteHoursBefore(u64),
+    /// Stores a slice event under its revision, in the same transaction as the change it
+    /// describes, and deletes the stored events older than the last `keep` (see
+    /// [`events_prune_through`]): the table stays bounded without a pass of its own. The event is
+    /// shared with the engine, which delivers it once the commit is durable.
+    PutEvent {
+        event: Arc<SliceEvent>,
+        keep: u64,
+    },
 }
 
 /// What a change is about: a slice (by id) or an hour of energy history (by start, Unix ms).
@@ -131,6 +147,7 @@ pub enum OpKey<'a> {
     Slice(&'a str),
     Hour(u64),
     HoursBefore(u64),
+    Event(u64),
 }
 
 impl Op {
@@ -141,8 +158,21 @@ impl Op {
             Op::Delete(id) => OpKey::Slice(id),
             Op::PutHour(h) => OpKey::Hour(h.hour_start_ms),
             Op::DeleteHoursBefore(t) => OpKey::HoursBefore(*t),
+            Op::PutEvent { event, .. } => OpKey::Event(event.revision),
         }
     }
+}
+
+/// The revision through which a batch's stores delete stored events: the batch's newest event
+/// less its `keep` (None: no event in the batch, or none old enough). One range delete per batch,
+/// in the batch's transaction; every ledger uses it, so they keep the same events.
+pub fn events_prune_through(ops: &[Op]) -> Option<u64> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::PutEvent { event, keep } => prune_through(event.revision, *keep),
+            _ => None,
+        })
+        .max()
 }
 
 /// A store that writes a batch of changes in one durable transaction.
@@ -354,6 +384,9 @@ pub(crate) mod tests {
             fn load_hours(&self, _: u64, _: u64) -> LoadHours<'_> {
                 Box::pin(async { Ok(Vec::new()) })
             }
+            fn load_events(&self) -> LoadEvents<'_> {
+                Box::pin(async { Ok(Vec::new()) })
+            }
         }
         let store = Arc::new(Slow::default());
         let ledger = Group(GroupCommit::spawn(store.clone(), etcd::MAX_TXN_OPS));
@@ -413,6 +446,57 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_memory_ledger_stores_hours() {
         hours_round_trip(&MemoryLedger::default()).await;
+    }
+
+    /// An event of `revision` about slice "a".
+    pub(crate) fn event(revision: u64) -> SliceEvent {
+        use crate::model::events::EventKind;
+        SliceEvent {
+            kind: EventKind::StateChanged,
+            slice: record("a", greenslice_core::slice::SliceState::Active),
+            message: format!("event {revision}"),
+            deadline_unix_ms: 0,
+            at_unix_ms: 1_000 + revision as i64,
+            revision,
+        }
+    }
+
+    /// What [`events_round_trip`] leaves stored.
+    pub(crate) const EVENTS_LEFT: [u64; 2] = [4, 6];
+
+    /// Events are stored whole with the change they go with, read back by revision, and pruned to
+    /// the last `keep` in the transaction that adds to them; a gap (a failed commit's revision)
+    /// is just absent.
+    pub(crate) async fn events_round_trip(l: &dyn Ledger) {
+        use greenslice_core::slice::SliceState;
+        let put = |r: u64| Op::PutEvent {
+            event: Arc::new(event(r)),
+            keep: 3,
+        };
+        l.submit(vec![Op::Put(record("a", SliceState::Active)), put(1)])
+            .await
+            .unwrap();
+        assert_eq!(l.load_events().await.unwrap(), vec![event(1)]);
+        assert_eq!(
+            l.load().await.unwrap().len(),
+            1,
+            "the record of the same commit"
+        );
+        l.submit(vec![put(2), put(3), put(4)]).await.unwrap();
+        let revs = |evs: Vec<SliceEvent>| evs.iter().map(|e| e.revision).collect::<Vec<_>>();
+        assert_eq!(
+            revs(l.load_events().await.unwrap()),
+            vec![2, 3, 4],
+            "the last 3"
+        );
+        l.submit(vec![put(6)]).await.unwrap();
+        assert_eq!(revs(l.load_events().await.unwrap()), EVENTS_LEFT);
+        assert_eq!(l.load_events().await.unwrap()[1], event(6), "stored whole");
+    }
+
+    #[tokio::test]
+    async fn the_memory_ledger_stores_events_bounded() {
+        events_round_trip(&MemoryLedger::default()).await;
     }
 
     pub(crate) fn record(id: &str, state: greenslice_core::slice::SliceState) -> SliceRecord {

@@ -5,6 +5,10 @@
 //! - table `meta`: `"schema"` -> [`SCHEMA_VERSION`].
 //! - table `energy_hours`: hour start (Unix ms) -> the [`HourRollup`] of that hour as JSON
 //!   (energy history; added without a schema change: a file without it gets it on open).
+//! - table `slice_events`: revision -> the [`SliceEvent`] as JSON: the last events, written in
+//!   the transaction of the change each describes and pruned by count in the same transaction
+//!   (added without a schema change too: a file without it holds no events, and the controller
+//!   starts its revisions from the clock, as before events were stored).
 //!
 //! Every batch is one write transaction committed with `Durability::Immediate` (redb's two-phase
 //! commit with fsync): when `commit` returns, the records survive a crash or power loss. Batches
@@ -19,13 +23,18 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadHours, Op};
+use super::{
+    BatchStore, Commit, GroupCommit, Ledger, LedgerError, LoadEvents, LoadHours, Op,
+    events_prune_through,
+};
 use crate::energy::history::HourRollup;
+use crate::model::events::SliceEvent;
 use crate::model::slice::SliceRecord;
 
 const SLICES: TableDefinition<&str, &[u8]> = TableDefinition::new("slices");
 const HOURS: TableDefinition<u64, &[u8]> = TableDefinition::new("energy_hours");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("slice_events");
 
 /// Version of the layout above; a file with another version is refused.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -54,6 +63,9 @@ impl Store {
             let mut hours = tx
                 .open_table(HOURS)
                 .map_err(|e| unavailable("open table", e))?;
+            let mut events = tx
+                .open_table(EVENTS)
+                .map_err(|e| unavailable("open table", e))?;
             for op in ops {
                 match op {
                     Op::Put(r) => {
@@ -79,7 +91,21 @@ impl Store {
                             .retain_in(..*t, |_, _| false)
                             .map_err(|e| unavailable("remove", e))?;
                     }
+                    Op::PutEvent { event, .. } => {
+                        let v = serde_json::to_vec(event.as_ref()).map_err(|e| {
+                            LedgerError::Corrupt(format!("encode event {}: {e}", event.revision))
+                        })?;
+                        events
+                            .insert(event.revision, v.as_slice())
+                            .map_err(|e| unavailable("insert", e))?;
+                    }
                 }
+            }
+            // Usually one event falls off per event added: a short range at the table's left edge.
+            if let Some(through) = events_prune_through(ops) {
+                events
+                    .retain_in(..=through, |_, _| false)
+                    .map_err(|e| unavailable("remove", e))?;
             }
         }
         tx.commit().map_err(|e| unavailable("commit", e))
@@ -154,6 +180,8 @@ impl RedbLedger {
                 .map_err(|e| unavailable("open table", e))?;
             tx.open_table(HOURS)
                 .map_err(|e| unavailable("open table", e))?;
+            tx.open_table(EVENTS)
+                .map_err(|e| unavailable("open table", e))?;
         }
         tx.commit().map_err(|e| unavailable("commit", e))?;
         let store = Arc::new(Store { db });
@@ -226,6 +254,24 @@ impl RedbLedger {
     }
 }
 
+impl RedbLedger {
+    /// Reads the stored events, by revision.
+    pub async fn load_events_all(&self) -> Result<Vec<SliceEvent>, LedgerError> {
+        self.read(|tx| {
+            let t = tx
+                .open_table(EVENTS)
+                .map_err(|e| unavailable("open table", e))?;
+            let rows = t.iter().map_err(|e| unavailable("iterate", e))?;
+            rows.map(|row| {
+                let (k, v) = row.map_err(|e| unavailable("read", e))?;
+                decode(format_args!("event {}", k.value()), v.value())
+            })
+            .collect()
+        })
+        .await
+    }
+}
+
 /// A stored JSON value; `what` names it in the error.
 fn decode<T: serde::de::DeserializeOwned>(
     what: std::fmt::Arguments<'_>,
@@ -251,6 +297,10 @@ impl Ledger for RedbLedger {
 
     fn load_hours(&self, from_ms: u64, to_ms: u64) -> LoadHours<'_> {
         Box::pin(self.load_hours_in(from_ms, to_ms))
+    }
+
+    fn load_events(&self) -> LoadEvents<'_> {
+        Box::pin(self.load_events_all())
     }
 }
 
@@ -307,6 +357,24 @@ mod tests {
         let starts: Vec<u64> = hours.iter().map(|h| h.hour_start_ms).collect();
         // The round trip ends by deleting the hours before T0 + 2 h: that survives too.
         assert_eq!(starts, vec![T0 + 2 * HOUR_MS]);
+    }
+
+    #[tokio::test]
+    async fn events_are_stored_bounded_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = RedbLedger::open(dir.path()).unwrap();
+            crate::ledger::tests::events_round_trip(&l).await;
+        }
+        let l = reopen(dir.path()).await;
+        let revs: Vec<u64> = l
+            .load_events()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(revs, crate::ledger::tests::EVENTS_LEFT);
     }
 
     #[tokio::test]

@@ -1,17 +1,23 @@
 //! The bounded log of recent slice events, by revision, pure: what a watch resumed from a revision
 //! replays.
 //!
-//! Revisions are consecutive within one controller process. A controller starts its revisions
-//! above every one an earlier controller could have given (see [`first_revision`]), so they grow
-//! across restarts and failovers too; the log itself is in memory, so a resume from before the
-//! start is told its revision is compacted (and lists again).
+//! Revisions follow the ledger's commit order: an event gets its revision when it is queued for
+//! the ledger in the same submission (one atomic transaction) as the change it describes, and is
+//! delivered only once that commit is durable (see `engine/feed.rs`). The ledger keeps the last
+//! events (see [`prune_through`]), so a controller restarted, or a standby that took over, loads
+//! them and goes on above the last one ([`next_after_stored`]): a watch resumes across restarts
+//! and failovers. Revisions usually are consecutive; a commit that failed leaves a gap (its events
+//! were never delivered, so no watcher holds them).
 
 use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
 
 use super::slice::SliceRecord;
 
 /// What happened to a slice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The slice changed state; the event's slice is its new value.
     StateChanged,
@@ -26,8 +32,8 @@ pub enum EventKind {
     Limit,
 }
 
-/// One slice event, as watchers get it.
-#[derive(Debug, Clone, PartialEq)]
+/// One slice event, as watchers get it (and as the ledger stores it, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceEvent {
     pub kind: EventKind,
     /// The slice after the event.
@@ -38,21 +44,44 @@ pub struct SliceEvent {
     pub deadline_unix_ms: i64,
     /// When the event happened, ms since the Unix epoch.
     pub at_unix_ms: i64,
-    /// Position in the controller's event order (given when the event is emitted).
+    /// Position in the event order, which is the ledger's commit order (given when the event is
+    /// queued for the ledger).
     pub revision: u64,
 }
 
-/// Revisions one millisecond of wall time makes room for: a controller starting at time t gives
-/// revisions from `t << REVISION_SHIFT`, above any an earlier controller gave unless it made more
-/// than 1024 events per millisecond on average, or the clock went back. 10 bits keep revisions
-/// under 2^53 (exact in a JSON number, as JavaScript reads it) until the year 2248.
+/// Revisions one millisecond of wall time makes room for: a controller starting at time t with no
+/// stored event gives revisions from `t << REVISION_SHIFT`, above any an earlier controller gave
+/// unless it made more than 1024 events per millisecond on average, or the clock went back. 10
+/// bits keep revisions under 2^53 (exact in a JSON number, as JavaScript reads it) until the year
+/// 2248.
 pub const REVISION_SHIFT: u32 = 10;
 
-/// The first revision of a controller started at `now_ms`, whose loaded records were last changed
-/// at `last_change_ms` (a clock that went back since is not trusted below that).
+/// The first revision of a controller started at `now_ms` with no stored event, whose loaded
+/// records were last changed at `last_change_ms` (a clock that went back since is not trusted
+/// below that). Only a fallback: a ledger written before events were stored (whose controllers
+/// kept their events in memory and gave clock-based revisions) holds none.
 pub fn first_revision(now_ms: i64, last_change_ms: i64) -> u64 {
     let ms = u64::try_from(now_ms.max(last_change_ms).max(0)).unwrap_or(0);
     (ms << REVISION_SHIFT).saturating_add(1)
+}
+
+/// The first revision a controller gives, when the ledger's last stored event has revision
+/// `last_stored` (None: none stored) and [`first_revision`] would be `fallback`. With stored
+/// events the clock plays no part: every event ever delivered is durable, so the last stored one
+/// is the highest any watcher can hold (revisions given to commits that never became durable were
+/// never delivered, and may be given again). A clock that went back cannot take revisions back.
+pub fn next_after_stored(last_stored: Option<u64>, fallback: u64) -> u64 {
+    match last_stored {
+        Some(r) => r.saturating_add(1),
+        None => fallback,
+    }
+}
+
+/// The revision through which stored events may be deleted once an event of revision `newest` is
+/// stored, keeping the last `keep`: the ledger's event table stays bounded by count, pruned in the
+/// same transaction that adds to it. None when nothing is old enough yet.
+pub fn prune_through(newest: u64, keep: u64) -> Option<u64> {
+    newest.checked_sub(keep.max(1)).filter(|r| *r > 0)
 }
 
 /// A resume from before the oldest kept event.
@@ -93,14 +122,19 @@ impl<T: Clone> EventLog<T> {
         self.entries.front().map_or(self.head, |(r, _)| r - 1)
     }
 
-    /// Appends an event, forgetting the oldest beyond capacity; its revision.
-    pub fn push(&mut self, ev: T) -> u64 {
-        self.head += 1;
+    /// Appends the event of `revision`, forgetting the oldest beyond capacity. Revisions only
+    /// grow: one not above the head is refused (false), as a repeat would break "each event once,
+    /// in order". A revision above `head + 1` leaves a gap (a commit that failed).
+    pub fn push(&mut self, revision: u64, ev: T) -> bool {
+        if revision <= self.head {
+            return false;
+        }
+        self.head = revision;
         if self.entries.len() == self.capacity {
             self.entries.pop_front();
         }
-        self.entries.push_back((self.head, ev));
-        self.head
+        self.entries.push_back((revision, ev));
+        true
     }
 
     /// Every kept event after revision `after`, oldest first; Compacted when some of them are no
@@ -114,8 +148,8 @@ impl<T: Clone> EventLog<T> {
                 oldest,
             });
         }
-        let skip = usize::try_from(after - oldest).unwrap_or(usize::MAX);
-        Ok(self.entries.iter().skip(skip).cloned().collect())
+        let from = self.entries.partition_point(|(r, _)| *r <= after);
+        Ok(self.entries.range(from..).cloned().collect())
     }
 }
 
@@ -126,8 +160,8 @@ mod tests {
     #[test]
     fn a_resume_gets_every_later_event_once_in_order() {
         let mut log = EventLog::new(100, 10);
-        for e in ["a", "b", "c", "d"] {
-            log.push(e);
+        for (r, e) in (100..).zip(["a", "b", "c", "d"]) {
+            assert!(log.push(r, e));
         }
         assert_eq!(log.head(), 103);
         assert_eq!(log.since(101).unwrap(), [(102, "c"), (103, "d")]);
@@ -143,7 +177,7 @@ mod tests {
     fn a_resume_from_before_the_kept_events_is_compacted() {
         let mut log = EventLog::new(1, 3);
         for e in 0..5 {
-            log.push(e);
+            log.push(e + 1, e);
         }
         // Kept: revisions 3, 4, 5.
         assert_eq!(log.oldest_resumable(), 2);
@@ -156,6 +190,45 @@ mod tests {
             })
         );
         assert!(log.since(6).is_err(), "a revision never given here");
+    }
+
+    #[test]
+    fn a_gap_left_by_a_failed_commit_is_skipped_and_revisions_never_repeat() {
+        let mut log = EventLog::new(10, 8);
+        assert!(log.push(10, "a"));
+        // 11 and 12 were given to a commit that failed: never delivered.
+        assert!(log.push(13, "d"));
+        assert!(log.push(14, "e"));
+        assert_eq!(log.since(10).unwrap(), [(13, "d"), (14, "e")]);
+        assert_eq!(log.since(13).unwrap(), [(14, "e")]);
+        assert!(!log.push(14, "again"), "a repeated revision is refused");
+        assert!(
+            !log.push(12, "late"),
+            "an older revision after a newer one is refused"
+        );
+        assert_eq!(log.head(), 14);
+        assert_eq!(log.since(9).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn stored_events_decide_where_revisions_go_on_whatever_the_clock_says() {
+        // Stored events: above the last one, even with a clock-based fallback below or above it.
+        assert_eq!(next_after_stored(Some(41), 7), 42);
+        assert_eq!(
+            next_after_stored(Some(41), first_revision(1_000_000, 0)),
+            42
+        );
+        // None stored (a ledger from before events were stored): the clock-based start.
+        assert_eq!(next_after_stored(None, 7), 7);
+    }
+
+    #[test]
+    fn the_stored_table_keeps_the_last_n_events() {
+        assert_eq!(prune_through(5, 8), None);
+        assert_eq!(prune_through(8, 8), None);
+        assert_eq!(prune_through(9, 8), Some(1));
+        assert_eq!(prune_through(100, 8), Some(92), "93..=100 stay: 8 events");
+        assert_eq!(prune_through(3, 0), Some(2), "keeps at least one");
     }
 
     #[test]
