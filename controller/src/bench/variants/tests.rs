@@ -145,9 +145,9 @@ fn gpushare_keeps_task_counts_and_sets_the_share_of_demand() {
 fn multigpu_adds_or_drops_multi_gpu_tasks_only() {
     let b = base();
     let before = TraceStats::of(&b);
-    let up = generate(&b, v("multigpu:40"), 1, &donor()).unwrap();
+    let up = generate(&b, v("multigpu:60"), 1, &donor()).unwrap();
     let s = TraceStats::of(&up);
-    assert!((s.multi_demand_pct - 40.0).abs() < 1.0, "{s}");
+    assert!((s.multi_demand_pct - 60.0).abs() < 1.0, "{s}");
     assert_eq!(
         &up[..b.len()],
         &b[..],
