@@ -257,7 +257,8 @@ type NodeChoices = Vec<Option<(u64, NodeChoice)>>;
 
 /// Per-node choices for the last few distinct requests, each tagged with the node version it was
 /// computed on (see [`Policy::place_versioned`]). A node's choice depends only on the node's view,
-/// the request and the policy's fixed workload, so a choice of the same version is the same.
+/// the request and the policy's target workload, so a choice of the same version (and workload
+/// generation) is the same.
 #[derive(Debug, Default)]
 struct NodeMemo {
     requests: Vec<(Request, NodeChoices)>,
