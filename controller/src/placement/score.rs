@@ -358,9 +358,10 @@ impl Workload {
     }
 
     /// The expected compute lost to model-constrained work per milli-GPU a demand takes on model
-    /// `model`, beyond what it would lose on the least-pressed model it may use: `pressure(model)
-    /// - min pressure over its allowed models` (0 without [`Workload::with_supply`], and 0 for a
-    /// demand whose models are all equally pressed, e.g. one allowed model).
+    /// `model`, beyond what it would lose on the least-pressed model it may use: the pressure of
+    /// `model` minus the least pressure over its allowed models (0 without
+    /// [`Workload::with_supply`], and 0 for a demand whose models are all equally pressed, e.g.
+    /// one allowed model).
     pub fn excess_pressure(&self, models: ModelMask, model: u8) -> f64 {
         let mut here = None;
         let mut least = f64::INFINITY;
