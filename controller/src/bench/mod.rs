@@ -3,6 +3,7 @@
 //!
 //! - [`openb`]: the openb production trace (nodes and pods CSVs) as typed records.
 //! - [`replay`]: the FGD artifact's packing protocol over a trace; [`mig_replay`]: the same with MIG.
+//! - [`variants`]: seeded trace families (gpuspec, gpushare, multigpu, cpu) made from a base trace.
 //! - [`packing`]: `greenslice bench packing`, comparing placement policies on the replays.
 //! - [`reclaim`]: `greenslice bench reclaim`, idle reclaim at virtual time over openb arrivals.
 //!
@@ -13,3 +14,4 @@ pub mod openb;
 pub mod packing;
 pub mod reclaim;
 pub mod replay;
+pub mod variants;

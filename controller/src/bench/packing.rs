@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use super::mig_replay::{self, MigMode, MigResult};
 use super::openb;
 use super::replay::{self, ReplayResult};
+use super::variants::{self, Family, SpecDonor, TraceStats, Variant};
 use crate::placement::policies::{PolicyKind, policy_names};
 
 /// Arguments of `greenslice bench packing`.
@@ -22,9 +23,29 @@ pub struct Args {
     /// Pod list CSV (openb format).
     #[arg(long, default_value = openb::DEFAULT_PODS)]
     pub pods: PathBuf,
-    /// Policy name, or "all".
+    /// Policy name, a comma-separated list, or "all".
     #[arg(long, default_value = "all")]
     pub policy: String,
+    /// Replay a seeded variant of `--pods` instead of the file itself: FAMILY:PERCENT with family
+    /// gpuspec, gpushare, multigpu or cpu (see `bench::variants`).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Seed of the variant generator (the replay seeds are `--seeds`).
+    #[arg(long, default_value_t = 1)]
+    pub variant_seed: u64,
+    /// The trace whose GPU-model constraints `gpuspec` draws from.
+    #[arg(long, default_value = variants::DEFAULT_DONOR)]
+    pub donor: PathBuf,
+    /// Sweep every family at `--levels` (the development set) instead of one trace; writes
+    /// sweep.csv (and sweep.md) to `--out`.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Levels (%) of the sweep, comma-separated.
+    #[arg(long, default_value = "5,10,20,30,40", value_delimiter = ',')]
+    pub levels: Vec<u32>,
+    /// Replays run at once in a sweep (decision times are only reported by single-trace runs).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
     /// Seeds 42..42+N-1.
     #[arg(long, default_value_t = 10)]
     pub seeds: u64,
@@ -243,12 +264,16 @@ pub fn mean_curve(results: &[ReplayResult]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The policies `name` selects ("all" or one name).
+/// The policies `name` selects ("all", one name or a comma-separated list).
 pub fn select_policies(name: &str) -> anyhow::Result<Vec<PolicyKind>> {
     if name == "all" {
         return Ok(PolicyKind::ALL.to_vec());
     }
-    PolicyKind::from_name(name).map(|k| vec![k]).ok_or_else(|| {
+    name.split(',').map(|n| select_one(n.trim())).collect()
+}
+
+fn select_one(name: &str) -> anyhow::Result<PolicyKind> {
+    PolicyKind::from_name(name).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown policy {name:?}; use all or one of: {}",
             policy_names()
@@ -269,14 +294,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let policies = select_policies(&args.policy)?;
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
     let nodes = openb::load_nodes(&args.nodes)?;
-    let tasks = openb::load_tasks(&args.pods)?;
+    let base = openb::load_tasks(&args.pods)?;
+    if args.sweep {
+        return run_sweep(&args, &policies, &nodes, &base);
+    }
+    let (tasks, label) = match &args.variant {
+        Some(v) => {
+            let v: Variant = v.parse()?;
+            let donor = load_donor(&args, v.family)?;
+            let t = variants::generate(&base, v, args.variant_seed, &donor)?;
+            let label = format!(
+                "{} of {}, variant seed {}",
+                v,
+                args.pods.display(),
+                args.variant_seed
+            );
+            (t, label)
+        }
+        None => (base, args.pods.display().to_string()),
+    };
+    println!("trace: {}", TraceStats::of(&tasks));
     let prepared = replay::prepare(&nodes, &tasks);
     println!(
         "packing: {} nodes, {} GPUs, {} tasks ({}), seeds {}..={}, arrival up to {}%",
         nodes.len(),
         prepared.total_gpus(),
         prepared.task_count(),
-        args.pods.display(),
+        label,
         FIRST_SEED,
         FIRST_SEED + args.seeds - 1,
         args.max_arrival
@@ -323,8 +367,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         write(&out.join("packing.csv"), &to_csv(&all))?;
         let title = format!(
-            "Allocation vs arrival, {} ({} seeds)",
+            "Allocation vs arrival, {}{} ({} seeds)",
             args.pods.file_name().unwrap_or_default().to_string_lossy(),
+            args.variant
+                .as_deref()
+                .map(|v| format!(" as {v}"))
+                .unwrap_or_default(),
             args.seeds
         );
         write(&out.join("packing.svg"), &svg_chart(&title, &series))?;
@@ -374,6 +422,175 @@ fn run_mig(prepared: &replay::Prepared, args: &Args) -> Vec<MigResult> {
         all.extend(rs);
     }
     all
+}
+
+/// The donor of `gpuspec`'s constraints (read only for that family).
+fn load_donor(args: &Args, family: Family) -> anyhow::Result<SpecDonor> {
+    if family != Family::GpuSpec {
+        return Ok(SpecDonor::default());
+    }
+    Ok(SpecDonor::from_tasks(&openb::load_tasks(&args.donor)?))
+}
+
+/// One variant's replays under one policy, for the sweep.
+#[derive(Debug, Clone)]
+pub struct SweepCell {
+    pub variant: Variant,
+    pub policy: PolicyKind,
+    /// Unallocated GPU % at 100% and at the maximum arrival, per seed (seed order).
+    pub at_100: Vec<f64>,
+    pub at_max: Vec<f64>,
+}
+
+/// `f` over `items` on up to `jobs` threads, results in item order.
+fn par_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let jobs = jobs.clamp(1, items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    slots.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    out.into_iter().flatten().collect()
+}
+
+/// Paired comparison of `a` against `b` over the same seeds: (mean of a - b, the larger of the
+/// two seed sds). A positive mean is `a` leaving more GPUs unallocated.
+pub fn margin(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    (mean_sd(&d).0, mean_sd(a).1.max(mean_sd(b).1))
+}
+
+/// The sweep CSV: `variant,policy,seed,unallocated_100,unallocated_max`.
+pub fn sweep_csv(cells: &[SweepCell]) -> String {
+    let mut s = String::from("variant,policy,seed,unallocated_100,unallocated_max\n");
+    for c in cells {
+        for (i, (u, m)) in c.at_100.iter().zip(&c.at_max).enumerate() {
+            let _ = writeln!(
+                s,
+                "{},{},{},{u:.4},{m:.4}",
+                c.variant,
+                c.policy.name(),
+                FIRST_SEED + i as u64
+            );
+        }
+    }
+    s
+}
+
+/// The sweep's Markdown table: one row per variant, one column per policy (mean ± sd at 100%),
+/// and the default's paired margin against FGD (negative: the default leaves fewer GPUs idle).
+pub fn sweep_markdown(cells: &[SweepCell], policies: &[PolicyKind]) -> String {
+    let mut s = String::from("| variant |");
+    for p in policies {
+        let _ = write!(s, " {} |", p.name());
+    }
+    let compare = policies.contains(&PolicyKind::DEFAULT) && policies.contains(&PolicyKind::Fgd);
+    if compare {
+        s.push_str(" default - fgd | noise (larger sd) |");
+    }
+    s.push_str("\n|---|");
+    for _ in policies {
+        s.push_str("---|");
+    }
+    if compare {
+        s.push_str("---|---|");
+    }
+    s.push('\n');
+    let mut variants: Vec<Variant> = Vec::new();
+    for c in cells {
+        if !variants.contains(&c.variant) {
+            variants.push(c.variant);
+        }
+    }
+    let find = |v: Variant, p: PolicyKind| cells.iter().find(|c| c.variant == v && c.policy == p);
+    for v in variants {
+        let _ = write!(s, "| {v} |");
+        for &p in policies {
+            match find(v, p) {
+                Some(c) => {
+                    let (m, sd) = mean_sd(&c.at_100);
+                    let _ = write!(s, " {m:.2}±{sd:.2} |");
+                }
+                None => s.push_str(" |"),
+            }
+        }
+        if compare
+            && let (Some(d), Some(f)) = (find(v, PolicyKind::DEFAULT), find(v, PolicyKind::Fgd))
+        {
+            let (m, noise) = margin(&d.at_100, &f.at_100);
+            let _ = write!(s, " {m:+.2} | {noise:.2} |");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `--sweep`: every family at every level, each policy, each seed.
+fn run_sweep(
+    args: &Args,
+    policies: &[PolicyKind],
+    nodes: &[openb::TraceNode],
+    base: &[openb::TraceTask],
+) -> anyhow::Result<()> {
+    let donor = load_donor(args, Family::GpuSpec)?;
+    let mut cells = Vec::new();
+    println!(
+        "sweep over {}: levels {:?}, variant seed {}, replay seeds {}..={}, unallocated GPU % at 100%",
+        args.pods.display(),
+        args.levels,
+        args.variant_seed,
+        FIRST_SEED,
+        FIRST_SEED + args.seeds - 1
+    );
+    for family in Family::ALL {
+        for &level in &args.levels {
+            let v: Variant = format!("{}:{level}", family.name()).parse()?;
+            let tasks = variants::generate(base, v, args.variant_seed, &donor)?;
+            let prepared = replay::prepare(nodes, &tasks);
+            let jobs: Vec<(PolicyKind, u64)> = policies
+                .iter()
+                .flat_map(|&p| (0..args.seeds).map(move |i| (p, FIRST_SEED + i)))
+                .collect();
+            let results = par_map(&jobs, args.jobs, |&(p, seed)| {
+                replay::replay(&prepared, p, seed, args.max_arrival)
+            });
+            let mut line = format!("{:<12}", v.to_string());
+            for &p in policies {
+                let rs: Vec<&ReplayResult> = results.iter().filter(|r| r.policy == p).collect();
+                let cell = SweepCell {
+                    variant: v,
+                    policy: p,
+                    at_100: rs.iter().filter_map(|r| r.unallocated_at(100)).collect(),
+                    at_max: rs
+                        .iter()
+                        .filter_map(|r| r.unallocated_at(args.max_arrival))
+                        .collect(),
+                };
+                let _ = write!(line, " {}={}", p.name(), fmt_ms(mean_sd(&cell.at_100)));
+                cells.push(cell);
+            }
+            println!("{line}   [{}]", TraceStats::of(&tasks));
+        }
+    }
+    let md = sweep_markdown(&cells, policies);
+    println!("\n{md}");
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        write(&out.join("sweep.csv"), &sweep_csv(&cells))?;
+        write(&out.join("sweep.md"), &md)?;
+        println!("wrote sweep.csv, sweep.md to {}", out.display());
+    }
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -188,7 +188,14 @@ pub fn prepare(nodes: &[TraceNode], tasks: &[TraceTask]) -> Prepared {
             }
         })
         .collect();
-    let workload = Workload::from_demands(sim_tasks.iter().map(|t| t.demand), FGD_COVERAGE);
+    let mut supply = vec![0u64; 64];
+    for n in &sim_nodes {
+        if let Some(s) = supply.get_mut(usize::from(n.model)) {
+            *s += u64::from(n.n) * u64::from(FULL);
+        }
+    }
+    let workload = Workload::from_demands(sim_tasks.iter().map(|t| t.demand), FGD_COVERAGE)
+        .with_supply(&supply);
     Prepared {
         total_gpus: sim_nodes.iter().map(|n| u64::from(n.n)).sum(),
         trace_demand: sim_tasks

@@ -137,6 +137,8 @@ impl Controller {
                 cpu_milli: 0,
                 memory_bytes: 0,
             };
+            // The policy learns its target workload from what is asked, placed or not.
+            self.policy.observe(&req);
             let (view, versions) = st.view_versioned();
             let p = self.policy.place_versioned(view, versions, &req)?;
             let node = &view.nodes[p.node];

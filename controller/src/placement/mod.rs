@@ -9,6 +9,7 @@ use greenslice_core::mig;
 use greenslice_core::slice::{SliceKind, SliceSpec, share_milli};
 use thiserror::Error;
 
+pub mod history;
 pub mod policies;
 pub mod relayout;
 pub mod score;
@@ -186,6 +187,11 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
     /// Chooses where `req` goes, or says why it cannot.
     fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable>;
+    /// Tells the policy a request arrived (before it is placed), so a policy that plans for the
+    /// workload it sees can learn from it. The default ignores it.
+    fn observe(&self, req: &Request) {
+        let _ = req;
+    }
     /// Like [`Policy::place`], for a view whose nodes carry versions: `versions[i]` names the
     /// content of `view.nodes[i]`, and one version is never given to different content. A policy
     /// may reuse work it did for the same request on a node of the same version (a request changes

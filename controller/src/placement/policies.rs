@@ -15,7 +15,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use super::score::{self, Demand, FULL, MAX_GPUS, ModelMask, NodeRef, Workload, WorkloadClass};
+use super::history::DemandHistory;
+use super::score::{
+    self, Demand, FULL, MAX_GPUS, ModelIds, ModelMask, NodeRef, Workload, WorkloadClass,
+};
 use super::{
     ClusterView, FirstFit, NodeView, Placement, Policy, Request, Unplaceable, feasible_on_node,
     gpus_needed, unplaceable,
@@ -162,12 +165,33 @@ pub fn live_default_workload() -> Workload {
 }
 
 /// The workload of a history of live requests (MIG requests left out: they never use share GPUs),
-/// grouped as FGD groups a trace, covering 95% of them.
+/// grouped as FGD groups a trace, covering 95% of them; model constraints are left out.
 pub fn workload_of_requests(reqs: &[Request]) -> Workload {
     Workload::from_demands(reqs.iter().filter_map(live_demand), 0.95)
 }
 
-/// A request as the scores see it (`None` for MIG requests).
+/// The live target workload's history: the prior ([`live_default_workload`]) weighs this many
+/// requests at start.
+pub const LIVE_PRIOR_WEIGHT: f64 = 64.0;
+/// Requests after which a live request's weight in the target workload has halved.
+pub const LIVE_HALF_LIFE: u32 = 512;
+/// Observed requests between two rebuilds of the live target workload.
+pub const LIVE_REFRESH: u32 = 16;
+
+/// A request as the scores see it (`None` for MIG requests), with any model constraint through
+/// `models` (the constraint's id, interned there).
+pub fn live_demand_in(req: &Request, models: &mut ModelIds) -> Option<Demand> {
+    let mut d = live_demand(req)?;
+    if let Some(m) = &req.spec.gpu_model {
+        d.models = models
+            .intern(m.name())
+            .map_or(ModelMask(0), |id| ModelMask(1 << id));
+    }
+    Some(d)
+}
+
+/// A request as the scores see it (`None` for MIG requests), model constraints left out (the
+/// fit mask of [`feasible_on_node`] carries them).
 pub fn live_demand(req: &Request) -> Option<Demand> {
     let (gpus, milli) = match &req.spec.kind {
         SliceKind::Whole { count } => (u8::try_from(*count).unwrap_or(u8::MAX), FULL),
@@ -209,10 +233,16 @@ fn live_tags(node: &NodeView) -> u16 {
 
 /// A scored policy for the live controller. Deterministic but for Random, which draws from its
 /// own seeded generator.
+///
+/// Its target workload is either fixed ([`ScoredPolicy::with_workload`]) or learnt
+/// ([`ScoredPolicy::new`]): a [`DemandHistory`] of the observed requests (with their CPU and model
+/// constraints), with [`live_default_workload`] as the prior, rebuilt every [`LIVE_REFRESH`]
+/// requests against the cluster's supply of each GPU model. Placement is a pure function of the
+/// view, the request and the current target.
 #[derive(Debug)]
 pub struct ScoredPolicy {
     kind: PolicyKind,
-    workload: Workload,
+    target: Mutex<Target>,
     rng: Mutex<ChaCha8Rng>,
     /// Per-node choices of recent requests, for [`Policy::place_versioned`].
     memo: Mutex<NodeMemo>,
@@ -227,10 +257,22 @@ type NodeChoices = Vec<Option<(u64, NodeChoice)>>;
 
 /// Per-node choices for the last few distinct requests, each tagged with the node version it was
 /// computed on (see [`Policy::place_versioned`]). A node's choice depends only on the node's view,
-/// the request and the policy's fixed workload, so a choice of the same version is the same.
+/// the request and the policy's target workload, so a choice of the same version (and workload
+/// generation) is the same.
 #[derive(Debug, Default)]
 struct NodeMemo {
     requests: Vec<(Request, NodeChoices)>,
+    /// The target workload's generation the choices were measured against.
+    generation: u64,
+}
+
+/// What one placement measures against: the target workload, its generation, the request's
+/// demand and each node's model id.
+struct Prepared {
+    workload: std::sync::Arc<Workload>,
+    generation: u64,
+    demand: Option<Demand>,
+    node_models: Vec<u8>,
 }
 
 impl NodeMemo {
@@ -255,19 +297,99 @@ impl NodeMemo {
     }
 }
 
+/// The target workload a [`ScoredPolicy`] measures against, and what it learns it from.
+#[derive(Debug)]
+struct Target {
+    /// None: the workload is fixed.
+    history: Option<DemandHistory>,
+    /// Model names of the constraints and nodes seen, as the scores' ids.
+    models: ModelIds,
+    /// Observed requests since the last rebuild.
+    pending: u32,
+    /// The current workload, and a number that changes with it (memoised choices are kept only
+    /// for the same number).
+    workload: std::sync::Arc<Workload>,
+    generation: u64,
+}
+
 impl ScoredPolicy {
-    /// The policy with [`live_default_workload`] and seed 42.
+    /// The policy learning its target workload from the requests it observes (prior
+    /// [`live_default_workload`]), seed 42.
     pub fn new(kind: PolicyKind) -> ScoredPolicy {
-        ScoredPolicy::with_workload(kind, live_default_workload())
+        let prior = live_default_workload();
+        let history = DemandHistory::new(&prior, LIVE_PRIOR_WEIGHT, LIVE_HALF_LIFE, 0.95);
+        let mut p = ScoredPolicy::with_workload(kind, prior);
+        p.target
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .history = Some(history);
+        p
     }
 
-    /// The policy measuring fragmentation against `workload` (FGD and the default use it).
+    /// The policy measuring fragmentation against a fixed `workload` (FGD and the default use it).
     pub fn with_workload(kind: PolicyKind, workload: Workload) -> ScoredPolicy {
         ScoredPolicy {
             kind,
-            workload,
+            target: Mutex::new(Target {
+                history: None,
+                models: ModelIds::default(),
+                pending: 0,
+                workload: std::sync::Arc::new(workload),
+                generation: 0,
+            }),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(42)),
             memo: Mutex::default(),
+        }
+    }
+
+    /// The target workload now.
+    pub fn workload(&self) -> std::sync::Arc<Workload> {
+        self.lock_target().workload.clone()
+    }
+
+    fn lock_target(&self) -> std::sync::MutexGuard<'_, Target> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The workload to place against, rebuilt first when requests are pending; with the model ids
+    /// of the view's nodes (by their first GPU) and the request's demand.
+    fn prepare(&self, view: &ClusterView, req: &Request) -> Prepared {
+        let mut t = self.lock_target();
+        let t = &mut *t;
+        if t.pending >= LIVE_REFRESH && t.history.is_some() {
+            let mut supply = vec![0u64; 64];
+            for n in view.nodes.iter().filter(|n| n.schedulable) {
+                for g in n.gpus.iter().filter(|g| g.healthy && !g.mig_enabled) {
+                    if let Some(id) = t.models.intern(g.model.name()) {
+                        supply[usize::from(id)] += u64::from(FULL);
+                    }
+                }
+            }
+            if let Some(h) = &t.history {
+                t.workload = std::sync::Arc::new(h.workload().with_supply(&supply));
+                t.generation += 1;
+            }
+            t.pending = 0;
+        }
+        // Model ids matter only to a workload with model-constrained classes.
+        let node_models = if t.workload.has_constraints() {
+            view.nodes
+                .iter()
+                .map(|n| {
+                    n.gpus
+                        .first()
+                        .and_then(|g| t.models.intern(g.model.name()))
+                        .unwrap_or(0)
+                })
+                .collect()
+        } else {
+            vec![0; view.nodes.len()]
+        };
+        Prepared {
+            workload: t.workload.clone(),
+            generation: t.generation,
+            demand: live_demand_in(req, &mut t.models),
+            node_models,
         }
     }
 
@@ -350,9 +472,17 @@ fn node_fit(node: &NodeView, req: &Request, need: usize) -> Option<u32> {
 }
 
 impl ScoredPolicy {
-    /// What `node` offers a non-MIG request (demand `d`, `need` GPUs) under a scored policy other
-    /// than Random: a pure function of the node's view and the request.
-    fn node_choice(&self, node: &NodeView, req: &Request, d: &Demand, need: usize) -> NodeChoice {
+    /// What `node` (model id `model`) offers a non-MIG request (demand `d`, `need` GPUs) under a
+    /// scored policy other than Random, measured against `w`: a pure function of these.
+    fn node_choice(
+        &self,
+        w: &Workload,
+        node: &NodeView,
+        model: u8,
+        req: &Request,
+        d: &Demand,
+        need: usize,
+    ) -> NodeChoice {
         let fit = node_fit(node, req, need)?;
         let free: Vec<u16> = node.gpus.iter().map(live_free).collect();
         let cpu_free = if node.cpu_milli > 0 {
@@ -363,11 +493,11 @@ impl ScoredPolicy {
         let nref = NodeRef {
             cpu_free: u32::try_from(cpu_free).unwrap_or(u32::MAX),
             gpu_free: &free[..free.len().min(MAX_GPUS)],
-            model: 0,
+            model,
             tags: live_tags(node),
         };
         self.kind
-            .score(&self.workload, &nref, d, fit)
+            .score(w, &nref, d, fit)
             .filter(|(_, gpus)| gpus.len() == need)
     }
 }
@@ -383,20 +513,33 @@ impl Policy for ScoredPolicy {
         versions: &[u64],
         req: &Request,
     ) -> Result<Placement, Unplaceable> {
-        let d = match live_demand(req) {
-            Some(d) if self.kind != PolicyKind::Random && versions.len() == view.nodes.len() => d,
+        if live_demand(req).is_none()
+            || self.kind == PolicyKind::Random
+            || versions.len() != view.nodes.len()
+        {
             // MIG requests, Random's draws and unversioned views: nothing to reuse.
-            _ => return self.place(view, req),
+            return self.place(view, req);
+        }
+        let pre = self.prepare(view, req);
+        let Some(d) = pre.demand else {
+            return self.place(view, req);
         };
         let need = gpus_needed(&req.spec);
         let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.generation != pre.generation {
+            // A new target workload: every remembered choice was measured against the old one.
+            memo.requests.clear();
+            memo.generation = pre.generation;
+        }
         let slot = memo.slot(req, view.nodes.len());
         // The same scan as `place`: the highest score wins, the first node seen wins ties.
         let mut best: Option<(i64, usize)> = None;
         for (ni, (node, &version)) in view.nodes.iter().zip(versions).enumerate() {
             let cached = &mut slot[ni];
             if cached.as_ref().is_none_or(|(v, _)| *v != version) {
-                *cached = Some((version, self.node_choice(node, req, &d, need)));
+                let choice =
+                    self.node_choice(&pre.workload, node, pre.node_models[ni], req, &d, need);
+                *cached = Some((version, choice));
             }
             if let Some((_, Some((s, _)))) = cached
                 && best.is_none_or(|b| *s > b.0)
@@ -415,12 +558,30 @@ impl Policy for ScoredPolicy {
         .ok_or_else(|| unplaceable(view, req))
     }
 
+    fn observe(&self, req: &Request) {
+        let mut t = self.lock_target();
+        let t = &mut *t;
+        if t.history.is_none() {
+            return;
+        }
+        if let Some(d) = live_demand_in(req, &mut t.models)
+            && let Some(h) = &mut t.history
+        {
+            h.record(d);
+            t.pending += 1;
+        }
+    }
+
     fn place(&self, view: &ClusterView, req: &Request) -> Result<Placement, Unplaceable> {
-        let Some(d) = live_demand(req) else {
+        if live_demand(req).is_none() {
             let SliceKind::Mig { profile } = &req.spec.kind else {
                 return Err(unplaceable(view, req));
             };
             return self.place_mig(view, req, profile);
+        }
+        let pre = self.prepare(view, req);
+        let Some(d) = pre.demand else {
+            return Err(unplaceable(view, req));
         };
         let need = gpus_needed(&req.spec);
         let mut best: Option<(i64, usize, Vec<usize>)> = None;
@@ -432,7 +593,8 @@ impl Policy for ScoredPolicy {
                 }
                 continue;
             }
-            if let Some((s, gpus)) = self.node_choice(node, req, &d, need)
+            if let Some((s, gpus)) =
+                self.node_choice(&pre.workload, node, pre.node_models[ni], req, &d, need)
                 && best.as_ref().is_none_or(|b| s > b.0)
             {
                 best = Some((s, ni, gpus));

@@ -238,6 +238,9 @@ pub struct Workload {
     cpu_per_gpu_milli: f64,
     /// Per model id: weight of the model-constrained GPU classes that allow it.
     constrained_on: Vec<u64>,
+    /// Per model id present in the cluster: the share (0..=1) of its compute that the
+    /// model-constrained classes will ask for by full arrival (see [`Workload::with_supply`]).
+    pressure: Vec<(u8, f64)>,
 }
 
 impl Workload {
@@ -246,11 +249,17 @@ impl Workload {
     /// of the tasks. Weights are the counts (renormalised by their sum).
     pub fn from_demands(demands: impl IntoIterator<Item = Demand>, coverage: f64) -> Workload {
         let mut groups: std::collections::HashMap<Demand, u64> = Default::default();
-        let mut n = 0u64;
         for d in demands {
             *groups.entry(d).or_default() += 1;
-            n += 1;
         }
+        Workload::from_counts(groups, coverage)
+    }
+
+    /// Like [`Workload::from_demands`], from demands already grouped: (demand, count), each demand
+    /// once.
+    pub fn from_counts(groups: impl IntoIterator<Item = (Demand, u64)>, coverage: f64) -> Workload {
+        let groups: Vec<(Demand, u64)> = groups.into_iter().collect();
+        let n: u64 = groups.iter().map(|g| g.1).sum();
         let key = |d: &Demand| (d.cpu, d.milli, d.gpus, d.models);
         let mut v: Vec<WorkloadClass> = groups
             .into_iter()
@@ -300,6 +309,73 @@ impl Workload {
             total,
             cpu_per_gpu_milli: if gpu > 0.0 { cpu / gpu } else { 0.0 },
             constrained_on,
+            pressure: Vec::new(),
+        }
+    }
+
+    /// The workload on a cluster with `supply[m]` milli-GPU of model id `m`: sets each model's
+    /// pressure, the share of its compute the model-constrained classes will want when the
+    /// workload's demand has arrived at the cluster's size. A constrained class's demand is spread
+    /// over the models it allows in proportion to their supply; the workload's demand is scaled to
+    /// the cluster's total (the packing protocol's 100% arrival). Capped at 1: past it, the model
+    /// is full whatever else goes there.
+    pub fn with_supply(mut self, supply: &[u64]) -> Workload {
+        let capacity: u64 = supply.iter().sum();
+        let demand: f64 = self
+            .classes
+            .iter()
+            .map(|c| c.count as f64 * f64::from(c.demand.gpu_total()))
+            .sum();
+        let mut wanted = vec![0.0f64; supply.len()];
+        for c in self
+            .classes
+            .iter()
+            .filter(|c| c.demand.gpus > 0 && c.demand.models != ModelMask::ANY)
+        {
+            let allowed = |m: usize| m < 64 && c.demand.models.allows(m as u8) && supply[m] > 0;
+            let s: u64 = (0..supply.len())
+                .filter(|&m| allowed(m))
+                .map(|m| supply[m])
+                .sum();
+            if s == 0 {
+                continue;
+            }
+            let d = c.count as f64 * f64::from(c.demand.gpu_total());
+            for m in (0..supply.len()).filter(|&m| allowed(m)) {
+                wanted[m] += d * supply[m] as f64 / s as f64;
+            }
+        }
+        let scale = if demand > 0.0 {
+            capacity as f64 / demand
+        } else {
+            0.0
+        };
+        self.pressure = (0..supply.len().min(64))
+            .filter(|&m| supply[m] > 0)
+            .map(|m| (m as u8, (wanted[m] * scale / supply[m] as f64).min(1.0)))
+            .collect();
+        self
+    }
+
+    /// The expected compute lost to model-constrained work per milli-GPU a demand takes on model
+    /// `model`, beyond what it would lose on the least-pressed model it may use: the pressure of
+    /// `model` minus the least pressure over its allowed models (0 without
+    /// [`Workload::with_supply`], and 0 for a demand whose models are all equally pressed, e.g.
+    /// one allowed model).
+    pub fn excess_pressure(&self, models: ModelMask, model: u8) -> f64 {
+        let mut here = None;
+        let mut least = f64::INFINITY;
+        for &(m, p) in &self.pressure {
+            if m == model {
+                here = Some(p);
+            }
+            if models.allows(m) {
+                least = least.min(p);
+            }
+        }
+        match here {
+            Some(p) if least.is_finite() => (p - least).max(0.0),
+            _ => 0.0,
         }
     }
 
@@ -318,6 +394,11 @@ impl Workload {
             .copied()
             .unwrap_or(0);
         c as f64 / self.total.max(1) as f64
+    }
+
+    /// Whether any GPU class is constrained to GPU models.
+    pub fn has_constraints(&self) -> bool {
+        self.constrained_on.iter().any(|&c| c > 0)
     }
 
     /// The classes, heaviest first.
@@ -455,9 +536,11 @@ pub fn fgd_detail(w: &Workload, node: &NodeRef, d: &Demand, fit: u32) -> Option<
 /// - CPU starvation: the free GPU compute a node could no longer feed with CPU at the workload's
 ///   CPU-per-GPU ratio ([`Workload::cpu_per_gpu_milli`]), `max(0, gpu_free - cpu_free / ratio)`.
 ///   FGD only checks each class alone against the free CPU; several tasks drain it together.
-/// - Scarce models: GPU compute taken on a model that model-constrained classes allow, weighted by
-///   their share of the workload ([`Workload::constrained_share_on`]): unconstrained work goes
-///   elsewhere first.
+/// - Scarce models: GPU compute taken on a model beyond the least-pressed model the demand may
+///   use, times the difference in pressure ([`scarce_cost`], [`Workload::with_supply`]): the share
+///   of that model's compute the model-constrained classes will want, from the workload's demand
+///   and the cluster's supply of each model. Zero without constraints, and zero for a demand whose
+///   allowed models are equally pressed, so its choice among them is FGD's.
 ///
 /// The GPU inside the node is FGD's. Returns the score and the GPUs; `None` when nothing fits.
 pub fn fgd_balanced(
@@ -469,8 +552,17 @@ pub fn fgd_balanced(
     let c = fgd_detail(w, node, d, fit)?;
     let inc = c.increase_scaled as f64 / w.total().max(1) as f64
         + starvation_increase(w, node, d)
-        + f64::from(d.gpu_total()) * w.constrained_share_on(node.model);
+        + scarce_cost(w, node, d);
     Some((sigmoid_score(-inc), c.gpus))
+}
+
+/// The scarce-models cost of `d` on `node`, expected milli-GPU: the compute it takes times
+/// [`Workload::excess_pressure`] of the node's model.
+pub fn scarce_cost(w: &Workload, node: &NodeRef, d: &Demand) -> f64 {
+    if d.gpus == 0 {
+        return 0.0;
+    }
+    f64::from(d.gpu_total()) * w.excess_pressure(d.models, node.model)
 }
 
 /// `trunc(100 / (1 + exp(-decrease / 1000)))` for a fragmentation decrease in milli-GPU.

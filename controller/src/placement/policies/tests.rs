@@ -417,3 +417,68 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_live_policy_learns_its_target_workload_from_observed_requests() {
+    let pol = ScoredPolicy::new(PolicyKind::DEFAULT);
+    assert_eq!(
+        pol.workload().classes(),
+        live_default_workload().classes(),
+        "the prior at start"
+    );
+    let view = ClusterView {
+        nodes: vec![node("a", vec![gpu(0, 0), gpu(0, 0)])],
+    };
+    let pod = Request {
+        cpu_milli: 4000,
+        ..share(0.25, 1)
+    };
+    for _ in 0..2000 {
+        pol.observe(&pod);
+        let _ = pol.place(&view, &pod);
+    }
+    let w = pol.workload();
+    let top = w.classes()[0].demand;
+    assert_eq!((top.gpus, top.milli, top.cpu), (1, 250, 4000));
+    // The pods' CPU now feeds the CPU-starvation cost: 4000 milli-cores per 250 milli-GPU.
+    assert!(
+        (w.cpu_per_gpu_milli() - 16.0).abs() < 0.5,
+        "{}",
+        w.cpu_per_gpu_milli()
+    );
+    // A fixed workload does not learn.
+    let fixed = ScoredPolicy::with_workload(PolicyKind::DEFAULT, live_default_workload());
+    fixed.observe(&pod);
+    assert_eq!(
+        fixed.workload().classes(),
+        live_default_workload().classes()
+    );
+}
+
+#[test]
+fn versioned_placement_follows_a_new_target_workload() {
+    let pol = ScoredPolicy::new(PolicyKind::DEFAULT);
+    let view = ClusterView {
+        nodes: vec![
+            node("a", vec![gpu(500, 0), gpu(0, 0)]),
+            node("b", vec![gpu(250, 0), gpu(750, 0)]),
+            node("c", vec![gpu(0, 0), gpu(0, 0)]),
+        ],
+    };
+    let versions = [1, 2, 3];
+    let quarter = share(0.25, 1);
+    let half = share(0.5, 1);
+    for round in 0..6 {
+        let r = if round % 2 == 0 { &quarter } else { &half };
+        for _ in 0..(LIVE_REFRESH * 3) {
+            pol.observe(r);
+        }
+        for q in [&quarter, &half] {
+            assert_eq!(
+                pol.place_versioned(&view, &versions, q),
+                pol.place(&view, q),
+                "round {round}"
+            );
+        }
+    }
+}

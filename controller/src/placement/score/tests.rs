@@ -202,6 +202,14 @@ fn fgd_balanced_keeps_unconstrained_work_off_scarce_models() {
     ]);
     assert_eq!(w.constrained_share_on(1), 0.5);
     assert_eq!(w.constrained_share_on(0), 0.0);
+    // Without the cluster's supply there is no pressure, so no cost.
+    assert_eq!(w.excess_pressure(ModelMask::ANY, 1), 0.0);
+    // 8 GPUs of model 0, 2 of model 1: by full arrival the constrained half wants 5 of model 1.
+    let w = w.with_supply(&[8000, 2000]);
+    assert_eq!(w.excess_pressure(ModelMask::ANY, 1), 1.0);
+    assert_eq!(w.excess_pressure(ModelMask::ANY, 0), 0.0);
+    // A demand that may only use model 1 loses nothing there beyond what it must.
+    assert_eq!(w.excess_pressure(only1.models, 1), 0.0);
     let free = [1000u16, 1000];
     let m0 = node(0, &free);
     let m1 = NodeRef { model: 1, ..m0 };
@@ -210,4 +218,36 @@ fn fgd_balanced_keeps_unconstrained_work_off_scarce_models() {
     let (s1, _) = fgd_balanced(&w, &m1, &d, m1.fit_mask(&d)).unwrap();
     assert!(s0 > s1, "{s0} vs {s1}");
     assert_eq!(g0, vec![0]);
+}
+
+#[test]
+fn pressure_spreads_a_class_over_its_models_by_supply() {
+    // One class of 1 GPU allowed on models 0 and 1, a tenth of the demand; the rest anywhere.
+    let both = Demand {
+        models: ModelMask(0b11),
+        ..whole(0, 1)
+    };
+    let w = Workload::new(vec![
+        WorkloadClass {
+            demand: whole(0, 1),
+            count: 9,
+        },
+        WorkloadClass {
+            demand: both,
+            count: 1,
+        },
+    ])
+    .with_supply(&[3000, 1000, 6000]);
+    // Scaled to the cluster (10 GPUs), the class wants 1 GPU: 0.75 on model 0, 0.25 on model 1.
+    let p0 = w.excess_pressure(ModelMask(0b001), 0);
+    assert_eq!(p0, 0.0, "one allowed model: no excess");
+    let e0 = w.excess_pressure(ModelMask::ANY, 0);
+    let e1 = w.excess_pressure(ModelMask::ANY, 1);
+    assert!(
+        (e0 - 0.25).abs() < 1e-9 && (e1 - 0.25).abs() < 1e-9,
+        "{e0} {e1}"
+    );
+    assert_eq!(w.excess_pressure(ModelMask::ANY, 2), 0.0);
+    // A demand allowed on models 0 and 1 pays nothing for either: they are equally pressed.
+    assert_eq!(w.excess_pressure(both.models, 1), 0.0);
 }
