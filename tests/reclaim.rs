@@ -117,14 +117,22 @@ impl Env {
         self.cluster.controller.get(slice).unwrap().state
     }
 
-    fn events(&mut self, kind: EventKind) -> Vec<Arc<SliceEvent>> {
+    /// The events of `kind` delivered since the last call (others are dropped). An event goes out
+    /// once its commit is durable, just after the change is in memory, so this first waits until
+    /// none has arrived for 300 ms.
+    async fn events(&mut self, kind: EventKind) -> Vec<Arc<SliceEvent>> {
         let mut out = Vec::new();
-        while let Ok(ev) = self.events.try_recv() {
-            if ev.kind == kind {
-                out.push(ev);
+        loop {
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(300), self.events.recv())
+                    .await;
+            match next {
+                Ok(Ok(ev)) if ev.kind == kind => out.push(ev),
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                // Quiet for 300 ms, or the feed closed.
+                _ => return out,
             }
         }
-        out
     }
 }
 
@@ -163,7 +171,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
     // The window (30 min, on whole minutes of samples) ends: a warning with the deadline.
     let a = e.run(&s.id, 3).await;
     assert!(warned(&a), "{a:?}");
-    let w = e.events(EventKind::IdleWarning);
+    let w = e.events(EventKind::IdleWarning).await;
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].deadline_unix_ms, w[0].at_unix_ms + 10 * MIN);
     // The node is full meanwhile.
@@ -195,7 +203,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
         "{}",
         r.reason
     );
-    assert_eq!(e.events(EventKind::Reclaimed).len(), 1);
+    assert_eq!(e.events(EventKind::Reclaimed).await.len(), 1);
     // The capacity is placeable again.
     let again = e.request(whole(8), "").await;
     assert_eq!(again.gpu_uuids.len(), 8);
@@ -231,7 +239,7 @@ async fn never_reclaims_a_busy_slice() {
     e.set_workload(&s.id, Workload::Busy { util: 0.3 });
     assert!(e.run(&s.id, 240).await.is_empty(), "2 hours busy");
     assert_eq!(e.state(&s.id), SliceState::Active);
-    assert!(e.events(EventKind::IdleWarning).is_empty());
+    assert!(e.events(EventKind::IdleWarning).await.is_empty());
     e.cluster.shutdown().await;
 }
 
@@ -296,7 +304,7 @@ async fn an_exempt_slice_is_never_reclaimed() {
     e.set_workload(&s.id, Workload::Idle);
     assert!(e.run(&s.id, 240).await.is_empty());
     assert_eq!(e.state(&s.id), SliceState::Active);
-    assert!(e.events(EventKind::IdleWarning).is_empty());
+    assert!(e.events(EventKind::IdleWarning).await.is_empty());
     e.cluster.shutdown().await;
 }
 
@@ -316,8 +324,8 @@ async fn dry_run_reports_what_would_be_reclaimed_and_changes_nothing() {
     );
     assert!(!a.is_empty());
     assert_eq!(e.state(&s.id), SliceState::Active);
-    assert!(e.events(EventKind::IdleWarning).is_empty());
-    assert!(e.events(EventKind::Reclaimed).is_empty());
+    assert!(e.events(EventKind::IdleWarning).await.is_empty());
+    assert!(e.events(EventKind::Reclaimed).await.is_empty());
     assert_eq!(e.cluster.controller.reclaim.would_reclaim().len(), 1);
     // The usage query shows it.
     let u = greenslice_controller::api::usage::usage(
@@ -386,7 +394,7 @@ async fn an_interrupted_reclaim_completes_after_reconnect_without_leaking_the_mi
     }
     assert_eq!(e.state(&s.id), SliceState::Released);
     assert!(!has_instance(&e), "the MIG instance leaked");
-    assert_eq!(e.events(EventKind::Reclaimed).len(), 1);
+    assert_eq!(e.events(EventKind::Reclaimed).await.len(), 1);
     // And its space is placeable again.
     let again = e.request(mig("3g.40gb"), "").await;
     assert_eq!(again.gpu_uuids[0], gpu);
