@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod dra;
 pub mod enforce;
 pub mod kubelet;
 pub mod metrics;

@@ -1,0 +1,9 @@
+//! The node agent as a Kubernetes DRA (Dynamic Resource Allocation) driver, `gpu.greenslice.io`.
+//! See docs/KUBERNETES.md ("DRA") for what is published, how claims are prepared and which
+//! Kubernetes versions are supported.
+//!
+//! - [`devices`]: the device names of the node's ResourceSlices (one home for the scheme).
+//! - [`quantity`]: Kubernetes resource quantities (`"20Gi"`, `"250"`), parsed and written.
+
+pub mod devices;
+pub mod quantity;
