@@ -14,9 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The kubelet's own APIs, wire-compatible with upstream k8s.io/kubelet (packages `v1beta1` and
     // `v1`), compiled apart so the greenslice descriptor set (served by reflection) stays ours only.
     let k8s_root = root.join("k8s");
-    let k8s_protos: [PathBuf; 2] = [
+    let k8s_protos: [PathBuf; 5] = [
         k8s_root.join("deviceplugin/v1beta1/api.proto"),
         k8s_root.join("podresources/v1/api.proto"),
+        k8s_root.join("pluginregistration/v1/api.proto"),
+        k8s_root.join("dra/v1/api.proto"),
+        k8s_root.join("dra/v1beta1/api.proto"),
     ];
     for p in protos.iter().chain(&k8s_protos) {
         println!("cargo:rerun-if-changed={}", p.display());

@@ -46,3 +46,34 @@ pub mod podresources {
         pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
     }
 }
+
+/// The kubelet's plugin registration API (upstream k8s.io/kubelet pkg/apis/pluginregistration/v1,
+/// proto package `pluginregistration`): a plugin serves `Registration` on a socket in the kubelet's
+/// `plugins_registry` folder; the kubelet finds it there, asks `GetInfo` and reports back.
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
+
+    /// `PluginInfo.type` of a DRA driver.
+    pub const DRA_PLUGIN_TYPE: &str = "DRAPlugin";
+    /// Default folder the kubelet watches for registration sockets.
+    pub const DEFAULT_REGISTRY_DIR: &str = "/var/lib/kubelet/plugins_registry";
+}
+
+/// The kubelet's DRA plugin API (upstream k8s.io/kubelet pkg/apis/dra): `DRAPlugin`, served by the
+/// driver, in the two versions kubelets of the supported releases speak.
+pub mod dra {
+    /// DRA plugin API v1 (kubelet 1.34 and later).
+    pub mod v1 {
+        tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+
+        /// The version string a driver registers with (the gRPC service name).
+        pub const VERSION: &str = "v1.DRAPlugin";
+    }
+    /// DRA plugin API v1beta1 (kubelet 1.32 and later).
+    pub mod v1beta1 {
+        tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1beta1");
+
+        /// The version string a driver registers with (the gRPC service name).
+        pub const VERSION: &str = "v1beta1.DRAPlugin";
+    }
+}

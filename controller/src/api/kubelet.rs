@@ -150,6 +150,42 @@ impl KubeletService for KubeletApi {
             .ok_or_else(|| Status::not_found(format!("node {} is not known", req.node)))?;
         choose_gpus(self.policy.as_ref(), node, &req).map(Response::new)
     }
+
+    async fn prepare_claim(
+        &self,
+        req: Request<pb::PrepareClaimRequest>,
+    ) -> Result<Response<pb::PrepareClaimResponse>, Status> {
+        let req = req.into_inner();
+        let devices = super::validate::prepare_claim(&req)?;
+        // Run to completion even if the kubelet gives up waiting: a preparation half done must
+        // finish or be undone, and the kubelet's retry then finds it.
+        let c = self.controller.clone();
+        let slices = tokio::spawn(async move {
+            c.prepare_claim(&req.claim_uid, &req.namespace, &devices)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("prepare task failed: {e}")))??;
+        Ok(Response::new(pb::PrepareClaimResponse {
+            slices: slices.iter().map(super::slice_to_pb).collect(),
+        }))
+    }
+
+    async fn unprepare_claim(
+        &self,
+        req: Request<pb::UnprepareClaimRequest>,
+    ) -> Result<Response<pb::UnprepareClaimResponse>, Status> {
+        let req = req.into_inner();
+        super::validate::unprepare_claim(&req)?;
+        let c = self.controller.clone();
+        let slices =
+            tokio::spawn(async move { c.unprepare_claim(&req.node, &req.claim_uid).await })
+                .await
+                .map_err(|e| Status::internal(format!("unprepare task failed: {e}")))??;
+        Ok(Response::new(pb::UnprepareClaimResponse {
+            slices: slices.iter().map(super::slice_to_pb).collect(),
+        }))
+    }
 }
 
 fn validate_allocation(a: &pb::KubeletAllocation) -> Result<SliceSpec, Status> {

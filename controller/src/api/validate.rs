@@ -37,6 +37,15 @@ fn status(c: Checked) -> Result<(), Status> {
 pub fn request_slice(r: &pb::RequestSliceRequest) -> Result<(), Status> {
     status(lim::check_tenant("tenant", &r.tenant))?;
     validate_idempotency_key(&r.idempotency_key).map_err(refused)?;
+    if r.idempotency_key.starts_with(crate::model::dra::KEY_PREFIX) {
+        return Err(invalid(LimitError::new(
+            "idempotency_key",
+            format!(
+                "keys starting with {:?} are reserved for ResourceClaims",
+                crate::model::dra::KEY_PREFIX
+            ),
+        )));
+    }
     spec_from_pb(r.spec.as_ref()).map_err(refused)?;
     Ok(())
 }
@@ -164,6 +173,75 @@ pub fn choose_devices(r: &pb::ChooseDevicesRequest) -> Result<(), Status> {
             "milli-GPU",
         )
     }))
+}
+
+/// PrepareClaim: node, claim, namespace (the tenant) and 1-32 devices, each a spec of one GPU
+/// (whole count 1, a MIG profile with its start, or a share) on a GPU; the devices as the engine
+/// takes them.
+pub fn prepare_claim(
+    r: &pb::PrepareClaimRequest,
+) -> Result<Vec<crate::engine::ClaimDevice>, Status> {
+    status(lim::check_node("node", &r.node))?;
+    status(lim::check_uuid("claim_uid", &r.claim_uid))?;
+    status(lim::check_tenant("namespace", &r.namespace))?;
+    status(lim::check_str(
+        "claim_name",
+        &r.claim_name,
+        1,
+        lim::MAX_K8S_NAME_LEN,
+        Alphabet::Graphic,
+    ))?;
+    status(lim::check_count(
+        "devices",
+        r.devices.len(),
+        1,
+        crate::model::dra::MAX_CLAIM_DEVICES,
+    ))?;
+    let mut out = Vec::with_capacity(r.devices.len());
+    for (i, d) in r.devices.iter().enumerate() {
+        let f = |name: &str| format!("devices[{i}].{name}");
+        status(k8s_name(&f("request"), &d.request))?;
+        status(lim::check_str(
+            &f("device"),
+            &d.device,
+            1,
+            63,
+            Alphabet::Name,
+        ))?;
+        status(lim::check_uuid(&f("gpu_uuid"), &d.gpu_uuid))?;
+        let spec = spec_from_pb(d.spec.as_ref()).map_err(refused)?;
+        use greenslice_core::slice::SliceKind;
+        let shape = match (&spec.kind, d.mig_start) {
+            (SliceKind::Whole { count: 1 }, None) | (SliceKind::Share { .. }, None) => Ok(()),
+            (SliceKind::Mig { .. }, Some(start))
+                if start < u32::from(greenslice_core::mig::MEMORY_SLICES) =>
+            {
+                Ok(())
+            }
+            (SliceKind::Whole { .. }, _) => {
+                Err("a device is one whole GPU (count 1), with no mig_start")
+            }
+            (SliceKind::Mig { .. }, Some(_)) => Err("mig_start must be 0-7"),
+            (SliceKind::Mig { .. }, None) => Err("a MIG device needs its mig_start"),
+            (SliceKind::Share { .. }, Some(_)) => Err("a share has no mig_start"),
+        };
+        shape.map_err(|m| invalid(LimitError::new(&f("spec"), m)))?;
+        out.push(crate::engine::ClaimDevice {
+            spec,
+            pin: crate::placement::Pin {
+                node: r.node.clone(),
+                gpu_uuid: d.gpu_uuid.clone(),
+                mig_start: d.mig_start.and_then(|s| u8::try_from(s).ok()),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// UnprepareClaim: node and claim.
+pub fn unprepare_claim(r: &pb::UnprepareClaimRequest) -> Result<(), Status> {
+    status(lim::check_node("node", &r.node))?;
+    status(lim::check_uuid("claim_uid", &r.claim_uid))
 }
 
 // ---- AgentService ----------------------------------------------------------------------------------

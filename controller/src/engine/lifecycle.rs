@@ -86,6 +86,19 @@ impl Controller {
         spec: &SliceSpec,
         idempotency_key: &str,
     ) -> Result<Requested, ControllerError> {
+        self.request_at(tenant, spec, idempotency_key, None).await
+    }
+
+    /// Like [`Controller::request`], with the placement fixed by `pin` when given (a DRA allocation:
+    /// the Kubernetes scheduler chose the device) instead of chosen by the policy. A pinned slice is
+    /// checked against the controller's view and refused when its place is taken.
+    pub async fn request_at(
+        &self,
+        tenant: &str,
+        spec: &SliceSpec,
+        idempotency_key: &str,
+        pin: Option<&crate::placement::Pin>,
+    ) -> Result<Requested, ControllerError> {
         self.ensure_leading()?;
         slice::validate_tenant(tenant)?;
         slice::validate_idempotency_key(idempotency_key)?;
@@ -97,8 +110,15 @@ impl Controller {
         )?;
         let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
         let now = self.clock.now_ms();
-        // A MIG request that fits nowhere may fit once free instances are re-partitioned.
-        self.make_room(&spec).await;
+        match (pin, &spec.kind) {
+            // A MIG request that fits nowhere may fit once free instances are re-partitioned.
+            (None, _) => {
+                self.make_room(&spec).await;
+            }
+            // A pinned one needs its own place cleared of free instances.
+            (Some(pin), SliceKind::Mig { profile }) => self.make_room_at(pin, profile).await,
+            (Some(_), _) => {}
+        }
 
         let (record, commit, advisory_share, durable_tx) = loop {
             // Answer a retry only from durable state: while the first request's PENDING commit
@@ -140,7 +160,10 @@ impl Controller {
             // The policy learns its target workload from what is asked, placed or not.
             self.policy.observe(&req);
             let (view, versions) = st.view_versioned();
-            let p = self.policy.place_versioned(view, versions, &req)?;
+            let p = match pin {
+                Some(pin) => crate::placement::pinned(view, &req, pin)?,
+                None => self.policy.place_versioned(view, versions, &req)?,
+            };
             let node = &view.nodes[p.node];
             let gpus: Vec<String> = p.gpus.iter().map(|i| node.gpus[*i].uuid.clone()).collect();
             let model = node.gpus[p.gpus[0]].model.clone();
@@ -152,7 +175,8 @@ impl Controller {
                         greenslice_core::mig::profile(&model, profile).map_or(0, |pp| pp.size);
                     // A node that may not create instances gets the slice only on a free existing
                     // instance (placement chose its start): lend that one.
-                    let lent = (!mig_create)
+                    // A pinned slice takes a free instance at its place where there is one.
+                    let lent = (!mig_create || pin.is_some())
                         .then(|| {
                             st.nodes
                                 .get(&node_name)?

@@ -31,6 +31,7 @@ use crate::model::slice::SliceRecord;
 use crate::model::state::{ClusterState, NodeRecord};
 use crate::placement::{self, Policy};
 
+mod dra;
 mod energy_book;
 mod feed;
 mod gauges;
@@ -43,6 +44,7 @@ mod relayout;
 mod release;
 mod sweep;
 
+pub use dra::ClaimDevice;
 pub use recovery::Reconcile;
 
 /// Settings of the controller core.
@@ -657,3 +659,6 @@ mod feed_tests;
 
 #[cfg(test)]
 mod idle_config_tests;
+
+#[cfg(test)]
+mod dra_tests;

@@ -163,6 +163,23 @@ impl Controller {
                     Err(e) => warn!(slice = %slice, error = %e, "pod eviction failed"),
                 }
             }
+            Action::Reclaim {
+                slice,
+                idle_since_ms,
+                ..
+            } if self
+                .get(slice)
+                .is_ok_and(|r| crate::model::dra::is_dra_slice(&r)) =>
+            {
+                // A ResourceClaim's slice ends with its pods; the controller does not take it
+                // from under them (no DRA eviction yet): report only, like a dry run.
+                tracing::debug!(slice = %slice, "idle ResourceClaim slice; report only");
+                would.push(Action::WouldReclaim {
+                    slice: slice.clone(),
+                    idle_since_ms: *idle_since_ms,
+                    at_ms: now,
+                });
+            }
             Action::Reclaim { slice, reason, .. } => {
                 self.reclaim.marks().warned.remove(slice);
                 match self.release(slice, reason).await {

@@ -13,12 +13,30 @@ impl Controller {
     /// Releases a slice: marks it releasing (committed), then tears it down on the agent. When the
     /// agent is unreachable the slice stays RELEASING and is torn down when the agent returns.
     pub async fn release(&self, id: &str, reason: &str) -> Result<SliceRecord, ControllerError> {
+        self.release_as(id, reason, false).await
+    }
+
+    /// [`Controller::release`]; `by_claim` when the caller is the slice's ResourceClaim's own
+    /// unprepare, the only one that may release a claim's slice.
+    pub(super) async fn release_as(
+        &self,
+        id: &str,
+        reason: &str,
+        by_claim: bool,
+    ) -> Result<SliceRecord, ControllerError> {
         let current = self.get(id)?;
         if crate::model::kubelet::is_kubelet_slice(&current) && current.is_live() {
             return Err(ControllerError::WrongState {
                 id: id.to_string(),
                 state: current.state.as_str(),
                 what: "it belongs to a Kubernetes pod: delete the pod to release it".into(),
+            });
+        }
+        if !by_claim && crate::model::dra::is_dra_slice(&current) && current.is_live() {
+            return Err(ControllerError::WrongState {
+                id: id.to_string(),
+                state: current.state.as_str(),
+                what: "it belongs to a Kubernetes ResourceClaim: delete the claim's pods to release it".into(),
             });
         }
         match current.state {

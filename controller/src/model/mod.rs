@@ -5,6 +5,7 @@
 //! Pure data and rules: imports only `greenslice-core`, [`crate::placement`]'s views and nothing of
 //! the engine, the API or the server.
 
+pub mod dra;
 pub mod events;
 pub mod kubelet;
 pub mod page;

@@ -373,3 +373,85 @@ impl Policy for FirstFit {
         Err(unplaceable(view, req))
     }
 }
+
+/// A placement the caller fixed: a DRA allocation the Kubernetes scheduler made from the node's
+/// ResourceSlices. The controller checks it against its own view of the node, never moves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub node: String,
+    pub gpu_uuid: String,
+    /// For MIG: the first memory slice of the instance.
+    pub mig_start: Option<u8>,
+}
+
+/// The placement `pin` names for `req`, if it is free in `view`: the node is connected and
+/// schedulable, the GPU is its and healthy, and the GPU has room for the request there (a whole
+/// GPU entirely free; a share's compute and memory; a MIG instance creatable at the start, or a free
+/// instance of the profile there). Host CPU and memory are the kubelet's business and not checked.
+pub fn pinned(view: &ClusterView, req: &Request, pin: &Pin) -> Result<Placement, Unplaceable> {
+    let wanted = req.spec.describe();
+    let no_room = |why: String| Unplaceable::NoRoom {
+        wanted: wanted.clone(),
+        free: why,
+    };
+    let (ni, node) = view
+        .nodes
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.name == pin.node)
+        .ok_or_else(|| no_room(format!("node {} is not connected", pin.node)))?;
+    if !node.schedulable {
+        return Err(no_room(format!("node {} is drained", node.name)));
+    }
+    let (gi, g) = node
+        .gpus
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.uuid == pin.gpu_uuid)
+        .ok_or_else(|| no_room(format!("GPU {} is not on node {}", pin.gpu_uuid, node.name)))?;
+    if req.spec.gpu_model.as_ref().is_some_and(|m| *m != g.model) {
+        return Err(no_room(format!("GPU {} is a {}", g.uuid, g.model.name())));
+    }
+    if !g.healthy {
+        return Err(no_room(format!("GPU {} is unhealthy", g.uuid)));
+    }
+    let ok = match (&req.spec.kind, pin.mig_start) {
+        (SliceKind::Whole { count: 1 }, None) => g.fits_whole(),
+        (SliceKind::Whole { count }, _) => {
+            return Err(no_room(format!(
+                "a pinned whole-GPU slice holds one GPU, not {count}"
+            )));
+        }
+        (
+            SliceKind::Share {
+                compute_fraction,
+                memory_bytes,
+            },
+            None,
+        ) => g.fits_share(share_milli(*compute_fraction), *memory_bytes),
+        (SliceKind::Mig { profile }, Some(start)) => {
+            g.mig_candidates(profile, node.mig_create).contains(&start)
+                || g.free_instance_starts(profile).contains(&start)
+        }
+        (SliceKind::Mig { .. }, None) => {
+            return Err(no_room("a pinned MIG slice needs its start".into()));
+        }
+        (_, Some(_)) => return Err(no_room("only a MIG slice has a start".into())),
+    };
+    if !ok {
+        return Err(no_room(format!(
+            "GPU {} on {} has no room for it{} (free: {} milli-GPU)",
+            g.uuid,
+            node.name,
+            pin.mig_start
+                .map(|s| format!(" at memory slice {s}"))
+                .unwrap_or_default(),
+            g.free_milli()
+        )));
+    }
+    Ok(Placement {
+        node: ni,
+        gpus: vec![gi],
+        mig_start: pin.mig_start,
+    })
+}
