@@ -31,6 +31,7 @@ pub struct AgentConfig {
     pub mps: MpsSection,
     pub nvml: NvmlSection,
     pub kubelet: KubeletSection,
+    pub dra: DraSection,
     pub tls: TlsSection,
     pub agent: AgentSection,
     /// Share limits enforced by watching (see `crate::enforce` and docs/ISOLATION.md).
@@ -226,6 +227,52 @@ impl Default for KubeletSection {
     }
 }
 
+/// `[dra]`: the agent as the kubelet's DRA driver `gpu.greenslice.io` (see docs/KUBERNETES.md,
+/// "DRA"). Independent of `[kubelet]`: a node normally runs one of the two for its GPUs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DraSection {
+    /// Serve the DRA plugin API and publish ResourceSlices (default false).
+    pub enabled: bool,
+    /// The driver's folder under the kubelet's `plugins` folder: holds the DRA service socket.
+    pub plugin_dir: String,
+    /// The kubelet's plugin-registration folder (its plugin watcher looks here).
+    pub registry_dir: String,
+    /// Where CDI specs for prepared claims are written (the container runtime reads it).
+    pub cdi_dir: String,
+    /// Publish every legal MIG placement as a partitionable device (KEP-4815, beta and on by
+    /// default since Kubernetes 1.36); false: only the MIG instances that exist, as plain devices.
+    pub partitionable: bool,
+    /// Publish shares through consumable capacity (KEP-5075, beta since Kubernetes 1.36).
+    pub consumable_capacity: bool,
+    /// Indices of non-MIG GPUs that offer shares (a `gpu-N-share` device) besides the whole GPU.
+    pub share_gpus: Vec<u32>,
+    /// The Kubernetes API server, as a URL without credentials (tests, `kubectl proxy`). Default:
+    /// `kubelet.api_server`, else the cluster the agent runs in, else the local kubeconfig.
+    pub api_server: Option<String>,
+    /// How long a prepare waits for the controller, ms.
+    pub prepare_timeout_ms: u64,
+    /// How often the sockets are checked (kubelet restarts), ms.
+    pub poll_ms: u64,
+}
+
+impl Default for DraSection {
+    fn default() -> Self {
+        DraSection {
+            enabled: false,
+            plugin_dir: "/var/lib/kubelet/plugins/gpu.greenslice.io".into(),
+            registry_dir: "/var/lib/kubelet/plugins_registry".into(),
+            cdi_dir: "/var/run/cdi".into(),
+            partitionable: true,
+            consumable_capacity: true,
+            share_gpus: Vec::new(),
+            api_server: None,
+            prepare_timeout_ms: 30_000,
+            poll_ms: 1_000,
+        }
+    }
+}
+
 impl Default for SimSection {
     fn default() -> Self {
         SimSection {
@@ -260,6 +307,7 @@ impl Default for AgentConfig {
             mps: MpsSection::default(),
             nvml: NvmlSection::default(),
             kubelet: KubeletSection::default(),
+            dra: DraSection::default(),
             tls: TlsSection::default(),
             agent: AgentSection::default(),
             enforce: crate::enforce::EnforceConfig::default(),

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dra;
 pub mod enforce;
+pub mod k8s;
 pub mod kubelet;
 pub mod metrics;
 pub mod mps;

@@ -269,6 +269,20 @@ pub trait GpuBackend: Send {
         let _ = grants;
         Ok(())
     }
+    /// The ResourceClaims prepared through DRA kept in the node checkpoint ([`crate::dra`]); none
+    /// for a backend without one.
+    fn dra_claims(&self) -> Vec<crate::checkpoint::PreparedClaim> {
+        Vec::new()
+    }
+    /// Records the prepared ResourceClaims in the node checkpoint before the kubelet is answered;
+    /// a backend without a checkpoint keeps them nowhere (they live in the agent's memory).
+    fn record_dra_claims(
+        &mut self,
+        claims: &[crate::checkpoint::PreparedClaim],
+    ) -> Result<(), BackendError> {
+        let _ = claims;
+        Ok(())
+    }
 }
 
 /// Environment for MPS-enforced shares: the thread percentage and the pinned memory limit.

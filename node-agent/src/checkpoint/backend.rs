@@ -79,6 +79,7 @@ impl Checkpointed {
                     owned: r.owned,
                     intents: Vec::new(),
                     kubelet: st.kubelet,
+                    dra: st.dra,
                     ledger_adoption_pending: st.ledger_adoption_pending,
                 };
                 (state, opened)
@@ -302,6 +303,19 @@ impl GpuBackend for Checkpointed {
         let before = std::mem::replace(&mut self.state.kubelet, grants.to_vec());
         if let Err(e) = self.file.write(&self.state) {
             self.state.kubelet = before;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn dra_claims(&self) -> Vec<super::PreparedClaim> {
+        self.state.dra.clone()
+    }
+
+    fn record_dra_claims(&mut self, claims: &[super::PreparedClaim]) -> Result<(), BackendError> {
+        let before = std::mem::replace(&mut self.state.dra, claims.to_vec());
+        if let Err(e) = self.file.write(&self.state) {
+            self.state.dra = before;
             return Err(e.into());
         }
         Ok(())

@@ -163,6 +163,35 @@ pub struct KubeletGrant {
     pub seen_ms: Option<i64>,
 }
 
+/// A ResourceClaim this node prepared as the kubelet's DRA driver ([`crate::dra`]): what the
+/// kubelet was answered, so a retried prepare answers the same and unprepare finds what to undo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreparedClaim {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub devices: Vec<PreparedDevice>,
+    /// The CDI spec file written for the claim.
+    pub cdi_spec: String,
+    /// Milliseconds since the Unix epoch when the prepare answered.
+    pub at_ms: i64,
+}
+
+/// One device of a [`PreparedClaim`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreparedDevice {
+    pub request: String,
+    pub pool: String,
+    pub device: String,
+    #[serde(default)]
+    pub share_id: Option<String>,
+    pub cdi_device_ids: Vec<String>,
+    /// The controller's slice for the device.
+    pub slice_id: String,
+}
+
 /// Everything the checkpoint file holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -172,6 +201,8 @@ pub struct NodeState {
     pub owned: Owned,
     pub intents: Vec<MigIntent>,
     pub kubelet: Vec<KubeletGrant>,
+    /// ResourceClaims prepared through DRA.
+    pub dra: Vec<PreparedClaim>,
     /// The file was rebuilt from the hardware and the controller's ledger has not been asked yet
     /// (see `Register.ownership_rebuilt`); stays set across restarts until it has.
     pub ledger_adoption_pending: bool,

@@ -4,6 +4,194 @@
 //!
 //! - [`devices`]: the device names of the node's ResourceSlices (one home for the scheme).
 //! - [`quantity`]: Kubernetes resource quantities (`"20Gi"`, `"250"`), parsed and written.
+//! - [`config`]: the driver's opaque configuration (`resource.greenslice.io/v1alpha1` GpuConfig).
+//! - [`claims`]: what a claim's allocation asks of this node (pure).
+//! - [`cdi`]: the CDI specs of prepared claims.
+//! - [`prepare`]: NodePrepareResources / NodeUnprepareResources behind the gRPC edge.
 
+pub mod cdi;
+pub mod claims;
+pub mod config;
 pub mod devices;
+pub mod plugin;
+pub mod prepare;
 pub mod quantity;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenslice_proto::dra::{v1, v1beta1};
+use greenslice_proto::pluginregistration as reg;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{info, warn};
+
+use crate::kubelet::uds::{self, SocketId};
+use plugin::{DraService, RegistrationService, RegistrationState};
+
+/// Everything the DRA driver's kubelet side needs.
+pub struct DraOptions {
+    /// The driver's folder under the kubelet's `plugins` folder.
+    pub plugin_dir: PathBuf,
+    /// The kubelet's plugin-registration folder.
+    pub registry_dir: PathBuf,
+    /// How often the sockets are checked.
+    pub poll: Duration,
+    pub driver: Arc<prepare::Driver>,
+}
+
+/// The running driver: its two sockets, kept served. Dropping it stops them.
+pub struct Dra {
+    /// What the kubelet last said about the registration.
+    pub registration: RegistrationState,
+    tasks: Vec<JoinHandle<()>>,
+    sockets: Arc<std::sync::Mutex<Vec<(PathBuf, Option<SocketId>)>>>,
+}
+
+impl Dra {
+    /// A clean stop: the sockets are removed, so the kubelet sees the driver gone (a new agent
+    /// registers afresh). Prepared claims keep their devices: nothing is torn down.
+    pub fn stop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, id) in sockets.iter() {
+            if id.is_some() && uds::socket_id(path) == *id {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+impl Drop for Dra {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One served socket: bound anew whenever its file is gone or replaced.
+struct Served {
+    path: PathBuf,
+    id: Option<SocketId>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // The keeper owns its servers: when it stops (aborted), they stop too.
+        if let Some(s) = &self.server {
+            s.abort();
+        }
+    }
+}
+
+impl Served {
+    fn alive(&self) -> bool {
+        self.server.as_ref().is_some_and(|s| !s.is_finished())
+            && self.id.is_some()
+            && uds::socket_id(&self.path) == self.id
+    }
+}
+
+fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    uds::bind(path)
+}
+
+/// Starts serving the DRA plugin and registration sockets and keeps them served. Must run inside
+/// a tokio runtime.
+pub fn start(opts: DraOptions) -> Dra {
+    let plugin_path = opts.plugin_dir.join(plugin::PLUGIN_SOCKET);
+    let reg_path = opts.registry_dir.join(plugin::registration_socket());
+    let (reg_svc, registration) = RegistrationService::new(&opts.plugin_dir);
+    let reg_svc = Arc::new(reg_svc);
+    let dra = DraService {
+        driver: opts.driver.clone(),
+    };
+    let sockets = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = sockets.clone();
+    info!(plugin = %plugin_path.display(), registration = %reg_path.display(), driver = devices::DRIVER, "DRA driver starting");
+    let keeper = tokio::spawn(async move {
+        let mut plugin_sock = Served {
+            path: plugin_path,
+            id: None,
+            server: None,
+        };
+        let mut reg_sock = Served {
+            path: reg_path,
+            id: None,
+            server: None,
+        };
+        let mut last_error: Option<String> = None;
+        loop {
+            // The DRA socket first: the kubelet calls it as soon as it has the registration.
+            for (s, what) in [
+                (&mut plugin_sock, "DRA plugin"),
+                (&mut reg_sock, "registration"),
+            ] {
+                if s.alive() {
+                    continue;
+                }
+                if let Some(old) = s.server.take() {
+                    old.abort();
+                    info!(socket = %s.path.display(), "{what} socket gone (kubelet restart?); serving anew");
+                }
+                match bind(&s.path) {
+                    Ok(listener) => {
+                        s.id = uds::socket_id(&s.path);
+                        let incoming = UnixListenerStream::new(listener);
+                        let router = if what == "DRA plugin" {
+                            tonic::transport::Server::builder()
+                                .add_service(v1::dra_plugin_server::DraPluginServer::new(
+                                    dra.clone(),
+                                ))
+                                .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(
+                                    dra.clone(),
+                                ))
+                        } else {
+                            tonic::transport::Server::builder().add_service(
+                                reg::registration_server::RegistrationServer::from_arc(
+                                    reg_svc.clone(),
+                                ),
+                            )
+                        };
+                        let path = s.path.display().to_string();
+                        s.server = Some(tokio::spawn(async move {
+                            if let Err(e) = router.serve_with_incoming(incoming).await {
+                                warn!(socket = %path, error = %e, "DRA socket stopped");
+                            }
+                        }));
+                        info!(socket = %s.path.display(), "{what} socket serving");
+                        last_error = None;
+                    }
+                    Err(e) => {
+                        let msg = format!("cannot serve {}: {e}", s.path.display());
+                        if last_error.as_ref() != Some(&msg) {
+                            warn!("{msg}");
+                            last_error = Some(msg);
+                        }
+                    }
+                }
+            }
+            {
+                let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
+                *g = vec![
+                    (plugin_sock.path.clone(), plugin_sock.id),
+                    (reg_sock.path.clone(), reg_sock.id),
+                ];
+            }
+            tokio::time::sleep(opts.poll).await;
+        }
+    });
+    Dra {
+        registration,
+        tasks: vec![keeper],
+        sockets,
+    }
+}

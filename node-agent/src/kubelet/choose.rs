@@ -72,8 +72,9 @@ impl ControllerChooser {
         self
     }
 
-    /// The client for the TLS settings in force (rebuilt when the files changed and read).
-    fn client(&self) -> KubeletServiceClient<Channel> {
+    /// The controller's KubeletService client for the TLS settings in force (rebuilt when the
+    /// files changed and read). The DRA driver calls PrepareClaim through it too.
+    pub(crate) fn client(&self) -> KubeletServiceClient<Channel> {
         let fresh = self.files.as_ref().and_then(|f| f.read().ok());
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tls) = fresh

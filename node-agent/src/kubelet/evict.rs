@@ -51,19 +51,9 @@ impl Evictor {
     /// `kubectl proxy`), or else of the cluster the agent runs in (its service account) or of the
     /// local kubeconfig.
     pub async fn new(api_server: Option<&str>) -> Result<Self, EvictError> {
-        let config = match api_server {
-            Some(url) => {
-                let uri = url
-                    .parse()
-                    .map_err(|e| EvictError::Client(format!("kubelet.api_server {url:?}: {e}")))?;
-                kube::Config::new(uri)
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| EvictError::Client(e.to_string()))?,
-        };
-        let client =
-            kube::Client::try_from(config).map_err(|e| EvictError::Client(e.to_string()))?;
+        let client = crate::k8s::client(api_server, "kubelet.api_server")
+            .await
+            .map_err(EvictError::Client)?;
         Ok(Evictor { client })
     }
 

@@ -387,6 +387,15 @@ impl GpuBackend for Supervised {
     ) -> Result<(), BackendError> {
         self.inner.record_kubelet_grants(grants)
     }
+    fn dra_claims(&self) -> Vec<crate::checkpoint::PreparedClaim> {
+        self.inner.dra_claims()
+    }
+    fn record_dra_claims(
+        &mut self,
+        claims: &[crate::checkpoint::PreparedClaim],
+    ) -> Result<(), BackendError> {
+        self.inner.record_dra_claims(claims)
+    }
 }
 
 #[cfg(test)]
