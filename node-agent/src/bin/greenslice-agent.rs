@@ -373,6 +373,17 @@ async fn main() -> ExitCode {
     } else {
         None
     };
+    let mut dra = if cfg.dra.enabled {
+        match greenslice_agent::dra::from_config(&cfg, shared.clone()).await {
+            Ok(o) => Some(greenslice_agent::dra::start(o)),
+            Err(e) => {
+                eprintln!("error: cannot start the DRA driver: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let tls = match cfg.client_tls() {
         Ok(t) => t,
         Err(e) => {
@@ -441,6 +452,9 @@ async fn main() -> ExitCode {
     }
     if let Some(k) = kubelet.as_mut() {
         k.stop();
+    }
+    if let Some(d) = dra.as_mut() {
+        d.stop();
     }
     info!("stopped");
     ExitCode::SUCCESS

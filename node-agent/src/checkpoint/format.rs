@@ -118,6 +118,21 @@ mod tests {
                 at_ms: 5,
                 seen_ms: Some(7),
             }],
+            dra: vec![super::super::PreparedClaim {
+                uid: "u-1".into(),
+                namespace: "team-a".into(),
+                name: "c".into(),
+                devices: vec![super::super::PreparedDevice {
+                    request: "r".into(),
+                    pool: "n1".into(),
+                    device: "gpu-0-share".into(),
+                    share_id: Some("x1".into()),
+                    cdi_device_ids: vec!["greenslice.io/claim=u-1-0".into()],
+                    slice_id: "s-3".into(),
+                }],
+                cdi_spec: "/var/run/cdi/greenslice.io-claim_u-1.json".into(),
+                at_ms: 9,
+            }],
             ledger_adoption_pending: true,
         }
     }

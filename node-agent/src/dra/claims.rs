@@ -277,3 +277,185 @@ pub fn plan(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use greenslice_core::gpu::GpuModel;
+    use serde_json::{Value, json};
+
+    pub(crate) const UID: &str = "3e1f5c2a-7d4b-4c3e-9a1f-0b2c3d4e5f60";
+
+    fn gpu(index: u32, mig: bool) -> Gpu {
+        Gpu {
+            uuid: format!("GPU-{index}"),
+            index,
+            model: GpuModel::H100Sxm5_80Gb,
+            memory_bytes: 80 << 30,
+            mig_capable: true,
+            mig_enabled: mig,
+            pci_bus_id: String::new(),
+            power_limit_mw: 700_000,
+            healthy: true,
+            mig_instances: Vec::new(),
+            shares: Vec::new(),
+            whole_slice_id: None,
+        }
+    }
+
+    fn node() -> Vec<Gpu> {
+        vec![gpu(0, true), gpu(1, false), gpu(2, false)]
+    }
+
+    fn result(device: &str, request: &str) -> Value {
+        json!({"driver": DRIVER, "pool": "n1", "device": device, "request": request})
+    }
+
+    fn claim(results: Vec<Value>, config: Vec<Value>) -> ResourceClaim {
+        serde_json::from_value(json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "c", "namespace": "team-a", "uid": UID},
+            "spec": {},
+            "status": {"allocation": {"devices": {"results": results, "config": config}}}
+        }))
+        .unwrap()
+    }
+
+    fn gpu_config(source: &str, requests: Option<Vec<&str>>, params: Value) -> Value {
+        let mut c = json!({"source": source, "opaque": {"driver": DRIVER, "parameters": params}});
+        if let Some(r) = requests {
+            c["requests"] = json!(r);
+        }
+        c
+    }
+
+    #[test]
+    fn each_kind_of_device_becomes_its_slice_with_its_configuration() {
+        let mut share = result("gpu-1-share", "small");
+        share["consumedCapacity"] = json!({"compute": "250", "memory": "20Gi"});
+        share["shareID"] = json!("a1b2");
+        let c = claim(
+            vec![
+                result("gpu-0-mig-3g-40gb-4", "part"),
+                result("gpu-2", "big"),
+                share,
+                json!({"driver": "other.example.com", "pool": "n1", "device": "nic-0", "request": "net"}),
+            ],
+            vec![
+                gpu_config(
+                    "FromClass",
+                    None,
+                    json!({"apiVersion": "resource.greenslice.io/v1alpha1", "kind": "GpuConfig", "sliceClass": "batch"}),
+                ),
+                gpu_config(
+                    "FromClaim",
+                    Some(vec!["big"]),
+                    json!({"apiVersion": "resource.greenslice.io/v1alpha1", "kind": "GpuConfig", "sliceClass": "serving", "sharing": {"strategy": "TimeSlicing"}}),
+                ),
+            ],
+        );
+        let p = plan(&c, UID, "n1", &node()).unwrap();
+        assert_eq!(p.len(), 3, "the other driver's device is not ours");
+        assert_eq!(p[0].mig_start, Some(4));
+        assert_eq!(p[0].gpu_uuid, "GPU-0");
+        assert!(
+            matches!(&p[0].spec.kind, Some(pb::slice_spec::Kind::Mig(m)) if m.profile == "3g.40gb")
+        );
+        assert_eq!(p[0].spec.slice_class, "batch");
+        assert!(matches!(&p[1].spec.kind, Some(pb::slice_spec::Kind::Whole(w)) if w.count == 1));
+        assert_eq!(
+            p[1].spec.slice_class, "serving",
+            "the claim's configuration wins for its request"
+        );
+        assert_eq!(p[1].strategy, Strategy::TimeSlicing);
+        match &p[2].spec.kind {
+            Some(pb::slice_spec::Kind::Share(s)) => {
+                assert!((s.compute_fraction - 0.25).abs() < 1e-9);
+                assert_eq!(s.memory_bytes, 20 << 30);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p[2].share_id.as_deref(), Some("a1b2"));
+        assert_eq!(p[2].strategy, Strategy::Mps);
+    }
+
+    #[test]
+    fn every_bad_claim_is_refused_naming_its_problem() {
+        let ok = || result("gpu-1", "r");
+        let mut no_cap = result("gpu-1-share", "r");
+        no_cap["consumedCapacity"] = json!({"compute": "250"});
+        let mut too_much = result("gpu-1-share", "r");
+        too_much["consumedCapacity"] = json!({"compute": "1500", "memory": "1Gi"});
+        let mut bad_q = result("gpu-1-share", "r");
+        bad_q["consumedCapacity"] = json!({"compute": "lots", "memory": "1Gi"});
+        let bad_cfg = gpu_config(
+            "FromClaim",
+            None,
+            json!({"apiVersion": "resource.greenslice.io/v1alpha1", "kind": "GpuConfig", "sharing": {"strategy": "Fast"}}),
+        );
+        let ts = gpu_config(
+            "FromClaim",
+            None,
+            json!({"apiVersion": "resource.greenslice.io/v1alpha1", "kind": "GpuConfig", "sharing": {"strategy": "TimeSlicing"}}),
+        );
+        let mut share = result("gpu-1-share", "r");
+        share["consumedCapacity"] = json!({"compute": "100", "memory": "1Gi"});
+        let cases: Vec<(ResourceClaim, &str)> = vec![
+            (
+                claim(
+                    vec![
+                        json!({"driver": "gpu.nvidia.com", "pool": "n1", "device": "gpu-0", "request": "r"}),
+                    ],
+                    vec![],
+                ),
+                "another driver",
+            ),
+            (claim(vec![result("gpu-7", "r")], vec![]), "no GPU 7"),
+            (claim(vec![result("gpu-0", "r")], vec![]), "MIG mode"),
+            (
+                claim(vec![result("gpu-1-mig-1g-10gb-0", "r")], vec![]),
+                "not in MIG mode",
+            ),
+            (
+                claim(vec![result("gpu-0-mig-3g-40gb-2", "r")], vec![]),
+                "cannot start",
+            ),
+            (
+                claim(vec![result("gpu-0-mig-4g-99gb-0", "r")], vec![]),
+                "unknown MIG profile",
+            ),
+            (claim(vec![result("nic-0", "r")], vec![]), "gpu-<index>"),
+            (
+                claim(
+                    vec![
+                        json!({"driver": DRIVER, "pool": "n2", "device": "gpu-1", "request": "r"}),
+                    ],
+                    vec![],
+                ),
+                "pool n2",
+            ),
+            (claim(vec![no_cap], vec![]), "no consumed memory"),
+            (claim(vec![too_much], vec![]), "outside 1-1000"),
+            (claim(vec![bad_q], vec![]), "not a Kubernetes quantity"),
+            (claim(vec![ok()], vec![bad_cfg]), "Fast"),
+            (claim(vec![share], vec![ts]), "TimeSlicing cannot enforce"),
+        ];
+        for (c, says) in cases {
+            let e = plan(&c, UID, "n1", &node()).unwrap_err().to_string();
+            assert!(e.contains(says), "expected {says:?} in: {e}");
+        }
+        let e = plan(&claim(vec![ok()], vec![]), "another-uid", "n1", &node()).unwrap_err();
+        assert!(matches!(e, ClaimError::OtherUid { .. }), "{e}");
+        let mut unallocated = claim(vec![], vec![]);
+        unallocated.status = None;
+        assert!(matches!(
+            plan(&unallocated, UID, "n1", &node()),
+            Err(ClaimError::NotAllocated(_))
+        ));
+        let many: Vec<Value> = (0..33).map(|_| ok()).collect();
+        assert!(matches!(
+            plan(&claim(many, vec![]), UID, "n1", &node()),
+            Err(ClaimError::TooMany { .. })
+        ));
+    }
+}

@@ -195,3 +195,74 @@ pub fn start(opts: DraOptions) -> Dra {
         sockets,
     }
 }
+
+/// The prepared claims kept in a shared backend's node checkpoint.
+pub fn backend_claims(backend: crate::session::SharedBackend) -> Arc<prepare::ClaimBook> {
+    let initial = backend
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .dra_claims();
+    prepare::ClaimBook::persisted(
+        initial,
+        Arc::new(move |c| {
+            let mut b = backend.lock().unwrap_or_else(|p| p.into_inner());
+            b.record_dra_claims(c).map_err(|e| e.to_string())
+        }),
+    )
+}
+
+/// The driver as the agent's configuration says (`[dra]`), over the node's shared backend:
+/// claims read from the API server, slices made by the controller, claims kept in the node
+/// checkpoint. Errors name the setting at fault.
+pub async fn from_config(
+    cfg: &crate::AgentConfig,
+    backend: crate::session::SharedBackend,
+) -> Result<DraOptions, String> {
+    let d = &cfg.dra;
+    let ms = |v: u64, what: &str| {
+        if v == 0 {
+            Err(format!("dra.{what} must be > 0"))
+        } else {
+            Ok(Duration::from_millis(v))
+        }
+    };
+    let timeout = ms(d.prepare_timeout_ms, "prepare_timeout_ms")?;
+    let poll = ms(d.poll_ms, "poll_ms")?;
+    let api = d
+        .api_server
+        .as_deref()
+        .or(cfg.kubelet.api_server.as_deref());
+    let client = crate::k8s::client(api, "dra.api_server").await?;
+    let tls = cfg.client_tls().map_err(|e| e.to_string())?;
+    let mut replicas = Vec::new();
+    for url in cfg
+        .controller
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        replicas.push(
+            crate::kubelet::choose::ControllerChooser::new(url, &tls, timeout)
+                .map_err(|e| e.to_string())?
+                .following(cfg.client_tls_files()),
+        );
+    }
+    let cdi_dir = PathBuf::from(&d.cdi_dir);
+    let driver = prepare::Driver::new(
+        cfg.node.clone(),
+        crate::kubelet::backend_inventory(backend.clone()),
+        Arc::new(prepare::KubeClaims(client)),
+        Arc::new(prepare::ControllerSlices { replicas, timeout }),
+        backend_claims(backend),
+        cdi_dir.clone(),
+        vec![cdi_dir, PathBuf::from(cdi::STATIC_CDI_DIR)],
+        Arc::new(greenslice_core::clock::SystemClock),
+    );
+    driver.check_specs();
+    Ok(DraOptions {
+        plugin_dir: PathBuf::from(&d.plugin_dir),
+        registry_dir: PathBuf::from(&d.registry_dir),
+        poll,
+        driver: Arc::new(driver),
+    })
+}
