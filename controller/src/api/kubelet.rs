@@ -161,7 +161,7 @@ impl KubeletService for KubeletApi {
         // finish or be undone, and the kubelet's retry then finds it.
         let c = self.controller.clone();
         let slices = tokio::spawn(async move {
-            c.prepare_claim(&req.claim_uid, &req.namespace, &devices)
+            c.prepare_claim(&req.claim_uid, &req.namespace, &req.claim_name, &devices)
                 .await
         })
         .await

@@ -73,6 +73,9 @@ impl Default for AccountingConfig {
 pub struct SliceInterval {
     pub slice_id: String,
     pub tenant: String,
+    /// The ResourceClaim (`namespace/name`) the slice stands for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     /// Fraction of the GPU held (0..=1).
     pub capacity: f64,
     /// ms of the interval it was held.
@@ -427,6 +430,7 @@ fn close(
             SliceInterval {
                 slice_id: h.slice_id.clone(),
                 tenant: h.tenant.clone(),
+                claim: h.claim.clone(),
                 capacity: h.capacity.as_fraction(),
                 held_ms: h.held_ms,
                 activity_pct_ms: acc.activity.get(&h.slice_id).copied().unwrap_or(0.0),
@@ -662,12 +666,14 @@ mod tests {
                 Holder {
                     slice_id: "a".into(),
                     tenant: "ta".into(),
+                    claim: None,
                     capacity: Capacity::from_fraction(0.5).unwrap(),
                     held_ms: iv.len_ms(),
                 },
                 Holder {
                     slice_id: "b".into(),
                     tenant: "tb".into(),
+                    claim: None,
                     capacity: Capacity::from_fraction(0.25).unwrap(),
                     held_ms: iv.len_ms(),
                 },
@@ -745,6 +751,7 @@ mod tests {
             .map(|id| Holder {
                 slice_id: id.to_string(),
                 tenant: format!("t-{id}"),
+                claim: None,
                 capacity: Capacity::from_milli(300).unwrap(),
                 held_ms: iv.len_ms(),
             })

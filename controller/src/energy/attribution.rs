@@ -54,6 +54,9 @@ impl StaticPolicy {
 pub struct Holder {
     pub slice_id: String,
     pub tenant: String,
+    /// The ResourceClaim (`namespace/name`) the slice stands for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     /// The share of the GPU held.
     pub capacity: Capacity,
     /// How long within the interval it was held, in ms.

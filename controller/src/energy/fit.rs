@@ -590,6 +590,7 @@ mod tests {
                 .map(|(id, _)| Holder {
                     slice_id: id.clone(),
                     tenant: id.clone(),
+                    claim: None,
                     capacity: Capacity::from_milli(100).expect("capacity"),
                     held_ms: 60_000,
                 })

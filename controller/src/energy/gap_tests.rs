@@ -38,6 +38,7 @@ fn run(site: SiteCarbon, hours: u64) -> Accountant {
         vec![Holder {
             slice_id: "a".into(),
             tenant: "ta".into(),
+            claim: None,
             capacity: Capacity::WHOLE,
             held_ms: iv.len_ms(),
         }]

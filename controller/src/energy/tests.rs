@@ -20,6 +20,7 @@ fn holder(slice_id: &str, tenant: &str, milli: u32, held_ms: u64) -> Holder {
     Holder {
         slice_id: slice_id.to_string(),
         tenant: tenant.to_string(),
+        claim: None,
         capacity: Capacity::from_milli(milli).expect("valid capacity"),
         held_ms,
     }

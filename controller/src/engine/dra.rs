@@ -19,7 +19,8 @@ pub struct ClaimDevice {
 }
 
 impl Controller {
-    /// Makes every device of claim `uid` (tenant = its namespace), in order; answers their ACTIVE
+    /// Makes every device of claim `uid`, `namespace/name` (tenant = its namespace), in order;
+    /// answers their ACTIVE
     /// slices. A retry answers the slices the first call made (the kubelet retries prepares). All
     /// or nothing: when a device cannot be made, the slices this call made are released and the
     /// error is returned, so nothing is left half made.
@@ -27,12 +28,14 @@ impl Controller {
         &self,
         uid: &str,
         namespace: &str,
+        name: &str,
         devices: &[ClaimDevice],
     ) -> Result<Vec<SliceRecord>, ControllerError> {
+        let claim = format!("{namespace}/{name}");
         let mut made: Vec<SliceRecord> = Vec::with_capacity(devices.len());
         let mut fresh: Vec<String> = Vec::new();
         for (i, d) in devices.iter().enumerate() {
-            match self.prepare_device(uid, namespace, i, d).await {
+            match self.prepare_device(uid, namespace, &claim, i, d).await {
                 Ok((slice, replayed)) => {
                     if !replayed {
                         fresh.push(slice.id.clone());
@@ -62,13 +65,14 @@ impl Controller {
         &self,
         uid: &str,
         namespace: &str,
+        claim: &str,
         index: usize,
         d: &ClaimDevice,
     ) -> Result<(SliceRecord, bool), ControllerError> {
         for attempt in 1..=MAX_ATTEMPTS {
             let key = claim_key(uid, index, attempt);
             let out = self
-                .request_at(namespace, &d.spec, &key, Some(&d.pin))
+                .request_at(namespace, &d.spec, &key, Some(&d.pin), Some(claim))
                 .await?;
             if out.slice.is_live() {
                 if out.slice.node != d.pin.node || out.slice.gpus.first() != Some(&d.pin.gpu_uuid) {

@@ -144,7 +144,7 @@ async fn a_claim_lands_where_its_allocation_says_and_a_retry_answers_the_same() 
         device(SliceKind::Whole { count: 1 }, "GPU-2", None),
         share("GPU-1", 0.25),
     ];
-    let first = c.prepare_claim(UID, "team-a", &devices).await.unwrap();
+    let first = c.prepare_claim(UID, "team-a", "c", &devices).await.unwrap();
     assert_eq!(first.len(), 3);
     assert!(
         first
@@ -155,7 +155,7 @@ async fn a_claim_lands_where_its_allocation_says_and_a_retry_answers_the_same() 
     assert_eq!(first[0].mig.as_ref().map(|m| m.start), Some(4));
     assert_eq!(first[1].gpus, vec!["GPU-2".to_string()]);
     assert_eq!(first[2].gpus, vec!["GPU-1".to_string()]);
-    let again = c.prepare_claim(UID, "team-a", &devices).await.unwrap();
+    let again = c.prepare_claim(UID, "team-a", "c", &devices).await.unwrap();
     let ids =
         |v: &[crate::model::slice::SliceRecord]| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&again), ids(&first), "a retry makes nothing new");
@@ -172,13 +172,18 @@ async fn a_claim_lands_where_its_allocation_says_and_a_retry_answers_the_same() 
 #[tokio::test]
 async fn a_taken_place_is_refused_and_nothing_is_left_half_made() {
     let (c, seen) = setup().await;
-    c.prepare_claim(UID, "team-a", &[mig("4g.40gb", 0)])
+    c.prepare_claim(UID, "team-a", "c", &[mig("4g.40gb", 0)])
         .await
         .unwrap();
     // Another claim: a share that fits, then a partition overlapping the first claim's.
     let other = "9d2e7c55-0000-4000-8000-000000000002";
     let err = c
-        .prepare_claim(other, "team-b", &[share("GPU-1", 0.5), mig("3g.40gb", 0)])
+        .prepare_claim(
+            other,
+            "team-b",
+            "c",
+            &[share("GPU-1", 0.5), mig("3g.40gb", 0)],
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no room"), "{err}");
@@ -188,22 +193,31 @@ async fn a_taken_place_is_refused_and_nothing_is_left_half_made() {
     // A device the agent cannot make fails the claim the same way.
     let third = "9d2e7c55-0000-4000-8000-000000000003";
     let err = c
-        .prepare_claim(third, "team-c", &[share("GPU-1", 0.5), mig("1g.10gb", 6)])
+        .prepare_claim(
+            third,
+            "team-c",
+            "c",
+            &[share("GPU-1", 0.5), mig("1g.10gb", 6)],
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("refused"), "{err}");
     assert!(c.list("team-c", "", false).is_empty());
     // The whole-GPU place of a share is taken while the share lives.
-    c.prepare_claim(third, "team-c", &[share("GPU-1", 0.5)])
+    c.prepare_claim(third, "team-c", "c", &[share("GPU-1", 0.5)])
         .await
         .unwrap();
     let fourth = "9d2e7c55-0000-4000-8000-000000000004";
     let whole = device(SliceKind::Whole { count: 1 }, "GPU-1", None);
-    assert!(c.prepare_claim(fourth, "team-d", &[whole]).await.is_err());
+    assert!(
+        c.prepare_claim(fourth, "team-d", "c", &[whole])
+            .await
+            .is_err()
+    );
     // A GPU of another node, or none at all.
     let ghost = device(SliceKind::Whole { count: 1 }, "GPU-9", None);
     let err = c
-        .prepare_claim(fourth, "team-d", &[ghost])
+        .prepare_claim(fourth, "team-d", "c", &[ghost])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not on node n1"), "{err}");
@@ -213,7 +227,12 @@ async fn a_taken_place_is_refused_and_nothing_is_left_half_made() {
 async fn unprepare_releases_and_only_the_claim_may() {
     let (c, seen) = setup().await;
     let made = c
-        .prepare_claim(UID, "team-a", &[mig("2g.20gb", 2), share("GPU-1", 0.1)])
+        .prepare_claim(
+            UID,
+            "team-a",
+            "c",
+            &[mig("2g.20gb", 2), share("GPU-1", 0.1)],
+        )
         .await
         .unwrap();
     let err = c.release(&made[0].id, "tenant asked").await.unwrap_err();
@@ -231,7 +250,12 @@ async fn unprepare_releases_and_only_the_claim_may() {
     assert!(c.unprepare_claim("n1", UID).await.unwrap().is_empty());
     // Prepared again (the same allocation): new slices, not the released ones.
     let again = c
-        .prepare_claim(UID, "team-a", &[mig("2g.20gb", 2), share("GPU-1", 0.1)])
+        .prepare_claim(
+            UID,
+            "team-a",
+            "c",
+            &[mig("2g.20gb", 2), share("GPU-1", 0.1)],
+        )
         .await
         .unwrap();
     assert!(again.iter().all(|s| s.state == SliceState::Active));

@@ -38,6 +38,7 @@ fn holders_of(
             Some(Holder {
                 slice_id: s.id.clone(),
                 tenant: s.tenant.clone(),
+                claim: s.claim.clone(),
                 capacity,
                 held_ms,
             })

@@ -86,18 +86,21 @@ impl Controller {
         spec: &SliceSpec,
         idempotency_key: &str,
     ) -> Result<Requested, ControllerError> {
-        self.request_at(tenant, spec, idempotency_key, None).await
+        self.request_at(tenant, spec, idempotency_key, None, None)
+            .await
     }
 
     /// Like [`Controller::request`], with the placement fixed by `pin` when given (a DRA allocation:
     /// the Kubernetes scheduler chose the device) instead of chosen by the policy. A pinned slice is
-    /// checked against the controller's view and refused when its place is taken.
+    /// checked against the controller's view and refused when its place is taken. `claim` names
+    /// the ResourceClaim (`namespace/name`) a DRA slice stands for.
     pub async fn request_at(
         &self,
         tenant: &str,
         spec: &SliceSpec,
         idempotency_key: &str,
         pin: Option<&crate::placement::Pin>,
+        claim: Option<&str>,
     ) -> Result<Requested, ControllerError> {
         self.ensure_leading()?;
         slice::validate_tenant(tenant)?;
@@ -222,6 +225,7 @@ impl Controller {
             let r = SliceRecord {
                 mig,
                 idempotency_key: key.clone(),
+                claim: claim.map(str::to_string),
                 ..SliceRecord::placed(id, tenant, spec.clone(), node_name, gpus, now)
             };
             st.put(r.clone());

@@ -46,6 +46,10 @@ pub struct SliceRecord {
     /// Committed like any change, so a controller restart keeps the promise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_until_ms: Option<i64>,
+    /// The Kubernetes ResourceClaim the slice stands for, `namespace/name` (DRA slices only):
+    /// energy is reported per claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }
 
 impl SliceRecord {
@@ -73,6 +77,7 @@ impl SliceRecord {
             created_ms: now_ms,
             updated_ms: now_ms,
             kept_until_ms: None,
+            claim: None,
         }
     }
 

@@ -7,6 +7,7 @@ fn holder(slice_id: &str, tenant: &str, capacity: Capacity, held_ms: u64) -> Hol
     Holder {
         slice_id: slice_id.to_string(),
         tenant: tenant.to_string(),
+        claim: None,
         capacity,
         held_ms,
     }
@@ -266,6 +267,7 @@ fn arb_input() -> impl Strategy<Value = AttributionInput> {
                     .map(|(s, milli, held, whole)| Holder {
                         slice_id: format!("s{s}"),
                         tenant: format!("t{}", s % 3),
+                        claim: None,
                         capacity: if whole {
                             Capacity::WHOLE
                         } else {

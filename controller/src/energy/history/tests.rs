@@ -47,6 +47,7 @@ pub(crate) fn record(
             |(i, (tenant, capacity, held_ms, activity_pct_ms, st, dy))| SliceInterval {
                 slice_id: format!("{gpu}-{i}"),
                 tenant: tenant.to_string(),
+                claim: None,
                 capacity,
                 held_ms,
                 activity_pct_ms,
