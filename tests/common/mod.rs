@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_apiserver;
 pub mod fake_kubelet;
 pub mod nvml_sim;
 pub mod procs;

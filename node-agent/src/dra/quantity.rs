@@ -110,7 +110,7 @@ pub fn format(value: u64, binary: bool) -> String {
             (20, "Mi"),
             (10, "Ki"),
         ] {
-            if value % (1u64 << shift) == 0 {
+            if value.is_multiple_of(1u64 << shift) {
                 return format!("{}{suffix}", value >> shift);
             }
         }
