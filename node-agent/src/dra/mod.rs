@@ -4,6 +4,8 @@
 //!
 //! - [`devices`]: the device names of the node's ResourceSlices (one home for the scheme).
 //! - [`quantity`]: Kubernetes resource quantities (`"20Gi"`, `"250"`), parsed and written.
+//! - [`slices`]: the node's ResourceSlices from its inventory, and their validation (pure).
 
 pub mod devices;
 pub mod quantity;
+pub mod slices;
