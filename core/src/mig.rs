@@ -456,27 +456,43 @@ pub fn waste(model: &GpuModel, existing: &[Placed]) -> u8 {
     free - largest
 }
 
-/// The start at which greenslice's placement would create `name` on a GPU with layout `existing`
-/// (`None` when it fits nowhere): the least increase of [`waste`], then the most (profile, start)
-/// pairs still creatable (keep large profiles placeable), then the lowest start. The one-GPU part
-/// of the controller's MIG score (`placement::score::mig_score`); the DRA publisher steers the
+/// How good creating `name` at `start` on a GPU with layout `existing` is for greenslice's
+/// placement (higher is better; `None` when it cannot be created there): first the least increase
+/// of [`waste`], then the fewest free compute slices left (pack GPUs already in use), then the
+/// most (profile, start) pairs still creatable (keep large profiles placeable). The same order as
+/// the controller's MIG score (`placement::score::mig_score`); the DRA publisher steers the
 /// scheduler with it.
+pub fn placement_score(
+    model: &GpuModel,
+    existing: &[Placed],
+    name: &str,
+    start: u8,
+) -> Option<i64> {
+    let p = check_create(model, existing, name, start).ok()?;
+    let mut after = existing.to_vec();
+    after.push(Placed {
+        profile: name.to_string(),
+        start,
+    });
+    let dw = i64::from(waste(model, &after)) - i64::from(waste(model, existing));
+    let free_after = i64::from(
+        compute_slices(model).saturating_sub(used_compute(model, existing) + p.compute_slices),
+    );
+    let pairs: i64 = profiles(model)
+        .iter()
+        .map(|q| free_starts(model, &after, q.name).len() as i64)
+        .sum();
+    Some(-dw * 10_000 - free_after * 100 + pairs)
+}
+
+/// The start at which greenslice's placement would create `name` on a GPU with layout `existing`
+/// (`None` when it fits nowhere): the best [`placement_score`], the lowest start on a tie.
 pub fn best_start(model: &GpuModel, existing: &[Placed], name: &str) -> Option<u8> {
     let mut best: Option<(i64, u8)> = None;
-    let before = i64::from(waste(model, existing));
     for start in free_starts(model, existing, name) {
-        let mut after = existing.to_vec();
-        after.push(Placed {
-            profile: name.to_string(),
-            start,
-        });
-        let dw = i64::from(waste(model, &after)) - before;
-        let pairs: i64 = profiles(model)
-            .iter()
-            .map(|q| free_starts(model, &after, q.name).len() as i64)
-            .sum();
-        let score = -dw * 10_000 + pairs;
-        if best.is_none_or(|(s, _)| score > s) {
+        if let Some(score) = placement_score(model, existing, name, start)
+            && best.is_none_or(|(s, _)| score > s)
+        {
             best = Some((score, start));
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use fake_apiserver::FakeApiServer;
 use greenslice_agent::dra::devices::DRIVER;
 use greenslice_agent::dra::publish::{self, NodeDevices, Publisher, RunOptions};
-use greenslice_agent::dra::slices::{self, SliceOptions};
+use greenslice_agent::dra::slices::{self, SliceOptions, Steering};
 use greenslice_core::gpu::GpuModel;
 use greenslice_core::inventory::{Gpu, MigInstance};
 use k8s_openapi::api::resource::v1::ResourceSlice;
@@ -47,7 +47,8 @@ fn opts() -> SliceOptions {
         partitionable: true,
         consumable_capacity: true,
         dra_slices: BTreeSet::new(),
-        steer: false,
+        steer: Steering::Off,
+        allocated: BTreeSet::new(),
     }
 }
 
@@ -303,4 +304,41 @@ async fn run_retries_api_errors_and_follows_inventory_changes() {
         .expect("run ends when the sender goes")
         .unwrap();
     assert_eq!(last, 2);
+}
+
+#[tokio::test]
+async fn steering_keeps_publishing_what_claims_have_allocated() {
+    let s = FakeApiServer::start().await;
+    // A claim allocated 1g.10gb at start 0 of GPU 0, not yet prepared (no instance exists).
+    s.insert(json!({
+        "apiVersion": RS, "kind": "ResourceClaim",
+        "metadata": {"name": "c", "namespace": "team-a"},
+        "spec": {"devices": {"requests": [{"name": "mig", "exactly": {"deviceClassName": "mig.greenslice.io"}}]}},
+        "status": {"allocation": {"devices": {"results": [
+            {"request": "mig", "driver": DRIVER, "pool": "n", "device": "gpu-0-mig-1g-10gb-0"}
+        ]}}}
+    }));
+    let steered = SliceOptions {
+        steer: Steering::Node,
+        ..opts()
+    };
+    let mut p = Publisher::new(client(&s), "n", steered);
+    p.sync(&node(vec![gpu(0, true)])).await.unwrap();
+    let names = device_names(&stored(&s, "n"));
+    assert!(names.contains("gpu-0-mig-1g-10gb-0"), "{names:?}");
+    // Steering's own choice for 1g.10gb on an empty GPU is elsewhere (start 6).
+    assert!(names.contains("gpu-0-mig-1g-10gb-6"), "{names:?}");
+    let plain_1g = names
+        .iter()
+        .filter(|n| {
+            matches!(
+                greenslice_agent::dra::devices::DeviceRef::parse(n),
+                Ok(greenslice_agent::dra::devices::DeviceRef::Mig { ref profile, .. }) if profile == "1g.10gb"
+            )
+        })
+        .count();
+    assert_eq!(plain_1g, 2, "{names:?}");
+    // A failed claim list fails the sync (run retries it): steering never guesses.
+    s.fail_next(1, 500);
+    assert!(p.sync(&node(vec![gpu(0, true)])).await.is_err());
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use greenslice_core::inventory::Gpu;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use thiserror::Error;
@@ -42,6 +42,8 @@ pub enum PublishError {
     Build(#[from] SliceError),
     #[error("the ResourceSlices built are invalid: {}", .0.join("; "))]
     Invalid(Vec<String>),
+    #[error("listing ResourceClaims (for the devices allocated on node {node}): {source}")]
+    Claims { node: String, source: kube::Error },
     #[error("listing ResourceSlices of node {node}: {source}")]
     List { node: String, source: kube::Error },
     #[error("{verb} ResourceSlice {name}: {source}")]
@@ -81,6 +83,7 @@ pub struct NodeDevices {
 /// Publishes one node's slices; keeps the last generation written.
 pub struct Publisher {
     api: Api<ResourceSlice>,
+    claims: Api<ResourceClaim>,
     nodes: Api<Node>,
     node: String,
     opts: SliceOptions,
@@ -112,6 +115,7 @@ impl Publisher {
     pub fn new(client: kube::Client, node: &str, opts: SliceOptions) -> Publisher {
         Publisher {
             api: Api::all(client.clone()),
+            claims: Api::all(client.clone()),
             nodes: Api::all(client),
             node: node.to_string(),
             opts,
@@ -168,10 +172,35 @@ impl Publisher {
         Ok(list.items)
     }
 
-    /// Makes the API server's slices of this node equal to those of `devices`.
+    /// The names of this pool's devices that ResourceClaims have allocated (all namespaces).
+    pub async fn allocated(&self) -> Result<std::collections::BTreeSet<String>, PublishError> {
+        let list = self
+            .claims
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| PublishError::Claims {
+                node: self.node.clone(),
+                source,
+            })?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|c| c.status.as_ref()?.allocation.as_ref()?.devices.as_ref())
+            .flat_map(|d| d.results.iter().flatten())
+            .filter(|r| r.driver == DRIVER && r.pool == self.node)
+            .map(|r| r.device.clone())
+            .collect())
+    }
+
+    /// Makes the API server's slices of this node equal to those of `devices`. When steering
+    /// ([`SliceOptions::steer`]), the claims' allocations are read first, so steering keeps
+    /// publishing every allocated device.
     pub async fn sync(&mut self, devices: &NodeDevices) -> Result<SyncReport, PublishError> {
         let mut opts = self.opts.clone();
         opts.dra_slices = devices.dra_slices.clone();
+        if opts.steer != slices::Steering::Off {
+            opts.allocated = self.allocated().await?;
+        }
         let existing = self.current().await?;
         let seen = existing
             .iter()

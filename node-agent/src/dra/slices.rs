@@ -47,11 +47,14 @@
 //! `resourceSliceCount`. [`validate`] checks all of it.
 //!
 //! # Steering
-//! With [`SliceOptions::steer`], a MIG GPU publishes, for each profile, only the placement
-//! greenslice's fragmentation-aware placement would choose on the GPU's current layout
-//! ([`greenslice_core::mig::best_start`]), plus the placements DRA already holds: the scheduler, which
-//! takes the first feasible device, then lands where greenslice would. See docs/KUBERNETES.md
-//! ("DRA", "Placement keeps its say") for the measurement.
+//! The scheduler takes the first feasible device in the published order. [`SliceOptions::steer`]
+//! narrows what it can take to what greenslice's fragmentation-aware placement would choose on the
+//! current layout ([`Steering`]): per GPU and profile the best start ([`mig::best_start`]), or per
+//! profile the best placement of the whole node ([`mig::placement_score`]); placements DRA already
+//! holds, and those ResourceClaims have allocated ([`SliceOptions::allocated`], not yet prepared),
+//! stay published. The layout is republished after every prepare, so the next choice is
+//! made on the new layout; until then a steered GPU offers no second placement of that profile.
+//! See docs/KUBERNETES.md ("DRA", "Placement keeps its say") for the measurement.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,8 +121,25 @@ pub struct SliceOptions {
     pub consumable_capacity: bool,
     /// Ids of the greenslice slices DRA claims hold; devices held by any other slice are withheld.
     pub dra_slices: BTreeSet<String>,
-    /// Publish for each MIG profile only greenslice's preferred placement (see the module docs).
-    pub steer: bool,
+    /// Which MIG placements to publish (see the module docs).
+    pub steer: Steering,
+    /// Device names that ResourceClaims have allocated (the publisher reads them when steering):
+    /// steering never drops them, or the scheduler would stop counting what they consume.
+    pub allocated: BTreeSet<String>,
+}
+
+/// How the published MIG placements steer the scheduler, which takes the first feasible device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Steering {
+    /// Every legal placement (the scheduler's first fit: the lowest GPU index and start).
+    #[default]
+    Off,
+    /// Per GPU and profile, only the placement greenslice's placement would choose on that GPU
+    /// ([`mig::best_start`]).
+    PerGpu,
+    /// Per profile, only the one placement on the whole node greenslice's placement would choose
+    /// (the best [`mig::placement_score`] over every GPU: it also packs GPUs already in use).
+    Node,
 }
 
 /// Why no slices can be built.
@@ -364,6 +384,71 @@ fn mig_device(
     }
 }
 
+/// The layout steering scores on: every instance that exists except unowned ones, which a
+/// prepare may replace.
+fn occupied(g: &Gpu) -> Vec<Placed> {
+    g.mig_instances
+        .iter()
+        .filter(|m| m.slice_id.is_some())
+        .map(|m| Placed {
+            profile: m.profile.clone(),
+            start: m.start,
+        })
+        .collect()
+}
+
+/// [`Steering::Node`]: keeps, per profile, the one best placement of the node (and every
+/// placement DRA holds).
+fn steer_node(gpus: &[&Gpu], per_gpu: &mut [GpuDevices], opts: &SliceOptions) {
+    // profile -> (score, gpu index, start) of the best free placement.
+    let mut best: BTreeMap<String, (i64, std::cmp::Reverse<u32>, std::cmp::Reverse<u8>)> =
+        BTreeMap::new();
+    for (g, d) in gpus.iter().zip(per_gpu.iter()) {
+        if !g.mig_enabled {
+            continue;
+        }
+        let layout = occupied(g);
+        for dev in &d.devices {
+            let Ok(DeviceRef::Mig { profile, start, .. }) = DeviceRef::parse(&dev.name) else {
+                continue;
+            };
+            let Some(score) = mig::placement_score(&g.model, &layout, &profile, start) else {
+                continue;
+            };
+            let cand = (score, std::cmp::Reverse(g.index), std::cmp::Reverse(start));
+            let e = best.entry(profile).or_insert(cand);
+            if cand > *e {
+                *e = cand;
+            }
+        }
+    }
+    for (g, d) in gpus.iter().zip(per_gpu.iter_mut()) {
+        if !g.mig_enabled {
+            continue;
+        }
+        let held: BTreeSet<(String, u8)> = g
+            .mig_instances
+            .iter()
+            .filter(|m| {
+                m.slice_id
+                    .as_ref()
+                    .is_some_and(|s| opts.dra_slices.contains(s))
+            })
+            .map(|m| (m.profile.clone(), m.start))
+            .collect();
+        d.devices.retain(|dev| match DeviceRef::parse(&dev.name) {
+            Ok(DeviceRef::Mig { profile, start, .. }) => {
+                opts.allocated.contains(&dev.name)
+                    || held.contains(&(profile.clone(), start))
+                    || best
+                        .get(&profile)
+                        .is_some_and(|&(_, gi, st)| gi.0 == g.index && st.0 == start)
+            }
+            _ => true,
+        });
+    }
+}
+
 fn mig_gpu(g: &Gpu, opts: &SliceOptions) -> GpuDevices {
     let Some(table) = mig::table(&g.model) else {
         return GpuDevices {
@@ -430,27 +515,24 @@ fn mig_gpu(g: &Gpu, opts: &SliceOptions) -> GpuDevices {
         })
         .map(|m| (m.profile.clone(), m.start))
         .collect();
-    // The layout steering scores on: every instance that exists except unowned ones, which a
-    // prepare may replace.
-    let occupied: Vec<Placed> = g
-        .mig_instances
-        .iter()
-        .filter(|m| m.slice_id.is_some())
-        .map(|m| Placed {
-            profile: m.profile.clone(),
-            start: m.start,
-        })
-        .collect();
+    let occupied = occupied(g);
     let mut devices = Vec::new();
     for p in table.profiles {
-        let steered = opts
-            .steer
-            .then(|| mig::best_start(&g.model, &occupied, p.name));
+        let steered =
+            (opts.steer == Steering::PerGpu).then(|| mig::best_start(&g.model, &occupied, p.name));
         for &start in p.starts {
             if mig::check_create(&g.model, &held, p.name, start).is_err() {
                 continue;
             }
-            let mine = dra_held.contains(&(p.name.to_string(), start));
+            let mine = dra_held.contains(&(p.name.to_string(), start))
+                || opts.allocated.contains(
+                    &DeviceRef::Mig {
+                        gpu: g.index,
+                        profile: p.name.to_string(),
+                        start,
+                    }
+                    .name(),
+                );
             if let Some(best) = steered
                 && best != Some(start)
                 && !mine
@@ -518,7 +600,7 @@ pub fn build(
     }
     let mut sorted: Vec<&Gpu> = gpus.iter().filter(|g| g.healthy).collect();
     sorted.sort_by_key(|g| g.index);
-    let per_gpu: Vec<GpuDevices> = sorted
+    let mut per_gpu: Vec<GpuDevices> = sorted
         .iter()
         .map(|g| {
             if g.mig_enabled {
@@ -528,6 +610,9 @@ pub fn build(
             }
         })
         .collect();
+    if opts.steer == Steering::Node {
+        steer_node(&sorted, &mut per_gpu, opts);
+    }
 
     let mut specs: Vec<SliceContent> = Vec::new();
     let sets: Vec<CounterSet> = per_gpu.iter().filter_map(|d| d.counters.clone()).collect();
@@ -1056,7 +1141,8 @@ mod tests {
             partitionable: true,
             consumable_capacity: true,
             dra_slices: BTreeSet::new(),
-            steer: false,
+            steer: Steering::Off,
+            allocated: BTreeSet::new(),
         }
     }
 
@@ -1413,7 +1499,7 @@ mod tests {
             .mig_instances
             .push(instance("1g.10gb", 6, Some("dra-1")));
         let opts = SliceOptions {
-            steer: true,
+            steer: Steering::PerGpu,
             dra_slices: BTreeSet::from(["dra-1".to_string()]),
             ..all_on()
         };
@@ -1439,6 +1525,65 @@ mod tests {
             want.dedup();
             assert_eq!(published, want, "{}", p.name);
         }
+    }
+
+    #[test]
+    fn node_steering_publishes_one_placement_per_profile_and_keeps_allocated_ones() {
+        let mut node = h100_mig_node();
+        node.truncate(3);
+        // GPU 1 is in use: node steering packs it (the fewest free compute slices left).
+        node[1]
+            .mig_instances
+            .push(instance("3g.40gb", 0, Some("dra-1")));
+        let allocated = "gpu-2-mig-1g-10gb-0".to_string();
+        let opts = SliceOptions {
+            steer: Steering::Node,
+            dra_slices: BTreeSet::from(["dra-1".to_string()]),
+            allocated: BTreeSet::from([allocated.clone()]),
+            ..all_on()
+        };
+        let slices = build("n", &node, 1, &opts).unwrap();
+        validate(&slices).unwrap();
+        let devs = devices(&slices);
+        let mut per_profile: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in devs.keys() {
+            if let Ok(DeviceRef::Mig { profile, .. }) = DeviceRef::parse(n) {
+                per_profile.entry(profile).or_default().push(n.clone());
+            }
+        }
+        assert!(
+            devs.contains_key("gpu-1-mig-3g-40gb-0"),
+            "DRA's own instance stays"
+        );
+        assert!(
+            devs.contains_key(&allocated),
+            "an allocated device is never dropped"
+        );
+        assert_eq!(
+            per_profile["1g.10gb"].len(),
+            2,
+            "{:?}",
+            per_profile["1g.10gb"]
+        );
+        assert!(
+            per_profile["1g.10gb"]
+                .iter()
+                .any(|n| n.starts_with("gpu-1-"))
+        );
+        assert_eq!(per_profile["2g.20gb"], ["gpu-1-mig-2g-20gb-4"]);
+        assert_eq!(per_profile["7g.80gb"].len(), 1);
+        // Steering off publishes every legal placement of every GPU.
+        let all = build(
+            "n",
+            &node,
+            1,
+            &SliceOptions {
+                steer: Steering::Off,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert!(devices(&all).len() > 3 * devs.len());
     }
 
     #[test]
