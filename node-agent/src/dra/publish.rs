@@ -3,18 +3,17 @@
 //!
 //! [`Publisher::sync`] lists the slices with the field selector
 //! `spec.nodeName=<node>,spec.driver=gpu.greenslice.io` (both are selectable fields of
-//! ResourceSlices, as is `spec.pool.name`), then creates the missing ones, replaces the changed ones
-//! (with the resourceVersion it read, so a concurrent writer makes it fail and retry rather than
-//! be overwritten) and deletes the rest. New and replaced slices are written before stale ones are
-//! deleted: the scheduler uses the slices of a pool's highest generation and waits while fewer
+//! ResourceSlices, as is `spec.pool.name`), then creates the missing ones, replaces the changed
+//! ones (with the resourceVersion it read, so a concurrent writer makes it fail and retry rather
+//! than be overwritten) and deletes the rest. New and replaced slices are written before stale ones
+//! are deleted: the scheduler uses the slices of a pool's highest generation and waits while fewer
 //! than `resourceSliceCount` of them exist, so it never mixes two layouts.
 //!
 //! The pool generation changes with every change of the slices and never goes backwards: a
-//! publisher starts from the highest generation the API server holds for the node (an agent
-//! restart continues from there) and writes `max + 1` whenever the content differs. An unchanged
-//! layout is not rewritten. Every slice is owned by the Node object (an owner reference, read
-//! once; without `nodes get` or a Node the slices are published without it), so deleting the Node
-//! deletes them.
+//! publisher starts from the highest generation the API server holds for the node (an agent restart
+//! continues from there) and writes `max + 1` whenever the content differs. An unchanged layout is
+//! not rewritten. Every slice is owned by the Node object (an owner reference, read once; without
+//! `nodes get` or a Node the slices are published without it), so deleting the Node deletes them.
 //!
 //! [`run`] republishes whenever the inventory (or the set of DRA's own slices) changes, retrying
 //! failed syncs with exponential backoff, and resyncs periodically so slices deleted behind its

@@ -6,45 +6,47 @@
 //! - A non-MIG GPU: the whole GPU, `gpu-<i>`. With consumable capacity on and the GPU listed in
 //!   `share_gpus`, also `gpu-<i>-share`: `allowMultipleAllocations` with consumable capacities
 //!   [`CAPACITY_COMPUTE`] (milli-GPU, 1000 = the GPU) and [`CAPACITY_MEMORY`] (bytes), each with a
-//!   request policy ([`share_policy`]). The whole GPU and its share device exclude each other through
-//!   the GPU's counter set: both consume all of it. The scheduler charges an
+//!   request policy ([`share_policy`]). The whole GPU and its share device exclude each other
+//!   through the GPU's counter set: both consume all of it. The scheduler charges an
 //!   `allowMultipleAllocations` device's counters once, when its first share is allocated, not per
 //!   share (kubernetes issue 134100, fixed with PRs 139040 and 140437 in 2026), so any number of
 //!   shares coexist, never with the whole GPU. Without partitionable devices there are no counters:
-//!   a GPU in `share_gpus` then offers only its share device, as the device plugin offers such a GPU
-//!   only as share units.
+//!   a GPU in `share_gpus` then offers only its share device, as the device plugin offers such a
+//!   GPU only as share units.
 //! - A GPU in MIG mode, partitionable devices on (KEP-4815): every legal placement of every profile
 //!   (`gpu-<i>-mig-<profile>-<start>`, [`greenslice_core::mig`]'s tables) as a device that consumes
 //!   from the GPU's counter set `gpu-<i>-counters`: one counter per memory slice it covers
-//!   (`memory-slice-<k>`, value 1), its compute slices (`compute-slices`, the GPU's 7 or 4) and, for
-//!   `+me` profiles, `media-engines` (1). Those three counters say exactly what the MIG rules say:
-//!   placements may not overlap, compute slices do not exceed the GPU's, one `+me` per GPU; each
-//!   profile's instance limit follows from them. The scheduler can therefore pick any placement; the
-//!   agent creates the instance when the claim is prepared. This is how NVIDIA's DRA driver models
-//!   dynamic MIG too (a counter per memory slice, one counter set per GPU).
+//!   (`memory-slice-<k>`, value 1), its compute slices (`compute-slices`, the GPU's 7 or 4) and,
+//!   for `+me` profiles, `media-engines` (1). Those three counters say exactly what the MIG rules
+//!   say: placements may not overlap, compute slices do not exceed the GPU's, one `+me` per GPU;
+//!   each profile's instance limit follows from them. The scheduler can therefore pick any
+//!   placement; the agent creates the instance when the claim is prepared. This is how NVIDIA's DRA
+//!   driver models dynamic MIG too (a counter per memory slice, one counter set per GPU).
 //! - A GPU in MIG mode, partitionable devices off: its existing MIG instances as plain devices.
 //!
 //! Withheld: GPUs and MIG instances held by greenslice slices that are not DRA's own (slices made
-//! through the tenant API, the device plugin's pods: [`SliceOptions::dra_slices`] names DRA's).
-//! A MIG GPU with such instances publishes only the placements that fit beside them, and its counter
+//! through the tenant API, the device plugin's pods: [`SliceOptions::dra_slices`] names DRA's). A
+//! MIG GPU with such instances publishes only the placements that fit beside them, and its counter
 //! set lacks what they hold. Unhealthy GPUs are not published.
 //!
 //! # Attributes and capacities
-//! Unqualified names are the driver's (`gpu.greenslice.io/<name>` in CEL):
+//! Unqualified names are the driver's (`device.attributes["gpu.greenslice.io"].<name>` in CEL):
 //! `type` (`"gpu"`, `"share"`, `"mig"`), `index` (NVML index), `uuid` (the GPU's), `model`
-//! (greenslice's model name, e.g. `H100-SXM5-80GB`), `productName` is not separate: `model` is it;
-//! MIG devices add `profile` (`"3g.40gb"`), `migStart`, `memorySlices`, `computeSlices`.
+//! (greenslice's model name, e.g. `H100-SXM5-80GB`, which serves as the product name); MIG devices
+//! add `profile` (`"3g.40gb"`), `migStart`, `memorySlices`, `computeSlices`.
 //! `resource.kubernetes.io/pciBusID` (the standard attribute, extended BDF `0000:3b:00.0`) where
 //! the inventory's bus id is one. NUMA is not in the inventory, so not published. Every device has
-//! capacities `memory` (bytes) and `compute` (milli-GPU).
+//! capacities `memory` (bytes) and `compute` (milli-GPU): memory is a capacity rather than an
+//! attribute so CEL compares it as a quantity
+//! (`device.capacity["gpu.greenslice.io"].memory.compareTo(quantity("40Gi")) >= 0`).
 //!
 //! # Limits and layout (v1.35+)
-//! A ResourceSlice holds devices or shared counters, never both (since v1.35; v1.34 allowed both,
-//! with partitionable devices alpha there): counter sets go in their own slice(s), at most
-//! [`MAX_COUNTER_SETS`] per slice, [`MAX_COUNTERS`] counters each. Devices go in slices of at most
-//! [`MAX_DEVICES_WITH_COUNTERS`] when any consumes counters, else [`MAX_DEVICES`]; a GPU's devices
-//! stay in one slice. Every slice of the pool carries the same generation and
-//! `resourceSliceCount`. [`validate`] checks all of it.
+//! A ResourceSlice holds devices or shared counters, never both (since v1.35; before, with
+//! partitionable devices alpha since v1.33, one slice could hold both): counter sets go in their
+//! own slice(s), at most [`MAX_COUNTER_SETS`] per slice, [`MAX_COUNTERS`] counters each. Devices go
+//! in slices of at most [`MAX_DEVICES_WITH_COUNTERS`] when any consumes counters, else
+//! [`MAX_DEVICES`]; a GPU's devices stay in one slice. Every slice of the pool carries the same
+//! generation and `resourceSliceCount`. [`validate`] checks all of it.
 //!
 //! # Steering
 //! The scheduler takes the first feasible device in the published order. [`SliceOptions::steer`]
@@ -52,9 +54,9 @@
 //! current layout ([`Steering`]): per GPU and profile the best start ([`mig::best_start`]), or per
 //! profile the best placement of the whole node ([`mig::placement_score`]); placements DRA already
 //! holds, and those ResourceClaims have allocated ([`SliceOptions::allocated`], not yet prepared),
-//! stay published. The layout is republished after every prepare, so the next choice is
-//! made on the new layout; until then a steered GPU offers no second placement of that profile.
-//! See docs/KUBERNETES.md ("DRA", "Placement keeps its say") for the measurement.
+//! stay published. The layout is republished after every prepare, so the next choice is made on the
+//! new layout; until then a steered GPU offers no second placement of that profile. See
+//! docs/KUBERNETES.md ("DRA", "Placement keeps its say") for the measurement.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -967,7 +969,8 @@ pub fn validate(slices: &[ResourceSlice]) -> Result<(), Vec<String>> {
         .count();
         if selections != 1 {
             errs.push(format!(
-                "{at}.spec: exactly one of nodeName, nodeSelector, allNodes and perDeviceNodeSelection, not {selections}"
+                "{at}.spec: exactly one of nodeName, nodeSelector, allNodes and \
+                 perDeviceNodeSelection, not {selections}"
             ));
         }
         let devices = spec.devices.as_deref().unwrap_or_default();
