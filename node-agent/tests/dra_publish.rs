@@ -292,8 +292,14 @@ async fn run_retries_api_errors_and_follows_inventory_changes() {
         "three failures then success: {failed_first} requests"
     );
 
+    // A conflicting write (someone else changed a slice since it was read) is retried too.
+    s.fail_next_method("PUT", 1, 409);
     tx.send(node(vec![gpu(0, false), gpu(1, false)])).unwrap();
     wait_for("gpu-1-share").await;
+    assert!(
+        s.requests().iter().filter(|r| r.method == "PUT").count() >= 2,
+        "the conflicting replace was retried"
+    );
     let v = stored(&s, "node-r");
     slices::validate(&v).unwrap();
     assert!(v.iter().all(|x| x.spec.pool.generation == 2));
@@ -341,4 +347,30 @@ async fn steering_keeps_publishing_what_claims_have_allocated() {
     // A failed claim list fails the sync (run retries it): steering never guesses.
     s.fail_next(1, 500);
     assert!(p.sync(&node(vec![gpu(0, true)])).await.is_err());
+}
+
+#[tokio::test]
+async fn a_node_registered_later_becomes_the_owner_without_a_new_generation() {
+    let s = FakeApiServer::start().await;
+    let mut p = Publisher::new(client(&s), "late", opts());
+    let devices = node(vec![gpu(0, false)]);
+    assert_eq!(p.sync(&devices).await.unwrap().generation, 1);
+    assert!(
+        stored(&s, "late")
+            .iter()
+            .all(|x| x.metadata.owner_references.is_none())
+    );
+    s.insert(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "late"}}));
+    let r = p.sync(&devices).await.unwrap();
+    assert_eq!(r.generation, 1);
+    assert!(!r.replaced.is_empty());
+    assert!(stored(&s, "late").iter().all(|x| {
+        x.spec.pool.generation == 1
+            && x.metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|o| o[0].kind == "Node")
+    }));
+    // And then nothing more to do.
+    assert!(p.sync(&devices).await.unwrap().unchanged());
 }

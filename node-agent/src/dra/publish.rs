@@ -144,7 +144,9 @@ impl Publisher {
                     });
                 }
                 Ok(None) => {
-                    warn!(node = %self.node, "no Node object: ResourceSlices published without an owner")
+                    // Looked for again on the next sync: the Node may be registered later.
+                    self.owner_read = false;
+                    warn!(node = %self.node, "no Node object: ResourceSlices published without an owner");
                 }
                 Err(e) => {
                     // Retried on the next sync.
@@ -226,10 +228,34 @@ impl Publisher {
                     .is_some_and(|e| content(&e.spec) == content(&p.spec))
             });
         if same {
-            return Ok(SyncReport {
+            // Same devices; only a Node that appeared since may need to become the owner. A
+            // metadata change needs no new generation.
+            let mut report = SyncReport {
                 generation: seen,
                 ..Default::default()
-            });
+            };
+            if let Some(owner) = self.owner().await {
+                for old in existing.iter().filter(|e| {
+                    e.metadata
+                        .owner_references
+                        .as_ref()
+                        .is_none_or(|o| !o.contains(&owner))
+                }) {
+                    let name = old.metadata.name.clone().unwrap_or_default();
+                    let mut s = old.clone();
+                    s.metadata.owner_references = Some(vec![owner.clone()]);
+                    self.api
+                        .replace(&name, &PostParams::default(), &s)
+                        .await
+                        .map_err(|source| PublishError::Write {
+                            verb: "replacing",
+                            name: name.clone(),
+                            source,
+                        })?;
+                    report.replaced.push(name);
+                }
+            }
+            return Ok(report);
         }
 
         let generation = self.generation + 1;
