@@ -443,6 +443,62 @@ pub fn placeable_profiles(model: &GpuModel, existing: &[Placed]) -> Vec<&'static
         .collect()
 }
 
+/// Free compute slices of a GPU with layout `existing` that the largest profile still creatable
+/// there cannot use (0 on an empty GPU): the fragmentation greenslice's placement minimises.
+pub fn waste(model: &GpuModel, existing: &[Placed]) -> u8 {
+    let free = compute_slices(model).saturating_sub(used_compute(model, existing));
+    let largest = profiles(model)
+        .iter()
+        .filter(|p| p.compute_slices <= free && !free_starts(model, existing, p.name).is_empty())
+        .map(|p| p.compute_slices)
+        .max()
+        .unwrap_or(0);
+    free - largest
+}
+
+/// How good creating `name` at `start` on a GPU with layout `existing` is for greenslice's
+/// placement (higher is better; `None` when it cannot be created there): first the least increase
+/// of [`waste`], then the fewest free compute slices left (pack GPUs already in use), then the
+/// most (profile, start) pairs still creatable (keep large profiles placeable). The same order as
+/// the controller's MIG score (`placement::score::mig_score`); the DRA publisher steers the
+/// scheduler with it.
+pub fn placement_score(
+    model: &GpuModel,
+    existing: &[Placed],
+    name: &str,
+    start: u8,
+) -> Option<i64> {
+    let p = check_create(model, existing, name, start).ok()?;
+    let mut after = existing.to_vec();
+    after.push(Placed {
+        profile: name.to_string(),
+        start,
+    });
+    let dw = i64::from(waste(model, &after)) - i64::from(waste(model, existing));
+    let free_after = i64::from(
+        compute_slices(model).saturating_sub(used_compute(model, existing) + p.compute_slices),
+    );
+    let pairs: i64 = profiles(model)
+        .iter()
+        .map(|q| free_starts(model, &after, q.name).len() as i64)
+        .sum();
+    Some(-dw * 10_000 - free_after * 100 + pairs)
+}
+
+/// The start at which greenslice's placement would create `name` on a GPU with layout `existing`
+/// (`None` when it fits nowhere): the best [`placement_score`], the lowest start on a tie.
+pub fn best_start(model: &GpuModel, existing: &[Placed], name: &str) -> Option<u8> {
+    let mut best: Option<(i64, u8)> = None;
+    for start in free_starts(model, existing, name) {
+        if let Some(score) = placement_score(model, existing, name, start)
+            && best.is_none_or(|(s, _)| score > s)
+        {
+            best = Some((score, start));
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +736,24 @@ mod tests {
         }
         eprintln!("mig-profiles.csv covers: {covered:?}");
         assert_eq!(covered.len(), 4, "{covered:?}");
+    }
+
+    #[test]
+    fn best_start_keeps_large_profiles_placeable() {
+        // A 1g on an empty H100 goes to the end (slice 6), leaving 0..6 for a 4g and a 2g; a 2g
+        // beside that 1g goes to 4, keeping 0..4 whole for a 4g.
+        assert_eq!(best_start(&H100, &[], "1g.10gb"), Some(6));
+        assert_eq!(best_start(&H100, &[at("4g.40gb", 0)], "1g.10gb"), Some(6));
+        assert_eq!(best_start(&H100, &[at("1g.10gb", 6)], "2g.20gb"), Some(4));
+        assert_eq!(best_start(&H100, &[at("7g.80gb", 0)], "1g.10gb"), None);
+        assert_eq!(waste(&H100, &[]), 0);
+        // A 1g in the middle (slice 2) leaves room for no 4g and a single 3g: waste 7-1-3 = 3.
+        assert_eq!(waste(&H100, &[at("1g.10gb", 2)]), 3);
+        for p in profiles(&H100) {
+            if let Some(s) = best_start(&H100, &[], p.name) {
+                assert!(check_create(&H100, &[], p.name, s).is_ok(), "{}", p.name);
+            }
+        }
     }
 
     #[test]

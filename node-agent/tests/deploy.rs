@@ -6,11 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use greenslice_agent::AgentConfig;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount,
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaimTemplate};
 use serde::Deserialize;
 
 fn deploy_dir() -> PathBuf {
@@ -51,6 +55,9 @@ struct Objects {
     count: usize,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
+    device_classes: Vec<DeviceClass>,
+    claim_templates: Vec<ResourceClaimTemplate>,
+    pods: Vec<Pod>,
 }
 
 /// Parses a document into its API type, and checks nothing was dropped on the way: serde skips
@@ -115,6 +122,13 @@ fn objects() -> Objects {
                 "Deployment" => o.deployments.push(parse(v, f)),
                 "DaemonSet" => o.daemon_sets.push(parse(v, f)),
                 "Service" => o.services.push(parse(v, f)),
+                "DeviceClass" => o.device_classes.push(parse(v, f)),
+                "ResourceClaimTemplate" => o.claim_templates.push(parse(v, f)),
+                "Pod" => o.pods.push(parse(v, f)),
+                "ValidatingAdmissionPolicy" => drop(parse::<ValidatingAdmissionPolicy>(v, f)),
+                "ValidatingAdmissionPolicyBinding" => {
+                    drop(parse::<ValidatingAdmissionPolicyBinding>(v, f))
+                }
                 other => panic!("{}: no test knows kind {other:?}", f.display()),
             }
         }
@@ -138,7 +152,7 @@ fn kustomizations_name_files_that_exist() {
         .iter()
         .filter(|f| f.ends_with("kustomization.yaml"))
         .collect();
-    assert_eq!(ks.len(), 3, "{ks:?}");
+    assert_eq!(ks.len(), 4, "{ks:?}");
     for k in ks {
         let dir = k.parent().unwrap();
         let v = &documents(k)[0];
@@ -367,4 +381,244 @@ fn agent_daemonset_matches_the_agent_binary_and_its_config() {
             grpc.port
         )
     );
+}
+
+/// Applies a kustomize JSON 6902 patch (`add`, `replace`, `remove`; `/-` appends) to `doc`.
+fn json_patch(doc: &mut serde_json::Value, ops: &serde_json::Value) {
+    for op in ops.as_array().expect("a JSON patch is a list") {
+        let path = op["path"].as_str().unwrap();
+        let (parent, last) = path.rsplit_once('/').unwrap();
+        let target = doc
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("patch path {parent} does not exist"));
+        let value = op["value"].clone();
+        match (op["op"].as_str().unwrap(), target) {
+            ("add", serde_json::Value::Array(a)) if last == "-" => a.push(value),
+            ("add" | "replace", serde_json::Value::Array(a)) => {
+                let i: usize = last.parse().unwrap();
+                assert!(i < a.len(), "{path} is past the end");
+                a[i] = value;
+            }
+            ("add" | "replace", serde_json::Value::Object(m)) => {
+                if op["op"] == "replace" {
+                    assert!(m.contains_key(last), "replace of missing {path}");
+                }
+                m.insert(last.to_string(), value);
+            }
+            ("remove", serde_json::Value::Array(a)) => {
+                a.remove(last.parse::<usize>().unwrap());
+            }
+            ("remove", serde_json::Value::Object(m)) => {
+                m.remove(last)
+                    .unwrap_or_else(|| panic!("remove of missing {path}"));
+            }
+            (o, _) => panic!("unsupported patch op {o} at {path}"),
+        }
+    }
+}
+
+/// The DRA overlay: its DaemonSet patch applies to base's DaemonSet and gives the agent the
+/// kubelet's DRA folders, the CDI folder and the [dra] config; its DeviceClasses select the device
+/// types the agent publishes; its examples use those classes with amounts the share devices'
+/// request policies accept; its RBAC allows what the publisher and prepare do.
+#[test]
+fn the_dra_overlay_wires_the_agent_as_a_dra_driver() {
+    use greenslice_agent::dra::devices::{CAPACITY_COMPUTE, CAPACITY_MEMORY, DRIVER};
+    use greenslice_agent::dra::quantity;
+    use greenslice_agent::dra::slices;
+
+    let dir = deploy_dir().join("overlays/dra");
+    let k = &documents(&dir.join("kustomization.yaml"))[0];
+    let base_ds = documents(&deploy_dir().join("base/agent-daemonset.yaml")).remove(0);
+    let mut ds_json = base_ds.clone();
+    let mut patched = 0;
+    for p in k["patches"].as_array().unwrap() {
+        if p["target"]["kind"] == "DaemonSet" {
+            let ops: serde_json::Value =
+                serde_norway::from_str(p["patch"].as_str().unwrap()).unwrap();
+            json_patch(&mut ds_json, &ops);
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 1);
+    let path = dir.join("kustomization.yaml");
+    let ds: DaemonSet = parse(ds_json, &path);
+    let pod = ds.spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+    let out = agent_accepts(&args);
+    assert!(
+        out.status.success(),
+        "agent refuses the DRA DaemonSet's args {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !args.contains(&"--kubelet".to_string()),
+        "no device plugin under DRA"
+    );
+
+    // The config volume is the overlay's ConfigMap; its [dra] keys are the lead's names.
+    let volumes = pod.volumes.clone().unwrap();
+    let mounts = c.volume_mounts.clone().unwrap();
+    let cm_name = volumes[0].config_map.as_ref().unwrap().name.clone();
+    assert_eq!(cm_name, "greenslice-agent-config-dra");
+    let cm: ConfigMap = parse(
+        documents(&dir.join("agent-config-dra.yaml")).remove(0),
+        &dir.join("agent-config-dra.yaml"),
+    );
+    assert_eq!(cm.metadata.name.as_deref(), Some(cm_name.as_str()));
+    let text = &cm.data.as_ref().unwrap()["agent.toml"];
+    let t: toml::Table = toml::from_str(text).expect("agent.toml is TOML");
+    let dra = t["dra"].as_table().expect("a [dra] section");
+    assert_eq!(dra["enabled"].as_bool(), Some(true));
+    assert_eq!(dra["partitionable"].as_bool(), Some(true));
+    assert_eq!(dra["consumable_capacity"].as_bool(), Some(true));
+    assert!(dra["share_gpus"].as_array().is_some());
+    assert_eq!(
+        dra["plugin_dir"].as_str(),
+        Some(format!("/var/lib/kubelet/plugins/{DRIVER}").as_str())
+    );
+    assert_eq!(t["kubelet"]["enabled"].as_bool(), Some(false));
+    // Everything but [dra] is a valid agent config now. Parsing the whole file with AgentConfig
+    // waits for the [dra] section of the agent's configuration (issue 17, kubelet side).
+    let mut rest = t.clone();
+    rest.remove("dra");
+    AgentConfig::parse(&toml::to_string(&rest).unwrap())
+        .unwrap_or_else(|e| panic!("agent-config-dra.yaml: {e}"));
+
+    // Each folder [dra] names is a hostPath mount of the same path (plugin_dir under one).
+    let mounted_from_host = |want: &str| {
+        mounts
+            .iter()
+            .filter(|m| want == m.mount_path || want.starts_with(&format!("{}/", m.mount_path)))
+            .any(|m| {
+                volumes.iter().any(|v| {
+                    v.name == m.name && v.host_path.as_ref().is_some_and(|h| h.path == m.mount_path)
+                })
+            })
+    };
+    for key in ["plugin_dir", "registry_dir", "cdi_dir"] {
+        let d = dra[key].as_str().unwrap();
+        assert!(
+            mounted_from_host(d),
+            "[dra] {key} = {d} is not mounted from the host"
+        );
+    }
+
+    // DeviceClasses select the driver's device types.
+    let o = objects();
+    for (class, ty) in [
+        ("gpu.greenslice.io", "gpu"),
+        ("mig.greenslice.io", "mig"),
+        ("share.greenslice.io", "share"),
+    ] {
+        let dc = o
+            .device_classes
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(class))
+            .unwrap_or_else(|| panic!("no DeviceClass {class}"));
+        let cel = &dc.spec.as_ref().unwrap().selectors.as_ref().unwrap()[0]
+            .cel
+            .as_ref()
+            .unwrap()
+            .expression;
+        assert!(
+            cel.contains(&format!("device.driver == \"{DRIVER}\"")),
+            "{class}: {cel}"
+        );
+        assert!(
+            cel.contains(&format!(".type == \"{ty}\"")),
+            "{class}: {cel}"
+        );
+    }
+    // The classes the examples use exist; opaque configs are greenslice's GpuConfig; the share
+    // amounts lie on the share devices' request policies.
+    let classes: Vec<&str> = o
+        .device_classes
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref())
+        .collect();
+    assert_eq!(o.claim_templates.len(), 3);
+    let policy_ok = |cap: &str, v: u64| {
+        let (step, total) = if cap == CAPACITY_COMPUTE {
+            (slices::SHARE_COMPUTE_STEP, 1000)
+        } else {
+            (slices::SHARE_MEMORY_STEP, 80 << 30)
+        };
+        v >= step && v <= total && v.is_multiple_of(step)
+    };
+    for t in &o.claim_templates {
+        let spec = t.spec.as_ref().unwrap().spec.as_ref().unwrap();
+        for r in spec.devices.as_ref().unwrap().requests.iter().flatten() {
+            let e = r.exactly.as_ref().unwrap();
+            assert!(
+                classes.contains(&e.device_class_name.as_str()),
+                "{}",
+                e.device_class_name
+            );
+            for (cap, q) in e.capacity.iter().flat_map(|c| c.requests.iter().flatten()) {
+                assert!(
+                    [CAPACITY_COMPUTE, CAPACITY_MEMORY].contains(&cap.as_str()),
+                    "{cap}"
+                );
+                let v = quantity::parse(&q.0).unwrap();
+                assert!(
+                    policy_ok(cap, v),
+                    "{cap} = {} is off the request policy",
+                    q.0
+                );
+            }
+        }
+        for cfg in spec.devices.as_ref().unwrap().config.iter().flatten() {
+            let op = cfg.opaque.as_ref().unwrap();
+            assert_eq!(op.driver, DRIVER);
+            let p = &op.parameters.0;
+            assert_eq!(p["apiVersion"], "resource.greenslice.io/v1alpha1");
+            assert_eq!(p["kind"], "GpuConfig");
+            assert!(["MPS", "TimeSlicing"].contains(&p["sharing"]["strategy"].as_str().unwrap()));
+        }
+    }
+    // Pods name templates that exist, and their containers the pod's claims.
+    let templates: Vec<&str> = o
+        .claim_templates
+        .iter()
+        .filter_map(|t| t.metadata.name.as_deref())
+        .collect();
+    assert_eq!(o.pods.len(), 3);
+    for p in &o.pods {
+        let spec = p.spec.as_ref().unwrap();
+        let claims = spec.resource_claims.as_ref().unwrap();
+        for c in claims {
+            assert!(templates.contains(&c.resource_claim_template_name.as_deref().unwrap()));
+        }
+        for c in &spec.containers {
+            for rc in c.resources.as_ref().unwrap().claims.iter().flatten() {
+                assert!(claims.iter().any(|x| x.name == rc.name), "{}", rc.name);
+            }
+        }
+    }
+
+    // RBAC: claims read, slices written, Node read, bound to the agent's service account.
+    let role = o
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("greenslice-agent-dra"))
+        .unwrap();
+    let allows = |res: &str, verb: &str| {
+        role.rules.iter().flatten().any(|r| {
+            r.resources.iter().flatten().any(|x| x == res) && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for verb in ["get", "list", "watch"] {
+        assert!(allows("resourceclaims", verb), "resourceclaims {verb}");
+    }
+    for verb in ["create", "update", "delete", "list", "watch"] {
+        assert!(allows("resourceslices", verb), "resourceslices {verb}");
+    }
+    assert!(allows("nodes", "get"));
+    let sa = pod.service_account_name.unwrap();
+    assert!(o.cluster_role_bindings.iter().any(|b| {
+        b.role_ref.name == "greenslice-agent-dra"
+            && b.subjects.iter().flatten().any(|s| s.name == sa)
+    }));
 }

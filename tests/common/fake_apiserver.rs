@@ -21,8 +21,8 @@
 //!
 //! Test helpers: [`FakeApiServer::start`] and [`FakeApiServer::url`], [`FakeApiServer::insert`] to
 //! seed objects (e.g. ResourceClaims with an allocation), [`FakeApiServer::objects`] to read them,
-//! [`FakeApiServer::requests`] for the log of requests, and [`FakeApiServer::fail_next`] to make the
-//! next requests fail (retry tests).
+//! [`FakeApiServer::requests`] for the log of requests, and [`FakeApiServer::fail_next`] and
+//! [`FakeApiServer::fail_next_method`] to make the next requests fail (retry tests).
 //!
 //! Used by the root package's tests (`mod common;`) and by node-agent's tests through
 //! `#[path = "../../tests/common/fake_apiserver.rs"] mod fake_apiserver;`: it needs only axum,
@@ -90,8 +90,8 @@ struct State {
     resource_version: u64,
     uid: u64,
     log: Vec<Request>,
-    /// Status codes the next requests get instead of an answer.
-    faults: VecDeque<u16>,
+    /// Status codes the next requests (of a method, or any) get instead of an answer.
+    faults: VecDeque<(Option<String>, u16)>,
 }
 
 /// The fake API server; it stops when dropped.
@@ -199,7 +199,14 @@ impl FakeApiServer {
     /// The next `count` requests fail with `code` (a `Status` body) and change nothing.
     pub fn fail_next(&self, count: usize, code: u16) {
         let mut st = self.state.lock().unwrap();
-        st.faults.extend(std::iter::repeat_n(code, count));
+        st.faults.extend(std::iter::repeat_n((None, code), count));
+    }
+
+    /// The next `count` requests of `method` (`"PUT"`, ...) fail with `code`; others pass.
+    pub fn fail_next_method(&self, method: &str, count: usize, code: u16) {
+        let mut st = self.state.lock().unwrap();
+        st.faults
+            .extend(std::iter::repeat_n((Some(method.to_string()), code), count));
     }
 
     /// The server's current resourceVersion.
@@ -518,7 +525,11 @@ fn handle(
         path: path.clone(),
         query: query.clone(),
     });
-    if let Some(code) = st.faults.pop_front() {
+    let fault = st
+        .faults
+        .iter()
+        .position(|(m, _)| m.as_deref().is_none_or(|m| m == method.as_str()));
+    if let Some((_, code)) = fault.and_then(|i| st.faults.remove(i)) {
         let reason = match code {
             409 => "Conflict",
             429 => "TooManyRequests",

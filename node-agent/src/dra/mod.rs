@@ -8,6 +8,9 @@
 //! - [`claims`]: what a claim's allocation asks of this node (pure).
 //! - [`cdi`]: the CDI specs of prepared claims.
 //! - [`prepare`]: NodePrepareResources / NodeUnprepareResources behind the gRPC edge.
+//! - [`plugin`]: the DRAPlugin (v1, v1beta1) and registration gRPC services.
+//! - [`slices`]: the node's ResourceSlices from its inventory, and their validation (pure).
+//! - [`publish`]: keeping the API server's ResourceSlices of the node equal to them.
 
 pub mod cdi;
 pub mod claims;
@@ -15,7 +18,9 @@ pub mod config;
 pub mod devices;
 pub mod plugin;
 pub mod prepare;
+pub mod publish;
 pub mod quantity;
+pub mod slices;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
