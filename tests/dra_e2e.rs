@@ -250,6 +250,28 @@ async fn claims_are_prepared_on_the_hardware_survive_an_agent_restart_and_are_un
     let plugins = dir.join("plugins/gpu.greenslice.io");
     let mut k = register(&registry, &plugins, &dir).await;
 
+    // The node's devices are published, under the names the claims use.
+    let published = |api: &FakeApiServer| -> Vec<String> {
+        api.objects("resource.k8s.io/v1", "resourceslices")
+            .iter()
+            .filter(|s| s["spec"]["driver"] == DRIVER && s["spec"]["pool"]["name"] == NODE)
+            .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let t = std::time::Instant::now();
+    while !["gpu-1", "gpu-3", "gpu-0-mig-3g-40gb-4"]
+        .iter()
+        .all(|d| published(&api).iter().any(|p| p == d))
+    {
+        assert!(
+            t.elapsed() < WAIT,
+            "devices published; agent log:\n{}",
+            agent_log(&dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let good = [
         ("team-a", "whole", 1),
         ("team-b", "part", 2),
@@ -431,6 +453,26 @@ async fn claims_are_prepared_on_the_hardware_survive_an_agent_restart_and_are_un
         instances(&machine(&sim_cli, &state), &uuid_of(0)).len(),
         on_gpu0.len()
     );
+    // The restarted agent's slices replaced the old ones: one pool generation, no device twice.
+    let t = std::time::Instant::now();
+    loop {
+        let objs = api.objects("resource.k8s.io/v1", "resourceslices");
+        let gens: std::collections::BTreeSet<i64> = objs
+            .iter()
+            .filter_map(|s| s["spec"]["pool"]["generation"].as_i64())
+            .collect();
+        let names = published(&api);
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        if gens.len() == 1 && unique.len() == names.len() && !names.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < WAIT,
+            "stale slices left: generations {gens:?}, {} devices",
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Unprepare, with both versions; then again (idempotent).
     for _ in 0..2 {

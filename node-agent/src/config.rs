@@ -247,6 +247,10 @@ pub struct DraSection {
     pub consumable_capacity: bool,
     /// Indices of non-MIG GPUs that offer shares (a `gpu-N-share` device) besides the whole GPU.
     pub share_gpus: Vec<u32>,
+    /// Which MIG placements are published: "off" (every legal one, default), "gpu" (per GPU and
+    /// profile the one greenslice's placement would choose), "node" (per profile the one best on
+    /// the whole node). See docs/KUBERNETES.md, "Placement keeps its say".
+    pub steer: DraSteer,
     /// The Kubernetes API server, as a URL without credentials (tests, `kubectl proxy`). Default:
     /// `kubelet.api_server`, else the cluster the agent runs in, else the local kubeconfig.
     pub api_server: Option<String>,
@@ -254,6 +258,16 @@ pub struct DraSection {
     pub prepare_timeout_ms: u64,
     /// How often the sockets are checked (kubelet restarts), ms.
     pub poll_ms: u64,
+}
+
+/// `[dra] steer`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DraSteer {
+    #[default]
+    Off,
+    Gpu,
+    Node,
 }
 
 impl Default for DraSection {
@@ -266,6 +280,7 @@ impl Default for DraSection {
             partitionable: true,
             consumable_capacity: true,
             share_gpus: Vec::new(),
+            steer: DraSteer::Off,
             api_server: None,
             prepare_timeout_ms: 30_000,
             poll_ms: 1_000,

@@ -479,12 +479,14 @@ fn the_dra_overlay_wires_the_agent_as_a_dra_driver() {
         Some(format!("/var/lib/kubelet/plugins/{DRIVER}").as_str())
     );
     assert_eq!(t["kubelet"]["enabled"].as_bool(), Some(false));
-    // Everything but [dra] is a valid agent config now. Parsing the whole file with AgentConfig
-    // waits for the [dra] section of the agent's configuration (issue 17, kubelet side).
-    let mut rest = t.clone();
-    rest.remove("dra");
-    AgentConfig::parse(&toml::to_string(&rest).unwrap())
+    // The whole file is the agent's config, and says what the keys above say.
+    let parsed = AgentConfig::parse(&toml::to_string(&t).unwrap())
         .unwrap_or_else(|e| panic!("agent-config-dra.yaml: {e}"));
+    assert!(parsed.dra.enabled && !parsed.kubelet.enabled);
+    assert_eq!(
+        parsed.dra.cdi_dir,
+        dra["cdi_dir"].as_str().unwrap_or_default()
+    );
 
     // Each folder [dra] names is a hostPath mount of the same path (plugin_dir under one).
     let mounted_from_host = |want: &str| {

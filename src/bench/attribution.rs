@@ -588,6 +588,7 @@ pub fn run_spec(
             .map(|t| Holder {
                 slice_id: t.slice.clone(),
                 tenant: t.name.clone(),
+                claim: None,
                 capacity: t.capacity,
                 held_ms: u64::from(INTERVAL_S) * 1000,
             })

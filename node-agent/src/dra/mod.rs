@@ -41,9 +41,12 @@ pub struct DraOptions {
     pub plugin_dir: PathBuf,
     /// The kubelet's plugin-registration folder.
     pub registry_dir: PathBuf,
-    /// How often the sockets are checked.
+    /// How often the sockets are checked (and the devices, for the ResourceSlices).
     pub poll: Duration,
     pub driver: Arc<prepare::Driver>,
+    /// Where the node's ResourceSlices are published, and what they offer; `None`: not
+    /// published (tests of the kubelet side alone).
+    pub publish: Option<(kube::Client, slices::SliceOptions)>,
 }
 
 /// The running driver: its two sockets, kept served. Dropping it stops them.
@@ -194,9 +197,52 @@ pub fn start(opts: DraOptions) -> Dra {
             tokio::time::sleep(opts.poll).await;
         }
     });
+    let mut tasks = vec![keeper];
+    if let Some((client, slice_opts)) = opts.publish {
+        let (tx, rx) = tokio::sync::watch::channel(publish::NodeDevices::default());
+        let driver = opts.driver.clone();
+        let poll = opts.poll;
+        // What is published follows the inventory and the claims this node holds.
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let inv = driver.inventory.clone();
+                if let Ok(Ok(gpus)) = tokio::task::spawn_blocking(move || inv()).await {
+                    let dra_slices = driver
+                        .book
+                        .all()
+                        .into_iter()
+                        .flat_map(|c| c.devices.into_iter().map(|d| d.slice_id))
+                        .collect();
+                    let next = publish::NodeDevices { gpus, dra_slices };
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != next;
+                        if changed {
+                            *cur = next;
+                        }
+                        changed
+                    });
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }));
+        let node = opts.driver.node.clone();
+        tasks.push(tokio::spawn(async move {
+            publish::run(
+                client,
+                &node,
+                slice_opts,
+                publish::RunOptions::default(),
+                rx,
+            )
+            .await;
+        }));
+    }
     Dra {
         registration,
-        tasks: vec![keeper],
+        tasks,
         sockets,
     }
 }
@@ -238,6 +284,17 @@ pub async fn from_config(
         .as_deref()
         .or(cfg.kubelet.api_server.as_deref());
     let client = crate::k8s::client(api, "dra.api_server").await?;
+    let slice_opts = slices::SliceOptions {
+        share_gpus: d.share_gpus.clone(),
+        partitionable: d.partitionable,
+        consumable_capacity: d.consumable_capacity,
+        steer: match d.steer {
+            crate::config::DraSteer::Off => slices::Steering::Off,
+            crate::config::DraSteer::Gpu => slices::Steering::PerGpu,
+            crate::config::DraSteer::Node => slices::Steering::Node,
+        },
+        ..Default::default()
+    };
     let tls = cfg.client_tls().map_err(|e| e.to_string())?;
     let mut replicas = Vec::new();
     for url in cfg
@@ -256,7 +313,7 @@ pub async fn from_config(
     let driver = prepare::Driver::new(
         cfg.node.clone(),
         crate::kubelet::backend_inventory(backend.clone()),
-        Arc::new(prepare::KubeClaims(client)),
+        Arc::new(prepare::KubeClaims(client.clone())),
         Arc::new(prepare::ControllerSlices { replicas, timeout }),
         backend_claims(backend),
         cdi_dir.clone(),
@@ -269,5 +326,6 @@ pub async fn from_config(
         registry_dir: PathBuf::from(&d.registry_dir),
         poll,
         driver: Arc::new(driver),
+        publish: Some((client, slice_opts)),
     })
 }
