@@ -91,6 +91,9 @@ impl Controller {
                     mj as f64 / 1000.0,
                     r.factors.co2e(mj).location_g,
                 );
+                if let Some(c) = &s.claim {
+                    self.metrics.record_claim_energy(c, mj as f64 / 1000.0);
+                }
             }
         }
     }

@@ -43,6 +43,13 @@ pub struct TenantLabels {
     pub tenant: String,
 }
 
+/// A Kubernetes ResourceClaim (DRA): its namespace (the tenant) and name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    pub namespace: String,
+    pub claim: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub node: String,
@@ -103,6 +110,8 @@ pub struct Metrics {
     pub tracked_slices: Gauge,
     /// Energy attributed to each tenant, J (see docs/ENERGY.md).
     pub tenant_energy: Family<TenantLabels, FCounter>,
+    /// Energy attributed to each DRA ResourceClaim's slices, J (a part of its namespace's).
+    pub claim_energy: Family<ClaimLabels, FCounter>,
     /// CO2e of each tenant's energy (location-based, including PUE), g.
     pub tenant_co2e: Family<TenantLabels, FCounter>,
     /// Measured energy of each GPU, J.
@@ -154,6 +163,7 @@ impl Default for Metrics {
             history_bytes: Gauge::default(),
             tracked_slices: Gauge::default(),
             tenant_energy: Family::default(),
+            claim_energy: Family::default(),
             tenant_co2e: Family::default(),
             gpu_energy: Family::default(),
             gpu_unallocated_idle_energy: Family::default(),
@@ -227,6 +237,11 @@ impl Default for Metrics {
             "greenslice_tenant_energy_joules",
             "GPU energy attributed to a tenant (static and dynamic), in joules",
             m.tenant_energy.clone(),
+        );
+        m.register(
+            "greenslice_claim_energy_joules",
+            "GPU energy attributed to a Kubernetes ResourceClaim's devices (DRA), in joules; part of its namespace's tenant energy",
+            m.claim_energy.clone(),
         );
         m.register(
             "greenslice_tenant_co2e_grams",
@@ -357,6 +372,16 @@ impl Metrics {
         };
         self.tenant_energy.get_or_create(&t).inc_by(joules);
         self.tenant_co2e.get_or_create(&t).inc_by(co2e_location_g);
+    }
+
+    /// Adds energy attributed to a ResourceClaim (`namespace/name`), joules.
+    pub fn record_claim_energy(&self, claim: &str, joules: f64) {
+        let (namespace, name) = claim.split_once('/').unwrap_or(("", claim));
+        let c = ClaimLabels {
+            namespace: namespace.to_string(),
+            claim: name.to_string(),
+        };
+        self.claim_energy.get_or_create(&c).inc_by(joules);
     }
 
     /// The text exposition (OpenMetrics).

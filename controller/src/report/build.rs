@@ -57,6 +57,7 @@ pub fn build_from(
         .filter(|r| r.interval.start_ms >= from_ms && r.interval.start_ms < to_ms)
         .collect();
     let mut tenants: BTreeMap<String, TenantRow> = BTreeMap::new();
+    let mut claims: BTreeMap<String, super::ClaimRow> = BTreeMap::new();
     let mut market_complete: BTreeMap<String, bool> = BTreeMap::new();
     let mut gpus: BTreeMap<String, (GpuRow, f64, u64)> = BTreeMap::new();
     let mut cluster = GpuRow {
@@ -147,6 +148,23 @@ pub fn build_from(
                 t.estimated_mj += mj;
             }
             let (loc, market) = co2e_kg(r, mj);
+            if let Some(name) = &s.claim {
+                let c = claims
+                    .entry(name.clone())
+                    .or_insert_with(|| super::ClaimRow {
+                        claim: name.clone(),
+                        tenant: s.tenant.clone(),
+                        ..Default::default()
+                    });
+                c.gpu_hours_allocated += s.capacity * held_h;
+                c.energy_mj += mj;
+                c.static_mj += s.static_mj;
+                c.dynamic_mj += s.dynamic_mj;
+                if estimated {
+                    c.estimated_mj += mj;
+                }
+                c.co2e_kg += loc;
+            }
             t.co2e_kg += loc;
             let complete = market_complete.entry(s.tenant.clone()).or_insert(true);
             match market {
@@ -373,6 +391,13 @@ pub fn build_from(
         idle_threshold_pct,
         co2e_is_estimate: factors.iter().any(|f| f.estimate),
         tenants: tenants.into_values().collect(),
+        claims: claims
+            .into_values()
+            .map(|mut c| {
+                c.energy_kwh = kwh(c.energy_mj);
+                c
+            })
+            .collect(),
         gpus,
         cluster,
         factors,

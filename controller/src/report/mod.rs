@@ -38,6 +38,24 @@ const GPU_US_PER_HOUR: f64 = 3.6e9;
 /// Buckets in the report's time series.
 pub const SERIES_BUCKETS: usize = 48;
 
+/// One Kubernetes ResourceClaim's line (DRA slices).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClaimRow {
+    /// `namespace/name` of the ResourceClaim.
+    pub claim: String,
+    /// Its namespace, the tenant it is part of.
+    pub tenant: String,
+    pub gpu_hours_allocated: f64,
+    pub energy_mj: u64,
+    pub static_mj: u64,
+    pub dynamic_mj: u64,
+    /// Part of `energy_mj` from intervals whose energy was estimated from power samples.
+    pub estimated_mj: u64,
+    pub energy_kwh: f64,
+    /// CO2e (location-based), kg, including PUE.
+    pub co2e_kg: f64,
+}
+
 /// One tenant's line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantRow {
@@ -248,6 +266,10 @@ pub struct Report {
     pub method: String,
     pub idle_threshold_pct: f64,
     pub tenants: Vec<TenantRow>,
+    /// Kubernetes ResourceClaims (DRA), each a part of its namespace's tenant row. From the
+    /// interval records only: the stored hourly history keeps tenants, not claims.
+    #[serde(default)]
+    pub claims: Vec<ClaimRow>,
     pub gpus: Vec<GpuRow>,
     pub cluster: GpuRow,
     pub factors: Vec<FactorUsed>,

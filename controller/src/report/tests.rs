@@ -150,3 +150,61 @@ fn the_report_counts_intervals_by_how_their_dynamic_energy_was_split() {
     let old: IntervalRecord = serde_json::from_value(old).expect("old record");
     assert_eq!(old.method, Method::SmSplit);
 }
+
+#[test]
+fn claims_get_rows_that_add_up_to_their_part_of_the_namespaces_energy() {
+    use crate::energy::history::tests::{T0, record};
+    let slices = || {
+        vec![
+            ("team-a", 0.5, 60_000, 10.0 * 60_000.0, 1_000, 2_000),
+            ("team-a", 0.25, 60_000, 5.0 * 60_000.0, 500, 700),
+            ("team-b", 0.25, 60_000, 0.0, 400, 0),
+        ]
+    };
+    let mut recs: Vec<IntervalRecord> = (0..2)
+        .map(|i| record("g0", T0 + i * 60_000, slices(), 0, 0, false, false))
+        .collect();
+    for r in &mut recs {
+        // Slice 0 is claim team-a/train, slice 2 claim team-b/serve; slice 1 is no claim's.
+        r.slices[0].claim = Some("team-a/train".into());
+        r.slices[2].claim = Some("team-b/serve".into());
+    }
+    let r = build(
+        &recs,
+        T0,
+        T0 + 2 * 60_000,
+        None,
+        StaticPolicy::ByCapacity,
+        5.0,
+        0,
+    );
+    let by: BTreeMap<&str, &ClaimRow> = r.claims.iter().map(|c| (c.claim.as_str(), c)).collect();
+    assert_eq!(by.len(), 2);
+    assert_eq!(by["team-a/train"].tenant, "team-a");
+    assert_eq!(by["team-a/train"].energy_mj, 2 * 3_000);
+    assert_eq!(by["team-b/serve"].energy_mj, 2 * 400);
+    let a = r
+        .tenants
+        .iter()
+        .find(|t| t.tenant == "team-a")
+        .expect("team-a");
+    assert_eq!(
+        a.energy_mj,
+        2 * (3_000 + 1_200),
+        "the claim is part of its namespace"
+    );
+    // A tenant filter keeps other namespaces' claims out.
+    let only_b = build(
+        &recs,
+        T0,
+        T0 + 2 * 60_000,
+        Some("team-b"),
+        StaticPolicy::ByCapacity,
+        5.0,
+        0,
+    );
+    assert_eq!(only_b.claims.len(), 1);
+    assert_eq!(only_b.claims[0].claim, "team-b/serve");
+    let table = to_table(&r, &zone::Zone::utc());
+    assert!(table.contains("team-a/train"), "{table}");
+}

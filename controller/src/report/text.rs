@@ -213,6 +213,31 @@ pub fn to_table(r: &Report, zone: &Zone) -> String {
     for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
+    if !r.claims.is_empty() {
+        out.push_str(
+            "\nResourceClaims (DRA; part of their namespace's row; interval records only):\n",
+        );
+        let width = r
+            .claims
+            .iter()
+            .map(|c| c.claim.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        out.push_str(&format!(
+            "{:<width$}  {:>11}  {:>10}  {:>8}\n",
+            "CLAIM", "GPU_H_ALLOC", "ENERGY_KWH", "CO2E"
+        ));
+        for c in &r.claims {
+            out.push_str(&format!(
+                "{:<width$}  {:>11.3}  {:>10}  {:>8}\n",
+                c.claim,
+                c.gpu_hours_allocated,
+                round::sig(c.energy_kwh, 3),
+                round::co2e(c.co2e_kg)
+            ));
+        }
+    }
     let c = &r.cluster;
     out.push_str(&format!(
         "\nCluster: measured {} = tenants {} + unattributed {} + unallocated idle {}; {} CO2e; mean utilization {:.1}%; {} intervals ({} estimated)\n",
