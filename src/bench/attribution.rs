@@ -423,8 +423,10 @@ pub fn run_spec(
     let mut board_tensor = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let mut batch_sm: BTreeMap<String, f64> = BTreeMap::new();
     let mut tensor_split = fit::BoardShareFit::new(FitConfig::default());
-    // Activity, context ms and dynamic mJ of the sample batch being gathered.
+    // Activity, context ms and dynamic mJ of the sample batch being gathered, and each slice's
+    // part of the activity.
     let mut buf = (ActivityVector::default(), 0.0f64, 0.0f64);
+    let mut buf_slices: BTreeMap<String, ActivityVector> = BTreeMap::new();
     for _minute in 0..minutes {
         let interval_start_counter = counter;
         let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
@@ -513,7 +515,8 @@ pub fn run_spec(
                 a.sm_clock_pct_ms = a.sm_pct_ms * clock;
                 a.tensor_clock_pct_ms = a.tensor_pct_ms * clock;
                 let acc = accs.entry(slice.clone()).or_default();
-                for into in [&mut acc.activity, &mut board] {
+                let part = buf_slices.entry(slice.clone()).or_default();
+                for into in [&mut acc.activity, &mut board, part] {
                     into.sm_pct_ms += a.sm_pct_ms;
                     into.dram_pct_ms += a.dram_pct_ms;
                     into.tensor_pct_ms += a.tensor_pct_ms;
@@ -540,8 +543,10 @@ pub fn run_spec(
                         activity: buf.0,
                         context_ms: buf.1,
                         dynamic_mj: buf.2,
+                        slices: std::mem::take(&mut buf_slices).into_iter().collect(),
                     });
                 }
+                buf_slices.clear();
                 buf = (ActivityVector::default(), 0.0, 0.0);
                 if !batch_sm.is_empty() {
                     let v: Vec<(String, f64)> = std::mem::take(&mut batch_sm).into_iter().collect();
@@ -615,7 +620,7 @@ pub fn run_spec(
         let (method, act, un) = if !per_slice_signals {
             let (a, u) = fit::sm_activity(&vectors, &none);
             (Method::SmSplitFallback(Fallback::NoDramSignal), a, u)
-        } else if let Some(c) = fit_state.coefficients() {
+        } else if let Some(c) = fit_state.model() {
             let (a, u) = fit::fitted_activity(&c, &vectors, &none);
             (Method::ActivityFit, a, u)
         } else {
@@ -817,6 +822,30 @@ mod tests {
             assert!(
                 r.tenants[0].attributed_mj[FIT] < r.tenants[0].true_mj * 11 / 10
                     && r.tenants[0].attributed_mj[FIT] > r.tenants[0].true_mj * 9 / 10
+            );
+        }
+    }
+
+    #[test]
+    fn on_an_a100_share_without_a_tensor_signal_the_tensor_tenant_is_charged_within_10_percent() {
+        // An A100 has no GPM: NVML gives per-process SM and memory utilization, no tensor
+        // figure. The tensor work's cost is learnt per slice from how the board's energy follows
+        // each slice's own activity.
+        let r = run(
+            MixSpec {
+                hopper: false,
+                layout: Layout::Shares,
+                limit_fraction: None,
+                kinds: vec![Kind::Tensor, Kind::Compute, Kind::Memory],
+            },
+            30,
+        );
+        for i in 0..3 {
+            let (fit, sm) = (err(&r, i, FIT), err(&r, i, SM_SPLIT));
+            assert!(
+                fit < 10.0,
+                "{}: fit off by {fit:.1}% (SM split {sm:.1}%)",
+                r.tenants[i].tenant
             );
         }
     }

@@ -142,6 +142,8 @@ struct Observing {
     start_ms: u64,
     start_mj: u64,
     activity: ActivityVector,
+    /// The part of `activity` each slice did.
+    slices: BTreeMap<String, ActivityVector>,
     context_ms: f64,
     /// False once a step lacked the DRAM signal: such an observation is dropped.
     has_dram: bool,
@@ -478,7 +480,7 @@ fn idle_power_of(config: &AccountingConfig, acc: &GpuAcc) -> (u64, bool) {
 fn split_weights(acc: &GpuAcc) -> (Method, Vec<SliceActivity>, u64) {
     let vectors: Vec<(String, ActivityVector)> =
         acc.vectors.iter().map(|(id, v)| (id.clone(), *v)).collect();
-    let coefficients = acc.fit.coefficients();
+    let coefficients = acc.fit.model();
     match (acc.interval_has_dram, coefficients) {
         (true, Some(c)) => {
             let (rows, un) = fit::fitted_activity(&c, &vectors, &acc.unattributed_vec);
@@ -564,6 +566,7 @@ impl Observing {
             start_ms: at_ms,
             start_mj: mj,
             activity: ActivityVector::default(),
+            slices: BTreeMap::new(),
             context_ms: 0.0,
             has_dram: true,
         }
@@ -594,8 +597,9 @@ fn observe(
         return;
     };
     o.activity.add(&step.unattributed);
-    for (_, v) in &step.slices {
+    for (id, v) in &step.slices {
         o.activity.add(v);
+        o.slices.entry(id.clone()).or_default().add(v);
     }
     if !s.no_compute_processes {
         o.context_ms += dt;
@@ -611,6 +615,7 @@ fn observe(
             activity: o.activity,
             context_ms: o.context_ms,
             dynamic_mj,
+            slices: std::mem::take(&mut o.slices).into_iter().collect(),
         });
     }
     acc.observing = Some(Observing::new(at, mj));
