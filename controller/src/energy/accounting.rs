@@ -524,18 +524,12 @@ fn step_vectors(s: &AttributedSample, dt: f64) -> StepVectors {
         _ => 1.0,
     };
     let vector = |sm: f64, dram: Option<f64>, tensor: Option<f64>| {
-        let (sm, dram, tensor) = (
+        ActivityVector::at_clock(
             sm.max(0.0) * dt,
             dram.unwrap_or(0.0).max(0.0) * dt,
             tensor.unwrap_or(0.0).max(0.0) * dt,
-        );
-        ActivityVector {
-            sm_pct_ms: sm,
-            dram_pct_ms: dram,
-            tensor_pct_ms: tensor,
-            sm_clock_pct_ms: sm * clock,
-            tensor_clock_pct_ms: tensor * clock,
-        }
+            clock,
+        )
     };
     StepVectors {
         slices: s

@@ -89,26 +89,63 @@ pub struct ActivityVector {
     /// Tensor activity weighted the same way; equal to `tensor_pct_ms` where the clock is not known.
     #[serde(default)]
     pub tensor_clock_pct_ms: f64,
+    /// SM and tensor activity weighted by the cube of the clock's share, the textbook scaling of
+    /// switching power with clock and voltage (P ~ f V², V roughly with f). With the unweighted
+    /// and linear terms the fit has a basis {1, f, f³} in the clock on which it chooses how core
+    /// power falls under the limit. DRAM has no clock terms: HBM is on its own clock, which the
+    /// power limit does not lower (a DRAM x f³ term was tried and made the benchmark worse).
+    /// Equal to the unweighted figures where the clock is not known.
+    #[serde(default)]
+    pub sm_clock3_pct_ms: f64,
+    #[serde(default)]
+    pub tensor_clock3_pct_ms: f64,
 }
 
+/// Regressors of the fit: see [`ActivityVector::features`].
+const FEATURES: usize = 7;
+
 impl ActivityVector {
-    /// Adds `o` to this vector, term by term.
-    pub fn add(&mut self, o: &ActivityVector) {
-        self.sm_pct_ms += o.sm_pct_ms;
-        self.dram_pct_ms += o.dram_pct_ms;
-        self.tensor_pct_ms += o.tensor_pct_ms;
-        self.sm_clock_pct_ms += o.sm_clock_pct_ms;
-        self.tensor_clock_pct_ms += o.tensor_clock_pct_ms;
+    /// The vector of a stretch at one clock: `sm`, `dram` and `tensor` in % x ms, `clock` the SM
+    /// clock's share of its maximum (1 where unknown).
+    pub fn at_clock(sm: f64, dram: f64, tensor: f64, clock: f64) -> ActivityVector {
+        let c3 = clock * clock * clock;
+        ActivityVector {
+            sm_pct_ms: sm,
+            dram_pct_ms: dram,
+            tensor_pct_ms: tensor,
+            sm_clock_pct_ms: sm * clock,
+            tensor_clock_pct_ms: tensor * clock,
+            sm_clock3_pct_ms: sm * c3,
+            tensor_clock3_pct_ms: tensor * c3,
+        }
     }
 
-    /// The fit's regressors: SM, DRAM, tensor, and the clock-weighted SM and tensor.
-    fn features(&self) -> [f64; 5] {
+    /// Adds `o` to this vector, term by term.
+    pub fn add(&mut self, o: &ActivityVector) {
+        self.sub_scaled(o, -1.0);
+    }
+
+    /// Subtracts `k x o` from this vector, term by term.
+    pub fn sub_scaled(&mut self, o: &ActivityVector, k: f64) {
+        self.sm_pct_ms -= k * o.sm_pct_ms;
+        self.dram_pct_ms -= k * o.dram_pct_ms;
+        self.tensor_pct_ms -= k * o.tensor_pct_ms;
+        self.sm_clock_pct_ms -= k * o.sm_clock_pct_ms;
+        self.tensor_clock_pct_ms -= k * o.tensor_clock_pct_ms;
+        self.sm_clock3_pct_ms -= k * o.sm_clock3_pct_ms;
+        self.tensor_clock3_pct_ms -= k * o.tensor_clock3_pct_ms;
+    }
+
+    /// The fit's regressors: SM, DRAM, tensor, SM and tensor x clock, SM and tensor x clock³.
+    fn features(&self) -> [f64; FEATURES] {
         [
             self.sm_pct_ms,
             self.dram_pct_ms,
             self.tensor_pct_ms,
             self.sm_clock_pct_ms,
             self.tensor_clock_pct_ms,
+            self.sm_clock3_pct_ms,
+            self.tensor_clock3_pct_ms,
         ]
     }
 }
@@ -158,8 +195,27 @@ pub struct Coefficients {
     /// On the clock-weighted SM and tensor activity.
     pub sm_clock: f64,
     pub tensor_clock: f64,
+    /// On the activity weighted by the clock's cube.
+    #[serde(default)]
+    pub sm_clock3: f64,
+    #[serde(default)]
+    pub tensor_clock3: f64,
     /// mJ per ms of context held (shared, not charged by activity).
     pub context: f64,
+}
+
+impl Coefficients {
+    fn of_features(&self) -> [f64; FEATURES] {
+        [
+            self.sm,
+            self.dram,
+            self.tensor,
+            self.sm_clock,
+            self.tensor_clock,
+            self.sm_clock3,
+            self.tensor_clock3,
+        ]
+    }
 }
 
 /// The online fit of one GPU.
@@ -212,15 +268,17 @@ impl ActivityFit {
         if self.history.len() < self.config.min_observations.max(1) {
             return None;
         }
-        // Columns: the five features and the context time, scaled to unit mean so the ridge
-        // weighs them alike.
-        const N: usize = 6;
+        // Columns: the features and the context time, scaled to unit mean so the ridge weighs
+        // them alike.
+        const N: usize = FEATURES + 1;
         let rows: Vec<([f64; N], f64)> = self
             .history
             .iter()
             .map(|o| {
                 let f = o.activity.features();
-                ([f[0], f[1], f[2], f[3], f[4], o.context_ms], o.dynamic_mj)
+                let x: [f64; N] =
+                    std::array::from_fn(|i| if i < FEATURES { f[i] } else { o.context_ms });
+                (x, o.dynamic_mj)
             })
             .collect();
         let n = rows.len() as f64;
@@ -264,7 +322,9 @@ impl ActivityFit {
             tensor: unscale(2),
             sm_clock: unscale(3),
             tensor_clock: unscale(4),
-            context: unscale(5),
+            sm_clock3: unscale(5),
+            tensor_clock3: unscale(6),
+            context: unscale(FEATURES),
         })
     }
 }
@@ -295,11 +355,11 @@ const SLICE_RIDGES: [f64; 8] = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 1e4];
 const FOLDS: usize = 5;
 
 fn weigh(c: &Coefficients, a: &ActivityVector) -> f64 {
-    c.sm * a.sm_pct_ms.max(0.0)
-        + c.dram * a.dram_pct_ms.max(0.0)
-        + c.tensor * a.tensor_pct_ms.max(0.0)
-        + c.sm_clock * a.sm_clock_pct_ms.max(0.0)
-        + c.tensor_clock * a.tensor_clock_pct_ms.max(0.0)
+    c.of_features()
+        .iter()
+        .zip(a.features())
+        .map(|(c, x)| c * x.max(0.0))
+        .sum()
 }
 
 impl ActivityFit {
@@ -335,11 +395,7 @@ impl ActivityFit {
                     if let Ok(i) = ids.binary_search(&id.as_str()) {
                         w[i] += weigh(&shared, a);
                     }
-                    rest.sm_pct_ms -= a.sm_pct_ms;
-                    rest.dram_pct_ms -= a.dram_pct_ms;
-                    rest.tensor_pct_ms -= a.tensor_pct_ms;
-                    rest.sm_clock_pct_ms -= a.sm_clock_pct_ms;
-                    rest.tensor_clock_pct_ms -= a.tensor_clock_pct_ms;
+                    rest.sub_scaled(a, 1.0);
                 }
                 let r = o.dynamic_mj - shared.context * o.context_ms - weigh(&shared, &rest);
                 (w, r)
@@ -591,13 +647,7 @@ mod tests {
     use super::*;
 
     fn av(sm: f64, dram: f64, tensor: f64) -> ActivityVector {
-        ActivityVector {
-            sm_pct_ms: sm,
-            dram_pct_ms: dram,
-            tensor_pct_ms: tensor,
-            sm_clock_pct_ms: sm,
-            tensor_clock_pct_ms: tensor,
-        }
+        ActivityVector::at_clock(sm, dram, tensor, 1.0)
     }
 
     #[test]
@@ -748,6 +798,8 @@ mod tests {
                 tensor: c[2],
                 sm_clock: c[0] / 2.0,
                 tensor_clock: c[2] / 2.0,
+                sm_clock3: c[0] / 3.0,
+                tensor_clock3: c[2] / 3.0,
                 context: 1.0,
             };
             // Kind 0: idle (no activity at all).
