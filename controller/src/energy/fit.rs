@@ -17,7 +17,13 @@
 //!    `dynamic ≈ b_sm x SM + b_dram x DRAM + b_tensor x TENSOR + b_ctx x CONTEXT`, with a small
 //!    ridge pull towards the SM-only model (`b_sm` = total dynamic / total SM, others 0), so that
 //!    when the data cannot tell the terms apart the fit is the SM split.
-//! 3. A slice's weight is `b_sm x sm + b_dram x dram + b_tensor x tensor` of its own activity (the
+//!    The SM and tensor columns come also weighted by the SM clock's share f and by f³ (a basis
+//!    {1, f, f³} for how core power falls under the power limit; DRAM has no clock term).
+//! 3. Over the same observations, each slice's own scale on that shared model (see
+//!    [`ActivityFit::model`]): NNLS of what the slices must explain against each slice's shared
+//!    weight, pulled towards 1 by a ridge chosen on held-out contiguous folds. It learns a cost
+//!    no signal shows (tensor work on an A100 share) where the slices' activities vary apart.
+//! 4. A slice's weight is its scale x `b_sm x sm + b_dram x dram + ...` of its own activity (the
 //!    context term belongs to no one's activity: it is shared in proportion to those weights). The
 //!    weights go to [`attribute`](super::attribute) as activity, so the split still sums exactly
 //!    to the measured energy in integer mJ, and a slice with no activity gets no dynamic energy.
