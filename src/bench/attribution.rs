@@ -420,11 +420,14 @@ pub fn run_spec(
     // Board tensor activity on a shared Hopper GPU: (this interval, this second, this batch,
     // this interval clock-weighted),
     // each slice's SM activity in this batch, and the fit that splits the board's figure.
-    let mut board_tensor = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut board_tensor = (0.0f64, 0.0f64, 0.0f64, ActivityVector::default());
     let mut batch_sm: BTreeMap<String, f64> = BTreeMap::new();
     let mut tensor_split = fit::BoardShareFit::new(FitConfig::default());
-    // Activity, context ms and dynamic mJ of the sample batch being gathered.
+    // Activity, context ms and dynamic mJ of the sample batch being gathered, and each slice's
+    // part of the activity.
     let mut buf = (ActivityVector::default(), 0.0f64, 0.0f64);
+    let mut buf_slices: BTreeMap<String, ActivityVector> = BTreeMap::new();
+    let mut board_tensor_batch = ActivityVector::default();
     for _minute in 0..minutes {
         let interval_start_counter = counter;
         let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
@@ -503,45 +506,55 @@ pub fn run_spec(
                 board_tensor.0 += board_t;
                 board_tensor.1 += board_t;
                 board_tensor.2 += board_t;
-                board_tensor.3 += board_t * clock;
+                board_tensor
+                    .3
+                    .add(&ActivityVector::at_clock(0.0, 0.0, board_t, clock));
                 for (slice, a) in &step {
                     *batch_sm.entry(slice.clone()).or_default() += a.sm_pct_ms;
                 }
             }
             let mut board = ActivityVector::default();
             for (slice, a) in step.iter_mut() {
-                a.sm_clock_pct_ms = a.sm_pct_ms * clock;
-                a.tensor_clock_pct_ms = a.tensor_pct_ms * clock;
+                *a = ActivityVector::at_clock(a.sm_pct_ms, a.dram_pct_ms, a.tensor_pct_ms, clock);
                 let acc = accs.entry(slice.clone()).or_default();
-                for into in [&mut acc.activity, &mut board] {
-                    into.sm_pct_ms += a.sm_pct_ms;
-                    into.dram_pct_ms += a.dram_pct_ms;
-                    into.tensor_pct_ms += a.tensor_pct_ms;
-                    into.sm_clock_pct_ms += a.sm_clock_pct_ms;
-                    into.tensor_clock_pct_ms += a.tensor_clock_pct_ms;
+                let part = buf_slices.entry(slice.clone()).or_default();
+                for into in [&mut acc.activity, &mut board, part] {
+                    into.add(a);
                 }
             }
             let dyn_mj =
                 (counter - obs_counter) as f64 - (idle_power_mw * SAMPLE_MS as u64) as f64 / 1000.0;
             // The fit gets one observation per sample batch (5 s), as the agent sends them.
-            buf.0.sm_pct_ms += board.sm_pct_ms;
-            buf.0.dram_pct_ms += board.dram_pct_ms;
-            buf.0.tensor_pct_ms += board.tensor_pct_ms;
-            buf.0.sm_clock_pct_ms += board.sm_clock_pct_ms;
-            buf.0.tensor_clock_pct_ms += board.tensor_clock_pct_ms;
+            buf.0.add(&board);
             buf.1 += SAMPLE_MS as f64;
-            buf.0.tensor_pct_ms += board_tensor.1;
-            buf.0.tensor_clock_pct_ms += board_tensor.1 * clock;
+            let bt = ActivityVector::at_clock(0.0, 0.0, board_tensor.1, clock);
+            buf.0.add(&bt);
+            board_tensor_batch.add(&bt);
             board_tensor.1 = 0.0;
             buf.2 += dyn_mj;
             if (second + 1).is_multiple_of(OBSERVE_EVERY) {
+                // The batch's board tensor activity, split among the slices as the interval's
+                // will be, so the slices' vectors in the fit are the ones it weighs.
+                if !batch_sm.is_empty() {
+                    let v: Vec<(String, f64)> =
+                        batch_sm.iter().map(|(k, x)| (k.clone(), *x)).collect();
+                    let per_unit = board_tensor_batch.tensor_pct_ms.max(f64::MIN_POSITIVE);
+                    for (slice, t) in tensor_split.split(&v, board_tensor.2) {
+                        let mut part = board_tensor_batch;
+                        part.sub_scaled(&board_tensor_batch, 1.0 - t / per_unit);
+                        buf_slices.entry(slice).or_default().add(&part);
+                    }
+                }
+                board_tensor_batch = ActivityVector::default();
                 if per_slice_signals {
                     fit_state.observe(Observation {
                         activity: buf.0,
                         context_ms: buf.1,
                         dynamic_mj: buf.2,
+                        slices: std::mem::take(&mut buf_slices).into_iter().collect(),
                     });
                 }
+                buf_slices.clear();
                 buf = (ActivityVector::default(), 0.0, 0.0);
                 if !batch_sm.is_empty() {
                     let v: Vec<(String, f64)> = std::mem::take(&mut batch_sm).into_iter().collect();
@@ -556,20 +569,25 @@ pub fn run_spec(
                 .iter()
                 .map(|(s, a)| (s.clone(), a.activity.sm_pct_ms))
                 .collect();
-            let clock_share = if board_tensor.0 > 0.0 {
-                board_tensor.3 / board_tensor.0
-            } else {
-                1.0
+            // Each slice's part carries the interval's clock weighting of the board's figure.
+            let per_unit = |x: f64| {
+                if board_tensor.0 > 0.0 {
+                    x / board_tensor.0
+                } else {
+                    1.0
+                }
             };
+            let b = board_tensor.3;
             for (slice, t) in tensor_split.split(&v, board_tensor.0) {
                 if let Some(a) = accs.get_mut(&slice) {
                     a.activity.tensor_pct_ms = t;
-                    a.activity.tensor_clock_pct_ms = t * clock_share;
+                    a.activity.tensor_clock_pct_ms = t * per_unit(b.tensor_clock_pct_ms);
+                    a.activity.tensor_clock3_pct_ms = t * per_unit(b.tensor_clock3_pct_ms);
                 }
             }
         }
         board_tensor.0 = 0.0;
-        board_tensor.3 = 0.0;
+        board_tensor.3 = ActivityVector::default();
         // Truth over the interval, per tenant.
         let now_true = true_energies(&m);
         for t in &tenants {
@@ -616,7 +634,7 @@ pub fn run_spec(
         let (method, act, un) = if !per_slice_signals {
             let (a, u) = fit::sm_activity(&vectors, &none);
             (Method::SmSplitFallback(Fallback::NoDramSignal), a, u)
-        } else if let Some(c) = fit_state.coefficients() {
+        } else if let Some(c) = fit_state.model() {
             let (a, u) = fit::fitted_activity(&c, &vectors, &none);
             (Method::ActivityFit, a, u)
         } else {
@@ -818,6 +836,30 @@ mod tests {
             assert!(
                 r.tenants[0].attributed_mj[FIT] < r.tenants[0].true_mj * 11 / 10
                     && r.tenants[0].attributed_mj[FIT] > r.tenants[0].true_mj * 9 / 10
+            );
+        }
+    }
+
+    #[test]
+    fn on_an_a100_share_without_a_tensor_signal_the_tensor_tenant_is_charged_within_10_percent() {
+        // An A100 has no GPM: NVML gives per-process SM and memory utilization, no tensor
+        // figure. The tensor work's cost is learnt per slice from how the board's energy follows
+        // each slice's own activity.
+        let r = run(
+            MixSpec {
+                hopper: false,
+                layout: Layout::Shares,
+                limit_fraction: None,
+                kinds: vec![Kind::Tensor, Kind::Compute, Kind::Memory],
+            },
+            30,
+        );
+        for i in 0..3 {
+            let (fit, sm) = (err(&r, i, FIT), err(&r, i, SM_SPLIT));
+            assert!(
+                fit < 10.0,
+                "{}: fit off by {fit:.1}% (SM split {sm:.1}%)",
+                r.tenants[i].tenant
             );
         }
     }

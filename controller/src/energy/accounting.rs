@@ -145,6 +145,8 @@ struct Observing {
     start_ms: u64,
     start_mj: u64,
     activity: ActivityVector,
+    /// The part of `activity` each slice did.
+    slices: BTreeMap<String, ActivityVector>,
     context_ms: f64,
     /// False once a step lacked the DRAM signal: such an observation is dropped.
     has_dram: bool,
@@ -482,7 +484,7 @@ fn idle_power_of(config: &AccountingConfig, acc: &GpuAcc) -> (u64, bool) {
 fn split_weights(acc: &GpuAcc) -> (Method, Vec<SliceActivity>, u64) {
     let vectors: Vec<(String, ActivityVector)> =
         acc.vectors.iter().map(|(id, v)| (id.clone(), *v)).collect();
-    let coefficients = acc.fit.coefficients();
+    let coefficients = acc.fit.model();
     match (acc.interval_has_dram, coefficients) {
         (true, Some(c)) => {
             let (rows, un) = fit::fitted_activity(&c, &vectors, &acc.unattributed_vec);
@@ -526,18 +528,12 @@ fn step_vectors(s: &AttributedSample, dt: f64) -> StepVectors {
         _ => 1.0,
     };
     let vector = |sm: f64, dram: Option<f64>, tensor: Option<f64>| {
-        let (sm, dram, tensor) = (
+        ActivityVector::at_clock(
             sm.max(0.0) * dt,
             dram.unwrap_or(0.0).max(0.0) * dt,
             tensor.unwrap_or(0.0).max(0.0) * dt,
-        );
-        ActivityVector {
-            sm_pct_ms: sm,
-            dram_pct_ms: dram,
-            tensor_pct_ms: tensor,
-            sm_clock_pct_ms: sm * clock,
-            tensor_clock_pct_ms: tensor * clock,
-        }
+            clock,
+        )
     };
     StepVectors {
         slices: s
@@ -568,6 +564,7 @@ impl Observing {
             start_ms: at_ms,
             start_mj: mj,
             activity: ActivityVector::default(),
+            slices: BTreeMap::new(),
             context_ms: 0.0,
             has_dram: true,
         }
@@ -598,8 +595,9 @@ fn observe(
         return;
     };
     o.activity.add(&step.unattributed);
-    for (_, v) in &step.slices {
+    for (id, v) in &step.slices {
         o.activity.add(v);
+        o.slices.entry(id.clone()).or_default().add(v);
     }
     if !s.no_compute_processes {
         o.context_ms += dt;
@@ -615,6 +613,7 @@ fn observe(
             activity: o.activity,
             context_ms: o.context_ms,
             dynamic_mj,
+            slices: std::mem::take(&mut o.slices).into_iter().collect(),
         });
     }
     acc.observing = Some(Observing::new(at, mj));

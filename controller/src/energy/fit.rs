@@ -17,7 +17,13 @@
 //!    `dynamic ≈ b_sm x SM + b_dram x DRAM + b_tensor x TENSOR + b_ctx x CONTEXT`, with a small
 //!    ridge pull towards the SM-only model (`b_sm` = total dynamic / total SM, others 0), so that
 //!    when the data cannot tell the terms apart the fit is the SM split.
-//! 3. A slice's weight is `b_sm x sm + b_dram x dram + b_tensor x tensor` of its own activity (the
+//!    The SM and tensor columns come also weighted by the SM clock's share f and by f³ (a basis
+//!    {1, f, f³} for how core power falls under the power limit; DRAM has no clock term).
+//! 3. Over the same observations, each slice's own scale on that shared model (see
+//!    [`ActivityFit::model`]): NNLS of what the slices must explain against each slice's shared
+//!    weight, pulled towards 1 by a ridge chosen on held-out contiguous folds. It learns a cost
+//!    no signal shows (tensor work on an A100 share) where the slices' activities vary apart.
+//! 4. A slice's weight is its scale x `b_sm x sm + b_dram x dram + ...` of its own activity (the
 //!    context term belongs to no one's activity: it is shared in proportion to those weights). The
 //!    weights go to [`attribute`](super::attribute) as activity, so the split still sums exactly
 //!    to the measured energy in integer mJ, and a slice with no activity gets no dynamic energy.
@@ -89,32 +95,69 @@ pub struct ActivityVector {
     /// Tensor activity weighted the same way; equal to `tensor_pct_ms` where the clock is not known.
     #[serde(default)]
     pub tensor_clock_pct_ms: f64,
+    /// SM and tensor activity weighted by the cube of the clock's share, the textbook scaling of
+    /// switching power with clock and voltage (P ~ f V², V roughly with f). With the unweighted
+    /// and linear terms the fit has a basis {1, f, f³} in the clock on which it chooses how core
+    /// power falls under the limit. DRAM has no clock terms: HBM is on its own clock, which the
+    /// power limit does not lower (a DRAM x f³ term was tried and made the benchmark worse).
+    /// Equal to the unweighted figures where the clock is not known.
+    #[serde(default)]
+    pub sm_clock3_pct_ms: f64,
+    #[serde(default)]
+    pub tensor_clock3_pct_ms: f64,
 }
 
+/// Regressors of the fit: see [`ActivityVector::features`].
+const FEATURES: usize = 7;
+
 impl ActivityVector {
-    /// Adds `o` to this vector, term by term.
-    pub fn add(&mut self, o: &ActivityVector) {
-        self.sm_pct_ms += o.sm_pct_ms;
-        self.dram_pct_ms += o.dram_pct_ms;
-        self.tensor_pct_ms += o.tensor_pct_ms;
-        self.sm_clock_pct_ms += o.sm_clock_pct_ms;
-        self.tensor_clock_pct_ms += o.tensor_clock_pct_ms;
+    /// The vector of a stretch at one clock: `sm`, `dram` and `tensor` in % x ms, `clock` the SM
+    /// clock's share of its maximum (1 where unknown).
+    pub fn at_clock(sm: f64, dram: f64, tensor: f64, clock: f64) -> ActivityVector {
+        let c3 = clock * clock * clock;
+        ActivityVector {
+            sm_pct_ms: sm,
+            dram_pct_ms: dram,
+            tensor_pct_ms: tensor,
+            sm_clock_pct_ms: sm * clock,
+            tensor_clock_pct_ms: tensor * clock,
+            sm_clock3_pct_ms: sm * c3,
+            tensor_clock3_pct_ms: tensor * c3,
+        }
     }
 
-    /// The fit's regressors: SM, DRAM, tensor, and the clock-weighted SM and tensor.
-    fn features(&self) -> [f64; 5] {
+    /// Adds `o` to this vector, term by term.
+    pub fn add(&mut self, o: &ActivityVector) {
+        self.sub_scaled(o, -1.0);
+    }
+
+    /// Subtracts `k x o` from this vector, term by term.
+    pub fn sub_scaled(&mut self, o: &ActivityVector, k: f64) {
+        self.sm_pct_ms -= k * o.sm_pct_ms;
+        self.dram_pct_ms -= k * o.dram_pct_ms;
+        self.tensor_pct_ms -= k * o.tensor_pct_ms;
+        self.sm_clock_pct_ms -= k * o.sm_clock_pct_ms;
+        self.tensor_clock_pct_ms -= k * o.tensor_clock_pct_ms;
+        self.sm_clock3_pct_ms -= k * o.sm_clock3_pct_ms;
+        self.tensor_clock3_pct_ms -= k * o.tensor_clock3_pct_ms;
+    }
+
+    /// The fit's regressors: SM, DRAM, tensor, SM and tensor x clock, SM and tensor x clock³.
+    fn features(&self) -> [f64; FEATURES] {
         [
             self.sm_pct_ms,
             self.dram_pct_ms,
             self.tensor_pct_ms,
             self.sm_clock_pct_ms,
             self.tensor_clock_pct_ms,
+            self.sm_clock3_pct_ms,
+            self.tensor_clock3_pct_ms,
         ]
     }
 }
 
 /// One observation of a GPU: its dynamic energy and the activity on it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// Board activity (all processes, mapped to a slice or not).
     pub activity: ActivityVector,
@@ -122,6 +165,10 @@ pub struct Observation {
     pub context_ms: f64,
     /// Measured energy minus idle power x time, mJ (may be negative from sensor noise).
     pub dynamic_mj: f64,
+    /// The part of `activity` each slice did (empty where unknown). What `activity` holds beyond
+    /// their sum (work of no slice, a board-only signal) is weighed with the shared coefficients.
+    #[serde(default)]
+    pub slices: Vec<(String, ActivityVector)>,
 }
 
 /// The fit's settings.
@@ -154,8 +201,27 @@ pub struct Coefficients {
     /// On the clock-weighted SM and tensor activity.
     pub sm_clock: f64,
     pub tensor_clock: f64,
+    /// On the activity weighted by the clock's cube.
+    #[serde(default)]
+    pub sm_clock3: f64,
+    #[serde(default)]
+    pub tensor_clock3: f64,
     /// mJ per ms of context held (shared, not charged by activity).
     pub context: f64,
+}
+
+impl Coefficients {
+    fn of_features(&self) -> [f64; FEATURES] {
+        [
+            self.sm,
+            self.dram,
+            self.tensor,
+            self.sm_clock,
+            self.tensor_clock,
+            self.sm_clock3,
+            self.tensor_clock3,
+        ]
+    }
 }
 
 /// The online fit of one GPU.
@@ -208,15 +274,17 @@ impl ActivityFit {
         if self.history.len() < self.config.min_observations.max(1) {
             return None;
         }
-        // Columns: the five features and the context time, scaled to unit mean so the ridge
-        // weighs them alike.
-        const N: usize = 6;
+        // Columns: the features and the context time, scaled to unit mean so the ridge weighs
+        // them alike.
+        const N: usize = FEATURES + 1;
         let rows: Vec<([f64; N], f64)> = self
             .history
             .iter()
             .map(|o| {
                 let f = o.activity.features();
-                ([f[0], f[1], f[2], f[3], f[4], o.context_ms], o.dynamic_mj)
+                let x: [f64; N] =
+                    std::array::from_fn(|i| if i < FEATURES { f[i] } else { o.context_ms });
+                (x, o.dynamic_mj)
             })
             .collect();
         let n = rows.len() as f64;
@@ -260,7 +328,133 @@ impl ActivityFit {
             tensor: unscale(2),
             sm_clock: unscale(3),
             tensor_clock: unscale(4),
-            context: unscale(5),
+            sm_clock3: unscale(5),
+            tensor_clock3: unscale(6),
+            context: unscale(FEATURES),
+        })
+    }
+}
+
+/// The fit's result: the shared coefficients and each slice's own scale on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub shared: Coefficients,
+    /// Each slice's energy per unit of activity relative to the shared model (1: as the shared
+    /// model says). A slice not listed has scale 1.
+    pub slice_scale: std::collections::BTreeMap<String, f64>,
+    /// The pull towards 1 chosen on held-out observations (share of the mean diagonal); `None`
+    /// when the window held too few observations for a per-slice fit.
+    pub slice_ridge: Option<f64>,
+}
+
+impl Model {
+    /// The scale of slice `id`.
+    pub fn scale(&self, id: &str) -> f64 {
+        self.slice_scale.get(id).copied().unwrap_or(1.0)
+    }
+}
+
+/// Pulls towards scale 1 tried on held-out observations, as shares of the mean diagonal of the
+/// normal matrix; the last is strong enough to keep the shared model.
+const SLICE_RIDGES: [f64; 8] = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 1e4];
+/// Contiguous folds of the window for choosing the pull.
+const FOLDS: usize = 5;
+
+fn weigh(c: &Coefficients, a: &ActivityVector) -> f64 {
+    c.of_features()
+        .iter()
+        .zip(a.features())
+        .map(|(c, x)| c * x.max(0.0))
+        .sum()
+}
+
+impl ActivityFit {
+    /// The shared coefficients and the per-slice scales (see [`Model`]), or `None` when
+    /// [`coefficients`](Self::coefficients) is.
+    pub fn model(&self) -> Option<Model> {
+        let shared = self.coefficients()?;
+        let mut ids: Vec<&str> = self
+            .history
+            .iter()
+            .flat_map(|o| o.slices.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let n = ids.len();
+        let plain = Model {
+            shared,
+            slice_scale: Default::default(),
+            slice_ridge: None,
+        };
+        if n == 0 || self.history.len() < 2 * self.config.min_observations.max(1) {
+            return Some(plain);
+        }
+        // Per observation: each slice's weight under the shared model, and what the slices'
+        // weights must explain (dynamic energy less the context term and work of no slice).
+        let rows: Vec<(Vec<f64>, f64)> = self
+            .history
+            .iter()
+            .map(|o| {
+                let mut w = vec![0.0f64; n];
+                let mut rest = o.activity;
+                for (id, a) in &o.slices {
+                    if let Ok(i) = ids.binary_search(&id.as_str()) {
+                        w[i] += weigh(&shared, a);
+                    }
+                    rest.sub_scaled(a, 1.0);
+                }
+                let r = o.dynamic_mj - shared.context * o.context_ms - weigh(&shared, &rest);
+                (w, r)
+            })
+            .collect();
+        let solve = |rows: &[&(Vec<f64>, f64)], ridge: f64| -> Vec<f64> {
+            let mut g = vec![vec![0.0f64; n]; n];
+            let mut h = vec![0.0f64; n];
+            for (w, r) in rows {
+                for i in 0..n {
+                    h[i] += w[i] * r;
+                    for j in 0..n {
+                        g[i][j] += w[i] * w[j];
+                    }
+                }
+            }
+            let mean_diag = (0..n).map(|i| g[i][i]).sum::<f64>() / n as f64;
+            let lambda = ridge * mean_diag.max(f64::MIN_POSITIVE);
+            for i in 0..n {
+                g[i][i] += lambda;
+                h[i] += lambda;
+            }
+            nnls(&g, &h)
+        };
+        let sse = |rows: &[&(Vec<f64>, f64)], s: &[f64]| -> f64 {
+            rows.iter()
+                .map(|(w, r)| {
+                    let p: f64 = w.iter().zip(s).map(|(a, b)| a * b).sum();
+                    (r - p) * (r - p)
+                })
+                .sum()
+        };
+        // The pull that predicts held-out (contiguous) observations best.
+        let len = rows.len();
+        let mut best = (f64::INFINITY, *SLICE_RIDGES.last().unwrap_or(&1.0));
+        for &ridge in &SLICE_RIDGES {
+            let mut err = 0.0;
+            for k in 0..FOLDS {
+                let (lo, hi) = (k * len / FOLDS, (k + 1) * len / FOLDS);
+                let train: Vec<_> = rows[..lo].iter().chain(&rows[hi..]).collect();
+                let test: Vec<_> = rows[lo..hi].iter().collect();
+                err += sse(&test, &solve(&train, ridge));
+            }
+            if err < best.0 {
+                best = (err, ridge);
+            }
+        }
+        let all: Vec<_> = rows.iter().collect();
+        let s = solve(&all, best.1);
+        Some(Model {
+            shared,
+            slice_scale: ids.iter().map(|id| id.to_string()).zip(s).collect(),
+            slice_ridge: Some(best.1),
         })
     }
 }
@@ -403,16 +597,12 @@ fn nnls(g: &[Vec<f64>], h: &[f64]) -> Vec<f64> {
 /// activity's) fitted energy, in integer units. A zero activity vector gets weight 0, so its
 /// slice pays no dynamic energy.
 pub fn fitted_activity(
-    c: &Coefficients,
+    model: &Model,
     slices: &[(String, ActivityVector)],
     unattributed: &ActivityVector,
 ) -> (Vec<SliceActivity>, u64) {
-    let weight = |a: &ActivityVector| {
-        let w = c.sm * a.sm_pct_ms.max(0.0)
-            + c.dram * a.dram_pct_ms.max(0.0)
-            + c.tensor * a.tensor_pct_ms.max(0.0)
-            + c.sm_clock * a.sm_clock_pct_ms.max(0.0)
-            + c.tensor_clock * a.tensor_clock_pct_ms.max(0.0);
+    let weight = |a: &ActivityVector, scale: f64| {
+        let w = scale * weigh(&model.shared, a);
         if w.is_finite() {
             // Saturating: activity of one GPU interval is far below u64::MAX / 1000 mJ.
             (w * WEIGHT_SCALE).round().clamp(0.0, u64::MAX as f64) as u64
@@ -424,10 +614,10 @@ pub fn fitted_activity(
         .iter()
         .map(|(id, a)| SliceActivity {
             slice_id: id.clone(),
-            activity: weight(a),
+            activity: weight(a, model.scale(id)),
         })
         .collect();
-    (rows, weight(unattributed))
+    (rows, weight(unattributed, 1.0))
 }
 
 /// The SM split's activity weights (SM % x ms, rounded), for the same inputs.
@@ -463,13 +653,7 @@ mod tests {
     use super::*;
 
     fn av(sm: f64, dram: f64, tensor: f64) -> ActivityVector {
-        ActivityVector {
-            sm_pct_ms: sm,
-            dram_pct_ms: dram,
-            tensor_pct_ms: tensor,
-            sm_clock_pct_ms: sm,
-            tensor_clock_pct_ms: tensor,
-        }
+        ActivityVector::at_clock(sm, dram, tensor, 1.0)
     }
 
     #[test]
@@ -484,6 +668,7 @@ mod tests {
                 activity: av(sm, dram, tensor),
                 context_ms: 1000.0,
                 dynamic_mj: 2.0 * sm + 3.0 * dram + 1000.0,
+                slices: vec![],
             });
         }
         let c = f.coefficients().expect("ready");
@@ -502,12 +687,14 @@ mod tests {
                 activity: av(1.0, 1.0, 0.0),
                 context_ms: 1.0,
                 dynamic_mj: 1.0,
+                slices: vec![],
             });
         }
         f.observe(Observation {
             activity: av(f64::NAN, 1.0, 0.0),
             context_ms: 1.0,
             dynamic_mj: 1.0,
+            slices: vec![],
         });
         assert_eq!(f.len(), 11);
         assert!(f.coefficients().is_none());
@@ -523,9 +710,10 @@ mod tests {
                 activity: av(sm, sm / 2.0, 0.0),
                 context_ms: 0.0,
                 dynamic_mj: 4.0 * sm,
+                slices: vec![],
             });
         }
-        let c = f.coefficients().expect("ready");
+        let c = f.model().expect("ready");
         let (rows, _) = fitted_activity(
             &c,
             &[
@@ -537,6 +725,49 @@ mod tests {
         // Not the SM split exactly, but no wild swing either: within 25% of equal.
         let (a, b) = (rows[0].activity as f64, rows[1].activity as f64);
         assert!(b / a < 1.25 && b / a >= 1.0, "{rows:?} from {c:?}");
+    }
+
+    #[test]
+    fn a_slice_with_an_unobserved_cost_is_charged_it_when_the_slices_vary_apart() {
+        // Both slices cost 2 mJ per SM unit, but "t" also does work no signal shows (1.5 mJ per
+        // SM unit on average, varying): a shared model spreads it over both.
+        let mut f = ActivityFit::new(FitConfig::default());
+        let (mut true_t, mut true_c, mut sm_t, mut sm_c) = (0.0, 0.0, 0.0, 0.0);
+        for k in 0..120u32 {
+            let c = f64::from((k * 5) % 13) * 100.0;
+            let t = f64::from((k * 7) % 11) * 100.0;
+            let hidden = t * (1.0 + f64::from(k % 3) * 0.5);
+            // Same DRAM per SM: the shared terms cannot tell the two apart.
+            let (a, b) = (av(c, c / 5.0, 0.0), av(t, t / 5.0, 0.0));
+            f.observe(Observation {
+                activity: {
+                    let mut x = a;
+                    x.add(&b);
+                    x
+                },
+                context_ms: 0.0,
+                dynamic_mj: 2.0 * c + 2.0 * t + hidden,
+                slices: vec![("c".into(), a), ("t".into(), b)],
+            });
+            (true_t, true_c) = (true_t + 2.0 * t + hidden, true_c + 2.0 * c);
+            (sm_t, sm_c) = (sm_t + t, sm_c + c);
+        }
+        let m = f.model().expect("ready");
+        assert!(m.slice_ridge.is_some_and(|r| r < 1.0), "{m:?}");
+        let (rows, _) = fitted_activity(
+            &m,
+            &[
+                ("c".into(), av(sm_c, sm_c / 5.0, 0.0)),
+                ("t".into(), av(sm_t, sm_t / 5.0, 0.0)),
+            ],
+            &ActivityVector::default(),
+        );
+        let share_t = rows[1].activity as f64 / (rows[0].activity + rows[1].activity) as f64;
+        let truth = true_t / (true_t + true_c);
+        assert!(
+            (share_t - truth).abs() < 0.02 * truth,
+            "{share_t} vs {truth}, {m:?}"
+        );
     }
 
     #[test]
@@ -573,6 +804,8 @@ mod tests {
                 tensor: c[2],
                 sm_clock: c[0] / 2.0,
                 tensor_clock: c[2] / 2.0,
+                sm_clock3: c[0] / 3.0,
+                tensor_clock3: c[2] / 3.0,
                 context: 1.0,
             };
             // Kind 0: idle (no activity at all).
@@ -584,7 +817,12 @@ mod tests {
                     (format!("s{i}"), a)
                 })
                 .collect();
-            let (activity, un) = fitted_activity(&coeffs, &slices, &ActivityVector::default());
+            let model = Model {
+                shared: coeffs,
+                slice_scale: slices.iter().enumerate().map(|(i, (id, _))| (id.clone(), 0.5 + i as f64)).collect(),
+                slice_ridge: Some(0.1),
+            };
+            let (activity, un) = fitted_activity(&model, &slices, &ActivityVector::default());
             let holders = slices
                 .iter()
                 .map(|(id, _)| Holder {
