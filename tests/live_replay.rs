@@ -1,5 +1,6 @@
 //! The live path and the offline replay agree: a seeded sequence of 2,000 requests (whole GPUs,
-//! MIG instances and shares, some constrained to a GPU model, with releases interleaved) sent
+//! MIG instances and shares, some constrained to a GPU model, most with the host CPU and memory
+//! their workload needs, with releases interleaved) sent
 //! through the tenant API of a `greenslice controller` process to simulated agents gets, request
 //! by request, the placement (node, GPUs, MIG start) that `bench::live_replay::replay` computes
 //! offline with the same policy, learning its target workload from the same requests; requests
@@ -106,13 +107,7 @@ async fn live_placements_match_the_offline_replay_request_by_request() {
 
     let view = idle_view(&registered(&url).await);
     assert_eq!(view.nodes.len(), specs.len());
-    let mut steps = seeded_steps(&view, seed, REQUESTS);
-    for s in &mut steps {
-        if let Step::Request(r) = s {
-            r.cpu_milli = 0;
-            r.memory_bytes = 0;
-        }
-    }
+    let steps = seeded_steps(&view, seed, REQUESTS);
     let offline = live_replay::replay(
         policy_by_name(&offline_policy).unwrap().as_ref(),
         view,
@@ -133,6 +128,8 @@ async fn live_placements_match_the_offline_replay_request_by_request() {
                         tenant: "t".into(),
                         spec: Some(spec_to_pb(&req.spec)),
                         idempotency_key: String::new(),
+                        host_cpu_milli: req.cpu_milli,
+                        host_memory_bytes: req.memory_bytes,
                     })
                     .await;
                 let (outcome, id) = match answer {

@@ -19,6 +19,7 @@ fn req(tenant: &str, kind: Kind, model: &str, key: &str) -> pb::RequestSliceRequ
             slice_class: String::new(),
         }),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 

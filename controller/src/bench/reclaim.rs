@@ -441,6 +441,7 @@ pub fn replay(
                         created_ms: t,
                         updated_ms: t,
                         kept_until_ms: None,
+                        host: Default::default(),
                     },
                 },
             );

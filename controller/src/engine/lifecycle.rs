@@ -11,7 +11,7 @@ use super::{Controller, Requested, new_slice_id};
 use crate::agents::AgentError;
 use crate::error::ControllerError;
 use crate::model::page::{self, Page};
-use crate::model::slice::{MigAssignment, SliceRecord};
+use crate::model::slice::{HostDemand, MigAssignment, SliceRecord};
 use crate::model::state::ClusterState;
 use crate::placement::{Request, Unplaceable};
 
@@ -79,11 +79,26 @@ impl Controller {
         Ok(updated)
     }
 
-    /// Places, commits and applies a slice. Answers once the agent confirmed.
+    /// Places, commits and applies a slice whose workload said nothing of its host CPU and
+    /// memory (see [`Controller::request_with_host`]).
     pub async fn request(
         &self,
         tenant: &str,
         spec: &SliceSpec,
+        idempotency_key: &str,
+    ) -> Result<Requested, ControllerError> {
+        self.request_with_host(tenant, spec, HostDemand::default(), idempotency_key)
+            .await
+    }
+
+    /// Places, commits and applies a slice. Answers once the agent confirmed. `host` is what the
+    /// workload needs of its node's CPU and memory (0: not said): the policy places it only where
+    /// it fits beside the live slices' own, and learns its target workload from it.
+    pub async fn request_with_host(
+        &self,
+        tenant: &str,
+        spec: &SliceSpec,
+        host: HostDemand,
         idempotency_key: &str,
     ) -> Result<Requested, ControllerError> {
         self.ensure_leading()?;
@@ -134,8 +149,8 @@ impl Controller {
             check_model_profile(&st, &spec)?;
             let req = Request {
                 spec: spec.clone(),
-                cpu_milli: 0,
-                memory_bytes: 0,
+                cpu_milli: host.cpu_milli,
+                memory_bytes: host.memory_bytes,
             };
             // The policy learns its target workload from what is asked, placed or not.
             self.policy.observe(&req);
@@ -198,6 +213,7 @@ impl Controller {
             let r = SliceRecord {
                 mig,
                 idempotency_key: key.clone(),
+                host,
                 ..SliceRecord::placed(id, tenant, spec.clone(), node_name, gpus, now)
             };
             st.put(r.clone());

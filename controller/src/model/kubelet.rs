@@ -71,6 +71,7 @@ pub fn kubelet_slice_changes(
             created_ms: prior.map_or(now_ms, |p| p.created_ms),
             updated_ms: now_ms,
             kept_until_ms: prior.and_then(|p| p.kept_until_ms),
+            host: Default::default(),
         };
         let unchanged = prior.is_some_and(|p| {
             p.tenant == record.tenant

@@ -257,6 +257,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             kept_until_ms: None,
+            host: Default::default(),
         }
     }
 

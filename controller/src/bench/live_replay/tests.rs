@@ -165,3 +165,27 @@ fn an_unobserved_history_places_differently() {
     eprintln!("{d} of 2000 placed differently");
     assert!(d > 20, "only {d} of 2000 requests placed differently");
 }
+
+#[test]
+fn the_host_cpu_of_requests_changes_placements() {
+    // A live path that dropped the requests' CPU (as the controller did before the API carried
+    // it) would place such a sequence differently.
+    let view = cluster();
+    let steps = seeded_steps(&view, 11, 2000);
+    let without: Vec<Step> = steps
+        .iter()
+        .map(|s| match s {
+            Step::Request(r) => Step::Request(Request {
+                cpu_milli: 0,
+                memory_bytes: 0,
+                ..r.clone()
+            }),
+            other => other.clone(),
+        })
+        .collect();
+    let a = replay(default_policy().as_ref(), view.clone(), &steps);
+    let b = replay(default_policy().as_ref(), view, &without);
+    let d = differences(&a, &b);
+    eprintln!("{d} of 2000 placed differently");
+    assert!(d > 20, "only {d} of 2000 requests placed differently");
+}
