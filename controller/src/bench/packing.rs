@@ -58,6 +58,10 @@ pub struct Args {
     /// Also replay on H100-80GB nodes comparing MIG-only, shares-only and mixed sharing.
     #[arg(long)]
     pub mig: bool,
+    /// Replay on a cluster of this many nodes made from `--nodes` (see [`openb::scale_nodes`];
+    /// seeded by `--variant-seed`), e.g. 1280 for decision times at that size.
+    #[arg(long)]
+    pub cluster_nodes: Option<usize>,
 }
 
 /// First seed of the protocol.
@@ -293,7 +297,11 @@ fn fmt_ms((m, sd): (f64, f64)) -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let policies = select_policies(&args.policy)?;
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
-    let nodes = openb::load_nodes(&args.nodes)?;
+    let mut nodes = openb::load_nodes(&args.nodes)?;
+    if let Some(n) = args.cluster_nodes {
+        anyhow::ensure!(n >= 1, "--cluster-nodes must be at least 1");
+        nodes = openb::scale_nodes(&nodes, n, args.variant_seed);
+    }
     let base = openb::load_tasks(&args.pods)?;
     if args.sweep {
         return run_sweep(&args, &policies, &nodes, &base);
