@@ -93,14 +93,46 @@ pub fn idle_view(nodes: &[ReplayNode]) -> ClusterView {
 
 /// Replays `steps` on `view` with `policy` (which should be fresh: a learning policy's target
 /// workload is part of what is replayed). One outcome per request, in order.
-pub fn replay(policy: &dyn Policy, mut view: ClusterView, steps: &[Step]) -> Vec<Outcome> {
+pub fn replay(policy: &dyn Policy, view: ClusterView, steps: &[Step]) -> Vec<Outcome> {
+    run(policy, view, steps, None)
+}
+
+/// [`replay`] placing as the controller does, with [`Policy::place_versioned`] (a node's version
+/// changes whenever what it holds does); with the time of each decision (observe and place), ns.
+pub fn replay_timed(
+    policy: &dyn Policy,
+    view: ClusterView,
+    steps: &[Step],
+) -> (Vec<Outcome>, Vec<u64>) {
+    let mut times = Vec::new();
+    let out = run(policy, view, steps, Some(&mut times));
+    (out, times)
+}
+
+fn run(
+    policy: &dyn Policy,
+    mut view: ClusterView,
+    steps: &[Step],
+    mut times: Option<&mut Vec<u64>>,
+) -> Vec<Outcome> {
     let mut held: Vec<Option<(Request, Placement)>> = Vec::new();
     let mut out = Vec::new();
+    let mut versions: Vec<u64> = (0..view.nodes.len() as u64).collect();
+    let mut next_version = versions.len() as u64;
     for step in steps {
         match step {
             Step::Request(req) => {
+                let t0 = std::time::Instant::now();
                 policy.observe(req);
-                match policy.place(&view, req) {
+                let placed = if times.is_some() {
+                    policy.place_versioned(&view, &versions, req)
+                } else {
+                    policy.place(&view, req)
+                };
+                if let Some(t) = times.as_deref_mut() {
+                    t.push(t0.elapsed().as_nanos() as u64);
+                }
+                match placed {
                     Ok(p) => {
                         let node = &view.nodes[p.node];
                         out.push(Ok(Assigned {
@@ -109,6 +141,8 @@ pub fn replay(policy: &dyn Policy, mut view: ClusterView, steps: &[Step]) -> Vec
                             mig_start: p.mig_start,
                         }));
                         hold(&mut view, req, &p);
+                        versions[p.node] = next_version;
+                        next_version += 1;
                         held.push(Some((req.clone(), p)));
                     }
                     Err(e) => {
@@ -120,11 +154,53 @@ pub fn replay(policy: &dyn Policy, mut view: ClusterView, steps: &[Step]) -> Vec
             Step::Release { request } => {
                 if let Some((req, p)) = held.get_mut(*request).and_then(Option::take) {
                     free(&mut view, &req, &p);
+                    versions[p.node] = next_version;
+                    next_version += 1;
                 }
             }
         }
     }
     out
+}
+
+/// `n` simulated DGX nodes as their agents register them: 8 GPUs each, the models cycling through
+/// H100-80GB, A100-40GB, H200 and A100-80GB, two MIG GPUs on every other node; 112 cores and 2
+/// TiB of host memory.
+pub fn dgx_nodes(n: usize) -> Vec<ReplayNode> {
+    let models = [
+        GpuModel::H100Sxm5_80Gb,
+        GpuModel::A100Sxm4_40Gb,
+        GpuModel::H200Sxm5_141Gb,
+        GpuModel::A100Sxm4_80Gb,
+    ];
+    (0..n)
+        .map(|i| {
+            let model = &models[i % models.len()];
+            let name = format!("node-{i:05}");
+            ReplayNode {
+                cpu_milli: 112_000,
+                memory_bytes: 2048 * GIB,
+                mig_create: true,
+                gpus: (0..8u32)
+                    .map(|g| Gpu {
+                        uuid: format!("GPU-{name}-{g}"),
+                        index: g,
+                        model: model.clone(),
+                        memory_bytes: model.memory_bytes(),
+                        mig_capable: true,
+                        mig_enabled: i % 2 == 0 && g < 2,
+                        pci_bus_id: String::new(),
+                        power_limit_mw: 0,
+                        healthy: true,
+                        mig_instances: Vec::new(),
+                        shares: Vec::new(),
+                        whole_slice_id: None,
+                    })
+                    .collect(),
+                name,
+            }
+        })
+        .collect()
 }
 
 /// Marks what a placed request holds.
@@ -210,6 +286,16 @@ const GIB: u64 = 1 << 30;
 /// none); one in ten constrained to a GPU model of the view; two in three carry host CPU (up to 32
 /// cores) and memory (2 GiB per core).
 pub fn seeded_steps(view: &ClusterView, seed: u64, requests: usize) -> Vec<Step> {
+    seeded_steps_held(view, seed, requests, 110)
+}
+
+/// [`seeded_steps`] with each request held for 10 to `max_held` more requests (at least 10).
+pub fn seeded_steps_held(
+    view: &ClusterView,
+    seed: u64,
+    requests: usize,
+    max_held: usize,
+) -> Vec<Step> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let gpus = || view.nodes.iter().flat_map(|n| &n.gpus);
     let mut models: Vec<GpuModel> = Vec::new();
@@ -224,14 +310,14 @@ pub fn seeded_steps(view: &ClusterView, seed: u64, requests: usize) -> Vec<Step>
             list.push(g.model.clone());
         }
     }
-    // Releases by the request they come before: each slice is held for 10 to 110 requests.
+    // Releases by the request they come before: each slice is held for 10 to `max_held` requests.
     let mut due: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     let mut steps = Vec::with_capacity(requests * 2);
     for i in 0..requests {
         for request in due.remove(&i).unwrap_or_default() {
             steps.push(Step::Release { request });
         }
-        due.entry(i + rng.random_range(10..=110))
+        due.entry(i + rng.random_range(10..=max_held.max(10)))
             .or_default()
             .push(i);
         let constrained = rng.random_bool(0.1);

@@ -62,6 +62,12 @@ pub struct Args {
     /// seeded by `--variant-seed`), e.g. 1280 for decision times at that size.
     #[arg(long)]
     pub cluster_nodes: Option<usize>,
+    /// Instead of a trace replay, time the live policy (`--policy`, one of the scored ones) as the
+    /// controller runs it (`ScoredPolicy::place_versioned` over the cluster view) on this many
+    /// simulated DGX nodes, over a seeded sequence of requests and releases (see
+    /// `bench::live_replay`).
+    #[arg(long)]
+    pub live_nodes: Option<usize>,
 }
 
 /// First seed of the protocol.
@@ -297,6 +303,9 @@ fn fmt_ms((m, sd): (f64, f64)) -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let policies = select_policies(&args.policy)?;
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
+    if let Some(n) = args.live_nodes {
+        return run_live(&args.policy, n, args.seeds);
+    }
     let mut nodes = openb::load_nodes(&args.nodes)?;
     if let Some(n) = args.cluster_nodes {
         anyhow::ensure!(n >= 1, "--cluster-nodes must be at least 1");
@@ -388,6 +397,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             write(&out.join("packing_mig.csv"), &mig_to_csv(m))?;
         }
         println!("wrote packing.csv, packing.svg to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `--live-nodes`: the live policy's decision times on `n` simulated DGX nodes, one sequence per
+/// seed, about four requests per GPU, each held long enough that the cluster fills.
+fn run_live(policy: &str, n: usize, seeds: u64) -> anyhow::Result<()> {
+    use super::live_replay::{dgx_nodes, idle_view, replay_timed, seeded_steps_held};
+    anyhow::ensure!(n >= 1, "--live-nodes must be at least 1");
+    let names: Vec<&str> = if policy == "all" {
+        vec![crate::placement::PolicyKind::DEFAULT.name()]
+    } else {
+        policy.split(',').collect()
+    };
+    let view = idle_view(&dgx_nodes(n));
+    let gpus = n * 8;
+    println!(
+        "live policy: {n} simulated DGX nodes, {gpus} GPUs, {} requests per seed",
+        gpus * 4
+    );
+    println!(
+        "{:<15} {:>6} {:>10} {:>11} {:>9} {:>9}",
+        "policy", "seed", "placed", "unplaceable", "median ns", "p99 ns"
+    );
+    for name in names {
+        for seed in FIRST_SEED..FIRST_SEED + seeds {
+            let policy = crate::placement::policy_by_name(name)?;
+            let steps = seeded_steps_held(&view, seed, gpus * 4, gpus * 2);
+            let (out, times) = replay_timed(policy.as_ref(), view.clone(), &steps);
+            let failed = out.iter().filter(|o| o.is_err()).count();
+            let (median, p99) = replay::median_p99(times);
+            println!(
+                "{name:<15} {seed:>6} {:>10} {failed:>11} {median:>9} {p99:>9}",
+                out.len() - failed
+            );
+        }
     }
     Ok(())
 }

@@ -189,3 +189,17 @@ fn the_host_cpu_of_requests_changes_placements() {
     eprintln!("{d} of 2000 placed differently");
     assert!(d > 20, "only {d} of 2000 requests placed differently");
 }
+
+#[test]
+fn versioned_placement_agrees_with_the_plain_replay() {
+    // What the controller calls (place_versioned, reusing unchanged nodes' work) and what the
+    // offline replay calls (place) give the same answers on a larger, busier cluster.
+    let view = idle_view(&dgx_nodes(40));
+    let steps = seeded_steps_held(&view, 5, 3000, 700);
+    let plain = replay(default_policy().as_ref(), view.clone(), &steps);
+    let (versioned, times) = replay_timed(default_policy().as_ref(), view, &steps);
+    assert_eq!(times.len(), plain.len());
+    assert_eq!(differences(&plain, &versioned), 0);
+    let failed = plain.iter().filter(|o| o.is_err()).count();
+    assert!(failed > 100, "{failed}: the cluster fills");
+}
