@@ -418,7 +418,7 @@ fn run_live(policy: &str, n: usize, seeds: u64) -> anyhow::Result<()> {
         gpus * 4
     );
     println!(
-        "{:<15} {:>6} {:>10} {:>11} {:>9} {:>9}",
+        "{:<15} {:>6} {:>10} {:>11} {:>9} {:>9}   p99 ns of whole / share / MIG requests",
         "policy", "seed", "placed", "unplaceable", "median ns", "p99 ns"
     );
     for name in names {
@@ -427,10 +427,34 @@ fn run_live(policy: &str, n: usize, seeds: u64) -> anyhow::Result<()> {
             let steps = seeded_steps_held(&view, seed, gpus * 4, gpus * 2);
             let (out, times) = replay_timed(policy.as_ref(), view.clone(), &steps);
             let failed = out.iter().filter(|o| o.is_err()).count();
+            // Times by kind of request, in request order.
+            let kinds: Vec<u8> = steps
+                .iter()
+                .filter_map(|s| match s {
+                    super::live_replay::Step::Request(r) => Some(match r.spec.kind {
+                        greenslice_core::slice::SliceKind::Whole { .. } => 0,
+                        greenslice_core::slice::SliceKind::Share { .. } => 1,
+                        greenslice_core::slice::SliceKind::Mig { .. } => 2,
+                    }),
+                    super::live_replay::Step::Release { .. } => None,
+                })
+                .collect();
+            let by_kind: Vec<String> = (0..3u8)
+                .map(|k| {
+                    let t: Vec<u64> = times
+                        .iter()
+                        .zip(&kinds)
+                        .filter(|(_, x)| **x == k)
+                        .map(|(t, _)| *t)
+                        .collect();
+                    replay::median_p99(t).1.to_string()
+                })
+                .collect();
             let (median, p99) = replay::median_p99(times);
             println!(
-                "{name:<15} {seed:>6} {:>10} {failed:>11} {median:>9} {p99:>9}",
-                out.len() - failed
+                "{name:<15} {seed:>6} {:>10} {failed:>11} {median:>9} {p99:>9}   {}",
+                out.len() - failed,
+                by_kind.join(" / ")
             );
         }
     }
