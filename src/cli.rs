@@ -111,6 +111,13 @@ pub struct RequestArgs {
     /// Idempotency key: retrying with the same key returns the same slice.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Host CPU the workload needs on its node, in milli-cores (4000 = four cores): the slice goes
+    /// only where that much is left beside the other slices' (default: not said).
+    #[arg(long)]
+    pub cpu_milli: Option<u64>,
+    /// Host memory the workload needs on its node, e.g. 64GiB (default: not said).
+    #[arg(long, value_parser = |s: &str| parse_bytes(s))]
+    pub host_memory: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -236,6 +243,8 @@ pub async fn request(conn: &Conn, fmt: Format, a: RequestArgs) -> anyhow::Result
             tenant: a.tenant.clone().unwrap_or_default(),
             spec: Some(spec),
             idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+            host_cpu_milli: a.cpu_milli.unwrap_or_default(),
+            host_memory_bytes: a.host_memory.unwrap_or_default(),
         })
         .await?
         .into_inner();

@@ -241,6 +241,7 @@ pub async fn run(a: DemoArgs, zone: &greenslice_controller::report::Zone) -> any
                 tenant: t.to_string(),
                 spec: Some(spec),
                 idempotency_key: format!("demo-{}-{i}", a.seed),
+                ..Default::default()
             })
             .await;
         match res {

@@ -158,6 +158,7 @@ async fn request(c: &mut Tenant, kind: Kind) -> Result<pb::Slice, tonic::Status>
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await?;
     r.into_inner()

@@ -36,6 +36,7 @@ fn share_req(tenant: &str) -> pb::RequestSliceRequest {
             ..Default::default()
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 
@@ -284,6 +285,7 @@ async fn no_inventory_page_of_a_full_1280_node_cluster_exceeds_a_stock_clients_l
                     ..Default::default()
                 }),
                 idempotency_key: String::new(),
+                ..Default::default()
             })
             .await;
         match r {

@@ -130,6 +130,7 @@ async fn worker(
                     tenant: format!("t{}", w % 3),
                     spec: Some(spec(&mut rng)),
                     idempotency_key: key.clone(),
+                    ..Default::default()
                 })
                 .await;
             let mut a = acks.lock().unwrap();
@@ -173,6 +174,7 @@ async fn retry_unanswered(url: &str, acks: &Arc<Mutex<Acks>>) -> Result<(), Stri
                     ..Default::default()
                 }),
                 idempotency_key: key.clone(),
+                ..Default::default()
             })
             .await;
         if let Ok(r) = res

@@ -39,6 +39,7 @@ fn whole(n: u32) -> pb::RequestSliceRequest {
             ..Default::default()
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

@@ -178,6 +178,59 @@ fn cli_exit_codes_follow_the_grpc_status() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Host CPU: more than the node has is no room (4), saying how much; more than any node may
+    // report is InvalidArgument (2); what the live slices said they need is held.
+    let out = cli(
+        &url,
+        &[
+            "request",
+            "--tenant",
+            "t",
+            "--whole",
+            "1",
+            "--cpu-milli",
+            "200000",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("200 CPU cores"), "{err}");
+    let out = cli(
+        &url,
+        &[
+            "request",
+            "--tenant",
+            "t",
+            "--whole",
+            "1",
+            "--cpu-milli",
+            "2000000000",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("host_cpu_milli"), "{err}");
+    let pod = [
+        "request",
+        "--tenant",
+        "t",
+        "--share",
+        "0.1",
+        "--memory",
+        "1GiB",
+        "--cpu-milli",
+        "100000",
+        "--host-memory",
+        "64GiB",
+    ];
+    let out = cli(&url, &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&url, &pod);
+    assert_eq!(out.status.code(), Some(4), "100 + 100 of 112 cores");
     // Bad size on the command line -> 2 before any RPC.
     let out = cli(
         &url,

@@ -24,6 +24,7 @@ fn req(tenant: &str, kind: Kind) -> pb::RequestSliceRequest {
             ..Default::default()
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

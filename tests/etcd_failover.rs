@@ -85,6 +85,7 @@ async fn storm_worker(url: String, w: usize, acks: Arc<Mutex<Acks>>) {
                 tenant: format!("t{w}"),
                 spec: Some(share()),
                 idempotency_key: format!("w{w}-{n}"),
+                ..Default::default()
             })
             .await;
         let id = match r {
@@ -837,6 +838,7 @@ async fn a_leader_paused_past_its_lease_acts_no_more_when_resumed() {
                     tenant: "team-b".into(),
                     spec: Some(share()),
                     idempotency_key: String::new(),
+                    ..Default::default()
                 })
                 .await;
             assert!(r.is_err(), "a deposed leader acknowledged a request: {r:?}");
@@ -916,6 +918,7 @@ async fn request_and_release(url: &str, n: usize) {
                     tenant: "team-a".into(),
                     spec: Some(share()),
                     idempotency_key: String::new(),
+                    ..Default::default()
                 })
                 .await
             {

@@ -193,6 +193,7 @@ fn every_request_through_the_real_handlers_gives_a_status_and_leaves_state_alone
             ..Default::default()
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     })))
     .unwrap();
 
@@ -205,6 +206,7 @@ fn every_request_through_the_real_handlers_gives_a_status_and_leaves_state_alone
                 tenant: tenant_name,
                 spec,
                 idempotency_key,
+                ..Default::default()
             })))
             .map(ok)
         },
@@ -540,6 +542,7 @@ fn arbitrary_agent_messages_end_only_their_own_session_and_keep_other_nodes_slic
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })),
     )
     .unwrap();

@@ -88,6 +88,7 @@ async fn kubelet_allocations_become_tenant_slices_until_the_pod_ends() {
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

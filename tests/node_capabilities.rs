@@ -36,6 +36,7 @@ async fn request_mig(url: &str, profile: &str) -> Result<pb::Slice, tonic::Statu
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await?;
     Ok(r.into_inner().slice.unwrap())

@@ -68,6 +68,7 @@ impl Env {
                 slice_class: class.into(),
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().slice.unwrap())
@@ -186,6 +187,7 @@ async fn reclaims_a_slice_idle_past_window_and_grace_and_its_capacity_is_placeab
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -615,6 +617,7 @@ async fn a_keep_is_committed_and_survives_a_controller_restart() {
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -154,6 +154,7 @@ async fn unreachable_node_keeps_its_slices_gets_nothing_new_and_drain_marks_them
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("no schedulable node");

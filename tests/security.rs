@@ -75,6 +75,7 @@ fn share(tenant: &str, f: f64) -> pb::RequestSliceRequest {
             slice_class: String::new(),
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

@@ -19,6 +19,7 @@ fn req(tenant: &str, kind: Kind, model: &str, key: &str) -> pb::RequestSliceRequ
             slice_class: String::new(),
         }),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 
@@ -144,6 +145,17 @@ async fn bad_requests_get_precise_status_codes() {
     let (code, msg) = code_msg(c.request_slice(req("t", share(0.5, 0), "", "")).await);
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("memory"), "{msg}");
+    // Host CPU or memory beyond what any node may report.
+    let mut r = req("t", share(0.5, 1 << 30), "", "");
+    r.host_cpu_milli = u64::MAX;
+    let e = c.request_slice(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("host_cpu_milli"), "{}", e.message());
+    let mut r = req("t", share(0.5, 1 << 30), "", "");
+    r.host_memory_bytes = u64::MAX;
+    let e = c.request_slice(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("host_memory_bytes"), "{}", e.message());
     // Missing spec and bad tenant.
     let mut r = req("t", share(0.5, 1), "", "");
     r.spec = None;

@@ -30,6 +30,7 @@ fn share_req(tenant: &str) -> pb::RequestSliceRequest {
             ..Default::default()
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

@@ -169,6 +169,7 @@ fn seed_messages() -> Vec<Vec<u8>> {
                 slice_class: "c".into(),
             }),
             idempotency_key: "k".into(),
+            ..Default::default()
         }
         .encode_to_vec(),
         pb::UsageRequest {

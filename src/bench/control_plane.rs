@@ -290,6 +290,7 @@ async fn client(
                 tenant: tenant.clone(),
                 spec: Some(spec(kind)),
                 idempotency_key: String::new(),
+                ..Default::default()
             })
             .await;
         let t1 = Instant::now();

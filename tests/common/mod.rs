@@ -37,6 +37,7 @@ pub async fn request_slice(url: &str, tenant: &str, kind: pb::slice_spec::Kind) 
             ..Default::default()
         }),
         idempotency_key: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -135,8 +135,14 @@ class Client:
         model: str = "",
         slice_class: str = "",
         idempotency_key: str = "",
+        host_cpu_milli: int = 0,
+        host_memory_bytes: int = 0,
     ) -> types_pb2.Slice:
-        """Requests one slice (exactly one of whole, mig, share) and returns it ACTIVE."""
+        """Requests one slice (exactly one of whole, mig, share) and returns it ACTIVE.
+
+        host_cpu_milli (milli-cores) and host_memory_bytes are what the workload needs of its
+        node's CPU and memory; 0 (the default) says nothing. The slice is placed only where they
+        fit beside the other live slices' own."""
         if [whole is not None, mig is not None, share is not None].count(True) != 1:
             raise ValueError("give exactly one of whole, mig or share")
         spec = types_pb2.SliceSpec(gpu_model=model, slice_class=slice_class)
@@ -149,7 +155,13 @@ class Client:
             spec.share.memory_bytes = memory_bytes
         r = _call(
             self._tenant_api.RequestSlice,
-            tenant_pb2.RequestSliceRequest(tenant=self.tenant, spec=spec, idempotency_key=idempotency_key),
+            tenant_pb2.RequestSliceRequest(
+                tenant=self.tenant,
+                spec=spec,
+                idempotency_key=idempotency_key,
+                host_cpu_milli=host_cpu_milli,
+                host_memory_bytes=host_memory_bytes,
+            ),
             metadata=self._metadata,
         )
         return r.slice

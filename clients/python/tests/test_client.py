@@ -106,6 +106,21 @@ def test_refusals_carry_their_reason_and_details(controller):
         assert e.value.reason == "REVISION_COMPACTED"
 
 
+def test_requests_carry_the_host_cpu_and_memory_of_their_workload(controller):
+    with Client(controller, tenant="py-team") as c:
+        # More CPU than the node (112 cores) has: no room; more than any node may report: invalid.
+        with pytest.raises(GreensliceError) as e:
+            c.request(share=0.1, memory_bytes=1 << 30, host_cpu_milli=200_000)
+        assert e.value.reason == "NO_CAPACITY"
+        assert "200 CPU cores" in str(e.value)
+        with pytest.raises(GreensliceError) as e:
+            c.request(share=0.1, memory_bytes=1 << 30, host_cpu_milli=2_000_000_000)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.field_violations[0][0] == "host_cpu_milli"
+        s = c.request(share=0.1, memory_bytes=1 << 30, host_cpu_milli=4000, host_memory_bytes=16 << 30)
+        assert c.release(s.id).state == types_pb2.SLICE_STATE_RELEASED
+
+
 def test_watch_resumes_from_its_last_revision(controller):
     with Client(controller, tenant="py-team") as c:
         head = next(c.list_pages()).revision

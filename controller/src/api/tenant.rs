@@ -64,11 +64,17 @@ impl TenantService for TenantApi {
         // the agent asked) must reach ACTIVE or FAILED, not stay pending until a restart.
         let spec = greenslice_core::convert::spec_from_pb(r.spec.as_ref())
             .map_err(crate::error::ControllerError::from)?;
+        let host = crate::model::slice::HostDemand {
+            cpu_milli: r.host_cpu_milli,
+            memory_bytes: r.host_memory_bytes,
+        };
         let c = self.controller.clone();
-        let out =
-            tokio::spawn(async move { c.request(&r.tenant, &spec, &r.idempotency_key).await })
+        let out = tokio::spawn(async move {
+            c.request_with_host(&r.tenant, &spec, host, &r.idempotency_key)
                 .await
-                .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
+        })
+        .await
+        .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
         Ok(Response::new(pb::RequestSliceResponse {
             slice: Some(super::slice_to_pb(&out.slice)),
             replayed: out.replayed,

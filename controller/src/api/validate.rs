@@ -33,7 +33,8 @@ fn status(c: Checked) -> Result<(), Status> {
 
 // ---- TenantService ---------------------------------------------------------------------------------
 
-/// RequestSlice: tenant, idempotency key and spec (sizes, profile, model and class names).
+/// RequestSlice: tenant, idempotency key, spec (sizes, profile, model and class names) and the
+/// workload's host CPU and memory (within what one node may report).
 pub fn request_slice(r: &pb::RequestSliceRequest) -> Result<(), Status> {
     status(lim::check_tenant("tenant", &r.tenant))?;
     validate_idempotency_key(&r.idempotency_key).map_err(refused)?;
@@ -47,6 +48,18 @@ pub fn request_slice(r: &pb::RequestSliceRequest) -> Result<(), Status> {
         )));
     }
     spec_from_pb(r.spec.as_ref()).map_err(refused)?;
+    status(lim::check_max(
+        "host_cpu_milli",
+        r.host_cpu_milli,
+        lim::MAX_CPU_MILLI,
+        "milli-cores (what one node may report)",
+    ))?;
+    status(lim::check_max(
+        "host_memory_bytes",
+        r.host_memory_bytes,
+        lim::MAX_HOST_MEMORY_BYTES,
+        "bytes (what one node may report)",
+    ))?;
     Ok(())
 }
 
@@ -564,6 +577,7 @@ mod tests {
                 ..Default::default()
             }),
             idempotency_key: key.into(),
+            ..Default::default()
         };
         let e = request_slice(&req("Team A", "")).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
@@ -575,6 +589,35 @@ mod tests {
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
             e.message().starts_with("idempotency key must be at most"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn host_demand_beyond_what_a_node_may_report_is_refused() {
+        let req = |cpu: u64, mem: u64| pb::RequestSliceRequest {
+            tenant: "t".into(),
+            spec: Some(pb::SliceSpec {
+                kind: Some(pb::slice_spec::Kind::Whole(pb::WholeGpus { count: 1 })),
+                ..Default::default()
+            }),
+            host_cpu_milli: cpu,
+            host_memory_bytes: mem,
+            ..Default::default()
+        };
+        assert!(request_slice(&req(0, 0)).is_ok(), "0: not said");
+        assert!(request_slice(&req(lim::MAX_CPU_MILLI, lim::MAX_HOST_MEMORY_BYTES)).is_ok());
+        let e = request_slice(&req(lim::MAX_CPU_MILLI + 1, 0)).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "host_cpu_milli must be at most 1000000000 milli-cores (what one node may report); got 1000000001"
+        );
+        let e = request_slice(&req(1000, u64::MAX)).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("host_memory_bytes must be at most"),
             "{}",
             e.message()
         );

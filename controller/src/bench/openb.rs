@@ -257,6 +257,33 @@ pub fn data_dir() -> Option<PathBuf> {
         .find(|p| p.join("openb_node_list_gpu_node.csv").is_file())
 }
 
+/// A cluster of `n` nodes made from `nodes`: a seeded sample of them when `n` is smaller; all of
+/// them and copies of nodes drawn with replacement when larger (copy `k` of node `x` is named
+/// `x~k`), so the mix of models, GPU counts and CPU stays the trace's.
+pub fn scale_nodes(nodes: &[TraceNode], n: usize, seed: u64) -> Vec<TraceNode> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut sorted: Vec<&TraceNode> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    if n <= sorted.len() {
+        sorted.shuffle(&mut rng);
+        return sorted.into_iter().take(n).cloned().collect();
+    }
+    let mut out: Vec<TraceNode> = sorted.iter().map(|t| (*t).clone()).collect();
+    let mut copies = std::collections::HashMap::new();
+    while out.len() < n {
+        let t = sorted[rng.random_range(0..sorted.len())];
+        let k = copies.entry(t.name.as_str()).or_insert(0u32);
+        *k += 1;
+        out.push(TraceNode {
+            name: format!("{}~{k}", t.name),
+            ..t.clone()
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +334,40 @@ mod tests {
             m.contains("/nonexistent/nodes.csv") && m.contains("../shared/data"),
             "{m}"
         );
+    }
+
+    fn trace_node(name: &str, gpus: u8) -> TraceNode {
+        TraceNode {
+            name: name.into(),
+            cpu_milli: 96_000,
+            memory_mib: 1 << 19,
+            gpus,
+            model: "V100M32".into(),
+        }
+    }
+
+    #[test]
+    fn a_cluster_scales_to_any_node_count_from_the_trace_nodes() {
+        let nodes: Vec<TraceNode> = (0..10)
+            .map(|i| trace_node(&format!("n{i}"), i % 9))
+            .collect();
+        let big = scale_nodes(&nodes, 25, 1);
+        assert_eq!(big.len(), 25);
+        // Every original node once, then copies with their own names and the original's resources.
+        let names: std::collections::HashSet<&str> = big.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names.len(), 25);
+        assert!(nodes.iter().all(|n| names.contains(n.name.as_str())));
+        for c in &big[10..] {
+            let (orig, _) = c.name.split_once('~').unwrap();
+            let o = nodes.iter().find(|n| n.name == orig).unwrap();
+            assert_eq!(
+                (c.gpus, c.cpu_milli, &c.model),
+                (o.gpus, o.cpu_milli, &o.model)
+            );
+        }
+        assert_eq!(scale_nodes(&nodes, 25, 1), big, "seeded");
+        let small = scale_nodes(&nodes, 4, 1);
+        assert_eq!(small.len(), 4);
+        assert!(small.iter().all(|n| nodes.contains(n)));
     }
 }

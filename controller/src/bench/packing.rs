@@ -58,6 +58,16 @@ pub struct Args {
     /// Also replay on H100-80GB nodes comparing MIG-only, shares-only and mixed sharing.
     #[arg(long)]
     pub mig: bool,
+    /// Replay on a cluster of this many nodes made from `--nodes` (see [`openb::scale_nodes`];
+    /// seeded by `--variant-seed`), e.g. 1280 for decision times at that size.
+    #[arg(long)]
+    pub cluster_nodes: Option<usize>,
+    /// Instead of a trace replay, time the live policy (`--policy`, one of the scored ones) as the
+    /// controller runs it (`ScoredPolicy::place_versioned` over the cluster view) on this many
+    /// simulated DGX nodes, over a seeded sequence of requests and releases (see
+    /// `bench::live_replay`).
+    #[arg(long)]
+    pub live_nodes: Option<usize>,
 }
 
 /// First seed of the protocol.
@@ -293,7 +303,14 @@ fn fmt_ms((m, sd): (f64, f64)) -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let policies = select_policies(&args.policy)?;
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
-    let nodes = openb::load_nodes(&args.nodes)?;
+    if let Some(n) = args.live_nodes {
+        return run_live(&args.policy, n, args.seeds);
+    }
+    let mut nodes = openb::load_nodes(&args.nodes)?;
+    if let Some(n) = args.cluster_nodes {
+        anyhow::ensure!(n >= 1, "--cluster-nodes must be at least 1");
+        nodes = openb::scale_nodes(&nodes, n, args.variant_seed);
+    }
     let base = openb::load_tasks(&args.pods)?;
     if args.sweep {
         return run_sweep(&args, &policies, &nodes, &base);
@@ -380,6 +397,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             write(&out.join("packing_mig.csv"), &mig_to_csv(m))?;
         }
         println!("wrote packing.csv, packing.svg to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `--live-nodes`: the live policy's decision times on `n` simulated DGX nodes, one sequence per
+/// seed, about four requests per GPU, each held long enough that the cluster fills.
+fn run_live(policy: &str, n: usize, seeds: u64) -> anyhow::Result<()> {
+    use super::live_replay::{dgx_nodes, idle_view, replay_timed, seeded_steps_held};
+    anyhow::ensure!(n >= 1, "--live-nodes must be at least 1");
+    let names: Vec<&str> = if policy == "all" {
+        vec![crate::placement::PolicyKind::DEFAULT.name()]
+    } else {
+        policy.split(',').collect()
+    };
+    let view = idle_view(&dgx_nodes(n));
+    let gpus = n * 8;
+    println!(
+        "live policy: {n} simulated DGX nodes, {gpus} GPUs, {} requests per seed",
+        gpus * 4
+    );
+    println!(
+        "{:<15} {:>6} {:>10} {:>11} {:>9} {:>9}   p99 ns of whole / share / MIG requests",
+        "policy", "seed", "placed", "unplaceable", "median ns", "p99 ns"
+    );
+    for name in names {
+        for seed in FIRST_SEED..FIRST_SEED + seeds {
+            let policy = crate::placement::policy_by_name(name)?;
+            let steps = seeded_steps_held(&view, seed, gpus * 4, gpus * 2);
+            let (out, times) = replay_timed(policy.as_ref(), view.clone(), &steps);
+            let failed = out.iter().filter(|o| o.is_err()).count();
+            // Times by kind of request, in request order.
+            let kinds: Vec<u8> = steps
+                .iter()
+                .filter_map(|s| match s {
+                    super::live_replay::Step::Request(r) => Some(match r.spec.kind {
+                        greenslice_core::slice::SliceKind::Whole { .. } => 0,
+                        greenslice_core::slice::SliceKind::Share { .. } => 1,
+                        greenslice_core::slice::SliceKind::Mig { .. } => 2,
+                    }),
+                    super::live_replay::Step::Release { .. } => None,
+                })
+                .collect();
+            let by_kind: Vec<String> = (0..3u8)
+                .map(|k| {
+                    let t: Vec<u64> = times
+                        .iter()
+                        .zip(&kinds)
+                        .filter(|(_, x)| **x == k)
+                        .map(|(t, _)| *t)
+                        .collect();
+                    replay::median_p99(t).1.to_string()
+                })
+                .collect();
+            let (median, p99) = replay::median_p99(times);
+            println!(
+                "{name:<15} {seed:>6} {:>10} {failed:>11} {median:>9} {p99:>9}   {}",
+                out.len() - failed,
+                by_kind.join(" / ")
+            );
+        }
     }
     Ok(())
 }

@@ -442,6 +442,7 @@ pub fn replay(
                         updated_ms: t,
                         kept_until_ms: None,
                         claim: None,
+                        host: Default::default(),
                     },
                 },
             );

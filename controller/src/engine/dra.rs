@@ -72,7 +72,14 @@ impl Controller {
         for attempt in 1..=MAX_ATTEMPTS {
             let key = claim_key(uid, index, attempt);
             let out = self
-                .request_at(namespace, &d.spec, &key, Some(&d.pin), Some(claim))
+                .request_at(
+                    namespace,
+                    &d.spec,
+                    crate::model::slice::HostDemand::default(),
+                    &key,
+                    Some(&d.pin),
+                    Some(claim),
+                )
                 .await?;
             if out.slice.is_live() {
                 if out.slice.node != d.pin.node || out.slice.gpus.first() != Some(&d.pin.gpu_uuid) {

@@ -11,7 +11,7 @@ use super::{Controller, Requested, new_slice_id};
 use crate::agents::AgentError;
 use crate::error::ControllerError;
 use crate::model::page::{self, Page};
-use crate::model::slice::{MigAssignment, SliceRecord};
+use crate::model::slice::{HostDemand, MigAssignment, SliceRecord};
 use crate::model::state::ClusterState;
 use crate::placement::{Request, Unplaceable};
 
@@ -79,25 +79,48 @@ impl Controller {
         Ok(updated)
     }
 
-    /// Places, commits and applies a slice. Answers once the agent confirmed.
+    /// Places, commits and applies a slice whose workload said nothing of its host CPU and
+    /// memory (see [`Controller::request_with_host`]).
     pub async fn request(
         &self,
         tenant: &str,
         spec: &SliceSpec,
         idempotency_key: &str,
     ) -> Result<Requested, ControllerError> {
-        self.request_at(tenant, spec, idempotency_key, None, None)
+        self.request_at(
+            tenant,
+            spec,
+            HostDemand::default(),
+            idempotency_key,
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// Places, commits and applies a slice. Answers once the agent confirmed. `host` is what the
+    /// workload needs of its node's CPU and memory (0: not said): the policy places it only where
+    /// it fits beside the live slices' own, and learns its target workload from it.
+    pub async fn request_with_host(
+        &self,
+        tenant: &str,
+        spec: &SliceSpec,
+        host: HostDemand,
+        idempotency_key: &str,
+    ) -> Result<Requested, ControllerError> {
+        self.request_at(tenant, spec, host, idempotency_key, None, None)
             .await
     }
 
-    /// Like [`Controller::request`], with the placement fixed by `pin` when given (a DRA allocation:
-    /// the Kubernetes scheduler chose the device) instead of chosen by the policy. A pinned slice is
-    /// checked against the controller's view and refused when its place is taken. `claim` names
-    /// the ResourceClaim (`namespace/name`) a DRA slice stands for.
+    /// Like [`Controller::request_with_host`], with the placement fixed by `pin` when given (a DRA
+    /// allocation: the Kubernetes scheduler chose the device) instead of chosen by the policy. A
+    /// pinned slice is checked against the controller's view and refused when its place is taken.
+    /// `claim` names the ResourceClaim (`namespace/name`) a DRA slice stands for.
     pub async fn request_at(
         &self,
         tenant: &str,
         spec: &SliceSpec,
+        host: HostDemand,
         idempotency_key: &str,
         pin: Option<&crate::placement::Pin>,
         claim: Option<&str>,
@@ -157,8 +180,8 @@ impl Controller {
             check_model_profile(&st, &spec)?;
             let req = Request {
                 spec: spec.clone(),
-                cpu_milli: 0,
-                memory_bytes: 0,
+                cpu_milli: host.cpu_milli,
+                memory_bytes: host.memory_bytes,
             };
             // The policy learns its target workload from what is asked, placed or not.
             self.policy.observe(&req);
@@ -226,6 +249,7 @@ impl Controller {
                 mig,
                 idempotency_key: key.clone(),
                 claim: claim.map(str::to_string),
+                host,
                 ..SliceRecord::placed(id, tenant, spec.clone(), node_name, gpus, now)
             };
             st.put(r.clone());

@@ -649,6 +649,9 @@ mod retention_tests;
 mod history_tests;
 
 #[cfg(test)]
+mod host_demand_tests;
+
+#[cfg(test)]
 mod capability_tests;
 
 #[cfg(test)]

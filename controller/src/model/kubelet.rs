@@ -72,6 +72,7 @@ pub fn kubelet_slice_changes(
             updated_ms: now_ms,
             kept_until_ms: prior.and_then(|p| p.kept_until_ms),
             claim: None,
+            host: Default::default(),
         };
         let unchanged = prior.is_some_and(|p| {
             p.tenant == record.tenant

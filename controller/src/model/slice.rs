@@ -23,6 +23,24 @@ pub struct MigAssignment {
     pub lent: bool,
 }
 
+/// Host resources a slice's workload said it needs on its node; 0 where it did not say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostDemand {
+    /// CPU in milli-cores.
+    #[serde(default)]
+    pub cpu_milli: u64,
+    /// Memory in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+impl HostDemand {
+    /// Whether the workload said nothing (both 0).
+    pub fn is_unsaid(&self) -> bool {
+        self.cpu_milli == 0 && self.memory_bytes == 0
+    }
+}
+
 /// A slice as the controller (and its ledger) keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceRecord {
@@ -50,6 +68,11 @@ pub struct SliceRecord {
     /// energy is reported per claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// Host CPU and memory the request said the workload needs; placement counts them against
+    /// the node's reported capacity while the slice is live. Records from before the field read
+    /// as unsaid.
+    #[serde(default, skip_serializing_if = "HostDemand::is_unsaid")]
+    pub host: HostDemand,
 }
 
 impl SliceRecord {
@@ -78,6 +101,7 @@ impl SliceRecord {
             updated_ms: now_ms,
             kept_until_ms: None,
             claim: None,
+            host: HostDemand::default(),
         }
     }
 

@@ -530,21 +530,25 @@ impl ClusterState {
     }
 
     fn node_view(&self, n: &NodeRecord) -> NodeView {
+        let on_node: Vec<&SliceRecord> = self.live_on_node(&n.name).collect();
         NodeView {
             name: n.name.clone(),
             schedulable: n.connected && !n.drained,
             mig_create: n.may_create_mig(),
             cpu_milli: n.cpu_milli,
-            cpu_used_milli: 0,
+            // What the live slices there said their workloads need.
+            cpu_used_milli: on_node
+                .iter()
+                .fold(0, |a, s| a.saturating_add(s.host.cpu_milli)),
             memory_bytes: n.memory_bytes,
-            memory_used_bytes: 0,
-            gpus: {
-                let on_node: Vec<&SliceRecord> = self.live_on_node(&n.name).collect();
-                n.gpus
-                    .iter()
-                    .map(|g| Self::gpu_view_of(g, &on_node))
-                    .collect()
-            },
+            memory_used_bytes: on_node
+                .iter()
+                .fold(0, |a, s| a.saturating_add(s.host.memory_bytes)),
+            gpus: n
+                .gpus
+                .iter()
+                .map(|g| Self::gpu_view_of(g, &on_node))
+                .collect(),
         }
     }
 

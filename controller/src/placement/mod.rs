@@ -214,10 +214,12 @@ pub fn feasible_on_node(node: &NodeView, req: &Request) -> Vec<(usize, Option<u8
     if !node.schedulable {
         return Vec::new();
     }
-    if node.cpu_milli > 0 && node.cpu_used_milli + req.cpu_milli > node.cpu_milli {
+    if node.cpu_milli > 0 && node.cpu_used_milli.saturating_add(req.cpu_milli) > node.cpu_milli {
         return Vec::new();
     }
-    if node.memory_bytes > 0 && node.memory_used_bytes + req.memory_bytes > node.memory_bytes {
+    if node.memory_bytes > 0
+        && node.memory_used_bytes.saturating_add(req.memory_bytes) > node.memory_bytes
+    {
         return Vec::new();
     }
     let model_ok = |g: &GpuView| req.spec.gpu_model.as_ref().is_none_or(|m| *m == g.model);
@@ -291,9 +293,55 @@ pub fn unplaceable(view: &ClusterView, req: &Request) -> Unplaceable {
         }
     }
     Unplaceable::NoRoom {
-        wanted: req.spec.describe(),
-        free: free_summary(view),
+        wanted: describe_request(req),
+        free: if req.cpu_milli > 0 || req.memory_bytes > 0 {
+            format!("{}; {}", free_summary(view), host_free_summary(view))
+        } else {
+            free_summary(view)
+        },
     }
+}
+
+/// The request's spec, and the host CPU and memory it said it needs, e.g. "1 whole GPU with 8
+/// CPU cores and 64.0 GiB host memory".
+pub fn describe_request(req: &Request) -> String {
+    let mut said = Vec::new();
+    if req.cpu_milli > 0 {
+        said.push(format!("{} CPU cores", req.cpu_milli as f64 / 1000.0));
+    }
+    if req.memory_bytes > 0 {
+        said.push(format!(
+            "{:.1} GiB host memory",
+            req.memory_bytes as f64 / f64::from(1u32 << 30)
+        ));
+    }
+    if said.is_empty() {
+        req.spec.describe()
+    } else {
+        format!("{} with {}", req.spec.describe(), said.join(" and "))
+    }
+}
+
+/// "most host CPU free on one node: 12 cores; most host memory: 100.0 GiB" over the schedulable
+/// nodes that report them.
+pub fn host_free_summary(view: &ClusterView) -> String {
+    let nodes = view.nodes.iter().filter(|n| n.schedulable);
+    let cpu = nodes
+        .clone()
+        .filter(|n| n.cpu_milli > 0)
+        .map(|n| n.cpu_milli.saturating_sub(n.cpu_used_milli))
+        .max();
+    let mem = nodes
+        .filter(|n| n.memory_bytes > 0)
+        .map(|n| n.memory_bytes.saturating_sub(n.memory_used_bytes))
+        .max();
+    let cpu = cpu.map_or("not reported".to_string(), |c| {
+        format!("{} cores", c as f64 / 1000.0)
+    });
+    let mem = mem.map_or("not reported".to_string(), |m| {
+        format!("{:.1} GiB", m as f64 / f64::from(1u32 << 30))
+    });
+    format!("most host CPU free on one node: {cpu}; most host memory: {mem}")
 }
 
 /// "3 whole GPUs, 2 share GPUs with >= 500 milli free, MIG: 3g.40gb x2, 1g.10gb x5" style summary.

@@ -258,6 +258,7 @@ mod tests {
             updated_ms: 0,
             kept_until_ms: None,
             claim: None,
+            host: Default::default(),
         }
     }
 
