@@ -238,7 +238,7 @@ pub fn prepare_claim(
             (SliceKind::Mig { .. }, None) => Err("a MIG device needs its mig_start"),
             (SliceKind::Share { .. }, Some(_)) => Err("a share has no mig_start"),
         };
-        shape.map_err(|m| invalid(LimitError::new(&f("spec"), m)))?;
+        shape.map_err(|m| invalid(LimitError::new(f("spec"), m)))?;
         out.push(crate::engine::ClaimDevice {
             spec,
             pin: crate::placement::Pin {

@@ -77,7 +77,7 @@ impl Controller {
             }
             let held: std::collections::HashSet<u32> = st
                 .live_on_node(&pin.node)
-                .filter(|s| s.gpus.iter().any(|u| *u == pin.gpu_uuid))
+                .filter(|s| s.gpus.contains(&pin.gpu_uuid))
                 .filter_map(|s| s.mig.as_ref()?.gpu_instance_id)
                 .collect();
             g.mig_instances

@@ -49,12 +49,15 @@ pub struct DraOptions {
     pub publish: Option<(kube::Client, slices::SliceOptions)>,
 }
 
+/// The sockets the driver serves, with the identity each had when bound.
+type SocketBook = Arc<std::sync::Mutex<Vec<(PathBuf, Option<SocketId>)>>>;
+
 /// The running driver: its two sockets, kept served. Dropping it stops them.
 pub struct Dra {
     /// What the kubelet last said about the registration.
     pub registration: RegistrationState,
     tasks: Vec<JoinHandle<()>>,
-    sockets: Arc<std::sync::Mutex<Vec<(PathBuf, Option<SocketId>)>>>,
+    sockets: SocketBook,
 }
 
 impl Dra {
