@@ -248,22 +248,32 @@ pub struct ScoredPolicy {
     memo: Mutex<NodeMemo>,
 }
 
-/// What a node offers a request: its score and the GPUs the policy takes there; None when the
-/// request does not fit.
-type NodeChoice = Option<(i64, Vec<usize>)>;
+/// What a node offers a request: its score, the GPUs the policy takes there and, for MIG, the
+/// instance's first memory slice; None when the request does not fit.
+type NodeChoice = Option<(i64, Vec<usize>, Option<u8>)>;
 
 /// Per node (by index in the view): the version a choice was computed on, and the choice.
 type NodeChoices = Vec<Option<(u64, NodeChoice)>>;
 
-/// Per-node choices for the last few distinct requests, each tagged with the node version it was
+/// Per-node choices for recent distinct requests, each tagged with the node version it was
 /// computed on (see [`Policy::place_versioned`]). A node's choice depends only on the node's view,
-/// the request and the policy's target workload, so a choice of the same version (and workload
-/// generation) is the same.
+/// the request and (but for MIG requests) the policy's target workload, so a choice of the same
+/// version and workload generation is the same.
 #[derive(Debug, Default)]
 struct NodeMemo {
-    requests: Vec<(Request, NodeChoices)>,
-    /// The target workload's generation the choices were measured against.
-    generation: u64,
+    /// By the request's debug form (every field, floats exactly).
+    requests: std::collections::HashMap<String, MemoEntry>,
+    /// Counts lookups, for evicting the least recently used request.
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct MemoEntry {
+    /// The target workload's generation the choices were measured against (None: MIG requests,
+    /// whose scores do not depend on it).
+    generation: Option<u64>,
+    last_used: u64,
+    nodes: NodeChoices,
 }
 
 /// What one placement measures against: the target workload, its generation, the request's
@@ -276,24 +286,66 @@ struct Prepared {
 }
 
 impl NodeMemo {
-    /// Distinct requests remembered (live clusters see a handful of shapes).
-    const REQUESTS: usize = 16;
+    /// Distinct requests remembered.
+    const REQUESTS: usize = 64;
 
-    /// The choices remembered for `req`, sized for `nodes` nodes (made empty when new).
-    fn slot(&mut self, req: &Request, nodes: usize) -> &mut NodeChoices {
-        let i = match self.requests.iter().position(|(r, _)| r == req) {
-            Some(i) => i,
-            None => {
-                if self.requests.len() >= Self::REQUESTS {
-                    self.requests.remove(0);
+    /// The choices remembered for `req` under `generation`, sized for `nodes` nodes (made empty
+    /// when new or measured against another generation).
+    fn slot(&mut self, req: &Request, generation: Option<u64>, nodes: usize) -> &mut NodeChoices {
+        self.tick += 1;
+        let key = format!("{req:?}");
+        if !self.requests.contains_key(&key)
+            && self.requests.len() >= Self::REQUESTS
+            && let Some(old) = self
+                .requests
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+        {
+            self.requests.remove(&old);
+        }
+        let e = self.requests.entry(key).or_insert_with(|| MemoEntry {
+            generation,
+            last_used: 0,
+            nodes: Vec::new(),
+        });
+        if e.generation != generation {
+            e.nodes.clear();
+            e.generation = generation;
+        }
+        e.last_used = self.tick;
+        e.nodes.resize(nodes, None);
+        &mut e.nodes
+    }
+}
+
+/// What the target workload needs to know of a node besides its view: its model id (by its first
+/// GPU) and the compute it offers shares and whole GPUs, milli-GPU by model id.
+#[derive(Debug, Clone)]
+struct NodeFacts {
+    model: u8,
+    supply: Vec<(u8, u64)>,
+}
+
+impl NodeFacts {
+    fn of(models: &mut ModelIds, n: &NodeView) -> NodeFacts {
+        let model = n
+            .gpus
+            .first()
+            .and_then(|g| models.intern(g.model.name()))
+            .unwrap_or(0);
+        let mut supply: Vec<(u8, u64)> = Vec::new();
+        if n.schedulable {
+            for g in n.gpus.iter().filter(|g| g.healthy && !g.mig_enabled) {
+                if let Some(id) = models.intern(g.model.name()) {
+                    match supply.iter_mut().find(|(m, _)| *m == id) {
+                        Some(e) => e.1 += u64::from(FULL),
+                        None => supply.push((id, u64::from(FULL))),
+                    }
                 }
-                self.requests.push((req.clone(), Vec::new()));
-                self.requests.len() - 1
             }
-        };
-        let slot = &mut self.requests[i].1;
-        slot.resize(nodes, None);
-        slot
+        }
+        NodeFacts { model, supply }
     }
 }
 
@@ -310,6 +362,8 @@ struct Target {
     /// for the same number).
     workload: std::sync::Arc<Workload>,
     generation: u64,
+    /// Each node's facts by the version they were read at (versioned views only).
+    facts: Vec<Option<(u64, NodeFacts)>>,
 }
 
 impl ScoredPolicy {
@@ -336,6 +390,7 @@ impl ScoredPolicy {
                 pending: 0,
                 workload: std::sync::Arc::new(workload),
                 generation: 0,
+                facts: Vec::new(),
             }),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(42)),
             memo: Mutex::default(),
@@ -352,36 +407,51 @@ impl ScoredPolicy {
     }
 
     /// The workload to place against, rebuilt first when requests are pending; with the model ids
-    /// of the view's nodes (by their first GPU) and the request's demand.
-    fn prepare(&self, view: &ClusterView, req: &Request) -> Prepared {
+    /// of the view's nodes (by their first GPU) and the request's demand. With `versions`, each
+    /// node's facts are read again only when its version changed.
+    fn prepare(&self, view: &ClusterView, versions: Option<&[u64]>, req: &Request) -> Prepared {
         let mut t = self.lock_target();
         let t = &mut *t;
-        if t.pending >= LIVE_REFRESH && t.history.is_some() {
-            let mut supply = vec![0u64; 64];
-            for n in view.nodes.iter().filter(|n| n.schedulable) {
-                for g in n.gpus.iter().filter(|g| g.healthy && !g.mig_enabled) {
-                    if let Some(id) = t.models.intern(g.model.name()) {
-                        supply[usize::from(id)] += u64::from(FULL);
+        let fresh: Vec<NodeFacts>;
+        let facts: Vec<&NodeFacts> = match versions {
+            Some(vs) if vs.len() == view.nodes.len() => {
+                t.facts.resize(view.nodes.len(), None);
+                for ((slot, n), &v) in t.facts.iter_mut().zip(&view.nodes).zip(vs) {
+                    if slot.as_ref().is_none_or(|(sv, _)| *sv != v) {
+                        *slot = Some((v, NodeFacts::of(&mut t.models, n)));
                     }
                 }
+                t.facts.iter().flatten().map(|(_, f)| f).collect()
             }
-            if let Some(h) = &t.history {
-                t.workload = std::sync::Arc::new(h.workload().with_supply(&supply));
+            _ => {
+                fresh = view
+                    .nodes
+                    .iter()
+                    .map(|n| NodeFacts::of(&mut t.models, n))
+                    .collect();
+                fresh.iter().collect()
+            }
+        };
+        if t.pending >= LIVE_REFRESH
+            && let Some(h) = &t.history
+        {
+            let mut supply = vec![0u64; 64];
+            for f in &facts {
+                for &(m, milli) in &f.supply {
+                    supply[usize::from(m)] += milli;
+                }
+            }
+            let next = h.workload().with_supply(&supply);
+            // The same target (a steady workload) keeps its generation, and with it the memo.
+            if next != *t.workload {
+                t.workload = std::sync::Arc::new(next);
                 t.generation += 1;
             }
             t.pending = 0;
         }
         // Model ids matter only to a workload with model-constrained classes.
         let node_models = if t.workload.has_constraints() {
-            view.nodes
-                .iter()
-                .map(|n| {
-                    n.gpus
-                        .first()
-                        .and_then(|g| t.models.intern(g.model.name()))
-                        .unwrap_or(0)
-                })
-                .collect()
+            facts.iter().map(|f| f.model).collect()
         } else {
             vec![0; view.nodes.len()]
         };
@@ -420,24 +490,9 @@ impl ScoredPolicy {
         // (score, node, gpu, start); first seen wins ties: lowest node, GPU, start.
         let mut cands: Vec<(i64, usize, usize, u8)> = Vec::new();
         for (ni, node) in view.nodes.iter().enumerate() {
-            for (gi, _) in feasible_on_node(node, req) {
-                let g = &node.gpus[gi];
-                let Some(p) = mig::profile(&g.model, profile) else {
-                    continue;
-                };
-                let profiles = mig::profiles(&g.model);
-                for s in g.mig_candidates(profile, node.mig_create) {
-                    // A lent instance is scored as if it were created where it is.
-                    let layout = if node.mig_create {
-                        std::borrow::Cow::Borrowed(&g.mig_layout)
-                    } else {
-                        std::borrow::Cow::Owned(g.layout_without(s))
-                    };
-                    let mask = mig::used_mask(&g.model, &layout);
-                    let used = mig::used_compute(&g.model, &layout);
-                    cands.push((score::mig_score(profiles, mask, used, p, s), ni, gi, s));
-                }
-            }
+            mig_candidates(node, req, profile, |score, gi, s| {
+                cands.push((score, ni, gi, s))
+            });
         }
         let pick = if self.kind == PolicyKind::Random && !cands.is_empty() {
             Some(cands[self.draw(cands.len())])
@@ -454,6 +509,45 @@ impl ScoredPolicy {
         })
         .ok_or_else(|| unplaceable(view, req))
     }
+}
+
+/// Every way a MIG instance of `profile` can go on `node` for `req`, in order (GPU, then start),
+/// with its score: `f(score, gpu, start)`.
+fn mig_candidates(
+    node: &NodeView,
+    req: &Request,
+    profile: &str,
+    mut f: impl FnMut(i64, usize, u8),
+) {
+    for (gi, _) in feasible_on_node(node, req) {
+        let g = &node.gpus[gi];
+        let Some(p) = mig::profile(&g.model, profile) else {
+            continue;
+        };
+        let profiles = mig::profiles(&g.model);
+        for s in g.mig_candidates(profile, node.mig_create) {
+            // A lent instance is scored as if it were created where it is.
+            let layout = if node.mig_create {
+                std::borrow::Cow::Borrowed(&g.mig_layout)
+            } else {
+                std::borrow::Cow::Owned(g.layout_without(s))
+            };
+            let mask = mig::used_mask(&g.model, &layout);
+            let used = mig::used_compute(&g.model, &layout);
+            f(score::mig_score(profiles, mask, used, p, s), gi, s);
+        }
+    }
+}
+
+/// The best MIG candidate on `node` (the first of the highest score), as a [`NodeChoice`].
+fn mig_node_choice(node: &NodeView, req: &Request, profile: &str) -> NodeChoice {
+    let mut best: NodeChoice = None;
+    mig_candidates(node, req, profile, |score, gi, s| {
+        if best.as_ref().is_none_or(|b| score > b.0) {
+            best = Some((score, vec![gi], Some(s)));
+        }
+    });
+    best
 }
 
 /// The mask of GPUs of `node` that may take `req` (which needs `need` GPUs); None when the node
@@ -499,6 +593,7 @@ impl ScoredPolicy {
         self.kind
             .score(w, &nref, d, fit)
             .filter(|(_, gpus)| gpus.len() == need)
+            .map(|(s, gpus)| (s, gpus, None))
     }
 }
 
@@ -513,45 +608,49 @@ impl Policy for ScoredPolicy {
         versions: &[u64],
         req: &Request,
     ) -> Result<Placement, Unplaceable> {
-        if live_demand(req).is_none()
-            || self.kind == PolicyKind::Random
-            || versions.len() != view.nodes.len()
-        {
-            // MIG requests, Random's draws and unversioned views: nothing to reuse.
+        if self.kind == PolicyKind::Random || versions.len() != view.nodes.len() {
+            // Random's draws and unversioned views: nothing to reuse.
             return self.place(view, req);
         }
-        let pre = self.prepare(view, req);
-        let Some(d) = pre.demand else {
-            return self.place(view, req);
+        // MIG scores do not depend on the target workload; other requests measure against it.
+        let (pre, profile) = match &req.spec.kind {
+            SliceKind::Mig { profile } => (None, Some(profile.as_str())),
+            _ => {
+                let pre = self.prepare(view, Some(versions), req);
+                if pre.demand.is_none() {
+                    return self.place(view, req);
+                }
+                (Some(pre), None)
+            }
         };
         let need = gpus_needed(&req.spec);
         let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        if memo.generation != pre.generation {
-            // A new target workload: every remembered choice was measured against the old one.
-            memo.requests.clear();
-            memo.generation = pre.generation;
-        }
-        let slot = memo.slot(req, view.nodes.len());
+        let slot = memo.slot(req, pre.as_ref().map(|p| p.generation), view.nodes.len());
         // The same scan as `place`: the highest score wins, the first node seen wins ties.
         let mut best: Option<(i64, usize)> = None;
         for (ni, (node, &version)) in view.nodes.iter().zip(versions).enumerate() {
             let cached = &mut slot[ni];
             if cached.as_ref().is_none_or(|(v, _)| *v != version) {
-                let choice =
-                    self.node_choice(&pre.workload, node, pre.node_models[ni], req, &d, need);
+                let choice = match (&pre, profile) {
+                    (Some(pre), _) => pre.demand.as_ref().and_then(|d| {
+                        self.node_choice(&pre.workload, node, pre.node_models[ni], req, d, need)
+                    }),
+                    (None, Some(profile)) => mig_node_choice(node, req, profile),
+                    (None, None) => None,
+                };
                 *cached = Some((version, choice));
             }
-            if let Some((_, Some((s, _)))) = cached
+            if let Some((_, Some((s, _, _)))) = cached
                 && best.is_none_or(|b| *s > b.0)
             {
                 best = Some((*s, ni));
             }
         }
         best.and_then(|(_, ni)| match &slot[ni] {
-            Some((_, Some((_, gpus)))) => Some(Placement {
+            Some((_, Some((_, gpus, mig_start)))) => Some(Placement {
                 node: ni,
                 gpus: gpus.clone(),
-                mig_start: None,
+                mig_start: *mig_start,
             }),
             _ => None,
         })
@@ -579,7 +678,7 @@ impl Policy for ScoredPolicy {
             };
             return self.place_mig(view, req, profile);
         }
-        let pre = self.prepare(view, req);
+        let pre = self.prepare(view, None, req);
         let Some(d) = pre.demand else {
             return Err(unplaceable(view, req));
         };
@@ -593,7 +692,7 @@ impl Policy for ScoredPolicy {
                 }
                 continue;
             }
-            if let Some((s, gpus)) =
+            if let Some((s, gpus, _)) =
                 self.node_choice(&pre.workload, node, pre.node_models[ni], req, &d, need)
                 && best.as_ref().is_none_or(|b| s > b.0)
             {
