@@ -613,30 +613,37 @@ impl Policy for ScoredPolicy {
             return self.place(view, req);
         }
         // MIG scores do not depend on the target workload; other requests measure against it.
-        let (pre, profile) = match &req.spec.kind {
-            SliceKind::Mig { profile } => (None, Some(profile.as_str())),
+        enum Scoring<'a> {
+            Mig(&'a str),
+            Target(Prepared, Demand),
+        }
+        let scoring = match &req.spec.kind {
+            SliceKind::Mig { profile } => Scoring::Mig(profile),
             _ => {
                 let pre = self.prepare(view, Some(versions), req);
-                if pre.demand.is_none() {
+                let Some(d) = pre.demand else {
                     return self.place(view, req);
-                }
-                (Some(pre), None)
+                };
+                Scoring::Target(pre, d)
             }
+        };
+        let generation = match &scoring {
+            Scoring::Mig(_) => None,
+            Scoring::Target(pre, _) => Some(pre.generation),
         };
         let need = gpus_needed(&req.spec);
         let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = memo.slot(req, pre.as_ref().map(|p| p.generation), view.nodes.len());
+        let slot = memo.slot(req, generation, view.nodes.len());
         // The same scan as `place`: the highest score wins, the first node seen wins ties.
         let mut best: Option<(i64, usize)> = None;
         for (ni, (node, &version)) in view.nodes.iter().zip(versions).enumerate() {
             let cached = &mut slot[ni];
             if cached.as_ref().is_none_or(|(v, _)| *v != version) {
-                let choice = match (&pre, profile) {
-                    (Some(pre), _) => pre.demand.as_ref().and_then(|d| {
+                let choice = match &scoring {
+                    Scoring::Target(pre, d) => {
                         self.node_choice(&pre.workload, node, pre.node_models[ni], req, d, need)
-                    }),
-                    (None, Some(profile)) => mig_node_choice(node, req, profile),
-                    (None, None) => None,
+                    }
+                    Scoring::Mig(profile) => mig_node_choice(node, req, profile),
                 };
                 *cached = Some((version, choice));
             }
